@@ -1,0 +1,1 @@
+"""File I/O layer: writers, rotator, state file, stream readers (sync stdlib)."""
