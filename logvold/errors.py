@@ -45,7 +45,11 @@ class ConfigError(LogvoldError):
 
     def __init__(self, problems: list[ConfigProblem]) -> None:
         self.problems = list(problems)
-        super().__init__("\n".join(str(p) for p in self.problems), path=problems[0].file if problems else None, op="load config")
+        super().__init__(
+            "\n".join(str(p) for p in self.problems),
+            path=problems[0].file if problems else None,
+            op="load config",
+        )
 
 
 class StateError(LogvoldError):

@@ -61,7 +61,7 @@ def parse_segment_name(base: str, filename: str) -> SegmentName | None:
     """
     if not filename.startswith(base + "."):
         return None
-    m = _SEGMENT_SUFFIX_RE.match(filename[len(base):])
+    m = _SEGMENT_SUFFIX_RE.match(filename[len(base) :])
     if not m:
         return None
     try:

@@ -92,9 +92,13 @@ class StreamRegistry:
     def find(self, namespace: str, pod: str, container: str | None = None) -> list[StreamInfo]:
         """Streams of a pod (all its containers when `container` is None), sorted."""
         with self._lock:
-            found = [i for k, i in self._streams.items()
-                     if k.namespace == namespace and k.pod == pod
-                     and (container is None or k.container == container)]
+            found = [
+                i
+                for k, i in self._streams.items()
+                if k.namespace == namespace
+                and k.pod == pod
+                and (container is None or k.container == container)
+            ]
         return sorted(found, key=lambda i: i.key)
 
     def snapshot(self) -> list[StreamInfo]:

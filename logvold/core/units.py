@@ -37,7 +37,9 @@ def parse_size(value: str | int) -> int:
     elif suffix == "B":
         suffix = ""
     if suffix and suffix not in _BINARY and suffix not in _DECIMAL:
-        raise ValueError(f"unknown size suffix {suffix!r} in {value!r}; use Ki, Mi, Gi, Ti or k, M, G, T")
+        raise ValueError(
+            f"unknown size suffix {suffix!r} in {value!r}; use Ki, Mi, Gi, Ti or k, M, G, T"
+        )
     multiplier = _BINARY.get(suffix) or _DECIMAL.get(suffix) or 1
     try:
         amount = Decimal(number) * multiplier
@@ -49,8 +51,16 @@ def parse_size(value: str | int) -> int:
 
 
 _DURATION_UNITS = {
-    "ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3,
-    "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0,
+    "ns": 1e-9,
+    "us": 1e-6,
+    "\u00b5s": 1e-6,
+    "\u03bcs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "w": 604800.0,
 }
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h|d|w)")
 
@@ -101,7 +111,9 @@ def parse_go_duration(value: str) -> float:
     try:
         return sign * _parse_parts(text, go_units, value, "168h, 90m or 30s")
     except ValueError:
-        raise ValueError(f"invalid duration {value!r}: expected a Go duration such as 168h, 90m or 30s") from None
+        raise ValueError(
+            f"invalid duration {value!r}: expected a Go duration such as 168h, 90m or 30s"
+        ) from None
 
 
 def format_size(num_bytes: int) -> str:

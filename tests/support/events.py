@@ -18,8 +18,16 @@ from dataclasses import dataclass, field
 _ALPHABET = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;-_=+/"
 
 
-def make_event(seq: int, rng: random.Random, *, delimiter: bytes = b"\n", tag: str = "E",
-               min_len: int = 20, max_len: int = 300, multiline: bool | None = None) -> bytes:
+def make_event(
+    seq: int,
+    rng: random.Random,
+    *,
+    delimiter: bytes = b"\n",
+    tag: str = "E",
+    min_len: int = 20,
+    max_len: int = 300,
+    multiline: bool | None = None,
+) -> bytes:
     """One whole event (body + delimiter) carrying `seq` and a CRC of its body.
 
     With a delimiter other than a single newline, the payload contains
@@ -52,8 +60,9 @@ def event_stream(count: int, *, seed: int = 1, start: int = 0, **kwargs: object)
         yield make_event(seq, rng, **kwargs)  # type: ignore[arg-type]
 
 
-def chunked(events: Iterable[bytes], rng: random.Random, *, min_chunk: int = 1,
-            max_chunk: int = 8192) -> Iterator[bytes]:
+def chunked(
+    events: Iterable[bytes], rng: random.Random, *, min_chunk: int = 1, max_chunk: int = 8192
+) -> Iterator[bytes]:
     """Re-cut a byte stream into random chunks that freely cross event boundaries."""
     buf = bytearray()
     for ev in events:
@@ -85,12 +94,14 @@ class IntegrityReport:
         return not (self.lost or self.duplicated or self.corrupt or self.out_of_order)
 
     def summary(self) -> str:
-        return (f"seen={self.seen} lost={len(self.lost)} duplicated={len(self.duplicated)} "
-                f"split/corrupt={len(self.corrupt)} out_of_order={self.out_of_order} "
-                f"range=[{self.first_seq},{self.last_seq}]"
-                + (f" first_lost={self.lost[:5]}" if self.lost else "")
-                + (f" first_dup={self.duplicated[:5]}" if self.duplicated else "")
-                + (f" first_corrupt={self.corrupt[:2]!r}" if self.corrupt else ""))
+        return (
+            f"seen={self.seen} lost={len(self.lost)} duplicated={len(self.duplicated)} "
+            f"split/corrupt={len(self.corrupt)} out_of_order={self.out_of_order} "
+            f"range=[{self.first_seq},{self.last_seq}]"
+            + (f" first_lost={self.lost[:5]}" if self.lost else "")
+            + (f" first_dup={self.duplicated[:5]}" if self.duplicated else "")
+            + (f" first_corrupt={self.corrupt[:2]!r}" if self.corrupt else "")
+        )
 
 
 def parse_event(body: bytes, *, tag: str = "E") -> int | None:
@@ -100,22 +111,27 @@ def parse_event(body: bytes, *, tag: str = "E") -> int | None:
         return None
     head_end = len(prefix) + 11
     head = body[:head_end]
-    crc_text = body[head_end:head_end + 8]
-    if body[head_end + 8:head_end + 9] != b" ":
+    crc_text = body[head_end : head_end + 8]
+    if body[head_end + 8 : head_end + 9] != b" ":
         return None
     try:
-        seq = int(head[len(prefix):-1])
+        seq = int(head[len(prefix) : -1])
         crc = int(crc_text, 16)
     except ValueError:
         return None
-    payload = body[head_end + 9:]
+    payload = body[head_end + 9 :]
     if zlib.crc32(head + payload) & 0xFFFFFFFF != crc:
         return None
     return seq
 
 
-def verify(bodies: Iterable[bytes], *, expected: Iterable[int] | None = None, tag: str = "E",
-           allow_missing_prefix: bool = False) -> IntegrityReport:
+def verify(
+    bodies: Iterable[bytes],
+    *,
+    expected: Iterable[int] | None = None,
+    tag: str = "E",
+    allow_missing_prefix: bool = False,
+) -> IntegrityReport:
     """Check event bodies (delimiter stripped): each intact, each seq once, ascending.
 
     `expected`: the sequence numbers that must all be present (e.g. those the
@@ -166,7 +182,7 @@ def decode_cri(lines: Iterable[bytes]) -> Iterator[tuple[str, bytes]]:
     for line in lines:
         if not line:
             continue
-        ts, stream, tag, msg = line.split(b" ", 3)
+        _ts, stream, tag, msg = line.split(b" ", 3)
         assert tag in (b"P", b"F"), line[:80]
         name = stream.decode()
         pending.setdefault(name, bytearray()).extend(msg)
@@ -182,6 +198,8 @@ def decode_json_file(lines: Iterable[bytes]) -> Iterator[tuple[str, bytes]]:
             continue
         entry = json.loads(line)
         name = entry["stream"]
-        pending.setdefault(name, bytearray()).extend(entry["log"].encode("utf-8", "surrogateescape"))
+        pending.setdefault(name, bytearray()).extend(
+            entry["log"].encode("utf-8", "surrogateescape")
+        )
         if entry["log"].endswith("\n"):
             yield name, bytes(pending.pop(name))[:-1]

@@ -28,14 +28,25 @@ def main() -> int:
     p.add_argument("--max-len", type=int, default=300)
     p.add_argument("--max-chunk", type=int, default=8192)
     p.add_argument("--tag", default="E")
-    p.add_argument("--stderr-tag", default="", help="also write events tagged so to stderr, alternating")
-    p.add_argument("--rate", type=float, default=0.0, help="chunks per second; 0 = as fast as possible")
+    p.add_argument(
+        "--stderr-tag", default="", help="also write events tagged so to stderr, alternating"
+    )
+    p.add_argument(
+        "--rate", type=float, default=0.0, help="chunks per second; 0 = as fast as possible"
+    )
     p.add_argument("--exit-code", type=int, default=0)
     args = p.parse_args()
     delimiter = args.delimiter.encode().decode("unicode_escape").encode("latin-1")
     rng = random.Random(args.seed)
-    events = event_stream(args.count, seed=args.seed, start=args.start, delimiter=delimiter,
-                          tag=args.tag, min_len=args.min_len, max_len=args.max_len)
+    events = event_stream(
+        args.count,
+        seed=args.seed,
+        start=args.start,
+        delimiter=delimiter,
+        tag=args.tag,
+        min_len=args.min_len,
+        max_len=args.max_len,
+    )
     if args.path:
         flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if args.mode == "append" else 0)
         fd = os.open(args.path, flags, 0o644)
@@ -43,9 +54,19 @@ def main() -> int:
             os.lseek(fd, 0, os.SEEK_END)
     else:
         fd = sys.stdout.fileno()
-    err_events = (event_stream(args.count, seed=args.seed + 1, start=args.start, delimiter=delimiter,
-                               tag=args.stderr_tag, min_len=args.min_len, max_len=args.max_len)
-                  if args.stderr_tag else None)
+    err_events = (
+        event_stream(
+            args.count,
+            seed=args.seed + 1,
+            start=args.start,
+            delimiter=delimiter,
+            tag=args.stderr_tag,
+            min_len=args.min_len,
+            max_len=args.max_len,
+        )
+        if args.stderr_tag
+        else None
+    )
     delay = 1.0 / args.rate if args.rate else 0.0
     if err_events is None:
         for chunk in chunked(events, rng, max_chunk=args.max_chunk):
