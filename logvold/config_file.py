@@ -312,8 +312,26 @@ def _duration_value(seconds: float) -> float | str:
 
 
 def _delimiter_value(delimiter: bytes) -> str:
-    # Backslashes are doubled because the loader decodes escapes in every delimiter.
-    return delimiter.decode("utf-8", errors="backslashreplace").replace("\\", "\\\\")
+    """The delimiter spelled with backslash escapes (`\\n`, `\\x1e`), as the loader decodes."""
+    text = delimiter.decode("utf-8", errors="backslashreplace")
+    if "\\" in text and text != delimiter.decode("utf-8", errors="ignore"):
+        return text  # undecodable bytes: already escaped, best effort
+    out: list[str] = []
+    for char in text:
+        if char == "\\":
+            out.append("\\\\")
+        elif char in _NAMED_ESCAPES:
+            out.append(_NAMED_ESCAPES[char])
+        elif char.isprintable():
+            out.append(char)
+        elif ord(char) < 0x100:
+            out.append(f"\\x{ord(char):02x}")
+        else:
+            out.append(f"\\u{ord(char):04x}" if ord(char) < 0x10000 else f"\\U{ord(char):08x}")
+    return "".join(out)
+
+
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\0"}
 
 
 def _reopen_value(reopen: ReopenAction | None) -> dict[str, Any] | None:

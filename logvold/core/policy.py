@@ -630,13 +630,13 @@ class _Reader:
         if "tls" in entries:
             tls_path = (*path, "tls")
             tls = self.mapping(entries["tls"], tls_path, ("certFile", "keyFile")) or {}
-            for key, field_name in (("certFile", "tls_cert_file"), ("keyFile", "tls_key_file")):
-                if key in tls and isinstance(
-                    text := self.string(tls[key], (*tls_path, key), required=True), str
-                ):
-                    changes[field_name] = text
-            if ("certFile" in tls) != ("keyFile" in tls):
-                missing = "keyFile" if "certFile" in tls else "certFile"
+            files = {"certFile": "", "keyFile": ""}
+            for key in files:
+                if key in tls and isinstance(text := self.string(tls[key], (*tls_path, key)), str):
+                    files[key] = text.strip()
+            changes["tls_cert_file"], changes["tls_key_file"] = files["certFile"], files["keyFile"]
+            if bool(files["certFile"]) != bool(files["keyFile"]):
+                missing = "keyFile" if files["certFile"] else "certFile"
                 self.problem(tls_path, f"set both certFile and keyFile; {missing} is missing")
         if "auth" in entries:
             auth_path = (*path, "auth")

@@ -7,8 +7,12 @@ time.ParseDuration (kube-log-runner's -log-file-age, -flush-interval).
 
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal, InvalidOperation
+
+#: Largest size that fits an off_t: offsets and fallocate lengths are signed 64-bit.
+MAX_SIZE_BYTES = 2**63 - 1
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {"k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
@@ -27,6 +31,8 @@ def parse_size(value: str | int) -> int:
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"size must not be negative, got {value}")
+        if value > MAX_SIZE_BYTES:
+            raise ValueError(f"size {value} is larger than the largest file offset (8Ei)")
         return value
     m = _SIZE_RE.match(str(value))
     if not m:
@@ -47,6 +53,8 @@ def parse_size(value: str | int) -> int:
         raise ValueError(f"expected a size, got {value!r}") from exc
     if amount != amount.to_integral_value():
         raise ValueError(f"size {value!r} is not a whole number of bytes")
+    if amount > MAX_SIZE_BYTES:
+        raise ValueError(f"size {value!r} is larger than the largest file offset (8Ei)")
     return int(amount)
 
 
@@ -73,6 +81,8 @@ def _parse_parts(text: str, units: set[str], original: str, example: str) -> flo
             raise ValueError(f"expected a duration such as {example}, got {original!r}")
         total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
         pos = m.end()
+    if not math.isfinite(total):
+        raise ValueError(f"duration {original!r} is too large")
     return total
 
 
@@ -81,6 +91,8 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a duration such as 90s, 6h or 7d, got {value!r}")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite duration, got {value}")
         if value < 0:
             raise ValueError(f"duration must not be negative, got {value}")
         return float(value)
@@ -88,7 +100,10 @@ def parse_duration(value: str | int | float) -> float:
     if not text:
         raise ValueError("expected a duration such as 90s, 6h or 7d, got an empty string")
     if re.fullmatch(r"[0-9]+(\.[0-9]+)?", text):
-        return float(text)
+        seconds = float(text)
+        if not math.isfinite(seconds):
+            raise ValueError(f"duration {value!r} is too large")
+        return seconds
     return _parse_parts(text, set(_DURATION_UNITS), str(value), "90s, 6h or 7d")
 
 
@@ -129,4 +144,7 @@ def format_duration(seconds: float) -> str:
     for suffix, mult in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if seconds and seconds % mult == 0:
             return f"{int(seconds // mult)}{suffix}"
-    return f"{seconds}s"
+    if not seconds:
+        return "0s"
+    # Positional notation of the shortest repr: parse_duration reads no exponents.
+    return f"{Decimal(repr(float(seconds))):f}s"
