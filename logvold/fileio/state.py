@@ -1,0 +1,187 @@
+"""The crash-safe per-stream state file `<dir>/.logvold/<base>.state.json`.
+
+It records how much of a foreign writer's active file is already cut into
+segments (the committed offset), how much COLLAPSE_RANGE removed from its
+head, and the intent of a rotation step in flight, so that a restart after a
+crash at any instant neither duplicates nor drops an event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from logvold.core.layout import STATE_DIR_NAME, state_file_name
+from logvold.errors import StateError
+
+STATE_VERSION = 1
+#: How many segment records a state keeps: enough for followers lagging a few rotations.
+MAX_SEGMENT_RECORDS = 64
+
+
+class SegmentRecord(NamedTuple):
+    """A segment cut from the state's inode: which logical bytes of the active file it holds."""
+
+    stem: str
+    logical_start: int
+    logical_end: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamState:
+    """What the rotator has done to one active file (identified by device and inode)."""
+
+    device: int
+    """st_dev of the active file this state describes; another file means a fresh start."""
+    inode: int
+    """st_ino of that file."""
+    committed_offset: int = 0
+    """LOGICAL offset: every byte before it is in a segment (or dropped by retention)."""
+    collapsed_bytes: int = 0
+    """Bytes removed from the file head by COLLAPSE_RANGE; physical = logical - collapsed."""
+    segments: tuple[SegmentRecord, ...] = ()
+    """Recent segments cut from this inode, oldest first (for followers behind a punch)."""
+    intent: Mapping[str, Any] | None = field(default=None, compare=True)
+    """A step in flight (`{"op": "punch"|"collapse"|"rename"|"copytruncate", ...}`), else None."""
+
+    @property
+    def physical_committed(self) -> int:
+        """Where a reader of the active file starts: the committed offset in today's file."""
+        return self.committed_offset - self.collapsed_bytes
+
+    def with_(self, **changes: Any) -> StreamState:
+        """A copy with `changes` applied (dataclasses.replace with a short name)."""
+        return replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "device": self.device,
+            "inode": self.inode,
+            "committed_offset": self.committed_offset,
+            "collapsed_bytes": self.collapsed_bytes,
+            "segments": [
+                {"stem": s.stem, "logical_start": s.logical_start, "logical_end": s.logical_end}
+                for s in self.segments[-MAX_SEGMENT_RECORDS:]
+            ],
+            "intent": dict(self.intent) if self.intent is not None else None,
+        }
+
+
+def state_path(directory: Path | str, base: str) -> Path:
+    """Path of the state file of active file `base` in `directory`."""
+    return Path(directory) / STATE_DIR_NAME / state_file_name(base)
+
+
+def load_state(directory: Path | str, base: str) -> StreamState | None:
+    """The saved state of `base`, or None when there is none yet.
+
+    Raises StateError when the file exists but cannot be read or does not
+    hold a valid state (the rotator then rebuilds the committed offset from
+    the file itself, see `StreamRotator.recover`).
+    """
+    path = state_path(directory, base)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise StateError(f"cannot read state file {path}: {e.strerror}; check permissions",
+                         path=str(path), op="load state") from e
+    try:
+        tree = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StateError(f"state file {path} is not valid JSON ({e}); logvold rebuilds it "
+                         "from the active file and its newest segment", path=str(path),
+                         op="load state") from e
+    try:
+        return _from_json(tree)
+    except (KeyError, TypeError, ValueError) as e:
+        raise StateError(f"state file {path} is malformed ({e}); logvold rebuilds it from the "
+                         "active file and its newest segment", path=str(path),
+                         op="load state") from e
+
+
+def _int(tree: Mapping[str, Any], key: str) -> int:
+    value = tree[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{key} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _from_json(tree: Any) -> StreamState:
+    if not isinstance(tree, dict):
+        raise TypeError("top level must be an object")
+    if tree.get("version") != STATE_VERSION:
+        raise ValueError(f"unsupported version {tree.get('version')!r}")
+    segments = []
+    for item in tree.get("segments") or []:
+        if not isinstance(item, dict) or not isinstance(item.get("stem"), str):
+            raise TypeError(f"bad segment record {item!r}")
+        rec = SegmentRecord(item["stem"], _int(item, "logical_start"), _int(item, "logical_end"))
+        if rec.logical_end < rec.logical_start:
+            raise ValueError(f"segment record {rec.stem} ends before it starts")
+        segments.append(rec)
+    intent = tree.get("intent")
+    if intent is not None and not (isinstance(intent, dict) and isinstance(intent.get("op"), str)):
+        raise TypeError(f"bad intent {intent!r}")
+    state = StreamState(
+        device=_int(tree, "device"),
+        inode=_int(tree, "inode"),
+        committed_offset=_int(tree, "committed_offset"),
+        collapsed_bytes=_int(tree, "collapsed_bytes"),
+        segments=tuple(segments),
+        intent=intent,
+    )
+    if state.collapsed_bytes > state.committed_offset:
+        raise ValueError("collapsed_bytes exceeds committed_offset")
+    return state
+
+
+def save_state(directory: Path | str, base: str, state: StreamState) -> None:
+    """Write `state` atomically: tmp file, fsync, rename, fsync of the state directory.
+
+    A crash at any instant leaves either the previous state or this one.
+    Raises StateError (with the errno in the message) when it cannot.
+    """
+    path = state_path(directory, base)
+    tmp = path.with_name(path.name + ".tmp")
+    data = json.dumps(state.to_json(), separators=(",", ":")).encode() + b"\n"
+    try:
+        path.parent.mkdir(mode=0o755, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tmp.replace(path)
+        fsync_directory(path.parent)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise StateError(f"cannot save state file {path}: {e.strerror}; free space or fix "
+                         "permissions, the rotation is retried", path=str(path),
+                         op="save state") from e
+
+
+def remove_state(directory: Path | str, base: str) -> None:
+    """Delete the state of `base` (its stream is gone); missing is fine."""
+    with contextlib.suppress(FileNotFoundError):
+        state_path(directory, base).unlink()
+
+
+def fsync_directory(directory: Path | str) -> None:
+    """Make renames and unlinks inside `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
