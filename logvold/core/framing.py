@@ -7,7 +7,8 @@ frame an unbounded stream in bounded memory. See ARCHITECTURE.md "Framing contra
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import json
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 DEFAULT_MAX_EVENT_SIZE = 1 << 20
@@ -197,12 +198,243 @@ def _last_match_end(data: bytes, d: bytes, lo: int, hi: int, overlapping: bool) 
         end = k + dlen
 
 
+# Line classes for cri / json-file: a stream bit, plus _PARTIAL when the line
+# leaves its stream's event open. 0 = malformed: changes no stream's state.
+_STDOUT = 1
+_STDERR = 2
+_PARTIAL = 4
+_STREAM_BITS = {b"stdout": _STDOUT, b"stderr": _STDERR}
+#: Bytes of a CRI line enough to read `<timestamp> <stream> <tag> `.
+CRI_HEAD_BYTES = 64
+
+
+def classify_cri_line(head: bytes) -> int:
+    """Class of a CRI line from its first CRI_HEAD_BYTES bytes (0 = malformed).
+
+    Like the kubelet, a tag is partial when its first `:`-separated part is `P`;
+    any other tag is a full line. A line without `<ts> <stream> <tag> ` is malformed.
+    """
+    sp1 = head.find(b" ")
+    if sp1 <= 0:
+        return 0
+    sp2 = head.find(b" ", sp1 + 1)
+    if sp2 < 0:
+        return 0
+    bit = _STREAM_BITS.get(head[sp1 + 1 : sp2], 0)
+    if not bit:
+        return 0
+    sp3 = head.find(b" ", sp2 + 1)
+    if sp3 < 0:
+        return 0
+    tag = head[sp2 + 1 : sp3]
+    if tag == b"P" or tag.startswith(b"P:"):
+        return bit | _PARTIAL
+    return bit
+
+
+_JSON_PREFIX = b'{"log":"'
+_JSON_STREAM_KEY = b'","stream":"'
+
+
+def _backslashes_before(data: bytes, i: int, lo: int) -> int:
+    """How many consecutive backslashes end at data[i-1] (not looking below lo)."""
+    j = i
+    while j > lo and data[j - 1] == 0x5C:
+        j -= 1
+    return i - j
+
+
+def classify_json_line(line: bytes | None) -> int:
+    """Class of a whole docker json-file line (0 = malformed or longer than the event limit).
+
+    Fast path for docker's own key order (`{"log":"...","stream":"...",...}`):
+    the first `","stream":"` in a valid line can only follow the end of the log
+    string (a quote inside a JSON string is always escaped). Anything else is
+    parsed with json.loads.
+    """
+    if line is None:
+        return 0
+    if line.startswith(_JSON_PREFIX):
+        k = line.find(_JSON_STREAM_KEY, len(_JSON_PREFIX))
+        if k >= 0 and _backslashes_before(line, k, len(_JSON_PREFIX)) % 2 == 0:
+            bit = _STREAM_BITS.get(line[k + 12 : k + 18], 0)
+            if bit and line[k + 18 : k + 19] == b'"':
+                ends_nl = (
+                    k - 2 >= len(_JSON_PREFIX)
+                    and line[k - 2 : k] == b"\\n"
+                    and _backslashes_before(line, k - 1, len(_JSON_PREFIX)) % 2 == 1
+                )
+                return bit if ends_nl else bit | _PARTIAL
+    try:
+        entry = json.loads(line)
+    except (ValueError, RecursionError):
+        return 0
+    if not isinstance(entry, dict):
+        return 0
+    log = entry.get("log")
+    stream = entry.get("stream")
+    if not isinstance(log, str) or not isinstance(stream, str):
+        return 0
+    bit = _STREAM_BITS.get(stream.encode(), 0)
+    if not bit:
+        return 0
+    return bit if log.endswith("\n") else bit | _PARTIAL
+
+
+class LineFramer:
+    """Framer for line formats where partial lines join the next line of their stream.
+
+    A line ends at b"\\n". An event ends after a line when no stream (stdout,
+    stderr) is left with an open partial; the two streams may interleave. An
+    event reaching `max_event_size` bytes is cut there, the cut closes every
+    open partial, and line tracking carries on (the cut may fall inside a line;
+    that line's class still applies when it ends).
+
+    State between calls: which streams are open, the event start and the
+    current incomplete line - only its first CRI_HEAD_BYTES bytes for cri, the
+    whole line up to `max_event_size` for json-file (longer lines are malformed).
+    """
+
+    def __init__(
+        self,
+        classify: Callable[[bytes | None], int],
+        *,
+        whole_line: bool,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+    ) -> None:
+        _check_max(max_event_size, 1)
+        self.max_event_size = max_event_size
+        self.split_count = 0
+        self._classify = classify
+        self._whole_line = whole_line
+        self._keep = max_event_size if whole_line else CRI_HEAD_BYTES
+        self._offset = 0
+        self._start = 0
+        self._opens = 0  # bitmask of streams with an open partial
+        self._line = bytearray()  # kept prefix of the current incomplete line
+        self._line_len = 0  # full length of the current incomplete line
+
+    @property
+    def offset(self) -> int:
+        return self._offset
+
+    @property
+    def pending(self) -> int:
+        return self._offset - self._start
+
+    @property
+    def buffered_bytes(self) -> int:
+        return len(self._line)
+
+    def feed(self, chunk: bytes) -> list[int]:
+        ends: list[int] = []
+        self._scan(chunk, ends)
+        return ends
+
+    def last_boundary(self, chunk: bytes) -> int | None:
+        n = len(chunk)
+        if n == 0:
+            return None
+        if not self._whole_line and not self._opens:
+            # cri fast path: no partial line in this chunk => every line ends an event.
+            last = chunk.rfind(b"\n")
+            head = bytes(self._line) + chunk[:CRI_HEAD_BYTES] if self._line_len else chunk[:0]
+            if (
+                last >= 0
+                and b"stdout P" not in chunk
+                and b"stderr P" not in chunk
+                and b"stdout P" not in head
+                and b"stderr P" not in head
+            ):
+                base = self._offset
+                first = chunk.find(b"\n")
+                end = base + last + 1
+                m = self.max_event_size
+                if base + first + 1 - self._start <= m and last - first <= m and base + n - end < m:
+                    self._offset = base + n
+                    self._start = end
+                    self._line = bytearray(chunk[last + 1 : last + 1 + CRI_HEAD_BYTES])
+                    self._line_len = n - last - 1
+                    return end
+        ends: list[int] = []
+        self._scan(chunk, ends)
+        return ends[-1] if ends else None
+
+    def _line_of(self, data: bytes, pos: int, end: int) -> bytes | None:
+        """What the classifier sees of the line ending at data[end-1]."""
+        if self._whole_line:
+            if self._line_len + end - pos > self.max_event_size:
+                return None
+            return bytes(self._line) + data[pos:end] if self._line_len else data[pos:end]
+        if self._line_len:
+            return (bytes(self._line) + data[pos : pos + CRI_HEAD_BYTES])[:CRI_HEAD_BYTES]
+        return data[pos : min(end, pos + CRI_HEAD_BYTES)]
+
+    def _scan(self, chunk: bytes, ends: list[int]) -> None:
+        data = bytes(chunk)
+        n = len(data)
+        base = self._offset
+        m = self.max_event_size
+        start = self._start
+        opens = self._opens
+        classify = self._classify
+        find = data.find
+        pos = 0
+        while True:
+            nl = find(b"\n", pos)
+            if nl < 0:
+                break
+            end_rel = nl + 1
+            end = base + end_rel
+            while start + m < end:
+                start += m
+                ends.append(start)
+                self.split_count += 1
+                opens = 0
+            cls = classify(self._line_of(data, pos, end_rel))
+            if cls:
+                if cls & _PARTIAL:
+                    opens |= cls & 3
+                else:
+                    opens &= ~cls
+            if not opens:
+                start = end
+                ends.append(end)
+            elif start + m == end:
+                start = end
+                ends.append(end)
+                self.split_count += 1
+                opens = 0
+            self._line.clear()
+            self._line_len = 0
+            pos = end_rel
+        if pos < n:
+            room = self._keep - len(self._line)
+            if room > 0:
+                self._line += data[pos : pos + room]
+            self._line_len += n - pos
+            if self._whole_line and self._line_len > m:
+                self._line.clear()  # too long to classify: it is malformed anyway
+        self._offset = base + n
+        while start + m <= self._offset:
+            start += m
+            ends.append(start)
+            self.split_count += 1
+            opens = 0
+        self._start = start
+        self._opens = opens
+
+
 def make_framer(
     fmt: str, delimiter: bytes = b"\n", max_event_size: int = DEFAULT_MAX_EVENT_SIZE
 ) -> Framer:
     """A fresh framer for `fmt` (raw | cri | json-file); cri/json-file ignore `delimiter`."""
     if fmt == "raw":
         return RawFramer(delimiter, max_event_size)
+    if fmt == "cri":
+        return LineFramer(classify_cri_line, whole_line=False, max_event_size=max_event_size)
+    if fmt == "json-file":
+        return LineFramer(classify_json_line, whole_line=True, max_event_size=max_event_size)
     raise ValueError(f"unknown log format {fmt!r}: use one of {', '.join(FORMATS)}")
 
 
