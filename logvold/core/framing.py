@@ -208,12 +208,14 @@ _STREAM_BITS = {b"stdout": _STDOUT, b"stderr": _STDERR}
 CRI_HEAD_BYTES = 64
 
 
-def classify_cri_line(head: bytes) -> int:
+def classify_cri_line(head: bytes | None) -> int:
     """Class of a CRI line from its first CRI_HEAD_BYTES bytes (0 = malformed).
 
     Like the kubelet, a tag is partial when its first `:`-separated part is `P`;
     any other tag is a full line. A line without `<ts> <stream> <tag> ` is malformed.
     """
+    if head is None:
+        return 0
     sp1 = head.find(b" ")
     if sp1 <= 0:
         return 0
