@@ -1,0 +1,715 @@
+"""`logvold serve`: the daemon that rotates, truncates and serves static volumes.
+
+Composition only: the config makes streams (static source -> registry), hints
+and period boundaries make steps (watcher, scheduler), steps run on bounded
+pools (workers), and the HTTP API serves the registry. The daemon is a set of
+named, guarded tasks: if one dies, all stop and the exit code says so. Signals
+only set events. A periodic full reconcile is the truth; file events are hints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import signal
+import ssl
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from logvold.core.budget import UsagePiece, budget_shares, clip_to_shares, combine_shares
+from logvold.core.retention import plan_retention
+from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
+from logvold.errors import ConfigError, ConfigProblem, LogvoldError, UsageError
+from logvold.fileio.usage import StreamUsage, stream_usage
+from logvold.logsetup import FORMATS, LEVELS, configure_logging
+from logvold.metrics import Metrics
+from logvold.scheduler import TriggerScheduler
+from logvold.static_source import StaticSource
+from logvold.watcher import DirectoryWatcher, Hint
+from logvold.workers import RotatorFactory, StepOutcome, StepRequest, StreamWorkers
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from logvold.core.policy import Config
+
+log = logging.getLogger(__name__)
+
+RESCAN_DEBOUNCE_S = 0.2
+"""Entries appearing together (a pod starting several containers) cost one rescan."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeOptions:
+    """Command-line settings of `logvold serve`; they override the config file."""
+
+    config_path: str | None = None
+    listen: str | None = None
+    logs_dir: str | None = None
+    log_format: str | None = None
+    log_level: str | None = None
+    serve_http: bool = True
+    rotation_workers: int = 4
+    compression_workers: int = 2
+    hint_delay_s: float = 0.05
+    min_check_interval_s: float = 0.5
+
+
+def load_effective_config(options: ServeOptions) -> Config:
+    """The config file (or the built-in defaults) with the command-line overrides applied."""
+    from logvold.core.policy import VolumeSpec, default_config
+
+    if options.config_path is None:
+        config = default_config(options.logs_dir or "./logs")
+    else:
+        from logvold.config_file import load_config
+
+        config = load_config(options.config_path)
+        if options.logs_dir is not None:
+            if config.volumes:
+                raise UsageError("--logs-dir only applies when the config defines no volumes; "
+                                 "edit the volume paths in the config instead")
+            config = replace(config, volumes=(VolumeSpec(name="local", path=options.logs_dir),))
+    if options.listen is not None:
+        config = replace(config, server=replace(config.server, listen=options.listen))
+    if options.log_format is not None:
+        config = replace(config, log_format=options.log_format)  # type: ignore[arg-type]
+    if options.log_level is not None:
+        config = replace(config, log_level=options.log_level)
+    return config
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"listen address {listen!r} must be HOST:PORT, e.g. 127.0.0.1:8642")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - explicit ":PORT" means all
+
+
+def _default_rotator_factory() -> RotatorFactory:
+    from logvold.fileio.rotator import StreamRotator
+
+    def make(info: StreamInfo, metrics: Metrics | None,
+             clock: Callable[[], datetime]) -> Any:
+        return StreamRotator(info, metrics, clock)
+
+    return make
+
+
+class Daemon:
+    """The serve daemon as named steps a test can call: start(), run(), stop()."""
+
+    def __init__(self, config: Config, options: ServeOptions | None = None, *,
+                 metrics: Metrics | None = None, clock: Callable[[], datetime] = utcnow,
+                 rotator_factory: RotatorFactory | None = None,
+                 load_config: Callable[[ServeOptions], Config] = load_effective_config) -> None:
+        self.config = config
+        self.options = options or ServeOptions()
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self.registry = StreamRegistry()
+        self.source = StaticSource(self.registry, self.metrics)
+        self._rotator_factory = rotator_factory
+        self._load_config = load_config
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.workers: StreamWorkers | None = None
+        self.scheduler: TriggerScheduler[StreamKey] = TriggerScheduler(
+            clock, time.monotonic, hint_delay_s=self.options.hint_delay_s,
+            min_check_interval_s=self.options.min_check_interval_s)
+        self.watcher: DirectoryWatcher | None = None
+        self._runner: web.AppRunner | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._rescan = asyncio.Event()
+        self._rescan_volumes: set[str] = set()
+        self._full_rescan = False
+        self._budget_pass = False
+        self._path_index: dict[str, StreamKey] = {}
+        self._armed_hints: dict[StreamKey, Hint] = {}
+        self._dir_volumes: dict[str, set[str]] = {}
+        self._config_digest: bytes | None = None
+        self._config_watch_paths: frozenset[str] = frozenset()
+        self._watch_problems: set[str] = set()
+        self._ready = False
+        self._failed_task: str | None = None
+        self.reconciles = 0
+        self.reloads_ok = 0
+        self.reloads_failed = 0
+
+    # -- named steps ------------------------------------------------------------------
+
+    async def start(self, *, watch: bool = True) -> None:
+        """Wire everything, run the first full reconcile, start the HTTP server."""
+        loop = self._loop = asyncio.get_running_loop()
+        self.workers = StreamWorkers(
+            loop, self._rotator_factory or _default_rotator_factory(), self.metrics, self.clock,
+            rotation_workers=self.options.rotation_workers,
+            compression_workers=self.options.compression_workers,
+            on_rotated=self._on_rotated)
+        self.registry.subscribe(self._registry_listener)
+        self._prepare_default_volume(self.config)
+        self.source.set_config(self.config)
+        self._config_digest = self._read_config_digest()
+        if watch:
+            self.watcher = DirectoryWatcher(loop, self._on_hint, self._relevance(),
+                                            on_error=self._watch_thread_error)
+            self.watcher.start()
+        await self._reconcile(full=True)
+        if self.options.serve_http:
+            await self._start_server(self.config)
+        self._ready = True
+        log.info("logvold serving", extra={
+            "streams": len(self.workers), "volumes": len(self.config.volumes),
+            "listen": self.config.server.listen if self.options.serve_http else "-",
+            "config": self.config.source})
+
+    async def run(self) -> int:
+        """Run the guarded tasks until stop is requested (0) or one of them dies (1)."""
+        specs: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
+            "triggers": self._triggers_loop,
+            "reconciler": self._reconcile_loop,
+            "reloader": self._reload_loop,
+        }
+        for name, factory in specs.items():
+            self._tasks[name] = asyncio.create_task(self._guard(name, factory), name=name)
+        await self._stop.wait()
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._tasks.clear()
+        return 1 if self._failed_task else 0
+
+    async def stop(self) -> None:
+        """Finish the steps in flight (each writes its state), then close everything."""
+        self._ready = False
+        if self.watcher is not None:
+            await asyncio.to_thread(self.watcher.stop)
+        if self.workers is not None:
+            await self.workers.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        log.info("logvold stopped", extra={"failed_task": self._failed_task or "-"})
+
+    async def run_once(self) -> int:
+        """One reconcile pass (`--once`): rotate what needs it, enforce retention,
+        compress, wait for all of it; 1 if a step failed."""
+        await self.start(watch=False)
+        assert self.workers is not None
+        for key in self.workers:
+            self.workers.submit(key, StepRequest(check=True, retention=True))
+        await self.workers.drain()
+        failures = self.workers.failures
+        await self.stop()
+        return 1 if failures else 0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    def is_ready(self) -> bool:
+        return self._ready
+
+    async def wait_idle(self) -> None:
+        """Wait until no step is in flight (tests)."""
+        if self.workers is not None:
+            await self.workers.drain()
+
+    # -- tasks ------------------------------------------------------------------------
+
+    async def _guard(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await factory()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._failed_task = name
+            log.exception("task died; stopping", extra={"task": name})
+            self._stop.set()
+        else:
+            if not self._stop.is_set():
+                self._failed_task = name
+                log.error("task ended unexpectedly; stopping", extra={"task": name})
+                self._stop.set()
+
+    async def _triggers_loop(self) -> None:
+        assert self.workers is not None
+        while True:
+            self._dispatch_due()
+            timeout = self.scheduler.next_wakeup_s()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.01))
+
+    def _dispatch_due(self) -> None:
+        assert self.workers is not None
+        for due in self.scheduler.due():
+            hint = self._armed_hints.pop(due.key, None)
+            if hint is not None and self.watcher is not None:
+                self.watcher.rearm(hint)
+            if due.reason == "period":
+                request = StepRequest(reason="period", check=True)
+            else:
+                request = StepRequest(check=True, hint_at=time.monotonic())
+            self.workers.submit(due.key, request)
+
+    async def _reconcile_loop(self) -> None:
+        next_full = time.monotonic() + self.config.rescan_interval_s
+        while True:
+            timeout = max(0.0, next_full - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._rescan.wait(), timeout=timeout)
+            if self._rescan.is_set():
+                await asyncio.sleep(RESCAN_DEBOUNCE_S)
+                self._rescan.clear()
+            full = self._full_rescan or time.monotonic() >= next_full
+            if full:
+                next_full = time.monotonic() + self.config.rescan_interval_s
+                if self._config_digest is not None and self._read_config_digest() not in (
+                        None, self._config_digest):
+                    self.request_reload()  # safety net for a missed file event
+            await self._reconcile(full=full)
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            await self.reload()
+
+    # -- reconcile --------------------------------------------------------------------
+
+    async def _reconcile(self, *, full: bool) -> None:
+        """Scan volumes into the registry; on a full pass, check every stream."""
+        assert self.workers is not None
+        volumes = None if full else set(self._rescan_volumes)
+        self._rescan_volumes.clear()
+        self._full_rescan = False
+        await asyncio.to_thread(self.source.scan, volumes)
+        self._refresh_watches()
+        budget = self._budget_pass or full
+        self._budget_pass = False
+        plans = await asyncio.to_thread(self._retention_checks, budget)
+        for key, retention in plans.items():
+            if full or retention:
+                self.workers.submit(key, StepRequest(check=full, retention=retention))
+        self.reconciles += 1
+        self.metrics.streams.set(len(self.workers))
+
+    def _retention_checks(self, with_budgets: bool) -> dict[StreamKey, bool]:
+        """Per stream: does retention have work (plan not empty)? Updates budget shares.
+
+        Runs in a worker thread: one listing per directory, a few stats per stream.
+        """
+        assert self.workers is not None
+        config = self.config
+        now = self.clock()
+        infos = [i for i in (self.workers.info(k) for k in self.workers) if i is not None]
+        listings: dict[Path, list[str]] = {}
+        usages: dict[StreamKey, StreamUsage] = {}
+        for info in infos:
+            names = listings.get(info.directory)
+            if names is None:
+                try:
+                    names = listings[info.directory] = os.listdir(info.directory)  # noqa: PTH208
+                except OSError:
+                    continue  # reported by the static scan
+            usages[info.key] = stream_usage(info.directory, info.base, names)
+        if with_budgets:
+            self._assign_budget_shares(config, infos, usages, now)
+        out: dict[StreamKey, bool] = {}
+        for info in infos:
+            usage = usages.get(info.key)
+            if usage is None:
+                out[info.key] = False
+                continue
+            share = self.workers.budget_share(info.key)
+            plan = plan_retention(usage.segments, usage.active_live_bytes, info.policy, now,
+                                  extra_budget_bytes=None if share is None else max(share, 1))
+            out[info.key] = not plan.empty
+        return out
+
+    def _assign_budget_shares(self, config: Config, infos: list[StreamInfo],
+                              usages: dict[StreamKey, StreamUsage], now: datetime) -> None:
+        assert self.workers is not None
+        pieces: dict[str, list[UsagePiece[StreamKey]]] = {}
+        for info in infos:
+            usage = usages.get(info.key)
+            if usage is None:
+                continue
+            mine = pieces.setdefault(info.volume, [])
+            mine.extend(UsagePiece(info.key, s.name.stamp, s.size_bytes) for s in usage.segments)
+            mine.append(UsagePiece(info.key, now, usage.active_live_bytes))
+        volume_budgets = {v.name: v.max_total_size_bytes for v in config.volumes}
+        volume_shares: dict[StreamKey, int] = {}
+        for volume, volume_pieces in pieces.items():
+            volume_budget = volume_budgets.get(volume, 0)
+            if volume_budget > 0:
+                volume_shares.update(budget_shares(volume_pieces, volume_budget))
+        shares = dict(volume_shares)
+        if config.node_max_total_size_bytes > 0:
+            every = [p for ps in pieces.values() for p in ps]
+            node = budget_shares(clip_to_shares(every, volume_shares),
+                                 config.node_max_total_size_bytes)
+            shares = combine_shares(volume_shares, node)
+        for info in infos:
+            share = shares.get(info.key)
+            old = self.workers.budget_share(info.key)
+            self.workers.set_budget_share(info.key, share)
+            usage = usages.get(info.key)
+            if share is not None and usage is not None and share < usage.total_bytes and (
+                    old is None or share < old):
+                log.info("disk budget trims stream", extra={
+                    "stream": str(info.key), "keep_bytes": share,
+                    "used_bytes": usage.total_bytes})
+
+    def _on_rotated(self, info: StreamInfo, outcome: StepOutcome) -> None:
+        log.debug("rotated", extra={"stream": str(info.key), "reason": outcome.reason})
+        volume_budget = next((v.max_total_size_bytes for v in self.config.volumes
+                              if v.name == info.volume), 0)
+        if volume_budget > 0 or self.config.node_max_total_size_bytes > 0:
+            self._budget_pass = True  # shares move as streams grow: recompute soon
+            self._rescan.set()
+
+    # -- registry and hints (loop thread) ---------------------------------------------
+
+    def _registry_listener(self, action: str, info: StreamInfo) -> None:
+        # Called on whichever thread changed the registry (a scan thread, discovery).
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # loop closed: shutting down
+            loop.call_soon_threadsafe(self._apply_registry_change, action, info)
+
+    def _apply_registry_change(self, action: str, info: StreamInfo) -> None:
+        assert self.workers is not None
+        if action == "removed":
+            if self.workers.info(info.key) == info or info.key in self.workers:
+                self.workers.remove(info.key)
+                self.scheduler.remove(info.key)
+            log.info("stream removed", extra={"stream": str(info.key)})
+        else:
+            self.workers.put(info, self._volume_root(info))
+            self.scheduler.set_stream(info.key, info.policy)
+            if action == "added":
+                log.debug("stream added", extra={"stream": str(info.key),
+                                                 "path": str(info.active_path)})
+                self.workers.submit(info.key, StepRequest(check=True, retention=True))
+            else:
+                log.info("stream policy updated", extra={"stream": str(info.key)})
+                self.workers.submit(info.key, StepRequest(check=True, retention=True))
+        self._path_index = {str(self.workers.info(k).active_path): k  # type: ignore[union-attr]
+                            for k in self.workers}
+        self.metrics.streams.set(len(self.workers))
+        if self.watcher is not None:
+            self.watcher.set_relevance(self._relevance())
+
+    def _volume_root(self, info: StreamInfo) -> Path | None:
+        if info.source != "static":
+            return None
+        for volume in self.config.volumes:
+            if volume.name == info.volume:
+                return Path(volume.path)
+        return None
+
+    def _relevance(self) -> Callable[[Hint], bool]:
+        active = frozenset(self._path_index)
+        config_paths = self._config_watch_paths
+
+        def relevant(hint: Hint) -> bool:
+            if hint.kind == "modified":
+                return hint.path in active or hint.path in config_paths
+            name = hint.path.rpartition("/")[2]
+            return (hint.path in active or name.endswith(".log") or hint.path in config_paths
+                    or name == "..data")
+        return relevant
+
+    def _on_hint(self, hint: Hint) -> None:
+        key = self._path_index.get(hint.path)
+        if hint.path in self._config_watch_paths or (
+                hint.kind == "changed" and hint.path.rpartition("/")[2] == "..data"):
+            if self._read_config_digest() != self._config_digest:
+                self.request_reload()
+            return
+        if hint.kind == "modified":
+            if key is not None and self.scheduler.mark_dirty(key):
+                self._armed_hints[key] = hint
+                self._wake.set()
+            elif self.watcher is not None:
+                self.watcher.rearm(hint)
+            return
+        if key is not None and self.scheduler.mark_dirty(key):
+            self._wake.set()
+        directory = hint.path.rpartition("/")[0]
+        volumes = self._dir_volumes.get(directory)
+        if volumes:
+            self._rescan_volumes.update(volumes)
+            self._rescan.set()
+
+    def _watch_thread_error(self, path: str, exc: BaseException) -> None:
+        self.metrics.watch_errors.labels("inotify").inc()
+        log.warning("file watch error", extra={"path": path, "error": repr(exc)})
+
+    def _refresh_watches(self) -> None:
+        dirs = self.source.directories()
+        dir_volumes: dict[str, set[str]] = {}
+        for volume in self.config.volumes:
+            for d in dirs:
+                if d == Path(volume.path) or Path(volume.path) in d.parents:
+                    dir_volumes.setdefault(str(d), set()).add(volume.name)
+        self._dir_volumes = dir_volumes
+        if self.watcher is None:
+            return
+        wanted = [d for d in dirs if d.is_dir()]
+        config_dir = self._config_dir()
+        if config_dir is not None:
+            wanted.append(config_dir)
+        failed = self.watcher.set_directories(wanted)
+        problems = {f"{path}: {exc.strerror or exc}" for path, exc in failed.items()}
+        for problem in sorted(problems - self._watch_problems):
+            self.metrics.watch_errors.labels("inotify").inc()
+            log.warning("cannot watch directory; relying on the periodic rescan",
+                        extra={"problem": problem})
+        self._watch_problems = problems
+
+    # -- config -----------------------------------------------------------------------
+
+    def _config_dir(self) -> Path | None:
+        if self.options.config_path is None:
+            return None
+        return Path(self.options.config_path).absolute().parent
+
+    def _read_config_digest(self) -> bytes | None:
+        if self.options.config_path is None:
+            return None
+        path = Path(self.options.config_path).absolute()
+        self._config_watch_paths = frozenset({str(path)})
+        try:
+            return hashlib.sha256(path.read_bytes()).digest()
+        except OSError:
+            return b""
+
+    async def reload(self) -> bool:
+        """Re-read the config; apply it if valid, else keep the old one (logged, counted)."""
+        digest = self._read_config_digest()
+        try:
+            new = await asyncio.to_thread(self._load_config, self.options)
+            self._check_runtime(new)
+        except (ConfigError, UsageError) as exc:
+            self.reloads_failed += 1
+            self.metrics.reloads.labels("error").inc()
+            self._config_digest = digest  # do not retry the same bad content every rescan
+            problems = [str(p) for p in exc.problems] if isinstance(exc, ConfigError) else [
+                str(exc)]
+            log.error("config reload rejected; the previous config stays in effect",
+                      extra={"config": self.options.config_path or "-",
+                             "problems": "; ".join(problems)})
+            return False
+        old = self.config
+        self.config = new
+        self._config_digest = digest
+        if (new.log_format, new.log_level) != (old.log_format, old.log_level):
+            configure_logging(new.log_format, new.log_level)
+        self._prepare_default_volume(new)
+        self.source.set_config(new)
+        # Policies of existing streams change through registry "updated" events.
+        self._full_rescan = True
+        await self._reconcile(full=True)
+        if self.options.serve_http and (new.server != old.server
+                                        or new.node_log_query != old.node_log_query):
+            await self._restart_server(old, new)
+        self.reloads_ok += 1
+        self.metrics.reloads.labels("success").inc()
+        log.info("config reloaded", extra={"config": new.source, "streams": len(self.registry)})
+        return True
+
+    def _check_runtime(self, config: Config) -> None:
+        check_runtime(config)
+
+    def _prepare_default_volume(self, config: Config) -> None:
+        """The built-in `local` volume (no config file) is created if missing."""
+        if self.options.config_path is not None and self.options.logs_dir is None:
+            return
+        for volume in config.volumes:
+            if volume.name == "local":
+                try:
+                    Path(volume.path).mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    log.warning("cannot create the logs directory",
+                                extra={"path": volume.path, "error": exc.strerror})
+
+    # -- HTTP -------------------------------------------------------------------------
+
+    async def _start_server(self, config: Config) -> None:
+        from logvold.server.app import build_app, start_server
+
+        app = build_app(config=config, registry=self.registry, metrics=self.metrics,
+                        is_ready=self.is_ready)
+        self._runner = await start_server(app, config.server.listen,
+                                          ssl_context=_ssl_context(config))
+
+    async def _restart_server(self, old: Config, new: Config) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        try:
+            await self._start_server(new)
+        except (OSError, LogvoldError) as exc:
+            log.error("cannot start the HTTP server with the new config; restoring the old "
+                      "listener", extra={"listen": new.server.listen, "error": str(exc)})
+            await self._start_server(old)
+
+
+def check_runtime(config: Config) -> None:
+    """Problems only the daemon can see (flags are checked before the file is read)."""
+    problems: list[ConfigProblem] = []
+    try:
+        parse_listen(config.server.listen)
+    except UsageError as exc:
+        problems.append(ConfigProblem(config.source, None, "server.listen", str(exc)))
+    if config.log_format not in FORMATS:
+        problems.append(ConfigProblem(config.source, None, "logFormat",
+                                      f"must be one of {', '.join(FORMATS)}"))
+    if config.log_level.lower() not in LEVELS:
+        problems.append(ConfigProblem(config.source, None, "logLevel",
+                                      f"must be one of {', '.join(LEVELS)}"))
+    if problems:
+        raise ConfigError(problems)
+
+
+def _ssl_context(config: Config) -> ssl.SSLContext | None:
+    server = config.server
+    if not server.tls_cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(server.tls_cert_file, server.tls_key_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError([ConfigProblem(config.source, None, "server.tlsCertFile",
+                                         f"cannot load certificate/key: {exc}")]) from exc
+    return context
+
+
+# -- command line -------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="logvold serve",
+        description="Rotate, truncate and serve the logging volumes of this node. Without "
+                    "--config, one volume `local` at ./logs (created if missing) is managed "
+                    "with the default policy and the API listens on 127.0.0.1:8642.")
+    p.add_argument("--config", metavar="FILE", help="YAML config file (see config.example.yaml)")
+    p.add_argument("--listen", metavar="HOST:PORT", help="override server.listen")
+    p.add_argument("--logs-dir", metavar="DIR",
+                   help="path of the default volume `local` (default ./logs)")
+    p.add_argument("--log-format", choices=FORMATS, help="format of logvold's own log lines")
+    p.add_argument("--log-level", choices=sorted(set(LEVELS) - {"warn"}),
+                   help="level of logvold's own log lines")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the effective config and exit")
+    p.add_argument("--once", action="store_true",
+                   help="one reconcile pass (rotate, enforce retention, compress), then exit")
+    p.add_argument("--rotation-workers", type=int, default=4, metavar="N",
+                   help="threads for rotation and retention steps (default 4)")
+    p.add_argument("--compression-workers", type=int, default=2, metavar="N",
+                   help="threads for compressing closed segments (default 2)")
+    return p
+
+
+class _ArgumentError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # exit code 2 comes from main_serve, not argparse
+        raise _ArgumentError(message)
+
+
+def main_serve(argv: Sequence[str]) -> int:
+    """`logvold serve`: exit 0 ok, 1 runtime failure, 2 config or usage error."""
+    parser = _parser()
+    parser.__class__ = _Parser
+    try:
+        args = parser.parse_args(list(argv))
+        if args.rotation_workers < 1 or args.compression_workers < 1:
+            raise UsageError("--rotation-workers and --compression-workers must be >= 1")
+        if args.listen is not None:
+            parse_listen(args.listen)
+    except _ArgumentError as exc:
+        sys.stderr.write(f"{parser.format_usage()}logvold serve: error: {exc}\n")
+        return 2
+    except UsageError as exc:
+        sys.stderr.write(f"logvold serve: error: {exc}\n")
+        return 2
+    options = ServeOptions(config_path=args.config, listen=args.listen, logs_dir=args.logs_dir,
+                           log_format=args.log_format, log_level=args.log_level,
+                           serve_http=not args.once, rotation_workers=args.rotation_workers,
+                           compression_workers=args.compression_workers)
+    try:
+        config = load_effective_config(options)
+        parse_listen(config.server.listen)
+        check_runtime(config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            sys.stderr.write(f"{problem}\n")
+        sys.stderr.write(f"logvold serve: {len(exc.problems)} config problem(s); nothing "
+                         "started\n")
+        return 2
+    except (UsageError, LogvoldError) as exc:
+        sys.stderr.write(f"logvold serve: error: {exc}\n")
+        return 2
+    if args.print_config:
+        from logvold.config_file import dump_config
+
+        sys.stdout.write(dump_config(config))
+        return 0
+    configure_logging(config.log_format, config.log_level)
+    daemon = Daemon(config, options)
+    try:
+        return asyncio.run(_serve(daemon, once=args.once))
+    except ConfigError as exc:  # e.g. a TLS key that cannot be loaded
+        for problem in exc.problems:
+            sys.stderr.write(f"{problem}\n")
+        return 2
+    except OSError as exc:
+        log.error("cannot start", extra={"error": str(exc)})
+        return 1
+
+
+async def _serve(daemon: Daemon, *, once: bool) -> int:
+    if once:
+        return await daemon.run_once()
+    loop = asyncio.get_running_loop()
+    for signum, action in ((signal.SIGTERM, daemon.request_stop),
+                           (signal.SIGINT, daemon.request_stop),
+                           (signal.SIGHUP, daemon.request_reload)):
+        loop.add_signal_handler(signum, action)
+    try:
+        try:
+            await daemon.start()
+        except BaseException:
+            await daemon.stop()
+            raise
+        code = await daemon.run()
+        await daemon.stop()
+        return code
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)

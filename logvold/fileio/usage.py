@@ -1,0 +1,60 @@
+"""How much disk a stream uses, from one directory listing: its segments and the
+live part of its active file. Feeds budget shares and retention pre-checks.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from logvold.core.layout import segments_of
+from logvold.core.retention import SegmentFile
+from logvold.errors import StateError
+from logvold.fileio.state import load_state
+
+
+@dataclass(frozen=True, slots=True)
+class StreamUsage:
+    """A stream's closed segments (oldest first) and its active file's live bytes."""
+
+    segments: tuple[SegmentFile, ...]
+    active_live_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(s.size_bytes for s in self.segments) + self.active_live_bytes
+
+
+def stream_usage(directory: Path, base: str, names: list[str] | None = None) -> StreamUsage:
+    """Usage of stream `base` in `directory`; `names` is a listing to reuse (one per dir).
+
+    Vanished files count as 0 (a race with retention, not an error); a symlink
+    or directory in place of the active file counts as no live data.
+    """
+    if names is None:
+        names = os.listdir(directory)  # noqa: PTH208
+    segments: list[SegmentFile] = []
+    for seg in segments_of(base, names):
+        try:
+            st = os.lstat(directory / seg.filename)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            segments.append(SegmentFile(seg, st.st_size))
+    live = 0
+    try:
+        active: os.stat_result | None = os.lstat(directory / base)
+    except FileNotFoundError:
+        active = None
+    if active is not None and stat.S_ISREG(active.st_mode):
+        st = active
+        live = st.st_size
+        try:
+            state = load_state(directory, base)
+        except StateError:
+            state = None
+        if state is not None and (state.device, state.inode) == (st.st_dev, st.st_ino):
+            live = max(0, st.st_size - state.physical_committed)
+    return StreamUsage(tuple(segments), live)

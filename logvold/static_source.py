@@ -1,0 +1,233 @@
+"""Static discovery: the config file's volumes become streams in the registry.
+
+Each scan lists the volumes and puts/removes `StreamInfo`s so the registry
+matches the config and the disk; kubernetes discovery feeds the same registry
+the same way. Bad entries (unreadable volume, a directory or symlink named
+`*.log`, a non-UTF-8 name, a path escaping its volume) are logged once, counted
+and skipped: one bad file never stops the others.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from logvold.core.layout import parse_segment_name
+from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
+
+if TYPE_CHECKING:
+    from logvold.core.policy import Config, LogPolicy, VolumeSpec
+    from logvold.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+SOURCE = "static"
+_SEGMENT_BASE_RE = re.compile(r"^(.+\.log)\.\d{8}-\d{6}")
+
+
+@dataclass
+class ScanReport:
+    """What one scan changed and found wrong."""
+
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.listdir gave surrogate escapes for raw bytes
+        return False
+    return True
+
+
+def inside(directory: Path, root: Path) -> bool:
+    """True when `directory` (resolved) is `root` (resolved) or below it."""
+    real_dir = os.path.realpath(directory)
+    real_root = os.path.realpath(root)
+    return real_dir == real_root or real_dir.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+class StaticSource:
+    """Keeps the registry's `static` streams equal to the config's volumes on disk."""
+
+    def __init__(self, registry: StreamRegistry, metrics: Metrics | None = None) -> None:
+        self._registry = registry
+        self._metrics = metrics
+        self._config: Config | None = None
+        self._owned: dict[StreamKey, StreamInfo] = {}
+        self._volume_of: dict[StreamKey, str] = {}
+        self._known_problems: set[str] = set()
+
+    @property
+    def config(self) -> Config | None:
+        return self._config
+
+    def set_config(self, config: Config) -> None:
+        self._config = config
+
+    def directories(self) -> list[Path]:
+        """Every directory that holds active files of a configured volume (to watch)."""
+        if self._config is None:
+            return []
+        dirs: set[Path] = set()
+        for volume in self._config.volumes:
+            for policy in self._policies(volume):
+                root = Path(volume.path)
+                dirs.add(root / policy.sub_dir if policy.sub_dir else root)
+        return sorted(dirs)
+
+    def volume_of(self, key: StreamKey) -> str | None:
+        return self._volume_of.get(key)
+
+    def scan(self, volumes: Iterable[str] | None = None) -> ScanReport:
+        """List the volumes (all, or those named) and update the registry to match."""
+        config = self._config
+        report = ScanReport()
+        if config is None:
+            return report
+        only = set(volumes) if volumes is not None else None
+        found: dict[StreamKey, StreamInfo] = {}
+        keep_as_is: set[StreamKey] = set()
+        scanned: set[str] = set()
+        for volume in config.volumes:
+            if only is not None and volume.name not in only:
+                keep_as_is.update(k for k, v in self._volume_of.items() if v == volume.name)
+                continue
+            scanned.add(volume.name)
+            ok = self._scan_volume(config, volume, found, report)
+            if not ok:  # unreadable now: keep what we had rather than flap
+                keep_as_is.update(k for k, v in self._volume_of.items() if v == volume.name)
+        configured = {v.name for v in config.volumes}
+        for key, info in sorted(found.items()):
+            old = self._owned.get(key)
+            self._owned[key] = info
+            self._volume_of[key] = info.volume
+            if old is None:
+                report.added += 1
+            elif old != info:
+                report.updated += 1
+            self._registry.put(info)
+        for key in sorted(set(self._owned) - set(found)):
+            if key in keep_as_is and self._volume_of.get(key) in configured:
+                continue
+            del self._owned[key]
+            self._volume_of.pop(key, None)
+            self._registry.remove(key)
+            report.removed += 1
+        self._report_problems(report.problems, scanned)
+        return report
+
+    def _policies(self, volume: VolumeSpec) -> list[LogPolicy]:
+        assert self._config is not None
+        if volume.containers:
+            return [c.policy for c in volume.containers]
+        return [self._config.defaults]
+
+    def _scan_volume(self, config: Config, volume: VolumeSpec,
+                     found: dict[StreamKey, StreamInfo], report: ScanReport) -> bool:
+        root = Path(volume.path)
+        pod = volume.pod or volume.name
+        try:
+            if not stat.S_ISDIR(root.stat().st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, "Not a directory")
+            os.listdir(root)  # noqa: PTH208 - probes readability
+        except OSError as exc:
+            report.problems.append(f"volume {volume.name}: cannot read {root}: "
+                                   f"{exc.strerror or exc}")
+            return False
+
+        def add(info: StreamInfo) -> None:
+            if info.key in found:
+                report.problems.append(f"volume {volume.name}: stream {info.key} is already "
+                                       f"defined by volume {found[info.key].volume}; ignored")
+                return
+            found[info.key] = info
+
+        if volume.containers:
+            for container in volume.containers:
+                base = container.file or f"{container.name}.log"
+                directory = self._stream_dir(volume, root, container.policy, report)
+                if directory is None:
+                    continue
+                if "/" in base or base in (".", "..") or not _is_utf8(base):
+                    report.problems.append(f"volume {volume.name}: container {container.name}: "
+                                           f"file {base!r} must be a plain file name")
+                    continue
+                add(self._info(volume, pod, container.name, directory, base, container.policy))
+            return True
+
+        policy = config.defaults
+        directory = self._stream_dir(volume, root, policy, report)
+        if directory is None:
+            return True
+        try:
+            entries = list(os.scandir(directory))
+        except OSError as exc:
+            report.problems.append(f"volume {volume.name}: cannot read {directory}: "
+                                   f"{exc.strerror or exc}")
+            return False
+        bases: set[str] = set()
+        for entry in entries:
+            name = entry.name
+            if not _is_utf8(name):
+                if name.endswith(".log") or ".log." in name:
+                    shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+                    report.problems.append(f"volume {volume.name}: skipping non-UTF-8 file name "
+                                           f"'{shown}' in {directory}")
+                continue
+            if name.endswith(".log") and len(name) > 4:
+                try:
+                    regular = entry.is_file(follow_symlinks=False)
+                except OSError:
+                    continue  # vanished: a race, not an error
+                if regular:
+                    bases.add(name)
+                else:
+                    kind = "symlink" if entry.is_symlink() else "directory or special file"
+                    report.problems.append(f"volume {volume.name}: {directory / name} is a {kind}, "
+                                           "not a regular file; not managed")
+                continue
+            m = _SEGMENT_BASE_RE.match(name)
+            if m and parse_segment_name(m.group(1), name) is not None:
+                bases.add(m.group(1))  # segments outlive their active file: still a stream
+        for base in sorted(bases):
+            add(self._info(volume, pod, base[:-4], directory, base, policy))
+        return True
+
+    def _stream_dir(self, volume: VolumeSpec, root: Path, policy: LogPolicy,
+                    report: ScanReport) -> Path | None:
+        directory = root / policy.sub_dir if policy.sub_dir else root
+        if policy.sub_dir and (Path(policy.sub_dir).is_absolute() or not inside(directory, root)):
+            report.problems.append(f"volume {volume.name}: subDir {policy.sub_dir!r} leaves the "
+                                   "volume; not managed")
+            return None
+        return directory
+
+    @staticmethod
+    def _info(volume: VolumeSpec, pod: str, container: str, directory: Path, base: str,
+              policy: LogPolicy) -> StreamInfo:
+        return StreamInfo(key=StreamKey(volume.namespace, pod, container), directory=directory,
+                          base=base, policy=policy, volume=volume.name, source=SOURCE,
+                          annotations=dict(policy.annotations))
+
+    def _report_problems(self, problems: list[str], scanned: set[str]) -> None:
+        current = set(problems)
+        for problem in problems:
+            if problem not in self._known_problems:
+                log.warning("static volume problem: %s", problem, extra={"source": SOURCE})
+                if self._metrics is not None:
+                    self._metrics.watch_errors.labels(SOURCE).inc()
+        # Forget problems that went away, so they are logged again if they come back.
+        self._known_problems = {p for p in self._known_problems
+                                if p in current or not any(p.startswith(f"volume {v}:")
+                                                           for v in scanned)} | current
