@@ -462,3 +462,255 @@ def iter_events(chunks: Iterable[bytes], framer: Framer) -> Iterator[bytes]:
             prev = rel
         buf = data[prev:]
         buf_start += prev
+
+
+#: Bytes read per call of `read_at` by the backward search.
+BACKWARD_BLOCK = 1 << 16
+
+
+def _read_exact(read_at: Callable[[int, int], bytes], offset: int, size: int) -> bytes:
+    data = read_at(offset, size)
+    if len(data) != size:
+        raise ValueError(
+            f"short read at offset {offset}: wanted {size} bytes, got {len(data)}"
+            " (did the file shrink?)"
+        )
+    return data
+
+
+def _forward_last(
+    read_at: Callable[[int, int], bytes],
+    begin: int,
+    end: int,
+    fmt: str,
+    delimiter: bytes,
+    max_event_size: int,
+) -> int | None:
+    """Last event end in (begin, end] framing forward from `begin`, a known boundary."""
+    framer = make_framer(fmt, delimiter, max_event_size)
+    last: int | None = None
+    pos = begin
+    while pos < end:
+        size = min(BACKWARD_BLOCK, end - pos)
+        found = framer.last_boundary(_read_exact(read_at, pos, size))
+        if found is not None:
+            last = begin + found
+        pos += size
+    return last
+
+
+def _occurrences_backward(
+    read_at: Callable[[int, int], bytes], start: int, end: int, d: bytes
+) -> Iterator[int]:
+    """Start offsets of every occurrence of `d` inside [start, end), last first."""
+    dlen = len(d)
+    block = max(BACKWARD_BLOCK, 2 * dlen)
+    hi = end
+    while hi - start >= dlen:
+        lo = max(start, hi - block)
+        buf = _read_exact(read_at, lo, hi - lo)
+        p = len(buf)
+        while True:
+            i = buf.rfind(d, 0, p)
+            if i < 0:
+                break
+            yield lo + i
+            p = i + dlen - 1  # earlier occurrences may overlap this one
+        if lo == start:
+            return
+        hi = lo + dlen - 1
+
+
+def _raw_certified_boundary(
+    read_at: Callable[[int, int], bytes], start: int, end: int, d: bytes, max_event_size: int
+) -> int:
+    """The last delimiter end in (start, end] that is surely a boundary, else `start`.
+
+    Single byte: every delimiter ends an event. Multi-byte: an occurrence at x
+    that no earlier occurrence overlaps ("free") is reached by the scan in its
+    searching state; it is matched unless a cut falls inside it. Any free
+    occurrence x_p before x leaves the last boundary at >= x_p + 1 once
+    processed, so if x + len(d) - (x_p + 1) <= max_event_size no cut can fall
+    inside x's occurrence and x + len(d) is a boundary. Walk back over chain
+    heads until one is certified; `start` itself always is.
+    """
+    dlen = len(d)
+    occurrences = _occurrences_backward(read_at, start, end, d)
+    if dlen == 1:
+        last = next(occurrences, None)
+        return start if last is None else last + 1
+
+    def heads() -> Iterator[int]:
+        head: int | None = None
+        for i in occurrences:
+            if head is not None and i <= head - dlen:
+                yield head
+            head = i
+        if head is not None:
+            yield head
+
+    chain_heads = heads()
+    cur = next(chain_heads, None)
+    while cur is not None:
+        prev = next(chain_heads, None)
+        lower = start if prev is None else prev + 1
+        if cur + dlen - lower <= max_event_size:
+            return cur + dlen
+        cur = prev
+    return start
+
+
+def _lines_backward(
+    read_at: Callable[[int, int], bytes], start: int, end: int, *, whole: bool, limit: int
+) -> Iterator[tuple[int, bytes | None]]:
+    """(line end, what the classifier sees) for each complete line in [start, end), last first.
+
+    The classifier sees the first CRI_HEAD_BYTES bytes (whole=False) or the
+    whole line if it is at most `limit` bytes long (whole=True, else None),
+    exactly as the forward LineFramer does.
+    """
+    hi = end
+    line_end: int | None = None
+    acc = b""  # the part of the current line already read (its tail)
+    acc_len = 0
+    while hi > start:
+        lo = max(start, hi - BACKWARD_BLOCK)
+        buf = _read_exact(read_at, lo, hi - lo)
+        p = len(buf)
+        while True:
+            i = buf.rfind(b"\n", 0, p)
+            if i < 0:
+                break
+            if line_end is not None:
+                yield line_end, _join_view(buf[i + 1 : p], acc, acc_len, whole, limit)
+            line_end = lo + i + 1
+            acc, acc_len = b"", 0
+            p = i
+        if line_end is not None and p:
+            if whole:
+                acc_len += p
+                acc = buf[:p] + acc if acc_len <= limit else b""
+            else:
+                acc = (buf[: min(p, CRI_HEAD_BYTES)] + acc)[:CRI_HEAD_BYTES]
+                acc_len += p
+        hi = lo
+    if line_end is not None:
+        yield line_end, _join_view(b"", acc, acc_len, whole, limit)
+
+
+def _join_view(front: bytes, acc: bytes, acc_len: int, whole: bool, limit: int) -> bytes | None:
+    if whole:
+        if len(front) + acc_len > limit:
+            return None
+        return front + acc
+    if len(front) >= CRI_HEAD_BYTES:
+        return front[:CRI_HEAD_BYTES]
+    return (front + acc)[:CRI_HEAD_BYTES]
+
+
+def _line_certified_boundary(
+    read_at: Callable[[int, int], bytes],
+    start: int,
+    end: int,
+    classify: Callable[[bytes | None], int],
+    *,
+    whole: bool,
+    max_event_size: int,
+) -> int:
+    """The last line end in (start, end] that is surely a boundary, else `start`.
+
+    A line end b is a boundary iff no stream is open after its line. The line's
+    own stream is closed by a full line; another stream is surely closed if its
+    latest line before b is full, or absent since `start`, or ended at p with
+    b - p >= max_event_size (an event that long was cut, and a cut closes every
+    partial). A partial within the window leaves b uncertain (a cut might have
+    closed it), so b is skipped. Candidates wait, grouped by the streams they
+    still need, while the scan walks back; the largest certified one wins.
+    """
+    m = max_event_size
+    waiting: dict[int, list[int]] = {_STDOUT: [], _STDERR: [], _STDOUT | _STDERR: []}
+    best: int | None = None
+    for line_end, view in _lines_backward(read_at, start, end, whole=whole, limit=m):
+        # Candidates whose window lies entirely after this line are certified.
+        for group in waiting.values():
+            while group and group[0] - line_end >= m:
+                b = group.pop(0)
+                best = b if best is None or b > best else best
+        cls = classify(view)
+        stream = cls & 3
+        if stream:
+            for key in (k for k in (_STDOUT | _STDERR, _STDOUT, _STDERR) if k & stream):
+                group = waiting[key]
+                if not group:
+                    continue
+                waiting[key] = []
+                if cls & _PARTIAL:
+                    continue  # all of them may be open: uncertain
+                rest = key & ~stream
+                if rest:
+                    waiting[rest] = sorted(waiting[rest] + group, reverse=True)
+                else:
+                    b = group[0]
+                    best = b if best is None or b > best else best
+        if best is None and not (cls & _PARTIAL):
+            waiting[(_STDOUT | _STDERR) & ~stream].append(line_end)
+        top = max((g[0] for g in waiting.values() if g), default=None)
+        if best is not None and (top is None or top < best):
+            return best
+    top = max((g[0] for g in waiting.values() if g), default=None)
+    if top is not None and (best is None or top > best):
+        best = top
+    return start if best is None else best
+
+
+def last_boundary_backward(
+    read_at: Callable[[int, int], bytes],
+    start: int,
+    end: int,
+    fmt: str,
+    delimiter: bytes = b"\n",
+    max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+) -> int | None:
+    """Offset of the last event end in (start, end] of a file, reading backwards in blocks.
+
+    `start` must be an event boundary (the committed offset); the answer is the
+    one a fresh framer fed [start, end) forward would give last, or None when
+    no event ends in the range. `read_at(offset, size)` returns exactly `size`
+    bytes (a short read raises ValueError).
+
+    Reading backwards finds a line end / delimiter that is certainly a
+    boundary whatever happened before it (see the _certified helpers; this is
+    what makes self-overlapping delimiters and max_event_size cuts unambiguous),
+    then frames forward from it to `end`. The work is bounded by the distance
+    back to that boundary: for cri/json-file up to about max_event_size plus the
+    last lines, for raw up to the last delimiter.
+    """
+    if not 0 <= start <= end:
+        raise ValueError(f"bad range [{start}, {end})")
+    if start == end:
+        return None
+    if fmt == "raw":
+        if not delimiter:
+            raise ValueError("delimiter must not be empty")
+        _check_max(max_event_size, len(delimiter))
+        base = _raw_certified_boundary(read_at, start, end, bytes(delimiter), max_event_size)
+    elif fmt in ("cri", "json-file"):
+        _check_max(max_event_size, 1)
+        whole = fmt == "json-file"
+        classify = classify_json_line if whole else classify_cri_line
+        base = _line_certified_boundary(
+            read_at, start, end, classify, whole=whole, max_event_size=max_event_size
+        )
+    else:
+        raise ValueError(f"unknown log format {fmt!r}: use one of {', '.join(FORMATS)}")
+    last = _forward_last(read_at, base, end, fmt, delimiter, max_event_size)
+    if last is not None:
+        return last
+    return base if base > start else None
+
+
+def event_boundaries_in(
+    data: bytes, fmt: str, delimiter: bytes = b"\n", max_event_size: int = DEFAULT_MAX_EVENT_SIZE
+) -> list[int]:
+    """Event ends in `data` (offsets into it), framing from its first byte."""
+    return make_framer(fmt, delimiter, max_event_size).feed(data)
