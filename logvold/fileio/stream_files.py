@@ -1,0 +1,195 @@
+"""File primitives of one stream directory for the rotator: directory-relative
+opens (never outside it), segment listing, in-kernel copies, PUNCH_HOLE and
+COLLAPSE_RANGE via libc, and the scan of /proc for the active file's writers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from logvold.core.layout import SegmentName, segments_of
+
+#: linux/falloc.h; Python's os.posix_fallocate cannot pass modes.
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_COLLAPSE_RANGE = 0x08
+_COPY_CHUNK = 8 * 2**20
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_fallocate = _libc.fallocate
+_fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+_fallocate.restype = ctypes.c_int
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) with a mode; raises OSError with the errno on failure."""
+    while _fallocate(fd, mode, offset, length) != 0:
+        err = ctypes.get_errno()
+        if err != errno.EINTR:
+            raise OSError(err, os.strerror(err))
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """Free [offset, offset+length) in place; the size and every other offset stay."""
+    if length > 0:
+        fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
+
+
+def collapse_range(fd: int, offset: int, length: int) -> None:
+    """Remove [offset, offset+length) and shift the rest down (block-aligned, before EOF)."""
+    if length > 0:
+        fallocate(fd, FALLOC_FL_COLLAPSE_RANGE, offset, length)
+
+
+def align_down(value: int, block: int) -> int:
+    return value - value % block
+
+
+def allocated_bytes(st: os.stat_result) -> int:
+    """Bytes the file really occupies on disk (holes excluded)."""
+    return st.st_blocks * 512
+
+
+def check_name(name: str) -> str:
+    """`name` if it names an entry directly inside a directory, else ValueError."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise ValueError(f"{name!r} is not a plain file name")
+    return name
+
+
+@contextmanager
+def open_directory(directory: Path) -> Iterator[int]:
+    """An fd of `directory` for *_dir_fd operations, so no name can escape it."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def lstat_in(dir_fd: int, name: str) -> os.stat_result | None:
+    """lstat of `name` inside the directory, None if it is missing."""
+    try:
+        return os.stat(check_name(name), dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentEntry:
+    """A segment file of a stream as found on disk."""
+
+    name: SegmentName
+    size_bytes: int
+    allocated_bytes: int
+
+
+def list_segments(dir_fd: int, base: str) -> list[SegmentEntry]:
+    """Regular-file segments of `base`, oldest first (symlinks and others are ignored)."""
+    found = []
+    for name in segments_of(base, os.listdir(dir_fd)):
+        st = lstat_in(dir_fd, name.filename)
+        if st is not None and stat.S_ISREG(st.st_mode):
+            found.append(SegmentEntry(name, st.st_size, allocated_bytes(st)))
+    return found
+
+
+def copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> None:
+    """Copy [offset, offset+length) of src to the current end of dst, in the kernel.
+
+    Memory stays bounded; falls back to pread/write where copy_file_range is refused.
+    """
+    done = 0
+    use_cfr = True
+    while done < length:
+        want = min(_COPY_CHUNK, length - done)
+        if use_cfr:
+            try:
+                n = os.copy_file_range(src_fd, dst_fd, want, offset + done)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                use_cfr = False
+                continue
+        else:
+            data = os.pread(src_fd, min(want, 2**20), offset + done)
+            n = len(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(dst_fd, view):]
+        if n == 0:
+            raise OSError(errno.EIO, f"source ended early: {length - done} bytes missing")
+        done += n
+
+
+@dataclass(frozen=True, slots=True)
+class WriterFd:
+    """An open file descriptor of another process that can write the active file."""
+
+    pid: int
+    fd: int
+    append: bool
+
+
+def open_writers(device: int, inode: int, *, proc: Path = Path("/proc")) -> list[WriterFd]:
+    """Every fd (of other processes) open for writing on (device, inode), with O_APPEND or not.
+
+    Processes we cannot inspect (another user without CAP_SYS_PTRACE, vanished)
+    are skipped; callers treat "no writer found" as "unknown".
+    """
+    me = str(os.getpid())
+    found = []
+    for pid_dir in proc.iterdir():
+        if not pid_dir.name.isdigit() or pid_dir.name == me:
+            continue
+        try:
+            links = list((pid_dir / "fd").iterdir())
+        except OSError:
+            continue
+        for link in links:
+            try:
+                if not str(link.readlink()).startswith("/"):
+                    continue  # socket:, pipe:, anon_inode:
+                st = link.stat()  # the magic link reaches the file in any mount namespace
+                if (st.st_dev, st.st_ino) != (device, inode):
+                    continue
+                flags = _fdinfo_flags(pid_dir / "fdinfo" / link.name)
+            except OSError:
+                continue
+            if flags is not None and flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
+                found.append(WriterFd(int(pid_dir.name), int(link.name), bool(flags & os.O_APPEND)))
+    return found
+
+
+def _fdinfo_flags(path: Path) -> int | None:
+    for line in path.read_text(encoding="ascii").splitlines():
+        if line.startswith("flags:"):
+            return int(line.split()[1], 8)
+    return None
+
+
+def punch_supported(directory: Path) -> bool:
+    """Whether PUNCH_HOLE works on the filesystem of `directory` (tried on a temp file)."""
+    probe = directory / f".logvold-punch-probe.{os.getpid()}.tmp"
+    try:
+        fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        return False
+    try:
+        probe.unlink()
+        block = max(os.fstat(fd).st_blksize, 4096)
+        os.write(fd, b"x" * 2 * block)
+        punch_hole(fd, 0, block)
+        return os.pread(fd, 1, 0) == b"\0" and os.fstat(fd).st_size == 2 * block
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
