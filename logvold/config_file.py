@@ -33,6 +33,7 @@ Validate a logvold config file: print OK and a summary, or every problem found
 (file:line: key: message). FILE may be - for standard input.
 Exit status: 0 valid, 1 invalid or unreadable, 2 usage error.
 """
+_COLLECTION_TAGS = ("tag:yaml.org,2002:seq", "tag:yaml.org,2002:map")
 _MAX_DEPTH = 64  # deeper than any real config; stops alias bombs and runaway recursion
 
 
@@ -59,7 +60,9 @@ def load_config_text(text: str, filename: str) -> Config:
     try:
         config = config_from_tree(tree, file=filename, lines=lines)
     except ConfigError as exc:
-        problems.extend(exc.problems)
+        # A value the YAML layer rejected reached the converter as null: say it once.
+        reported = {problem.key for problem in problems}
+        problems.extend(p for p in exc.problems if p.key not in reported)
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.line is None, p.line or 0)))
     return config
@@ -135,6 +138,9 @@ class _TreeBuilder:
             return None
         if isinstance(node, ScalarNode):
             return self.scalar(node, path)
+        if node.tag not in _COLLECTION_TAGS:
+            self.problem(node, path, f"unsupported YAML tag {node.tag}")
+            return None
         self._open.add(id(node))
         try:
             if isinstance(node, SequenceNode):
