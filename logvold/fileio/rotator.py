@@ -55,8 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 from zoneinfo import ZoneInfo
 
-from logvold.core import framing
-from logvold.core.framing import make_framer
+from logvold.core.framing import last_boundary_backward, make_framer
 from logvold.core.layout import STATE_DIR_NAME, SegmentName, next_segment_name
 from logvold.core.retention import RetentionPlan, SegmentFile, period_start, plan_retention
 from logvold.errors import StateError, StreamError
@@ -97,8 +96,6 @@ class RotationResult:
     """Bytes removed from the active file's head by COLLAPSE_RANGE in this rotation."""
     lost_bytes: int = 0
     """copytruncate only: bytes written after the copy, gone with the truncate."""
-    events_split: int = 0
-    """Events cut because no boundary came within maxEventSize."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -203,8 +200,6 @@ class StreamRotator:
                 self.metrics.rotations.labels(*self._labels, reason, result.strategy).inc()
                 if result.bytes_freed:
                     self.metrics.bytes_freed.labels(*self._labels, "rotate").inc(result.bytes_freed)
-                if result.events_split:
-                    self.metrics.events_split.labels(*self._labels).inc(result.events_split)
             self._update_gauges()
         return result
 
@@ -266,7 +261,7 @@ class StreamRotator:
                         continue
                     if self.policy.strategy == "rename" and sf.open_writers(st.st_dev, st.st_ino):
                         continue
-                    compress_segment(self.directory / name.filename, self.policy.compress)
+                    compress_segment(str(self.directory / name.filename), self.policy.compress)
                     done.append(name.filename)
                     if self.metrics:
                         self.metrics.compressions.labels(self.policy.compress).inc()
@@ -393,22 +388,16 @@ class StreamRotator:
     def _reader(self, fd: int) -> Callable[[int, int], bytes]:
         return lambda offset, size: os.pread(fd, size, offset)
 
-    def _last_boundary(self, fd: int, start: int, end: int) -> tuple[int | None, int]:
-        """Last event end in [start, end), or a forced cut when none came within maxEventSize."""
+    def _last_boundary(self, fd: int, start: int, end: int) -> int | None:
+        """Last event end in (start, end]: framing's answer, maxEventSize cuts included."""
         if end <= start:
-            return None, 0
-        backward = getattr(framing, "last_boundary_backward", None)
-        if backward is not None:
-            b = backward(self._reader(fd), start, end, self.policy.format, self.policy.delimiter)
-        else:  # until core/framing ships it: same answer, read forward
-            b = self._first_boundary_at_or_after(fd, start, end, end)
-        if b is not None and b > start:
-            return b, 0
-        mes = self.policy.max_event_size_bytes
-        if mes > 0 and end - start >= mes:
-            cuts = (end - start) // mes
-            return start + cuts * mes, cuts
-        return None, 0
+            return None
+        try:
+            b = last_boundary_backward(self._reader(fd), start, end, self.policy.format,
+                                       self.policy.delimiter, self.policy.max_event_size_bytes)
+        except ValueError:  # short read: the writer truncated meanwhile; the next call sees it
+            return None
+        return b if b is not None and b > start else None
 
     def _first_boundary_at_or_after(self, fd: int, start: int, target: int, end: int) -> int | None:
         """First event end >= target reading forward from boundary `start` (bounded reads);
@@ -516,7 +505,7 @@ class StreamRotator:
                       reason: str) -> RotationResult | None:
         st = os.fstat(fd)
         p = state.physical_committed
-        b, split = self._last_boundary(fd, p, st.st_size)
+        b = self._last_boundary(fd, p, st.st_size)
         if b is None:
             return None
         name = self._segment_name(dfd)
@@ -534,7 +523,7 @@ class StreamRotator:
         collapsed = self._maybe_collapse(fd, state)
         return RotationResult(reason=reason, strategy="punch", segment=name.stem,
                               logical_start=start, logical_end=end, bytes_freed=freed,
-                              collapsed_bytes=collapsed, events_split=split)
+                              collapsed_bytes=collapsed)
 
     def _maybe_collapse(self, fd: int, state: StreamState) -> int:
         mode = self.policy.collapse
@@ -640,7 +629,7 @@ class StreamRotator:
                              reason: str) -> RotationResult | None:
         st = os.fstat(fd)
         p = state.physical_committed
-        b, split = self._last_boundary(fd, p, st.st_size)
+        b = self._last_boundary(fd, p, st.st_size)
         if b is None:
             return None
         name = self._segment_name(dfd)
@@ -661,8 +650,7 @@ class StreamRotator:
             if self.metrics:
                 self.metrics.lost_bytes.labels(*self._labels).inc(lost)
         return RotationResult(reason=reason, strategy="copytruncate", segment=name.stem,
-                              logical_start=start, logical_end=end, lost_bytes=max(lost, 0),
-                              events_split=split)
+                              logical_start=start, logical_end=end, lost_bytes=max(lost, 0))
 
     # ------------------------------------------------------------------ retention
 
