@@ -1,0 +1,144 @@
+"""`logvold check-config FILE` as a real process: exit codes, messages, no tracebacks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "config.example.yaml"
+
+
+def _check_config(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "logvold", "check-config", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def _assert_no_traceback(result: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stdout
+
+
+def test_example_config_is_ok() -> None:
+    result = _check_config(str(EXAMPLE))
+    _assert_no_traceback(result)
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"OK: {EXAMPLE}"
+    assert lines[1].startswith("1 volume, 2 streams, ")
+    assert result.stderr == ""
+
+
+def test_every_problem_is_printed_with_file_line_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        """\
+server:
+  listen: "8642"
+defaults:
+  rotate: weekly
+  maxsize: 10Mi
+volumes:
+  - name: web
+    path: /var/log/web
+    containers:
+      - name: app
+        policy:
+          logs:
+            delimiter: ""
+            timezone: Mars/Olympus
+""",
+        encoding="utf-8",
+    )
+    result = _check_config(str(path))
+    _assert_no_traceback(result)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"{path}:2: server.listen: expected host:port such as 127.0.0.1:8642, 0.0.0.0:8642 or"
+        ' [::1]:8642, got "8642"',
+        f'{path}:4: defaults.rotate: expected Hourly, Daily or Never, got "weekly"',
+        f"{path}:5: defaults.maxsize: unknown key; did you mean maxSize?",
+        f"{path}:13: volumes[0].containers[0].policy.logs.delimiter: must not be empty; the default"
+        ' is "\\n"',
+        f"{path}:14: volumes[0].containers[0].policy.logs.timezone: unknown time zone"
+        ' "Mars/Olympus"; use an IANA name such as Europe/Berlin',
+        f"check-config: 5 problems in {path}",
+    ]
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("defaults:\n  rotate: Daily\n    maxSize: 1Mi\n", encoding="utf-8")
+    result = _check_config(str(path))
+    _assert_no_traceback(result)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0] == (
+        f"{path}:3: invalid YAML: mapping values are not allowed here"
+    )
+
+
+def test_missing_file_is_a_clear_message(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    result = _check_config(str(path))
+    _assert_no_traceback(result)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0] == f"{path}: cannot read: No such file or directory"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files regardless of mode bits")
+def test_unreadable_file_is_a_clear_message(tmp_path: Path) -> None:
+    path = tmp_path / "secret.yaml"
+    path.write_text("defaults: {}\n", encoding="utf-8")
+    path.chmod(0)
+    result = _check_config(str(path))
+    _assert_no_traceback(result)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0] == f"{path}: cannot read: Permission denied"
+
+
+def test_directory_is_a_clear_message(tmp_path: Path) -> None:
+    result = _check_config(str(tmp_path))
+    _assert_no_traceback(result)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0] == f"{tmp_path}: cannot read: Is a directory"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [pytest.param((), id="no-argument"), pytest.param(("a.yaml", "b.yaml"), id="two-files"),
+     pytest.param(("--bogus",), id="unknown-option")],
+)  # fmt: skip
+def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
+    result = _check_config(*args)
+    _assert_no_traceback(result)
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: logvold check-config FILE")
+
+
+def test_help_exits_0() -> None:
+    result = _check_config("--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: logvold check-config FILE")
+
+
+def test_stdin_dash() -> None:
+    result = _check_config("-", stdin="defaults:\n  maxFiles: many\n")
+    _assert_no_traceback(result)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0] == (
+        '<stdin>:2: defaults.maxFiles: expected a whole number, got "many"'
+    )
