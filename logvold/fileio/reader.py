@@ -8,13 +8,13 @@ interval before the next step", so a server can drive it in bounded steps.
 from __future__ import annotations
 
 import calendar
-import contextlib
 import errno
 import gzip
 import heapq
 import json
 import logging
 import os
+import stat
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
@@ -28,7 +28,7 @@ import zstandard
 from logvold.core.layout import SegmentName, segments_of
 from logvold.core.streams import StreamInfo
 from logvold.errors import StateError
-from logvold.fileio.state import StreamState, load_state
+from logvold.fileio.state import SegmentRecord, StreamState, load_state
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,16 @@ def compile_pattern(pattern: str) -> Any:
     """The compiled RE2 of a client pattern; ValueError (a 400) when too long or invalid."""
     if len(pattern) > MAX_PATTERN_LENGTH:
         raise ValueError(f"pattern longer than {MAX_PATTERN_LENGTH} characters")
+    options = re2.Options()
+    options.log_errors = False
+    options.max_mem = 8 << 20  # bounded automaton memory per request
     try:
-        return re2.compile(pattern.encode("utf-8"))
+        return re2.compile(pattern.encode("utf-8", "surrogatepass"), options)
     except Exception as e:  # re2._re2.Error has no public name
-        raise ValueError(f"invalid RE2 pattern: {e}") from e
+        reason = e.args[0] if e.args else e
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise ValueError(f"invalid RE2 pattern: {reason}") from e
 
 
 # ---- timestamps -------------------------------------------------------------------------
@@ -258,10 +264,10 @@ class _Assembler:
 
 def _read_compressed(path: Path, compression: str) -> Iterator[bytes]:
     """Decompressed bytes of a segment in bounded chunks (streaming, never whole)."""
-    try:
-        raw = path.open("rb")
-    except FileNotFoundError:  # deleted by retention meanwhile: a race, not an error
+    fd = _open_nofollow(path)
+    if fd is None:  # deleted by retention meanwhile (a race), or not a regular file
         return
+    raw = os.fdopen(fd, "rb")
     with raw:
         reader: Any
         if compression == "gz":
@@ -280,11 +286,12 @@ def _open_segment(directory: Path, stem: str) -> tuple[int | None, Path, str] | 
     for suffix in ("", ".gz", ".zst"):
         path = directory / (stem + suffix)
         if suffix:
-            if path.exists():
+            if path.is_file() and not path.is_symlink():
                 return None, path, suffix[1:]
             continue
-        with contextlib.suppress(FileNotFoundError):
-            return os.open(path, os.O_RDONLY | os.O_NOFOLLOW), path, ""
+        fd = _open_nofollow(path)  # a symlink planted as a segment is never followed
+        if fd is not None:
+            return fd, path, ""
     return None
 
 
@@ -498,26 +505,35 @@ class StreamReader:
             log.warning("reader ignores state of %s/%s: %s", self.directory, self.base, e)
             return None
 
-    def _snapshot(self) -> tuple[list[SegmentName], StreamState | None]:
-        """Segments and state seen consistently (no rotation in between)."""
-        for _ in range(20):
+    def _snapshot(self) -> tuple[list[SegmentName], StreamState | None, int | None]:
+        """Segments, state and an fd of the active file seen consistently: no rotation
+        in between, so every event is in exactly one of the segments or after the
+        committed offset of the open file."""
+        for attempt in range(50):
             before = self._state()
+            fd = _open_nofollow(self.directory / self.base)
             try:
                 names = segments_of(self.base, (p.name for p in self.directory.iterdir()))
             except FileNotFoundError:
                 names = []
             after = self._state()
-            if before == after:
-                return names, after
-            time.sleep(0.005)
-        return names, after
+            consistent = before == after and (after is None or after.intent is None)
+            if fd is not None and after is not None and consistent:
+                st = os.fstat(fd)
+                consistent = (st.st_ino, st.st_dev) == (after.inode, after.device)
+            if consistent or attempt == 49:
+                return names, after, fd
+            if fd is not None:
+                os.close(fd)
+            time.sleep(0.01)
+        raise AssertionError("unreachable")
 
     # -- events -----------------------------------------------------------------------
 
     def _events(self) -> Iterator[Event | None]:
-        names, state = self._snapshot()
+        names, state, fd = self._snapshot()
         sources = [_Source(n) for n in names] + [_Source(None)]
-        active = _ActiveCursor(self, state)
+        active = _ActiveCursor(self, state, fd)
         try:
             start = self._plan_start(sources, active)
             everything = _Start(0)
@@ -759,6 +775,18 @@ class StreamReader:
         return len(last), min(s for s, _ in last), {e for _, e in last}
 
 
+def _open_nofollow(path: Path) -> int | None:
+    """An fd of a regular file at `path` (never through a symlink), or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
 def _skip_bytes(chunks: Iterator[bytes], n: int) -> Iterator[bytes]:
     for chunk in chunks:
         if n >= len(chunk):
@@ -772,7 +800,7 @@ class _ActiveCursor:
     """Reads the active file by LOGICAL offset, validated against the state file, and
     follows it through punch, collapse, rename, compression, truncation and removal."""
 
-    def __init__(self, reader: StreamReader, state: StreamState | None) -> None:
+    def __init__(self, reader: StreamReader, state: StreamState | None, fd: int | None) -> None:
         self.r = reader
         self.path = reader.directory / reader.base
         self.fd: int | None = None
@@ -781,21 +809,20 @@ class _ActiveCursor:
         self.collapsed = 0
         self.physical_start = 0
         self.skip: frozenset[str] = frozenset()
-        self._open(state, initial=True)
+        self.truncation: dict[str, Any] | None = None
+        """The last copytruncate intent seen: where the bytes before a truncation went."""
+        self._open(state, fd)
         logical = self.physical_start + self.collapsed
         self.splitter = _Splitter(reader.delimiter, logical, reader.max_record)
         self.assembler = _Assembler(reader.fmt, self.skip)
         self.gone_since: float | None = None
 
-    def _open(self, state: StreamState | None, *, initial: bool) -> None:
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
-        except (FileNotFoundError, OSError):
-            self.fd = None
+    def _open(self, state: StreamState | None, fd: int | None) -> None:
+        self.fd = fd
+        if fd is None:
             return
         st = os.fstat(fd)
-        self.fd, self.ino, self.dev = fd, st.st_ino, st.st_dev
-        state = state if initial else self.r._state()
+        self.ino, self.dev = st.st_ino, st.st_dev
         if state is not None and state.inode == st.st_ino and state.device == st.st_dev:
             self.collapsed = state.collapsed_bytes
             start = state.physical_committed
@@ -865,7 +892,7 @@ class _ActiveCursor:
                 self.close()
                 self.splitter.reset(0)
                 self.assembler.reset()
-                self._open(None, initial=False)
+                self._open(self.r._state(), _open_nofollow(self.path))
                 self.splitter.reset(self.physical_start + self.collapsed)
                 continue
             yield None
@@ -877,6 +904,8 @@ class _ActiveCursor:
         st = self._matching_state()
         if st is not None and st.intent is not None and st.intent.get("op") in (
                 "punch", "collapse", "copytruncate"):
+            if st.intent.get("op") == "copytruncate":
+                self.truncation = dict(st.intent)
             return "busy"
         emitted = self.splitter.emitted
         if st is not None and st.committed_offset > emitted:
@@ -885,11 +914,8 @@ class _ActiveCursor:
         collapsed = st.collapsed_bytes if st is not None else self.collapsed
         physical = self.splitter.consumed - collapsed
         size = os.fstat(self.fd).st_size
-        if physical > size:  # truncated under us (copytruncate or by hand): start over
-            log.info("%s was truncated; reading it from its start", self.path)
-            self.splitter.reset(0)
-            self.assembler.reset()
-            self.collapsed = 0
+        if physical > size:  # truncated under us (copytruncate or by hand)
+            yield from self._after_truncation()
             return "data"
         data = os.pread(self.fd, CHUNK_BYTES, physical) if physical < size else b""
         if not data:
@@ -940,6 +966,21 @@ class _ActiveCursor:
             self.assembler.reset()
         self.collapsed = st.collapsed_bytes
 
+    def _after_truncation(self) -> Iterator[Event]:
+        """Read what the copytruncate copied (if we saw its intent), then start over at 0."""
+        t, self.truncation = self.truncation, None
+        emitted = self.splitter.emitted
+        if t is not None and isinstance(t.get("stem"), str) and isinstance(t.get("start"), int) \
+                and isinstance(t.get("end"), int) and t["start"] <= emitted < t["end"]:
+            copied = StreamState(device=self.dev, inode=self.ino, committed_offset=t["end"],
+                                 segments=(SegmentRecord(t["stem"], t["start"], t["end"]),))
+            yield from self._from_segments(copied, emitted)
+        else:
+            log.info("%s was truncated; reading it from its start", self.path)
+        self.splitter.reset(0)
+        self.assembler.reset()
+        self.collapsed = 0
+
     def _rotated(self) -> bool:
         try:
             st = self.path.stat()
@@ -959,7 +1000,7 @@ class _ActiveCursor:
 
     def _reopen_or_gone(self) -> bool:
         """While the active file is absent: reopen it when it is back; True when gone for good."""
-        self._open(None, initial=False)
+        self._open(self.r._state(), _open_nofollow(self.path))
         if self.fd is not None:
             self.gone_since = None
             self.splitter.reset(self.physical_start + self.collapsed)

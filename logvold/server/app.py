@@ -1,0 +1,155 @@
+"""The aiohttp application: routes, the error/metrics middleware, /metrics and health.
+
+Handlers stay thin: validation and reading live in logs.py / kubeapi.py over the
+sync reader, which runs in a bounded thread pool one step at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from logvold.core.policy import Config
+from logvold.core.streams import StreamRegistry
+from logvold.errors import LogvoldError, UsageError
+from logvold.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+CONFIG_KEY = web.AppKey("logvold.config", Config)
+REGISTRY_KEY = web.AppKey("logvold.registry", StreamRegistry)
+METRICS_KEY = web.AppKey("logvold.metrics", Metrics)
+ReadyCheck = Callable[[], bool]
+READY_KEY: web.AppKey[ReadyCheck] = web.AppKey("logvold.is_ready")
+EXECUTOR_KEY = web.AppKey("logvold.executor", ThreadPoolExecutor)
+SHUTDOWN_KEY = web.AppKey("logvold.shutdown", threading.Event)
+
+READER_THREADS = 32
+"""Threads that run reader steps; a step is bounded (one chunk), so followers share them."""
+_HANDLER_KEY = "logvold.handler"
+_T0_KEY = "logvold.t0"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def handler_name(request: web.Request) -> str:
+    """A bounded label for metrics: the route's name, never the raw path."""
+    name = request.get(_HANDLER_KEY)
+    if isinstance(name, str):
+        return name
+    route = request.match_info.route
+    return route.name or "unmatched"
+
+
+@web.middleware
+async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Client mistakes become 4xx with a short reason; only bugs are a 5xx (and logged)."""
+    request[_T0_KEY] = time.monotonic()
+    metrics = request.app[METRICS_KEY]
+    code = 500
+    try:
+        response = await handler(request)
+        code = response.status
+        return response
+    except web.HTTPException as e:
+        code = e.status
+        raise
+    except (ValueError, UsageError) as e:
+        code = 400
+        raise web.HTTPBadRequest(text=f"{e}\n") from e
+    except (ConnectionResetError, BrokenPipeError):
+        code = 499  # the client went away mid-response (nginx's convention)
+        raise
+    except LogvoldError as e:
+        log.error("request %s %s failed: %s", request.method, request.path, e)
+        raise web.HTTPInternalServerError(text="internal error; see the logvold log\n") from e
+    finally:
+        metrics.http_requests.labels(handler_name(request), str(code)).inc()
+
+
+async def _observe_latency(request: web.Request, response: web.StreamResponse) -> None:
+    """Latency until the response started (streams run long after that)."""
+    t0 = request.get(_T0_KEY)
+    if isinstance(t0, float):
+        request.app[METRICS_KEY].http_seconds.labels(handler_name(request)).observe(
+            time.monotonic() - t0)
+
+
+async def _metrics_handler(request: web.Request) -> web.Response:
+    body, content_type = request.app[METRICS_KEY].exposition()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    if request.app[READY_KEY]():
+        return web.Response(text="ok\n")
+    return web.Response(status=503, text="not ready\n")
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    app[SHUTDOWN_KEY].set()  # followers end at their next poll
+
+
+async def _on_cleanup(app: web.Application) -> None:
+    app[EXECUTOR_KEY].shutdown(wait=True, cancel_futures=True)
+
+
+def build_app(*, config: Config, registry: StreamRegistry, metrics: Metrics,
+              is_ready: Callable[[], bool]) -> web.Application:
+    """The whole HTTP API over `registry`; nothing runs until start_server()."""
+    from logvold.server import kubeapi, logs
+
+    app = web.Application(middlewares=[_errors_and_metrics], client_max_size=64 * 1024)
+    app[CONFIG_KEY] = config
+    app[REGISTRY_KEY] = registry
+    app[METRICS_KEY] = metrics
+    app[READY_KEY] = is_ready
+    app[EXECUTOR_KEY] = ThreadPoolExecutor(max_workers=READER_THREADS,
+                                           thread_name_prefix="logvold-reader")
+    app[SHUTDOWN_KEY] = threading.Event()
+    app.on_response_prepare.append(_observe_latency)
+    app.on_shutdown.append(_on_shutdown)
+    app.on_cleanup.append(_on_cleanup)
+    try:
+        from logvold.server import nodelog
+    except ImportError:  # pragma: no cover - built in parallel; /logs/?query= then says 501
+        log.warning("node log query unavailable: logvold.server.nodelog did not import")
+    else:
+        nodelog.add_node_log_routes(app, config.node_log_query, metrics)
+    logs.add_routes(app)
+    kubeapi.add_routes(app)
+    app.router.add_get("/metrics", _metrics_handler, name="metrics")
+    app.router.add_get("/healthz", _healthz, name="healthz")
+    app.router.add_get("/readyz", _readyz, name="readyz")
+    return app
+
+
+async def start_server(app: web.Application, listen: str, *,
+                       ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
+    """Bind `listen` (HOST:PORT; port 0 picks a free one) and serve; returns the runner.
+
+    The bound port is `runner.addresses[0][1]`; stop with `await runner.cleanup()`.
+    """
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"listen address {listen!r} must be HOST:PORT, e.g. 127.0.0.1:8642")
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0,
+                           handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, host.strip("[]") or None, int(port), ssl_context=ssl_context,
+                       reuse_address=True)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
