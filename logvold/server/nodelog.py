@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import re2
@@ -56,6 +57,7 @@ CONFIG_KEY = web.AppKey("logvold.nodelog.config", NodeLogQueryConfig)
 METRICS_KEY = web.AppKey("logvold.nodelog.metrics", Metrics)
 _TEXT = "text/plain;charset=UTF-8"  # the kubelet's exact Content-Type
 _LAST_WRITE_TIMEOUT_S = 2.0
+_CLIENT_POLL_S = 0.25
 
 
 def _re2_options(pattern: str) -> Any:
@@ -206,7 +208,9 @@ async def handle_node_log_query(request: web.Request) -> web.StreamResponse:
         try:
             explicit = await asyncio.to_thread(open_in_log_dir, cfg.log_dir, query.file or "")
         except FileQueryError as exc:
-            return web.Response(status=406, text=f"query: Invalid value: {query.file!r}: {exc}\n")
+            if query.file is None:
+                return web.Response(status=404, text=f"log directory not available: {exc}\n")
+            return web.Response(status=406, text=f"query: Invalid value: {exc}\n")
         if explicit.is_dir:
             # The kubelet's http.FileServer answers a directory with its listing.
             page = await asyncio.to_thread(listing_html, explicit.fd)
@@ -221,20 +225,66 @@ async def handle_node_log_query(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": _TEXT})
     if _accepts_gzip(request.headers.get("Accept-Encoding", "")):
         resp.enable_compression(web.ContentCoding.gzip)
-    await resp.prepare(request)
+    plan = _Plan(query, explicit.fd if explicit else None, journal_units, file_services)
+    try:
+        await resp.prepare(request)
+    except BaseException:
+        if plan.file_fd is not None:
+            os.close(plan.file_fd)
+        raise
     body = _Body(resp, cfg.max_bytes, _metrics(request.app))
+    work = asyncio.ensure_future(_stream(body, cfg, plan, deadline, loop_deadline))
+    watch = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        # Whichever way we leave (done, client gone, server shutdown), nothing keeps running.
+        work.cancel()
+        watch.cancel()
+        outcome, _ = await asyncio.gather(work, watch, return_exceptions=True)
+    if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+        log.error("node log query failed after %d bytes", body.sent, exc_info=outcome)
+    elif watch.done() and not watch.cancelled():
+        log.debug("node log query client went away after %d bytes", body.sent)
+    return resp
+
+
+@dataclass
+class _Plan:
+    """What to send, decided before the response starts."""
+
+    query: NodeLogQuery
+    file_fd: int | None
+    """An explicit file query's open file (owned by the plan until read)."""
+    journal_units: list[str]
+    file_services: list[str]
+
+
+async def _client_gone(request: web.Request) -> None:
+    """Return when the client's connection closes (a silent journalctl gives no write to fail)."""
+    while True:
+        await asyncio.sleep(_CLIENT_POLL_S)
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+
+
+async def _stream(
+    body: _Body, cfg: NodeLogQueryConfig, plan: _Plan, deadline: float, loop_deadline: float
+) -> None:
+    query = plan.query
     matcher = compile_pattern(query.pattern) if query.pattern else None
     try:
         try:
             async with asyncio.timeout_at(loop_deadline):
-                if explicit is not None:
-                    fd, explicit = explicit.fd, None
+                if plan.file_fd is not None:
+                    fd, plan.file_fd = plan.file_fd, None
                     await _copy_file(body, fd, query, matcher, deadline)
-                if journal_units:
-                    await _copy_journal(body, query, journal_units, cfg.journal_directory)
-                if file_services:
+                if plan.journal_units:
+                    await _copy_journal(body, query, plan.journal_units, cfg.journal_directory)
+                if plan.file_services:
                     await _copy_service_files(
-                        body, cfg.log_dir, file_services, query, matcher, deadline
+                        body, cfg.log_dir, plan.file_services, query, matcher, deadline
                     )
         except (TimeoutError, DeadlineExceeded):
             async with asyncio.timeout(_LAST_WRITE_TIMEOUT_S):
@@ -246,15 +296,14 @@ async def handle_node_log_query(request: web.Request) -> web.StreamResponse:
                 await body.notice(
                     f"error: output truncated at {cfg.max_bytes} bytes (nodeLogQuery.maxBytes)"
                 )
-        await resp.write_eof()
+        await body.resp.write_eof()
     except (ConnectionError, TimeoutError) as exc:
-        # The client went away (or stopped reading); the journalctl child is already reaped.
+        # The client went away or stopped reading; the journalctl child is already reaped.
         log.debug("node log query client gone after %d bytes: %s", body.sent, exc)
     finally:
-        if explicit is not None:
+        if plan.file_fd is not None:
             with contextlib.suppress(OSError):
-                os.close(explicit.fd)
-    return resp
+                os.close(plan.file_fd)
 
 
 async def _split_services(
