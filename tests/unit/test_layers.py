@@ -1,0 +1,212 @@
+"""Imports point down the layers only: read every module's imports with ast.
+
+Core (layer 1) is pure stdlib; file I/O and config loading (layer 2) use no
+adapter library; nothing but the CLI entry points imports the composition
+layer. Imports under `if TYPE_CHECKING:` are not run, so they do not count.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2] / "logvold"
+ADAPTER_LIBRARIES = ("aiohttp", "watchdog", "kubernetes", "prometheus_client")
+UPPER_LAYER_MODULES = (
+    "logvold.server",
+    "logvold.daemon",
+    "logvold.cli",
+    "logvold.runner",
+    "logvold.discovery",
+    "logvold.watcher",
+    "logvold.metrics",
+)
+# Third-party libraries layer 2 may use: yaml only in config_file (its sole
+# importer); codecs and the RE2 engine in fileio, where segments are decoded
+# and the `pattern` read filter runs.
+LAYER2_THIRD_PARTY = {
+    "logvold.config_file": {"yaml"},
+    "logvold.fileio": {"zstandard", "re2"},
+}
+COMPOSITION = ("logvold.daemon", "logvold.cli")
+COMPOSITION_IMPORTERS = {"logvold.cli", "logvold.__main__"}
+
+
+@dataclass(frozen=True)
+class Import:
+    module: str
+    """Dotted name of the imported module (a `from X import submodule` names the submodule)."""
+    line: int
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE_ROOT.parent).with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _is_package_module(dotted: str) -> bool:
+    relative = Path(*dotted.split("."))
+    base = PACKAGE_ROOT.parent / relative
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node except those inside `if TYPE_CHECKING:` bodies."""
+    nodes: list[ast.AST] = []
+    stack: list[ast.AST] = [tree]
+    while stack:
+        node = stack.pop()
+        nodes.append(node)
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            stack.extend(node.orelse)
+            continue
+        stack.extend(ast.iter_child_nodes(node))
+    return nodes
+
+
+def imports_of(path: Path) -> list[Import]:
+    """The runtime imports of one module, relative imports resolved."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: list[Import] = []
+    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found.extend(Import(alias.name, node.lineno) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base_parts = package.split(".")
+                base_parts = base_parts[: len(base_parts) - (node.level - 1)]
+                base = ".".join([*base_parts, node.module] if node.module else base_parts)
+            else:
+                base = node.module or ""
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}"
+                is_submodule = base.startswith("logvold") and _is_package_module(candidate)
+                found.append(Import(candidate if is_submodule else base, node.lineno))
+    return found
+
+
+MODULES = sorted(PACKAGE_ROOT.rglob("*.py"))
+
+
+def _within(module: str, prefixes: tuple[str, ...] | set[str]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def _is_stdlib(module: str) -> bool:
+    top = module.partition(".")[0]
+    return top in sys.stdlib_module_names or top == "__future__"
+
+
+def _violations(path: Path) -> list[str]:
+    name = _module_name(path)
+    problems: list[str] = []
+    for imp in imports_of(path):
+        where = f"{path.relative_to(PACKAGE_ROOT.parent)}:{imp.line} imports {imp.module}"
+        is_core = _within(name, ("logvold.core",)) or name == "logvold.errors"
+        if is_core and not (
+            _is_stdlib(imp.module) or _within(imp.module, ("logvold.core", "logvold.errors"))
+        ):
+            problems.append(f"{where}: core may import only stdlib, logvold.core, logvold.errors")
+        layer2 = next((k for k in LAYER2_THIRD_PARTY if _within(name, (k,))), None)
+        if layer2 is not None:
+            if _within(imp.module, ADAPTER_LIBRARIES) or _within(imp.module, UPPER_LAYER_MODULES):
+                problems.append(f"{where}: layer 2 must not import adapters or composition")
+            elif not (_is_stdlib(imp.module) or _within(imp.module, ("logvold",))) and not (
+                _within(imp.module, LAYER2_THIRD_PARTY[layer2])
+            ):
+                problems.append(f"{where}: third-party library not allowed in {layer2}")
+        if _within(imp.module, COMPOSITION) and name not in COMPOSITION_IMPORTERS:
+            problems.append(f"{where}: only the CLI entry points import the composition layer")
+    return problems
+
+
+@pytest.mark.parametrize(
+    "path", MODULES, ids=[str(p.relative_to(PACKAGE_ROOT.parent)) for p in MODULES]
+)
+def test_imports_point_down(path: Path) -> None:
+    assert _violations(path) == []
+
+
+def test_the_checker_sees_the_layers_it_guards() -> None:
+    names = {_module_name(p) for p in MODULES}
+    assert {"logvold.core.policy", "logvold.errors", "logvold.config_file", "logvold.cli"} <= names
+    assert any(n.startswith("logvold.fileio.") for n in names)
+
+
+def test_config_file_is_the_only_yaml_importer() -> None:
+    importers = {
+        _module_name(p) for p in MODULES if any(_within(i.module, ("yaml",)) for i in imports_of(p))
+    }
+    assert importers == {"logvold.config_file"}
+
+
+@pytest.mark.parametrize(
+    ("module", "source", "expected"),
+    [
+        pytest.param(
+            "core/fake.py", "import yaml\n", "core may import only stdlib", id="core-yaml"
+        ),
+        pytest.param(
+            "core/fake.py", "from logvold.fileio import state\n", "core may import only stdlib",
+            id="core-upwards",
+        ),
+        pytest.param(
+            "core/fake.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+            "    from logvold.fileio.state import StreamState\n", None, id="core-type-checking-ok",
+        ),
+        pytest.param(
+            "core/fake.py", "from .. import errors\nfrom . import layout\n", None,
+            id="core-relative-ok",
+        ),
+        pytest.param(
+            "fileio/fake.py", "import aiohttp\n", "layer 2 must not import adapters",
+            id="fileio-aiohttp",
+        ),
+        pytest.param(
+            "fileio/fake.py", "def f():\n    from logvold.server import app\n",
+            "layer 2 must not import adapters", id="fileio-lazy-server",
+        ),
+        pytest.param(
+            "config_file_fake.py", "import requests\n", "third-party library not allowed",
+            id="unknown-third-party",
+        ),
+        pytest.param(
+            "server/fake.py", "from logvold import daemon\n", "only the CLI entry points",
+            id="server-imports-daemon",
+        ),
+    ],
+)  # fmt: skip
+def test_checker_catches_violations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str, source: str, expected: str | None
+) -> None:
+    # A throwaway package tree that mirrors logvold's, so names and relative imports resolve.
+    fake_root = tmp_path / "logvold"
+    for real in MODULES:
+        target = fake_root / real.relative_to(PACKAGE_ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.touch()
+    path = fake_root / module
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(source, encoding="utf-8")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE_ROOT", fake_root)
+    if module == "config_file_fake.py":
+        monkeypatch.setitem(LAYER2_THIRD_PARTY, "logvold.config_file_fake", {"yaml"})
+    found = _violations(path)
+    if expected is None:
+        assert found == []
+    else:
+        assert len(found) == 1
+        assert expected in found[0]
