@@ -1,0 +1,172 @@
+"""Follow, driven step by step (the reader yields b"" when caught up), through the real
+rotator: punch, collapse, compression, rename, truncation, removal, partial events."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from logvold.core.policy import LogPolicy
+from logvold.core.streams import StreamInfo, StreamKey
+from logvold.fileio.reader import ReadOptions, StreamReader
+from logvold.fileio.rotator import StreamRotator
+from tests.support.events import parse_event, split_raw, verify
+from tests.support.streams import make_events, rfc3339
+
+
+def info_for(directory: Path, **policy: object) -> StreamInfo:
+    directory.mkdir(parents=True, exist_ok=True)
+    return StreamInfo(key=StreamKey("default", "pod", "app"), directory=directory,
+                      base="app.log", policy=LogPolicy(**policy),  # type: ignore[arg-type]
+                      volume="logs")
+
+
+class Follower:
+    def __init__(self, info: StreamInfo, **opts: object) -> None:
+        self.now = 0.0
+        self.reader = StreamReader(info, ReadOptions(follow=True, **opts),  # type: ignore[arg-type]
+                                   gone_grace_s=1.0, clock=lambda: self.now)
+        self.chunks: Iterator[bytes] = self.reader.chunks()
+        self.data = bytearray()
+        self.ended = False
+
+    def drain(self, polls: int = 1) -> bytes:
+        """Run until caught up `polls` times; what arrived meanwhile."""
+        got = bytearray()
+        idle = 0
+        while idle < polls:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                self.ended = True
+                break
+            if chunk:
+                got += chunk
+            else:
+                idle += 1
+                self.now += 0.5
+        self.data += got
+        return bytes(got)
+
+    def seqs(self) -> list[int]:
+        report = verify(split_raw([bytes(self.data)]), allow_missing_prefix=True)
+        assert report.ok, report.summary()
+        seqs = [parse_event(b) for b in split_raw([bytes(self.data)])]
+        return [-1 if s is None else s for s in seqs]
+
+
+def append(path: Path, events: list[bytes]) -> None:
+    with path.open("ab") as f:
+        f.write(b"".join(events))
+
+
+def raw_events(start: int, n: int) -> list[bytes]:
+    return [e.encoded for e in make_events(n, "raw", start=start, seed=start + 7)]
+
+
+def test_follow_through_punch_and_collapse_with_lagging_reader(tmp_path: Path) -> None:
+    info = info_for(tmp_path, collapse="always", max_size_bytes=4096)
+    active = tmp_path / "app.log"
+    rot = StreamRotator(info, collapse_min_bytes=4096)
+    append(active, raw_events(0, 50))
+    f = Follower(info)
+    f.drain()
+    seq = 50
+    for round_ in range(12):
+        append(active, raw_events(seq, 60))
+        seq += 60
+        if round_ % 3 == 0:
+            f.drain()  # sometimes caught up, sometimes behind several rotations
+        assert rot.rotate("size") is not None
+        if round_ % 2:
+            append(active, raw_events(seq, 3))
+            seq += 3
+    f.drain()
+    assert f.seqs() == list(range(seq))
+    state = rot.state
+    assert state is not None and state.collapsed_bytes > 0  # the head really was collapsed
+    assert active.stat().st_size < state.committed_offset
+    # A new reader sees the same whole stream from segments + active.
+    fresh = b"".join(c for c in StreamReader(info, ReadOptions()).chunks() if c)
+    assert fresh == bytes(f.data)
+
+
+def test_follow_reads_compressed_segment_when_behind(tmp_path: Path) -> None:
+    info = info_for(tmp_path, compress="gzip", delay_compress=False, max_files=0)
+    active = tmp_path / "app.log"
+    rot = StreamRotator(info)
+    append(active, raw_events(0, 20))
+    f = Follower(info)
+    f.drain()
+    append(active, raw_events(20, 200))
+    rot.rotate("size")
+    rot.enforce_retention()
+    rot.compress_pending()
+    assert list(tmp_path.glob("app.log.*.gz"))
+    assert not [p for p in tmp_path.glob("app.log.2*") if p.suffix != ".gz"]
+    append(active, raw_events(220, 10))
+    f.drain()
+    assert f.seqs() == list(range(230))
+
+
+def test_follow_through_rename_rotation(tmp_path: Path) -> None:
+    info = info_for(tmp_path, strategy="rename")
+    active = tmp_path / "app.log"
+    rot = StreamRotator(info, punch_supported=False)
+    append(active, raw_events(0, 30))
+    f = Follower(info)
+    f.drain()
+    append(active, raw_events(30, 30))
+    rot.rotate("size")  # old inode renamed to a segment, a new empty active file
+    append(active, raw_events(60, 30))
+    f.drain(polls=2)
+    append(active, raw_events(90, 5))
+    f.drain()
+    assert f.seqs() == list(range(95))
+
+
+def test_partial_event_is_served_once_complete(tmp_path: Path) -> None:
+    info = info_for(tmp_path, format="cri")
+    active = tmp_path / "app.log"
+    evs = make_events(10, "cri", fragments=False)
+    append(active, [e.encoded for e in evs[:5]])
+    f = Follower(info)
+    assert f.drain().count(b"\n") == 5
+    ts, body = rfc3339(evs[5].ts_ns), evs[5].body
+    append(active, [f"{ts} stdout P ".encode() + body[:20] + b"\n",
+                    f"{ts} stderr F ".encode() + b"E#0000000099 interleaved\n"])
+    got = f.drain()
+    assert b"#0000000005" not in got and b"interleaved" in got
+    append(active, [f"{ts} stdout F ".encode() + body[20:] + b"\n"])
+    assert f.drain() == body + b"\n"
+    append(active, [e.encoded for e in evs[6:]])
+    f.drain()
+    bodies = [b for b in split_raw([bytes(f.data)]) if b"interleaved" not in b]
+    assert bodies == [e.body for e in evs]
+
+
+def test_follow_survives_truncation_and_ends_when_stream_removed(tmp_path: Path) -> None:
+    info = info_for(tmp_path)
+    active = tmp_path / "app.log"
+    append(active, raw_events(0, 40))
+    f = Follower(info)
+    f.drain()
+    os.truncate(active, 0)  # by hand: the follower starts over at 0
+    append(active, raw_events(40, 10))
+    f.drain(polls=2)
+    assert f.seqs() == list(range(50))
+    shutil.rmtree(tmp_path)
+    f.drain(polls=10)
+    assert f.ended
+
+
+def test_follow_with_tail_zero_serves_only_new_events(tmp_path: Path) -> None:
+    info = info_for(tmp_path)
+    active = tmp_path / "app.log"
+    append(active, raw_events(0, 40))
+    f = Follower(info, tail_events=0)
+    assert f.drain() == b""
+    append(active, raw_events(40, 3))
+    f.drain()
+    assert [s for s in f.seqs()] == [40, 41, 42]
