@@ -23,11 +23,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from logvold.core.policy import NodeLogQueryConfig
+from logvold.core.policy import Config, NodeLogQueryConfig
+from logvold.core.streams import StreamRegistry
+from logvold.metrics import Metrics
 from logvold.server import journal
-from logvold.server.nodelog import add_node_log_routes, handle_node_log_query
+from logvold.server.app import build_app, start_server
 
 JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
 KUBECTL = str(Path(sys.executable).with_name("kubectl"))
@@ -167,18 +168,17 @@ def _fresh_unit_cache() -> Iterator[None]:
 
 
 @asynccontextmanager
-async def serve(cfg: NodeLogQueryConfig) -> AsyncIterator[str]:
-    """Our handler on GET /logs/ on 127.0.0.1; yields the base URL."""
-    app = web.Application()
-    add_node_log_routes(app, cfg, None)
-    app.router.add_get("/logs/", handle_node_log_query)
-    runner = web.AppRunner(app, shutdown_timeout=2.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
+async def serve(cfg: NodeLogQueryConfig, metrics: Metrics | None = None) -> AsyncIterator[str]:
+    """The real logvold app (build_app) on 127.0.0.1, `cfg` as its nodeLogQuery; yields its URL."""
+    app = build_app(
+        config=Config(node_log_query=cfg),
+        registry=StreamRegistry(),
+        metrics=metrics or Metrics(),
+        is_ready=lambda: True,
+    )
+    runner = await start_server(app, "127.0.0.1:0")
     try:
-        yield f"http://{host}:{port}"
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
 
@@ -276,13 +276,18 @@ def test_service_queries_answer_from_the_journal(journal_dir: Path, log_dir: Pat
 
 def test_gzip_when_the_client_accepts_it(journal_dir: Path, log_dir: Path) -> None:
     async def scenario() -> None:
-        async with serve(config(journal_dir, log_dir)) as url:
+        metrics = Metrics()
+        async with serve(config(journal_dir, log_dir), metrics) as url:
             status, headers, body = await get(url, "/logs/?query=kubelet&tailLines=3", gzip_ok=True)
             assert status == 200 and headers.get("Content-Encoding") == "gzip"
             assert text_lines(gzip.decompress(body)) == expected(select("kubelet.service")[-3:])
             _, headers, plain = await get(url, "/logs/?query=kubelet&tailLines=3")
             assert "Content-Encoding" not in headers
             assert plain == gzip.decompress(body)
+        served = metrics.registry.get_sample_value(
+            "logvold_bytes_served_total", {"handler": "nodelog"}
+        )
+        assert served == 2 * len(plain)  # log bytes before compression, both answers
 
     asyncio.run(scenario())
 
