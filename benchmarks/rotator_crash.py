@@ -1,0 +1,170 @@
+"""kill -9 the rotator at random instants, recover, and check every event is there once.
+
+A writer process appends checksummed multi-line events the whole time; a child
+process rotates (punch, collapse), enforces retention and compresses in a
+tight loop and is SIGKILLed at a random instant; the parent then runs
+`recover()` and reads the stream back (segments + active file from the
+committed offset). Prints a table: kills, events, lost, dup, split.
+
+    python -m benchmarks.rotator_crash --kills 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from logvold.fileio.rotator import StreamRotator
+from logvold.fileio.state import load_state
+from tests.integration.rotator_kit import ROOT, leftovers, make_info, start_writer, whole_stream
+from tests.support.events import split_raw, verify
+
+DELIM = b"\n\n"
+POLICY: dict[str, object] = dict(max_size_bytes=32 * 1024, max_files=0,
+                                 max_total_size_bytes=1024 * 1024, delimiter=DELIM,
+                                 compress="gzip", collapse="auto")
+COLLAPSE_MIN = 16 * 1024
+
+
+@dataclass
+class CrashStats:
+    mode: str
+    kills: int = 0
+    rotations: int = 0
+    collapses: int = 0
+    recovered_intents: dict[str, int] = field(default_factory=dict)
+    events: int = 0
+    lost: int = 0
+    dup: int = 0
+    split: int = 0
+    leftovers: int = 0
+    max_allocated: int = 0
+    apparent: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.dup or self.split or self.leftovers or self.failures)
+
+
+def child(directory: Path, seed: int) -> None:
+    """Rotate forever; one line per committed rotation on stdout."""
+    rng = random.Random(seed)
+    rot = StreamRotator(make_info(directory, **POLICY), None, collapse_min_bytes=COLLAPSE_MIN)
+    rot.recover()
+    print("ready", flush=True)
+    n = 0
+    while True:
+        res = rot.rotate("size")
+        if res is not None:
+            print(f"r {res.collapsed_bytes}", flush=True)
+        n += 1
+        if n % 3 == 0:
+            rot.enforce_retention()
+        if n % 7 == 0:
+            rot.compress_pending()
+        time.sleep(rng.random() * 0.004)
+
+
+def _check(directory: Path, stats: CrashStats) -> None:
+    report = verify(split_raw([whole_stream(directory, delimiter=DELIM)], DELIM),
+                    allow_missing_prefix=True)
+    stats.events = report.seen
+    stats.lost += len(report.lost)
+    stats.dup += len(report.duplicated)
+    stats.split += len(report.corrupt) + report.out_of_order
+    if not report.ok:
+        stats.failures.append(f"after kill {stats.kills}: {report.summary()}")
+    left = leftovers(directory)
+    stats.leftovers += len(left)
+    state = load_state(directory, "app.log")
+    if state is not None and state.intent is not None:
+        stats.failures.append(f"after kill {stats.kills}: intent left {state.intent}")
+    st = (directory / "app.log").stat()
+    stats.max_allocated = max(stats.max_allocated, st.st_blocks * 512)
+    stats.apparent = st.st_size
+
+
+def run(kills: int, *, mode: str = "append", seed: int = 1, directory: Path | None = None,
+        max_delay_s: float = 0.15) -> CrashStats:
+    """`kills` SIGKILLs of a rotating child with a live `mode` writer; verify after each."""
+    rng = random.Random(seed)
+    stats = CrashStats(mode)
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        d = Path(tmp)
+        writer = start_writer(d / "app.log", mode=mode, count=10**8, rate=400, max_chunk=8192,
+                              seed=seed)
+        try:
+            for i in range(kills):
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "benchmarks.rotator_crash", "--child", str(d),
+                     "--seed", str(seed * 1000 + i)], cwd=ROOT, stdout=subprocess.PIPE)
+                assert proc.stdout is not None
+                proc.stdout.readline()  # "ready": recovery in the child is done
+                time.sleep(rng.random() * max_delay_s)
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                for line in proc.stdout.read().decode().splitlines():
+                    stats.rotations += 1
+                    stats.collapses += line.split()[1] != "0"
+                proc.stdout.close()
+                stats.kills += 1
+                intent = (load_state(d, "app.log") or _NoState).intent
+                if intent is not None:
+                    op = str(intent.get("op"))
+                    stats.recovered_intents[op] = stats.recovered_intents.get(op, 0) + 1
+                StreamRotator(make_info(d, **POLICY), None,
+                              collapse_min_bytes=COLLAPSE_MIN).recover()
+                _check(d, stats)
+        finally:
+            writer.kill()
+            writer.wait()
+        rot = StreamRotator(make_info(d, **POLICY), None, collapse_min_bytes=COLLAPSE_MIN)
+        rot.recover()
+        rot.rotate("final")
+        _check(d, stats)
+    return stats
+
+
+class _NoState:
+    intent = None
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--kills", type=int, default=200)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--child", metavar="DIR", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child(Path(args.child), args.seed)
+        return 0
+    rows = []
+    for mode in ("append", "offset"):
+        t0 = time.monotonic()
+        s = run(args.kills // 2, mode=mode, seed=args.seed)
+        rows.append((s, time.monotonic() - t0))
+    print(f"{'writer':8} {'kills':>5} {'rotations':>9} {'collapses':>9} {'events':>7} "
+          f"{'lost':>4} {'dup':>4} {'split':>5} {'alloc':>7} {'apparent':>10} {'intents':>28} "
+          f"{'secs':>5}")
+    for s, secs in rows:
+        intents = ",".join(f"{k}:{v}" for k, v in sorted(s.recovered_intents.items())) or "-"
+        print(f"{s.mode:8} {s.kills:5} {s.rotations:9} {s.collapses:9} {s.events:7} {s.lost:4} "
+              f"{s.dup:4} {s.split:5} {s.max_allocated:7} {s.apparent:10} {intents:>28} "
+              f"{secs:5.1f}")
+        for f in s.failures[:5]:
+            print("  FAIL", f)
+    return 0 if all(s.ok for s, _ in rows) else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    raise SystemExit(main())
