@@ -1,0 +1,568 @@
+"""The event-preserving rotating writer: logvold's own output files (`run`, `driver`).
+
+Appends a stream's bytes to its active file and cuts segments only at event
+boundaries - by size, at each Hourly/Daily period, or on demand. The event
+that straddles a trigger finishes in the old segment, so a segment exceeds
+maxSize by at most one event (bounded by maxEventSize). Raw bytes are written
+as they come; cri / json-file output is encoded here per stream, with P / partial
+pieces for events longer than maxEventSize. Memory is bounded by one chunk
+plus maxEventSize per stream.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import os
+import queue
+import stat
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from logvold.core.framing import Framer, make_framer
+from logvold.core.layout import SegmentName, next_segment_name, segments_of
+from logvold.core.policy import LogPolicy
+from logvold.core.retention import SegmentFile, next_period_boundary, plan_retention
+from logvold.errors import StreamError
+from logvold.fileio.compress import compress_segment
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+STREAMS = ("stdout", "stderr")
+_TAIL_BLOCK = 64 * 1024
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RotatedSegment:
+    """A segment the writer just closed."""
+
+    path: str
+    name: SegmentName
+    size_bytes: int
+    reason: str
+    """`size`, `period`, or what the caller of rotate() passed (e.g. `manual`)."""
+
+
+@dataclass
+class _LineStream:
+    """cri / json-file state of one stream: the unfinished line, and whether a piece
+    of the current event is already written (the event is open)."""
+
+    held: bytearray
+    open: bool = False
+
+
+class RotatingWriter:
+    """Appends to `path`, rotating by `policy` (maxSize, rotate, maxFiles, maxAge, compress).
+
+    Not thread-safe: one caller at a time. Segment fsync, retention and
+    compression run on one background thread, off the write path; close()
+    waits for it. `on_rotate` is called (on the caller's thread) after each cut.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        policy: LogPolicy,
+        *,
+        clock: Clock = utcnow,
+        on_rotate: Callable[[RotatedSegment], None] | None = None,
+        background: bool = True,
+    ) -> None:
+        if policy.format != "raw" and policy.delimiter != b"\n":
+            raise ValueError(f"format {policy.format} frames lines: the delimiter must be \\n")
+        active = Path(path).absolute()
+        self.path = str(active)
+        self.policy = policy
+        self._clock = clock
+        self._on_rotate = on_rotate
+        self._dir = active.parent
+        self._base = active.name
+        self._tz: tzinfo = UTC if policy.timezone == "UTC" else ZoneInfo(policy.timezone)
+        self._max_size = policy.max_size_bytes
+        self._max_event = policy.max_event_size_bytes
+        self._raw = policy.format == "raw"
+        self._fd = -1
+        self._splice_fd = -1
+        self._readable = False
+        self._size = 0
+        self._due: str | None = None
+        self._closed = False
+        self._newest: SegmentName | None = None
+        self._next_period: datetime | None = None
+        self._framer: Framer = make_framer("raw", policy.delimiter, self._max_event)
+        self._regular = True
+        self._stale = False  # the framer has not seen the end of the file
+        self._lines = {s: _LineStream(bytearray()) for s in STREAMS}
+        self.rotations = 0
+        self.bytes_written = 0
+        self._split_base = 0
+        self._worker: _Maintenance | None = None
+        self._open_active(existing_ok=True)
+        if not self._regular:
+            self._max_size = 0  # a FIFO or device: nothing to rotate
+        elif background and (
+            policy.max_files or policy.max_age_s or policy.compress != "none" or self._rotates
+        ):
+            self._worker = _Maintenance(self)
+        existing = self._list_segments()
+        self._newest = existing[-1] if existing else None
+        now = self._clock()
+        if not self._regular:
+            self._next_period = None
+        elif self._size:
+            # A file left by an earlier run: its period is the one it was last written in.
+            mtime = datetime.fromtimestamp(os.fstat(self._fd).st_mtime, UTC)
+            self._next_period = next_period_boundary(min(mtime, now), policy.rotate, self._tz)
+        else:
+            self._next_period = next_period_boundary(now, policy.rotate, self._tz)
+        if self._regular and existing and self._worker is not None:
+            self._worker.submit(None)  # apply retention to what an earlier run left
+
+    # ----------------------------------------------------------------- public
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes in the active file."""
+        return self._size
+
+    @property
+    def split_count(self) -> int:
+        """Events cut at maxEventSize so far (0 below maxEventSize)."""
+        return self._split_base + self._framer.split_count
+
+    @property
+    def at_boundary(self) -> bool:
+        """True when the active file ends with a whole event (or is empty)."""
+        if self._raw:
+            return not self._stale and self._framer.pending == 0
+        return not any(s.open for s in self._lines.values())
+
+    def write(self, stream: str, data: bytes) -> None:
+        """Append `data` read from `stream` (`stdout` / `stderr`; ignored for raw)."""
+        if not data:
+            return
+        self._check_time()
+        if self._raw:
+            self._write_raw(data)
+        else:
+            self._write_lines(stream, data)
+
+    def splice_from(self, fd: int, max_bytes: int) -> int:
+        """Move up to `max_bytes` from pipe `fd` to the file; 0 at end of input.
+
+        Zero-copy (splice) while no trigger can fire inside the chunk; reads
+        and frames the bytes otherwise. Raw format only.
+        """
+        self._check_time()
+        room = self._max_size - self._size if self._max_size else max_bytes
+        if (
+            not self._raw
+            or self._due is not None
+            or room <= 0
+            or not self._regular
+            or self._overlapping_delimiter
+        ):
+            data = os.read(fd, max_bytes)
+            if data:
+                self.write("stdout", data)
+            return len(data)
+        if self._splice_fd < 0:
+            self._splice_fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+        offset = os.fstat(self._fd).st_size
+        try:
+            moved = os.splice(fd, self._splice_fd, min(max_bytes, room), offset_dst=offset)
+        except OSError as exc:
+            raise StreamError(
+                f"cannot write {self.path}: {exc.strerror}", path=self.path, op="write"
+            ) from exc
+        if moved:
+            self._size = offset + moved
+            self.bytes_written += moved
+            self._stale = True
+            if self._max_size and self._size >= self._max_size:
+                self._due = "size"
+                self._maybe_cut_now()
+        return moved
+
+    def rotate(self, reason: str = "manual") -> None:
+        """Cut the active file now if it ends at an event boundary, else at the next one."""
+        if self._size == 0:
+            return
+        self._due = reason
+        self._maybe_cut_now()
+
+    def tick(self) -> None:
+        """Fire a due time trigger (call when idle; write() checks by itself)."""
+        self._check_time()
+        if self._due is not None:
+            self._maybe_cut_now()
+
+    def seconds_to_next_period(self) -> float | None:
+        """How long until the next Hourly/Daily boundary (for a caller's poll timeout)."""
+        if self._next_period is None:
+            return None
+        return max(0.0, (self._next_period - self._clock()).total_seconds())
+
+    def flush(self) -> None:
+        """Make what was written so far durable (fsync); held partial lines stay held."""
+        if self._fd >= 0 and self._regular:
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                raise StreamError(
+                    f"cannot fsync {self.path}: {exc.strerror}", path=self.path, op="fsync"
+                ) from exc
+
+    def close(self) -> None:
+        """Write held partial lines as final events, fsync, close; wait for compression."""
+        if self._closed:
+            return
+        try:
+            if not self._raw:
+                for name, st in self._lines.items():
+                    if st.held or st.open:
+                        self._append(self._encode(name, bytes(st.held), full=True, ts=self._ts()))
+                        st.held.clear()
+                        st.open = False
+            self.flush()
+        finally:
+            self._closed = True
+            for fd in (self._fd, self._splice_fd):
+                if fd >= 0:
+                    os.close(fd)
+            self._fd = self._splice_fd = -1
+            if self._worker is not None:
+                self._worker.stop()
+
+    # ------------------------------------------------------------------ raw
+
+    def _write_raw(self, data: bytes) -> None:
+        if self._stale:
+            self._resync()
+        n = len(data)
+        if self._due is None and (not self._max_size or self._size + n < self._max_size):
+            self._framer.last_boundary(data)
+            self._append(data)
+            return
+        at_start = self._framer.pending == 0
+        start_abs = self._framer.offset
+        ends = [e - start_abs for e in self._framer.feed(data)]
+        pos = 0
+        at_b = at_start
+        view = memoryview(data)
+        while True:
+            if self._due is None and self._max_size and self._size >= self._max_size:
+                self._due = "size"
+            if self._due is not None and at_b and self._size > 0:
+                self._cut(self._due)
+            if pos >= n:
+                break
+            if self._due is not None:
+                i = bisect.bisect_right(ends, pos)
+                end = ends[i] if i < len(ends) else n
+            else:
+                end = min(n, pos + self._max_size - self._size) if self._max_size else n
+            self._append(view[pos:end])
+            pos = end
+            i = bisect.bisect_left(ends, pos)
+            at_b = i < len(ends) and ends[i] == pos
+
+    @property
+    def _overlapping_delimiter(self) -> bool:
+        d = self.policy.delimiter
+        return any(d[:k] == d[-k:] for k in range(1, len(d)))
+
+    def _resync(self) -> None:
+        """Rebuild the framer from the file's tail after bytes it did not see (splice,
+        a file left by an earlier run): find the last delimiter within maxEventSize
+        bytes, reading backwards in bounded blocks, and feed it what follows."""
+        self._stale = False
+        self._split_base += self._framer.split_count
+        self._framer = make_framer("raw", self.policy.delimiter, self._max_event)
+        end = self._size
+        if end == 0 or not self._readable:
+            return
+        d = self.policy.delimiter
+        lo = max(0, end - self._max_event)
+        start = lo
+        pos = end
+        while pos > lo:
+            block_start = max(lo, pos - _TAIL_BLOCK)
+            block = os.pread(self._fd, min(end, pos + len(d) - 1) - block_start, block_start)
+            k = block.rfind(d)
+            if k >= 0:
+                start = block_start + k + len(d)
+                break
+            pos = block_start
+        offset = start
+        while offset < end:
+            block = os.pread(self._fd, min(_TAIL_BLOCK, end - offset), offset)
+            if not block:
+                break
+            self._framer.feed(block)
+            offset += len(block)
+
+    # ----------------------------------------------------- cri / json-file
+
+    def _write_lines(self, stream: str, data: bytes) -> None:
+        st = self._lines.get(stream)
+        if st is None:
+            raise ValueError(f"unknown stream {stream!r}: use stdout or stderr")
+        if self._due is not None:
+            self._maybe_cut_now()
+        ts = self._ts()
+        out = bytearray()
+        limit = self._max_event
+        pos = 0
+        n = len(data)
+        while pos < n:
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                st.held += data[pos:]
+                while len(st.held) >= limit:
+                    out += self._encode(stream, bytes(st.held[:limit]), full=False, ts=ts)
+                    del st.held[:limit]
+                    st.open = True
+                break
+            if st.held:
+                msg = bytes(st.held) + data[pos:nl]
+                st.held.clear()
+            else:
+                msg = data[pos:nl]
+            pos = nl + 1
+            while len(msg) > limit:
+                out += self._encode(stream, msg[:limit], full=False, ts=ts)
+                msg = msg[limit:]
+                st.open = True
+            out += self._encode(stream, msg, full=True, ts=ts)
+            st.open = False
+            if self._due is None and self._max_size and self._size + len(out) >= self._max_size:
+                self._due = "size"
+            if self._due is not None and self.at_boundary:
+                self._append(out)
+                out.clear()
+                self._cut(self._due)
+        if out:
+            self._append(out)
+        if self._due is not None:
+            self._maybe_cut_now()
+
+    def _ts(self) -> str:
+        now = self._clock().astimezone(UTC)
+        return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond:06d}000Z"
+
+    def _encode(self, stream: str, msg: bytes, *, full: bool, ts: str) -> bytes:
+        if self.policy.format == "cri":
+            return b"%s %s %s %s\n" % (ts.encode(), stream.encode(), b"F" if full else b"P", msg)
+        text = msg.decode("utf-8", "surrogateescape") + ("\n" if full else "")
+        entry = {"log": text, "stream": stream, "time": ts}
+        return json.dumps(entry, separators=(",", ":")).encode() + b"\n"
+
+    # ----------------------------------------------------------- rotation
+
+    @property
+    def _rotates(self) -> bool:
+        return bool(self._max_size) or self.policy.rotate != "Never"
+
+    def _check_time(self) -> None:
+        if self._next_period is not None and self._due is None:
+            now = self._clock()
+            if now >= self._next_period:
+                if self._size:
+                    self._due = "period"
+                else:
+                    self._next_period = next_period_boundary(now, self.policy.rotate, self._tz)
+
+    def _maybe_cut_now(self) -> None:
+        if self._due is None:
+            return
+        if self._size == 0:
+            self._due = None
+            return
+        if self._raw and self._stale:
+            self._resync()
+        if self.at_boundary:
+            self._cut(self._due)
+
+    def _cut(self, reason: str) -> None:
+        """Rename the active file to the next segment name and start a new active file.
+
+        The old file's fsync, the directory fsync, retention and compression
+        happen on the maintenance thread: the renamed file holds the same bytes
+        the active file held, so deferring its fsync does not change what a
+        crash can lose, and the write path never waits for the disk.
+        """
+        if not self._regular:
+            self._due = None
+            return
+        now = self._clock()
+        name = next_segment_name(self._base, now, [self._newest] if self._newest else [])
+        seg_path = self._dir / name.filename
+        if any(
+            self._dir.joinpath(name.filename + sfx).is_symlink()
+            or self._dir.joinpath(name.filename + sfx).exists()
+            for sfx in ("", ".gz", ".zst")
+        ):
+            # Someone else made this name: step past every segment on disk.
+            name = next_segment_name(self._base, now, self._list_segments())
+            seg_path = self._dir / name.filename
+        try:
+            Path(self.path).replace(seg_path)
+        except OSError as exc:
+            raise StreamError(
+                f"cannot rotate {self.path} to {seg_path}: {exc.strerror}",
+                path=self.path,
+                op="rotate",
+            ) from exc
+        old_fd, size = self._fd, self._size
+        if self._splice_fd >= 0:
+            os.close(self._splice_fd)
+            self._splice_fd = -1
+        self._fd = -1
+        self._newest = name
+        self._due = None
+        self._next_period = next_period_boundary(now, self.policy.rotate, self._tz)
+        self.rotations += 1
+        # The framer carries on: the new file starts at the cut, a boundary.
+        self._open_active(existing_ok=False)
+        if self._worker is not None:
+            self._worker.submit(old_fd)
+        else:
+            _sync_and_close(old_fd, self._dir)
+        segment = RotatedSegment(path=str(seg_path), name=name, size_bytes=size, reason=reason)
+        if self._on_rotate is not None:
+            self._on_rotate(segment)
+
+    # --------------------------------------------------------------- files
+
+    def _open_active(self, *, existing_ok: bool) -> None:
+        flags = os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        if not existing_ok:
+            flags |= os.O_EXCL
+        try:
+            try:
+                self._fd = os.open(self.path, flags | os.O_RDWR, 0o644)
+                self._readable = True
+            except PermissionError:
+                self._fd = os.open(self.path, flags | os.O_WRONLY, 0o644)
+                self._readable = False
+            st = os.fstat(self._fd)
+        except OSError as exc:
+            raise StreamError(
+                f"cannot open log file {self.path}: {exc.strerror}",
+                path=self.path,
+                op="open",
+            ) from exc
+        self._regular = stat.S_ISREG(st.st_mode)
+        self._size = st.st_size if self._regular else 0
+        self._stale = self._size > 0
+
+    def _append(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+                self._size += written
+                self.bytes_written += written
+        except OSError as exc:
+            raise StreamError(
+                f"cannot write {self.path}: {exc.strerror}", path=self.path, op="write"
+            ) from exc
+
+    def _list_segments(self) -> list[SegmentName]:
+        try:
+            names = os.listdir(self._dir)  # noqa: PTH208 - names only, no stat per entry
+        except OSError:
+            return []
+        return segments_of(self._base, names)
+
+    def _retention_pass(self) -> None:
+        """Apply maxFiles / maxAge and compress: runs on the maintenance thread."""
+        segments: list[SegmentFile] = []
+        for name in self._list_segments():
+            try:
+                size = (self._dir / name.filename).stat().st_size
+            except FileNotFoundError:
+                continue
+            segments.append(SegmentFile(name=name, size_bytes=size))
+        plan = plan_retention(segments, self._size, self.policy, self._clock())
+        for name in plan.delete:
+            try:
+                (self._dir / name.filename).unlink()
+                log.info("removed segment %s (%s)", name.filename, plan.reasons.get(name.stem))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot remove segment %s: %s", name.filename, exc)
+        if self.policy.compress != "none":
+            for name in plan.compress:
+                try:
+                    compress_segment(str(self._dir / name.filename), self.policy.compress)
+                except StreamError as exc:
+                    log.warning("%s", exc)
+
+
+def _sync_and_close(fd: int, directory: Path) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        log.warning("cannot fsync a closed segment in %s: %s", directory, exc)
+    finally:
+        os.close(fd)
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        log.warning("cannot fsync directory %s: %s", directory, exc)
+
+
+class _Maintenance:
+    """One background thread: fsync closed segments, then retention and compression."""
+
+    def __init__(self, writer: RotatingWriter) -> None:
+        self._writer = writer
+        self._jobs: queue.SimpleQueue[int | object | None] = queue.SimpleQueue()
+        self._stop = object()
+        self._thread = threading.Thread(target=self._run, name="logvold-segments", daemon=True)
+        self._thread.start()
+
+    def submit(self, old_fd: int | None) -> None:
+        self._jobs.put(old_fd)
+
+    def stop(self) -> None:
+        self._jobs.put(self._stop)
+        self._thread.join()
+
+    def _run(self) -> None:
+        writer = self._writer
+        stopping = False
+        while not stopping:
+            jobs = [self._jobs.get()]
+            while not self._jobs.empty():
+                jobs.append(self._jobs.get())
+            for job in jobs:
+                if job is self._stop:
+                    stopping = True
+                elif isinstance(job, int):
+                    _sync_and_close(job, writer._dir)
+            # One retention pass covers every rotation queued so far.
+            if any(job is not self._stop for job in jobs):
+                try:
+                    writer._retention_pass()
+                except Exception:  # a bug here must not stop the writer
+                    log.exception("retention pass failed for %s", writer.path)

@@ -1,0 +1,251 @@
+"""Run the child: spawn it, forward termination signals, pump its output into the writer.
+
+Stream plumbing mirrors the shell forms kube-log-runner replaces: without a log
+file the child inherits our stdout (and stderr, or stdout for `2>&1`); with
+one, stdout and a redirected stderr share ONE pipe, so their relative order
+is exactly what `1>>file 2>&1` would give; cri / json-file read the two
+streams on separate pipes so each line keeps its stream name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from types import FrameType
+
+from logvold.core.policy import LogPolicy
+from logvold.errors import LogvoldError, StreamError
+from logvold.fileio.rotating_writer import RotatingWriter
+
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+CHUNK_BYTES = 1 << 20
+"""Largest read or splice; also the pipe capacity we ask for (Linux pipe-max-size default)."""
+DRAIN_IDLE_S = 1.0
+"""After the child exits, how long a silent pipe still held open (by a grandchild) is waited on."""
+_F_SETPIPE_SZ = 1031
+_POLL_IDLE_MS = 250
+
+
+class StartError(LogvoldError):
+    """The command could not be started; `exit_code` is what a shell would return."""
+
+    def __init__(self, message: str, *, exit_code: int) -> None:
+        super().__init__(message, op="start")
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """What `logvold run` was asked to do (flags already validated)."""
+
+    argv: tuple[str, ...]
+    log_file: str = ""
+    """"" = no file: output goes to our stdout, like kube-log-runner."""
+    also_stdout: bool = False
+    redirect_stderr: bool = True
+    flush_interval_s: float = 0.0
+    """fsync the log file this often; 0 = never (the kernel writes it back)."""
+    policy: LogPolicy
+
+
+def run(opts: RunOptions) -> int:
+    """Run the command to completion; return its exit status (128+N if killed by signal N).
+
+    Raises StartError when the command cannot be started and StreamError when
+    the log file cannot be opened; output written before the child exits is
+    always in the file when this returns.
+    """
+    with _forwarding_signals() as forwarder:
+        if not opts.log_file:
+            child = _spawn(opts.argv, stdout=None, stderr=1 if opts.redirect_stderr else None)
+            forwarder.attach(child)
+            return _exit_status(_wait(child))
+        writer = RotatingWriter(opts.log_file, opts.policy)
+        try:
+            return _run_to_file(opts, writer, forwarder)
+        finally:
+            writer.close()
+
+
+def _run_to_file(opts: RunOptions, writer: RotatingWriter, forwarder: _Forwarder) -> int:
+    streams: dict[int, str] = {}
+    child_ends: list[int] = []
+    try:
+        out_r, out_w = _pipe()
+        streams[out_r] = "stdout"
+        child_ends.append(out_w)
+        err_w: int | None = out_w if opts.redirect_stderr else None
+        if opts.redirect_stderr and opts.policy.format != "raw":
+            err_r, err_w = _pipe()
+            streams[err_r] = "stderr"
+            child_ends.append(err_w)
+        child = _spawn(opts.argv, stdout=out_w, stderr=err_w)
+    except BaseException:
+        for fd in [*streams, *child_ends]:
+            os.close(fd)
+        raise
+    for fd in child_ends:
+        os.close(fd)
+    forwarder.attach(child)
+    try:
+        _pump(streams, writer, child, opts)
+    finally:
+        for fd in streams:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    return _exit_status(_wait(child))
+
+
+def _pump(
+    streams: dict[int, str],
+    writer: RotatingWriter,
+    child: subprocess.Popen[bytes],
+    opts: RunOptions,
+) -> None:
+    """Move bytes from the pipes to the writer (and our stdout with -also-stdout) until
+    every pipe is at end of input, or the child is gone and the pipes stay silent."""
+    tee_fd: int | None = 1 if opts.also_stdout else None
+    zero_copy = tee_fd is None and len(streams) == 1
+    poller = select.poll()
+    for fd in streams:
+        poller.register(fd, select.POLLIN)
+    open_fds = dict(streams)
+    flush_every = opts.flush_interval_s
+    next_flush = time.monotonic() + flush_every if flush_every else None
+    child_gone_at: float | None = None
+    last_data = time.monotonic()
+    write_failed = False
+    while open_fds:
+        timeout_s = _POLL_IDLE_MS / 1000
+        period_s = writer.seconds_to_next_period()
+        if period_s is not None:
+            timeout_s = min(timeout_s, period_s + 0.001)
+        if next_flush is not None:
+            timeout_s = min(timeout_s, max(0.0, next_flush - time.monotonic()))
+        ready = poller.poll(int(timeout_s * 1000) + 1)
+        now = time.monotonic()
+        for fd, _events in ready:
+            try:
+                if zero_copy:
+                    moved = writer.splice_from(fd, CHUNK_BYTES)
+                else:
+                    data = os.read(fd, CHUNK_BYTES)
+                    moved = len(data)
+                    if data and tee_fd is not None:
+                        tee_fd = _tee(tee_fd, data)
+                    writer.write(open_fds[fd], data)
+                write_failed = False
+            except StreamError as exc:
+                # Keep the workload running: report once per failure episode, drop
+                # this chunk (the disk is full or gone) and try again with the next.
+                if not write_failed:
+                    os.write(2, f"logvold run: {exc}; output is being dropped\n".encode())
+                write_failed = True
+                moved = len(os.read(fd, CHUNK_BYTES)) if zero_copy else 1
+            if moved == 0:
+                poller.unregister(fd)
+                os.close(fd)
+                del open_fds[fd]
+            else:
+                last_data = now
+        try:
+            writer.tick()
+            if next_flush is not None and now >= next_flush:
+                writer.flush()
+                next_flush = now + flush_every
+        except StreamError as exc:
+            os.write(2, f"logvold run: {exc}\n".encode())
+        if not ready and child_gone_at is None and child.poll() is not None:
+            child_gone_at = now
+        if child_gone_at is not None and now - max(last_data, child_gone_at) >= DRAIN_IDLE_S:
+            break  # the child is gone; a descendant keeps the pipe open but silent
+
+
+def _tee(fd: int, data: bytes) -> int | None:
+    """Copy to our stdout; a closed stdout stops the copy but never the log file."""
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except BrokenPipeError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.EPIPE, errno.EBADF):
+            return None
+        raise
+    return fd
+
+
+def _pipe() -> tuple[int, int]:
+    r, w = os.pipe2(os.O_CLOEXEC)
+    with contextlib.suppress(OSError):  # fewer, larger chunks; the default 64 KiB also works
+        fcntl.fcntl(r, _F_SETPIPE_SZ, CHUNK_BYTES)
+    return r, w
+
+
+def _spawn(
+    argv: Sequence[str], *, stdout: int | None, stderr: int | None
+) -> subprocess.Popen[bytes]:
+    try:
+        return subprocess.Popen(list(argv), stdout=stdout, stderr=stderr, close_fds=True)
+    except FileNotFoundError as exc:
+        raise StartError(
+            f"cannot start {argv[0]!r}: no such file or command (checked PATH)", exit_code=127
+        ) from exc
+    except PermissionError as exc:
+        raise StartError(f"cannot start {argv[0]!r}: permission denied", exit_code=126) from exc
+    except OSError as exc:
+        raise StartError(f"cannot start {argv[0]!r}: {exc.strerror or exc}", exit_code=126) from exc
+
+
+def _wait(child: subprocess.Popen[bytes]) -> int:
+    while True:
+        try:
+            return child.wait()
+        except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+            continue
+
+
+def _exit_status(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class _Forwarder:
+    """Signal handlers that pass SIGTERM/INT/HUP/QUIT on to the child (queued until it exists)."""
+
+    def __init__(self) -> None:
+        self._child: subprocess.Popen[bytes] | None = None
+        self._pending: list[int] = []
+
+    def handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self._child is None:
+            self._pending.append(signum)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self._child.send_signal(signum)
+
+    def attach(self, child: subprocess.Popen[bytes]) -> None:
+        self._child = child
+        for signum in self._pending:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signum)
+        self._pending.clear()
+
+
+@contextlib.contextmanager
+def _forwarding_signals() -> Iterator[_Forwarder]:
+    forwarder = _Forwarder()
+    previous = {sig: signal.signal(sig, forwarder.handle) for sig in FORWARDED_SIGNALS}
+    try:
+        yield forwarder
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
