@@ -1,0 +1,1 @@
+"""Where streams come from besides the static config: Kubernetes pods on this node."""

@@ -1,0 +1,506 @@
+"""Pod discovery on this node: list + watch the pods with spec.nodeName=<node>
+and keep the registry's `source="kubernetes"` streams equal to what their
+`logvold.io/logs` annotations declare. The only importer of `kubernetes`.
+
+Threading: PodDiscovery runs one daemon thread (the client is synchronous);
+start() returns at once, stop() closes the open watch and joins. Registry
+listeners are called from that thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import socket
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote
+
+import kubernetes.client
+import kubernetes.config
+
+from logvold.core.pod_policy import PodRef, PodStreams
+from logvold.core.streams import StreamKey
+from logvold.discovery.annotation import pod_streams
+from logvold.errors import LogvoldError
+
+if TYPE_CHECKING:
+    from logvold.core.policy import KubernetesConfig, LogPolicy
+    from logvold.core.streams import StreamRegistry
+    from logvold.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+INVALID_POLICY_REASON = "InvalidLogPolicy"
+"""Reason of the Warning Event posted on a pod whose annotation is rejected."""
+_EVENT_MESSAGE_MAX = 1024  # events.k8s.io limit; core/v1 accepts more but kubectl truncates
+_REQUEST_TIMEOUT_S = 15.0
+_LIST_PAGE_SIZE = 500
+
+
+def resolve_node_name(configured: str) -> str:
+    """The node whose pods are watched: the config value, else $NODE_NAME, else the host name."""
+    return configured or os.environ.get("NODE_NAME", "") or socket.gethostname()
+
+
+def make_api_client(config: KubernetesConfig) -> Any:
+    """A `kubernetes.client.ApiClient` from `config.kubeconfig`, else the in-cluster
+    service account; LogvoldError saying which is missing."""
+    configuration = kubernetes.client.Configuration()
+    try:
+        if config.kubeconfig:
+            kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=config.kubeconfig,
+                client_configuration=configuration,
+                persist_config=False,
+            )
+        else:
+            kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+    except (kubernetes.config.ConfigException, OSError) as exc:
+        where = config.kubeconfig or "the in-cluster service account"
+        raise LogvoldError(
+            f"cannot load Kubernetes credentials from {where}: {exc};"
+            " set kubernetes.kubeconfig or run inside a pod",
+            path=config.kubeconfig or None,
+            op="load kubeconfig",
+        ) from exc
+    return kubernetes.client.ApiClient(configuration)
+
+
+class ApiStatusError(LogvoldError):
+    """A non-2xx answer of the API server, with its Status object if it sent one."""
+
+    def __init__(self, status: int, message: str, body: Mapping[str, Any] | None = None) -> None:
+        super().__init__(f"API server answered {status}: {message}", op="kubernetes api")
+        self.status = status
+        self.body = dict(body or {})
+
+
+class KubernetesApi:
+    """The few raw JSON calls logvold makes, over the client's REST layer (auth,
+    TLS, proxies from the kubeconfig). Objects stay plain dicts in wire format:
+    no model classes, so unknown fields and new API versions pass through."""
+
+    def __init__(self, api_client: Any) -> None:
+        self.api_client = api_client
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        body: Mapping[str, Any] | None = None,
+        timeout: float | tuple[float, float] = _REQUEST_TIMEOUT_S,
+    ) -> Any:
+        """The open urllib3 response of a request; ApiStatusError unless 2xx."""
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        method, url, headers, body_out, _ = self.api_client.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=list(query),
+            header_params=headers,
+            body=dict(body) if body is not None else None,
+            auth_settings=["BearerToken"],
+        )
+        response = self.api_client.call_api(
+            method, url, header_params=headers, body=body_out, _request_timeout=timeout
+        ).response
+        if not 200 <= response.status <= 299:
+            data = response.data
+            response.release_conn()
+            raise _status_error(response.status, data)
+        return response
+
+    def get_json(self, path: str, query: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+        return _json_body(self.request("GET", path, query=query))
+
+    def post_json(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST an object and return the server's answer (TokenReview, SAR, Event)."""
+        return _json_body(self.request("POST", path, body=body))
+
+
+def _json_body(response: Any) -> dict[str, Any]:
+    try:
+        value = json.loads(response.data)
+    except ValueError as exc:
+        raise ApiStatusError(response.status, f"not JSON: {exc}") from exc
+    finally:
+        response.release_conn()
+    if not isinstance(value, dict):
+        raise ApiStatusError(response.status, "expected a JSON object")
+    return value
+
+
+def _status_error(status: int, data: bytes) -> ApiStatusError:
+    try:
+        body = json.loads(data)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        return ApiStatusError(status, str(body.get("message") or body.get("reason") or ""), body)
+    return ApiStatusError(status, data[:200].decode("utf-8", "replace"))
+
+
+class EventRecorder(Protocol):
+    """Where PodDiscovery reports a rejected annotation (a fake in unit tests)."""
+
+    def record(self, pod: PodRef, *, reason: str, message: str, type: str = "Warning") -> None: ...
+
+
+class KubernetesEventRecorder:
+    """Posts core/v1 Events about pods, as `kubectl describe pod` shows them."""
+
+    def __init__(self, api: KubernetesApi, *, node_name: str, component: str = "logvold") -> None:
+        self.api = api
+        self.node_name = node_name
+        self.component = component
+
+    def record(self, pod: PodRef, *, reason: str, message: str, type: str = "Warning") -> None:
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{pod.name}.", "namespace": pod.namespace},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "namespace": pod.namespace,
+                "name": pod.name,
+                "uid": pod.uid,
+            },
+            "reason": reason,
+            "message": message[:_EVENT_MESSAGE_MAX],
+            "type": type,
+            "source": {"component": self.component, "host": self.node_name},
+            "reportingComponent": self.component,
+            "reportingInstance": self.node_name,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self.api.post_json(f"/api/v1/namespaces/{quote(pod.namespace, safe='')}/events", body)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with equal jitter: the next delay is in [d/2, d]."""
+
+    initial_s: float = 0.5
+    max_s: float = 30.0
+
+    def delay_s(self, failures: int) -> float:
+        ceiling = min(self.max_s, self.initial_s * 2.0 ** max(0, failures - 1))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+class _Gone(Exception):
+    """The resourceVersion we hold is too old (410): relist."""
+
+
+@dataclass
+class _PodRecord:
+    ref: PodRef
+    keys: frozenset[StreamKey]
+    rejected_annotation: str | None = None
+    """The annotation text last reported as invalid (report each bad text once)."""
+
+
+class PodDiscovery:
+    """Keeps the registry's Kubernetes streams in step with the pods on this node.
+
+    A pod whose annotation becomes invalid keeps its previous streams (like a bad
+    config reload keeps the previous config); a new pod with a bad annotation
+    gets none. Either way a Warning Event `InvalidLogPolicy` is posted once per
+    annotation text and `logvold_watch_errors_total{source="annotation"}` counts it.
+    Deleted pods leave the registry; the daemon's "removed" listener finalises.
+    """
+
+    def __init__(
+        self,
+        config: KubernetesConfig,
+        registry: StreamRegistry,
+        metrics: Metrics | None,
+        defaults: LogPolicy,
+        event_recorder: EventRecorder | None = None,
+        *,
+        api: KubernetesApi | None = None,
+        backoff: Backoff | None = None,
+        watch_timeout_s: int = 300,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.metrics = metrics
+        self.defaults = defaults
+        self.node_name = resolve_node_name(config.node_name)
+        self._api = api
+        self._event_recorder = event_recorder
+        self._backoff = backoff or Backoff()
+        self._watch_timeout_s = watch_timeout_s
+        self._pods: dict[str, _PodRecord] = {}
+        self._resource_version: str | None = None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._response: Any = None
+        self._response_lock = threading.Lock()
+        self.synced = threading.Event()
+        """Set once the first list has been applied to the registry."""
+        self.relists = 0
+        """Lists done so far (the first one plus one per 410 Gone)."""
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def api(self) -> KubernetesApi:
+        if self._api is None:
+            self._api = KubernetesApi(make_api_client(self.config))
+        return self._api
+
+    def start(self) -> None:
+        """Load credentials (LogvoldError if there are none) and start the watch thread."""
+        if self._thread is not None:
+            raise RuntimeError("PodDiscovery already started")
+        api = self.api
+        if self._event_recorder is None:
+            self._event_recorder = KubernetesEventRecorder(api, node_name=self.node_name)
+        self._thread = threading.Thread(target=self._run, name="logvold-pod-discovery", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop watching; streams stay in the registry (the daemon is shutting down)."""
+        self._stopping.set()
+        self._abort_response()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.warning("pod discovery thread did not stop within %.1fs", timeout_s)
+            self._thread = None
+
+    def wait_synced(self, timeout_s: float) -> bool:
+        return self.synced.wait(timeout_s)
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                if self._resource_version is None:
+                    self._relist()
+                    failures = 0
+                if self._watch():
+                    failures = 0
+            except _Gone:
+                log.info("pod watch: resourceVersion %s expired, relisting", self._resource_version)
+                self._resource_version = None
+            except Exception as exc:
+                if self._stopping.is_set():
+                    break
+                failures += 1
+                delay = self._backoff.delay_s(failures)
+                self._count_error("kubernetes")
+                log.warning(
+                    "pod watch on node %s failed (%s: %s); retrying in %.1fs",
+                    self.node_name,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                self._stopping.wait(delay)
+
+    def _selector(self) -> tuple[str, str]:
+        return ("fieldSelector", f"spec.nodeName={self.node_name}")
+
+    def _relist(self) -> None:
+        pods: list[Mapping[str, Any]] = []
+        token = ""
+        while True:
+            query = [self._selector(), ("limit", str(_LIST_PAGE_SIZE))]
+            if token:
+                query.append(("continue", token))
+            try:
+                page = self.api.get_json("/api/v1/pods", query)
+            except ApiStatusError as exc:
+                if exc.status == 410:
+                    raise _Gone from exc
+                raise
+            pods.extend(p for p in page.get("items") or [] if isinstance(p, Mapping))
+            meta = page.get("metadata") or {}
+            token = str(meta.get("continue") or "")
+            if not token:
+                break
+        seen = {str((p.get("metadata") or {}).get("uid") or "") for p in pods}
+        for uid in [u for u in self._pods if u not in seen]:
+            self._forget_pod(uid)
+        for pod in pods:
+            self._apply_pod(pod)
+        self._resource_version = str(meta.get("resourceVersion") or "")
+        self.relists += 1
+        log.info(
+            "listed %d pods on node %s at resourceVersion %s",
+            len(pods),
+            self.node_name,
+            self._resource_version,
+        )
+        self.synced.set()
+
+    def _watch(self) -> bool:
+        """Apply watch events until the server ends the stream; True if it ended cleanly."""
+        query = [
+            self._selector(),
+            ("watch", "true"),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(self._watch_timeout_s)),
+        ]
+        if self._resource_version:
+            query.append(("resourceVersion", self._resource_version))
+        try:
+            response = self.api.request(
+                "GET", "/api/v1/pods", query=query, timeout=(10.0, self._watch_timeout_s + 30.0)
+            )
+        except ApiStatusError as exc:
+            if exc.status == 410:
+                raise _Gone from exc
+            raise
+        with self._response_lock:
+            self._response = response
+        if self._stopping.is_set():  # stop() ran before the response was visible to it
+            self._abort_response()
+        try:
+            for line in _lines(response):
+                self._on_watch_event(json.loads(line))
+        finally:
+            with self._response_lock:
+                self._response = None
+            response.release_conn()
+        return True
+
+    def _on_watch_event(self, event: Mapping[str, Any]) -> None:
+        kind = event.get("type")
+        obj = event.get("object") or {}
+        if kind == "ERROR":
+            code = obj.get("code")
+            if code == 410:
+                raise _Gone
+            raise ApiStatusError(int(code or 500), str(obj.get("message") or obj), obj)
+        version = (obj.get("metadata") or {}).get("resourceVersion")
+        if kind in ("ADDED", "MODIFIED"):
+            self._apply_pod(obj)
+        elif kind == "DELETED":
+            self._forget_pod(str((obj.get("metadata") or {}).get("uid") or ""))
+        elif kind != "BOOKMARK":
+            log.debug("ignoring pod watch event of type %r", kind)
+        if version:
+            self._resource_version = str(version)
+
+    def _abort_response(self) -> None:
+        with self._response_lock:
+            response = self._response
+        if response is None:
+            return
+        try:
+            response.shutdown()
+        except (ValueError, RuntimeError, OSError, AttributeError):
+            response.close()
+
+    # --- pods -> registry -------------------------------------------------------------------
+
+    def _apply_pod(self, pod: Mapping[str, Any]) -> None:
+        result = pod_streams(
+            pod,
+            annotation_key=self.config.annotation_key,
+            kubelet_root=self.config.kubelet_root,
+            defaults=self.defaults,
+        )
+        uid = result.pod.uid
+        record = self._pods.get(uid)
+        if result.problems:
+            self._reject(result, record)
+            return
+        new_keys: set[StreamKey] = set()
+        for info in result.streams:
+            existing = self.registry.get(info.key)
+            if existing is not None and existing.source != "kubernetes":
+                log.warning(
+                    "pod %s declares stream %s, already served from %s config; skipping it",
+                    result.pod,
+                    info.key,
+                    existing.source,
+                )
+                self._count_error("annotation")
+                continue
+            self.registry.put(info)
+            new_keys.add(info.key)
+        old_keys = record.keys if record else frozenset()
+        for key in old_keys - new_keys:
+            self._remove_stream(key, uid)
+        if new_keys:
+            self._pods[uid] = _PodRecord(ref=result.pod, keys=frozenset(new_keys))
+        else:
+            self._pods.pop(uid, None)
+        if record and record.rejected_annotation is not None:
+            log.info("pod %s: annotation %s accepted again", result.pod, self.config.annotation_key)
+
+    def _reject(self, result: PodStreams, record: _PodRecord | None) -> None:
+        if record is not None and record.rejected_annotation == result.annotation:
+            return  # already reported this exact text (MODIFIED events repeat it)
+        if record is None:
+            record = _PodRecord(ref=result.pod, keys=frozenset())
+        record.rejected_annotation = result.annotation
+        self._pods[result.pod.uid] = record
+        details = "; ".join(
+            f"line {p.line}: {p.key}: {p.message}"
+            if p.line is not None and p.key
+            else (f"{p.key}: {p.message}" if p.key else p.message)
+            for p in result.problems
+        )
+        kept = f", keeping its {len(record.keys)} stream(s) as they were" if record.keys else ""
+        message = f"invalid {self.config.annotation_key} annotation{kept}: {details}"
+        log.warning("pod %s: %s", result.pod, message)
+        self._count_error("annotation")
+        if self._event_recorder is not None:
+            try:
+                self._event_recorder.record(
+                    result.pod, reason=INVALID_POLICY_REASON, message=message
+                )
+            except Exception as exc:  # an Event is best effort; the watch goes on
+                log.warning("cannot post an Event on pod %s: %s", result.pod, exc)
+
+    def _forget_pod(self, uid: str) -> None:
+        record = self._pods.pop(uid, None)
+        if record is None:
+            return
+        for key in record.keys:
+            self._remove_stream(key, uid)
+
+    def _remove_stream(self, key: StreamKey, uid: str) -> None:
+        # A pod recreated under the same name (StatefulSet) may already own the key.
+        existing = self.registry.get(key)
+        if existing is not None and existing.source == "kubernetes" and existing.pod_uid == uid:
+            self.registry.remove(key)
+
+    def _count_error(self, source: str) -> None:
+        if self.metrics is not None:
+            self.metrics.watch_errors.labels(source=source).inc()
+
+
+def _lines(response: Any) -> Iterator[bytes]:
+    """Complete lines of a chunked watch stream (a JSON object per line)."""
+    pending = b""
+    for chunk in response.stream(65536, decode_content=True):
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            if line.strip():
+                yield line
+    if pending.strip():
+        yield pending
