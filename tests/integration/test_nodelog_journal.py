@@ -157,6 +157,7 @@ def log_dir(tmp_path: Path) -> Path:
     (logs / "escape.log").symlink_to(tmp_path / "outside.txt")
     (logs / "escapedir").symlink_to(tmp_path)
     (logs / "inner.log").symlink_to(logs / "foo.log")
+    os.mkfifo(logs / "pipe")  # opening must never block, and a FIFO is not a log file
     return logs
 
 
@@ -395,6 +396,8 @@ def test_file_queries_with_tail_and_pattern(log_dir: Path) -> None:
         "/logs/?query=%252e%252e%252foutside.txt",
         "/logs/?query=/nosuch.log",
         "/logs/?query=escape",
+        "/logs/?query=/pipe",
+        "/logs/?query=pipe",
     ],
 )
 def test_nothing_outside_the_log_dir_is_served(log_dir: Path, path: str) -> None:
@@ -406,6 +409,11 @@ def test_nothing_outside_the_log_dir_is_served(log_dir: Path, path: str) -> None
             if path.endswith("query=escape"):
                 # A service whose fallback file is a link out of the log dir: not found.
                 assert (status, text_lines(body)) == (200, ["log not found for escape"])
+            elif path.endswith("query=pipe"):
+                assert status == 200
+                assert text_lines(body) == [
+                    "error getting log for pipe: 'pipe' is not a regular file"
+                ]
             else:
                 assert 400 <= status < 500, (status, body)
 
