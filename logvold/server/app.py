@@ -32,16 +32,16 @@ SHUTDOWN_KEY = web.AppKey("logvold.shutdown", threading.Event)
 
 READER_THREADS = 32
 """Threads that run reader steps; a step is bounded (one chunk), so followers share them."""
-_HANDLER_KEY = "logvold.handler"
-_T0_KEY = "logvold.t0"
+HANDLER_KEY = web.RequestKey("logvold.handler", str)
+"""Set by a handler that serves another job under a shared route (the node log query)."""
+_T0_KEY = web.RequestKey("logvold.t0", float)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def handler_name(request: web.Request) -> str:
     """A bounded label for metrics: the route's name, never the raw path."""
-    name = request.get(_HANDLER_KEY)
-    if isinstance(name, str):
-        return name
+    if HANDLER_KEY in request:
+        return request[HANDLER_KEY]
     route = request.match_info.route
     return route.name or "unmatched"
 
@@ -75,7 +75,7 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
 async def _observe_latency(request: web.Request, response: web.StreamResponse) -> None:
     """Latency until the response started (streams run long after that)."""
     t0 = request.get(_T0_KEY)
-    if isinstance(t0, float):
+    if t0 is not None:
         request.app[METRICS_KEY].http_seconds.labels(handler_name(request)).observe(
             time.monotonic() - t0)
 

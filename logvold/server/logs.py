@@ -27,7 +27,13 @@ from logvold.fileio.reader import (
     compile_pattern,
     parse_rfc3339_ns,
 )
-from logvold.server.app import EXECUTOR_KEY, METRICS_KEY, REGISTRY_KEY, SHUTDOWN_KEY
+from logvold.server.app import (
+    EXECUTOR_KEY,
+    HANDLER_KEY,
+    METRICS_KEY,
+    REGISTRY_KEY,
+    SHUTDOWN_KEY,
+)
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +263,7 @@ async def _logs_root(request: web.Request) -> web.StreamResponse:
             from logvold.server import nodelog
         except ImportError:  # pragma: no cover - built in parallel
             raise web.HTTPNotImplemented(text="node log query is not available\n") from None
-        request["logvold.handler"] = "nodelog"
+        request[HANDLER_KEY] = "nodelog"
         return await nodelog.handle_node_log_query(request)
     executor = request.app[EXECUTOR_KEY]
     streams = request.app[REGISTRY_KEY].snapshot()

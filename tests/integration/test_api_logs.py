@@ -1,0 +1,234 @@
+"""GET /logs/... against a real server on 127.0.0.1: every parameter, 4xx reasons,
+the listing, and traversal attempts that must never reach a file outside the volume."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from logvold.core.streams import StreamKey, StreamRegistry
+from tests.support.api_server import RunningServer, get
+from tests.support.events import parse_event, split_raw, verify
+from tests.support.streams import build_stream, event_ts, make_events, rfc3339
+
+SECRET = b"TOP-SECRET-OUTSIDE-THE-VOLUME"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    root = tmp_path_factory.mktemp("api")
+    (root / "outside").mkdir()
+    (root / "outside" / "secret.log").write_bytes(SECRET + b"\n")
+    registry = StreamRegistry()
+    registry.put(build_stream(root / "vol" / "cri", make_events(500, "cri", stderr_every=5),
+                              fmt="cri", key=StreamKey("team-a", "web", "app")))
+    registry.put(build_stream(root / "vol" / "raw", make_events(300, "raw"),
+                              key=StreamKey("default", "batch", "worker"),
+                              layout=(("zst", 100), ("plain", 100))))
+    # A stream whose active file is a symlink planted to point out of the volume, and
+    # a symlinked "segment" next to a real one.
+    evil = root / "vol" / "evil"
+    evil.mkdir(parents=True)
+    (evil / "app.log").symlink_to(root / "outside" / "secret.log")
+    registry.put(build_stream(evil, [], key=StreamKey("default", "evil", "app"), layout=(),
+                              base="other.log"))
+    registry.put(build_stream(evil, [], key=StreamKey("default", "evil2", "app"), layout=(),
+                              base="app.log"))
+    seg_dir = root / "vol" / "segs"
+    registry.put(build_stream(seg_dir, make_events(20, "raw"), layout=(),
+                              key=StreamKey("default", "segs", "app")))
+    (seg_dir / "app.log.20200101-000000").symlink_to(root / "outside" / "secret.log")
+    (seg_dir / "app.log.20200101-000001.gz").symlink_to(root / "outside" / "secret.log")
+    with RunningServer(registry) as srv:
+        yield srv
+
+
+def body_seqs(data: bytes) -> list[int]:
+    out = []
+    for b in split_raw([data]):
+        s = parse_event(b)
+        assert s is not None, b[:80]
+        out.append(s)
+    return out
+
+
+def test_whole_stream_and_default_namespace(server: RunningServer) -> None:
+    status, body, headers = get(server.base + "/logs/team-a/web/app")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    assert verify(split_raw([body])).seen == 500 and verify(split_raw([body])).ok
+    status, body, _ = get(server.base + "/logs/batch/worker")
+    assert status == 200 and body_seqs(body) == list(range(300))
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("tailLines=3", list(range(497, 500))),
+    ("tailLines=0", []),
+    (f"sinceTime={rfc3339(event_ts(480))}", list(range(480, 500))),
+    (f"sinceTime={rfc3339(event_ts(100))}&untilTime={rfc3339(event_ts(104))}",
+     list(range(100, 105))),
+    ("stream=stderr&tailLines=2", [490, 495]),
+    ("stream=Stdout&tailLines=1", [499]),
+    ("stream=All&tailLines=1", [499]),
+    ("pattern=%23000000012%5B0-4%5D", [120, 121, 122, 123, 124]),
+    ("sinceSeconds=1", []),  # the fixture's events are older than a second
+])
+def test_params(server: RunningServer, query: str, expected: list[int]) -> None:
+    status, body, _ = get(f"{server.base}/logs/team-a/web/app?{query}")
+    assert status == 200, body
+    assert body_seqs(body) == expected
+
+
+def test_timestamps_and_limit_bytes(server: RunningServer) -> None:
+    _, body, _ = get(server.base + "/logs/team-a/web/app?tailLines=2&timestamps=true")
+    lines = body.splitlines()
+    assert [ln.split(b" ", 1)[0].decode() for ln in lines] == [rfc3339(event_ts(s))
+                                                               for s in (498, 499)]
+    _, full, _ = get(server.base + "/logs/team-a/web/app")
+    _, limited, _ = get(server.base + "/logs/team-a/web/app?limitBytes=1000")
+    assert 0 < len(limited) <= 1000 and full.startswith(limited) and limited.endswith(b"\n")
+
+
+def test_listing(server: RunningServer) -> None:
+    status, body, _ = get(server.base + "/logs/")
+    assert status == 200
+    items = {(i["namespace"], i["pod"], i["container"]): i for i in json.loads(body)["items"]}
+    web = items[("team-a", "web", "app")]
+    assert web["policy"]["format"] == "cri" and web["volume"] == "logs"
+    assert web["segments"]["count"] == 3 and web["segments"]["compressed"] == 2
+    assert web["activeFile"]["apparentBytes"] > web["activeFile"]["allocatedBytes"]  # punched
+
+
+@pytest.mark.parametrize(("path", "code", "reason"), [
+    ("/logs/team-a/web/app?tailLines=-1", 400, b"tailLines must be between"),
+    ("/logs/team-a/web/app?tailLines=abc", 400, b"tailLines must be an integer"),
+    ("/logs/team-a/web/app?tailLines=99999999999999999999", 400, b"tailLines"),
+    ("/logs/team-a/web/app?tailLines=1&tailLines=2", 400, b"more than once"),
+    ("/logs/team-a/web/app?sinceSeconds=0", 400, b"sinceSeconds"),
+    ("/logs/team-a/web/app?sinceTime=yesterday", 400, b"RFC3339"),
+    ("/logs/team-a/web/app?sinceTime=2026-01-01T00:00:00Z&sinceSeconds=5", 400, b"at most one"),
+    ("/logs/team-a/web/app?sinceTime=2026-01-02T00:00:00Z&untilTime=2026-01-01T00:00:00Z",
+     400, b"untilTime"),
+    ("/logs/team-a/web/app?limitBytes=0", 400, b"limitBytes"),
+    ("/logs/team-a/web/app?follow=maybe", 400, b"follow must be true or false"),
+    ("/logs/team-a/web/app?stream=stdin", 400, b"stream must be"),
+    ("/logs/team-a/web/app?pattern=%28", 400, b"invalid RE2 pattern"),
+    ("/logs/team-a/web/app?pattern=" + "a" * 1025, 400, b"longer than 1024"),
+    ("/logs/team-a/web/nope", 404, b"no stream team-a/web/nope"),
+    ("/logs/nope/nope", 404, b"no stream default/nope/nope"),
+])
+def test_bad_input_is_4xx_with_reason(server: RunningServer, path: str, code: int,
+                                      reason: bytes) -> None:
+    status, body, _ = get(server.base + path)
+    assert status == code and reason in body, body
+
+
+@pytest.mark.parametrize("path", [
+    "/logs/../../etc/passwd",
+    "/logs/%2e%2e/%2e%2e/outside",
+    "/logs/default/%2e%2e/app",
+    "/logs/default/evil%2F..%2F..%2Foutside/app",
+    "/logs/default/..%2f..%2foutside/secret.log",
+    "/logs/..%252f..%252foutside/secret",
+    "/logs/default/evil/app",
+    "/logs/default/evil2/app",
+    "/logs/default/segs/app",
+    "/logs//outside/secret.log",
+    "/logs/default/evil/app/../../../../outside/secret.log",
+    "/api/v1/namespaces/%2e%2e/pods/evil2/log",
+    "/api/v1/namespaces/default/pods/evil2/log",
+])
+def test_traversal_never_serves_outside_bytes(server: RunningServer, path: str) -> None:
+    status, body, _ = get(server.base + path)
+    assert SECRET not in body
+    assert status < 500
+
+
+def test_symlinked_active_file_is_refused_and_symlinked_segments_skipped(
+        server: RunningServer) -> None:
+    status, body, _ = get(server.base + "/logs/default/evil2/app")
+    assert status == 403 and b"not a regular file" in body
+    status, body, _ = get(server.base + "/logs/default/segs/app")
+    assert status == 200 and body_seqs(body) == list(range(20))
+
+
+def test_follow_streams_new_events_and_stops_on_disconnect(server: RunningServer) -> None:
+    registry = server.registry
+    info = registry.get(StreamKey("default", "batch", "worker"))
+    assert info is not None
+    followers_before = _gauge(server, "logvold_followers")
+
+    async def scenario() -> bytes:
+        timeout = aiohttp.ClientTimeout(total=20)
+        async with aiohttp.ClientSession(timeout=timeout) as s, s.get(
+                server.base + "/logs/default/batch/worker?follow=true&tailLines=1") as r:
+            assert r.status == 200
+            got = await r.content.readuntil(b"\n")
+            new = make_events(2, "raw", start=300, seed=9)
+            with (Path(info.directory) / info.base).open("ab") as f:
+                f.write(b"".join(e.encoded for e in new))
+            got += await r.content.readuntil(b"\n")
+            got += await r.content.readuntil(b"\n")
+            return got
+
+    got = asyncio.run(scenario())
+    assert body_seqs(got) == [299, 300, 301]
+    for _ in range(100):  # the server notices the disconnect at its next poll
+        if _gauge(server, "logvold_followers") == followers_before:
+            break
+        asyncio.run(asyncio.sleep(0.05))
+    assert _gauge(server, "logvold_followers") == followers_before
+
+
+def test_follow_ends_when_stream_is_removed(server: RunningServer, tmp_path: Path) -> None:
+    key = StreamKey("default", "gone", "app")
+    server.registry.put(build_stream(tmp_path / "gone", make_events(5, "raw"), layout=(), key=key))
+
+    async def scenario() -> bytes:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s, s.get(
+                server.base + "/logs/default/gone/app?follow=true") as r:
+            first = await r.content.readuntil(b"\n")
+            server.registry.remove(key)
+            return first + await r.read()  # ends: the response completes
+
+    assert body_seqs(asyncio.run(scenario())) == list(range(5))
+
+
+def test_metrics_count_requests_by_handler_and_code(server: RunningServer) -> None:
+    get(server.base + "/logs/team-a/web/app?tailLines=x")
+    _, text, _ = get(server.base + "/metrics")
+    assert b'logvold_http_requests_total{code="400",handler="logs"}' in text
+    assert b'logvold_http_request_duration_seconds_count{handler="logs"}' in text
+    assert b'logvold_bytes_served_total{handler="logs"}' in text
+
+
+def test_health(server: RunningServer) -> None:
+    assert get(server.base + "/healthz")[:2] == (200, b"ok\n")
+    assert get(server.base + "/readyz")[0] == 200
+    server.is_ready = lambda: False
+    try:
+        assert get(server.base + "/readyz")[0] == 503
+    finally:
+        server.is_ready = lambda: True
+
+
+def _gauge(server: RunningServer, name: str) -> float:
+    _, text, _ = get(server.base + "/metrics")
+    for line in text.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(name)
+
+
+def test_no_fd_leak_after_many_requests(server: RunningServer) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(30):
+        get(server.base + "/logs/team-a/web/app?tailLines=5")
+        get(server.base + "/logs/default/batch/worker?limitBytes=100")
+    asyncio.run(asyncio.sleep(0.2))
+    assert len(os.listdir("/proc/self/fd")) <= before + 2
