@@ -296,6 +296,16 @@ async def _stream(
                 await body.notice(
                     f"error: output truncated at {cfg.max_bytes} bytes (nodeLogQuery.maxBytes)"
                 )
+        except ConnectionError:
+            raise
+        except OSError as exc:
+            # A read error (EIO, a file removed under us) ends the answer; say which.
+            async with asyncio.timeout(_LAST_WRITE_TIMEOUT_S):
+                await body.notice(f"error: {exc}")
+        except Exception:
+            log.exception("node log query failed after %d bytes", body.sent)
+            async with asyncio.timeout(_LAST_WRITE_TIMEOUT_S):
+                await body.notice("error: internal error; see the logvold log")
         await body.resp.write_eof()
     except (ConnectionError, TimeoutError) as exc:
         # The client went away or stopped reading; the journalctl child is already reaped.
@@ -336,6 +346,9 @@ async def _copy_journal(body: _Body, query: NodeLogQuery, units: list[str], dire
                 await body.write(chunk)
     except FileNotFoundError:
         await body.notice("error: journal output not available (journalctl not found)")
+        return
+    except PermissionError as exc:
+        await body.notice(f"error: journal output not available ({exc})")
         return
     finally:
         await chunks.aclose()
