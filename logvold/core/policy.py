@@ -6,6 +6,7 @@ the YAML file is `logvold.config_file`'s job.
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import json
 import posixpath
@@ -290,14 +291,19 @@ def decode_escapes(text: str) -> str:
                 raise ValueError(
                     f"\\{code} needs {_HEX_ESCAPE_LEN[code]} hex digits, got {digits!r}"
                 )
-            try:
-                out.append(chr(int(digits, 16)))
-            except (ValueError, OverflowError):
-                raise ValueError(f"\\{code}{digits} is not a valid character") from None
+            point = int(digits, 16)
+            if point > 0x10FFFF or 0xD800 <= point <= 0xDFFF:  # beyond Unicode, or a surrogate
+                raise ValueError(f"\\{code}{digits} is not a valid character")
+            out.append(chr(point))
             i += 2 + len(digits)
         else:
             raise ValueError(f"unknown escape \\{code}; use \\n, \\r, \\t, \\0, \\\\ or \\xHH")
     return "".join(out)
+
+
+@functools.cache
+def _known_timezones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())  # scans the tz database: once per process
 
 
 def _join_choices(choices: Sequence[str]) -> str:
@@ -484,7 +490,11 @@ class _Reader:
         if not decoded:
             self.problem(path, 'must not be empty; the default is "\\n"')
             return _INVALID
-        return decoded.encode("utf-8")
+        try:
+            return decoded.encode("utf-8")
+        except UnicodeEncodeError:
+            self.problem(path, "contains a lone surrogate, which has no UTF-8 encoding")
+            return _INVALID
 
     def timezone(self, value: object, path: KeyPath) -> object:
         text = self.string(value, path, required=True)
@@ -493,7 +503,7 @@ class _Reader:
         try:
             zoneinfo.ZoneInfo(text)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
-            hint = _suggest(text, zoneinfo.available_timezones())
+            hint = _suggest(text, _known_timezones())
             self.problem(
                 path,
                 f"unknown time zone {describe_value(text)}"

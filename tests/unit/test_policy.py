@@ -6,6 +6,8 @@ import dataclasses
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from logvold.core.policy import (
     POLICY_KEYS,
@@ -632,3 +634,55 @@ def test_decode_escapes(text: str, expected: str) -> None:
 def test_decode_escapes_rejects(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         decode_escapes(text)
+
+
+# --- robustness -------------------------------------------------------------------------------
+
+_KNOWN_KEYS = [
+    *POLICY_KEYS, "server", "listen", "tls", "certFile", "keyFile", "auth", "mode", "cacheTTL",
+    "defaults", "volumes", "name", "path", "pod", "namespace", "containers", "file", "policy",
+    "logs", "kubernetes", "nodeLogQuery", "signal", "pidFile", "command", "enabled", "journal",
+    "timeout", "maxBytes", "logLevel", "annotationKey", "kubeletRoot",
+]  # fmt: skip
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=8),
+    st.sampled_from(["10Mi", "7d", "Daily", "raw", "HUP", "a", "/x", "127.0.0.1:1", "\\x1e"]),
+)  # fmt: skip
+_trees = st.recursive(
+    _scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(st.one_of(st.sampled_from(_KNOWN_KEYS), st.integers()), children,
+                        max_size=5),
+    ),
+    max_leaves=25,
+)  # fmt: skip
+
+
+_documents = st.dictionaries(st.sampled_from(_KNOWN_KEYS), _trees, max_size=6)
+_volumes = st.lists(
+    st.fixed_dictionaries(
+        {"name": st.sampled_from(["a", "b", 1, None]), "path": st.sampled_from(["/a", "/b", 2])},
+        optional={"containers": st.lists(st.dictionaries(st.sampled_from(_KNOWN_KEYS), _trees))},
+    ),
+    max_size=3,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.one_of(
+        _trees,
+        _documents,
+        st.builds(lambda d, v: {**d, "volumes": v}, _documents, _volumes),
+        st.builds(lambda p: {"defaults": p}, st.dictionaries(st.sampled_from(POLICY_KEYS), _trees)),
+    )
+)
+def test_any_tree_gives_a_config_or_a_config_error(tree: object) -> None:
+    try:
+        config = config_from_tree(tree, file="fuzz.yaml", lines={})
+    except ConfigError as exc:
+        assert exc.problems
+        assert all(p.file == "fuzz.yaml" and p.message for p in exc.problems)
+    else:
+        assert isinstance(config, Config)
