@@ -369,7 +369,8 @@ class LineFramer:
                 return None
             return bytes(self._line) + data[pos:end] if self._line_len else data[pos:end]
         if self._line_len:
-            return (bytes(self._line) + data[pos : pos + CRI_HEAD_BYTES])[:CRI_HEAD_BYTES]
+            head = bytes(self._line) + data[pos : min(end, pos + CRI_HEAD_BYTES)]
+            return head[:CRI_HEAD_BYTES]
         return data[pos : min(end, pos + CRI_HEAD_BYTES)]
 
     def _scan(self, chunk: bytes, ends: list[int]) -> None:
