@@ -34,7 +34,10 @@ Validate a logvold config file: print OK and a summary, or every problem found
 Exit status: 0 valid, 1 invalid or unreadable, 2 usage error.
 """
 _COLLECTION_TAGS = ("tag:yaml.org,2002:seq", "tag:yaml.org,2002:map")
-_MAX_DEPTH = 64  # deeper than any real config; stops alias bombs and runaway recursion
+_MAX_DEPTH = 64  # deeper than any real config; stops runaway recursion
+# Aliases are expanded into the tree, so a few lines of `&a [*b, *b, ...]` can
+# stand for billions of nodes; pod annotations are untrusted input.
+_MAX_NODES = 200_000
 
 
 def parse_yaml_tree(text: str, filename: str) -> tuple[object, dict[KeyPath, int]]:
@@ -126,6 +129,7 @@ class _TreeBuilder:
         self.lines: dict[KeyPath, int] = {}
         self.problems: list[ConfigProblem] = []
         self._open: set[int] = set()  # ids of nodes being built: an alias to one is a cycle
+        self._nodes_left = _MAX_NODES
 
     def problem(self, node: Node, path: KeyPath, message: str) -> None:
         self.problems.append(
@@ -135,6 +139,11 @@ class _TreeBuilder:
     def build(self, node: Node, path: KeyPath, depth: int) -> object:
         if depth > _MAX_DEPTH or id(node) in self._open:
             self.problem(node, path, "nested too deeply (a recursive alias?)")
+            return None
+        self._nodes_left -= 1
+        if self._nodes_left == 0:
+            self.problem(node, path, f"more than {_MAX_NODES} values once aliases are expanded")
+        if self._nodes_left <= 0:
             return None
         if isinstance(node, ScalarNode):
             return self.scalar(node, path)

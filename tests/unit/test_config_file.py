@@ -511,3 +511,12 @@ def test_lines_cover_only_real_paths() -> None:
         ("a", "b", 1): 2,
     }
     assert lines == expected
+
+
+def test_alias_bomb_is_refused_quickly() -> None:
+    lines = ["x-0: &a0 [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"]
+    for level in range(1, 10):  # 10**10 values once expanded
+        lines.append(f"x-{level}: &a{level} [" + ", ".join([f"*a{level - 1}"] * 10) + "]")
+    messages = _messages("\n".join(lines) + "\n")
+    assert len(messages) == 1
+    assert messages[0].endswith(": more than 200000 values once aliases are expanded")
