@@ -58,9 +58,13 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
         return response
     except web.HTTPException as e:
         code = e.status
+        if 400 <= code < 500 and _wants_json(request):
+            return _status_json(code, e.reason, e.text or e.reason)
         raise
     except (ValueError, UsageError) as e:
         code = 400
+        if _wants_json(request):
+            return _status_json(400, "Bad Request", str(e))
         raise web.HTTPBadRequest(text=f"{e}\n") from e
     except (ConnectionResetError, BrokenPipeError):
         code = 499  # the client went away mid-response (nginx's convention)
@@ -70,6 +74,23 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
         raise web.HTTPInternalServerError(text="internal error; see the logvold log\n") from e
     finally:
         metrics.http_requests.labels(handler_name(request), str(code)).inc()
+
+
+def _wants_json(request: web.Request) -> bool:
+    """kubectl (`get --raw`) asks for JSON and prints a Status' message; curl gets text."""
+    return "application/json" in request.headers.get("Accept", "")
+
+
+_REASONS = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed",
+            406: "NotAcceptable", 413: "RequestEntityTooLarge", 501: "NotImplemented"}
+
+
+def _status_json(code: int, reason: str, message: str) -> web.Response:
+    """An error as a Kubernetes `Status`, the shape kubectl decodes."""
+    return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                              "status": "Failure", "message": message.strip(),
+                              "reason": _REASONS.get(code, reason.replace(" ", "")),
+                              "code": code}, status=code)
 
 
 async def _observe_latency(request: web.Request, response: web.StreamResponse) -> None:

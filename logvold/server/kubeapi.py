@@ -55,7 +55,23 @@ async def _api_v1(request: web.Request) -> web.Response:
              "verbs": ["get", "list"], "shortNames": ["po"], "categories": ["all"]},
             {"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod",
              "verbs": ["get"]},
+            {"name": "namespaces", "singularName": "namespace", "namespaced": False,
+             "kind": "Namespace", "verbs": ["get"], "shortNames": ["ns"]},
         ]})
+
+
+async def _namespace(request: web.Request) -> web.Response:
+    """kubectl asks for the namespace after a pod 404, to word its error."""
+    ns = request.match_info["namespace"]
+    if any(i.key.namespace == ns for i in request.app[REGISTRY_KEY].snapshot()):
+        return web.json_response({"kind": "Namespace", "apiVersion": "v1",
+                                  "metadata": {"name": ns}, "status": {"phase": "Active"}})
+    return status(404, "NotFound", f'namespaces "{ns[:253]}" not found', name=ns[:253],
+                  kind="namespaces")
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    return status(404, "NotFound", "the server could not find the requested resource")
 
 
 async def _version(request: web.Request) -> web.Response:
@@ -155,3 +171,6 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/v1/namespaces/{namespace}/pods", _pods, name="kube_pods")
     r.add_get("/api/v1/namespaces/{namespace}/pods/{pod}", _pod, name="kube_pod")
     r.add_get("/api/v1/namespaces/{namespace}/pods/{pod}/log", _pod_log, name="kube_pod_log")
+    r.add_get("/api/v1/namespaces/{namespace}", _namespace, name="kube_namespace")
+    r.add_get("/api/{rest:.*}", _not_found, name="kube_not_found")
+    r.add_get("/apis/{rest:.*}", _not_found, name="kube_apis_not_found")
