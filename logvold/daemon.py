@@ -139,6 +139,7 @@ class Daemon:
         self._rescan_volumes: set[str] = set()
         self._full_rescan = False
         self._budget_pass = False
+        self._unstarted: set[StreamKey] = set()
         self._path_index: dict[str, StreamKey] = {}
         self._armed_hints: dict[StreamKey, Hint] = {}
         self._dir_volumes: dict[str, set[str]] = {}
@@ -306,9 +307,11 @@ class Daemon:
         budget = self._budget_pass or full
         self._budget_pass = False
         plans = await asyncio.to_thread(self._retention_checks, budget)
+        unstarted, self._unstarted = self._unstarted, set()
         for key, retention in plans.items():
-            if full or retention:
-                self.workers.submit(key, StepRequest(check=full, retention=retention))
+            if full or retention or key in unstarted:
+                self.workers.submit(key, StepRequest(check=full or key in unstarted,
+                                                     retention=retention or key in unstarted))
         self.reconciles += 1
         self.metrics.streams.set(len(self.workers))
 
@@ -410,15 +413,24 @@ class Daemon:
             if action == "added":
                 log.debug("stream added", extra={"stream": str(info.key),
                                                  "path": str(info.active_path)})
-                self.workers.submit(info.key, StepRequest(check=True, retention=True))
             else:
                 log.info("stream policy updated", extra={"stream": str(info.key)})
+            if self._under_budget(info):
+                # Its first retention needs its budget share: the reconcile computes it.
+                self._unstarted.add(info.key)
+                self._budget_pass = True
+                self._rescan.set()
+            else:
                 self.workers.submit(info.key, StepRequest(check=True, retention=True))
         self._path_index = {str(self.workers.info(k).active_path): k  # type: ignore[union-attr]
                             for k in self.workers}
         self.metrics.streams.set(len(self.workers))
         if self.watcher is not None:
             self.watcher.set_relevance(self._relevance())
+
+    def _under_budget(self, info: StreamInfo) -> bool:
+        return self.config.node_max_total_size_bytes > 0 or any(
+            v.name == info.volume and v.max_total_size_bytes > 0 for v in self.config.volumes)
 
     def _volume_root(self, info: StreamInfo) -> Path | None:
         if info.source != "static":
