@@ -777,7 +777,11 @@ class StreamRotator:
             else:
                 self._save(state.with_(intent=None))
         state = self._state
-        if state is None or self.policy.strategy != "punch" or not self._punch_supported():
+        try:
+            if state is None or self.policy.strategy != "punch" or not self._punch_supported():
+                return
+        except OSError as e:  # cannot probe now (e.g. ENOSPC): the leak is freed later
+            self._io_error("probe", e)
             return
         opened = self._open_active(dfd)
         if opened is None:

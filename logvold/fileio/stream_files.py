@@ -177,19 +177,23 @@ def _fdinfo_flags(path: Path) -> int | None:
 
 
 def punch_supported(directory: Path) -> bool:
-    """Whether PUNCH_HOLE works on the filesystem of `directory` (tried on a temp file)."""
+    """Whether PUNCH_HOLE works on the filesystem of `directory` (tried on a temp file).
+
+    Raises OSError when the probe itself cannot run (ENOSPC, EROFS, EACCES): that says
+    nothing about the filesystem, so the caller retries later instead of deciding.
+    """
     probe = directory / f".logvold-punch-probe.{os.getpid()}.tmp"
-    try:
-        fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    except OSError:
-        return False
+    fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
         probe.unlink()
         block = max(os.fstat(fd).st_blksize, 4096)
         os.write(fd, b"x" * 2 * block)
-        punch_hole(fd, 0, block)
+        try:
+            punch_hole(fd, 0, block)
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                return False
+            raise
         return os.pread(fd, 1, 0) == b"\0" and os.fstat(fd).st_size == 2 * block
-    except OSError:
-        return False
     finally:
         os.close(fd)
