@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,8 +18,6 @@ from logvold.core.formats import (
     encode_cri_line,
     encode_json_entry,
     encode_json_event,
-    parse_cri_line,
-    parse_json_entry,
 )
 from logvold.core.framing import (
     LineFramer,
@@ -50,17 +49,28 @@ def reference_raw(data: bytes, d: bytes, m: int) -> list[int]:
 
 
 def _reference_class(line: bytes, fmt: str, m: int) -> tuple[str, bool] | None:
-    """(stream, partial) of a whole line via the formats parsers; None if malformed."""
-    try:
-        if fmt == "cri":
-            c = parse_cri_line(line)
-            return c.stream, c.partial
-        if len(line) > m:
+    """(stream, partial) of a whole line; None if malformed.
+
+    The framer's contract: a cri line needs `<ts> <stream> <tag> ` within its first
+    64 bytes (the timestamp is not validated); a json-file line is any JSON object
+    with a string `log` and `stream` (the time is not validated), at most m bytes.
+    """
+    if fmt == "cri":
+        fields = line[:64].split(b" ", 3)
+        if len(fields) < 4 or not fields[0] or fields[1] not in (b"stdout", b"stderr"):
             return None
-        e = parse_json_entry(line)
-        return e.stream, e.partial
+        return fields[1].decode(), fields[2].split(b":")[0] == b"P"
+    if len(line) > m:
+        return None
+    try:
+        entry = json.loads(line)
     except ValueError:
         return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("log"), str):
+        return None
+    if entry.get("stream") not in ("stdout", "stderr"):
+        return None
+    return entry["stream"], not entry["log"].endswith("\n")
 
 
 def reference_lines(data: bytes, fmt: str, m: int) -> list[int]:
