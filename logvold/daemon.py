@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 RESCAN_DEBOUNCE_S = 0.2
 """Entries appearing together (a pod starting several containers) cost one rescan."""
+CONFIG_DEBOUNCE_S = 0.3
+"""A config file written in several steps is read once, after the last one."""
 
 
 def utcnow() -> datetime:
@@ -145,6 +147,7 @@ class Daemon:
         self._dir_volumes: dict[str, set[str]] = {}
         self._config_digest: bytes | None = None
         self._config_watch_paths: frozenset[str] = frozenset()
+        self._config_check_pending = False
         self._watch_problems: set[str] = set()
         self._ready = False
         self._failed_task: str | None = None
@@ -456,8 +459,10 @@ class Daemon:
         key = self._path_index.get(hint.path)
         if hint.path in self._config_watch_paths or (
                 hint.kind == "changed" and hint.path.rpartition("/")[2] == "..data"):
-            if self._read_config_digest() != self._config_digest:
-                self.request_reload()
+            if not self._config_check_pending and self._loop is not None:
+                # An editor writing in place shows a half-written file for a moment.
+                self._config_check_pending = True
+                self._loop.call_later(CONFIG_DEBOUNCE_S, self._check_config_changed)
             return
         if hint.kind == "modified":
             if key is not None and self.scheduler.mark_dirty(key):
@@ -473,6 +478,11 @@ class Daemon:
         if volumes:
             self._rescan_volumes.update(volumes)
             self._rescan.set()
+
+    def _check_config_changed(self) -> None:
+        self._config_check_pending = False
+        if self._read_config_digest() != self._config_digest:
+            self.request_reload()
 
     def _watch_thread_error(self, path: str, exc: BaseException) -> None:
         self.metrics.watch_errors.labels("inotify").inc()
