@@ -12,7 +12,6 @@ plus maxEventSize per stream.
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import os
 import queue
@@ -24,6 +23,7 @@ from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from logvold.core.formats import encode_cri_line, encode_json_entry, timestamp_ns
 from logvold.core.framing import Framer, make_framer
 from logvold.core.layout import SegmentName, next_segment_name, segments_of
 from logvold.core.policy import LogPolicy
@@ -51,15 +51,6 @@ class RotatedSegment:
     size_bytes: int
     reason: str
     """`size`, `period`, or what the caller of rotate() passed (e.g. `manual`)."""
-
-
-@dataclass
-class _LineStream:
-    """cri / json-file state of one stream: the unfinished line, and whether a piece
-    of the current event is already written (the event is open)."""
-
-    held: bytearray
-    open: bool = False
 
 
 class RotatingWriter:
@@ -103,7 +94,7 @@ class RotatingWriter:
         self._framer: Framer = make_framer("raw", policy.delimiter, self._max_event)
         self._regular = True
         self._stale = False  # the framer has not seen the end of the file
-        self._lines = {s: _LineStream(bytearray()) for s in STREAMS}
+        self._held: dict[str, bytearray] = {s: bytearray() for s in STREAMS}
         self.rotations = 0
         self.bytes_written = 0
         self._split_base = 0
@@ -144,9 +135,8 @@ class RotatingWriter:
     @property
     def at_boundary(self) -> bool:
         """True when the active file ends with a whole event (or is empty)."""
-        if self._raw:
-            return not self._stale and self._framer.pending == 0
-        return not any(s.open for s in self._lines.values())
+        # cri / json-file: unfinished lines are held, not written, so every line end is one.
+        return not self._raw or (not self._stale and self._framer.pending == 0)
 
     def write(self, stream: str, data: bytes) -> None:
         """Append `data` read from `stream` (`stdout` / `stderr`; ignored for raw)."""
@@ -230,11 +220,10 @@ class RotatingWriter:
             return
         try:
             if not self._raw:
-                for name, st in self._lines.items():
-                    if st.held or st.open:
-                        self._append(self._encode(name, bytes(st.held), full=True, ts=self._ts()))
-                        st.held.clear()
-                        st.open = False
+                for name, held in self._held.items():
+                    if held:  # output that never got its newline is still a whole event
+                        self._append(self._encode(name, bytes(held), full=True, ts=self._ts()))
+                        held.clear()
             self.flush()
         finally:
             self._closed = True
@@ -316,8 +305,11 @@ class RotatingWriter:
     # ----------------------------------------------------- cri / json-file
 
     def _write_lines(self, stream: str, data: bytes) -> None:
-        st = self._lines.get(stream)
-        if st is None:
+        """Encode whole lines as F lines; hold an unfinished line up to maxEventSize bytes,
+        then write it on as P pieces. Only over-long events have P pieces, and those
+        may be cut anyway, so every line end in the file is a place to rotate."""
+        held = self._held.get(stream)
+        if held is None:
             raise ValueError(f"unknown stream {stream!r}: use stdout or stderr")
         if self._due is not None:
             self._maybe_cut_now()
@@ -329,45 +321,43 @@ class RotatingWriter:
         while pos < n:
             nl = data.find(b"\n", pos)
             if nl < 0:
-                st.held += data[pos:]
-                while len(st.held) >= limit:
-                    out += self._encode(stream, bytes(st.held[:limit]), full=False, ts=ts)
-                    del st.held[:limit]
-                    st.open = True
+                held += data[pos:]
+                while len(held) > limit:
+                    self._split_base += 1
+                    self._emit_line(out, self._encode(stream, bytes(held[:limit]), full=False, ts=ts))
+                    del held[:limit]
                 break
-            if st.held:
-                msg = bytes(st.held) + data[pos:nl]
-                st.held.clear()
+            if held:
+                msg = bytes(held) + data[pos:nl]
+                held.clear()
             else:
                 msg = data[pos:nl]
             pos = nl + 1
             while len(msg) > limit:
-                out += self._encode(stream, msg[:limit], full=False, ts=ts)
+                self._split_base += 1
+                self._emit_line(out, self._encode(stream, msg[:limit], full=False, ts=ts))
                 msg = msg[limit:]
-                st.open = True
-            out += self._encode(stream, msg, full=True, ts=ts)
-            st.open = False
-            if self._due is None and self._max_size and self._size + len(out) >= self._max_size:
-                self._due = "size"
-            if self._due is not None and self.at_boundary:
-                self._append(out)
-                out.clear()
-                self._cut(self._due)
+            self._emit_line(out, self._encode(stream, msg, full=True, ts=ts))
         if out:
             self._append(out)
+
+    def _emit_line(self, out: bytearray, line: bytes) -> None:
+        """Queue one encoded line; rotate after it when a trigger is due."""
+        out += line
+        if self._due is None and self._max_size and self._size + len(out) >= self._max_size:
+            self._due = "size"
         if self._due is not None:
-            self._maybe_cut_now()
+            self._append(out)
+            out.clear()
+            self._cut(self._due)
 
-    def _ts(self) -> str:
-        now = self._clock().astimezone(UTC)
-        return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond:06d}000Z"
+    def _ts(self) -> int:
+        return timestamp_ns(self._clock())
 
-    def _encode(self, stream: str, msg: bytes, *, full: bool, ts: str) -> bytes:
+    def _encode(self, stream: str, msg: bytes, *, full: bool, ts: int) -> bytes:
         if self.policy.format == "cri":
-            return b"%s %s %s %s\n" % (ts.encode(), stream.encode(), b"F" if full else b"P", msg)
-        text = msg.decode("utf-8", "surrogateescape") + ("\n" if full else "")
-        entry = {"log": text, "stream": stream, "time": ts}
-        return json.dumps(entry, separators=(",", ":")).encode() + b"\n"
+            return encode_cri_line(stream, ts, msg, partial=not full)
+        return encode_json_entry(stream, ts, msg + b"\n" if full else msg)
 
     # ----------------------------------------------------------- rotation
 

@@ -233,19 +233,16 @@ def test_cri_streams_pieces_and_boundaries(tmp_path: Path) -> None:
     parts = pieces(path)
     assert len(parts) > 5
     for part in parts:
-        lines = part.splitlines()
-        # Never a segment that ends inside an event: the last line of each is F,
-        # and no stream has a P line without its F in the same piece.
-        open_streams: set[bytes] = set()
-        for line in lines:
-            _ts, stream, tag, msg = line.split(b" ", 3)
+        for line in part.splitlines():
+            _ts, _stream, tag, msg = line.split(b" ", 3)
             assert len(msg) <= 64
-            (open_streams.add if tag == b"P" else open_streams.discard)(stream)
-        assert not open_streams
+            # A piece may end inside an event only where it was cut for being over-long.
+            assert tag == b"F" or len(msg) == 64
+    assert w.split_count > 0
     decoded = list(decode_cri(b"".join(parts).splitlines()))
     assert [m for s, m in decoded if s == "stdout"] == [*out_events, b"no newline at the end"]
     assert [m for s, m in decoded if s == "stderr"] == err_events
-    assert parts[0].split(b" ", 1)[0] == b"2026-11-23T11:58:00.000000000Z"
+    assert parts[0].split(b" ", 1)[0] == b"2026-11-23T11:58:00Z"
 
 
 def test_json_file_entries(tmp_path: Path) -> None:
