@@ -200,26 +200,38 @@ class _Splitter:
         self.carry.clear()
         self.consumed = offset
 
-    def feed(self, data: bytes) -> list[tuple[bytes, int]]:
+    def feed_block(self, data: bytes) -> tuple[bytes, int]:
+        """The whole records completed by `data`, as one block, and the block's offset."""
         d = self.delimiter
-        buf = self.carry + data if self.carry else data
+        buf = bytes(self.carry) + data if self.carry else data
         base = self.consumed - len(self.carry)
         self.consumed += len(data)
-        out: list[tuple[bytes, int]] = []
-        pos = 0
-        while True:
-            i = buf.find(d, pos)
-            if i < 0:
-                break
-            end = i + len(d)
-            out.append((bytes(buf[pos:end]), base + end))
-            pos = end
-        rest = buf[pos:]
-        if len(rest) > self.max_record:  # no delimiter for too long: cut so memory stays bounded
-            out.append((bytes(rest), base + len(buf)))
-            rest = b""
-        self.carry = bytearray(rest)
-        return out
+        end = buf.rfind(d) + len(d)
+        if end < len(d):
+            end = 0
+        elif len(d) > 1:  # "x\n\n\n" with "\n\n": forward framing wins, like the writers'
+            last = buf[:end].split(d)[-1]
+            end -= len(last)
+        if len(buf) - end > self.max_record:  # no delimiter for too long: cut (bounded memory)
+            end = len(buf)
+        self.carry = bytearray(buf[end:])
+        return buf[:end], base
+
+    def feed(self, data: bytes) -> list[tuple[bytes, int]]:
+        block, base = self.feed_block(data)
+        return list(_records_of(block, base, self.delimiter))
+
+
+def _records_of(block: bytes, base: int, d: bytes) -> Iterator[tuple[bytes, int]]:
+    """(record, end offset) of a block of whole records (a cut one may end it)."""
+    parts = block.split(d)
+    last = parts.pop()
+    pos = base
+    for part in parts:
+        pos += len(part) + len(d)
+        yield part + d, pos
+    if last:
+        yield last, pos + len(last)
 
 
 class _Assembler:
@@ -437,6 +449,13 @@ class StreamReader:
         self.delimiter: bytes = b"\n" if self.fmt != "raw" else policy.delimiter
         self.max_record = max(_MAX_RECORD_FLOOR, 2 * policy.max_event_size_bytes)
         self.matcher = compile_pattern(self.options.pattern) if self.options.pattern else None
+        # Scanning whole blocks for the pattern finds every event whose message matches
+        # when a message is a contiguous substring of the file (raw, CRI F lines) and the
+        # pattern has no anchors that mean something else inside a block.
+        pattern = self.options.pattern or ""
+        self._prefilter = (self.matcher is not None and self.fmt in ("raw", "cri")
+                           and not any(c in pattern for c in ("^", "$", "\\A", "\\z")))
+        self._tail = self.delimiter
         self.directory = Path(self.info.directory)
         self.base = self.info.base
         self._until_passed = False
@@ -485,7 +504,13 @@ class StreamReader:
                 return False
             if o.until_ns is not None and ev.ts_ns > o.until_ns:
                 return False
-        return self.matcher is None or self.matcher.search(ev.message) is not None
+        if self.matcher is None:
+            return True
+        # Matched without the event's delimiter, so `error$` finds a line ending in error.
+        msg = ev.message
+        if msg.endswith(self._tail):
+            msg = msg[: -len(self._tail)]
+        return self.matcher.search(msg) is not None
 
     def _after_until(self, ev: Event) -> bool:
         u = self.options.until_ns
@@ -597,10 +622,37 @@ class StreamReader:
     def _feed(self, chunks: Iterator[bytes], splitter: _Splitter,
               assembler: _Assembler) -> Iterator[Event]:
         for chunk in chunks:
-            for rec, end in splitter.feed(chunk):
-                ev = assembler.push(rec, end - len(rec), end)
+            block, base = splitter.feed_block(chunk)
+            yield from self.block_events(block, base, assembler)
+
+    def block_events(self, block: bytes, base: int, assembler: _Assembler) -> Iterator[Event]:
+        """Events of a block of whole records. With a pattern, RE2 scans the block at C
+        speed and only records around a match are parsed (and checked exactly)."""
+        if not block:
+            return
+        d = self.delimiter
+        if (self._prefilter and not assembler.pending and not assembler.skip
+                and (self.fmt == "raw" or b" P " not in block)):
+            assert self.matcher is not None
+            search = self.matcher.search
+            pos = 0
+            while pos < len(block):
+                m = search(block, pos)
+                if m is None:
+                    return
+                start = block.rfind(d, pos, m.start())
+                start = pos if start < 0 else start + len(d)
+                end = block.find(d, m.start())
+                end = len(block) if end < 0 else end + len(d)
+                ev = assembler.push(block[start:end], base + start, base + end)
                 if ev is not None:
                     yield ev
+                pos = end
+            return
+        for rec, end in _records_of(block, base, d):
+            ev = assembler.push(rec, end - len(rec), end)
+            if ev is not None:
+                yield ev
 
     # -- where to start ---------------------------------------------------------------
 
@@ -863,10 +915,8 @@ class _ActiveCursor:
             self.fd = None
 
     def _emit(self, data: bytes) -> Iterator[Event]:
-        for rec, end in self.splitter.feed(data):
-            ev = self.assembler.push(rec, end - len(rec), end)
-            if ev is not None:
-                yield ev
+        block, base = self.splitter.feed_block(data)
+        yield from self.r.block_events(block, base, self.assembler)
 
     def events(self, follow: bool) -> Iterator[Event | None]:
         """Events from the current position; with follow, None whenever caught up."""
