@@ -15,20 +15,23 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from logvold.core.policy import Config, NodeLogQueryConfig
 from logvold.core.streams import StreamRegistry
 from logvold.metrics import Metrics
 from logvold.server import journal
 from logvold.server.app import build_app, start_server
+from logvold.server.nodelog import add_node_log_routes, handle_node_log_query
 
 JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
 KUBECTL = str(Path(sys.executable).with_name("kubectl"))
@@ -523,9 +526,28 @@ def test_deadline_kills_a_silent_journalctl(log_dir: Path, hung_journalctl: Path
     asyncio.run(scenario())
 
 
-def test_client_disconnect_kills_journalctl(log_dir: Path, hung_journalctl: Path) -> None:
+@asynccontextmanager
+async def serve_plain(cfg: NodeLogQueryConfig) -> AsyncIterator[str]:
+    """The handler in a bare app on aiohttp's default runner, which does not cancel handlers
+    when the client leaves: only the handler's own watch can notice a silent journalctl."""
+    app = web.Application()
+    add_node_log_routes(app, cfg, None)
+    app.router.add_get("/logs/", handle_node_log_query)
+    runner = web.AppRunner(app, shutdown_timeout=2.0)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("server", [serve, serve_plain], ids=["build_app", "plain-runner"])
+def test_client_disconnect_kills_journalctl(
+    log_dir: Path, hung_journalctl: Path, server: Callable[[NodeLogQueryConfig], Any]
+) -> None:
     async def scenario() -> None:
-        async with serve(config(None, log_dir, journal="always", timeout_s=30.0)) as url:
+        async with server(config(None, log_dir, journal="always", timeout_s=30.0)) as url:
             async with aiohttp.ClientSession() as session:
                 resp = await session.get(url + "/logs/?query=kubelet")
                 assert resp.status == 200
