@@ -41,6 +41,18 @@ def _check_config(argv: Sequence[str]) -> int:
     return main_check_config(argv)
 
 
+def _logs(argv: Sequence[str]) -> int:
+    from logvold.client.cli import main_logs
+
+    return main_logs(argv)
+
+
+def _query(argv: Sequence[str]) -> int:
+    from logvold.client.cli import main_query
+
+    return main_query(argv)
+
+
 def _version(argv: Sequence[str]) -> int:
     from logvold import __version__
 
@@ -52,6 +64,8 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "serve": _serve,
     "run": _run,
     "check-config": _check_config,
+    "logs": _logs,
+    "query": _query,
     "version": _version,
 }
 
