@@ -129,23 +129,37 @@ def format_rfc3339_ns(ns: int) -> str:
 
 # ---- records and events -----------------------------------------------------------------
 
-@dataclass(slots=True)
 class Event:
-    """One whole event, ready to filter and format."""
+    """One whole event, ready to filter and format.
 
-    message: bytes
-    """What a client is served: raw event bytes, or the joined CRI/json-file message."""
-    ts_ns: int | None
-    stream: str | None
-    start: int
-    """Offset of its first record in its source (logical offset for the active file)."""
-    end: int
-    """Offset just past its last record."""
+    `message`: what a client is served (raw event bytes, or the joined CRI/json-file
+    message); `start`/`end`: offsets of its first record and just past its last one in
+    its source (logical offsets for the active file). Its time is parsed only if asked.
+    """
+
+    __slots__ = ("_ts", "end", "message", "start", "stream", "ts_raw")
+
+    def __init__(self, message: bytes, ts_raw: bytes | None, stream: str | None, start: int,
+                 end: int) -> None:
+        self.message = message
+        self.ts_raw = ts_raw
+        self.stream = stream
+        self.start = start
+        self.end = end
+        self._ts: int | bool | None = False
+
+    @property
+    def ts_ns(self) -> int | None:
+        if self._ts is False:
+            self._ts = parse_rfc3339_ns(self.ts_raw) if self.ts_raw else None
+        assert not isinstance(self._ts, bool)
+        return self._ts
 
 
 @dataclass(slots=True)
 class _Line:
-    ts_ns: int | None
+    ts: bytes | None
+    """The RFC3339 text of its time (parsed lazily: most reads never need it)."""
     stream: str | None
     complete: bool
     """Ends its event (CRI `F`, json-file `log` ending in a newline, or unparseable)."""
@@ -156,8 +170,8 @@ def _parse_cri(record: bytes) -> _Line:
     body = record[:-1] if record.endswith(b"\n") else record
     parts = body.split(b" ", 3)
     if len(parts) >= 3 and parts[1] in (b"stdout", b"stderr"):
-        ts = parse_rfc3339_ns(parts[0])
-        if ts is not None:
+        ts = parts[0]
+        if len(ts) >= 20 and ts[4:5] == b"-" and ts[10:11] in (b"T", b"t"):
             msg = parts[3] if len(parts) == 4 else b""
             if parts[2] == b"P":
                 return _Line(ts, parts[1].decode(), False, msg)
@@ -176,7 +190,7 @@ def _parse_json_file(record: bytes) -> _Line:
     except (ValueError, TypeError, KeyError):
         body = record[:-1] if record.endswith(b"\n") else record
         return _Line(None, None, True, body + b"\n")
-    ts = parse_rfc3339_ns(ts_text.encode()) if isinstance(ts_text, str) else None
+    ts = ts_text.encode() if isinstance(ts_text, str) else None
     msg = text.encode("utf-8", "surrogateescape")
     return _Line(ts, stream if isinstance(stream, str) else None, msg.endswith(b"\n"), msg)
 
@@ -239,7 +253,7 @@ class _Assembler:
 
     def __init__(self, fmt: str, skip: frozenset[str] = frozenset()) -> None:
         self.fmt = fmt
-        self.pending: dict[str | None, tuple[list[bytes], int | None, int]] = {}
+        self.pending: dict[str | None, tuple[list[bytes], bytes | None, int]] = {}
         self.skip = set(skip)
 
     def reset(self) -> None:
@@ -261,7 +275,7 @@ class _Assembler:
                 self.skip.discard(s)
             return None
         if not line.complete:
-            frags, ts, st = self.pending.get(s) or ([], line.ts_ns, start)
+            frags, ts, st = self.pending.get(s) or ([], line.ts, start)
             frags.append(line.message)
             self.pending[s] = (frags, ts, st)
             return None
@@ -269,7 +283,7 @@ class _Assembler:
             frags, ts, st = self.pending.pop(s)
             frags.append(line.message)
             return Event(b"".join(frags), ts, s, st, end)
-        return Event(line.message, line.ts_ns, s, start, end)
+        return Event(line.message, line.ts, s, start, end)
 
 
 # ---- files --------------------------------------------------------------------------
@@ -364,7 +378,7 @@ def _reverse_events(fd: int, lo: int, hi: int, fmt: str, delimiter: bytes,
         return
     parse = _parse_cri if fmt == "cri" else _parse_json_file
     # stream -> (fragments newest first, ts of earliest fragment, start, end)
-    pending: dict[str | None, tuple[list[bytes], int | None, int, int]] = {}
+    pending: dict[str | None, tuple[list[bytes], bytes | None, int, int]] = {}
     heap: list[tuple[int, int, Event]] = []
     counter = 0
 
@@ -384,11 +398,11 @@ def _reverse_events(fd: int, lo: int, hi: int, fmt: str, delimiter: bytes,
         elif line.complete:
             if s in pending:
                 finish(s)
-            pending[s] = ([line.message], line.ts_ns, start, end)
+            pending[s] = ([line.message], line.ts, start, end)
         elif s in pending:
             frags, _, _, e = pending[s]
             frags.append(line.message)
-            pending[s] = (frags, line.ts_ns, start, e)
+            pending[s] = (frags, line.ts, start, e)
         # else: a trailing fragment without its end: not served
         limit = max((p[3] for p in pending.values()), default=-1)
         while heap and -heap[0][0] > limit:
@@ -632,7 +646,8 @@ class StreamReader:
             return
         d = self.delimiter
         if (self._prefilter and not assembler.pending and not assembler.skip
-                and (self.fmt == "raw" or b" P " not in block)):
+                and (self.fmt == "raw" or not (b" stdout P " in block
+                                               or b" stderr P " in block))):
             assert self.matcher is not None
             search = self.matcher.search
             pos = 0
@@ -687,62 +702,96 @@ class StreamReader:
 
     def _since_start_plain(self, index: int, fd: int | None, lo: int, hi: int,
                            shift: int) -> _Start:
-        """Binary search for the first line at or after since; returns a logical offset."""
+        """Binary search on line times for the first line at or after `since`, then a
+        start where no stream is mid-event. Returns a logical offset."""
         assert self.options.since_ns is not None
         if fd is None or hi <= lo:
             return _Start(index)
         since = self.options.since_ns
-        a, b = lo, hi  # invariant: the answer line starts in [a, b]
+        a, b = lo, hi  # lines starting before `a` are older than `since`
         while b - a > CHUNK_BYTES:
             mid = (a + b) // 2
-            ts, line_start = self._line_ts_after(fd, mid, hi)
+            line_start = self._next_line_start(fd, mid, hi)
             if line_start is None or line_start >= b:
                 b = mid
-            elif ts is not None and ts < since:
+                continue
+            ts = self._line_ts(fd, line_start, hi)
+            if ts is not None and ts < since:
                 a = line_start
             else:
                 b = mid
-        pos: int | None = a  # scan forward for the exact line
-        while pos is not None and pos < hi:
-            ts, nxt = self._line_at(fd, pos, hi)
-            if ts is not None and ts >= since:
-                break
-            pos = nxt
-        if pos is None or pos >= hi:
+        pos = self._first_line_at_or_after(fd, a, hi, since)
+        if pos >= hi:
             return _Start(index, hi + shift)
         skip = self._dirty_streams(fd, lo, pos) if pos > lo else frozenset()
         return _Start(index, pos + shift, skip)
 
-    def _next_line_start(self, fd: int, pos: int, hi: int) -> int | None:
+    def _first_line_at_or_after(self, fd: int, pos: int, hi: int, since: int) -> int:
+        """Scan forward from a line start, a block at a time, for the first line >= since."""
         while pos < hi:
             block = os.pread(fd, min(CHUNK_BYTES, hi - pos), pos)
+            if not block:
+                break
+            cut = block.rfind(b"\n") + 1
+            if cut == 0:  # one line longer than a block: look at it alone
+                ts = self._line_ts(fd, pos, hi)
+                if ts is not None and ts >= since:
+                    return pos
+                nxt = self._next_line_start(fd, pos, hi)
+                if nxt is None:
+                    return hi
+                pos = nxt
+                continue
+            offset = pos
+            for line in block[:cut].split(b"\n")[:-1]:
+                ts = self._ts_of_line(line)
+                if ts is not None and ts >= since:
+                    return offset
+                offset += len(line) + 1
+            pos += cut
+        return hi
+
+    def _ts_of_line(self, line: bytes) -> int | None:
+        if self.fmt == "cri":
+            return parse_rfc3339_ns(line[: line.find(b" ")])
+        raw = _parse_json_file(line).ts
+        return parse_rfc3339_ns(raw) if raw else None
+
+    def _next_line_start(self, fd: int, pos: int, hi: int) -> int | None:
+        size = 512  # lines are short: read a little first
+        while pos < hi:
+            block = os.pread(fd, min(size, hi - pos), pos)
             if not block:
                 return None
             i = block.find(b"\n")
             if i >= 0:
                 return pos + i + 1
             pos += len(block)
+            size = CHUNK_BYTES
         return None
 
-    def _line_at(self, fd: int, pos: int, hi: int) -> tuple[int | None, int | None]:
-        head = os.pread(fd, min(256, hi - pos), pos)
-        nxt = self._next_line_start(fd, pos, hi)
-        ts_text = head.split(b" ", 1)[0] if self.fmt == "cri" else b""
-        if self.fmt == "json-file":
-            line = os.pread(fd, min(self.max_record, (nxt or hi) - pos), pos)
-            return _parse_json_file(line).ts_ns, nxt
-        return parse_rfc3339_ns(ts_text), nxt
-
-    def _line_ts_after(self, fd: int, mid: int, hi: int) -> tuple[int | None, int | None]:
-        start = self._next_line_start(fd, mid, hi)
-        if start is None or start >= hi:
-            return None, None
-        return self._line_at(fd, start, hi)[0], start
+    def _line_ts(self, fd: int, pos: int, hi: int) -> int | None:
+        if self.fmt == "cri":
+            head = os.pread(fd, min(64, hi - pos), pos)
+            return parse_rfc3339_ns(head[: max(0, head.find(b" "))])
+        nxt = self._next_line_start(fd, pos, hi) or hi
+        return self._ts_of_line(os.pread(fd, min(self.max_record, nxt - pos), pos))
 
     def _dirty_streams(self, fd: int, lo: int, pos: int) -> frozenset[str]:
-        """Streams whose last line before `pos` leaves an event open (looked back one
-        max event size: an open event cannot have started further back)."""
-        window_lo = max(lo, pos - self.max_record)
+        """Streams whose last line before `pos` leaves an event open. An open event
+        started at most one max event size back, so only that window is looked at; CRI
+        windows without any P line (the common case) are settled by a bytes search."""
+        window_lo = max(lo, pos - self.info.policy.max_event_size_bytes)
+        if self.fmt == "cri":
+            has_partials = False
+            at = pos
+            while at > window_lo and not has_partials:
+                n = min(CHUNK_BYTES, at - window_lo)
+                block = os.pread(fd, n + 9, at - n)  # overlap: a marker across blocks
+                has_partials = b" stdout P " in block or b" stderr P " in block
+                at -= n
+            if not has_partials:
+                return frozenset()
         seen: set[str] = set()
         dirty: set[str] = set()
         for rec, _, _ in _reverse_records(fd, window_lo, pos, b"\n", self.max_record):

@@ -201,3 +201,22 @@ def test_multibyte_delimiter_raw(tmp_path: Path) -> None:
     got = [parse_event(b) for b in split_raw([data], b"\n\n")]
     assert got == list(range(90, 120))
     assert verify(split_raw([read(info)], b"\n\n")).seen == 120
+
+
+def test_since_inside_an_interleaved_partial_event_never_serves_a_piece(tmp_path: Path) -> None:
+    from tests.support.streams import rfc3339
+    events = make_events(400, "cri", fragments=False)
+    lines = [e.encoded for e in events[:300]]
+    t = events[299].ts_ns
+    # stderr opens an event before `since`, stdout logs across `since`, stderr finishes after.
+    lines.append(f"{rfc3339(t + 1)} stderr P ".encode() + b"E#0000009999 head-")
+    lines.append(b"\n")
+    lines += [e.encoded for e in events[300:]]
+    lines.append(f"{rfc3339(events[-1].ts_ns + 1)} stderr F ".encode() + b"tail\n")
+    active = tmp_path / "app.log"
+    info = build_stream(tmp_path, [], fmt="cri", layout=())
+    active.write_bytes(b"".join(lines))
+    got = read(info, since_ns=events[350].ts_ns)
+    assert seqs(got) == list(range(350, 400))  # no "tail" piece of the stderr event
+    whole = read(info, since_ns=t + 1)
+    assert b"E#0000009999 head-tail\n" in whole
