@@ -249,6 +249,7 @@ class PodDiscovery:
         self._pods: dict[str, _PodRecord] = {}
         self._resource_version: str | None = None
         self._stopping = threading.Event()
+        self._relist_requested = threading.Event()
         self._thread: threading.Thread | None = None
         self._response: Any = None
         self._response_lock = threading.Lock()
@@ -288,11 +289,21 @@ class PodDiscovery:
     def wait_synced(self, timeout_s: float) -> bool:
         return self.synced.wait(timeout_s)
 
+    def update_defaults(self, defaults: LogPolicy) -> None:
+        """New node defaults (a config reload): every pod's policy is recomputed
+        from a fresh list; streams whose policy changes are "updated"."""
+        self.defaults = defaults
+        self._relist_requested.set()
+        self._abort_response()
+
     # --- the loop ---------------------------------------------------------------------------
 
     def _run(self) -> None:
         failures = 0
         while not self._stopping.is_set():
+            if self._relist_requested.is_set():
+                self._relist_requested.clear()
+                self._resource_version = None
             try:
                 if self._resource_version is None:
                     self._relist()
@@ -305,6 +316,8 @@ class PodDiscovery:
             except Exception as exc:
                 if self._stopping.is_set():
                     break
+                if self._relist_requested.is_set():
+                    continue  # update_defaults() cut the watch on purpose
                 failures += 1
                 delay = self._backoff.delay_s(failures)
                 self._count_error("kubernetes")
@@ -373,8 +386,8 @@ class PodDiscovery:
             raise
         with self._response_lock:
             self._response = response
-        if self._stopping.is_set():  # stop() ran before the response was visible to it
-            self._abort_response()
+        if self._stopping.is_set() or self._relist_requested.is_set():
+            self._abort_response()  # stop()/update_defaults() ran before it could see this one
         try:
             for line in _lines(response):
                 self._on_watch_event(json.loads(line))

@@ -308,3 +308,33 @@ def test_stop_closes_an_idle_watch_promptly(api: FakeKubeApi, discovery: PodDisc
     started = time.monotonic()
     discovery.stop()
     assert time.monotonic() - started < 2.0
+
+
+def test_new_defaults_recompute_every_pod_policy(
+    api: FakeKubeApi, discovery: PodDiscovery, registry: StreamRegistry, metrics: Metrics
+) -> None:
+    api.add_pod(make_pod("web", node=NODE, annotation=GOOD))
+    discovery.start()
+    assert discovery.wait_synced(10)
+    assert api.wait_for(lambda: any("watch" in r.query for r in api.requests()))
+    key = StreamKey("default", "web", "app")
+    info = registry.get(key)
+    assert info is not None
+    assert (info.policy.max_files, info.policy.compress) == (3, "none")
+    updates: list[str] = []
+    registry.subscribe(lambda change, i: updates.append(f"{change} {i.key}"))
+
+    discovery.update_defaults(LogPolicy(max_files=8, compress="gzip"))
+
+    def recomputed() -> bool:
+        current = registry.get(key)
+        return current is not None and current.policy.compress == "gzip"
+
+    assert api.wait_for(recomputed)
+    current = registry.get(key)
+    assert current is not None
+    assert current.policy.max_files == 8
+    assert current.policy.max_size_bytes == 5 * 2**20  # the annotation still overrides
+    assert updates == ["updated default/web/app"]
+    assert discovery.relists == 2
+    assert _watch_errors(metrics, "kubernetes") == 0
