@@ -33,10 +33,14 @@ from logvold.fileio.state import SegmentRecord, StreamState, load_state
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 64 * 1024
-"""Read and response chunk size: bounded memory per reader."""
+"""Response chunk size, and the block size of backward and search reads."""
+READ_BYTES = 1024 * 1024
+"""Forward read size: big enough that a pattern scan runs at RE2 speed, still bounded."""
 MAX_PATTERN_LENGTH = 1024
 _MAX_RECORD_FLOOR = 4 * 2**20
 StreamFilter = Literal["All", "stdout", "stderr"]
+_CRI_PARTIAL = re2.compile(rb" std(?:out|err) P ")
+"""Where a CRI P (partial) line may be; one RE2 pass is faster than two bytes searches."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -301,7 +305,7 @@ def _read_compressed(path: Path, compression: str) -> Iterator[bytes]:
         else:
             reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
         with reader:
-            while chunk := reader.read(CHUNK_BYTES):
+            while chunk := reader.read(READ_BYTES):
                 yield chunk
 
 
@@ -324,7 +328,7 @@ def _open_segment(directory: Path, stem: str) -> tuple[int | None, Path, str] | 
 def _pread_all(fd: int, start: int, end: int) -> Iterator[bytes]:
     pos = start
     while pos < end:
-        data = os.pread(fd, min(CHUNK_BYTES, end - pos), pos)
+        data = os.pread(fd, min(READ_BYTES, end - pos), pos)
         if not data:
             return
         pos += len(data)
@@ -646,8 +650,7 @@ class StreamReader:
             return
         d = self.delimiter
         if (self._prefilter and not assembler.pending and not assembler.skip
-                and (self.fmt == "raw" or not (b" stdout P " in block
-                                               or b" stderr P " in block))):
+                and (self.fmt == "raw" or _CRI_PARTIAL.search(block) is None)):
             assert self.matcher is not None
             search = self.matcher.search
             pos = 0
@@ -788,7 +791,7 @@ class StreamReader:
             while at > window_lo and not has_partials:
                 n = min(CHUNK_BYTES, at - window_lo)
                 block = os.pread(fd, n + 9, at - n)  # overlap: a marker across blocks
-                has_partials = b" stdout P " in block or b" stderr P " in block
+                has_partials = _CRI_PARTIAL.search(block) is not None
                 at -= n
             if not has_partials:
                 return frozenset()
@@ -1016,7 +1019,7 @@ class _ActiveCursor:
         if physical > size:  # truncated under us (copytruncate or by hand)
             yield from self._after_truncation()
             return "data"
-        data = os.pread(self.fd, CHUNK_BYTES, physical) if physical < size else b""
+        data = os.pread(self.fd, READ_BYTES, physical) if physical < size else b""
         if not data:
             return "eof"
         if self._matching_state() != st:
@@ -1092,7 +1095,7 @@ class _ActiveCursor:
         assert self.fd is not None
         while True:
             physical = self.splitter.consumed - self.collapsed
-            data = os.pread(self.fd, CHUNK_BYTES, physical)
+            data = os.pread(self.fd, READ_BYTES, physical)
             if not data:
                 return
             yield from self._emit(data)
