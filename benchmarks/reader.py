@@ -113,23 +113,8 @@ def bench_follow(directory: Path, followers: int, duration_s: float) -> tuple[fl
     stream_dir.mkdir()
     active = stream_dir / "app.log"
     active.touch()
-    script = (
-        "import asyncio, sys\n"
-        "from pathlib import Path\n"
-        "from logvold.core.policy import LogPolicy, default_config\n"
-        "from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry\n"
-        "from logvold.metrics import Metrics\n"
-        "from logvold.server.app import build_app, start_server\n"
-        "async def main():\n"
-        "    reg = StreamRegistry()\n"
-        f"    reg.put(StreamInfo(key=StreamKey('default', 'f', 'app'), directory=Path({str(stream_dir)!r}),\n"
-        "                       base='app.log', policy=LogPolicy(), volume='bench'))\n"
-        "    app = build_app(config=default_config(), registry=reg, metrics=Metrics(), is_ready=lambda: True)\n"
-        "    runner = await start_server(app, '127.0.0.1:0')\n"
-        "    print(runner.addresses[0][1], flush=True)\n"
-        "    await asyncio.Event().wait()\n"
-        "asyncio.run(main())\n")
-    server = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+    server = subprocess.Popen([sys.executable, "-m", "benchmarks.reader", "--serve",
+                               str(stream_dir)], stdout=subprocess.PIPE,
                               cwd=Path(__file__).resolve().parents[1])
     try:
         assert server.stdout is not None
@@ -194,6 +179,26 @@ def bench_follow(directory: Path, followers: int, duration_s: float) -> tuple[fl
             len(latencies))
 
 
+def serve(stream_dir: Path) -> None:
+    """The follow benchmark's server process: one raw stream, port printed on stdout."""
+    from logvold.core.policy import default_config
+    from logvold.core.streams import StreamRegistry
+    from logvold.metrics import Metrics
+    from logvold.server.app import build_app, start_server
+
+    async def run() -> None:
+        registry = StreamRegistry()
+        registry.put(StreamInfo(key=StreamKey("default", "f", "app"), directory=stream_dir,
+                                base="app.log", policy=LogPolicy(), volume="bench"))
+        app = build_app(config=default_config(), registry=registry, metrics=Metrics(),
+                        is_ready=lambda: True)
+        runner = await start_server(app, "127.0.0.1:0")
+        print(runner.addresses[0][1], flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(run())
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", default="1GiB", help="stream size (default 1GiB)")
@@ -201,7 +206,11 @@ def main() -> int:
     p.add_argument("--followers", type=int, default=100)
     p.add_argument("--follow-seconds", type=float, default=5.0)
     p.add_argument("--dir", help="work directory (default: a temp dir, removed after)")
+    p.add_argument("--serve", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.serve:
+        serve(Path(args.serve))
+        return 0
     size = parse_size(args.size.replace("GiB", "Gi").replace("MiB", "Mi"))
     work = Path(args.dir or tempfile.mkdtemp(prefix="logvold-bench-"))
     rows: list[tuple[str, str, str, str]] = []
