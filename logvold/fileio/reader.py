@@ -28,7 +28,7 @@ import zstandard
 from logvold.core.layout import SegmentName, segments_of
 from logvold.core.streams import StreamInfo
 from logvold.errors import StateError
-from logvold.fileio.state import SegmentRecord, StreamState, load_state
+from logvold.fileio.state import SegmentRecord, StreamState, load_state, state_path
 
 log = logging.getLogger(__name__)
 
@@ -475,6 +475,9 @@ class StreamReader:
                            and not any(c in pattern for c in ("^", "$", "\\A", "\\z")))
         self._tail = self.delimiter
         self.directory = Path(self.info.directory)
+        self._state_path = state_path(self.directory, self.info.base)
+        self._state_key: tuple[int, ...] = ()
+        self._state_cached: StreamState | None = None
         self.base = self.info.base
         self._until_passed = False
 
@@ -542,11 +545,27 @@ class StreamReader:
     # -- listing ----------------------------------------------------------------------
 
     def _state(self) -> StreamState | None:
+        """The state file, parsed again only when its identity changed (it is replaced by
+        rename on every save, so inode + mtime + size tell a new one). A file younger than
+        a few clock ticks is never cached: a second save within the same coarse mtime tick
+        could reuse the inode and the size."""
         try:
-            return load_state(self.directory, self.base)
+            st = self._state_path.stat()
+            key: tuple[int, ...] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            key = ()
+        if key and key == self._state_key:
+            return self._state_cached
+        try:
+            state = load_state(self.directory, self.base)
         except StateError as e:
             log.warning("reader ignores state of %s/%s: %s", self.directory, self.base, e)
-            return None
+            state = None
+        settled = bool(key) and time.time_ns() - max(key[1], key[2]) > 50_000_000
+        self._state_key, self._state_cached = (key if settled else ()), state
+        return state
 
     def _snapshot(self) -> tuple[list[SegmentName], StreamState | None, int | None]:
         """Segments, state and an fd of the active file seen consistently: no rotation

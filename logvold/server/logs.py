@@ -9,7 +9,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiMapping
 
-from logvold.core.layout import segments_of
+from logvold.core.layout import STATE_DIR_NAME, segments_of, state_file_name
 from logvold.core.streams import DEFAULT_NAMESPACE, StreamInfo, StreamKey
 from logvold.fileio.reader import (
     MAX_PATTERN_LENGTH,
@@ -45,6 +45,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,252})$")
 _BOOL = {"1": True, "t": True, "T": True, "true": True, "TRUE": True, "True": True,
          "0": False, "f": False, "F": False, "false": False, "FALSE": False, "False": False}
 POLL_INTERVAL_S = 0.05
+MAX_IDLE_S = 1.0
 
 
 class BadRequest(ValueError):
@@ -170,6 +171,38 @@ class _Stepper:
                 close()
 
 
+Signature = tuple[int, ...]
+
+
+def _signature(info: StreamInfo) -> Signature:
+    """What changes when a stream gets new bytes, rotates, or is compressed/removed:
+    the active file's and the state file's identity, size and mtime, and the directory's
+    mtime. Taken in the event loop (three stat calls) so idle followers cost no thread."""
+    out: list[int] = []
+    directory = Path(info.directory)
+    for path in (info.active_path, directory / STATE_DIR_NAME / state_file_name(info.base),
+                 directory):
+        try:
+            st = path.stat()
+        except OSError:
+            out += (0, 0, 0)
+            continue
+        out += (st.st_ino, st.st_size, st.st_mtime_ns)
+    return tuple(out)
+
+
+async def _wait_for_change(reader: StreamReader, seen: Signature,
+                           stop: Callable[[], bool]) -> None:
+    """Sleep poll intervals until the stream's signature differs from `seen` (taken
+    before the step that found nothing new, so no append is missed), the reader must
+    stop, or MAX_IDLE_S passed (the reader's own clocks, e.g. removal grace, then run)."""
+    deadline = time.monotonic() + MAX_IDLE_S
+    while True:
+        await asyncio.sleep(reader.poll_interval_s)
+        if stop() or time.monotonic() >= deadline or _signature(reader.info) != seen:
+            return
+
+
 def _client_gone(request: web.Request) -> bool:
     transport = request.transport
     return transport is None or transport.is_closing()
@@ -194,6 +227,7 @@ async def stream_reader(request: web.Request, reader: StreamReader, *, handler: 
     stepper = _Stepper(reader.chunks(), threading.Lock())
     loop = asyncio.get_running_loop()
     # The first step runs before the headers, so a failure there is still a clean 4xx/5xx.
+    before_first = _signature(reader.info)
     first = await loop.run_in_executor(executor, stepper.step)
     response = web.StreamResponse(headers={"Content-Type": f"{content_type}; charset=utf-8",
                                            "Cache-Control": "no-cache",
@@ -205,15 +239,23 @@ async def stream_reader(request: web.Request, reader: StreamReader, *, handler: 
     served = 0
     try:
         chunk = first
+        seen = before_first
         while chunk is not None:
             if chunk:
                 await response.write(chunk)
                 served += len(chunk)
-            else:  # caught up: poll again after the interval
-                await asyncio.sleep(reader.poll_interval_s)
+            else:  # caught up: wait (cheaply, no thread) until the files change
+                await _wait_for_change(reader, seen, stop)
             if _client_gone(request):
                 break
-            chunk = await loop.run_in_executor(executor, stepper.step)
+            seen = _signature(reader.info)
+            if chunk:
+                chunk = await loop.run_in_executor(executor, stepper.step)
+            else:
+                # Live: the step after an idle one reads only fresh bytes (bounded), so it
+                # runs right here; a thread hop per poll would cost more than the read, and
+                # a hundred followers' threads fighting for the GIL add latency.
+                chunk = stepper.step()
         await response.write_eof()
     except (ConnectionResetError, BrokenPipeError):
         pass  # the client left; nothing to tell it
