@@ -170,7 +170,8 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/version", _version, name="kube_version")
     r.add_get("/api/v1/namespaces/{namespace}/pods", _pods, name="kube_pods")
     r.add_get("/api/v1/namespaces/{namespace}/pods/{pod}", _pod, name="kube_pod")
-    r.add_get("/api/v1/namespaces/{namespace}/pods/{pod}/log", _pod_log, name="kube_pod_log")
+    r.add_get("/api/v1/namespaces/{namespace}/pods/{pod}/log", _pod_log, name="kube_pod_log",
+              allow_head=False)
     r.add_get("/api/v1/namespaces/{namespace}", _namespace, name="kube_namespace")
     r.add_get("/api/{rest:.*}", _not_found, name="kube_not_found")
     r.add_get("/apis/{rest:.*}", _not_found, name="kube_apis_not_found")

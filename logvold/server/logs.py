@@ -228,7 +228,11 @@ async def stream_reader(request: web.Request, reader: StreamReader, *, handler: 
     loop = asyncio.get_running_loop()
     # The first step runs before the headers, so a failure there is still a clean 4xx/5xx.
     before_first = _signature(reader.info)
-    first = await loop.run_in_executor(executor, stepper.step)
+    try:
+        first = await loop.run_in_executor(executor, stepper.step)
+    except PermissionError as e:
+        stepper.close()
+        raise web.HTTPForbidden(text=f"stream {key}: {e.strerror}\n") from e
     response = web.StreamResponse(headers={"Content-Type": f"{content_type}; charset=utf-8",
                                            "Cache-Control": "no-cache",
                                            "X-Content-Type-Options": "nosniff"})
@@ -351,5 +355,8 @@ def describe(info: StreamInfo) -> dict[str, Any]:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/logs/", _logs_root, name="logs_list")
     app.router.add_get("/logs", _logs_root, name="logs_list_noslash")
-    app.router.add_get("/logs/{namespace}/{pod}/{container}", _container_logs, name="logs")
-    app.router.add_get("/logs/{pod}/{container}", _container_logs, name="logs_default_ns")
+    # No HEAD: a HEAD of follow=true would hold a connection open for no body.
+    app.router.add_get("/logs/{namespace}/{pod}/{container}", _container_logs, name="logs",
+                       allow_head=False)
+    app.router.add_get("/logs/{pod}/{container}", _container_logs, name="logs_default_ns",
+                       allow_head=False)

@@ -232,3 +232,20 @@ def test_no_fd_leak_after_many_requests(server: RunningServer) -> None:
         get(server.base + "/logs/default/batch/worker?limitBytes=100")
     asyncio.run(asyncio.sleep(0.2))
     assert len(os.listdir("/proc/self/fd")) <= before + 2
+
+
+def test_head_of_a_stream_is_not_allowed(server: RunningServer) -> None:
+    async def head() -> int:
+        async with aiohttp.ClientSession() as s, s.head(
+                server.base + "/logs/team-a/web/app?follow=true") as r:
+            return r.status
+
+    assert asyncio.run(head()) == 405
+
+
+def test_kubectl_style_json_errors_when_json_is_asked_for(server: RunningServer) -> None:
+    status, body, headers = get(server.base + "/logs/team-a/web/app?tailLines=-5",
+                                headers={"Accept": "application/json, */*"})
+    assert status == 400 and headers["Content-Type"].startswith("application/json")
+    doc = json.loads(body)
+    assert doc["kind"] == "Status" and doc["code"] == 400 and "tailLines" in doc["message"]
