@@ -3,6 +3,22 @@ offset) as an ordered sequence of whole events, with tail, since/until, filters 
 
 The core is a sync generator of byte chunks; `b""` means "caught up, wait one poll
 interval before the next step", so a server can drive it in bounded steps.
+
+Semantics worth knowing:
+- Events are served whole: a trailing incomplete event is held back until it completes
+  (follow) or dropped (no follow); limitBytes stops before the first event that would not fit.
+- cri/json-file serve the message (P fragments joined, like kubelet); raw serves the bytes.
+- tailLines=N: the N newest events passing the other filters, newest by where they end.
+- since/until for cri/json-file use the event time (its first fragment) and assume times
+  are near-monotonic within a file (binary search; reading stops at the first event after
+  untilTime). raw events carry no time: since skips whole segments closed before it (the
+  name stamp is the close time), until skips sources opened after it, and timestamps=true
+  adds nothing.
+- pattern (RE2) is searched in the message without its trailing delimiter.
+- follow survives punch (a follower behind the committed offset re-reads the bytes from
+  the segments the state names), collapse, compression of those segments, rename (drain
+  the old inode, then the new file), truncation (copytruncate: the copied segment if its
+  intent was seen, then the file from 0) and ends when the active file stays gone.
 """
 
 from __future__ import annotations
@@ -932,6 +948,7 @@ class _ActiveCursor:
         self.collapsed = 0
         self.physical_start = 0
         self.skip: frozenset[str] = frozenset()
+        self.stale_state: StreamState | None = None
         self.truncation: dict[str, Any] | None = None
         """The last copytruncate intent seen: where the bytes before a truncation went."""
         self._open(state, fd)
@@ -946,6 +963,14 @@ class _ActiveCursor:
             return
         st = os.fstat(fd)
         self.ino, self.dev = st.st_ino, st.st_dev
+        if (state is not None and state.inode == st.st_ino and state.device == st.st_dev
+                and state.physical_committed > st.st_size):
+            # Truncated behind the rotator's back: this state describes bytes that are no
+            # longer there. Read the file as it is until the rotator writes a new state.
+            log.warning("%s is shorter than its committed offset; ignoring its state",
+                        self.path)
+            self.stale_state = state
+            state = None
         if state is not None and state.inode == st.st_ino and state.device == st.st_dev:
             self.collapsed = state.collapsed_bytes
             start = state.physical_committed
@@ -1049,7 +1074,7 @@ class _ActiveCursor:
 
     def _matching_state(self) -> StreamState | None:
         st = self.r._state()
-        if st is None or st.inode != self.ino or st.device != self.dev:
+        if st is None or st.inode != self.ino or st.device != self.dev or st == self.stale_state:
             return None
         return st
 

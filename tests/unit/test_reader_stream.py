@@ -220,3 +220,13 @@ def test_since_inside_an_interleaved_partial_event_never_serves_a_piece(tmp_path
     assert seqs(got) == list(range(350, 400))  # no "tail" piece of the stderr event
     whole = read(info, since_ns=t + 1)
     assert b"E#0000009999 head-tail\n" in whole
+
+
+def test_state_past_a_truncated_file_is_ignored(tmp_path: Path) -> None:
+    events = make_events(150, "raw")
+    info = build_stream(tmp_path, events, layout=(("plain", 100),))
+    active = tmp_path / "app.log"
+    os.truncate(active, 0)  # e.g. logrotate copytruncate behind logvold's back
+    with active.open("ab") as f:
+        f.write(b"".join(e.encoded for e in make_events(5, "raw", start=150, seed=3)))
+    assert seqs(read(info)) == [*range(100), *range(150, 155)]
