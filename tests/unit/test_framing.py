@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +30,11 @@ from logvold.core.framing import (
 )
 from tests.support.events import chunked, decode_cri, decode_json_file, event_stream, verify
 
-PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: Raise for a long soak: LOGVOLD_HYPOTHESIS_EXAMPLES=5000 pytest tests/unit/test_framing.py
+MAX_EXAMPLES = int(os.environ.get("LOGVOLD_HYPOTHESIS_EXAMPLES", "200"))
+PROPS = settings(
+    max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 # -- an independent reference model --------------------------------------------------
 
