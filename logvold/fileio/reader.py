@@ -41,6 +41,7 @@ from typing import Any, Literal
 import re2  # google-re2: linear time, no catastrophic backtracking
 import zstandard
 
+from logvold.core.formats import decode_json_bytes
 from logvold.core.layout import SegmentName, segments_of
 from logvold.core.streams import StreamInfo
 from logvold.errors import StateError
@@ -193,7 +194,7 @@ def _parse_cri(record: bytes) -> _Line:
         ts = parts[0]
         if len(ts) >= 20 and ts[4:5] == b"-" and ts[10:11] in (b"T", b"t"):
             msg = parts[3] if len(parts) == 4 else b""
-            if parts[2] == b"P":
+            if parts[2].split(b":", 1)[0] == b"P":  # the tag is `:`-separated, like kubelet's
                 return _Line(ts, parts[1].decode(), False, msg)
             return _Line(ts, parts[1].decode(), True, msg + b"\n")
     return _Line(None, None, True, body + b"\n")
@@ -207,11 +208,11 @@ def _parse_json_file(record: bytes) -> _Line:
         ts_text = entry.get("time")
         if not isinstance(text, str):
             raise TypeError("log is not a string")
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, RecursionError):
         body = record[:-1] if record.endswith(b"\n") else record
         return _Line(None, None, True, body + b"\n")
     ts = ts_text.encode() if isinstance(ts_text, str) else None
-    msg = text.encode("utf-8", "surrogateescape")
+    msg = decode_json_bytes(text)
     return _Line(ts, stream if isinstance(stream, str) else None, msg.endswith(b"\n"), msg)
 
 

@@ -230,3 +230,18 @@ def test_state_past_a_truncated_file_is_ignored(tmp_path: Path) -> None:
     with active.open("ab") as f:
         f.write(b"".join(e.encoded for e in make_events(5, "raw", start=150, seed=3)))
     assert seqs(read(info)) == [*range(100), *range(150, 155)]
+
+
+def test_hostile_json_file_lines_are_served_as_text_not_errors(tmp_path: Path) -> None:
+    events = make_events(5, "json-file")
+    info = build_stream(tmp_path, events, fmt="json-file", layout=())
+    with (tmp_path / "app.log").open("ab") as f:
+        f.write(b"[" * 100_000 + b"\n")  # RecursionError in json
+        f.write(b'{"log":"\\ud800 lone surrogate\\n","stream":"stdout","time":"2026-11-23T00:00:00Z"}\n')
+        f.write(b'{"log":"\\udc80\\n","stream":"stdout","time":"nonsense"}\n')
+    data = read(info)
+    lines = data.split(b"\n")
+    assert [parse_event(b) for b in lines[:5]] == list(range(5))
+    assert lines[5] == b"[" * 100_000
+    assert b"lone surrogate" in lines[6] and lines[7] == b"\x80"
+    assert read(info, tail_events=1, timestamps=True) == b"\x80\n"  # bad time: no prefix
