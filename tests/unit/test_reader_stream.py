@@ -237,7 +237,8 @@ def test_hostile_json_file_lines_are_served_as_text_not_errors(tmp_path: Path) -
     info = build_stream(tmp_path, events, fmt="json-file", layout=())
     with (tmp_path / "app.log").open("ab") as f:
         f.write(b"[" * 100_000 + b"\n")  # RecursionError in json
-        f.write(b'{"log":"\\ud800 lone surrogate\\n","stream":"stdout","time":"2026-11-23T00:00:00Z"}\n')
+        f.write(b'{"log":"\\ud800 lone surrogate\\n","stream":"stdout",'
+                b'"time":"2026-11-23T00:00:00Z"}\n')
         f.write(b'{"log":"\\udc80\\n","stream":"stdout","time":"nonsense"}\n')
     data = read(info)
     lines = data.split(b"\n")
