@@ -244,8 +244,26 @@ def dump_config(config: Config) -> str:
         "logFormat": config.log_format,
         "logLevel": config.log_level,
     }
-    body = yaml.safe_dump(tree, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    body = yaml.dump(
+        tree, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False
+    )
     return f"# logvold effective config (from {config.source})\n{body}"
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that double-quotes strings holding Unicode line breaks.
+
+    Plain and single-quoted scalars fold NEL/LS/PS into spaces on load, so a
+    dumped annotation would not read back as written.
+    """
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    style = '"' if any(c in data for c in "\x85\u2028\u2029") else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
 
 
 def _volume_tree(volume: VolumeSpec, defaults: LogPolicy) -> dict[str, Any]:
