@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 STREAMS = ("stdout", "stderr")
 _TAIL_BLOCK = 64 * 1024
+_PEEK_BYTES = 16 * 1024
+"""Read size while a cut waits for the next event end (splice resumes after it)."""
 
 
 def utcnow() -> datetime:
@@ -59,6 +61,11 @@ class RotatingWriter:
     Not thread-safe: one caller at a time. Segment fsync, retention and
     compression run on one background thread, off the write path; close()
     waits for it. `on_rotate` is called (on the caller's thread) after each cut.
+
+    `sync_segments`: fsync each closed segment and its directory, and the
+    active file on close. Off, durability is the kernel's write-back - what
+    `cmd >> file` and kube-log-runner give - and a 1 MiB rotation costs no
+    disk flush (`logvold run` turns it on with -flush-interval).
     """
 
     def __init__(
@@ -69,6 +76,7 @@ class RotatingWriter:
         clock: Clock = utcnow,
         on_rotate: Callable[[RotatedSegment], None] | None = None,
         background: bool = True,
+        sync_segments: bool = True,
     ) -> None:
         if policy.format != "raw" and policy.delimiter != b"\n":
             raise ValueError(f"format {policy.format} frames lines: the delimiter must be \\n")
@@ -98,13 +106,18 @@ class RotatingWriter:
         self.rotations = 0
         self.bytes_written = 0
         self._split_base = 0
+        self._sync_segments = sync_segments
+        self._retains = bool(
+            policy.max_files
+            or policy.max_age_s
+            or policy.max_total_size_bytes
+            or policy.compress != "none"
+        )
         self._worker: _Maintenance | None = None
         self._open_active(existing_ok=True)
         if not self._regular:
             self._max_size = 0  # a FIFO or device: nothing to rotate
-        elif background and (
-            policy.max_files or policy.max_age_s or policy.compress != "none" or self._rotates
-        ):
+        elif background and (self._retains or (sync_segments and self._rotates)):
             self._worker = _Maintenance(self)
         existing = self._list_segments()
         self._newest = existing[-1] if existing else None
@@ -126,6 +139,17 @@ class RotatingWriter:
     def size_bytes(self) -> int:
         """Bytes in the active file."""
         return self._size
+
+    @property
+    def rotates(self) -> bool:
+        """True when a size or period trigger can ever cut this file."""
+        return self._regular and self._rotates
+
+    def fileno(self) -> int:
+        """The active file's descriptor (O_APPEND), e.g. to hand to a child directly
+        when nothing will ever be cut; the writer then no longer knows the tail."""
+        self._stale = self._raw
+        return self._fd
 
     @property
     def split_count(self) -> int:
@@ -163,7 +187,9 @@ class RotatingWriter:
             or not self._regular
             or self._overlapping_delimiter
         ):
-            data = os.read(fd, max_bytes)
+            # A cut is pending: read just enough to find the next boundary, then the
+            # rest of the pipe can be spliced into the new file.
+            data = os.read(fd, max_bytes if self._due is None else min(max_bytes, _PEEK_BYTES))
             if data:
                 self.write("stdout", data)
             return len(data)
@@ -224,7 +250,8 @@ class RotatingWriter:
                     if held:  # output that never got its newline is still a whole event
                         self._append(self._encode(name, bytes(held), full=True, ts=self._ts()))
                         held.clear()
-            self.flush()
+            if self._sync_segments:
+                self.flush()
         finally:
             self._closed = True
             for fd in (self._fd, self._splice_fd):
@@ -324,7 +351,9 @@ class RotatingWriter:
                 held += data[pos:]
                 while len(held) > limit:
                     self._split_base += 1
-                    self._emit_line(out, self._encode(stream, bytes(held[:limit]), full=False, ts=ts))
+                    self._emit_line(
+                        out, self._encode(stream, bytes(held[:limit]), full=False, ts=ts)
+                    )
                     del held[:limit]
                 break
             if held:
@@ -426,9 +455,12 @@ class RotatingWriter:
         self.rotations += 1
         # The framer carries on: the new file starts at the cut, a boundary.
         self._open_active(existing_ok=False)
+        if not self._sync_segments:
+            os.close(old_fd)
+            old_fd = -1
         if self._worker is not None:
             self._worker.submit(old_fd)
-        else:
+        elif old_fd >= 0:
             _sync_and_close(old_fd, self._dir)
         segment = RotatedSegment(path=str(seg_path), name=name, size_bytes=size, reason=reason)
         if self._on_rotate is not None:
@@ -548,10 +580,10 @@ class _Maintenance:
             for job in jobs:
                 if job is self._stop:
                     stopping = True
-                elif isinstance(job, int):
+                elif isinstance(job, int) and job >= 0:
                     _sync_and_close(job, writer._dir)
             # One retention pass covers every rotation queued so far.
-            if any(job is not self._stop for job in jobs):
+            if writer._retains and any(job is not self._stop for job in jobs):
                 try:
                     writer._retention_pass()
                 except Exception:  # a bug here must not stop the writer

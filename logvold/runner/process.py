@@ -68,7 +68,7 @@ def run(opts: RunOptions) -> int:
             child = _spawn(opts.argv, stdout=None, stderr=1 if opts.redirect_stderr else None)
             forwarder.attach(child)
             return _exit_status(_wait(child))
-        writer = RotatingWriter(opts.log_file, opts.policy)
+        writer = RotatingWriter(opts.log_file, opts.policy, sync_segments=opts.flush_interval_s > 0)
         try:
             return _run_to_file(opts, writer, forwarder)
         finally:
@@ -76,6 +76,18 @@ def run(opts: RunOptions) -> int:
 
 
 def _run_to_file(opts: RunOptions, writer: RotatingWriter, forwarder: _Forwarder) -> int:
+    if (
+        not writer.rotates
+        and opts.policy.format == "raw"
+        and not opts.also_stdout
+        and not opts.flush_interval_s
+    ):
+        # Nothing will ever be cut: the child appends to the file itself, exactly
+        # like `cmd 1>>file 2>&1` (and kube-log-runner), at no cost per byte.
+        fd = writer.fileno()
+        child = _spawn(opts.argv, stdout=fd, stderr=fd if opts.redirect_stderr else None)
+        forwarder.attach(child)
+        return _exit_status(_wait(child))
     streams: dict[int, str] = {}
     child_ends: list[int] = []
     try:

@@ -49,12 +49,21 @@ def test_no_log_file_is_2_and_1(tmp_path: Path) -> None:
     check_interleaved(ours.stdout)
 
 
-@pytest.mark.parametrize("spelling", ["-log-file={}", "--log-file {}"], ids=["eq", "space"])
-def test_log_file_is_append_and_2_and_1(tmp_path: Path, spelling: str) -> None:
+# "direct": the child appends to the file itself; "-log-file-size=1Gi": through the
+# one pipe and the rotating writer (the order must survive the pump too).
+MODES = pytest.mark.parametrize(
+    "flags",
+    [["-log-file={}"], ["--log-file", "{}"], ["-log-file={}", "-log-file-size=1Gi"]],
+    ids=["direct", "space", "pumped"],
+)
+
+
+@MODES
+def test_log_file_is_append_and_2_and_1(tmp_path: Path, flags: list[str]) -> None:
     ours_file, sh_file = tmp_path / "ours.log", tmp_path / "sh.log"
     ours_file.write_bytes(PRELUDE)
     sh_file.write_bytes(PRELUDE)
-    ours = run([*RUNNER, *spelling.format(ours_file).split(" "), *CHILD])
+    ours = run([*RUNNER, *(f.format(ours_file) for f in flags), *CHILD])
     sh = shell(f"1>>{sh_file} 2>&1")
     assert ours.returncode == sh.returncode == 0
     assert ours.stdout == sh.stdout == b""
@@ -76,11 +85,12 @@ def test_also_stdout_is_tee_a(tmp_path: Path) -> None:
     check_interleaved(ours.stdout)
 
 
-def test_redirect_stderr_false_is_append_stdout_only(tmp_path: Path) -> None:
+@MODES
+def test_redirect_stderr_false_is_append_stdout_only(tmp_path: Path, flags: list[str]) -> None:
     ours_file, sh_file = tmp_path / "ours.log", tmp_path / "sh.log"
     ours_file.write_bytes(PRELUDE)
     sh_file.write_bytes(PRELUDE)
-    ours = run([*RUNNER, f"-log-file={ours_file}", "-redirect-stderr=false", *CHILD])
+    ours = run([*RUNNER, *(f.format(ours_file) for f in flags), "-redirect-stderr=false", *CHILD])
     sh = shell(f"1>>{sh_file}")
     assert ours.returncode == sh.returncode == 0
     assert ours.stdout == sh.stdout == b""

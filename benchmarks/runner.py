@@ -1,0 +1,244 @@
+"""Throughput, memory and integrity of `logvold run` against `cat >> file` (and
+kube-log-runner when it is on PATH), in one run.
+
+    .venv/bin/python benchmarks/runner.py [--size-mib 1024] [--rounds 3] [--dir /tmp/lvbench]
+
+Each tool moves the same file of checksummed, sequence-numbered events
+(`cat SRC` is the child of both runners); `logvold run` rotates every 1 MiB.
+Prints MB/s (best and median of the rounds), the ratio to `cat >> file`,
+the peak RSS of the runner process tree, and integrity counts: the output
+(every segment, then the active file) must be byte-identical to the source,
+and for logvold every event is found once, whole and in order, and every
+segment ends at an event boundary. Not run in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from logvold.core.layout import segments_of  # noqa: E402
+from tests.support.events import parse_event  # noqa: E402
+
+_ALPHABET = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;-_=+/"
+
+
+def make_source(path: Path, size_bytes: int) -> int:
+    """Write events `E#<seq> <crc> <payload>\\n` (20-600 byte payloads) up to size_bytes."""
+    rng = random.Random(1)
+    pool = bytes(rng.choice(_ALPHABET) for _ in range(1 << 16))
+    count = 0
+    written = 0
+    with path.open("wb") as out:
+        buf: list[bytes] = []
+        while written < size_bytes:
+            n = rng.randint(20, 600)
+            start = rng.randrange(0, len(pool) - n)
+            payload = pool[start : start + n]
+            head = b"E#%010d " % count
+            crc = zlib.crc32(payload, zlib.crc32(head)) & 0xFFFFFFFF
+            event = head + b"%08x " % crc + payload + b"\n"
+            buf.append(event)
+            written += len(event)
+            count += 1
+            if len(buf) >= 4096:
+                out.write(b"".join(buf))
+                buf.clear()
+        out.write(b"".join(buf))
+    return count
+
+
+@dataclass
+class Result:
+    name: str
+    seconds: list[float] = field(default_factory=list)
+    peak_rss_kib: int = 0
+    segments: int = 0
+    identical: bool = True
+    events_ok: int | None = None
+    lost: int = 0
+    duplicated: int = 0
+    corrupt: int = 0
+    segments_cut_mid_event: int = 0
+
+
+def run_once(argv: list[str], stdout_path: Path | None) -> tuple[float, int, int]:
+    """Wall seconds, peak RSS (KiB) of the process itself, exit status.
+
+    The peak is VmHWM sampled from /proc while it runs: getrusage would report
+    this script's own size, which a forked child carries until it execs.
+    """
+    out = stdout_path.open("ab") if stdout_path else None
+    peak = 0
+    try:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=out or subprocess.DEVNULL)
+        status_file = Path(f"/proc/{proc.pid}/status")
+        while proc.poll() is None:
+            peak = max(peak, _vm_hwm_kib(status_file))
+            time.sleep(0.005)
+        elapsed = time.perf_counter() - t0
+    finally:
+        if out:
+            out.close()
+    return elapsed, peak, proc.returncode
+
+
+def _vm_hwm_kib(status_file: Path) -> int:
+    try:
+        for line in status_file.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def output_pieces(log: Path) -> list[Path]:
+    names = os.listdir(log.parent)
+    return [log.parent / s.filename for s in segments_of(log.name, names)] + [log]
+
+
+def check_output(result: Result, log: Path, source_sha: str, *, events: bool) -> None:
+    pieces = output_pieces(log)
+    result.segments = len(pieces) - 1
+    digest = hashlib.sha256()
+    for piece in pieces:
+        with piece.open("rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    result.identical = digest.hexdigest() == source_sha
+    if not events:
+        return
+    expected, ok, lost, dup, corrupt, mid = 0, 0, 0, 0, 0, 0
+    carry = b""
+    for i, piece in enumerate(pieces):
+        data = piece.read_bytes()
+        if i < len(pieces) - 1 and not data.endswith(b"\n"):
+            mid += 1
+        data = carry + data
+        lines = data.split(b"\n")
+        carry = lines.pop()
+        for line in lines:
+            seq = parse_event(line)
+            if seq is None:
+                corrupt += 1
+            elif seq == expected:
+                ok += 1
+                expected += 1
+            elif seq > expected:
+                lost += seq - expected
+                ok += 1
+                expected = seq + 1
+            else:
+                dup += 1
+    if carry:
+        corrupt += 1
+    result.events_ok, result.lost, result.duplicated = ok, lost, dup
+    result.corrupt, result.segments_cut_mid_event = corrupt, mid
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size-mib", type=int, default=1024)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--dir", default="/tmp/logvold-bench-runner")
+    p.add_argument("--rotate-size", default="1Mi")
+    args = p.parse_args()
+    work = Path(args.dir)
+    work.mkdir(parents=True, exist_ok=True)
+    src = work / f"source-{args.size_mib}MiB.log"
+    if not src.exists() or src.stat().st_size < args.size_mib << 20:
+        t0 = time.perf_counter()
+        n = make_source(src, args.size_mib << 20)
+        print(f"generated {src} ({n} events) in {time.perf_counter() - t0:.1f}s", flush=True)
+    size = src.stat().st_size
+    sha = hashlib.sha256()
+    with src.open("rb") as f:
+        while block := f.read(1 << 20):
+            sha.update(block)
+    source_sha = sha.hexdigest()
+    total_events = sum(1 for _ in src.open("rb"))
+
+    venv_bin = Path(sys.executable).parent
+    logvold = str(venv_bin / "logvold") if (venv_bin / "logvold").exists() else "logvold"
+    tools: list[tuple[str, list[str] | None, bool]] = [("cat >> file", None, False)]
+    klr = shutil.which("kube-log-runner")
+    if klr and Path(klr).resolve().parent != venv_bin.resolve():
+        tools.append(("kube-log-runner -log-file", [klr], False))
+    tools.append(
+        (
+            f"logvold run -log-file-size={args.rotate_size}",
+            [logvold, "run", f"-log-file-size={args.rotate_size}"],
+            True,
+        )
+    )
+    tools.append(("logvold run (no rotation)", [logvold, "run"], False))
+    results = {name: Result(name) for name, _, _ in tools}
+    for rnd in range(args.rounds):
+        for name, prefix, events in tools:
+            out_dir = work / "out"
+            shutil.rmtree(out_dir, ignore_errors=True)
+            out_dir.mkdir()
+            log = out_dir / "app.log"
+            subprocess.run(["sync"], check=True)  # no write-back of the last run in this one
+            if prefix is None:
+                elapsed, rss, rc = run_once(["cat", str(src)], log)
+            else:
+                elapsed, rss, rc = run_once([*prefix, f"-log-file={log}", "cat", str(src)], None)
+            if rc != 0:
+                print(f"{name}: exit status {rc}", file=sys.stderr)
+                return 1
+            res = results[name]
+            res.seconds.append(elapsed)
+            res.peak_rss_kib = max(res.peak_rss_kib, rss)
+            if rnd == 0:
+                check_output(res, log, source_sha, events=events)
+            print(f"round {rnd + 1} {name}: {size / elapsed / 1e6:.0f} MB/s", flush=True)
+    shutil.rmtree(work / "out", ignore_errors=True)
+
+    cat_best = min(results["cat >> file"].seconds)
+    cat_median = statistics.median(results["cat >> file"].seconds)
+    print()
+    print(
+        f"{size / 2**20:.0f} MiB, {total_events} events, {args.rounds} rounds, "
+        f"{os.cpu_count()} CPUs"
+    )
+    header = (
+        f"{'tool':34} {'MB/s best':>9} {'x cat':>6} {'MB/s med':>9} {'x cat':>6} "
+        f"{'peak RSS MB':>11} {'segments':>8} {'identical':>9}  integrity"
+    )
+    print(header)
+    print("-" * len(header))
+    for res in results.values():
+        best, median = min(res.seconds), statistics.median(res.seconds)
+        integrity = ""
+        if res.events_ok is not None:
+            integrity = (
+                f"events ok={res.events_ok}/{total_events} lost={res.lost} "
+                f"dup={res.duplicated} corrupt={res.corrupt} "
+                f"segments cut mid-event={res.segments_cut_mid_event}"
+            )
+        print(
+            f"{res.name:34} {size / best / 1e6:9.0f} {cat_best / best:6.2f} "
+            f"{size / median / 1e6:9.0f} {cat_median / median:6.2f} "
+            f"{res.peak_rss_kib / 1024:11.1f} {res.segments:8d} {res.identical!s:>9}  {integrity}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
