@@ -307,7 +307,7 @@ class StreamRotator:
         p = s.physical_committed
         return p if p <= st.st_size else 0
 
-    def _current(self, st: os.stat_result) -> StreamState:
+    def _current(self, dfd: int, fd: int, st: os.stat_result) -> StreamState:
         """State of the open active file: fresh for a new inode, reset after a writer truncate."""
         s = self._state
         if s is None or (s.device, s.inode) != (st.st_dev, st.st_ino):
@@ -315,14 +315,33 @@ class StreamRotator:
                 log.info("stream %s: new active file (inode %d), starting at offset 0",
                          self.info.key, st.st_ino)
             return StreamState(device=st.st_dev, inode=st.st_ino)
-        if st.st_size < s.physical_committed:
-            log.warning("stream %s: the writer truncated %s to %d bytes (committed %d): "
-                        "starting again at 0", self.info.key, self.info.base, st.st_size,
+        if st.st_size < s.physical_committed or self._replaced(dfd, fd, st, s):
+            log.warning("stream %s: the writer truncated or replaced %s (%d bytes, committed "
+                        "%d): starting again at 0", self.info.key, self.info.base, st.st_size,
                         s.physical_committed)
             if self.metrics:
                 self.metrics.truncations.labels(*self._labels, "writer").inc()
             return StreamState(device=st.st_dev, inode=st.st_ino)
         return s
+
+    def _replaced(self, dfd: int, fd: int, st: os.stat_result, s: StreamState) -> bool:
+        """True when the bytes just before the committed offset are not the end of the newest
+        segment: the writer truncated and rewrote the file, or it was recreated with a reused
+        inode number. Those bytes (the unaligned tail of the last committed block) are never
+        punched; when the offset is block-aligned or the segment is gone, nothing can tell."""
+        p = s.physical_committed
+        n = p - sf.align_down(p, self._block(st))
+        if n == 0 or not s.segments or s.segments[-1].logical_end != s.committed_offset:
+            return False
+        seg = sf.lstat_in(dfd, s.segments[-1].stem)
+        if seg is None or not stat.S_ISREG(seg.st_mode) or seg.st_size < n:
+            return False
+        sfd = os.open(s.segments[-1].stem, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
+        try:
+            tail = os.pread(sfd, n, seg.st_size - n)
+        finally:
+            os.close(sfd)
+        return os.pread(fd, n, p - n) != tail
 
     # ------------------------------------------------------------------ helpers
 
@@ -487,7 +506,7 @@ class StreamRotator:
     # ------------------------------------------------------------------ rotation
 
     def _rotate(self, dfd: int, fd: int, st: os.stat_result, reason: str) -> RotationResult | None:
-        state = self._current(st)
+        state = self._current(dfd, fd, st)
         strategy = self.policy.strategy
         if strategy == "punch" and not self._punch_supported():
             strategy = "rename"
@@ -725,7 +744,7 @@ class StreamRotator:
             return 0, 0
         fd, st = opened
         try:
-            state = self._current(st)
+            state = self._current(dfd, fd, st)
             if self.policy.strategy != "punch" or not self._punch_supported():
                 return 0, 0  # no way to free the head in place: the next rotation cuts it
             p = state.physical_committed
@@ -788,9 +807,12 @@ class StreamRotator:
             return
         fd, st = opened
         try:
-            if (state.device, state.inode) == (st.st_dev, st.st_ino) \
-                    and state.physical_committed <= st.st_size:
-                self._punch(fd, st, 0, state.physical_committed)
+            if (state.device, state.inode) == (st.st_dev, st.st_ino):
+                current = self._current(dfd, fd, st)
+                if current is state:  # not rewritten or replaced while we were down
+                    self._punch(fd, st, 0, state.physical_committed)
+                else:
+                    self._save(current)
         finally:
             os.close(fd)
 
