@@ -24,40 +24,50 @@ Semantics worth knowing:
 from __future__ import annotations
 
 import calendar
-import errno
-import gzip
-import heapq
-import json
 import logging
 import os
-import stat
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import re2  # google-re2: linear time, no catastrophic backtracking
-import zstandard
 
-from logvold.core.formats import decode_json_bytes
 from logvold.core.layout import SegmentName, segments_of
 from logvold.core.streams import StreamInfo
 from logvold.errors import StateError
-from logvold.fileio.state import SegmentRecord, StreamState, load_state, state_path
+from logvold.fileio.reader_active import ActiveCursor
+from logvold.fileio.reader_events import (
+    CHUNK_BYTES,
+    CRI_PARTIAL,
+    Assembler,
+    Event,
+    Splitter,
+    format_rfc3339_ns,
+    open_nofollow,
+    open_segment,
+    parse_cri,
+    parse_json_file,
+    parse_rfc3339_ns,
+    pread_all,
+    read_compressed,
+    records_of,
+    reverse_events,
+    reverse_records,
+    skip_bytes,
+)
+from logvold.fileio.state import StreamState, load_state, state_path
+
+__all__ = ["CHUNK_BYTES", "MAX_PATTERN_LENGTH", "ReadOptions", "StreamFilter", "StreamReader",
+           "compile_pattern", "format_rfc3339_ns", "parse_rfc3339_ns"]
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 64 * 1024
-"""Response chunk size, and the block size of backward and search reads."""
-READ_BYTES = 1024 * 1024
-"""Forward read size: big enough that a pattern scan runs at RE2 speed, still bounded."""
 MAX_PATTERN_LENGTH = 1024
 _MAX_RECORD_FLOOR = 4 * 2**20
 StreamFilter = Literal["All", "stdout", "stderr"]
-_CRI_PARTIAL = re2.compile(rb" std(?:out|err) P ")
-"""Where a CRI P (partial) line may be; one RE2 pass is faster than two bytes searches."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,344 +104,6 @@ def compile_pattern(pattern: str) -> Any:
         if isinstance(reason, bytes):
             reason = reason.decode("utf-8", "replace")
         raise ValueError(f"invalid RE2 pattern: {reason}") from e
-
-
-# ---- timestamps -------------------------------------------------------------------------
-
-_epoch_cache: dict[bytes, int] = {}
-
-
-def parse_rfc3339_ns(text: bytes) -> int | None:
-    """UNIX ns of an RFC3339(Nano) time like `2026-11-23T11:57:17.123456789Z`; None if not one."""
-    if len(text) < 20 or text[10:11] not in (b"T", b"t", b" "):
-        return None
-    head = text[:19]
-    secs = _epoch_cache.get(head)
-    if secs is None:
-        try:
-            y, mo, d = int(head[0:4]), int(head[5:7]), int(head[8:10])
-            h, mi, s = int(head[11:13]), int(head[14:16]), int(head[17:19])
-            secs = calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0))
-        except ValueError:
-            return None
-        if len(_epoch_cache) > 4096:
-            _epoch_cache.clear()
-        _epoch_cache[head] = secs
-    rest = text[19:]
-    frac_ns = 0
-    if rest[:1] == b".":
-        i = 1
-        while i < len(rest) and 48 <= rest[i] <= 57:
-            i += 1
-        digits = rest[1:i]
-        if not digits:
-            return None
-        frac_ns = int((digits + b"000000000")[:9])
-        rest = rest[i:]
-    if rest in (b"Z", b"z"):
-        offset = 0
-    elif len(rest) == 6 and rest[0:1] in (b"+", b"-") and rest[3:4] == b":":
-        try:
-            offset = (int(rest[1:3]) * 60 + int(rest[4:6])) * 60
-        except ValueError:
-            return None
-        if rest[0:1] == b"+":
-            offset = -offset
-    else:
-        return None
-    return (secs + offset) * 1_000_000_000 + frac_ns
-
-
-def format_rfc3339_ns(ns: int) -> str:
-    """Kubelet's timestamp style: UTC, always nine fraction digits."""
-    secs, frac = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
-
-
-# ---- records and events -----------------------------------------------------------------
-
-class Event:
-    """One whole event, ready to filter and format.
-
-    `message`: what a client is served (raw event bytes, or the joined CRI/json-file
-    message); `start`/`end`: offsets of its first record and just past its last one in
-    its source (logical offsets for the active file). Its time is parsed only if asked.
-    """
-
-    __slots__ = ("_ts", "end", "message", "start", "stream", "ts_raw")
-
-    def __init__(self, message: bytes, ts_raw: bytes | None, stream: str | None, start: int,
-                 end: int) -> None:
-        self.message = message
-        self.ts_raw = ts_raw
-        self.stream = stream
-        self.start = start
-        self.end = end
-        self._ts: int | bool | None = False
-
-    @property
-    def ts_ns(self) -> int | None:
-        if self._ts is False:
-            self._ts = parse_rfc3339_ns(self.ts_raw) if self.ts_raw else None
-        assert not isinstance(self._ts, bool)
-        return self._ts
-
-
-@dataclass(slots=True)
-class _Line:
-    ts: bytes | None
-    """The RFC3339 text of its time (parsed lazily: most reads never need it)."""
-    stream: str | None
-    complete: bool
-    """Ends its event (CRI `F`, json-file `log` ending in a newline, or unparseable)."""
-    message: bytes
-
-
-def _parse_cri(record: bytes) -> _Line:
-    body = record[:-1] if record.endswith(b"\n") else record
-    parts = body.split(b" ", 3)
-    if len(parts) >= 3 and parts[1] in (b"stdout", b"stderr"):
-        ts = parts[0]
-        if len(ts) >= 20 and ts[4:5] == b"-" and ts[10:11] in (b"T", b"t"):
-            msg = parts[3] if len(parts) == 4 else b""
-            if parts[2].split(b":", 1)[0] == b"P":  # the tag is `:`-separated, like kubelet's
-                return _Line(ts, parts[1].decode(), False, msg)
-            return _Line(ts, parts[1].decode(), True, msg + b"\n")
-    return _Line(None, None, True, body + b"\n")
-
-
-def _parse_json_file(record: bytes) -> _Line:
-    try:
-        entry = json.loads(record)
-        text = entry["log"]
-        stream = entry.get("stream")
-        ts_text = entry.get("time")
-        if not isinstance(text, str):
-            raise TypeError("log is not a string")
-    except (ValueError, TypeError, KeyError, RecursionError):
-        body = record[:-1] if record.endswith(b"\n") else record
-        return _Line(None, None, True, body + b"\n")
-    ts = ts_text.encode() if isinstance(ts_text, str) else None
-    msg = decode_json_bytes(text)
-    return _Line(ts, stream if isinstance(stream, str) else None, msg.endswith(b"\n"), msg)
-
-
-class _Splitter:
-    """Cuts a byte stream into records (lines, or raw events) with their end offsets."""
-
-    def __init__(self, delimiter: bytes, offset: int, max_record: int) -> None:
-        self.delimiter = delimiter
-        self.carry = bytearray()
-        self.consumed = offset
-        """Offset just past the last byte fed."""
-        self.max_record = max_record
-
-    @property
-    def emitted(self) -> int:
-        """Offset just past the last whole record handed out."""
-        return self.consumed - len(self.carry)
-
-    def reset(self, offset: int) -> None:
-        self.carry.clear()
-        self.consumed = offset
-
-    def feed_block(self, data: bytes) -> tuple[bytes, int]:
-        """The whole records completed by `data`, as one block, and the block's offset."""
-        d = self.delimiter
-        buf = bytes(self.carry) + data if self.carry else data
-        base = self.consumed - len(self.carry)
-        self.consumed += len(data)
-        end = buf.rfind(d) + len(d)
-        if end < len(d):
-            end = 0
-        elif len(d) > 1:  # "x\n\n\n" with "\n\n": forward framing wins, like the writers'
-            last = buf[:end].split(d)[-1]
-            end -= len(last)
-        if len(buf) - end > self.max_record:  # no delimiter for too long: cut (bounded memory)
-            end = len(buf)
-        self.carry = bytearray(buf[end:])
-        return buf[:end], base
-
-    def feed(self, data: bytes) -> list[tuple[bytes, int]]:
-        block, base = self.feed_block(data)
-        return list(_records_of(block, base, self.delimiter))
-
-
-def _records_of(block: bytes, base: int, d: bytes) -> Iterator[tuple[bytes, int]]:
-    """(record, end offset) of a block of whole records (a cut one may end it)."""
-    parts = block.split(d)
-    last = parts.pop()
-    pos = base
-    for part in parts:
-        pos += len(part) + len(d)
-        yield part + d, pos
-    if last:
-        yield last, pos + len(last)
-
-
-class _Assembler:
-    """Forward: records -> whole events. `skip` streams drop fragments up to their first end."""
-
-    def __init__(self, fmt: str, skip: frozenset[str] = frozenset()) -> None:
-        self.fmt = fmt
-        self.pending: dict[str | None, tuple[list[bytes], bytes | None, int]] = {}
-        self.skip = set(skip)
-
-    def reset(self) -> None:
-        self.pending.clear()
-
-    def push(self, record: bytes, start: int, end: int) -> Event | None:
-        if self.fmt == "raw":
-            if "*" in self.skip:
-                self.skip.discard("*")
-                return None
-            return Event(record, None, None, start, end)
-        line = _parse_cri(record) if self.fmt == "cri" else _parse_json_file(record)
-        if "*" in self.skip:  # the first record may be cut: never serve it
-            self.skip.discard("*")
-            return None
-        s = line.stream
-        if s is not None and s in self.skip:
-            if line.complete:
-                self.skip.discard(s)
-            return None
-        if not line.complete:
-            frags, ts, st = self.pending.get(s) or ([], line.ts, start)
-            frags.append(line.message)
-            self.pending[s] = (frags, ts, st)
-            return None
-        if s in self.pending:
-            frags, ts, st = self.pending.pop(s)
-            frags.append(line.message)
-            return Event(b"".join(frags), ts, s, st, end)
-        return Event(line.message, line.ts, s, start, end)
-
-
-# ---- files --------------------------------------------------------------------------
-
-def _read_compressed(path: Path, compression: str) -> Iterator[bytes]:
-    """Decompressed bytes of a segment in bounded chunks (streaming, never whole)."""
-    fd = _open_nofollow(path)
-    if fd is None:  # deleted by retention meanwhile (a race), or not a regular file
-        return
-    raw = os.fdopen(fd, "rb")
-    with raw:
-        reader: Any
-        if compression == "gz":
-            reader = gzip.GzipFile(fileobj=raw, mode="rb")
-        else:
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        with reader:
-            while chunk := reader.read(READ_BYTES):
-                yield chunk
-
-
-def _open_segment(directory: Path, stem: str) -> tuple[int | None, Path, str] | None:
-    """Open a segment by stem, whatever it is compressed to by now.
-
-    Returns (fd of the plain file or None, path, compression)."""
-    for suffix in ("", ".gz", ".zst"):
-        path = directory / (stem + suffix)
-        if suffix:
-            if path.is_file() and not path.is_symlink():
-                return None, path, suffix[1:]
-            continue
-        fd = _open_nofollow(path)  # a symlink planted as a segment is never followed
-        if fd is not None:
-            return fd, path, ""
-    return None
-
-
-def _pread_all(fd: int, start: int, end: int) -> Iterator[bytes]:
-    pos = start
-    while pos < end:
-        data = os.pread(fd, min(READ_BYTES, end - pos), pos)
-        if not data:
-            return
-        pos += len(data)
-        yield data
-
-
-def _reverse_records(fd: int, lo: int, hi: int, delimiter: bytes,
-                     max_record: int) -> Iterator[tuple[bytes, int, int]]:
-    """Whole records in [lo, hi) from the end backwards: (record, start, end).
-
-    Bytes after the last delimiter (an incomplete record) are skipped; `lo` is a
-    record start. Reads fixed blocks backwards, like kubelet's tail.
-    """
-    d, dl = delimiter, len(delimiter)
-    pos = hi
-    carry = b""
-    end: int | None = None  # end of the current record, in buf coordinates
-    while pos > lo:
-        n = min(CHUNK_BYTES, pos - lo)
-        pos -= n
-        buf = os.pread(fd, n, pos) + carry
-        if end is None:
-            i = buf.rfind(d)
-            if i < 0:
-                carry = buf
-                continue
-            end = i + dl
-        else:
-            end += n
-        while True:
-            k = buf.rfind(d, 0, end - dl)
-            if k < 0:
-                break
-            yield buf[k + dl:end], pos + k + dl, pos + end
-            end = k + dl
-        carry = buf[:end]
-        if len(carry) > max_record:
-            yield carry, pos, pos + end
-            carry, end = b"", 0
-    if end is not None and end > 0:
-        yield carry[:end], lo, lo + end
-
-
-def _reverse_events(fd: int, lo: int, hi: int, fmt: str, delimiter: bytes,
-                    max_record: int) -> Iterator[Event]:
-    """Whole events of [lo, hi) in descending end order; `lo` is a clean boundary."""
-    records = _reverse_records(fd, lo, hi, delimiter, max_record)
-    if fmt == "raw":
-        for rec, start, end in records:
-            yield Event(rec, None, None, start, end)
-        return
-    parse = _parse_cri if fmt == "cri" else _parse_json_file
-    # stream -> (fragments newest first, ts of earliest fragment, start, end)
-    pending: dict[str | None, tuple[list[bytes], bytes | None, int, int]] = {}
-    heap: list[tuple[int, int, Event]] = []
-    counter = 0
-
-    def finish(s: str | None) -> None:
-        nonlocal counter
-        frags, ts, start, end = pending.pop(s)
-        frags.reverse()
-        counter += 1
-        heapq.heappush(heap, (-end, counter, Event(b"".join(frags), ts, s, start, end)))
-
-    for rec, start, end in records:
-        line = parse(rec)
-        s = line.stream
-        if line.stream is None:  # unparseable: an event of its own
-            counter += 1
-            heapq.heappush(heap, (-end, counter, Event(line.message, None, None, start, end)))
-        elif line.complete:
-            if s in pending:
-                finish(s)
-            pending[s] = ([line.message], line.ts, start, end)
-        elif s in pending:
-            frags, _, _, e = pending[s]
-            frags.append(line.message)
-            pending[s] = (frags, line.ts, start, e)
-        # else: a trailing fragment without its end: not served
-        limit = max((p[3] for p in pending.values()), default=-1)
-        while heap and -heap[0][0] > limit:
-            yield heapq.heappop(heap)[2]
-    for s in list(pending):
-        finish(s)
-    while heap:
-        yield heapq.heappop(heap)[2]
 
 
 # ---- the reader ---------------------------------------------------------------------
@@ -561,7 +233,7 @@ class StreamReader:
 
     # -- listing ----------------------------------------------------------------------
 
-    def _state(self) -> StreamState | None:
+    def current_state(self) -> StreamState | None:
         """The state file, parsed again only when its identity changed (it is replaced by
         rename on every save, so inode + mtime + size tell a new one). A file younger than
         a few clock ticks is never cached: a second save within the same coarse mtime tick
@@ -589,13 +261,13 @@ class StreamReader:
         in between, so every event is in exactly one of the segments or after the
         committed offset of the open file."""
         for attempt in range(50):
-            before = self._state()
-            fd = _open_nofollow(self.directory / self.base)
+            before = self.current_state()
+            fd = open_nofollow(self.directory / self.base)
             try:
                 names = segments_of(self.base, (p.name for p in self.directory.iterdir()))
             except FileNotFoundError:
                 names = []
-            after = self._state()
+            after = self.current_state()
             consistent = before == after and (after is None or after.intent is None)
             if fd is not None and after is not None and consistent:
                 st = os.fstat(fd)
@@ -612,7 +284,7 @@ class StreamReader:
     def _events(self) -> Iterator[Event | None]:
         names, state, fd = self._snapshot()
         sources = [_Source(n) for n in names] + [_Source(None)]
-        active = _ActiveCursor(self, state, fd)
+        active = ActiveCursor(self, state, fd)
         try:
             start = self._plan_start(sources, active)
             everything = _Start(0)
@@ -656,37 +328,37 @@ class StreamReader:
 
     def _segment_events(self, src: _Source, start: _Start) -> Iterator[Event]:
         assert src.name is not None
-        opened = _open_segment(self.directory, src.name.stem)
+        opened = open_segment(self.directory, src.name.stem)
         if opened is None:  # deleted by retention since the listing: a race, not an error
             return
         fd, path, compression = opened
         offset = start.offset or 0
-        assembler = _Assembler(self.fmt, start.skip)
-        splitter = _Splitter(self.delimiter, offset, self.max_record)
+        assembler = Assembler(self.fmt, start.skip)
+        splitter = Splitter(self.delimiter, offset, self.max_record)
         if fd is not None:
             try:
-                chunks: Iterator[bytes] = _pread_all(fd, offset, os.fstat(fd).st_size)
+                chunks: Iterator[bytes] = pread_all(fd, offset, os.fstat(fd).st_size)
                 yield from self._feed(chunks, splitter, assembler)
             finally:
                 os.close(fd)
         else:
-            yield from self._feed(_skip_bytes(_read_compressed(path, compression), offset),
+            yield from self._feed(skip_bytes(read_compressed(path, compression), offset),
                                   splitter, assembler)
 
-    def _feed(self, chunks: Iterator[bytes], splitter: _Splitter,
-              assembler: _Assembler) -> Iterator[Event]:
+    def _feed(self, chunks: Iterator[bytes], splitter: Splitter,
+              assembler: Assembler) -> Iterator[Event]:
         for chunk in chunks:
             block, base = splitter.feed_block(chunk)
             yield from self.block_events(block, base, assembler)
 
-    def block_events(self, block: bytes, base: int, assembler: _Assembler) -> Iterator[Event]:
+    def block_events(self, block: bytes, base: int, assembler: Assembler) -> Iterator[Event]:
         """Events of a block of whole records. With a pattern, RE2 scans the block at C
         speed and only records around a match are parsed (and checked exactly)."""
         if not block:
             return
         d = self.delimiter
         if (self._prefilter and not assembler.pending and not assembler.skip
-                and (self.fmt == "raw" or _CRI_PARTIAL.search(block) is None)):
+                and (self.fmt == "raw" or CRI_PARTIAL.search(block) is None)):
             assert self.matcher is not None
             search = self.matcher.search
             pos = 0
@@ -703,14 +375,14 @@ class StreamReader:
                     yield ev
                 pos = end
             return
-        for rec, end in _records_of(block, base, d):
+        for rec, end in records_of(block, base, d):
             ev = assembler.push(rec, end - len(rec), end)
             if ev is not None:
                 yield ev
 
     # -- where to start ---------------------------------------------------------------
 
-    def _plan_start(self, sources: list[_Source], active: _ActiveCursor) -> _Start:
+    def _plan_start(self, sources: list[_Source], active: ActiveCursor) -> _Start:
         o = self.options
         first = 0
         if o.since_ns is not None:
@@ -730,7 +402,7 @@ class StreamReader:
                                                active.physical_size(), active.collapsed)
             assert src.name is not None
             if not src.name.compression:
-                opened = _open_segment(self.directory, src.name.stem)
+                opened = open_segment(self.directory, src.name.stem)
                 if opened is not None and opened[0] is not None:
                     fd = opened[0]
                     try:
@@ -793,7 +465,7 @@ class StreamReader:
     def _ts_of_line(self, line: bytes) -> int | None:
         if self.fmt == "cri":
             return parse_rfc3339_ns(line[: line.find(b" ")])
-        raw = _parse_json_file(line).ts
+        raw = parse_json_file(line).ts
         return parse_rfc3339_ns(raw) if raw else None
 
     def _next_line_start(self, fd: int, pos: int, hi: int) -> int | None:
@@ -827,14 +499,14 @@ class StreamReader:
             while at > window_lo and not has_partials:
                 n = min(CHUNK_BYTES, at - window_lo)
                 block = os.pread(fd, n + 9, at - n)  # overlap: a marker across blocks
-                has_partials = _CRI_PARTIAL.search(block) is not None
+                has_partials = CRI_PARTIAL.search(block) is not None
                 at -= n
             if not has_partials:
                 return frozenset()
         seen: set[str] = set()
         dirty: set[str] = set()
-        for rec, _, _ in _reverse_records(fd, window_lo, pos, b"\n", self.max_record):
-            line = _parse_cri(rec) if self.fmt == "cri" else _parse_json_file(rec)
+        for rec, _, _ in reverse_records(fd, window_lo, pos, b"\n", self.max_record):
+            line = parse_cri(rec) if self.fmt == "cri" else parse_json_file(rec)
             if line.stream is None or line.stream in seen:
                 continue
             seen.add(line.stream)
@@ -844,13 +516,13 @@ class StreamReader:
                 break
         return frozenset(dirty)
 
-    def _tail_start(self, sources: list[_Source], first: int, active: _ActiveCursor,
+    def _tail_start(self, sources: list[_Source], first: int, active: ActiveCursor,
                     n: int) -> _Start:
         """Walk back from the newest source until n passing events are found."""
         if n <= 0:  # nothing old; with follow, what comes next
             end = active.physical_start
             if active.fd is not None:
-                for _, _, rec_end in _reverse_records(active.fd, active.physical_start,
+                for _, _, rec_end in reverse_records(active.fd, active.physical_start,
                                                       active.physical_size(), self.delimiter,
                                                       self.max_record):
                     end = rec_end
@@ -881,7 +553,7 @@ class StreamReader:
         ends: set[int] = set()
         min_start = hi
         since = self.options.since_ns
-        for ev in _reverse_events(fd, lo, hi, self.fmt, self.delimiter, self.max_record):
+        for ev in reverse_events(fd, lo, hi, self.fmt, self.delimiter, self.max_record):
             if since is not None and ev.ts_ns is not None and ev.ts_ns < since:
                 break  # older events only from here (timestamps are near-monotonic)
             if not self._passes(ev):
@@ -894,7 +566,7 @@ class StreamReader:
 
     def _tail_segment(self, src: _Source, needed: int) -> tuple[int, int, set[int]] | None:
         assert src.name is not None
-        opened = _open_segment(self.directory, src.name.stem)
+        opened = open_segment(self.directory, src.name.stem)
         if opened is None:
             return None
         fd, path, compression = opened
@@ -905,255 +577,11 @@ class StreamReader:
                 os.close(fd)
         # Compressed: stream forward once, keeping only the last `needed` passing events.
         last: deque[tuple[int, int]] = deque(maxlen=needed)
-        splitter = _Splitter(self.delimiter, 0, self.max_record)
-        for ev in self._feed(_read_compressed(path, compression), splitter,
-                             _Assembler(self.fmt)):
+        splitter = Splitter(self.delimiter, 0, self.max_record)
+        for ev in self._feed(read_compressed(path, compression), splitter,
+                             Assembler(self.fmt)):
             if self._passes(ev):
                 last.append((ev.start, ev.end))
         if not last:
             return 0, 0, set()
         return len(last), min(s for s, _ in last), {e for _, e in last}
-
-
-def _open_nofollow(path: Path) -> int | None:
-    """An fd of a regular file at `path` (never through a symlink), or None."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        return None
-    return fd
-
-
-def _skip_bytes(chunks: Iterator[bytes], n: int) -> Iterator[bytes]:
-    for chunk in chunks:
-        if n >= len(chunk):
-            n -= len(chunk)
-            continue
-        yield chunk[n:] if n else chunk
-        n = 0
-
-
-class _ActiveCursor:
-    """Reads the active file by LOGICAL offset, validated against the state file, and
-    follows it through punch, collapse, rename, compression, truncation and removal."""
-
-    def __init__(self, reader: StreamReader, state: StreamState | None, fd: int | None) -> None:
-        self.r = reader
-        self.path = reader.directory / reader.base
-        self.fd: int | None = None
-        self.ino = 0
-        self.dev = 0
-        self.collapsed = 0
-        self.physical_start = 0
-        self.skip: frozenset[str] = frozenset()
-        self.stale_state: StreamState | None = None
-        self.truncation: dict[str, Any] | None = None
-        """The last copytruncate intent seen: where the bytes before a truncation went."""
-        self._open(state, fd)
-        logical = self.physical_start + self.collapsed
-        self.splitter = _Splitter(reader.delimiter, logical, reader.max_record)
-        self.assembler = _Assembler(reader.fmt, self.skip)
-        self.gone_since: float | None = None
-
-    def _open(self, state: StreamState | None, fd: int | None) -> None:
-        self.fd = fd
-        if fd is None:
-            return
-        st = os.fstat(fd)
-        self.ino, self.dev = st.st_ino, st.st_dev
-        if (state is not None and state.inode == st.st_ino and state.device == st.st_dev
-                and state.physical_committed > st.st_size):
-            # Truncated behind the rotator's back: this state describes bytes that are no
-            # longer there. Read the file as it is until the rotator writes a new state.
-            log.warning("%s is shorter than its committed offset; ignoring its state",
-                        self.path)
-            self.stale_state = state
-            state = None
-        if state is not None and state.inode == st.st_ino and state.device == st.st_dev:
-            self.collapsed = state.collapsed_bytes
-            start = state.physical_committed
-        else:
-            self.collapsed = 0
-            start = 0
-        self.physical_start = self._skip_hole(start, st.st_size)
-
-    def _skip_hole(self, start: int, size: int) -> int:
-        """Past a punched hole (SEEK_DATA) and any partial event or NULs it leaves."""
-        assert self.fd is not None
-        try:
-            data = os.lseek(self.fd, start, os.SEEK_DATA)
-        except OSError as e:
-            if e.errno == errno.ENXIO:  # only a hole up to EOF: start at EOF
-                data = size
-            else:
-                return start
-        head = os.pread(self.fd, 4096, data) if data < size else b""
-        nuls = len(head) - len(head.lstrip(b"\0"))
-        if data == start and nuls == 0:
-            return start
-        # Landed inside an event: drop the first (cut) record, and for cri/json-file the
-        # first event of each stream, since its head may be in the hole.
-        self.skip = frozenset({"*", "stdout", "stderr"} if self.r.fmt != "raw" else {"*"})
-        return data + nuls
-
-    def seek(self, logical: int, skip: frozenset[str]) -> None:
-        self.splitter.reset(logical)
-        self.assembler = _Assembler(self.r.fmt, skip)
-
-    def physical_size(self) -> int:
-        return os.fstat(self.fd).st_size if self.fd is not None else 0
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-    def _emit(self, data: bytes) -> Iterator[Event]:
-        block, base = self.splitter.feed_block(data)
-        yield from self.r.block_events(block, base, self.assembler)
-
-    def events(self, follow: bool) -> Iterator[Event | None]:
-        """Events from the current position; with follow, None whenever caught up."""
-        r = self.r
-        while not r.stop():
-            if self.fd is None:
-                if not follow:
-                    return
-                if self._reopen_or_gone():
-                    return
-                yield None
-                continue
-            got = yield from self._step()
-            if got == "data":
-                continue
-            if got == "busy":
-                yield None
-                continue
-            if not follow:
-                return
-            if self._rotated():
-                yield from self._drain()
-                self.close()
-                self.splitter.reset(0)
-                self.assembler.reset()
-                self._open(self.r._state(), _open_nofollow(self.path))
-                self.splitter.reset(self.physical_start + self.collapsed)
-                continue
-            yield None
-
-    def _step(self) -> Generator[Event, None, Literal["data", "eof", "busy"]]:
-        """One bounded read: "data" (bytes consumed), "eof" or "busy" (a rotation step
-        is in flight; look again after a poll)."""
-        assert self.fd is not None
-        st = self._matching_state()
-        if st is not None and st.intent is not None and st.intent.get("op") in (
-                "punch", "collapse", "copytruncate"):
-            if st.intent.get("op") == "copytruncate":
-                self.truncation = dict(st.intent)
-            return "busy"
-        emitted = self.splitter.emitted
-        if st is not None and st.committed_offset > emitted:
-            yield from self._from_segments(st, emitted)
-            return "data"
-        collapsed = st.collapsed_bytes if st is not None else self.collapsed
-        physical = self.splitter.consumed - collapsed
-        size = os.fstat(self.fd).st_size
-        if physical > size:  # truncated under us (copytruncate or by hand)
-            yield from self._after_truncation()
-            return "data"
-        data = os.pread(self.fd, READ_BYTES, physical) if physical < size else b""
-        if not data:
-            return "eof"
-        if self._matching_state() != st:
-            return "busy"  # the file changed under the read: discard and look again
-        self.collapsed = collapsed
-        yield from self._emit(data)
-        return "data"
-
-    def _matching_state(self) -> StreamState | None:
-        st = self.r._state()
-        if st is None or st.inode != self.ino or st.device != self.dev or st == self.stale_state:
-            return None
-        return st
-
-    def _from_segments(self, st: StreamState, emitted: int) -> Iterator[Event]:
-        """A punch passed our position: the bytes from `emitted` on are in segments now."""
-        self.splitter.reset(emitted)
-        for rec in st.segments:
-            if rec.logical_end <= emitted:
-                continue
-            if rec.logical_start > self.splitter.consumed:
-                log.warning("%s: events %d..%d were removed before a follower read them",
-                            self.path, self.splitter.consumed, rec.logical_start)
-                self.splitter.reset(rec.logical_start)
-                self.assembler.reset()
-            opened = _open_segment(self.r.directory, rec.stem)
-            if opened is None:
-                continue
-            fd, path, compression = opened
-            skip = self.splitter.consumed - rec.logical_start
-            want = rec.logical_end - self.splitter.consumed
-            if fd is not None:
-                try:
-                    chunks: Iterator[bytes] = _pread_all(fd, skip, skip + want)
-                    for chunk in chunks:
-                        yield from self._emit(chunk)
-                finally:
-                    os.close(fd)
-            else:
-                for chunk in _skip_bytes(_read_compressed(path, compression), skip):
-                    yield from self._emit(chunk[: rec.logical_end - self.splitter.consumed])
-                    if self.splitter.consumed >= rec.logical_end:
-                        break
-        if self.splitter.consumed < st.committed_offset:
-            self.splitter.reset(st.committed_offset)
-            self.assembler.reset()
-        self.collapsed = st.collapsed_bytes
-
-    def _after_truncation(self) -> Iterator[Event]:
-        """Read what the copytruncate copied (if we saw its intent), then start over at 0."""
-        t, self.truncation = self.truncation, None
-        emitted = self.splitter.emitted
-        if t is not None and isinstance(t.get("stem"), str) and isinstance(t.get("start"), int) \
-                and isinstance(t.get("end"), int) and t["start"] <= emitted < t["end"]:
-            copied = StreamState(device=self.dev, inode=self.ino, committed_offset=t["end"],
-                                 segments=(SegmentRecord(t["stem"], t["start"], t["end"]),))
-            yield from self._from_segments(copied, emitted)
-        else:
-            log.info("%s was truncated; reading it from its start", self.path)
-        self.splitter.reset(0)
-        self.assembler.reset()
-        self.collapsed = 0
-
-    def _rotated(self) -> bool:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return True
-        return st.st_ino != self.ino or st.st_dev != self.dev
-
-    def _drain(self) -> Iterator[Event]:
-        """The old inode after a rename: read what is left, then let it go."""
-        assert self.fd is not None
-        while True:
-            physical = self.splitter.consumed - self.collapsed
-            data = os.pread(self.fd, READ_BYTES, physical)
-            if not data:
-                return
-            yield from self._emit(data)
-
-    def _reopen_or_gone(self) -> bool:
-        """While the active file is absent: reopen it when it is back; True when gone for good."""
-        self._open(self.r._state(), _open_nofollow(self.path))
-        if self.fd is not None:
-            self.gone_since = None
-            self.splitter.reset(self.physical_start + self.collapsed)
-            self.assembler.reset()
-            return False
-        now = self.r.clock()
-        if self.gone_since is None:
-            self.gone_since = now
-        return now - self.gone_since >= self.r.gone_grace_s

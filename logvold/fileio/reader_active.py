@@ -1,0 +1,252 @@
+"""The stream reader's cursor over the active file: reads by LOGICAL offset, checks each
+read against the state file, and follows the file through punch, collapse, rename,
+compression, truncation and removal."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Generator, Iterator
+from typing import TYPE_CHECKING, Any, Literal
+
+from logvold.fileio.reader_events import (
+    READ_BYTES,
+    Assembler,
+    Event,
+    Splitter,
+    open_nofollow,
+    open_segment,
+    pread_all,
+    read_compressed,
+    skip_bytes,
+)
+from logvold.fileio.state import SegmentRecord, StreamState
+
+if TYPE_CHECKING:
+    from logvold.fileio.reader import StreamReader
+
+log = logging.getLogger(__name__)
+
+
+class ActiveCursor:
+    """Reads the active file by LOGICAL offset, validated against the state file, and
+    follows it through punch, collapse, rename, compression, truncation and removal."""
+
+    def __init__(self, reader: StreamReader, state: StreamState | None, fd: int | None) -> None:
+        self.r = reader
+        self.path = reader.directory / reader.base
+        self.fd: int | None = None
+        self.ino = 0
+        self.dev = 0
+        self.collapsed = 0
+        self.physical_start = 0
+        self.skip: frozenset[str] = frozenset()
+        self.stale_state: StreamState | None = None
+        self.truncation: dict[str, Any] | None = None
+        """The last copytruncate intent seen: where the bytes before a truncation went."""
+        self._open(state, fd)
+        logical = self.physical_start + self.collapsed
+        self.splitter = Splitter(reader.delimiter, logical, reader.max_record)
+        self.assembler = Assembler(reader.fmt, self.skip)
+        self.gone_since: float | None = None
+
+    def _open(self, state: StreamState | None, fd: int | None) -> None:
+        self.fd = fd
+        if fd is None:
+            return
+        st = os.fstat(fd)
+        self.ino, self.dev = st.st_ino, st.st_dev
+        if (state is not None and state.inode == st.st_ino and state.device == st.st_dev
+                and state.physical_committed > st.st_size):
+            # Truncated behind the rotator's back: this state describes bytes that are no
+            # longer there. Read the file as it is until the rotator writes a new state.
+            log.warning("%s is shorter than its committed offset; ignoring its state",
+                        self.path)
+            self.stale_state = state
+            state = None
+        if state is not None and state.inode == st.st_ino and state.device == st.st_dev:
+            self.collapsed = state.collapsed_bytes
+            start = state.physical_committed
+        else:
+            self.collapsed = 0
+            start = 0
+        self.physical_start = self._skip_hole(start, st.st_size)
+
+    def _skip_hole(self, start: int, size: int) -> int:
+        """Past a punched hole (SEEK_DATA) and any partial event or NULs it leaves."""
+        assert self.fd is not None
+        try:
+            data = os.lseek(self.fd, start, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # only a hole up to EOF: start at EOF
+                data = size
+            else:
+                return start
+        head = os.pread(self.fd, 4096, data) if data < size else b""
+        nuls = len(head) - len(head.lstrip(b"\0"))
+        if data == start and nuls == 0:
+            return start
+        # Landed inside an event: drop the first (cut) record, and for cri/json-file the
+        # first event of each stream, since its head may be in the hole.
+        self.skip = frozenset({"*", "stdout", "stderr"} if self.r.fmt != "raw" else {"*"})
+        return data + nuls
+
+    def seek(self, logical: int, skip: frozenset[str]) -> None:
+        self.splitter.reset(logical)
+        self.assembler = Assembler(self.r.fmt, skip)
+
+    def physical_size(self) -> int:
+        return os.fstat(self.fd).st_size if self.fd is not None else 0
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def _emit(self, data: bytes) -> Iterator[Event]:
+        block, base = self.splitter.feed_block(data)
+        yield from self.r.block_events(block, base, self.assembler)
+
+    def events(self, follow: bool) -> Iterator[Event | None]:
+        """Events from the current position; with follow, None whenever caught up."""
+        r = self.r
+        while not r.stop():
+            if self.fd is None:
+                if not follow:
+                    return
+                if self._reopen_or_gone():
+                    return
+                yield None
+                continue
+            got = yield from self._step()
+            if got == "data":
+                continue
+            if got == "busy":
+                yield None
+                continue
+            if not follow:
+                return
+            if self._rotated():
+                yield from self._drain()
+                self.close()
+                self.splitter.reset(0)
+                self.assembler.reset()
+                self._open(self.r.current_state(), open_nofollow(self.path))
+                self.splitter.reset(self.physical_start + self.collapsed)
+                continue
+            yield None
+
+    def _step(self) -> Generator[Event, None, Literal["data", "eof", "busy"]]:
+        """One bounded read: "data" (bytes consumed), "eof" or "busy" (a rotation step
+        is in flight; look again after a poll)."""
+        assert self.fd is not None
+        st = self._matching_state()
+        if st is not None and st.intent is not None and st.intent.get("op") in (
+                "punch", "collapse", "copytruncate"):
+            if st.intent.get("op") == "copytruncate":
+                self.truncation = dict(st.intent)
+            return "busy"
+        emitted = self.splitter.emitted
+        if st is not None and st.committed_offset > emitted:
+            yield from self._from_segments(st, emitted)
+            return "data"
+        collapsed = st.collapsed_bytes if st is not None else self.collapsed
+        physical = self.splitter.consumed - collapsed
+        size = os.fstat(self.fd).st_size
+        if physical > size:  # truncated under us (copytruncate or by hand)
+            yield from self._after_truncation()
+            return "data"
+        data = os.pread(self.fd, READ_BYTES, physical) if physical < size else b""
+        if not data:
+            return "eof"
+        if self._matching_state() != st:
+            return "busy"  # the file changed under the read: discard and look again
+        self.collapsed = collapsed
+        yield from self._emit(data)
+        return "data"
+
+    def _matching_state(self) -> StreamState | None:
+        st = self.r.current_state()
+        if st is None or st.inode != self.ino or st.device != self.dev or st == self.stale_state:
+            return None
+        return st
+
+    def _from_segments(self, st: StreamState, emitted: int) -> Iterator[Event]:
+        """A punch passed our position: the bytes from `emitted` on are in segments now."""
+        self.splitter.reset(emitted)
+        for rec in st.segments:
+            if rec.logical_end <= emitted:
+                continue
+            if rec.logical_start > self.splitter.consumed:
+                log.warning("%s: events %d..%d were removed before a follower read them",
+                            self.path, self.splitter.consumed, rec.logical_start)
+                self.splitter.reset(rec.logical_start)
+                self.assembler.reset()
+            opened = open_segment(self.r.directory, rec.stem)
+            if opened is None:
+                continue
+            fd, path, compression = opened
+            skip = self.splitter.consumed - rec.logical_start
+            want = rec.logical_end - self.splitter.consumed
+            if fd is not None:
+                try:
+                    chunks: Iterator[bytes] = pread_all(fd, skip, skip + want)
+                    for chunk in chunks:
+                        yield from self._emit(chunk)
+                finally:
+                    os.close(fd)
+            else:
+                for chunk in skip_bytes(read_compressed(path, compression), skip):
+                    yield from self._emit(chunk[: rec.logical_end - self.splitter.consumed])
+                    if self.splitter.consumed >= rec.logical_end:
+                        break
+        if self.splitter.consumed < st.committed_offset:
+            self.splitter.reset(st.committed_offset)
+            self.assembler.reset()
+        self.collapsed = st.collapsed_bytes
+
+    def _after_truncation(self) -> Iterator[Event]:
+        """Read what the copytruncate copied (if we saw its intent), then start over at 0."""
+        t, self.truncation = self.truncation, None
+        emitted = self.splitter.emitted
+        if t is not None and isinstance(t.get("stem"), str) and isinstance(t.get("start"), int) \
+                and isinstance(t.get("end"), int) and t["start"] <= emitted < t["end"]:
+            copied = StreamState(device=self.dev, inode=self.ino, committed_offset=t["end"],
+                                 segments=(SegmentRecord(t["stem"], t["start"], t["end"]),))
+            yield from self._from_segments(copied, emitted)
+        else:
+            log.info("%s was truncated; reading it from its start", self.path)
+        self.splitter.reset(0)
+        self.assembler.reset()
+        self.collapsed = 0
+
+    def _rotated(self) -> bool:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return True
+        return st.st_ino != self.ino or st.st_dev != self.dev
+
+    def _drain(self) -> Iterator[Event]:
+        """The old inode after a rename: read what is left, then let it go."""
+        assert self.fd is not None
+        while True:
+            physical = self.splitter.consumed - self.collapsed
+            data = os.pread(self.fd, READ_BYTES, physical)
+            if not data:
+                return
+            yield from self._emit(data)
+
+    def _reopen_or_gone(self) -> bool:
+        """While the active file is absent: reopen it when it is back; True when gone for good."""
+        self._open(self.r.current_state(), open_nofollow(self.path))
+        if self.fd is not None:
+            self.gone_since = None
+            self.splitter.reset(self.physical_start + self.collapsed)
+            self.assembler.reset()
+            return False
+        now = self.r.clock()
+        if self.gone_since is None:
+            self.gone_since = now
+        return now - self.gone_since >= self.r.gone_grace_s

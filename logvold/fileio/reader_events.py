@@ -1,0 +1,388 @@
+"""Bytes to whole events for the stream reader: timestamps, CRI and json-file lines,
+record splitting, event assembly (P fragments joined), segment files (plain, gzip, zstd)
+and reading records backwards in bounded blocks (kubelet-style tail)."""
+
+from __future__ import annotations
+
+import calendar
+import gzip
+import heapq
+import json
+import os
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import re2  # google-re2: linear time, no catastrophic backtracking
+import zstandard
+
+from logvold.core.formats import decode_json_bytes
+
+CHUNK_BYTES = 64 * 1024
+"""Response chunk size, and the block size of backward and search reads."""
+READ_BYTES = 1024 * 1024
+"""Forward read size: big enough that a pattern scan runs at RE2 speed, still bounded."""
+CRI_PARTIAL = re2.compile(rb" std(?:out|err) P ")
+"""Where a CRI P (partial) line may be; one RE2 pass is faster than two bytes searches."""
+
+
+# ---- timestamps -------------------------------------------------------------------------
+
+_epoch_cache: dict[bytes, int] = {}
+
+
+def parse_rfc3339_ns(text: bytes) -> int | None:
+    """UNIX ns of an RFC3339(Nano) time like `2026-11-23T11:57:17.123456789Z`; None if not one."""
+    if len(text) < 20 or text[10:11] not in (b"T", b"t", b" "):
+        return None
+    head = text[:19]
+    secs = _epoch_cache.get(head)
+    if secs is None:
+        try:
+            y, mo, d = int(head[0:4]), int(head[5:7]), int(head[8:10])
+            h, mi, s = int(head[11:13]), int(head[14:16]), int(head[17:19])
+            secs = calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0))
+        except ValueError:
+            return None
+        if len(_epoch_cache) > 4096:
+            _epoch_cache.clear()
+        _epoch_cache[head] = secs
+    rest = text[19:]
+    frac_ns = 0
+    if rest[:1] == b".":
+        i = 1
+        while i < len(rest) and 48 <= rest[i] <= 57:
+            i += 1
+        digits = rest[1:i]
+        if not digits:
+            return None
+        frac_ns = int((digits + b"000000000")[:9])
+        rest = rest[i:]
+    if rest in (b"Z", b"z"):
+        offset = 0
+    elif len(rest) == 6 and rest[0:1] in (b"+", b"-") and rest[3:4] == b":":
+        try:
+            offset = (int(rest[1:3]) * 60 + int(rest[4:6])) * 60
+        except ValueError:
+            return None
+        if rest[0:1] == b"+":
+            offset = -offset
+    else:
+        return None
+    return (secs + offset) * 1_000_000_000 + frac_ns
+
+
+def format_rfc3339_ns(ns: int) -> str:
+    """Kubelet's timestamp style: UTC, always nine fraction digits."""
+    secs, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
+
+
+# ---- records and events -----------------------------------------------------------------
+
+class Event:
+    """One whole event, ready to filter and format.
+
+    `message`: what a client is served (raw event bytes, or the joined CRI/json-file
+    message); `start`/`end`: offsets of its first record and just past its last one in
+    its source (logical offsets for the active file). Its time is parsed only if asked.
+    """
+
+    __slots__ = ("_ts", "end", "message", "start", "stream", "ts_raw")
+
+    def __init__(self, message: bytes, ts_raw: bytes | None, stream: str | None, start: int,
+                 end: int) -> None:
+        self.message = message
+        self.ts_raw = ts_raw
+        self.stream = stream
+        self.start = start
+        self.end = end
+        self._ts: int | bool | None = False
+
+    @property
+    def ts_ns(self) -> int | None:
+        if self._ts is False:
+            self._ts = parse_rfc3339_ns(self.ts_raw) if self.ts_raw else None
+        assert not isinstance(self._ts, bool)
+        return self._ts
+
+
+@dataclass(slots=True)
+class Line:
+    ts: bytes | None
+    """The RFC3339 text of its time (parsed lazily: most reads never need it)."""
+    stream: str | None
+    complete: bool
+    """Ends its event (CRI `F`, json-file `log` ending in a newline, or unparseable)."""
+    message: bytes
+
+
+def parse_cri(record: bytes) -> Line:
+    body = record[:-1] if record.endswith(b"\n") else record
+    parts = body.split(b" ", 3)
+    if len(parts) >= 3 and parts[1] in (b"stdout", b"stderr"):
+        ts = parts[0]
+        if len(ts) >= 20 and ts[4:5] == b"-" and ts[10:11] in (b"T", b"t"):
+            msg = parts[3] if len(parts) == 4 else b""
+            if parts[2].split(b":", 1)[0] == b"P":  # the tag is `:`-separated, like kubelet's
+                return Line(ts, parts[1].decode(), False, msg)
+            return Line(ts, parts[1].decode(), True, msg + b"\n")
+    return Line(None, None, True, body + b"\n")
+
+
+def parse_json_file(record: bytes) -> Line:
+    try:
+        entry = json.loads(record)
+        text = entry["log"]
+        stream = entry.get("stream")
+        ts_text = entry.get("time")
+        if not isinstance(text, str):
+            raise TypeError("log is not a string")
+    except (ValueError, TypeError, KeyError, RecursionError):
+        body = record[:-1] if record.endswith(b"\n") else record
+        return Line(None, None, True, body + b"\n")
+    ts = ts_text.encode() if isinstance(ts_text, str) else None
+    msg = decode_json_bytes(text)
+    return Line(ts, stream if isinstance(stream, str) else None, msg.endswith(b"\n"), msg)
+
+
+class Splitter:
+    """Cuts a byte stream into records (lines, or raw events) with their end offsets."""
+
+    def __init__(self, delimiter: bytes, offset: int, max_record: int) -> None:
+        self.delimiter = delimiter
+        self.carry = bytearray()
+        self.consumed = offset
+        """Offset just past the last byte fed."""
+        self.max_record = max_record
+
+    @property
+    def emitted(self) -> int:
+        """Offset just past the last whole record handed out."""
+        return self.consumed - len(self.carry)
+
+    def reset(self, offset: int) -> None:
+        self.carry.clear()
+        self.consumed = offset
+
+    def feed_block(self, data: bytes) -> tuple[bytes, int]:
+        """The whole records completed by `data`, as one block, and the block's offset."""
+        d = self.delimiter
+        buf = bytes(self.carry) + data if self.carry else data
+        base = self.consumed - len(self.carry)
+        self.consumed += len(data)
+        end = buf.rfind(d) + len(d)
+        if end < len(d):
+            end = 0
+        elif len(d) > 1:  # "x\n\n\n" with "\n\n": forward framing wins, like the writers'
+            last = buf[:end].split(d)[-1]
+            end -= len(last)
+        if len(buf) - end > self.max_record:  # no delimiter for too long: cut (bounded memory)
+            end = len(buf)
+        self.carry = bytearray(buf[end:])
+        return buf[:end], base
+
+    def feed(self, data: bytes) -> list[tuple[bytes, int]]:
+        block, base = self.feed_block(data)
+        return list(records_of(block, base, self.delimiter))
+
+
+def records_of(block: bytes, base: int, d: bytes) -> Iterator[tuple[bytes, int]]:
+    """(record, end offset) of a block of whole records (a cut one may end it)."""
+    parts = block.split(d)
+    last = parts.pop()
+    pos = base
+    for part in parts:
+        pos += len(part) + len(d)
+        yield part + d, pos
+    if last:
+        yield last, pos + len(last)
+
+
+class Assembler:
+    """Forward: records -> whole events. `skip` streams drop fragments up to their first end."""
+
+    def __init__(self, fmt: str, skip: frozenset[str] = frozenset()) -> None:
+        self.fmt = fmt
+        self.pending: dict[str | None, tuple[list[bytes], bytes | None, int]] = {}
+        self.skip = set(skip)
+
+    def reset(self) -> None:
+        self.pending.clear()
+
+    def push(self, record: bytes, start: int, end: int) -> Event | None:
+        if self.fmt == "raw":
+            if "*" in self.skip:
+                self.skip.discard("*")
+                return None
+            return Event(record, None, None, start, end)
+        line = parse_cri(record) if self.fmt == "cri" else parse_json_file(record)
+        if "*" in self.skip:  # the first record may be cut: never serve it
+            self.skip.discard("*")
+            return None
+        s = line.stream
+        if s is not None and s in self.skip:
+            if line.complete:
+                self.skip.discard(s)
+            return None
+        if not line.complete:
+            frags, ts, st = self.pending.get(s) or ([], line.ts, start)
+            frags.append(line.message)
+            self.pending[s] = (frags, ts, st)
+            return None
+        if s in self.pending:
+            frags, ts, st = self.pending.pop(s)
+            frags.append(line.message)
+            return Event(b"".join(frags), ts, s, st, end)
+        return Event(line.message, line.ts, s, start, end)
+
+
+# ---- files --------------------------------------------------------------------------
+
+def read_compressed(path: Path, compression: str) -> Iterator[bytes]:
+    """Decompressed bytes of a segment in bounded chunks (streaming, never whole)."""
+    fd = open_nofollow(path)
+    if fd is None:  # deleted by retention meanwhile (a race), or not a regular file
+        return
+    raw = os.fdopen(fd, "rb")
+    with raw:
+        reader: Any
+        if compression == "gz":
+            reader = gzip.GzipFile(fileobj=raw, mode="rb")
+        else:
+            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        with reader:
+            while chunk := reader.read(READ_BYTES):
+                yield chunk
+
+
+def open_segment(directory: Path, stem: str) -> tuple[int | None, Path, str] | None:
+    """Open a segment by stem, whatever it is compressed to by now.
+
+    Returns (fd of the plain file or None, path, compression)."""
+    for suffix in ("", ".gz", ".zst"):
+        path = directory / (stem + suffix)
+        if suffix:
+            if path.is_file() and not path.is_symlink():
+                return None, path, suffix[1:]
+            continue
+        fd = open_nofollow(path)  # a symlink planted as a segment is never followed
+        if fd is not None:
+            return fd, path, ""
+    return None
+
+
+def pread_all(fd: int, start: int, end: int) -> Iterator[bytes]:
+    pos = start
+    while pos < end:
+        data = os.pread(fd, min(READ_BYTES, end - pos), pos)
+        if not data:
+            return
+        pos += len(data)
+        yield data
+
+
+def reverse_records(fd: int, lo: int, hi: int, delimiter: bytes,
+                     max_record: int) -> Iterator[tuple[bytes, int, int]]:
+    """Whole records in [lo, hi) from the end backwards: (record, start, end).
+
+    Bytes after the last delimiter (an incomplete record) are skipped; `lo` is a
+    record start. Reads fixed blocks backwards, like kubelet's tail.
+    """
+    d, dl = delimiter, len(delimiter)
+    pos = hi
+    carry = b""
+    end: int | None = None  # end of the current record, in buf coordinates
+    while pos > lo:
+        n = min(CHUNK_BYTES, pos - lo)
+        pos -= n
+        buf = os.pread(fd, n, pos) + carry
+        if end is None:
+            i = buf.rfind(d)
+            if i < 0:
+                carry = buf
+                continue
+            end = i + dl
+        else:
+            end += n
+        while True:
+            k = buf.rfind(d, 0, end - dl)
+            if k < 0:
+                break
+            yield buf[k + dl:end], pos + k + dl, pos + end
+            end = k + dl
+        carry = buf[:end]
+        if len(carry) > max_record:
+            yield carry, pos, pos + end
+            carry, end = b"", 0
+    if end is not None and end > 0:
+        yield carry[:end], lo, lo + end
+
+
+def reverse_events(fd: int, lo: int, hi: int, fmt: str, delimiter: bytes,
+                    max_record: int) -> Iterator[Event]:
+    """Whole events of [lo, hi) in descending end order; `lo` is a clean boundary."""
+    records = reverse_records(fd, lo, hi, delimiter, max_record)
+    if fmt == "raw":
+        for rec, start, end in records:
+            yield Event(rec, None, None, start, end)
+        return
+    parse = parse_cri if fmt == "cri" else parse_json_file
+    # stream -> (fragments newest first, ts of earliest fragment, start, end)
+    pending: dict[str | None, tuple[list[bytes], bytes | None, int, int]] = {}
+    heap: list[tuple[int, int, Event]] = []
+    counter = 0
+
+    def finish(s: str | None) -> None:
+        nonlocal counter
+        frags, ts, start, end = pending.pop(s)
+        frags.reverse()
+        counter += 1
+        heapq.heappush(heap, (-end, counter, Event(b"".join(frags), ts, s, start, end)))
+
+    for rec, start, end in records:
+        line = parse(rec)
+        s = line.stream
+        if line.stream is None:  # unparseable: an event of its own
+            counter += 1
+            heapq.heappush(heap, (-end, counter, Event(line.message, None, None, start, end)))
+        elif line.complete:
+            if s in pending:
+                finish(s)
+            pending[s] = ([line.message], line.ts, start, end)
+        elif s in pending:
+            frags, _, _, e = pending[s]
+            frags.append(line.message)
+            pending[s] = (frags, line.ts, start, e)
+        # else: a trailing fragment without its end: not served
+        limit = max((p[3] for p in pending.values()), default=-1)
+        while heap and -heap[0][0] > limit:
+            yield heapq.heappop(heap)[2]
+    for s in list(pending):
+        finish(s)
+    while heap:
+        yield heapq.heappop(heap)[2]
+
+
+def open_nofollow(path: Path) -> int | None:
+    """An fd of a regular file at `path` (never through a symlink), or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
+def skip_bytes(chunks: Iterator[bytes], n: int) -> Iterator[bytes]:
+    for chunk in chunks:
+        if n >= len(chunk):
+            n -= len(chunk)
+            continue
+        yield chunk[n:] if n else chunk
+        n = 0
