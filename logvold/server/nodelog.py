@@ -70,9 +70,15 @@ def _re2_options(pattern: str) -> Any:
 
 
 def compile_pattern(pattern: str) -> LineMatcher:
-    """The RE2 matcher for `pattern` over raw line bytes (linear time whatever the input)."""
-    matcher: LineMatcher = re2.compile(pattern.encode("utf-8"), options=_re2_options(pattern))
-    return matcher
+    """The RE2 line matcher for `pattern` over raw bytes (linear time whatever the input)."""
+    options = _re2_options(pattern)
+    raw = pattern.encode("utf-8")
+    line = re2.compile(raw, options=options)
+    # Multi-line mode finds every per-line match in a whole block, except with \A or \z
+    # (line edges per line, buffer edges in a block) or multi-line turned off by the pattern.
+    block_safe = not any(token in pattern for token in ("\\A", "\\z", "-m"))
+    block = re2.compile(b"(?m)" + raw, options=options) if block_safe else None
+    return LineMatcher(line, block)
 
 
 def _pattern_problem(pattern: str) -> str | None:

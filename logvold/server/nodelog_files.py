@@ -13,7 +13,7 @@ import os
 import stat
 import time
 import urllib.parse
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,10 +23,80 @@ MAX_LINE_BYTES = 2**20
 """A line longer than this (no newline in sight) is matched and sent in pieces of this size."""
 
 
-class LineMatcher(Protocol):
-    """What the reader needs of a compiled pattern (an RE2 object over bytes)."""
+class Match(Protocol):
+    def start(self) -> int: ...
 
-    def search(self, text: bytes) -> object: ...
+    def end(self) -> int: ...
+
+
+class Matcher(Protocol):
+    """What the reader needs of a compiled RE2 pattern over bytes."""
+
+    def search(self, text: bytes, pos: int = ...) -> Match | None: ...
+
+    def finditer(self, text: bytes, pos: int = ...) -> Iterator[Match]: ...
+
+
+class LineMatcher:
+    """Which lines match a pattern, at RE2 speed on whole buffers.
+
+    `line` is the pattern as given, applied to one line (a Python call per line: slow).
+    `block`, when given, is the same pattern in multi-line mode, run over a whole buffer: one
+    step per match instead of one call per line, and lines without a match cost nothing. It
+    matches wherever the per-line pattern does, so no line is missed; see _scan for the rest.
+    """
+
+    def __init__(self, line: Matcher, block: Matcher | None) -> None:
+        self.line = line
+        self.block = block
+
+    def search(self, text: bytes) -> Match | None:
+        """Match one line (no newline in `text`)."""
+        return self.line.search(text)
+
+    def spans(self, buf: bytes) -> Iterator[tuple[int, int]]:
+        """(start, end) of each matching line of `buf`, a run of lines each ending in a newline."""
+        if self.block is None:
+            start = 0
+            while start < len(buf):
+                end = buf.index(b"\n", start)
+                if self.line.search(buf[start:end]) is not None:
+                    yield start, end
+                start = end + 1
+            return
+        pos = 0
+        while pos < len(buf):
+            pos = yield from self._scan(buf, pos)
+
+    def _scan(self, buf: bytes, pos: int) -> Generator[tuple[int, int], None, int]:
+        """Matching lines from `pos` on; returns where to scan again (len(buf) when done).
+
+        A match inside one line proves that line matches (RE2's assertions see a newline
+        where a line sees its edge). A match running over a newline proves nothing and may
+        have swallowed the start of the next line: re-check its line, then scan afresh.
+        """
+        assert self.block is not None
+        line_start = line_end = -1
+        for found in self.block.finditer(buf, pos):
+            at, stop = found.start(), found.end()
+            if at >= len(buf):
+                break
+            if at > line_end:  # a new line: (line_start, line_end) is the line holding `at`
+                line_start = buf.rfind(b"\n", 0, at) + 1
+                line_end = buf.index(b"\n", at)
+                if stop <= line_end or self.line.search(buf[line_start:line_end]) is not None:
+                    yield line_start, line_end
+            if stop > line_end:
+                return line_end + 1
+        return len(buf)
+
+    def filter(self, lines: list[bytes]) -> tuple[list[bytes], bool]:
+        """The matching lines of `lines` (no newlines) and whether the last one is among them."""
+        if not lines:
+            return [], False
+        buf = b"\n".join(lines) + b"\n"
+        spans = list(self.spans(buf))
+        return [buf[s:e] for s, e in spans], bool(spans) and spans[-1][1] == len(buf) - 1
 
 
 class FileQueryError(Exception):
@@ -132,9 +202,10 @@ def iter_forward(
             if matcher is None:
                 yield block
                 continue
-            lines = (pending + block).split(b"\n")
-            pending = lines.pop()
-            out = [line + b"\n" for line in lines if matcher.search(line) is not None]
+            buf = pending + block
+            cut = buf.rfind(b"\n") + 1
+            whole, pending = buf[:cut], buf[cut:]
+            out = [whole[s : e + 1] for s, e in matcher.spans(whole)]
             while len(pending) > MAX_LINE_BYTES:
                 piece, pending = pending[:MAX_LINE_BYTES], pending[MAX_LINE_BYTES:]
                 if matcher.search(piece) is not None:
@@ -185,15 +256,19 @@ def read_tail(
                 pos = start
                 carry = parts[0]
                 complete = parts[1:]
-            for line in reversed(complete):
-                if matcher is None or matcher.search(line) is not None:
-                    out = line + terminator
-                    if held + len(out) > max_bytes:
-                        return Tail(newest_first[::-1], truncated=True)
-                    newest_first.append(out)
-                    held += len(out)
-                    if len(newest_first) == count:
-                        return Tail(newest_first[::-1], truncated=False)
+            if matcher is None:
+                kept, newest_kept = complete, bool(complete)
+            else:
+                kept, newest_kept = matcher.filter(complete)
+            for i, line in enumerate(reversed(kept)):
+                out = line + (terminator if i == 0 and newest_kept else b"\n")
+                if held + len(out) > max_bytes:
+                    return Tail(newest_first[::-1], truncated=True)
+                newest_first.append(out)
+                held += len(out)
+                if len(newest_first) == count:
+                    return Tail(newest_first[::-1], truncated=False)
+            if complete:
                 terminator = b"\n"
             if at_start:
                 return Tail(newest_first[::-1], truncated=False)

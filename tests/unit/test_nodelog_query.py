@@ -362,3 +362,37 @@ def test_readers_stop_at_the_deadline(tmp_path: object) -> None:
         list(nodelog_files.iter_forward(_open(tmp_path, b"x\n"), None, time.monotonic() - 1))
     with pytest.raises(nodelog_files.DeadlineExceeded):
         nodelog_files.read_tail(_open(tmp_path, b"x\n"), 1, None, time.monotonic() - 1, 100)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "error",
+        "^b",
+        "a$",
+        "^$",
+        r"a\sb",
+        "(?s)a.b",
+        "b*",
+        r"\bab\b",
+        r"\Aa",
+        r"b\z",
+        "(?-m)^a",
+        "[^a]",
+        "a[^q]*b",  # a match over a newline that swallows the next line's own match
+        r"\Bb",
+        r"r\s*$",
+    ],
+)
+def test_block_scan_finds_exactly_the_per_line_matches(pattern: str) -> None:
+    import random
+
+    rng = random.Random(pattern)
+    matcher = compile_pattern(pattern)
+    for _ in range(300):
+        lines = [bytes(rng.choice(b"ab error") for _ in range(rng.randint(0, 6))) for _ in range(8)]
+        buf = b"\n".join(lines) + b"\n"
+        per_line = [line for line in lines if matcher.search(line) is not None]
+        assert [buf[s:e] for s, e in matcher.spans(buf)] == per_line, (pattern, lines)
+        kept, newest = matcher.filter(lines)
+        assert kept == per_line and newest == (matcher.search(lines[-1]) is not None)
