@@ -53,6 +53,8 @@ class FakeState:
     compacted_rv: int = 0
     drop_generation: int = 0
     refuse_watches: bool = False
+    refused_watches: int = 0
+    """Watch requests answered 503 because of refuse_watches."""
     requests: list[RecordedRequest] = field(default_factory=list)
     events: list[Json] = field(default_factory=list)
     tokens: dict[str, Json] = field(default_factory=dict)
@@ -208,6 +210,9 @@ class _Handler(BaseHTTPRequestHandler):
         query = parse_qs(url.query)
         with self.api.cond:
             self.api.state.requests.append(RecordedRequest("GET", url.path, query))
+            # Taken with the request recorded: a test that saw the request and then
+            # calls drop_watches() always cuts this watch.
+            generation = self.api.state.drop_generation
         if not self._authorized():
             return
         if url.path != "/api/v1/pods":
@@ -216,7 +221,7 @@ class _Handler(BaseHTTPRequestHandler):
         selector = query.get("fieldSelector", [""])[0]
         node = selector.removeprefix("spec.nodeName=") if selector.startswith("spec.") else None
         if query.get("watch", [""])[0] == "true":
-            self._watch(node, query)
+            self._watch(node, query, generation)
         else:
             with self.api.cond:
                 items = [
@@ -240,9 +245,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
 
-    def _watch(self, node: str | None, query: dict[str, list[str]]) -> None:
+    def _watch(self, node: str | None, query: dict[str, list[str]], generation: int) -> None:
         state = self.api.state
         if state.refuse_watches:
+            with self.api.cond:
+                state.refused_watches += 1
             self._status(503, "ServiceUnavailable", "watches are refused by the test")
             return
         timeout_s = float(query.get("timeoutSeconds", ["300"])[0])
@@ -252,7 +259,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         with self.api.cond:
-            generation = state.drop_generation
             if since and since != "0" and int(since) < state.compacted_rv:
                 self._chunk(
                     {
