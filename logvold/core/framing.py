@@ -254,12 +254,14 @@ def classify_json_line(line: bytes | None) -> int:
 
     Fast path for docker's own key order (`{"log":"...","stream":"...",...}`):
     the first `","stream":"` in a valid line can only follow the end of the log
-    string (a quote inside a JSON string is always escaped). Anything else is
-    parsed with json.loads.
+    string (a quote inside a JSON string is always escaped). The fast path
+    trusts the inside of a line that has dockerd's shape at both ends (so a
+    line truncated by a crash is still malformed); anything else is parsed with
+    json.loads.
     """
     if line is None:
         return 0
-    if line.startswith(_JSON_PREFIX):
+    if line.startswith(_JSON_PREFIX) and (line.endswith(b'"}\n') or line.endswith(b'"}')):
         k = line.find(_JSON_STREAM_KEY, len(_JSON_PREFIX))
         if k >= 0 and _backslashes_before(line, k, len(_JSON_PREFIX)) % 2 == 0:
             bit = _STREAM_BITS.get(line[k + 12 : k + 18], 0)

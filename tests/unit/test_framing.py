@@ -139,7 +139,7 @@ def _cri_lines(draw: st.DrawFn) -> bytes:
 def _json_lines(draw: st.DrawFn) -> bytes:
     parts = []
     for _ in range(draw(st.integers(0, 10))):
-        kind = draw(st.sampled_from(["entry", "entry", "event", "garbage"]))
+        kind = draw(st.sampled_from(["entry", "entry", "event", "garbage", "truncated"]))
         stream = draw(st.sampled_from(["stdout", "stderr"]))
         msg = draw(st.binary(max_size=20))
         ts = draw(st.integers(0, 2**62))
@@ -148,6 +148,9 @@ def _json_lines(draw: st.DrawFn) -> bytes:
         elif kind == "event":
             msg = msg.replace(b"\n", b" ")
             parts.append(encode_json_event(stream, ts, msg, max_line=draw(st.integers(1, 8))))
+        elif kind == "truncated":  # a writer that died mid-entry, then a newline
+            entry = encode_json_entry(stream, ts, msg)
+            parts.append(entry[: draw(st.integers(0, len(entry) - 1))] + b"\n")
         else:
             parts.append(b'{"log":"x' + msg.replace(b"\n", b" ") + b"\n")
     return b"".join(parts)
@@ -464,6 +467,25 @@ def test_cri_interleaved_partials_yield_whole_events() -> None:
     for tag, name in (("O", "stdout"), ("R", "stderr")):
         report = verify((msg for s, msg in decoded if s == name), tag=tag)
         assert report.ok and report.seen == 300, report.summary()
+
+
+def test_cri_bulk_path_with_p_lookalikes_and_straddling_heads() -> None:
+    lines = [cri("oFstdout P not a tag"), cri("eFx"), cri("oPa"), cri("oFb"), cri("eFstderr P")]
+    data = b"".join(lines * 50)
+    expected = reference(data, "cri", b"\n", 1 << 20)
+    for size in (5, 30, 64, 65, 1000, len(data)):
+        for use_fast_path in (False, True):
+            framer = make_framer("cri")
+            got: list[int] = []
+            for i in range(0, len(data), size):
+                if use_fast_path:
+                    last = framer.last_boundary(data[i : i + size])
+                    got += [] if last is None else [last]
+                else:
+                    got += framer.feed(data[i : i + size])
+            assert set(got) <= set(expected) and got[-1] == expected[-1] == len(data)
+            if not use_fast_path:
+                assert got == expected
 
 
 def _cri(event: bytes, stream: str) -> list[bytes]:
