@@ -24,6 +24,7 @@ Semantics worth knowing:
 from __future__ import annotations
 
 import calendar
+import functools
 import logging
 import os
 import time
@@ -88,6 +89,12 @@ class ReadOptions:
     pattern: str | None = None
     """RE2 pattern an event's message must contain (searched, not anchored)."""
     follow: bool = False
+
+
+@functools.lru_cache(maxsize=256)
+def _segments_of(base: str, names: tuple[str, ...]) -> tuple[SegmentName, ...]:
+    """segments_of, remembered per listing: names only change at a rotation."""
+    return tuple(segments_of(base, names))
 
 
 def compile_pattern(pattern: str) -> Any:
@@ -163,6 +170,8 @@ class StreamReader:
         self._prefilter = (self.matcher is not None and self.fmt in ("raw", "cri")
                            and not any(c in pattern for c in ("^", "$", "\\A", "\\z")))
         self._tail = self.delimiter
+        self._by_time = self.fmt != "raw" and (self.options.since_ns is not None
+                                               or self.options.until_ns is not None)
         self.directory = Path(self.info.directory)
         self._state_path = state_path(self.directory, self.info.base)
         self._state_key: tuple[int, ...] = ()
@@ -209,10 +218,10 @@ class StreamReader:
         o = self.options
         if o.stream != "All" and self.fmt != "raw" and ev.stream != o.stream:
             return False
-        if ev.ts_ns is not None and self.fmt != "raw":
-            if o.since_ns is not None and ev.ts_ns < o.since_ns:
+        if self._by_time and (ts := ev.ts_ns) is not None:
+            if o.since_ns is not None and ts < o.since_ns:
                 return False
-            if o.until_ns is not None and ev.ts_ns > o.until_ns:
+            if o.until_ns is not None and ts > o.until_ns:
                 return False
         if self.matcher is None:
             return True
@@ -256,7 +265,7 @@ class StreamReader:
         self._state_key, self._state_cached = (key if settled else ()), state
         return state
 
-    def _snapshot(self) -> tuple[list[SegmentName], StreamState | None, int | None]:
+    def _snapshot(self) -> tuple[tuple[SegmentName, ...], StreamState | None, int | None]:
         """Segments, state and an fd of the active file seen consistently: no rotation
         in between, so every event is in exactly one of the segments or after the
         committed offset of the open file."""
@@ -264,9 +273,10 @@ class StreamReader:
             before = self.current_state()
             fd = open_nofollow(self.directory / self.base)
             try:
-                names = segments_of(self.base, (p.name for p in self.directory.iterdir()))
+                names = _segments_of(self.base,
+                                     tuple(sorted(p.name for p in self.directory.iterdir())))
             except FileNotFoundError:
-                names = []
+                names = ()
             after = self.current_state()
             consistent = before == after and (after is None or after.intent is None)
             if fd is not None and after is not None and consistent:

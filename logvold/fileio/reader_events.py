@@ -4,7 +4,6 @@ and reading records backwards in bounded blocks (kubelet-style tail)."""
 
 from __future__ import annotations
 
-import calendar
 import gzip
 import heapq
 import json
@@ -19,7 +18,7 @@ from typing import Any
 import re2  # google-re2: linear time, no catastrophic backtracking
 import zstandard
 
-from logvold.core.formats import decode_json_bytes
+from logvold.core.formats import decode_json_bytes, parse_rfc3339nano
 
 CHUNK_BYTES = 64 * 1024
 """Response chunk size, and the block size of backward and search reads."""
@@ -35,43 +34,40 @@ _epoch_cache: dict[bytes, int] = {}
 
 
 def parse_rfc3339_ns(text: bytes) -> int | None:
-    """UNIX ns of an RFC3339(Nano) time like `2026-11-23T11:57:17.123456789Z`; None if not one."""
-    if len(text) < 20 or text[10:11] not in (b"T", b"t", b" "):
-        return None
+    """UNIX ns of an RFC3339(Nano) time like `2026-11-23T11:57:17.123456789Z`; None if not one.
+
+    Validation of the date and time is core.formats' (strict, like Go); the seconds of
+    each distinct `YYYY-MM-DDTHH:MM:SS` are cached, since log lines share them.
+    """
     head = text[:19]
     secs = _epoch_cache.get(head)
     if secs is None:
+        if len(text) < 20:
+            return None
         try:
-            y, mo, d = int(head[0:4]), int(head[5:7]), int(head[8:10])
-            h, mi, s = int(head[11:13]), int(head[14:16]), int(head[17:19])
-            secs = calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0))
+            secs = parse_rfc3339nano(head + b"Z") // 1_000_000_000
         except ValueError:
             return None
         if len(_epoch_cache) > 4096:
             _epoch_cache.clear()
         _epoch_cache[head] = secs
     rest = text[19:]
-    frac_ns = 0
-    if rest[:1] == b".":
-        i = 1
-        while i < len(rest) and 48 <= rest[i] <= 57:
-            i += 1
-        digits = rest[1:i]
-        if not digits:
-            return None
-        frac_ns = int((digits + b"000000000")[:9])
-        rest = rest[i:]
-    if rest in (b"Z", b"z"):
-        offset = 0
-    elif len(rest) == 6 and rest[0:1] in (b"+", b"-") and rest[3:4] == b":":
-        try:
-            offset = (int(rest[1:3]) * 60 + int(rest[4:6])) * 60
-        except ValueError:
-            return None
-        if rest[0:1] == b"+":
+    if rest[-1:] in (b"Z", b"z"):
+        frac, offset = rest[:-1], 0
+    elif len(rest) >= 6 and rest[-6:-5] in (b"+", b"-") and rest[-3:-2] == b":" \
+            and rest[-5:-3].isdigit() and rest[-2:].isdigit():
+        frac = rest[:-6]
+        offset = (int(rest[-5:-3]) * 60 + int(rest[-2:])) * 60
+        if rest[-6:-5] == b"+":
             offset = -offset
     else:
         return None
+    frac_ns = 0
+    if frac:
+        digits = frac[1:]
+        if frac[:1] not in (b".", b",") or not digits.isdigit():
+            return None
+        frac_ns = int(digits[:9].ljust(9, b"0"))
     return (secs + offset) * 1_000_000_000 + frac_ns
 
 
