@@ -29,7 +29,7 @@ from logvold.core.budget import UsagePiece, budget_shares, clip_to_shares, combi
 from logvold.core.retention import plan_retention
 from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
 from logvold.errors import ConfigError, ConfigProblem, LogvoldError, UsageError
-from logvold.fileio.usage import StreamUsage, stream_usage
+from logvold.fileio.usage import StreamUsage, group_segment_names, stream_usage
 from logvold.logsetup import FORMATS, LEVELS, configure_logging
 from logvold.metrics import Metrics
 from logvold.scheduler import TriggerScheduler
@@ -311,15 +311,17 @@ class Daemon:
         self._budget_pass = False
         plans = await asyncio.to_thread(self._retention_checks, budget)
         unstarted, self._unstarted = self._unstarted, set()
-        for key, retention in plans.items():
-            if full or retention or key in unstarted:
-                self.workers.submit(key, StepRequest(check=full or key in unstarted,
+        for key, (retention, size_due) in plans.items():
+            # The reconcile's own stat found a missed size trigger or retention work; a
+            # stream with neither costs no step (1,000 idle streams stay cheap).
+            if retention or size_due or key in unstarted:
+                self.workers.submit(key, StepRequest(check=size_due or key in unstarted,
                                                      retention=retention or key in unstarted))
         self.reconciles += 1
         self.metrics.streams.set(len(self.workers))
 
-    def _retention_checks(self, with_budgets: bool) -> dict[StreamKey, bool]:
-        """Per stream: does retention have work (plan not empty)? Updates budget shares.
+    def _retention_checks(self, with_budgets: bool) -> dict[StreamKey, tuple[bool, bool]]:
+        """Per stream: (retention has work, size trigger due). Updates budget shares.
 
         Runs in a worker thread: one listing per directory, a few stats per stream.
         """
@@ -327,28 +329,30 @@ class Daemon:
         config = self.config
         now = self.clock()
         infos = [i for i in (self.workers.info(k) for k in self.workers) if i is not None]
-        listings: dict[Path, list[str]] = {}
+        listings: dict[Path, dict[str, list[str]]] = {}
         usages: dict[StreamKey, StreamUsage] = {}
         for info in infos:
-            names = listings.get(info.directory)
-            if names is None:
+            groups = listings.get(info.directory)
+            if groups is None:
                 try:
-                    names = listings[info.directory] = os.listdir(info.directory)  # noqa: PTH208
+                    names = os.listdir(info.directory)  # noqa: PTH208
                 except OSError:
                     continue  # reported by the static scan
-            usages[info.key] = stream_usage(info.directory, info.base, names)
+                groups = listings[info.directory] = group_segment_names(names)
+            usages[info.key] = stream_usage(info.directory, info.base,
+                                            groups.get(info.base, []))
         if with_budgets:
             self._assign_budget_shares(config, infos, usages, now)
-        out: dict[StreamKey, bool] = {}
+        out: dict[StreamKey, tuple[bool, bool]] = {}
         for info in infos:
             usage = usages.get(info.key)
             if usage is None:
-                out[info.key] = False
                 continue
             share = self.workers.budget_share(info.key)
             plan = plan_retention(usage.segments, usage.active_live_bytes, info.policy, now,
                                   extra_budget_bytes=None if share is None else max(share, 1))
-            out[info.key] = not plan.empty
+            max_size = info.policy.max_size_bytes
+            out[info.key] = (not plan.empty, 0 < max_size <= usage.active_live_bytes)
         return out
 
     def _assign_budget_shares(self, config: Config, infos: list[StreamInfo],
@@ -405,12 +409,16 @@ class Daemon:
 
     def _apply_registry_change(self, action: str, info: StreamInfo) -> None:
         assert self.workers is not None
+        old = self.workers.info(info.key)
+        if old is not None:
+            self._path_index.pop(str(old.active_path), None)
         if action == "removed":
-            if self.workers.info(info.key) == info or info.key in self.workers:
+            if old is not None:
                 self.workers.remove(info.key)
                 self.scheduler.remove(info.key)
             log.info("stream removed", extra={"stream": str(info.key)})
         else:
+            self._path_index[str(info.active_path)] = info.key
             self.workers.put(info, self._volume_root(info))
             self.scheduler.set_stream(info.key, info.policy)
             if action == "added":
@@ -424,12 +432,10 @@ class Daemon:
                 self._budget_pass = True
                 self._rescan.set()
             else:
-                self.workers.submit(info.key, StepRequest(check=True, retention=True))
-        self._path_index = {str(self.workers.info(k).active_path): k  # type: ignore[union-attr]
-                            for k in self.workers}
+                self.workers.submit(info.key, StepRequest(check=True))
+                if action == "updated":  # limits may have shrunk
+                    self._rescan.set()
         self.metrics.streams.set(len(self.workers))
-        if self.watcher is not None:
-            self.watcher.set_relevance(self._relevance())
 
     def _under_budget(self, info: StreamInfo) -> bool:
         return self.config.node_max_total_size_bytes > 0 or any(
@@ -444,15 +450,16 @@ class Daemon:
         return None
 
     def _relevance(self) -> Callable[[Hint], bool]:
-        active = frozenset(self._path_index)
-        config_paths = self._config_watch_paths
+        # Runs on observer threads: only dict/frozenset membership tests, atomic under the
+        # GIL, on containers the loop thread changes one key at a time.
+        active = self._path_index
 
         def relevant(hint: Hint) -> bool:
             if hint.kind == "modified":
-                return hint.path in active or hint.path in config_paths
+                return hint.path in active or hint.path in self._config_watch_paths
             name = hint.path.rpartition("/")[2]
-            return (hint.path in active or name.endswith(".log") or hint.path in config_paths
-                    or name == "..data")
+            return (hint.path in active or name.endswith(".log")
+                    or hint.path in self._config_watch_paths or name == "..data")
         return relevant
 
     def _on_hint(self, hint: Hint) -> None:

@@ -256,7 +256,9 @@ class StreamWorkers:
             if not slot.recovered:
                 rotator.recover()
                 slot.recovered = True
-                request = request.merge(StepRequest(check=True, retention=True))
+                # Retention is not forced here: the daemon's reconcile asks for it when the
+                # stream's plan has work, so 1,000 streams start without 1,000 full listings.
+                request = request.merge(StepRequest(check=True))
             reason = request.reason or (rotator.needs_rotation() if request.check else None)
             rotated = False
             latency = None

@@ -5,7 +5,9 @@ live part of its active file. Feeds budget shares and retention pre-checks.
 from __future__ import annotations
 
 import os
+import re
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +15,19 @@ from logvold.core.layout import segments_of
 from logvold.core.retention import SegmentFile
 from logvold.errors import StateError
 from logvold.fileio.state import load_state
+
+_SEGMENT_RE = re.compile(r"^(.+)\.\d{8}-\d{6}(?:\.\d{4,})?(?:\.(?:gz|zst))?$")
+
+
+def group_segment_names(names: Iterable[str]) -> dict[str, list[str]]:
+    """Segment-looking names of one directory listing by the active file they belong to,
+    so N streams in one directory cost one pass over the listing, not N."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        m = _SEGMENT_RE.match(name)
+        if m:
+            groups.setdefault(m.group(1), []).append(name)
+    return groups
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +43,8 @@ class StreamUsage:
 
 
 def stream_usage(directory: Path, base: str, names: list[str] | None = None) -> StreamUsage:
-    """Usage of stream `base` in `directory`; `names` is a listing to reuse (one per dir).
+    """Usage of stream `base` in `directory`; `names`: the directory listing (or just the
+    stream's names from `group_segment_names`) to reuse.
 
     Vanished files count as 0 (a race with retention, not an error); a symlink
     or directory in place of the active file counts as no live data.
