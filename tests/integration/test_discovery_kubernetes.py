@@ -19,7 +19,12 @@ from logvold.core.policy import KubernetesConfig, LogPolicy
 from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
 from logvold.discovery.kubernetes import Backoff, PodDiscovery
 from logvold.metrics import Metrics
-from tests.support.fake_kube_api import FakeKubeApi, make_pod, running_fake_api
+from tests.support.fake_kube_api import (
+    FakeKubeApi,
+    assert_valid_object,
+    make_pod,
+    running_fake_api,
+)
 
 NODE = "node-a"
 KUBELET = "/var/lib/kubelet"
@@ -211,7 +216,11 @@ def test_relists_after_410_gone(
 
 
 def test_bad_annotation_posts_an_event_and_others_keep_working(
-    api: FakeKubeApi, discovery: PodDiscovery, registry: StreamRegistry, metrics: Metrics
+    api: FakeKubeApi,
+    discovery: PodDiscovery,
+    registry: StreamRegistry,
+    metrics: Metrics,
+    tmp_path: Path,
 ) -> None:
     api.add_pod(make_pod("good", node=NODE, annotation=GOOD))
     bad = api.add_pod(
@@ -236,6 +245,7 @@ def test_bad_annotation_posts_an_event_and_others_keep_working(
     assert "line 3: logs.app.rotate" in event["message"]
     assert "Weekly" in event["message"]
     assert _watch_errors(metrics, "annotation") == 1
+    assert_valid_object(event, tmp_path)  # field names as the 1.33 API defines them
 
     # The same bad text again (a status update) is not reported twice ...
     api.update_pod({**bad, "status": {"phase": "Running", "podIP": "10.0.0.9"}})

@@ -29,7 +29,7 @@ from logvold.server.auth import (
     make_ssl_context,
     request_attributes,
 )
-from tests.support.fake_kube_api import FakeKubeApi, running_fake_api
+from tests.support.fake_kube_api import FakeKubeApi, assert_valid_object, running_fake_api
 
 NODE = "node-a"
 ALICE = "alice-token"  # pods/log in namespace team-a only
@@ -193,6 +193,10 @@ def test_tokens_reviews_and_decisions(api: FakeKubeApi, tmp_path: Path) -> None:
     ]
     assert {a["name"] for a in node_proxy} == {NODE}
     assert all(r["apiVersion"] == "authorization.k8s.io/v1" for r in sars)
+    # What logvold sent matches the 1.33 API's schemas, field for field.
+    assert_valid_object(token_reviews[0], tmp_path)
+    for review in sars:
+        assert_valid_object(review, tmp_path)
 
 
 def test_cache_expires_after_the_ttl(api: FakeKubeApi, tmp_path: Path) -> None:

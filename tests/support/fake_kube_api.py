@@ -384,3 +384,24 @@ def make_pod(
         },
         "status": {"phase": "Running"},
     }
+
+
+def assert_valid_object(obj: Json, directory: Path, version: str = "1.33") -> None:
+    """Check an object logvold sent against the real OpenAPI schema of `version`
+    (kubernetes-validate --strict: unknown or misspelt fields fail)."""
+    import subprocess
+    import sys
+
+    obj = copy.deepcopy(obj)
+    obj.setdefault("metadata", {}).setdefault("name", "sent-by-logvold")  # the tool needs one
+    path = directory / f"{obj['kind']}-{uuid.uuid4().hex[:8]}.json"
+    path.write_text(json.dumps(obj))
+    tool = Path(sys.executable).with_name("kubernetes-validate")
+    result = subprocess.run(
+        [str(tool), "--strict", "-k", version, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "passed for resource" in output, output
