@@ -63,7 +63,7 @@ def make_api_client(config: KubernetesConfig) -> Any:
             kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
                 client_configuration=configuration
             )
-    except (kubernetes.config.ConfigException, OSError) as exc:
+    except Exception as exc:  # ConfigException, OSError, yaml errors of a broken file
         where = config.kubeconfig or "the in-cluster service account"
         raise LogvoldError(
             f"cannot load Kubernetes credentials from {where}: {exc};"

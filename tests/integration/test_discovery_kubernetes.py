@@ -18,6 +18,7 @@ import pytest
 from logvold.core.policy import KubernetesConfig, LogPolicy
 from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
 from logvold.discovery.kubernetes import Backoff, PodDiscovery
+from logvold.errors import LogvoldError
 from logvold.metrics import Metrics
 from tests.support.fake_kube_api import (
     FakeKubeApi,
@@ -347,3 +348,36 @@ def test_new_defaults_recompute_every_pod_policy(
     assert updates == ["updated default/web/app"]
     assert discovery.relists == 2
     assert _watch_errors(metrics, "kubernetes") == 0
+
+
+@pytest.mark.parametrize(
+    ("kubeconfig", "expected"),
+    [
+        ("missing", "cannot load Kubernetes credentials from {path}: Invalid kube-config file"),
+        ("broken", "cannot load Kubernetes credentials from {path}: "),
+        ("", "cannot load Kubernetes credentials from the in-cluster service account"),
+    ],
+    ids=["missing-file", "broken-yaml", "not-in-a-pod"],
+)
+def test_missing_credentials_are_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kubeconfig: str, expected: str
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    path = tmp_path / "kubeconfig"
+    if kubeconfig == "broken":
+        path.write_text("clusters: [\n")
+    config = KubernetesConfig(enabled=True, kubeconfig=str(path) if kubeconfig else "")
+    discovery = PodDiscovery(config, StreamRegistry(), None, LogPolicy())
+    with pytest.raises(LogvoldError) as caught:
+        discovery.start()
+    assert str(caught.value).startswith(expected.format(path=path))
+    assert str(caught.value).endswith("set kubernetes.kubeconfig or run inside a pod")
+    discovery.stop()  # never started: a no-op
+
+
+def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
+    backoff = Backoff(initial_s=0.5, max_s=30.0)
+    for failures, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (7, 30.0), (50, 30.0)]:
+        delays = {backoff.delay_s(failures) for _ in range(200)}
+        assert all(ceiling / 2 <= d <= ceiling for d in delays), (failures, delays)
+        assert len(delays) > 100  # jittered, so restarted nodes do not stampede the API
