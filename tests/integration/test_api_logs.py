@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -249,3 +250,19 @@ def test_kubectl_style_json_errors_when_json_is_asked_for(server: RunningServer)
     assert status == 400 and headers["Content-Type"].startswith("application/json")
     doc = json.loads(body)
     assert doc["kind"] == "Status" and doc["code"] == 400 and "tailLines" in doc["message"]
+
+
+def test_redos_pattern_returns_promptly(server: RunningServer, tmp_path: Path) -> None:
+    key = StreamKey("default", "redos", "app")
+    info = build_stream(tmp_path / "redos", make_events(20, "raw"), layout=(), key=key)
+    with (tmp_path / "redos" / "app.log").open("ab") as f:
+        for _ in range(50):
+            f.write(b"x" * 20_000 + b"!\n")  # catastrophic for (x+x+)+y with backtracking
+    server.registry.put(info)
+    try:
+        t0 = time.monotonic()
+        status, body, _ = get(server.base + "/logs/default/redos/app?pattern=%28x%2Bx%2B%29%2By")
+        assert status == 200 and b"xxxx" not in body
+        assert time.monotonic() - t0 < 3.0
+    finally:
+        server.registry.remove(key)
