@@ -372,13 +372,14 @@ class PodDiscovery:
             self._selector(),
             ("watch", "true"),
             ("allowWatchBookmarks", "true"),
-            ("timeoutSeconds", str(self._watch_timeout_s)),
+            # Randomised like client-go's (5-10 min) so nodes do not all reconnect at once.
+            ("timeoutSeconds", str(round(self._watch_timeout_s * random.uniform(1.0, 2.0)))),
         ]
         if self._resource_version:
             query.append(("resourceVersion", self._resource_version))
         try:
             response = self.api.request(
-                "GET", "/api/v1/pods", query=query, timeout=(10.0, self._watch_timeout_s + 30.0)
+                "GET", "/api/v1/pods", query=query, timeout=(10.0, 2 * self._watch_timeout_s + 30.0)
             )
         except ApiStatusError as exc:
             if exc.status == 410:
