@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 RESCAN_DEBOUNCE_S = 0.2
 """Entries appearing together (a pod starting several containers) cost one rescan."""
+DISCOVERY_SYNC_TIMEOUT_S = 10.0
+"""How long start-up waits for the first pod list before serving what it has."""
 CONFIG_DEBOUNCE_S = 0.3
 """A config file written in several steps is read once, after the last one."""
 
@@ -132,6 +134,8 @@ class Daemon:
             clock, time.monotonic, hint_delay_s=self.options.hint_delay_s,
             min_check_interval_s=self.options.min_check_interval_s)
         self.watcher: DirectoryWatcher | None = None
+        self.discovery: Any = None
+        """PodDiscovery when `kubernetes.enabled` (imported only then: it pulls in the client)."""
         self._runner: web.AppRunner | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
@@ -174,6 +178,8 @@ class Daemon:
                                             on_error=self._watch_thread_error)
             self.watcher.start()
         await self._reconcile(full=True)
+        if self.config.kubernetes.enabled:
+            await self._start_discovery(self.config)
         if self.options.serve_http:
             await self._start_server(self.config)
         self._ready = True
@@ -201,6 +207,9 @@ class Daemon:
     async def stop(self) -> None:
         """Finish the steps in flight (each writes its state), then close everything."""
         self._ready = False
+        if self.discovery is not None:
+            await asyncio.to_thread(self.discovery.stop)
+            self.discovery = None
         if self.watcher is not None:
             await asyncio.to_thread(self.watcher.stop)
         if self.workers is not None:
@@ -420,6 +429,8 @@ class Daemon:
         else:
             self._path_index[str(info.active_path)] = info.key
             self.workers.put(info, self._volume_root(info))
+            if info.source != "static" and old is None:
+                self._rescan.set()  # watch its directory soon, not at the next full pass
             self.scheduler.set_stream(info.key, info.policy)
             if action == "added":
                 log.debug("stream added", extra={"stream": str(info.key),
@@ -442,6 +453,8 @@ class Daemon:
             v.name == info.volume and v.max_total_size_bytes > 0 for v in self.config.volumes)
 
     def _volume_root(self, info: StreamInfo) -> Path | None:
+        if info.source == "kubernetes":
+            return Path(self.config.kubernetes.kubelet_root)
         if info.source != "static":
             return None
         for volume in self.config.volumes:
@@ -505,7 +518,10 @@ class Daemon:
         self._dir_volumes = dir_volumes
         if self.watcher is None:
             return
-        wanted = [d for d in dirs if d.is_dir()]
+        assert self.workers is not None
+        others = {i.directory for i in (self.workers.info(k) for k in self.workers)
+                  if i is not None and i.source != "static"}
+        wanted = [d for d in sorted(set(dirs) | others) if d.is_dir()]
         config_dir = self._config_dir()
         if config_dir is not None:
             wanted.append(config_dir)
@@ -560,6 +576,14 @@ class Daemon:
         # Policies of existing streams change through registry "updated" events.
         self._full_rescan = True
         await self._reconcile(full=True)
+        if new.kubernetes != old.kubernetes:
+            if self.discovery is not None:
+                await asyncio.to_thread(self.discovery.stop)
+                self.discovery = None
+            if new.kubernetes.enabled:
+                await self._start_discovery(new)
+        elif self.discovery is not None and new.defaults != old.defaults:
+            self.discovery.update_defaults(new.defaults)
         if self.options.serve_http and (new.server != old.server
                                         or new.node_log_query != old.node_log_query):
             await self._restart_server(old, new)
@@ -582,6 +606,19 @@ class Daemon:
                 except OSError as exc:
                     log.warning("cannot create the logs directory",
                                 extra={"path": volume.path, "error": exc.strerror})
+
+    # -- discovery --------------------------------------------------------------------
+
+    async def _start_discovery(self, config: Config) -> None:
+        """Pods of this node feed the same registry as the static volumes."""
+        from logvold.discovery.kubernetes import PodDiscovery
+
+        discovery = PodDiscovery(config.kubernetes, self.registry, self.metrics, config.defaults)
+        await asyncio.to_thread(discovery.start)  # loads credentials: LogvoldError if none
+        self.discovery = discovery
+        if not await asyncio.to_thread(discovery.wait_synced, DISCOVERY_SYNC_TIMEOUT_S):
+            log.warning("pods not listed yet; streams appear as the list arrives",
+                        extra={"node": discovery.node_name})
 
     # -- HTTP -------------------------------------------------------------------------
 
@@ -717,7 +754,7 @@ def main_serve(argv: Sequence[str]) -> int:
         for problem in exc.problems:
             sys.stderr.write(f"{problem}\n")
         return 2
-    except OSError as exc:
+    except (OSError, LogvoldError) as exc:
         log.error("cannot start", extra={"error": str(exc)})
         return 1
 

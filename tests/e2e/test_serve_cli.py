@@ -102,3 +102,15 @@ def test_once_rotates_compresses_and_exits(tmp_path: Path) -> None:
     before = sorted(os.listdir(vol))
     assert serve("--config", str(cfg), "--once").returncode == 0
     assert sorted(os.listdir(vol)) == before
+
+
+def test_listen_address_in_use_exits_1(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = serve("--listen", f"127.0.0.1:{port}", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "cannot start" in result.stderr and "Traceback" not in result.stderr
