@@ -157,6 +157,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--dir", default="/tmp/logvold-bench-runner")
     p.add_argument("--rotate-size", default="1Mi")
+    p.add_argument("--settle-s", type=float, default=2.0, help="pause after sync between runs")
     args = p.parse_args()
     work = Path(args.dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -186,7 +187,14 @@ def main() -> int:
             True,
         )
     )
-    tools.append(("logvold run (no rotation)", [logvold, "run"], False))
+    tools.append(
+        (
+            "  same + -flush-interval=1s (fsync)",
+            [logvold, "run", f"-log-file-size={args.rotate_size}", "-flush-interval=1s"],
+            True,
+        )
+    )
+    tools.append(("logvold run (no rotation: direct)", [logvold, "run"], False))
     results = {name: Result(name) for name, _, _ in tools}
     for rnd in range(args.rounds):
         for name, prefix, events in tools:
@@ -194,7 +202,9 @@ def main() -> int:
             shutil.rmtree(out_dir, ignore_errors=True)
             out_dir.mkdir()
             log = out_dir / "app.log"
-            subprocess.run(["sync"], check=True)  # no write-back of the last run in this one
+            # No write-back or discard of the last run's blocks during this one.
+            subprocess.run(["sync"], check=True)
+            time.sleep(args.settle_s)
             if prefix is None:
                 elapsed, rss, rc = run_once(["cat", str(src)], log)
             else:
@@ -218,7 +228,7 @@ def main() -> int:
         f"{os.cpu_count()} CPUs"
     )
     header = (
-        f"{'tool':34} {'MB/s best':>9} {'x cat':>6} {'MB/s med':>9} {'x cat':>6} "
+        f"{'tool':40} {'MB/s best':>9} {'x cat':>6} {'MB/s med':>9} {'x cat':>6} "
         f"{'peak RSS MB':>11} {'segments':>8} {'identical':>9}  integrity"
     )
     print(header)
@@ -233,7 +243,7 @@ def main() -> int:
                 f"segments cut mid-event={res.segments_cut_mid_event}"
             )
         print(
-            f"{res.name:34} {size / best / 1e6:9.0f} {cat_best / best:6.2f} "
+            f"{res.name:40} {size / best / 1e6:9.0f} {cat_best / best:6.2f} "
             f"{size / median / 1e6:9.0f} {cat_median / median:6.2f} "
             f"{res.peak_rss_kib / 1024:11.1f} {res.segments:8d} {res.identical!s:>9}  {integrity}"
         )

@@ -3,15 +3,18 @@
 Appends a stream's bytes to its active file and cuts segments only at event
 boundaries - by size, at each Hourly/Daily period, or on demand. The event
 that straddles a trigger finishes in the old segment, so a segment exceeds
-maxSize by at most one event (bounded by maxEventSize). Raw bytes are written
-as they come; cri / json-file output is encoded here per stream, with P / partial
-pieces for events longer than maxEventSize. Memory is bounded by one chunk
-plus maxEventSize per stream.
+maxSize by at most one event (bounded by maxEventSize); only an event longer
+than maxEventSize may be cut, and that is counted (split_count). Raw bytes are
+written as they come (spliced from a pipe while no trigger is near); cri /
+json-file output is encoded here per stream, with P / partial pieces for events
+longer than maxEventSize. Memory: one chunk plus maxEventSize per stream.
 """
 
 from __future__ import annotations
 
 import bisect
+import errno
+import fcntl
 import logging
 import os
 import queue
@@ -92,7 +95,7 @@ class RotatingWriter:
         self._max_event = policy.max_event_size_bytes
         self._raw = policy.format == "raw"
         self._fd = -1
-        self._splice_fd = -1
+        self._splice_ok = True
         self._readable = False
         self._size = 0
         self._due: str | None = None
@@ -146,9 +149,11 @@ class RotatingWriter:
         return self._regular and self._rotates
 
     def fileno(self) -> int:
-        """The active file's descriptor (O_APPEND), e.g. to hand to a child directly
-        when nothing will ever be cut; the writer then no longer knows the tail."""
+        """The active file's descriptor, switched to O_APPEND, e.g. to hand to a child
+        when nothing will ever be cut (`cmd >> file`); the writer no longer knows the tail."""
         self._stale = self._raw
+        if self._regular:
+            fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) | os.O_APPEND)
         return self._fd
 
     @property
@@ -186,6 +191,7 @@ class RotatingWriter:
             or room <= 0
             or not self._regular
             or self._overlapping_delimiter
+            or not self._splice_ok
         ):
             # A cut is pending: read just enough to find the next boundary, then the
             # rest of the pipe can be spliced into the new file.
@@ -193,17 +199,17 @@ class RotatingWriter:
             if data:
                 self.write("stdout", data)
             return len(data)
-        if self._splice_fd < 0:
-            self._splice_fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
-        offset = os.fstat(self._fd).st_size
         try:
-            moved = os.splice(fd, self._splice_fd, min(max_bytes, room), offset_dst=offset)
+            moved = os.splice(fd, self._fd, min(max_bytes, room))
         except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                self._splice_ok = False  # this file system cannot: nothing moved, read instead
+                return self.splice_from(fd, max_bytes)
             raise StreamError(
                 f"cannot write {self.path}: {exc.strerror}", path=self.path, op="write"
             ) from exc
         if moved:
-            self._size = offset + moved
+            self._size += moved
             self.bytes_written += moved
             self._stale = True
             if self._max_size and self._size >= self._max_size:
@@ -254,10 +260,9 @@ class RotatingWriter:
                 self.flush()
         finally:
             self._closed = True
-            for fd in (self._fd, self._splice_fd):
-                if fd >= 0:
-                    os.close(fd)
-            self._fd = self._splice_fd = -1
+            if self._fd >= 0:
+                os.close(self._fd)
+            self._fd = -1
             if self._worker is not None:
                 self._worker.stop()
 
@@ -428,11 +433,8 @@ class RotatingWriter:
         now = self._clock()
         name = next_segment_name(self._base, now, [self._newest] if self._newest else [])
         seg_path = self._dir / name.filename
-        if any(
-            self._dir.joinpath(name.filename + sfx).is_symlink()
-            or self._dir.joinpath(name.filename + sfx).exists()
-            for sfx in ("", ".gz", ".zst")
-        ):
+        suffixes = ("",) if self.policy.compress == "none" else ("", ".gz", ".zst")
+        if any(_taken(self._dir / (name.filename + sfx)) for sfx in suffixes):
             # Someone else made this name: step past every segment on disk.
             name = next_segment_name(self._base, now, self._list_segments())
             seg_path = self._dir / name.filename
@@ -445,9 +447,6 @@ class RotatingWriter:
                 op="rotate",
             ) from exc
         old_fd, size = self._fd, self._size
-        if self._splice_fd >= 0:
-            os.close(self._splice_fd)
-            self._splice_fd = -1
         self._fd = -1
         self._newest = name
         self._due = None
@@ -489,6 +488,13 @@ class RotatingWriter:
         self._regular = stat.S_ISREG(st.st_mode)
         self._size = st.st_size if self._regular else 0
         self._stale = self._size > 0
+        if self._regular:
+            # We are this file's only writer: write at our own end-of-file position
+            # (O_APPEND opened it there) so splice(2), which refuses O_APPEND, can too.
+            fcntl.fcntl(
+                self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_APPEND
+            )
+            os.lseek(self._fd, 0, os.SEEK_END)
 
     def _append(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -534,6 +540,14 @@ class RotatingWriter:
                     compress_segment(str(self._dir / name.filename), self.policy.compress)
                 except StreamError as exc:
                     log.warning("%s", exc)
+
+
+def _taken(path: Path) -> bool:
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _sync_and_close(fd: int, directory: Path) -> None:

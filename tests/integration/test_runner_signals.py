@@ -71,6 +71,21 @@ def test_child_killed_by_signal_is_128_plus_n(tmp_path: Path) -> None:
     assert killed.returncode == 128 + signal.SIGKILL
 
 
+def test_silent_grandchild_holding_the_pipe_does_not_keep_the_runner(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    t0 = time.monotonic()
+    done = subprocess.run(
+        [*RUNNER, f"-log-file={log}", "-log-file-size=1Mi", "sh", "-c", "sleep 4 & echo bye"],
+        env=ENV,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0 and done.stderr == b""
+    assert time.monotonic() - t0 < 3.5  # exits ~1 s after its child, not with the sleep
+    assert log.read_bytes() == b"bye\n"
+
+
 @pytest.mark.parametrize("code", [0, 1, 42, 255])
 def test_exit_code_is_the_childs(code: int) -> None:
     done = subprocess.run([*RUNNER, "sh", "-c", f"exit {code}"], env=ENV, check=False)
