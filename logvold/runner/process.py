@@ -123,13 +123,17 @@ def _pump(
     opts: RunOptions,
 ) -> None:
     """Move bytes from the pipes to the writer (and our stdout with -also-stdout) until
-    every pipe is at end of input, or the child is gone and the pipes stay silent."""
+    every pipe is at end of input, or the child is gone and the pipes stay silent.
+
+    Closes each pipe at its end and removes it from `streams`, so the caller
+    closes only what is left (never a number the writer has since reused).
+    """
     tee_fd: int | None = 1 if opts.also_stdout else None
     zero_copy = tee_fd is None and len(streams) == 1
     poller = select.poll()
     for fd in streams:
         poller.register(fd, select.POLLIN)
-    open_fds = dict(streams)
+    open_fds = streams  # shared with the caller: what is closed here leaves it
     flush_every = opts.flush_interval_s
     next_flush = time.monotonic() + flush_every if flush_every else None
     child_gone_at: float | None = None

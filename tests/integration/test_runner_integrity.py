@@ -129,6 +129,17 @@ def test_cri_keeps_streams_apart(tmp_path: Path) -> None:
     assert err.ok and err.seen == 1500, err.summary()
 
 
+def test_cri_stream_closed_early_while_the_other_rotates(tmp_path: Path) -> None:
+    """stdout ends first; stderr keeps writing through many rotations."""
+    log = tmp_path / "app.log"
+    script = "exec 1>&-; i=0; while [ $i -lt 3000 ]; do echo line $i >&2; i=$((i+1)); done"
+    run([f"-log-file={log}", "-log-file-size=8Ki", "-format=cri", "sh", "-c", script])
+    pieces = stream_pieces(log)
+    assert len(pieces) > 10
+    events = list(decode_cri(b"".join(d for _, d in pieces).splitlines()))
+    assert events == [("stderr", b"line %d" % i) for i in range(3000)]
+
+
 @pytest.mark.parametrize("fmt", ["raw", "cri"])
 def test_100mib_single_line_bounded_memory(tmp_path: Path, fmt: str) -> None:
     log = tmp_path / "app.log"
