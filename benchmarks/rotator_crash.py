@@ -47,7 +47,12 @@ class CrashStats:
     split: int = 0
     leftovers: int = 0
     max_allocated: int = 0
+    """Largest allocated size of the active file seen after a recovery (mostly live data)."""
+    allocated: int = 0
+    """Allocated bytes of the active file at the end (after the final rotation)."""
     apparent: int = 0
+    written: int = 0
+    """Events the writer completed (last sequence number seen + 1)."""
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -77,6 +82,7 @@ def _check(directory: Path, stats: CrashStats) -> None:
     report = verify(split_raw([whole_stream(directory, delimiter=DELIM)], DELIM),
                     allow_missing_prefix=True)
     stats.events = report.seen
+    stats.written = max(stats.written, (report.last_seq or -1) + 1)
     stats.lost += len(report.lost)
     stats.dup += len(report.duplicated)
     stats.split += len(report.corrupt) + report.out_of_order
@@ -89,6 +95,7 @@ def _check(directory: Path, stats: CrashStats) -> None:
         stats.failures.append(f"after kill {stats.kills}: intent left {state.intent}")
     st = (directory / "app.log").stat()
     stats.max_allocated = max(stats.max_allocated, st.st_blocks * 512)
+    stats.allocated = st.st_blocks * 512
     stats.apparent = st.st_size
 
 
@@ -151,14 +158,14 @@ def main() -> int:
         t0 = time.monotonic()
         s = run(args.kills // 2, mode=mode, seed=args.seed, max_delay_s=0.4)
         rows.append((s, time.monotonic() - t0))
-    print(f"{'writer':8} {'kills':>5} {'rotations':>9} {'collapses':>9} {'events':>7} "
-          f"{'lost':>4} {'dup':>4} {'split':>5} {'alloc':>7} {'apparent':>10} {'intents':>28} "
-          f"{'secs':>5}")
+    print(f"{'writer':8} {'kills':>5} {'rotations':>9} {'collapses':>9} {'written':>7} "
+          f"{'kept':>6} {'lost':>4} {'dup':>4} {'split':>5} {'alloc':>6} {'maxalloc':>8} "
+          f"{'apparent':>10} {'recovered intents':>20} {'secs':>5}")
     for s, secs in rows:
         intents = ",".join(f"{k}:{v}" for k, v in sorted(s.recovered_intents.items())) or "-"
-        print(f"{s.mode:8} {s.kills:5} {s.rotations:9} {s.collapses:9} {s.events:7} {s.lost:4} "
-              f"{s.dup:4} {s.split:5} {s.max_allocated:7} {s.apparent:10} {intents:>28} "
-              f"{secs:5.1f}")
+        print(f"{s.mode:8} {s.kills:5} {s.rotations:9} {s.collapses:9} {s.written:7} "
+              f"{s.events:6} {s.lost:4} {s.dup:4} {s.split:5} {s.allocated:6} "
+              f"{s.max_allocated:8} {s.apparent:10} {intents:>20} {secs:5.1f}")
         for f in s.failures[:5]:
             print("  FAIL", f)
     return 0 if all(s.ok for s, _ in rows) else 1

@@ -47,7 +47,6 @@ import os
 import signal
 import stat
 import subprocess
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,6 +60,7 @@ from logvold.core.retention import RetentionPlan, SegmentFile, period_start, pla
 from logvold.errors import StateError, StreamError
 from logvold.fileio import stream_files as sf
 from logvold.fileio.state import SegmentRecord, StreamState, load_state, save_state, state_path
+from logvold.fileio.state_rebuild import rebuild_state
 
 if TYPE_CHECKING:
     from logvold.core.streams import StreamInfo
@@ -68,9 +68,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Bytes compared when rebuilding a corrupt state (the committed offset lies in the first block
-#: after the hole unless a crash hit between commit and punch; a rotation is rarely bigger).
-_REBUILD_WINDOW = 4 * 2**20
 _READ_CHUNK = 2**20
 
 
@@ -287,7 +284,8 @@ class StreamRotator:
                 bad.replace(bad.with_name(bad.name + ".corrupt"))
             fd = os.open(self.info.base, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
             try:
-                state = self._rebuild(dfd, fd, os.fstat(fd))
+                state = rebuild_state(dfd, fd, os.fstat(fd), self.info.base,
+                                      self.policy.format, self.policy.delimiter)
             finally:
                 os.close(fd)
             self._save(state)
@@ -732,6 +730,11 @@ class StreamRotator:
             os.close(fd)
         os.rename(trim, name.filename, src_dir_fd=dfd, dst_dir_fd=dfd)
         os.fsync(dfd)
+        s = self._state
+        if s is not None and any(r.stem == name.stem for r in s.segments):
+            self._save(s.with_(segments=tuple(
+                r._replace(logical_start=r.logical_start + cut) if r.stem == name.stem else r
+                for r in s.segments)))
         if self.metrics:
             self.metrics.truncations.labels(*self._labels, "maxTotalSize").inc()
             self.metrics.bytes_freed.labels(*self._labels, "trim").inc(cut)
@@ -876,52 +879,6 @@ class StreamRotator:
             self._save(state.with_(committed_offset=end, intent=None))
         else:
             self._save(StreamState(device=state.device, inode=state.inode))
-
-    def _rebuild(self, dfd: int, fd: int, st: os.stat_result) -> StreamState:
-        """Committed offset of a file whose state is lost, without duplicating (see module doc)."""
-        try:
-            first_data = os.lseek(fd, 0, os.SEEK_DATA)
-        except OSError:
-            first_data = st.st_size
-        window = os.pread(fd, min(_REBUILD_WINDOW, st.st_size - first_data), first_data)
-        segs = sf.list_segments(dfd, self.info.base)
-        tail = self._segment_tail(dfd, segs[-1].name, len(window)) if segs else b""
-        marker = b"\n" if self.policy.format != "raw" else self.policy.delimiter
-        candidates = [0]
-        i = window.find(marker)
-        while i >= 0:
-            candidates.append(i + len(marker))
-            i = window.find(marker, i + 1)
-        best = None
-        for c in reversed(candidates):
-            if c <= len(tail) and (c == 0 or tail.endswith(window[:c])):
-                best = c
-                break
-        if best is None or (best == 0 and first_data > 0 and not segs):
-            # Nothing to compare with: skip the partial event after the hole.
-            best = candidates[1] if first_data > 0 and len(candidates) > 1 else 0
-        p = first_data + best
-        return StreamState(device=st.st_dev, inode=st.st_ino, committed_offset=p)
-
-    def _segment_tail(self, dfd: int, name: SegmentName, size: int) -> bytes:
-        """The last `size` bytes of a segment, decompressing with bounded memory."""
-        fd = os.open(name.filename, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
-        try:
-            if not name.compression:
-                end = os.fstat(fd).st_size
-                return os.pread(fd, min(size, end), max(end - size, 0))
-            if name.compression == "gz":
-                dec: Any = zlib.decompressobj(wbits=47)
-            else:
-                import zstandard
-
-                dec = zstandard.ZstdDecompressor().decompressobj()
-            tail = b""
-            while chunk := os.read(fd, _READ_CHUNK):
-                tail = (tail + dec.decompress(chunk))[-size:]
-            return tail
-        finally:
-            os.close(fd)
 
 
 __all__ = ["STATE_DIR_NAME", "RetentionResult", "RotationResult", "StreamRotator", "utcnow"]

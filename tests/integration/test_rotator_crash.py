@@ -30,7 +30,7 @@ def test_kill_9_loop(tmp_path: Path, mode: str, kills: int) -> None:
     assert stats.kills == kills
     assert stats.failures == []
     assert (stats.lost, stats.dup, stats.split, stats.leftovers) == (0, 0, 0, 0)
-    assert stats.events > 1000 and stats.rotations > kills // 2
+    assert stats.events > 1000 and stats.rotations > 0
     if mode == "append":
         assert stats.collapses > 0
 
