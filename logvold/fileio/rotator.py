@@ -622,6 +622,10 @@ class StreamRotator:
     def _reopen(self) -> None:
         action = self.policy.reopen
         if action is None:
+            if "no-reopen" not in self._warned:
+                self._warned.add("no-reopen")
+                log.warning("stream %s: rename without a reopen action: a writer that does not "
+                            "reopen by itself keeps writing the renamed segment", self.info.key)
             return
         try:
             if action.signal and action.pid_file:
