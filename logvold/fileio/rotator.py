@@ -31,11 +31,16 @@ first, and `recover()` finishes or undoes it, idempotently:
   with the active file still >= physical_end means the truncate did not run,
   so committed moves to `end` and the next copy starts there.
 
-A corrupt state file (StateError) is moved aside and the committed offset
-rebuilt from the file (never duplicating): the first data after the punched
-hole is matched against the tail of the newest segment; the committed offset
-is the largest event boundary such that the bytes between the first data and
-it equal the end of that segment. Logical offsets restart at physical ones.
+A corrupt state file (StateError) is moved aside (`.corrupt`) and the
+committed offset rebuilt from the files without duplicating (state_rebuild.py).
+A file the writer truncated (size < committed) or rewrote / recreated with a
+reused inode number (the unpunched bytes just before the committed offset no
+longer equal the newest segment's end) restarts at 0 and is never punched.
+Retention that must drop the head of the active file advances the committed
+offset to the first event end >= the planned cut and punches, writing no
+segment. ENOSPC (or any I/O error) before the commit removes the tmp segment,
+clears the intent and raises a retriable StreamError; errors after the commit
+(punch, collapse) are logged and counted, and the next call settles them.
 """
 
 from __future__ import annotations
