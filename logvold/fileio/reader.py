@@ -156,6 +156,12 @@ class StreamReader:
     wall_clock_ns: Callable[[], int] = time.time_ns
     events_served: int = 0
     bytes_served: int = 0
+    more_ready: bool = False
+    """Set with a `b""` that is only a pause between blocks of a backlog: step again now
+    (and clear it) instead of waiting a poll interval."""
+    caught_up: bool = False
+    """True from the moment the reader found nothing new until it reads again: the next
+    step is then small (fresh bytes only), so a server may run it without a thread."""
 
     def __post_init__(self) -> None:
         policy = self.info.policy
@@ -187,11 +193,15 @@ class StreamReader:
         limit = self.options.limit_bytes
         for ev in self._events():
             if ev is None:
+                # Nothing new (what follows is b"" at once: a cheap step), unless the reader
+                # only paused between blocks of a backlog (more_ready).
+                self.caught_up = not self.more_ready
                 if out:
                     yield bytes(out)
                     out.clear()
                 yield b""
                 continue
+            self.caught_up = False
             data = self._format(ev)
             if limit is not None and self.bytes_served + len(data) > limit:
                 break
@@ -209,6 +219,8 @@ class StreamReader:
         for chunk in self.chunks():
             if chunk:
                 yield chunk
+            elif self.more_ready:
+                self.more_ready = False
             else:
                 sleep(self.poll_interval_s)
 

@@ -43,6 +43,8 @@ class ActiveCursor:
         self.physical_start = 0
         self.skip: frozenset[str] = frozenset()
         self.stale_state: StreamState | None = None
+        self.read_full = False
+        """The last read filled a whole block: more is probably waiting."""
         self.truncation: dict[str, Any] | None = None
         """The last copytruncate intent seen: where the bytes before a truncation went."""
         self._open(state, fd)
@@ -121,6 +123,9 @@ class ActiveCursor:
                 continue
             got = yield from self._step()
             if got == "data":
+                if self.read_full:  # a backlog: let the caller act between blocks
+                    r.more_ready = True
+                    yield None
                 continue
             if got == "busy":
                 yield None
@@ -157,7 +162,10 @@ class ActiveCursor:
         if physical > size:  # truncated under us (copytruncate or by hand)
             yield from self._after_truncation()
             return "data"
-        data = os.pread(self.fd, READ_BYTES, physical) if physical < size else b""
+        # Only what is there: a 1 MiB buffer per poll would be an mmap/munmap each time.
+        data = os.pread(self.fd, min(READ_BYTES, size - physical), physical) \
+            if physical < size else b""
+        self.read_full = len(data) == READ_BYTES
         if not data:
             return "eof"
         if self._matching_state() != st:

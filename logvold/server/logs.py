@@ -248,12 +248,14 @@ async def stream_reader(request: web.Request, reader: StreamReader, *, handler: 
             if chunk:
                 await response.write(chunk)
                 served += len(chunk)
+            elif reader.more_ready:  # a pause between blocks of a backlog: go on
+                reader.more_ready = False
             else:  # caught up: wait (cheaply, no thread) until the files change
                 await _wait_for_change(reader, seen, stop)
             if _client_gone(request):
                 break
             seen = _signature(reader.info)
-            if chunk:
+            if not reader.caught_up:
                 chunk = await loop.run_in_executor(executor, stepper.step)
             else:
                 # Live: the step after an idle one reads only fresh bytes (bounded), so it

@@ -31,6 +31,7 @@ class Follower:
         self.chunks: Iterator[bytes] = self.reader.chunks()
         self.data = bytearray()
         self.ended = False
+        self.pauses = 0
 
     def drain(self, polls: int = 1) -> bytes:
         """Run until caught up `polls` times; what arrived meanwhile."""
@@ -43,6 +44,9 @@ class Follower:
                 break
             if chunk:
                 got += chunk
+            elif self.reader.more_ready:  # a pause inside a backlog, not idle
+                self.reader.more_ready = False
+                self.pauses += 1
             else:
                 idle += 1
                 self.now += 0.5
@@ -170,3 +174,15 @@ def test_follow_with_tail_zero_serves_only_new_events(tmp_path: Path) -> None:
     append(active, raw_events(40, 3))
     f.drain()
     assert [s for s in f.seqs()] == [40, 41, 42]
+
+
+def test_big_backlog_is_read_in_bounded_steps(tmp_path: Path) -> None:
+    info = info_for(tmp_path)
+    active = tmp_path / "app.log"
+    append(active, raw_events(0, 10))
+    f = Follower(info, pattern="#000000(0005|7999) ")
+    f.drain()
+    append(active, raw_events(10, 8000))  # ~1.3 MiB at once, two matches in it
+    f.drain()
+    assert [parse_event(b) for b in split_raw([bytes(f.data)])] == [5, 7999]
+    assert f.pauses >= 1  # the reader handed control back between 1 MiB blocks
