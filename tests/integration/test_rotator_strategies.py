@@ -221,14 +221,18 @@ def test_replaced_or_vanished_active_file_is_skipped(tmp_path: Path, replacement
     assert skipped == (0 if replacement == "vanished" else 1)
 
 
-@pytest.mark.parametrize("collapse", ["never", "always"])
-def test_corrupt_state_is_rebuilt_without_duplicates(tmp_path: Path, collapse: str) -> None:
+@pytest.mark.parametrize("collapse, compress", [("never", "none"), ("always", "none"),
+                                                ("always", "gzip"), ("never", "zstd")])
+def test_corrupt_state_is_rebuilt_without_duplicates(tmp_path: Path, collapse: str,
+                                                      compress: str) -> None:
     info = make_info(tmp_path, max_size_bytes=8192, delimiter=b"\n\n", max_files=0,
-                     collapse=collapse)
+                     collapse=collapse, compress=compress, delay_compress=False)
     rot = StreamRotator(info, None, collapse_min_bytes=4096)
     for i in range(6):
         _fill(tmp_path / "app.log", 90, start=i * 90)
         assert rot.rotate("size") is not None
+    if compress != "none":  # the newest segment's tail is then read through the decoder
+        assert len(rot.compress_pending()) == 6
     _fill(tmp_path / "app.log", 30, start=540)
     state_path(tmp_path, "app.log").write_text('{"version": 1, "device": ')
     fresh = StreamRotator(info, None, collapse_min_bytes=4096)
