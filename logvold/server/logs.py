@@ -240,14 +240,18 @@ async def stream_reader(request: web.Request, reader: StreamReader, *, handler: 
     follow = reader.options.follow
     if follow:
         metrics.followers.inc()
-    served = 0
+    bytes_served = metrics.bytes_served.labels(handler)
+    events_served = metrics.events_served.labels(handler)
+    counted = 0
     try:
         chunk = first
         seen = before_first
         while chunk is not None:
             if chunk:
                 await response.write(chunk)
-                served += len(chunk)
+                bytes_served.inc(len(chunk))
+                events_served.inc(reader.events_served - counted)
+                counted = reader.events_served
             elif reader.more_ready:  # a pause between blocks of a backlog: go on
                 reader.more_ready = False
             else:  # caught up: wait (cheaply, no thread) until the files change
@@ -271,8 +275,6 @@ async def stream_reader(request: web.Request, reader: StreamReader, *, handler: 
         gone.set()
         if follow:
             metrics.followers.dec()
-        metrics.bytes_served.labels(handler).inc(served)
-        metrics.events_served.labels(handler).inc(reader.events_served)
         try:
             executor.submit(stepper.close)  # after any step in flight (the lock orders them)
         except RuntimeError:  # executor already shut down: close here
