@@ -448,12 +448,11 @@ class LineFramer:
                 self._line_len = 0
             pos = end_rel
         if pos < n:
-            room = self._keep - len(self._line)
-            if room > 0:
-                self._line += data[pos : pos + room]
             self._line_len += n - pos
             if self._whole_line and self._line_len > m:
                 self._line.clear()  # too long to classify: it is malformed anyway
+            elif (room := self._keep - len(self._line)) > 0:
+                self._line += data[pos : pos + room]
         self._offset = base + n
         while start + m <= self._offset:
             start += m
