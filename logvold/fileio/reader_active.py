@@ -55,6 +55,7 @@ class ActiveCursor:
 
     def _open(self, state: StreamState | None, fd: int | None) -> None:
         self.fd = fd
+        self.skip = frozenset()
         if fd is None:
             return
         st = os.fstat(fd)
@@ -135,10 +136,8 @@ class ActiveCursor:
             if self._rotated():
                 yield from self._drain()
                 self.close()
-                self.splitter.reset(0)
-                self.assembler.reset()
                 self._open(self.r.current_state(), open_nofollow(self.path))
-                self.splitter.reset(self.physical_start + self.collapsed)
+                self.seek(self.physical_start + self.collapsed, self.skip)
                 continue
             yield None
 
@@ -251,8 +250,7 @@ class ActiveCursor:
         self._open(self.r.current_state(), open_nofollow(self.path))
         if self.fd is not None:
             self.gone_since = None
-            self.splitter.reset(self.physical_start + self.collapsed)
-            self.assembler.reset()
+            self.seek(self.physical_start + self.collapsed, self.skip)
             return False
         now = self.r.clock()
         if self.gone_since is None:
