@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from logvold.core.layout import segments_of
-from tests.support.events import decode_cri, split_raw, verify
+from tests.support.events import decode_cri, decode_json_file, split_raw, verify
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -127,6 +127,31 @@ def test_cri_keeps_streams_apart(tmp_path: Path) -> None:
     err = verify((m for s, m in events if s == "stderr"), tag="X")
     assert out.ok and out.seen == 1500, out.summary()
     assert err.ok and err.seen == 1500, err.summary()
+
+
+def test_flush_interval_json_file_and_log_file_age(tmp_path: Path) -> None:
+    """-flush-interval fsyncs as it goes, json-file keeps the streams, and -log-file-age
+    removes rotated files older than it (1ns: every one, as soon as it is closed)."""
+    log = tmp_path / "app.log"
+    run(
+        [
+            f"-log-file={log}",
+            "-log-file-size=16Ki",
+            "-flush-interval=10ms",
+            "-format=json-file",
+            "-log-file-age=1ns",
+            *WRITER,
+            "--count",
+            "800",
+            "--stderr-tag",
+            "X",
+        ]
+    )
+    assert os.listdir(tmp_path) == ["app.log"]
+    events = list(decode_json_file(log.read_bytes().splitlines()))
+    assert events and {s for s, _ in events} <= {"stdout", "stderr"}
+    out = verify((m for s, m in events if s == "stdout"), allow_missing_prefix=True)
+    assert out.ok and out.last_seq == 799, out.summary()
 
 
 def test_cri_stream_closed_early_while_the_other_rotates(tmp_path: Path) -> None:
