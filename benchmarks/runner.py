@@ -89,7 +89,7 @@ def run_once(argv: list[str], stdout_path: Path | None) -> tuple[float, int, int
         status_file = Path(f"/proc/{proc.pid}/status")
         while proc.poll() is None:
             peak = max(peak, _vm_hwm_kib(status_file))
-            time.sleep(0.005)
+            time.sleep(0.02)
         elapsed = time.perf_counter() - t0
     finally:
         if out:
