@@ -177,6 +177,8 @@ def main() -> int:
     venv_bin = Path(sys.executable).parent
     logvold = str(venv_bin / "logvold") if (venv_bin / "logvold").exists() else "logvold"
     tools: list[tuple[str, list[str] | None, bool]] = [("cat >> file", None, False)]
+    # What one pipe hop alone costs (any runner that frames bytes needs it).
+    tools.append(("cat | cat >> file (pipe hop)", ["PIPE"], False))
     klr = shutil.which("kube-log-runner")
     if klr and Path(klr).resolve().parent != venv_bin.resolve():
         tools.append(("kube-log-runner -log-file", [klr], False))
@@ -207,6 +209,9 @@ def main() -> int:
             time.sleep(args.settle_s)
             if prefix is None:
                 elapsed, rss, rc = run_once(["cat", str(src)], log)
+            elif prefix == ["PIPE"]:
+                script = f'cat "{src}" | cat >> "{log}"'
+                elapsed, rss, rc = run_once(["sh", "-c", script], None)
             else:
                 elapsed, rss, rc = run_once([*prefix, f"-log-file={log}", "cat", str(src)], None)
             if rc != 0:
