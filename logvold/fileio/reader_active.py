@@ -10,6 +10,7 @@ import os
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
+from logvold.core.layout import segments_of
 from logvold.fileio.reader_events import (
     READ_BYTES,
     Assembler,
@@ -45,6 +46,8 @@ class ActiveCursor:
         self.stale_state: StreamState | None = None
         self.read_full = False
         """The last read filled a whole block: more is probably waiting."""
+        self.last_bytes: tuple[int, bytes] = (0, b"")
+        """The end offset and last bytes of what was read: recognise a copy of them."""
         self.truncation: dict[str, Any] | None = None
         """The last copytruncate intent seen: where the bytes before a truncation went."""
         self._open(state, fd)
@@ -109,6 +112,8 @@ class ActiveCursor:
 
     def _emit(self, data: bytes) -> Iterator[Event]:
         block, base = self.splitter.feed_block(data)
+        if block:
+            self.last_bytes = (base + len(block), block[-64:])
         yield from self.r.block_events(block, base, self.assembler)
 
     def events(self, follow: bool) -> Iterator[Event | None]:
@@ -158,7 +163,8 @@ class ActiveCursor:
         collapsed = st.collapsed_bytes if st is not None else self.collapsed
         physical = self.splitter.consumed - collapsed
         size = os.fstat(self.fd).st_size
-        if physical > size:  # truncated under us (copytruncate or by hand)
+        if physical > size or self._rewritten(st, collapsed):
+            # Truncated under us (copytruncate or by hand), maybe written past us again.
             yield from self._after_truncation()
             return "data"
         # Only what is there: a 1 MiB buffer per poll would be an mmap/munmap each time.
@@ -222,11 +228,50 @@ class ActiveCursor:
             copied = StreamState(device=self.dev, inode=self.ino, committed_offset=t["end"],
                                  segments=(SegmentRecord(t["stem"], t["start"], t["end"]),))
             yield from self._from_segments(copied, emitted)
+        elif (copy := self._copy_of_what_was_read(emitted)) is not None:
+            yield from self._from_segments(copy, emitted)
         else:
             log.info("%s was truncated; reading it from its start", self.path)
         self.splitter.reset(0)
         self.assembler.reset()
         self.collapsed = 0
+
+    def _rewritten(self, st: StreamState | None, collapsed: int) -> bool:
+        """Whether the bytes just before our position are no longer those we read there
+        (a truncation that the writer has already filled past us). One small pread."""
+        assert self.fd is not None
+        end, tail = self.last_bytes
+        if end != self.splitter.emitted or not tail:
+            return False
+        lo = max(end - len(tail), st.committed_offset if st is not None else 0)
+        if lo >= end:
+            return False  # all of it is committed (maybe punched): nothing to compare
+        return os.pread(self.fd, end - lo, lo - collapsed) != tail[len(tail) - (end - lo):]
+
+    def _copy_of_what_was_read(self, emitted: int) -> StreamState | None:
+        """The newest plain segment, if it holds the file as it was before the truncation
+        (its bytes before `emitted` are the very bytes this cursor read there)."""
+        end, tail = self.last_bytes
+        if end != emitted or not tail:
+            return None
+        try:
+            names = segments_of(self.r.base, [p.name for p in self.r.directory.iterdir()])
+        except OSError:
+            return None
+        if not names or names[-1].compression:
+            return None
+        stem = names[-1].stem
+        fd = open_nofollow(self.r.directory / stem)
+        if fd is None:
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            if size < emitted or os.pread(fd, len(tail), emitted - len(tail)) != tail:
+                return None
+        finally:
+            os.close(fd)
+        return StreamState(device=self.dev, inode=self.ino, committed_offset=size,
+                           segments=(SegmentRecord(stem, 0, size),))
 
     def _rotated(self) -> bool:
         try:

@@ -186,3 +186,31 @@ def test_big_backlog_is_read_in_bounded_steps(tmp_path: Path) -> None:
     f.drain()
     assert [parse_event(b) for b in split_raw([bytes(f.data)])] == [5, 7999]
     assert f.pauses >= 1  # the reader handed control back between 1 MiB blocks
+
+
+def test_follow_through_copytruncate_reads_the_copy(tmp_path: Path) -> None:
+    info = info_for(tmp_path, strategy="copytruncate")
+    active = tmp_path / "app.log"
+    rot = StreamRotator(info, punch_supported=False)
+    append(active, raw_events(0, 40))
+    f = Follower(info)
+    f.drain()
+    append(active, raw_events(40, 25))  # not read yet when the copy and truncate happen
+    assert rot.rotate("size") is not None
+    assert active.stat().st_size == 0
+    append(active, raw_events(65, 5))
+    f.drain(polls=2)
+    assert f.seqs() == list(range(70))
+
+
+def test_truncated_and_refilled_past_the_follower_is_noticed(tmp_path: Path) -> None:
+    info = info_for(tmp_path, strategy="copytruncate")
+    active = tmp_path / "app.log"
+    rot = StreamRotator(info, punch_supported=False)
+    append(active, raw_events(0, 40))
+    f = Follower(info)
+    f.drain()
+    assert rot.rotate("size") is not None
+    append(active, raw_events(40, 200))  # regrows far past the follower's old offset
+    f.drain(polls=2)
+    assert f.seqs() == list(range(240))
