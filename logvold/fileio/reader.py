@@ -17,8 +17,9 @@ Semantics worth knowing:
 - pattern (RE2) is searched in the message without its trailing delimiter.
 - follow survives punch (a follower behind the committed offset re-reads the bytes from
   the segments the state names), collapse, compression of those segments, rename (drain
-  the old inode, then the new file), truncation (copytruncate: the copied segment if its
-  intent was seen, then the file from 0) and ends when the active file stays gone.
+  the old inode, then the new file), truncation (copytruncate: the copied segment, by its
+  intent or verified by the last bytes read, then the file from 0; a refill past the
+  follower is noticed by those bytes) and ends when the active file stays gone.
 """
 
 from __future__ import annotations
