@@ -20,7 +20,7 @@ from aiohttp import web
 
 from logvold.core.policy import KubernetesConfig, ServerConfig, default_config
 from logvold.core.streams import StreamRegistry
-from logvold.discovery.kubernetes import KubernetesApi, make_api_client
+from logvold.discovery.apiclient import KubernetesApi, make_api_client
 from logvold.errors import LogvoldError
 from logvold.metrics import Metrics
 from logvold.server.auth import (
