@@ -73,3 +73,12 @@ def test_unit_has_the_settings_the_daemon_relies_on() -> None:
     assert settings["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
     # AF_UNIX is what sd_notify needs; the datagram socket type is not filtered.
     assert "CAP_SYS_ADMIN" not in settings["CapabilityBoundingSet"][0]
+
+
+def test_verify_would_catch_a_misspelt_setting(tmp_path: Path) -> None:
+    unit = _unit_copy(tmp_path)
+    unit.write_text(unit.read_text().replace("ProtectSystem=strict", "ProtectSystm=strict"))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=30
+    )
+    assert "ProtectSystm" in result.stderr  # why the test above asserts an empty stderr
