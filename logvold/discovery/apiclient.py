@@ -104,6 +104,10 @@ class KubernetesApi:
             raise _status_error(response.status, data)
         return response
 
+    def close(self) -> None:
+        """Close pooled connections (the client's own thread pool included)."""
+        self.api_client.close()
+
     def get_json(self, path: str, query: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
         return _json_body(self.request("GET", path, query=query))
 

@@ -106,6 +106,7 @@ class PodDiscovery:
         self.defaults = defaults
         self.node_name = resolve_node_name(config.node_name)
         self._api = api
+        self._owns_api = api is None
         self._event_recorder = event_recorder
         self._backoff = backoff or Backoff()
         self._watch_timeout_s = watch_timeout_s
@@ -130,9 +131,12 @@ class PodDiscovery:
         return self._api
 
     def start(self) -> None:
-        """Load credentials (LogvoldError if there are none) and start the watch thread."""
-        if self._thread is not None:
-            raise RuntimeError("PodDiscovery already started")
+        """Load credentials (LogvoldError if there are none) and start the watch thread.
+
+        One-shot: after stop(), build a new PodDiscovery (e.g. for a changed
+        `kubernetes` config section)."""
+        if self._thread is not None or self._stopping.is_set():
+            raise RuntimeError("PodDiscovery is one-shot: already started or stopped")
         api = self.api
         if self._event_recorder is None:
             self._event_recorder = KubernetesEventRecorder(api, node_name=self.node_name)
@@ -148,6 +152,9 @@ class PodDiscovery:
             if self._thread.is_alive():
                 log.warning("pod discovery thread did not stop within %.1fs", timeout_s)
             self._thread = None
+        if self._owns_api and self._api is not None:
+            self._api.close()
+            self._api = None
 
     def wait_synced(self, timeout_s: float) -> bool:
         return self.synced.wait(timeout_s)
