@@ -184,7 +184,6 @@ class StreamReader:
         self._state_key: tuple[int, ...] = ()
         self._state_cached: StreamState | None = None
         self.base = self.info.base
-        self._until_passed = False
 
     # -- public -----------------------------------------------------------------------
 
@@ -288,7 +287,9 @@ class StreamReader:
             try:
                 names = _segments_of(self.base,
                                      tuple(sorted(p.name for p in self.directory.iterdir())))
-            except FileNotFoundError:
+            except OSError as e:  # no directory (yet, or any more): no segments
+                if not isinstance(e, FileNotFoundError):
+                    log.warning("cannot list %s: %s", self.directory, e.strerror)
                 names = ()
             after = self.current_state()
             consistent = before == after and (after is None or after.intent is None)
@@ -327,7 +328,7 @@ class StreamReader:
                 active.seek(first.offset, first.skip)
             for live in active.events(self.options.follow):
                 if live is None:
-                    if self._raw_until_passed():
+                    if self._until_passed_now():
                         return
                     yield None
                     continue
@@ -345,7 +346,8 @@ class StreamReader:
         return (u is not None and self.fmt == "raw" and prev is not None
                 and calendar.timegm(prev.stamp.utctimetuple()) * 1_000_000_000 > u)
 
-    def _raw_until_passed(self) -> bool:
+    def _until_passed_now(self) -> bool:
+        """Following with untilTime: once the clock passed it, nothing newer can qualify."""
         u = self.options.until_ns
         return u is not None and self.wall_clock_ns() > u
 
@@ -456,7 +458,7 @@ class StreamReader:
                 b = mid
         pos = self._first_line_at_or_after(fd, a, hi, since)
         if pos >= hi:
-            return _Start(index, hi + shift)
+            return _Start(index, pos + shift)
         skip = self._dirty_streams(fd, lo, pos) if pos > lo else frozenset()
         return _Start(index, pos + shift, skip)
 
@@ -473,7 +475,7 @@ class StreamReader:
                     return pos
                 nxt = self._next_line_start(fd, pos, hi)
                 if nxt is None:
-                    return hi
+                    return pos  # an incomplete last line: start there, it may complete
                 pos = nxt
                 continue
             offset = pos

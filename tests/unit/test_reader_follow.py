@@ -214,3 +214,17 @@ def test_truncated_and_refilled_past_the_follower_is_noticed(tmp_path: Path) -> 
     append(active, raw_events(40, 200))  # regrows far past the follower's old offset
     f.drain(polls=2)
     assert f.seqs() == list(range(240))
+
+
+def test_follow_since_after_everything_waits_for_new_events(tmp_path: Path) -> None:
+    info = info_for(tmp_path, format="cri")
+    active = tmp_path / "app.log"
+    evs = make_events(30, "cri", fragments=False)
+    append(active, [e.encoded for e in evs[:20]])
+    half = evs[20].encoded[:25]  # an incomplete last line when the follower starts
+    append(active, [half])
+    f = Follower(info, since_ns=evs[20].ts_ns)
+    assert f.drain() == b""
+    append(active, [evs[20].encoded[25:]] + [e.encoded for e in evs[21:]])
+    f.drain()
+    assert f.seqs() == list(range(20, 30))
