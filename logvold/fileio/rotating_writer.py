@@ -106,6 +106,10 @@ class RotatingWriter:
         self._regular = True
         self._stale = False  # the framer has not seen the end of the file
         self._held: dict[str, bytearray] = {s: bytearray() for s in STREAMS}
+        # The next active file, made ahead on the maintenance thread: creating an
+        # inode can cost a millisecond, too much for every 1 MiB on the write path.
+        self._spare_path = Path(path).absolute().parent / f".{Path(path).name}.next"
+        self._spares: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.rotations = 0
         self.bytes_written = 0
         self._split_base = 0
@@ -120,8 +124,10 @@ class RotatingWriter:
         self._open_active(existing_ok=True)
         if not self._regular:
             self._max_size = 0  # a FIFO or device: nothing to rotate
-        elif background and (self._retains or (sync_segments and self._rotates)):
+        elif background and (self._retains or self._rotates):
             self._worker = _Maintenance(self)
+            if self._rotates:
+                self._worker.submit(_SPARE)
         existing = self._list_segments()
         self._newest = existing[-1] if existing else None
         now = self._clock()
@@ -265,6 +271,9 @@ class RotatingWriter:
             self._fd = -1
             if self._worker is not None:
                 self._worker.stop()
+                while not self._spares.empty():
+                    os.close(self._spares.get())
+                self._spare_path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ raw
 
@@ -453,7 +462,8 @@ class RotatingWriter:
         self._next_period = next_period_boundary(now, self.policy.rotate, self._tz)
         self.rotations += 1
         # The framer carries on: the new file starts at the cut, a boundary.
-        self._open_active(existing_ok=False)
+        if not self._take_spare():
+            self._open_active(existing_ok=False)
         if not self._sync_segments:
             os.close(old_fd)
             old_fd = -1
@@ -495,6 +505,35 @@ class RotatingWriter:
                 self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_APPEND
             )
             os.lseek(self._fd, 0, os.SEEK_END)
+
+    def _take_spare(self) -> bool:
+        """Make the pre-made spare the active file; False when there is none."""
+        if self._worker is None:
+            return False
+        try:
+            fd = self._spares.get_nowait()
+        except queue.Empty:
+            return False
+        try:
+            self._spare_path.rename(self.path)
+        except OSError:
+            os.close(fd)
+            return False
+        # Only now, with the spare's name free again, may the next one be made.
+        self._worker.submit(_SPARE)
+        self._fd, self._readable, self._regular = fd, True, True
+        self._size, self._stale = 0, False
+        return True
+
+    def _make_spare(self) -> None:
+        """Create the next active file under its spare name (maintenance thread)."""
+        self._spare_path.unlink(missing_ok=True)  # left by a crash: empty, not data
+        try:
+            fd = os.open(self._spare_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            log.warning("cannot make spare file %s: %s", self._spare_path, exc)
+            return
+        self._spares.put(fd)
 
     def _append(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -567,6 +606,10 @@ def _sync_and_close(fd: int, directory: Path) -> None:
         log.warning("cannot fsync directory %s: %s", directory, exc)
 
 
+_SPARE = object()
+"""Maintenance job: make the next active file ahead of time."""
+
+
 class _Maintenance:
     """One background thread: fsync closed segments, then retention and compression."""
 
@@ -577,8 +620,9 @@ class _Maintenance:
         self._thread = threading.Thread(target=self._run, name="logvold-segments", daemon=True)
         self._thread.start()
 
-    def submit(self, old_fd: int | None) -> None:
-        self._jobs.put(old_fd)
+    def submit(self, job: int | object | None) -> None:
+        """A closed segment's fd to sync (-1: none), None (retention only) or _SPARE."""
+        self._jobs.put(job)
 
     def stop(self) -> None:
         self._jobs.put(self._stop)
@@ -591,13 +635,15 @@ class _Maintenance:
             jobs = [self._jobs.get()]
             while not self._jobs.empty():
                 jobs.append(self._jobs.get())
+            if _SPARE in jobs and not stopping:
+                writer._make_spare()  # first: the next rotation may be waiting for it
             for job in jobs:
                 if job is self._stop:
                     stopping = True
                 elif isinstance(job, int) and job >= 0:
                     _sync_and_close(job, writer._dir)
             # One retention pass covers every rotation queued so far.
-            if writer._retains and any(job is not self._stop for job in jobs):
+            if writer._retains and any(isinstance(job, int) or job is None for job in jobs):
                 try:
                     writer._retention_pass()
                 except Exception:  # a bug here must not stop the writer

@@ -97,6 +97,19 @@ def test_size_rotation_keeps_every_event_whole(tmp_path: Path, delimiter: bytes)
     report = verify(split_raw(parts, delimiter))
     assert report.ok and report.seen == 2000, report.summary()
     assert w.split_count == 0
+    # The spare next-active file made ahead of each cut is gone with the writer.
+    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in [*segment_files(path), path])
+
+
+def test_spare_left_by_a_crash_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "app.log"
+    (tmp_path / ".app.log.next").write_bytes(b"")
+    w = RotatingWriter(str(path), policy(max_size_bytes=10), clock=FakeClock())
+    for i in range(50):
+        w.write("stdout", b"event %02d\n" % i)
+    w.close()
+    assert b"".join(pieces(path)) == b"".join(b"event %02d\n" % i for i in range(50))
+    assert not (tmp_path / ".app.log.next").exists()
 
 
 @settings(max_examples=20, deadline=None)
