@@ -68,6 +68,8 @@ __all__ = ["CHUNK_BYTES", "MAX_PATTERN_LENGTH", "ReadOptions", "StreamFilter", "
 log = logging.getLogger(__name__)
 
 MAX_PATTERN_LENGTH = 1024
+TAIL_SCAN_BYTES = 1024 * 1024
+"""Region size of a backwards tail scan with a pattern (bounded memory)."""
 _MAX_RECORD_FLOOR = 4 * 2**20
 StreamFilter = Literal["All", "stdout", "stderr"]
 
@@ -575,6 +577,10 @@ class StreamReader:
 
     def _tail_plain(self, fd: int, lo: int, hi: int, needed: int,
                     shift: int) -> tuple[int, int, set[int]]:
+        if self._prefilter and self.options.since_ns is None:
+            found = self._tail_plain_scan(fd, lo, hi, needed, shift)
+            if found is not None:
+                return found
         ends: set[int] = set()
         min_start = hi
         since = self.options.since_ns
@@ -587,6 +593,44 @@ class StreamReader:
             min_start = min(min_start, ev.start)
             if len(ends) >= needed:
                 break
+        return len(ends), min_start + shift, ends
+
+    def _tail_plain_scan(self, fd: int, lo: int, hi: int, needed: int,
+                         shift: int) -> tuple[int, int, set[int]] | None:
+        """tail with a pattern, backwards a region (~1 MiB of whole records) at a time:
+        RE2 skips regions without a match at C speed; only regions with one are parsed.
+        None (use the exact scan) when a CRI partial line or a giant record shows up."""
+        assert self.matcher is not None
+        d = self.delimiter
+        ends: set[int] = set()
+        min_start = hi
+        pos = hi
+        while pos > lo and len(ends) < needed:
+            region_lo = max(lo, pos - TAIL_SCAN_BYTES)
+            block = os.pread(fd, pos - region_lo, region_lo)
+            cut = 0
+            if region_lo > lo:  # begin at a record start: the cut record goes next round
+                k = block.find(d)
+                if k < 0 or k + len(d) >= len(block):
+                    return None
+                cut = k + len(d)
+            region = memoryview(block)[cut:]
+            if self.fmt == "cri":
+                if CRI_PARTIAL.search(region) is not None:
+                    return None
+                if cut:  # the line before must end its event, or one here is a piece
+                    j = block.rfind(d, 0, cut - len(d))
+                    if j < 0 or not parse_cri(block[j + len(d):cut]).complete:
+                        return None
+            start = region_lo + cut
+            if self.matcher.search(region) is not None:
+                for ev in reverse_events(fd, start, pos, self.fmt, d, self.max_record):
+                    if self._passes(ev):
+                        ends.add(ev.end + shift)
+                        min_start = min(min_start, ev.start)
+                        if len(ends) >= needed:
+                            break
+            pos = start
         return len(ends), min_start + shift, ends
 
     def _tail_segment(self, src: _Source, needed: int) -> tuple[int, int, set[int]] | None:

@@ -246,3 +246,18 @@ def test_hostile_json_file_lines_are_served_as_text_not_errors(tmp_path: Path) -
     assert lines[5] == b"[" * 100_000
     assert b"lone surrogate" in lines[6] and lines[7] == b"\x80"
     assert read(info, tail_events=1, timestamps=True) == b"\x80\n"  # bad time: no prefix
+
+
+@pytest.mark.parametrize(("fmt", "fragments"), [("raw", False), ("cri", True), ("cri", False)])
+@pytest.mark.parametrize("region", [2048, 4096, 1 << 20])
+def test_tail_with_pattern_scans_regions_backwards(tmp_path: Path, fmt: str, fragments: bool,
+                                                   region: int,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from logvold.fileio import reader as reader_mod
+    monkeypatch.setattr(reader_mod, "TAIL_SCAN_BYTES", region)
+    events = make_events(600, fmt, fragments=fragments)
+    info = build_stream(tmp_path, events, fmt=fmt, layout=(("plain", 100), ("gz", 100)))
+    for pattern in ("#00000001[0-9]{2} ", "(?i)abc", "#0000000599 ", "nomatchzzzz"):
+        want = [e.seq for e in events if re.search(pattern.encode(), e.body)]
+        for n in (1, 3, 40):
+            assert seqs(read(info, pattern=pattern, tail_events=n)) == want[-n:], (pattern, n)
