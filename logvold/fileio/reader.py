@@ -609,19 +609,19 @@ class StreamReader:
             region_lo = max(lo, pos - TAIL_SCAN_BYTES)
             block = os.pread(fd, pos - region_lo, region_lo)
             cut = 0
-            if region_lo > lo:  # begin at a record start: the cut record goes next round
+            if region_lo > lo:
+                # Begin after the first whole record: the cut one and it go next round, and
+                # (CRI) that whole line must end its event, or a line here is a piece.
                 k = block.find(d)
-                if k < 0 or k + len(d) >= len(block):
+                k2 = block.find(d, k + len(d)) if k >= 0 else -1
+                if k2 < 0 or k2 + len(d) >= len(block):
                     return None
-                cut = k + len(d)
+                cut = k2 + len(d)
+                if self.fmt == "cri" and not parse_cri(block[k + len(d):cut]).complete:
+                    return None
             region = memoryview(block)[cut:]
-            if self.fmt == "cri":
-                if CRI_PARTIAL.search(region) is not None:
-                    return None
-                if cut:  # the line before must end its event, or one here is a piece
-                    j = block.rfind(d, 0, cut - len(d))
-                    if j < 0 or not parse_cri(block[j + len(d):cut]).complete:
-                        return None
+            if self.fmt == "cri" and CRI_PARTIAL.search(region) is not None:
+                return None
             start = region_lo + cut
             if self.matcher.search(region) is not None:
                 for ev in reverse_events(fd, start, pos, self.fmt, d, self.max_record):
