@@ -251,6 +251,13 @@ def main() -> int:
                      f"{ours_s:.2f} s ({total / ours_s / 2**20:.0f} MiB/s)",
                      f"grep -c: {grep_s:.2f} s", f"{grep_s / ours_s:.2f}x (target >= 0.5x)"))
 
+        t = time.perf_counter()
+        got = read_all(info, pattern="NEEDLE-[0-9]+", tail_events=10)
+        tail_pattern_s = time.perf_counter() - t
+        assert got.count(b"\n") == min(10, hits)
+        rows.append(("tailLines=10 + pattern (backwards, RE2 regions)",
+                     f"{tail_pattern_s * 1000:.0f} ms", "-", "-"))
+
         p50, p99, n = bench_follow(work, args.followers, args.follow_seconds)
         rows.append((f"follow latency, {args.followers} followers ({n} deliveries)",
                      f"p50 {p50:.1f} ms", f"p99 {p99:.1f} ms", "target p99 < 100 ms"))
