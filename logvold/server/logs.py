@@ -41,7 +41,7 @@ NODE_LOG_QUERY_PARAMS = ("query", "pattern", "sinceTime", "untilTime", "tailLine
 """Any of these on `GET /logs/` makes it a KEP-2258 node log query."""
 MAX_TAIL_LINES = 10_000_000
 MAX_SECONDS = 100 * 365 * 86400
-_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,252})$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_.]{0,252}")
 _BOOL = {"1": True, "t": True, "T": True, "true": True, "TRUE": True, "True": True,
          "0": False, "f": False, "F": False, "false": False, "FALSE": False, "False": False}
 POLL_INTERVAL_S = 0.05
@@ -130,7 +130,7 @@ def parse_read_options(query: MultiMapping[str], *, now_ns: int | None = None) -
 
 
 def check_name(kind: str, value: str) -> str:
-    if not _NAME_RE.match(value) or value in (".", ".."):
+    if not _NAME_RE.fullmatch(value):
         raise BadRequest(f"invalid {kind} name {value[:64]!r}")
     return value
 
