@@ -59,7 +59,10 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
     except web.HTTPException as e:
         code = e.status
         if 400 <= code < 500 and _wants_json(request):
-            return _status_json(code, e.reason, e.text or e.reason)
+            response = _status_json(code, e.reason, e.text or e.reason)
+            if "Allow" in e.headers:
+                response.headers["Allow"] = e.headers["Allow"]
+            return response
         raise
     except (ValueError, UsageError) as e:
         code = 400
