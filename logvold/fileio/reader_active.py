@@ -93,10 +93,18 @@ class ActiveCursor:
         nuls = len(head) - len(head.lstrip(b"\0"))
         if data == start and nuls == 0:
             return start
-        # Landed inside an event: drop the first (cut) record, and for cri/json-file the
-        # first event of each stream, since its head may be in the hole.
-        self.skip = frozenset({"*", "stdout", "stderr"} if self.r.fmt != "raw" else {"*"})
-        return data + nuls
+        # Landed inside an event: start after the first (cut) record, and for cri/json-file
+        # drop the first event of each stream too, since its head may be in the hole.
+        pos = data + nuls
+        streams = {"stdout", "stderr"} if self.r.fmt != "raw" else set()
+        d = self.r.delimiter
+        block = os.pread(self.fd, min(self.r.max_record, max(0, size - pos)), pos)
+        k = block.find(d)
+        if k >= 0:
+            self.skip = frozenset(streams)
+            return pos + k + len(d)
+        self.skip = frozenset(streams | {"*"})  # its end is not written yet: drop it later
+        return pos
 
     def seek(self, logical: int, skip: frozenset[str]) -> None:
         self.splitter.reset(logical)

@@ -261,3 +261,16 @@ def test_tail_with_pattern_scans_regions_backwards(tmp_path: Path, fmt: str, fra
         want = [e.seq for e in events if re.search(pattern.encode(), e.body)]
         for n in (1, 3, 40):
             assert seqs(read(info, pattern=pattern, tail_events=n)) == want[-n:], (pattern, n)
+
+
+def test_tail_reaching_into_a_stateless_hole_serves_whole_events_only(tmp_path: Path) -> None:
+    events = make_events(60, "raw")
+    info = build_stream(tmp_path, events, layout=(), punch=False)
+    fd = os.open(tmp_path / "app.log", os.O_RDWR)
+    try:
+        punch_hole(fd, 0, 4096)
+    finally:
+        os.close(fd)
+    whole = seqs(read(info))
+    assert whole == list(range(whole[0], 60)) and whole[0] > 0
+    assert seqs(read(info, tail_events=1000)) == whole
