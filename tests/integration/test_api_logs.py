@@ -266,3 +266,33 @@ def test_redos_pattern_returns_promptly(server: RunningServer, tmp_path: Path) -
         assert time.monotonic() - t0 < 3.0
     finally:
         server.registry.remove(key)
+
+
+def test_shutdown_with_a_follower_attached_leaks_nothing(tmp_path: Path) -> None:
+    import threading
+    registry = StreamRegistry()
+    registry.put(build_stream(tmp_path / "s", make_events(5, "raw"), layout=(),
+                              key=StreamKey("default", "p", "c")))
+    threads_before = threading.active_count()
+    fds_before = len(os.listdir("/proc/self/fd"))
+    srv = RunningServer(registry).__enter__()
+
+    async def follow_until_closed() -> bytes:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s, s.get(
+                srv.base + "/logs/default/p/c?follow=true") as r:
+            got = await r.content.readuntil(b"\n")
+            loop = asyncio.get_running_loop()
+            t0 = time.monotonic()
+            await loop.run_in_executor(None, srv.__exit__, None, None, None)
+            assert time.monotonic() - t0 < 5  # the follower ended at shutdown, not at a timeout
+            got += await r.read()  # the body ended cleanly: the server said goodbye
+            return got
+
+    got = asyncio.run(follow_until_closed())
+    assert body_seqs(got) == list(range(5))
+    for _ in range(50):
+        if threading.active_count() <= threads_before:
+            break
+        time.sleep(0.05)
+    assert threading.active_count() <= threads_before
+    assert len(os.listdir("/proc/self/fd")) <= fds_before + 1
