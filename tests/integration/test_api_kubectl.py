@@ -161,3 +161,14 @@ def test_errors_read_like_the_api_server(env: tuple[RunningServer, dict[str, str
     assert p.returncode == 1 and b"previous is not supported" in p.stderr
     p = kubectl(env, "get", "--raw", "/logs/shop/web/app?tailLines=oops")
     assert p.returncode == 1 and b"tailLines must be an integer" in p.stderr
+
+
+def test_all_containers_with_prefix_and_resource_syntax(
+        env: tuple[RunningServer, dict[str, str], Path]) -> None:
+    p = kubectl(env, "logs", "-n", "shop", "pod/web", "--all-containers", "--prefix", "--tail=1")
+    assert p.returncode == 0, p.stderr
+    lines = sorted(p.stdout.splitlines())
+    assert [ln.split(b" ", 1)[0] for ln in lines] == [b"[pod/web/app]", b"[pod/web/sidecar]"]
+    assert [parse_event(ln.split(b" ", 1)[1]) for ln in lines] == [399, 29]
+    p = kubectl(env, "get", "pods", "-n", "shop")
+    assert p.returncode == 0 and b"web" in p.stdout
