@@ -16,6 +16,7 @@ commands:
   serve          run the daemon (rotate, truncate and serve logging volumes)
   run            run a command, writing its output to a rotating log file
                  (drop-in for kube-log-runner; `kube-log-runner` is an alias)
+  driver         containerd binary:// log driver (also the `logvold-driver` script)
   check-config   validate a config file and print OK or every problem found
   version        print the version
 
@@ -33,6 +34,12 @@ def _run(argv: Sequence[str]) -> int:
     from logvold.runner.cli import main_run
 
     return main_run(argv, prog="logvold run")
+
+
+def _driver(argv: Sequence[str]) -> int:
+    from logvold.driver import main_driver
+
+    return main_driver(argv)
 
 
 def _check_config(argv: Sequence[str]) -> int:
@@ -63,6 +70,7 @@ def _version(argv: Sequence[str]) -> int:
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "serve": _serve,
     "run": _run,
+    "driver": _driver,
     "check-config": _check_config,
     "logs": _logs,
     "query": _query,

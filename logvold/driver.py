@@ -1,0 +1,160 @@
+"""`logvold driver`: a containerd `binary://` logger that writes a container's stdout and
+stderr through the rotating, event-preserving writer of `logvold run`.
+
+The shim (containerd's NewBinaryIO) starts us with the read ends of the container's
+stdout and stderr pipes on fds 3 and 4 and a pipe on fd 5 that the container's start
+waits on until we close it; env CONTAINER_ID / CONTAINER_NAMESPACE; the URI's query
+pairs as argv. When the task is deleted the shim closes its pipe ends and sends
+SIGTERM; we drain what is left and exit 0 (it kills us after 12 s otherwise).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, cast
+
+from logvold.driver_args import KEYS, DriverOptions, parse_driver_args
+from logvold.errors import LogvoldError, StreamError
+from logvold.fileio.rotating_writer import RotatingWriter
+from logvold.runner.process import _F_SETPIPE_SZ, CHUNK_BYTES, RunOptions, _pump
+
+if TYPE_CHECKING:
+    import subprocess
+
+STDOUT_FD = 3
+STDERR_FD = 4
+READY_FD = 5
+"""The shim waits for end of input on this pipe before it starts the container."""
+TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+USAGE = """\
+usage: logvold driver [key value ...]
+       logvold-driver [key value ...]   (for ctr run --log-uri binary:///path/to/logvold-driver?k=v)
+
+A containerd binary:// log driver: started by the shim with the container's
+stdout on fd 3, stderr on fd 4, a ready pipe on fd 5, and CONTAINER_ID /
+CONTAINER_NAMESPACE in the environment. Keys (the URI's query pairs):
+"""
+
+
+class _TaskEnd:
+    """Stands in for `logvold run`'s child in the shared pump: "exited" once the shim sent
+    SIGTERM, from when the pump drains what is left (to end of input, or until the pipes
+    stay silent for the pump's drain interval) and returns."""
+
+    def __init__(self) -> None:
+        self.signalled: int | None = None
+
+    def handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.signalled is None:
+            self.signalled = signum
+
+    def poll(self) -> int | None:
+        return None if self.signalled is None else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`logvold-driver`: the console script a `binary://` URI names (argv = query pairs)."""
+    return main_driver(sys.argv[1:] if argv is None else argv, prog="logvold-driver")
+
+
+def main_driver(argv: Sequence[str], *, prog: str = "logvold driver") -> int:
+    """Run the driver protocol; 0 after a clean drain, 2 for bad pairs, 1 if the file fails."""
+    # First of all, before anything could spawn a process: none of the shim's
+    # descriptors may outlive us in a child (an inherited fd 5 hangs `ctr run`).
+    inherited = [fd for fd in (STDOUT_FD, STDERR_FD, READY_FD) if _is_open(fd)]
+    for fd in inherited:
+        os.set_inheritable(fd, False)
+    if list(argv[:1]) in (["-h"], ["--help"]):
+        keys = "".join(f"  {key:<15} {text}\n" for key, text in KEYS.items())
+        sys.stdout.write(USAGE + keys)
+        return 0
+    ready = _ReadyPipe(READY_FD in inherited)
+    task_end = _TaskEnd()
+    previous = {sig: signal.signal(sig, task_end.handle) for sig in TERMINATING_SIGNALS}
+    try:
+        try:
+            opts = parse_driver_args(argv, os.environ)
+        except ValueError as exc:
+            sys.stderr.write(f"{prog}: {exc}\n")
+            ready.signal()  # never keep the container waiting, even when we give up
+            return 2
+        if STDOUT_FD not in inherited:
+            sys.stderr.write(
+                f"{prog}: fd {STDOUT_FD} (the container's stdout) is not open: "
+                "containerd's shim starts this program via --log-uri binary://\n"
+            )
+            ready.signal()
+            return 2
+        streams = {
+            fd: name
+            for fd, name in ((STDOUT_FD, "stdout"), (STDERR_FD, "stderr"))
+            if fd in inherited
+        }
+        return run_driver(opts, streams, task_end, ready)
+    except LogvoldError as exc:
+        sys.stderr.write(f"{prog}: {exc}\n")
+        return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_driver(
+    opts: DriverOptions, streams: dict[int, str], task_end: _TaskEnd, ready: _ReadyPipe
+) -> int:
+    """Open the log, tell the shim we are ready, pump until end of input or SIGTERM + drain."""
+    try:
+        try:
+            directory = Path(opts.path).parent
+            directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StreamError(
+                f"cannot create {directory}: {exc.strerror}", path=str(directory), op="mkdir"
+            ) from exc
+        writer = RotatingWriter(opts.path, opts.policy, sync_segments=False)
+    except BaseException:
+        ready.signal()
+        raise
+    try:
+        for fd in streams:
+            with contextlib.suppress(OSError):  # fewer, larger reads; 64 KiB also works
+                fcntl.fcntl(fd, _F_SETPIPE_SZ, CHUNK_BYTES)
+        ready.signal()
+        pump_opts = RunOptions(argv=(), log_file=opts.path, policy=opts.policy)
+        # The pump only asks its "child" whether it has exited (poll()).
+        _pump(streams, writer, cast("subprocess.Popen[bytes]", task_end), pump_opts)
+    finally:
+        for fd in streams:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        writer.close()
+    return 0
+
+
+class _ReadyPipe:
+    """fd 5: closed once, and only if the shim gave it (else the number may be a file of ours)."""
+
+    def __init__(self, inherited: bool) -> None:
+        self._open = inherited
+
+    def signal(self) -> None:
+        if self._open:
+            self._open = False
+            with contextlib.suppress(OSError):
+                os.close(READY_FD)
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        fcntl.fcntl(fd, fcntl.F_GETFD)
+    except OSError:
+        return False
+    return True
