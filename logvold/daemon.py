@@ -264,12 +264,11 @@ class Daemon:
 
     async def _triggers_loop(self) -> None:
         assert self.workers is not None
-        while True:
+        while not self._stop.is_set():
             self._dispatch_due()
             timeout = self.scheduler.next_wakeup_s()
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.01))
+            await _wait_event(self._wake, max(timeout, 0.01))
 
     def _dispatch_due(self) -> None:
         assert self.workers is not None
@@ -285,10 +284,9 @@ class Daemon:
 
     async def _reconcile_loop(self) -> None:
         next_full = time.monotonic() + self.config.rescan_interval_s
-        while True:
+        while not self._stop.is_set():
             timeout = max(0.0, next_full - time.monotonic())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._rescan.wait(), timeout=timeout)
+            await _wait_event(self._rescan, timeout)
             if self._rescan.is_set():
                 await asyncio.sleep(RESCAN_DEBOUNCE_S)
                 self._rescan.clear()
@@ -301,7 +299,7 @@ class Daemon:
             await self._reconcile(full=full)
 
     async def _reload_loop(self) -> None:
-        while True:
+        while not self._stop.is_set():
             await self._reload.wait()
             self._reload.clear()
             await self.reload()
@@ -657,6 +655,15 @@ def check_runtime(config: Config) -> None:
                                       f"must be one of {', '.join(LEVELS)}"))
     if problems:
         raise ConfigError(problems)
+
+
+async def _wait_event(event: asyncio.Event, timeout_s: float) -> None:
+    """Wait until `event` is set or `timeout_s` passed. asyncio.timeout, not wait_for:
+    Python 3.11's wait_for can swallow a cancellation that arrives as the event fires,
+    which would leave a stopping daemon waiting a whole rescan interval."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
 
 
 def _ssl_context(config: Config) -> ssl.SSLContext | None:
