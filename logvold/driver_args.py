@@ -17,8 +17,9 @@ from logvold.runner.cli import _choice, _delimiter, _positive_size, _rotate
 
 DEFAULT_ROOT = "/var/log/logvold"
 DEFAULT_PATH_TEMPLATE = "{root}/{namespace}/{id}/{id}.log"
-CRI_MAX_LINE_BYTES = 16 * 1024
-"""containerd's CRI `max_container_log_line_size` default: longer lines become P pieces."""
+MAX_LINE_BYTES = 16 * 1024
+"""Longer lines become P pieces (cri) or entries without a newline (json-file), like
+containerd's CRI `max_container_log_line_size` default and docker's 16 KiB copier buffer."""
 
 KEYS = {
     "root": "directory the default path is built under (default /var/log/logvold)",
@@ -31,7 +32,8 @@ KEYS = {
     "rotate": "also rotate each Hourly or Daily period (Never)",
     "compress": "rotated files: none, gzip, zstd; true = gzip, false = none (docker's json-file)",
     "delimiter": "end of an event for format raw, with escapes (\\n)",
-    "max-event-size": "longer events are cut (cri default 16Ki like containerd, else 1Mi)",
+    "max-event-size": "longer lines are cut into pieces (16Ki like containerd and docker; "
+    "raw: 1Mi)",
 }
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _COMPRESS = {"none": "none", "false": "none", "gzip": "gzip", "true": "gzip", "zstd": "zstd"}
@@ -104,7 +106,7 @@ def _policy(pairs: Mapping[str, str]) -> LogPolicy:
     rotate = check("rotate", "Never", _rotate)
     compress = check("compress", "none", _compression)
     delimiter = check("delimiter", "\\n", _delimiter)
-    default_event = str(CRI_MAX_LINE_BYTES) if fmt == "cri" else "1Mi"
+    default_event = "1Mi" if fmt == "raw" else str(MAX_LINE_BYTES)
     max_event = check("max-event-size", default_event, _positive_size)
     if fmt not in (None, "raw") and delimiter not in (None, b"\n"):
         problems.append(f"format {fmt} frames lines: delimiter must be \\n")

@@ -204,6 +204,8 @@ def test_sigterm_while_the_container_still_writes_drains_the_rest(
     for name, report in result.reports.items():
         assert report.ok, f"{name}: {report.summary()}"
     assert files > 3
+    assert result.partial_lines > 0, "docker splits lines past 16 KiB too"
+    assert result.longest_line_message <= 16 * 1024 + 1
     assert any(p.name.endswith(".gz") for p in stream_files(log_path)), "compress true = gzip"
 
 

@@ -32,6 +32,8 @@ from tests.support.events import (
     verify,
 )
 
+RUN_DIR = Path("/run/containerd")
+"""Fixed in containerd 1.6 whatever the config says: shim sockets (s/), runc state (runc/<ns>)."""
 PACKAGES = ("containerd", "runc", "busybox-static")
 TOOLS = ("containerd", "ctr", "runc", "containerd-shim-runc-v2")
 BUSYBOX = Path("/bin/busybox")
@@ -169,6 +171,8 @@ class Containerd:
     socket: Path
     process: subprocess.Popen[bytes]
     namespace: str
+    run_dir_existed: bool
+    """Whether /run/containerd (the shims' sockets, runc's state) was there before us."""
 
     def ctr_argv(self, *args: str) -> list[str]:
         return ["ctr", "-a", str(self.socket), "-n", self.namespace, *args]
@@ -226,7 +230,13 @@ def private_containerd(base: Path, namespace: str = "logvold-test") -> Iterator[
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    instance = Containerd(base=base, socket=socket, process=process, namespace=namespace)
+    instance = Containerd(
+        base=base,
+        socket=socket,
+        process=process,
+        namespace=namespace,
+        run_dir_existed=RUN_DIR.exists(),
+    )
     try:
         deadline = time.monotonic() + 20
         while instance.ctr("version", timeout_s=5).returncode != 0:
@@ -268,6 +278,12 @@ def _cleanup(instance: Containerd) -> None:
     with contextlib.suppress(subprocess.TimeoutExpired):
         instance.process.wait(timeout=10)
     _unmount_below(instance.base)
+    leftovers = [RUN_DIR / "runc" / instance.namespace]
+    if not instance.run_dir_existed:
+        leftovers += [RUN_DIR / "runc", RUN_DIR / "s", RUN_DIR]
+    for directory in leftovers:
+        with contextlib.suppress(OSError):  # only ever empty directories
+            directory.rmdir()
 
 
 def _unmount_below(base: Path) -> None:
