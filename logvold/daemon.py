@@ -14,26 +14,28 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import signal
-import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from logvold.core.budget import UsagePiece, budget_shares, clip_to_shares, combine_shares
-from logvold.core.retention import plan_retention
 from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
-from logvold.errors import ConfigError, ConfigProblem, LogvoldError, UsageError
-from logvold.fileio.usage import StreamUsage, group_segment_names, stream_usage
+from logvold.errors import ConfigError, LogvoldError, UsageError
 from logvold.logsetup import FORMATS, LEVELS, configure_logging
 from logvold.metrics import Metrics
 from logvold.scheduler import TriggerScheduler
+from logvold.serve_settings import (
+    ServeOptions,
+    check_runtime,
+    load_effective_config,
+    parse_listen,
+    ssl_context,
+)
 from logvold.static_source import StaticSource
+from logvold.survey import Survey, survey_streams
 from logvold.watcher import DirectoryWatcher, Hint
 from logvold.workers import RotatorFactory, StepOutcome, StepRequest, StreamWorkers
 
@@ -54,53 +56,6 @@ CONFIG_DEBOUNCE_S = 0.3
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ServeOptions:
-    """Command-line settings of `logvold serve`; they override the config file."""
-
-    config_path: str | None = None
-    listen: str | None = None
-    logs_dir: str | None = None
-    log_format: str | None = None
-    log_level: str | None = None
-    serve_http: bool = True
-    rotation_workers: int = 4
-    compression_workers: int = 2
-    hint_delay_s: float = 0.05
-    min_check_interval_s: float = 0.5
-
-
-def load_effective_config(options: ServeOptions) -> Config:
-    """The config file (or the built-in defaults) with the command-line overrides applied."""
-    from logvold.core.policy import VolumeSpec, default_config
-
-    if options.config_path is None:
-        config = default_config(options.logs_dir or "./logs")
-    else:
-        from logvold.config_file import load_config
-
-        config = load_config(options.config_path)
-        if options.logs_dir is not None:
-            if config.volumes:
-                raise UsageError("--logs-dir only applies when the config defines no volumes; "
-                                 "edit the volume paths in the config instead")
-            config = replace(config, volumes=(VolumeSpec(name="local", path=options.logs_dir),))
-    if options.listen is not None:
-        config = replace(config, server=replace(config.server, listen=options.listen))
-    if options.log_format is not None:
-        config = replace(config, log_format=options.log_format)  # type: ignore[arg-type]
-    if options.log_level is not None:
-        config = replace(config, log_level=options.log_level)
-    return config
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise UsageError(f"listen address {listen!r} must be HOST:PORT, e.g. 127.0.0.1:8642")
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - explicit ":PORT" means all
 
 
 def _default_rotator_factory() -> RotatorFactory:
@@ -307,89 +262,42 @@ class Daemon:
     # -- reconcile --------------------------------------------------------------------
 
     async def _reconcile(self, *, full: bool) -> None:
-        """Scan volumes into the registry; on a full pass, check every stream."""
+        """Scan volumes into the registry, survey the streams, submit what is due."""
         assert self.workers is not None
         volumes = None if full else set(self._rescan_volumes)
         self._rescan_volumes.clear()
         self._full_rescan = False
         await asyncio.to_thread(self.source.scan, volumes)
         self._refresh_watches()
-        budget = self._budget_pass or full
+        with_budgets = self._budget_pass or full
         self._budget_pass = False
-        plans = await asyncio.to_thread(self._retention_checks, budget)
+        infos = self.workers.infos()
+        config = self.config
+        survey = await asyncio.to_thread(
+            survey_streams, infos, now=self.clock(),
+            shares={i.key: self.workers.budget_share(i.key) for i in infos},
+            volume_budgets={v.name: v.max_total_size_bytes for v in config.volumes},
+            node_budget_bytes=config.node_max_total_size_bytes, with_budgets=with_budgets)
+        if survey.shares is not None:
+            self._apply_budget_shares(infos, survey)
         unstarted, self._unstarted = self._unstarted, set()
-        for key, (retention, size_due) in plans.items():
-            # The reconcile's own stat found a missed size trigger or retention work; a
+        for key, check in survey.checks.items():
+            # The survey's own stat found a missed size trigger or retention work; a
             # stream with neither costs no step (1,000 idle streams stay cheap).
-            if retention or size_due or key in unstarted:
-                self.workers.submit(key, StepRequest(check=size_due or key in unstarted,
-                                                     retention=retention or key in unstarted))
+            first = key in unstarted
+            if check.retention or check.size_due or first:
+                self.workers.submit(key, StepRequest(check=check.size_due or first,
+                                                     retention=check.retention or first))
         self.reconciles += 1
         self.metrics.streams.set(len(self.workers))
 
-    def _retention_checks(self, with_budgets: bool) -> dict[StreamKey, tuple[bool, bool]]:
-        """Per stream: (retention has work, size trigger due). Updates budget shares.
-
-        Runs in a worker thread: one listing per directory, a few stats per stream.
-        """
-        assert self.workers is not None
-        config = self.config
-        now = self.clock()
-        infos = [i for i in (self.workers.info(k) for k in self.workers) if i is not None]
-        listings: dict[Path, dict[str, list[str]]] = {}
-        usages: dict[StreamKey, StreamUsage] = {}
+    def _apply_budget_shares(self, infos: list[StreamInfo], survey: Survey) -> None:
+        assert self.workers is not None and survey.shares is not None
         for info in infos:
-            groups = listings.get(info.directory)
-            if groups is None:
-                try:
-                    names = os.listdir(info.directory)  # noqa: PTH208
-                except OSError:
-                    continue  # reported by the static scan
-                groups = listings[info.directory] = group_segment_names(names)
-            usages[info.key] = stream_usage(info.directory, info.base,
-                                            groups.get(info.base, []))
-        if with_budgets:
-            self._assign_budget_shares(config, infos, usages, now)
-        out: dict[StreamKey, tuple[bool, bool]] = {}
-        for info in infos:
-            usage = usages.get(info.key)
-            if usage is None:
-                continue
-            share = self.workers.budget_share(info.key)
-            plan = plan_retention(usage.segments, usage.active_live_bytes, info.policy, now,
-                                  extra_budget_bytes=None if share is None else max(share, 1))
-            max_size = info.policy.max_size_bytes
-            out[info.key] = (not plan.empty, 0 < max_size <= usage.active_live_bytes)
-        return out
-
-    def _assign_budget_shares(self, config: Config, infos: list[StreamInfo],
-                              usages: dict[StreamKey, StreamUsage], now: datetime) -> None:
-        assert self.workers is not None
-        pieces: dict[str, list[UsagePiece[StreamKey]]] = {}
-        for info in infos:
-            usage = usages.get(info.key)
-            if usage is None:
-                continue
-            mine = pieces.setdefault(info.volume, [])
-            mine.extend(UsagePiece(info.key, s.name.stamp, s.size_bytes) for s in usage.segments)
-            mine.append(UsagePiece(info.key, now, usage.active_live_bytes))
-        volume_budgets = {v.name: v.max_total_size_bytes for v in config.volumes}
-        volume_shares: dict[StreamKey, int] = {}
-        for volume, volume_pieces in pieces.items():
-            volume_budget = volume_budgets.get(volume, 0)
-            if volume_budget > 0:
-                volume_shares.update(budget_shares(volume_pieces, volume_budget))
-        shares = dict(volume_shares)
-        if config.node_max_total_size_bytes > 0:
-            every = [p for ps in pieces.values() for p in ps]
-            node = budget_shares(clip_to_shares(every, volume_shares),
-                                 config.node_max_total_size_bytes)
-            shares = combine_shares(volume_shares, node)
-        for info in infos:
-            share = shares.get(info.key)
+            share = survey.shares.get(info.key)
             old = self.workers.budget_share(info.key)
             self.workers.set_budget_share(info.key, share)
-            usage = usages.get(info.key)
+            usage = survey.usages.get(info.key)
             if share is not None and usage is not None and share < usage.total_bytes and (
                     old is None or share < old):
                 log.info("disk budget trims stream", extra={
@@ -553,7 +461,7 @@ class Daemon:
         digest = self._read_config_digest()
         try:
             new = await asyncio.to_thread(self._load_config, self.options)
-            self._check_runtime(new)
+            check_runtime(new)
         except (ConfigError, UsageError) as exc:
             self.reloads_failed += 1
             self.metrics.reloads.labels("error").inc()
@@ -590,9 +498,6 @@ class Daemon:
         log.info("config reloaded", extra={"config": new.source, "streams": len(self.registry)})
         return True
 
-    def _check_runtime(self, config: Config) -> None:
-        check_runtime(config)
-
     def _prepare_default_volume(self, config: Config) -> None:
         """The built-in `local` volume (no config file) is created if missing."""
         if self.options.config_path is not None and self.options.logs_dir is None:
@@ -626,7 +531,7 @@ class Daemon:
         app = build_app(config=config, registry=self.registry, metrics=self.metrics,
                         is_ready=self.is_ready)
         self._runner = await start_server(app, config.server.listen,
-                                          ssl_context=_ssl_context(config))
+                                          ssl_context=ssl_context(config))
 
     async def _restart_server(self, old: Config, new: Config) -> None:
         if self._runner is not None:
@@ -640,23 +545,6 @@ class Daemon:
             await self._start_server(old)
 
 
-def check_runtime(config: Config) -> None:
-    """Problems only the daemon can see (flags are checked before the file is read)."""
-    problems: list[ConfigProblem] = []
-    try:
-        parse_listen(config.server.listen)
-    except UsageError as exc:
-        problems.append(ConfigProblem(config.source, None, "server.listen", str(exc)))
-    if config.log_format not in FORMATS:
-        problems.append(ConfigProblem(config.source, None, "logFormat",
-                                      f"must be one of {', '.join(FORMATS)}"))
-    if config.log_level.lower() not in LEVELS:
-        problems.append(ConfigProblem(config.source, None, "logLevel",
-                                      f"must be one of {', '.join(LEVELS)}"))
-    if problems:
-        raise ConfigError(problems)
-
-
 async def _wait_event(event: asyncio.Event, timeout_s: float) -> None:
     """Wait until `event` is set or `timeout_s` passed. asyncio.timeout, not wait_for:
     Python 3.11's wait_for can swallow a cancellation that arrives as the event fires,
@@ -664,19 +552,6 @@ async def _wait_event(event: asyncio.Event, timeout_s: float) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout_s):
             await event.wait()
-
-
-def _ssl_context(config: Config) -> ssl.SSLContext | None:
-    server = config.server
-    if not server.tls_cert_file:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(server.tls_cert_file, server.tls_key_file or None)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError([ConfigProblem(config.source, None, "server.tlsCertFile",
-                                         f"cannot load certificate/key: {exc}")]) from exc
-    return context
 
 
 # -- command line -------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from logvold.core.layout import STATE_DIR_NAME
 from logvold.core.streams import StreamInfo, StreamKey
 from logvold.errors import StreamError
+from logvold.survey import budget_share_arg
 
 if TYPE_CHECKING:
     from logvold.metrics import Metrics
@@ -122,6 +123,9 @@ class StreamWorkers:
 
     def __iter__(self) -> Iterator[StreamKey]:
         return iter(list(self._slots))
+
+    def infos(self) -> list[StreamInfo]:
+        return [slot.info for slot in self._slots.values()]
 
     def info(self, key: StreamKey) -> StreamInfo | None:
         slot = self._slots.get(key)
@@ -279,9 +283,8 @@ class StreamWorkers:
             if slot.removed:
                 return
             check_safe(slot.info, slot.volume_root)
-            share = slot.budget_share
             self._rotator(slot).compress_pending(
-                extra_budget_bytes=None if share is None else max(share, 1))
+                extra_budget_bytes=budget_share_arg(slot.budget_share))
 
     # -- shutdown ----------------------------------------------------------------------
 

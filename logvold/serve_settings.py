@@ -1,0 +1,85 @@
+"""Settings of `logvold serve`: command-line options, the effective config (file or
+built-in defaults, then flag overrides) and the checks only the daemon makes."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, replace
+
+from logvold.config_file import load_config
+from logvold.core.policy import Config, VolumeSpec, default_config
+from logvold.errors import ConfigError, ConfigProblem, UsageError
+from logvold.logsetup import FORMATS, LEVELS
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeOptions:
+    """Command-line settings of `logvold serve`; they override the config file."""
+
+    config_path: str | None = None
+    listen: str | None = None
+    logs_dir: str | None = None
+    log_format: str | None = None
+    log_level: str | None = None
+    serve_http: bool = True
+    rotation_workers: int = 4
+    compression_workers: int = 2
+    hint_delay_s: float = 0.05
+    min_check_interval_s: float = 0.5
+
+
+def load_effective_config(options: ServeOptions) -> Config:
+    """The config file (or the built-in defaults) with the command-line overrides applied."""
+    if options.config_path is None:
+        config = default_config(options.logs_dir or "./logs")
+    else:
+        config = load_config(options.config_path)
+        if options.logs_dir is not None:
+            if config.volumes:
+                raise UsageError("--logs-dir only applies when the config defines no volumes; "
+                                 "edit the volume paths in the config instead")
+            config = replace(config, volumes=(VolumeSpec(name="local", path=options.logs_dir),))
+    if options.listen is not None:
+        config = replace(config, server=replace(config.server, listen=options.listen))
+    if options.log_format is not None:
+        config = replace(config, log_format=options.log_format)  # type: ignore[arg-type]
+    if options.log_level is not None:
+        config = replace(config, log_level=options.log_level)
+    return config
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"listen address {listen!r} must be HOST:PORT, e.g. 127.0.0.1:8642")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - explicit ":PORT" means all
+
+
+def check_runtime(config: Config) -> None:
+    """Problems only the daemon can see (flags are checked before the file is read)."""
+    problems: list[ConfigProblem] = []
+    try:
+        parse_listen(config.server.listen)
+    except UsageError as exc:
+        problems.append(ConfigProblem(config.source, None, "server.listen", str(exc)))
+    if config.log_format not in FORMATS:
+        problems.append(ConfigProblem(config.source, None, "logFormat",
+                                      f"must be one of {', '.join(FORMATS)}"))
+    if config.log_level.lower() not in LEVELS:
+        problems.append(ConfigProblem(config.source, None, "logLevel",
+                                      f"must be one of {', '.join(LEVELS)}"))
+    if problems:
+        raise ConfigError(problems)
+
+
+def ssl_context(config: Config) -> ssl.SSLContext | None:
+    server = config.server
+    if not server.tls_cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(server.tls_cert_file, server.tls_key_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError([ConfigProblem(config.source, None, "server.tlsCertFile",
+                                         f"cannot load certificate/key: {exc}")]) from exc
+    return context
