@@ -20,9 +20,11 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, cast
 
+from logvold.core.framing import Framer, make_framer
+from logvold.core.policy import LogPolicy
 from logvold.driver_args import KEYS, DriverOptions, parse_driver_args
 from logvold.errors import LogvoldError, StreamError
-from logvold.fileio.rotating_writer import RotatingWriter
+from logvold.fileio.rotating_writer import STREAMS, RotatingWriter
 from logvold.runner.process import _F_SETPIPE_SZ, CHUNK_BYTES, RunOptions, _pump
 
 if TYPE_CHECKING:
@@ -58,6 +60,41 @@ class _TaskEnd:
 
     def poll(self) -> int | None:
         return None if self.signalled is None else 0
+
+
+class _RawWholeEvents(RotatingWriter):
+    """format raw: stdout and stderr share one file, so each stream's bytes go in only up
+    to its own last event end; an event of one stream never has the other's bytes inside
+    (a held tail is bounded by maxEventSize, past which the framer cuts and counts it)."""
+
+    def __init__(self, path: str, policy: LogPolicy, *, sync_segments: bool) -> None:
+        super().__init__(path, policy, sync_segments=sync_segments)
+        self._tails: dict[str, tuple[Framer, bytearray]] = {
+            name: (make_framer("raw", policy.delimiter, policy.max_event_size_bytes), bytearray())
+            for name in STREAMS
+        }
+
+    def write(self, stream: str, data: bytes) -> None:
+        framer, held = self._tails[stream]
+        framer.last_boundary(data)
+        whole = len(held) + len(data) - framer.pending
+        if whole <= 0:
+            held += data
+            return
+        if held:
+            data = bytes(held) + data
+            held.clear()
+        super().write(stream, data[:whole])
+        held += data[whole:]
+
+    def close(self) -> None:
+        try:
+            for name, (_framer, held) in self._tails.items():
+                if held:  # the stream ended inside an event: keep what it wrote
+                    super().write(name, bytes(held))
+                    held.clear()
+        finally:
+            super().close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -119,7 +156,11 @@ def run_driver(
             raise StreamError(
                 f"cannot create {directory}: {exc.strerror}", path=str(directory), op="mkdir"
             ) from exc
-        writer = RotatingWriter(opts.path, opts.policy, sync_segments=False)
+        writer = (
+            _RawWholeEvents(opts.path, opts.policy, sync_segments=False)
+            if opts.policy.format == "raw" and len(streams) > 1
+            else RotatingWriter(opts.path, opts.policy, sync_segments=False)
+        )
     except BaseException:
         ready.signal()
         raise

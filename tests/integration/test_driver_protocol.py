@@ -316,3 +316,51 @@ def test_subcommand_flat_layout_is_served_by_the_daemon(tmp_path: Path, shims: l
                 expected=range(counts[name]),
             )
             assert report.ok, f"{name}: {report.summary()}"
+
+
+def test_raw_keeps_each_streams_events_whole_in_the_shared_file(
+    tmp_path: Path, shims: list[Shim]
+) -> None:
+    """Both pipes written at once in small chunks: in raw format the two streams share one
+    file, and no event may have the other stream's bytes inside it, even across rotation."""
+    counts = {"stdout": 4000, "stderr": 4000}
+    shim = spawn_like_shim(
+        ["root", str(tmp_path), "format", "raw", "delimiter", "\\x1e\\n",
+         "max-size", "64Ki", "max-file", "1000"],
+        container_id="c5", namespace="ns",
+    )  # fmt: skip
+    shims.append(shim)
+    shim.wait_ready()
+    writers = [
+        threading.Thread(target=write_small_chunks, args=(fd, events, seed), daemon=True)
+        for fd, events, seed in (
+            (shim.stdout_w, driver_events(counts["stdout"], stream="stdout", seed=41), 1),
+            (shim.stderr_w, driver_events(counts["stderr"], stream="stderr", seed=42), 2),
+        )
+    ]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=60)
+        assert not writer.is_alive()
+    code, stderr = shim.delete_task()
+    assert (code, stderr) == (0, "")
+
+    files = stream_files(tmp_path / "ns" / "c5" / "c5.log")
+    assert len(files) > 10
+    assert all(p.read_bytes().endswith(EVENT_DELIMITER) for p in files[:-1])
+    bodies = list(split_raw([read_segment(p) for p in files], EVENT_DELIMITER))
+    for name, tag in (("stdout", "O"), ("stderr", "R")):
+        mine = [b for b in bodies if not b.startswith(b"R#" if tag == "O" else b"O#")]
+        report = verify(mine, tag=tag, expected=range(counts[name]))
+        assert report.ok, f"{name}: {report.summary()}"
+
+
+def write_small_chunks(fd: int, data: bytes, seed: int) -> None:
+    """Chunks of 1 B - 300 B with tiny pauses, so the two streams' reads interleave."""
+    rng = random.Random(seed)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view[: rng.randint(1, 300)]) :]
+        if rng.random() < 0.01:
+            time.sleep(0.0005)
