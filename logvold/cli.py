@@ -17,6 +17,8 @@ commands:
   run            run a command, writing its output to a rotating log file
                  (drop-in for kube-log-runner; `kube-log-runner` is an alias)
   driver         containerd binary:// log driver (also the `logvold-driver` script)
+  logs           read a container stream from a running daemon ([NS/]POD/CONTAINER)
+  query          node log query (kubelet KEP-2258) against a running daemon
   check-config   validate a config file and print OK or every problem found
   version        print the version
 
