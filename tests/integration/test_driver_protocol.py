@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from logvold.driver_args import parse_driver_args
 from tests.e2e.serve_support import free_port, http_get, read_segment, running, write_config
 from tests.support.containerd import (
     EVENT_DELIMITER,
@@ -364,3 +365,23 @@ def write_small_chunks(fd: int, data: bytes, seed: int) -> None:
         view = view[os.write(fd, view[: rng.randint(1, 300)]) :]
         if rng.random() < 0.01:
             time.sleep(0.0005)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], {"format": "cri", "max_size_bytes": 10 * 2**20, "max_files": 4,
+              "max_event_size_bytes": 16 * 1024, "compress": "none", "rotate": "Never"}),
+        (["format", "json-file", "max-file", "3", "compress", "true", "max-size", "1M"],
+         {"format": "json-file", "max_files": 2, "compress": "gzip", "max_size_bytes": 10**6,
+          "max_event_size_bytes": 16 * 1024}),
+        (["format", "raw", "delimiter", "\\n\\n", "rotate", "hourly", "compress", "zstd"],
+         {"format": "raw", "delimiter": b"\n\n", "rotate": "Hourly", "compress": "zstd",
+          "max_event_size_bytes": 2**20}),
+    ],
+    ids=["defaults-like-the-kubelet", "nerdctl-json-file-names", "raw"],
+)  # fmt: skip
+def test_pairs_map_to_the_writer_policy(argv: list[str], expected: dict[str, object]) -> None:
+    opts = parse_driver_args(argv, {"CONTAINER_ID": "abc", "CONTAINER_NAMESPACE": "k8s.io"})
+    assert opts.path == "/var/log/logvold/k8s.io/abc/abc.log"
+    assert {key: getattr(opts.policy, key) for key in expected} == expected
