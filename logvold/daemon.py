@@ -1,6 +1,7 @@
-"""`logvold serve`: the daemon that rotates, truncates and serves static volumes.
+"""`logvold serve`: the daemon that rotates, truncates and serves logging volumes.
 
-Composition only: the config makes streams (static source -> registry), hints
+Composition only: the config makes streams (static source -> registry; pod
+discovery feeds the same registry when `kubernetes.enabled`), hints
 and period boundaries make steps (watcher, scheduler), steps run on bounded
 pools (workers), and the HTTP API serves the registry. The daemon is a set of
 named, guarded tasks: if one dies, all stop and the exit code says so. Signals
