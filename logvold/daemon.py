@@ -28,6 +28,7 @@ from logvold.errors import ConfigError, LogvoldError, UsageError
 from logvold.logsetup import FORMATS, LEVELS, configure_logging
 from logvold.metrics import Metrics
 from logvold.scheduler import TriggerScheduler
+from logvold.sdnotify import Notifier
 from logvold.serve_settings import (
     ServeOptions,
     check_runtime,
@@ -84,6 +85,8 @@ class Daemon:
         self.source = StaticSource(self.registry, self.metrics)
         self._rotator_factory = rotator_factory
         self._load_config = load_config
+        self.notifier = Notifier()
+        """systemd's notify socket (Type=notify unit): a no-op without $NOTIFY_SOCKET."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self.workers: StreamWorkers | None = None
         self.scheduler: TriggerScheduler[StreamKey] = TriggerScheduler(
@@ -139,6 +142,7 @@ class Daemon:
         if self.options.serve_http:
             await self._start_server(self.config)
         self._ready = True
+        self.notifier.ready(f"serving {len(self.workers)} streams")
         log.info("logvold serving", extra={
             "streams": len(self.workers), "volumes": len(self.config.volumes),
             "listen": self.config.server.listen if self.options.serve_http else "-",
@@ -151,6 +155,8 @@ class Daemon:
             "reconciler": self._reconcile_loop,
             "reloader": self._reload_loop,
         }
+        if self.notifier.watchdog_interval_s() is not None:
+            specs["watchdog"] = self._watchdog_loop
         for name, factory in specs.items():
             self._tasks[name] = asyncio.create_task(self._guard(name, factory), name=name)
         await self._stop.wait()
@@ -163,6 +169,7 @@ class Daemon:
     async def stop(self) -> None:
         """Finish the steps in flight (each writes its state), then close everything."""
         self._ready = False
+        self.notifier.stopping()
         if self.discovery is not None:
             await asyncio.to_thread(self.discovery.stop)
             self.discovery = None
@@ -258,7 +265,20 @@ class Daemon:
         while not self._stop.is_set():
             await self._reload.wait()
             self._reload.clear()
-            await self.reload()
+            self.notifier.reloading()
+            try:
+                await self.reload()
+            finally:
+                self.notifier.ready(f"serving {len(self.registry)} streams")
+
+    async def _watchdog_loop(self) -> None:
+        """WATCHDOG=1 from the event loop itself: a wedged loop stops the pings and
+        systemd restarts the daemon (WatchdogSec in the unit)."""
+        interval = self.notifier.watchdog_interval_s()
+        assert interval is not None
+        while not self._stop.is_set():
+            self.notifier.ping()
+            await _wait_event(self._stop, interval)
 
     # -- reconcile --------------------------------------------------------------------
 
@@ -531,6 +551,8 @@ class Daemon:
 
         app = build_app(config=config, registry=self.registry, metrics=self.metrics,
                         is_ready=self.is_ready)
+        if config.server.auth == "kubernetes":
+            app.middlewares.append(_kubernetes_auth(config))
         self._runner = await start_server(app, config.server.listen,
                                           ssl_context=ssl_context(config))
 
@@ -544,6 +566,17 @@ class Daemon:
             log.error("cannot start the HTTP server with the new config; restoring the old "
                       "listener", extra={"listen": new.server.listen, "error": str(exc)})
             await self._start_server(old)
+
+
+def _kubernetes_auth(config: Config) -> Any:
+    """TokenReview + SubjectAccessReview middleware; the API client is built at the
+    first request that needs a review, so starting needs no credentials yet."""
+    from logvold.discovery.apiclient import KubernetesApi, make_api_client, resolve_node_name
+    from logvold.server.auth import make_auth_middleware
+
+    return make_auth_middleware(
+        config.server, lambda: KubernetesApi(make_api_client(config.kubernetes)),
+        node_name=resolve_node_name(config.kubernetes.node_name))
 
 
 async def _wait_event(event: asyncio.Event, timeout_s: float) -> None:

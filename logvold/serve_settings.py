@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 from logvold.config_file import load_config
 from logvold.core.policy import Config, VolumeSpec, default_config
-from logvold.errors import ConfigError, ConfigProblem, UsageError
+from logvold.errors import ConfigError, ConfigProblem, LogvoldError, UsageError
 from logvold.logsetup import FORMATS, LEVELS
 
 
@@ -73,13 +73,11 @@ def check_runtime(config: Config) -> None:
 
 
 def ssl_context(config: Config) -> ssl.SSLContext | None:
-    server = config.server
-    if not server.tls_cert_file:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    """The listener's TLS context (None for plain HTTP); a bad cert/key is a config
+    problem naming the key, so `serve` exits 2 and a reload keeps the old listener."""
+    from logvold.server.auth import make_ssl_context
+
     try:
-        context.load_cert_chain(server.tls_cert_file, server.tls_key_file or None)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError([ConfigProblem(config.source, None, "server.tlsCertFile",
-                                         f"cannot load certificate/key: {exc}")]) from exc
-    return context
+        return make_ssl_context(config.server)
+    except LogvoldError as exc:
+        raise ConfigError([ConfigProblem(config.source, None, "server.tls", str(exc))]) from exc
