@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, cast
 
 from logvold.core.framing import Framer, make_framer
 from logvold.core.policy import LogPolicy
-from logvold.driver_args import KEYS, DriverOptions, parse_driver_args
+from logvold.driver_args import KEYS, MAX_LINE_BYTES, DriverOptions, parse_driver_args
 from logvold.errors import LogvoldError, StreamError
 from logvold.fileio.rotating_writer import STREAMS, RotatingWriter
 from logvold.runner.process import _F_SETPIPE_SZ, CHUNK_BYTES, RunOptions, _pump
@@ -159,7 +159,9 @@ def run_driver(
         writer = (
             _RawWholeEvents(opts.path, opts.policy, sync_segments=False)
             if opts.policy.format == "raw" and len(streams) > 1
-            else RotatingWriter(opts.path, opts.policy, sync_segments=False)
+            else RotatingWriter(
+                opts.path, opts.policy, sync_segments=False, max_line_bytes=MAX_LINE_BYTES
+            )
         )
     except BaseException:
         ready.signal()

@@ -106,8 +106,7 @@ def _policy(pairs: Mapping[str, str]) -> LogPolicy:
     rotate = check("rotate", "Never", _rotate)
     compress = check("compress", "none", _compression)
     delimiter = check("delimiter", "\\n", _delimiter)
-    default_event = "1Mi" if fmt == "raw" else str(MAX_LINE_BYTES)
-    max_event = check("max-event-size", default_event, _positive_size)
+    max_event = check("max-event-size", "1Mi", _positive_size)
     if fmt not in (None, "raw") and delimiter not in (None, b"\n"):
         problems.append(f"format {fmt} frames lines: delimiter must be \\n")
     if problems:

@@ -65,6 +65,9 @@ class RotatingWriter:
     compression run on one background thread, off the write path; close()
     waits for it. `on_rotate` is called (on the caller's thread) after each cut.
 
+    `max_line_bytes` (cri / json-file): longest line written; longer lines become
+    P pieces that never end a segment unless the event passes maxEventSize.
+
     `sync_segments`: fsync each closed segment and its directory, and the
     active file on close. Off, durability is the kernel's write-back - what
     `cmd >> file` and kube-log-runner give - and a 1 MiB rotation costs no
@@ -80,6 +83,7 @@ class RotatingWriter:
         on_rotate: Callable[[RotatedSegment], None] | None = None,
         background: bool = True,
         sync_segments: bool = True,
+        max_line_bytes: int | None = None,
     ) -> None:
         if policy.format != "raw" and policy.delimiter != b"\n":
             raise ValueError(f"format {policy.format} frames lines: the delimiter must be \\n")
@@ -93,6 +97,10 @@ class RotatingWriter:
         self._tz: tzinfo = UTC if policy.timezone == "UTC" else ZoneInfo(policy.timezone)
         self._max_size = policy.max_size_bytes
         self._max_event = policy.max_event_size_bytes
+        # cri / json-file: lines longer than this become P pieces (containerd's CRI
+        # writer uses 16 KiB). An event's pieces are written together, so a segment
+        # never ends inside an event below maxEventSize.
+        self._max_line = min(max_line_bytes or self._max_event, self._max_event)
         self._raw = policy.format == "raw"
         self._fd = -1
         self._splice_ok = True
@@ -170,7 +178,8 @@ class RotatingWriter:
     @property
     def at_boundary(self) -> bool:
         """True when the active file ends with a whole event (or is empty)."""
-        # cri / json-file: unfinished lines are held, not written, so every line end is one.
+        # cri / json-file: unfinished events are held (up to maxEventSize) and an
+        # event's lines are written together, so every write ends at a boundary.
         return not self._raw or (not self._stale and self._framer.pending == 0)
 
     def write(self, stream: str, data: bytes) -> None:
@@ -346,9 +355,10 @@ class RotatingWriter:
     # ----------------------------------------------------- cri / json-file
 
     def _write_lines(self, stream: str, data: bytes) -> None:
-        """Encode whole lines as F lines; hold an unfinished line up to maxEventSize bytes,
-        then write it on as P pieces. Only over-long events have P pieces, and those
-        may be cut anyway, so every line end in the file is a place to rotate."""
+        """Encode each whole line as one event: P pieces of at most `max_line_bytes`,
+        then the F rest. Hold an unfinished line up to maxEventSize bytes; past that
+        it is cut (counted as split) and written on as P pieces. Between events is
+        always a place to rotate."""
         held = self._held.get(stream)
         if held is None:
             raise ValueError(f"unknown stream {stream!r}: use stdout or stderr")
@@ -365,9 +375,7 @@ class RotatingWriter:
                 held += data[pos:]
                 while len(held) > limit:
                     self._split_base += 1
-                    self._emit_line(
-                        out, self._encode(stream, bytes(held[:limit]), full=False, ts=ts)
-                    )
+                    self._emit_event(out, stream, bytes(held[:limit]), ts, full=False)
                     del held[:limit]
                 break
             if held:
@@ -378,15 +386,23 @@ class RotatingWriter:
             pos = nl + 1
             while len(msg) > limit:
                 self._split_base += 1
-                self._emit_line(out, self._encode(stream, msg[:limit], full=False, ts=ts))
+                self._emit_event(out, stream, msg[:limit], ts, full=False)
                 msg = msg[limit:]
-            self._emit_line(out, self._encode(stream, msg, full=True, ts=ts))
+            self._emit_event(out, stream, msg, ts, full=True)
         if out:
             self._append(out)
 
-    def _emit_line(self, out: bytearray, line: bytes) -> None:
-        """Queue one encoded line; rotate after it when a trigger is due."""
-        out += line
+    def _emit_event(self, out: bytearray, stream: str, msg: bytes, ts: int, *, full: bool) -> None:
+        """Queue one event (or, with full=False, the cut-off head of an over-long one)
+        as P pieces of `max_line_bytes` plus the F rest; rotate after it when due."""
+        line = self._max_line
+        last = len(msg) - line if full else len(msg)
+        start = 0
+        while start < last:
+            out += self._encode(stream, msg[start : start + line], full=False, ts=ts)
+            start += line
+        if full:
+            out += self._encode(stream, msg[start:], full=True, ts=ts)
         if self._due is None and self._max_size and self._size + len(out) >= self._max_size:
             self._due = "size"
         if self._due is not None:

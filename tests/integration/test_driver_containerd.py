@@ -171,19 +171,7 @@ def test_task_killed_and_deleted_while_running_drains_and_exits(
         assert report.ok, f"{name}: {report.summary()}"
 
 
-LONG_LINES_ACROSS_SEGMENTS = (
-    "reader: a CRI P piece that ends a segment is not joined with the F line that starts "
-    "the next one (the writer may cut there: a line past max-event-size, 16 KiB for the "
-    "driver's CRI format, counts as a split event); the files themselves hold every event"
-)
-
-
-@pytest.mark.parametrize(
-    "long_lines",
-    [False, pytest.param(True, marks=pytest.mark.xfail(strict=True,
-                                                       reason=LONG_LINES_ACROSS_SEGMENTS))],
-    ids=["lines-under-16KiB", "lines-over-16KiB"],
-)  # fmt: skip
+@pytest.mark.parametrize("long_lines", [False, True], ids=["lines-under-16KiB", "lines-over-16KiB"])
 def test_flat_layout_is_served_to_logvold_logs_and_kubectl(
     containerd: Containerd, tmp_path: Path, long_lines: bool
 ) -> None:
