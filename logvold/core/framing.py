@@ -54,7 +54,30 @@ def _check_max(max_event_size: int, minimum: int) -> None:
         )
 
 
-class RawFramer:
+class _OffsetFramer:
+    """What every framer shares: absolute offsets, and feed() on top of _scan()."""
+
+    _offset: int  # bytes fed so far
+    _start: int  # absolute offset where the current (incomplete) event starts
+
+    @property
+    def offset(self) -> int:
+        return self._offset
+
+    @property
+    def pending(self) -> int:
+        return self._offset - self._start
+
+    def feed(self, chunk: bytes) -> list[int]:
+        ends: list[int] = []
+        self._scan(chunk, ends)
+        return ends
+
+    def _scan(self, chunk: bytes, ends: list[int]) -> None:
+        raise NotImplementedError
+
+
+class RawFramer(_OffsetFramer):
     """Events end at a delimiter (any bytes, also multi-byte and self-overlapping).
 
     Matching is leftmost-first and non-overlapping from the start of each event,
@@ -80,21 +103,8 @@ class RawFramer:
         self._overlapping = _has_border(self.delimiter)
 
     @property
-    def offset(self) -> int:
-        return self._offset
-
-    @property
-    def pending(self) -> int:
-        return self._offset - self._start
-
-    @property
     def buffered_bytes(self) -> int:
         return len(self._carry)
-
-    def feed(self, chunk: bytes) -> list[int]:
-        ends: list[int] = []
-        self._scan(chunk, ends)
-        return ends
 
     def last_boundary(self, chunk: bytes) -> int | None:
         n = len(chunk)
@@ -288,7 +298,7 @@ def classify_json_line(line: bytes | None) -> int:
     return bit if log.endswith("\n") else bit | _PARTIAL
 
 
-class LineFramer:
+class LineFramer(_OffsetFramer):
     """Framer for line formats where partial lines join the next line of their stream.
 
     A line ends at b"\\n". An event ends after a line when no stream (stdout,
@@ -322,21 +332,8 @@ class LineFramer:
         self._line_len = 0  # full length of the current incomplete line
 
     @property
-    def offset(self) -> int:
-        return self._offset
-
-    @property
-    def pending(self) -> int:
-        return self._offset - self._start
-
-    @property
     def buffered_bytes(self) -> int:
         return len(self._line)
-
-    def feed(self, chunk: bytes) -> list[int]:
-        ends: list[int] = []
-        self._scan(chunk, ends)
-        return ends
 
     def last_boundary(self, chunk: bytes) -> int | None:
         n = len(chunk)
