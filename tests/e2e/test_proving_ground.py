@@ -37,9 +37,8 @@ from tests.e2e.serve_support import free_port, http_get, stream_bytes, wait_for
 from tests.support.events import decode_cri, decode_json_file, split_raw, verify
 from tests.support.format_writer import encode_event
 
-pytestmark = pytest.mark.slow
-
 FULL = os.environ.get("LOGVOLD_E2E_FULL") == "1"
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600 if FULL else 300)]
 TOTAL_BYTES = 2**30 if FULL else 64 * 2**20
 KILLS = 20 if FULL else 5
 WRITE_S = 600.0 if FULL else 30.0
