@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,7 +183,8 @@ def bench_all(src: Path, work: Path, total_events: int, rotate: int,
     else:
         rows.append(Row("kube-log-runner", note="not on PATH (skipped)"))
 
-    for name, argv_of, pieces_of in (
+    line_tools: list[tuple[str, Callable[[Path], list[str]],
+                           Callable[[Path], list[tuple[Path, int]]]]] = [
         ("multilog", lambda d: ["multilog", f"s{rotate}", "n100000", str(d)],
          daemontools_pieces),
         ("s6-log", lambda d: ["s6-log", "-b", "n100000", f"s{rotate}", str(d)],
@@ -191,7 +193,8 @@ def bench_all(src: Path, work: Path, total_events: int, rotate: int,
         ("rotatelogs", lambda d: ["rotatelogs", "-n", "100000", str(d / "app.log"),
                                   f"{rotate // 1024}K"],
          lambda d: [(d / "app.log", 0)] + [(p, 0) for p in numbered(d, r"app\.log\.(\d+)")]),
-    ):
+    ]
+    for name, argv_of, pieces_of in line_tools:
         if shutil.which(name) is None:
             rows.append(Row(name, note="not installed (skipped)"))
             continue
