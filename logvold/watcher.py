@@ -120,6 +120,7 @@ class DirectoryWatcher:
         """
         if self._observer is None:
             raise RuntimeError("DirectoryWatcher.start() was not called")
+        self._revive_if_dead()
         wanted = {str(d) for d in directories}
         for path in list(self._watches):
             if path not in wanted:
@@ -135,6 +136,23 @@ class DirectoryWatcher:
             except OSError as exc:
                 failed[path] = exc
         return failed
+
+    def _revive_if_dead(self) -> None:
+        """Restart the observer if one of watchdog's threads died (an exception inside
+        watchdog itself, not in our handler, ends it silently): report it, then watch
+        everything again, so hints do not quietly degrade to the slow rescan."""
+        observer = self._observer
+        emitters = list(getattr(observer, "emitters", ()))
+        if observer.is_alive() and all(e.is_alive() for e in emitters):
+            return
+        if self._on_error is not None:
+            self._on_error("", RuntimeError("a watchdog thread died; restarting the observer"))
+        try:
+            observer.stop()
+        except Exception as exc:  # a broken observer must not stop the restart
+            log.debug("stopping the dead observer failed", extra={"error": repr(exc)})
+        self._watches.clear()
+        self.start()
 
     def _deliver(self, hint: Hint) -> None:
         # A `modified` hint stays pending until the consumer has looked at the
