@@ -145,7 +145,12 @@ def test_task_killed_and_deleted_while_running_drains_and_exits(
     log_path = root / containerd.namespace / cid / f"{cid}.log"
 
     def log_lines() -> list[bytes]:
-        return b"".join(read_segment(p) for p in stream_files(log_path)).split(b"\n")
+        # Polled while the driver rotates: a listed file may be renamed (or the active
+        # file not yet made again) before it is read; that poll just tries again.
+        try:
+            return b"".join(read_segment(p) for p in stream_files(log_path)).split(b"\n")
+        except FileNotFoundError:
+            return []
 
     deadline = time.monotonic() + 20
     while not any(line.endswith(b" stdout F written") for line in log_lines()):
