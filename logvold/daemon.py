@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
+import math
 import signal
 import sys
 import time
@@ -112,6 +114,8 @@ class Daemon:
         self._config_watch_paths: frozenset[str] = frozenset()
         self._config_check_pending = False
         self._watch_problems: set[str] = set()
+        self._terminated: dict[StreamKey, float] = {}
+        """Streams of pods that went away -> monotonic time to drop them (maxAge)."""
         self._ready = False
         self._failed_task: str | None = None
         self.reconciles = 0
@@ -289,6 +293,8 @@ class Daemon:
         self._rescan_volumes.clear()
         self._full_rescan = False
         await asyncio.to_thread(self.source.scan, volumes)
+        if full:
+            self._expire_terminated()
         self._refresh_watches()
         with_budgets = self._budget_pass or full
         self._budget_pass = False
@@ -348,7 +354,10 @@ class Daemon:
         old = self.workers.info(info.key)
         if old is not None:
             self._path_index.pop(str(old.active_path), None)
+        if action == "removed" and old is not None and self._finalise(info):
+            return
         if action == "removed":
+            self._terminated.pop(info.key, None)
             if old is not None:
                 self.workers.remove(info.key)
                 self.scheduler.remove(info.key)
@@ -374,6 +383,36 @@ class Daemon:
                 if action == "updated":  # limits may have shrunk
                     self._rescan.set()
         self.metrics.streams.set(len(self.workers))
+
+    def _finalise(self, info: StreamInfo) -> bool:
+        """A discovered stream whose pod went away: cut its last whole events into a
+        segment and keep serving it, marked terminated, until maxAge passes or its
+        directory goes (the kubelet deletes emptyDirs). False: remove it now."""
+        if (info.source == "static" or info.source.endswith(TERMINATED_SUFFIX)
+                or self._stop.is_set() or not info.directory.is_dir()):
+            return False
+        assert self.workers is not None
+        max_age_s = info.policy.max_age_s
+        self._terminated[info.key] = time.monotonic() + max_age_s if max_age_s > 0 else math.inf
+        self._path_index[str(info.active_path)] = info.key
+        self.workers.submit(info.key, StepRequest(reason="final", retention=True))
+        self.registry.put(dataclasses.replace(
+            info, source=info.source + TERMINATED_SUFFIX,
+            annotations={**info.annotations, "logvold.io/terminated": self.clock().isoformat()}))
+        log.info("stream finalised; served until maxAge or until its files go",
+                 extra={"stream": str(info.key), "maxAge": max_age_s or "unlimited"})
+        return True
+
+    def _expire_terminated(self) -> None:
+        """Drop finalised streams past their maxAge or whose directory is gone."""
+        now = time.monotonic()
+        for key, deadline in list(self._terminated.items()):
+            info = self.registry.get(key)
+            if info is None or not info.source.endswith(TERMINATED_SUFFIX):
+                del self._terminated[key]  # the pod came back: discovery owns it again
+            elif now >= deadline or not info.directory.is_dir():
+                del self._terminated[key]
+                self.registry.remove(key)
 
     def _under_budget(self, info: StreamInfo) -> bool:
         return self.config.node_max_total_size_bytes > 0 or any(
@@ -566,6 +605,10 @@ class Daemon:
             log.error("cannot start the HTTP server with the new config; restoring the old "
                       "listener", extra={"listen": new.server.listen, "error": str(exc)})
             await self._start_server(old)
+
+
+TERMINATED_SUFFIX = "-terminated"
+"""Appended to a stream's source once its pod is gone (see Daemon._finalise)."""
 
 
 def _kubernetes_auth(config: Config) -> Any:

@@ -176,16 +176,33 @@ def _fdinfo_flags(path: Path) -> int | None:
     return None
 
 
+def _probe_file(directory: Path) -> int:
+    """An anonymous file in `directory`: O_TMPFILE never has a name, so a kill -9 leaves
+    nothing behind. Without O_TMPFILE, a named file unlinked at once, after removing
+    the probes of processes that died between those two steps."""
+    try:
+        return os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+            raise
+    for stale in directory.glob(".logvold-punch-probe.*.tmp"):
+        pid = stale.name.split(".")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            stale.unlink(missing_ok=True)
+    probe = directory / f".logvold-punch-probe.{os.getpid()}.tmp"
+    fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    probe.unlink()
+    return fd
+
+
 def punch_supported(directory: Path) -> bool:
     """Whether PUNCH_HOLE works on the filesystem of `directory` (tried on a temp file).
 
     Raises OSError when the probe itself cannot run (ENOSPC, EROFS, EACCES): that says
     nothing about the filesystem, so the caller retries later instead of deciding.
     """
-    probe = directory / f".logvold-punch-probe.{os.getpid()}.tmp"
-    fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    fd = _probe_file(directory)
     try:
-        probe.unlink()
         block = max(os.fstat(fd).st_blksize, 4096)
         os.write(fd, b"x" * 2 * block)
         try:

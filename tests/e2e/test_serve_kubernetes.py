@@ -1,45 +1,98 @@
 """`logvold serve` with pod discovery on: streams declared by a pod annotation
-(via a loopback API server speaking the real wire format) are rotated by the
-daemon like static ones, and leave when the pod goes."""
+(via a loopback API server speaking the real wire format; no kube-apiserver can
+be installed here, the `kubernetes` client is real) are rotated by the daemon
+like static ones, read back whole by `logvold logs` and the real kubectl, and
+finalised when the pod goes: a last rotation, still served (marked terminated)
+until the kubelet deletes the emptyDir, then removed."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from logvold.core.layout import segments_of
-from tests.e2e.serve_support import free_port, http_get, metric, running, wait_for
-from tests.support.events import event_stream
+from tests.e2e.serve_support import ROOT, free_port, http_get, metric, running, wait_for, writer
+from tests.support.events import split_raw, verify
 from tests.support.fake_kube_api import make_pod, running_fake_api
 
 pytestmark = pytest.mark.slow
 NODE = "node-a"
+KUBECTL = Path(sys.executable).parent / "kubectl"
+COUNT = 600
 
 
-def test_annotated_pod_streams_are_rotated_and_removed(tmp_path: Path) -> None:
+def _logvold_logs(port: int) -> bytes:
+    return subprocess.run(
+        [sys.executable, "-m", "logvold", "logs", "default/web/app",
+         "--url", f"http://127.0.0.1:{port}"],
+        check=True, capture_output=True, timeout=30, cwd=ROOT).stdout
+
+
+def _kubectl_logs(port: int) -> bytes:
+    return subprocess.run(
+        [str(KUBECTL), "--server", f"http://127.0.0.1:{port}", "logs", "web", "-c", "app"],
+        check=True, capture_output=True, timeout=30).stdout
+
+
+def _listing(port: int) -> list[dict[str, object]]:
+    code, body = http_get(f"http://127.0.0.1:{port}/logs/")
+    assert code == 200
+    items: list[dict[str, object]] = json.loads(body)["items"]
+    return items
+
+
+def test_annotated_pod_streams_are_rotated_served_and_finalised(tmp_path: Path) -> None:
     kubelet = tmp_path / "kubelet"
     port = free_port()
     with running_fake_api() as api:
         kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
         api.add_pod(make_pod("web", node=NODE, uid="uid-web",
-                             annotation="logs:\n  app: {maxSize: 16Ki, subDir: app}\n"))
-        directory = kubelet / "pods/uid-web/volumes/kubernetes.io~empty-dir/logs/app"
+                             annotation="logs:\n  app: {maxSize: 16Ki, maxFiles: 0, "
+                                        "delimiter: '\\n\\n', subDir: app}\n"))
+        pod_dir = kubelet / "pods/uid-web"
+        directory = pod_dir / "volumes/kubernetes.io~empty-dir/logs/app"
         directory.mkdir(parents=True)
         cfg = tmp_path / "cfg.yaml"
         cfg.write_text(f"server: {{listen: '127.0.0.1:{port}'}}\n"
+                       "rescanInterval: 1s\n"
                        f"kubernetes: {{enabled: true, nodeName: {NODE}, "
                        f"kubeletRoot: {json.dumps(str(kubelet))}, "
                        f"kubeconfig: {json.dumps(str(kubeconfig))}}}\n")
         with running(["--config", str(cfg)], tmp_path / "daemon.log") as daemon:
             wait_for(lambda: metric(port, "logvold_streams") == 1, 10, "the pod's stream")
-            (directory / "app.log").write_bytes(b"".join(event_stream(300)))  # ~50 KB
-            wait_for(lambda: segments_of("app.log", os.listdir(directory)), 10, "a rotation")
-            code, body = http_get(f"http://127.0.0.1:{port}/logs/default/web/app")
-            assert code == 200 and body == b"".join(event_stream(300))
+            proc = writer(directory / "app.log", count=COUNT, rate=400, max_chunk=4096)
+            assert proc.wait(60) == 0
+            wait_for(lambda: segments_of("app.log", os.listdir(directory)), 15,
+                     "rotations by the pod's policy")
+            for read in (_logvold_logs, _kubectl_logs):
+                report = verify(split_raw([read(port)], b"\n\n"), expected=range(COUNT))
+                assert report.ok and report.seen == COUNT, (read.__name__, report.summary())
+
+            # A tail below maxSize: only the final rotation puts it in a segment.
+            assert writer(directory / "app.log", count=20, start=COUNT, seed=2).wait(60) == 0
+            wait_for(lambda: verify(split_raw([_logvold_logs(port)], b"\n\n")).seen == COUNT + 20,
+                     10, "the tail served")
+            segments_before = len(segments_of("app.log", os.listdir(directory)))
             api.delete_pod("uid-web")
+            wait_for(lambda: any(i["source"] == "kubernetes-terminated" for i in _listing(port)),
+                     10, "the stream marked terminated")
+            # The last rotation leaves no whole event behind in the active file.
+            wait_for(lambda: metric(port, "logvold_rotations_total",
+                                    {"reason": "final"}) >= 1, 10, "the final rotation")
+            assert len(segments_of("app.log", os.listdir(directory))) == segments_before + 1
+            report = verify(split_raw([_logvold_logs(port)], b"\n\n"), expected=range(COUNT + 20))
+            assert report.ok and report.seen == COUNT + 20, report.summary()
+            [item] = _listing(port)
+            assert "logvold.io/terminated" in item["annotations"]  # type: ignore[operator]
+
+            shutil.rmtree(pod_dir)  # what the kubelet does with the pod's emptyDirs
             wait_for(lambda: metric(port, "logvold_streams") == 0, 10, "the stream removed")
+            assert _listing(port) == []
             assert daemon.stop() == 0
         assert "Traceback" not in daemon.log_text()
