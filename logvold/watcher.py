@@ -142,8 +142,17 @@ class DirectoryWatcher:
         watchdog itself, not in our handler, ends it silently): report it, then watch
         everything again, so hints do not quietly degrade to the slow rescan."""
         observer = self._observer
-        emitters = list(getattr(observer, "emitters", ()))
-        if observer.is_alive() and all(e.is_alive() for e in emitters):
+        dead = [e for e in getattr(observer, "emitters", ()) if not e.is_alive()]
+        gone = [e for e in dead if not Path(e.watch.path).is_dir()]
+        for emitter in gone:  # its directory was deleted: the emitter ended by design
+            path = os.fsdecode(emitter.watch.path)
+            watch = self._watches.pop(path, None)
+            if watch is not None:
+                try:
+                    observer.unschedule(watch)
+                except (KeyError, OSError) as exc:
+                    log.debug("unschedule failed", extra={"path": path, "error": str(exc)})
+        if observer.is_alive() and len(gone) == len(dead):
             return
         if self._on_error is not None:
             self._on_error("", RuntimeError("a watchdog thread died; restarting the observer"))

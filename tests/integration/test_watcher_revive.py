@@ -38,3 +38,40 @@ def test_dead_emitter_is_reported_and_replaced(tmp_path: Path) -> None:
     errors, hints = asyncio.run(scenario())
     assert errors == ["a watchdog thread died; restarting the observer"]
     assert any(h.path.endswith("new.log") for h in hints)
+
+
+def test_deleted_directory_is_no_error_and_is_watched_again_when_back(tmp_path: Path) -> None:
+    async def scenario() -> tuple[list[str], list[Hint]]:
+        loop = asyncio.get_running_loop()
+        hints: list[Hint] = []
+        errors: list[str] = []
+        got = asyncio.Event()
+
+        def sink(hint: Hint) -> None:
+            hints.append(hint)
+            got.set()
+
+        watched = tmp_path / "pod"
+        watched.mkdir()
+        watcher = DirectoryWatcher(loop, sink, on_error=lambda path, exc: errors.append(str(exc)))
+        watcher.start()
+        try:
+            assert watcher.set_directories([watched]) == {}
+            watched.rmdir()  # the kubelet removes a pod's emptyDir
+            for _ in range(100):  # its emitter ends by itself
+                if not any(e.is_alive() for e in watcher._observer.emitters):
+                    break
+                await asyncio.sleep(0.05)
+            assert watcher.set_directories([watched])  # missing: reported as failed, retried
+            watched.mkdir()
+            assert watcher.set_directories([watched]) == {}
+            got.clear()
+            (watched / "again.log").write_bytes(b"x\n")
+            await asyncio.wait_for(got.wait(), 10)
+            return errors, hints
+        finally:
+            watcher.stop()
+
+    errors, hints = asyncio.run(scenario())
+    assert errors == []
+    assert any(h.path.endswith("again.log") for h in hints)
