@@ -12,11 +12,13 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from logvold.core.layout import segments_of
+from logvold.fileio.state import load_state
 from tests.e2e.serve_support import ROOT, free_port, http_get, metric, running, wait_for, writer
 from tests.support.events import split_raw, verify
 from tests.support.fake_kube_api import make_pod, running_fake_api
@@ -38,6 +40,16 @@ def _kubectl_logs(port: int) -> bytes:
     return subprocess.run(
         [str(KUBECTL), "--server", f"http://127.0.0.1:{port}", "logs", "web", "-c", "app"],
         check=True, capture_output=True, timeout=30).stdout
+
+
+def _live_bytes(directory: Path, after_s: float = 0.0) -> int:
+    """Bytes of the active file not yet cut into segments (logical size - committed)."""
+    time.sleep(after_s)
+    state = load_state(directory, "app.log")
+    size = (directory / "app.log").stat().st_size
+    if state is None:
+        return size
+    return size + state.collapsed_bytes - state.committed_offset
 
 
 def _listing(port: int) -> list[dict[str, object]]:
@@ -78,14 +90,20 @@ def test_annotated_pod_streams_are_rotated_served_and_finalised(tmp_path: Path) 
             assert writer(directory / "app.log", count=20, start=COUNT, seed=2).wait(60) == 0
             wait_for(lambda: verify(split_raw([_logvold_logs(port)], b"\n\n")).seen == COUNT + 20,
                      10, "the tail served")
+            # Whatever a size rotation did not take is what the final rotation must cut.
+            wait_for(lambda: _live_bytes(directory) == _live_bytes(directory, after_s=1.0), 15,
+                     "the daemon to settle")
+            live_before = _live_bytes(directory)
             segments_before = len(segments_of("app.log", os.listdir(directory)))
             api.delete_pod("uid-web")
             wait_for(lambda: any(i["source"] == "kubernetes-terminated" for i in _listing(port)),
                      10, "the stream marked terminated")
             # The last rotation leaves no whole event behind in the active file.
-            wait_for(lambda: metric(port, "logvold_rotations_total",
-                                    {"reason": "final"}) >= 1, 10, "the final rotation")
-            assert len(segments_of("app.log", os.listdir(directory))) == segments_before + 1
+            wait_for(lambda: _live_bytes(directory) == 0, 15, "the final rotation")
+            new_segments = 1 if live_before else 0
+            assert metric(port, "logvold_rotations_total", {"reason": "final"}) == new_segments
+            segments_after = len(segments_of("app.log", os.listdir(directory)))
+            assert segments_after == segments_before + new_segments
             report = verify(split_raw([_logvold_logs(port)], b"\n\n"), expected=range(COUNT + 20))
             assert report.ok and report.seen == COUNT + 20, report.summary()
             [item] = _listing(port)
