@@ -101,6 +101,8 @@ class RotatingWriter:
         # writer uses 16 KiB). An event's pieces are written together, so a segment
         # never ends inside an event below maxEventSize.
         self._max_line = min(max_line_bytes or self._max_event, self._max_event)
+        self._cri_prefix_key: tuple[str, int] | None = None
+        self._cri_prefix: tuple[bytes, bytes] = (b"", b"")
         self._raw = policy.format == "raw"
         self._fd = -1
         self._splice_ok = True
@@ -415,7 +417,13 @@ class RotatingWriter:
 
     def _encode(self, stream: str, msg: bytes, *, full: bool, ts: int) -> bytes:
         if self.policy.format == "cri":
-            return encode_cri_line(stream, ts, msg, partial=not full)
+            # One write() stamps all its lines with one time: format it once, not per
+            # line (the same bytes encode_cri_line makes; msg never holds a newline).
+            if self._cri_prefix_key != (stream, ts):
+                head = encode_cri_line(stream, ts, b"")[:-3]  # "<time> <stream> "
+                self._cri_prefix = (head + b"P ", head + b"F ")
+                self._cri_prefix_key = (stream, ts)
+            return self._cri_prefix[full] + msg + b"\n"
         return encode_json_entry(stream, ts, msg + b"\n" if full else msg)
 
     # ----------------------------------------------------------- rotation
