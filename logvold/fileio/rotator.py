@@ -523,15 +523,24 @@ class StreamRotator:
             return self._rotate_rename(dfd, fd, state, reason)
         return self._rotate_copytruncate(dfd, fd, state, reason)
 
-    def _rotate_punch(self, dfd: int, fd: int, state: StreamState,
-                      reason: str) -> RotationResult | None:
-        st = os.fstat(fd)
+    def _plan_cut(self, dfd: int, fd: int, state: StreamState,
+                  st: os.stat_result) -> tuple[int, SegmentName, int, int] | None:
+        """Where the next segment ends: (physical end, segment name, logical start,
+        logical end), or None when no whole event lies past the committed offset."""
         p = state.physical_committed
         b = self._last_boundary(fd, p, st.st_size)
         if b is None:
             return None
-        name = self._segment_name(dfd)
-        start, end = state.committed_offset, state.committed_offset + (b - p)
+        return b, self._segment_name(dfd), state.committed_offset, state.committed_offset + (b - p)
+
+    def _rotate_punch(self, dfd: int, fd: int, state: StreamState,
+                      reason: str) -> RotationResult | None:
+        st = os.fstat(fd)
+        p = state.physical_committed
+        cut = self._plan_cut(dfd, fd, state, st)
+        if cut is None:
+            return None
+        b, name, start, end = cut
         intent = {"op": "punch", "stem": name.stem, "start": start, "end": end}
         self._save(state.with_(intent=intent))
         try:
@@ -655,11 +664,10 @@ class StreamRotator:
                              reason: str) -> RotationResult | None:
         st = os.fstat(fd)
         p = state.physical_committed
-        b = self._last_boundary(fd, p, st.st_size)
-        if b is None:
+        cut = self._plan_cut(dfd, fd, state, st)
+        if cut is None:
             return None
-        name = self._segment_name(dfd)
-        start, end = state.committed_offset, state.committed_offset + (b - p)
+        b, name, start, end = cut
         self._save(state.with_(intent={"op": "copytruncate", "stem": name.stem, "start": start,
                                        "end": end, "physical_end": b}))
         try:
