@@ -21,10 +21,11 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from logvold.core.clock import utcnow
 from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
 from logvold.errors import ConfigError, LogvoldError, UsageError
 from logvold.logsetup import FORMATS, LEVELS, configure_logging
@@ -57,9 +58,6 @@ DISCOVERY_SYNC_TIMEOUT_S = 10.0
 CONFIG_DEBOUNCE_S = 0.3
 """A config file written in several steps is read once, after the last one."""
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _default_rotator_factory() -> RotatorFactory:

@@ -26,6 +26,7 @@ from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from logvold.core.clock import Clock, utcnow
 from logvold.core.formats import encode_cri_line, encode_json_entry, timestamp_ns
 from logvold.core.framing import Framer, make_framer
 from logvold.core.layout import SegmentName, next_segment_name, segments_of
@@ -36,15 +37,11 @@ from logvold.fileio.compress import compress_segment
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 STREAMS = ("stdout", "stderr")
 _TAIL_BLOCK = 64 * 1024
 _PEEK_BYTES = 16 * 1024
 """Read size while a cut waits for the next event end (splice resumes after it)."""
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -54,11 +54,12 @@ import stat
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 from zoneinfo import ZoneInfo
 
+from logvold.core.clock import utcnow
 from logvold.core.framing import last_boundary_backward, make_framer
 from logvold.core.layout import STATE_DIR_NAME, SegmentName, next_segment_name
 from logvold.core.retention import RetentionPlan, SegmentFile, period_start, plan_retention
@@ -75,9 +76,6 @@ log = logging.getLogger(__name__)
 
 _READ_CHUNK = 2**20
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, kw_only=True)
