@@ -140,6 +140,9 @@ class _Start:
     """Within the first source, serve only events ending at these offsets (tail) ..."""
     live_after: int = -1
     """... or after this offset (what follows the tail)."""
+    planned: tuple[int, int] | None = None
+    """(inode, size) of the plain segment `offset` was found in: retention may trim its
+    head before it is read, which moves every physical offset by the bytes cut."""
 
     def admits(self, ev: Event) -> bool:
         return self.only_ends is None or ev.end > self.live_after or ev.end in self.only_ends
@@ -360,17 +363,39 @@ class StreamReader:
             return
         fd, path, compression = opened
         offset = start.offset or 0
-        assembler = Assembler(self.fmt, start.skip)
+        cut = self._cut_since_planned(src.name.stem, fd, start.planned)
+        # Events keep the offsets of the file as planned (what `start` admits is in those).
+        assembler = Assembler(self.fmt, start.skip if offset >= cut else frozenset())
+        if offset < cut:
+            offset = cut  # the start itself was trimmed away: from the first event left
+            log.warning("%s/%s: events before %d were removed before they were read",
+                        self.directory, src.name.stem, cut)
         splitter = Splitter(self.delimiter, offset, self.max_record)
         if fd is not None:
             try:
-                chunks: Iterator[bytes] = pread_all(fd, offset, os.fstat(fd).st_size)
+                chunks: Iterator[bytes] = pread_all(fd, offset - cut, os.fstat(fd).st_size)
                 yield from self._feed(chunks, splitter, assembler)
             finally:
                 os.close(fd)
         else:
-            yield from self._feed(skip_bytes(read_compressed(path, compression), offset),
+            yield from self._feed(skip_bytes(read_compressed(path, compression), offset - cut),
                                   splitter, assembler)
+
+    def _cut_since_planned(self, stem: str, fd: int | None,
+                           planned: tuple[int, int] | None) -> int:
+        """Bytes retention trimmed off a plain segment's head since it was planned on (a
+        trim replaces the file, so its inode tells; the end of a segment never moves)."""
+        if planned is None:
+            return 0
+        ino, size = planned
+        if fd is not None:
+            st = os.fstat(fd)
+            return 0 if st.st_ino == ino else max(0, size - st.st_size)
+        state = self.current_state()  # compressed since: its record says what it holds
+        for r in state.segments if state is not None else ():
+            if r.stem == stem:
+                return max(0, size - (r.logical_end - r.logical_start))
+        return 0
 
     def _feed(self, chunks: Iterator[bytes], splitter: Splitter,
               assembler: Assembler) -> Iterator[Event]:
@@ -433,7 +458,10 @@ class StreamReader:
                 if opened is not None and opened[0] is not None:
                     fd = opened[0]
                     try:
-                        return self._since_start_plain(first, fd, 0, os.fstat(fd).st_size, 0)
+                        st = os.fstat(fd)
+                        found = self._since_start_plain(first, fd, 0, st.st_size, 0)
+                        found.planned = (st.st_ino, st.st_size)
+                        return found
                     finally:
                         os.close(fd)
         return _Start(first)
@@ -565,13 +593,14 @@ class StreamReader:
                     continue
                 found = self._tail_plain(active.fd, active.physical_start,
                                          active.physical_size(), needed, active.collapsed)
+                planned = None
             else:
-                found = self._tail_segment(src, needed)
+                found, planned = self._tail_segment(src, needed)
             if found is None:
                 continue
             count, start, ends = found
             if count >= needed:
-                return _Start(i, start, only_ends=ends, live_after=max(ends))
+                return _Start(i, start, only_ends=ends, live_after=max(ends), planned=planned)
             needed -= count
         return _Start(first)
 
@@ -633,15 +662,18 @@ class StreamReader:
             pos = start
         return len(ends), min_start + shift, ends
 
-    def _tail_segment(self, src: _Source, needed: int) -> tuple[int, int, set[int]] | None:
+    def _tail_segment(self, src: _Source, needed: int
+                      ) -> tuple[tuple[int, int, set[int]] | None, tuple[int, int] | None]:
+        """The tail found in a segment, and the (inode, size) of a plain one."""
         assert src.name is not None
         opened = open_segment(self.directory, src.name.stem)
         if opened is None:
-            return None
+            return None, None
         fd, path, compression = opened
         if fd is not None:
             try:
-                return self._tail_plain(fd, 0, os.fstat(fd).st_size, needed, 0)
+                st = os.fstat(fd)
+                return self._tail_plain(fd, 0, st.st_size, needed, 0), (st.st_ino, st.st_size)
             finally:
                 os.close(fd)
         # Compressed: stream forward once, keeping only the last `needed` passing events.
@@ -652,5 +684,5 @@ class StreamReader:
             if self._passes(ev):
                 last.append((ev.start, ev.end))
         if not last:
-            return 0, 0, set()
-        return len(last), min(s for s, _ in last), {e for _, e in last}
+            return (0, 0, set()), None
+        return (len(last), min(s for s, _ in last), {e for _, e in last}), None

@@ -172,6 +172,10 @@ class ActiveCursor:
         physical = self.splitter.consumed - collapsed
         size = os.fstat(self.fd).st_size
         if physical > size or self._rewritten(st, collapsed):
+            if self._matching_state() != st:
+                # The rotator collapsed (or punched) since `st` was read: the size and bytes
+                # seen belong to the new layout, not to a truncation. Look again.
+                return "busy"
             # Truncated under us (copytruncate or by hand), maybe written past us again.
             yield from self._after_truncation()
             return "data"
@@ -199,16 +203,17 @@ class ActiveCursor:
         for rec in st.segments:
             if rec.logical_end <= emitted:
                 continue
-            if rec.logical_start > self.splitter.consumed:
-                log.warning("%s: events %d..%d were removed before a follower read them",
-                            self.path, self.splitter.consumed, rec.logical_start)
-                self.splitter.reset(rec.logical_start)
-                self.assembler.reset()
             opened = open_segment(self.r.directory, rec.stem)
             if opened is None:
                 continue
             fd, path, compression = opened
-            skip = self.splitter.consumed - rec.logical_start
+            start = self._placed_start(rec, fd)
+            if start > self.splitter.consumed:
+                log.warning("%s: events %d..%d were removed before a follower read them",
+                            self.path, self.splitter.consumed, start)
+                self.splitter.reset(start)
+                self.assembler.reset()
+            skip = self.splitter.consumed - start
             want = rec.logical_end - self.splitter.consumed
             if fd is not None:
                 try:
@@ -226,6 +231,20 @@ class ActiveCursor:
             self.splitter.reset(st.committed_offset)
             self.assembler.reset()
         self.collapsed = st.collapsed_bytes
+
+    def _placed_start(self, rec: SegmentRecord, fd: int | None) -> int:
+        """Where the segment's bytes begin now. Retention may have trimmed its head since
+        `rec` was read (the end never moves): a plain file holds its last `size` bytes,
+        and the current state places a compressed one (a trim is saved before the trimmed
+        segment is compressed)."""
+        start = rec.logical_start
+        if fd is not None:
+            return max(start, rec.logical_end - os.fstat(fd).st_size)
+        now = self.r.current_state()
+        for r in now.segments if now is not None else ():
+            if r.stem == rec.stem and r.logical_end == rec.logical_end:
+                start = max(start, r.logical_start)
+        return start
 
     def _after_truncation(self) -> Iterator[Event]:
         """Read what the copytruncate copied (if we saw its intent), then start over at 0."""

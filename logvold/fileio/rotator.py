@@ -30,6 +30,9 @@ first, and `recover()` finishes or undoes it, idempotently:
 - copytruncate: `{op, stem, start, end, physical_end}`: a finished segment
   with the active file still >= physical_end means the truncate did not run,
   so committed moves to `end` and the next copy starts there.
+- trim (retention cuts a plain segment's head): `{op, stem, size}`: a `<stem>`
+  of `size` bytes means the trimmed copy replaced it, so its record now starts
+  `size` bytes before its (unchanged) logical end; otherwise nothing happened.
 
 A corrupt state file (StateError) is moved aside (`.corrupt`) and the
 committed offset rebuilt from the files without duplicating (state_rebuild.py).
@@ -61,7 +64,7 @@ from zoneinfo import ZoneInfo
 
 from logvold.core.clock import utcnow
 from logvold.core.framing import last_boundary_backward, make_framer
-from logvold.core.layout import STATE_DIR_NAME, SegmentName, next_segment_name
+from logvold.core.layout import STATE_DIR_NAME, SegmentName, next_segment_name, segments_of
 from logvold.core.retention import RetentionPlan, SegmentFile, period_start, plan_retention
 from logvold.errors import StateError, StreamError
 from logvold.fileio import stream_files as sf
@@ -438,7 +441,12 @@ class StreamRotator:
         return last
 
     def _segment_name(self, dfd: int) -> SegmentName:
+        """After every segment on disk AND every one the state still records: a name whose
+        files retention deleted is never given again while a record (which a follower may
+        be about to read by that name) still points at its old byte range."""
         existing = [e.name for e in sf.list_segments(dfd, self.info.base)]
+        if self._state is not None:
+            existing += segments_of(self.info.base, [r.stem for r in self._state.segments])
         return next_segment_name(self.info.base, self.clock(), existing)
 
     def _write_segment(self, dfd: int, src_fd: int, stem: str, offset: int, length: int,
@@ -730,7 +738,11 @@ class StreamRotator:
                                compress_pending=tuple(n.filename for n in plan.compress))
 
     def _trim_segment(self, dfd: int, name: SegmentName, nbytes: int) -> tuple[str | None, int]:
-        """Drop at least `nbytes` of a plain segment's head, up to an event boundary."""
+        """Drop at least `nbytes` of a plain segment's head, up to an event boundary.
+
+        A trim only ever removes a head, so a segment's logical END never moves: readers
+        place a plain segment by `logical_end - size`, which holds on either side of the
+        rename. The intent lets recovery bring the record in line after a crash."""
         if name.compression:
             return None, 0  # compressed: kept whole until it can go entirely
         fd = os.open(name.filename, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
@@ -739,21 +751,29 @@ class StreamRotator:
             cut = self._first_boundary_at_or_after(fd, 0, nbytes, st.st_size)
             if cut is None or cut <= 0:
                 return None, 0
+            s = self._state
+            if s is not None:
+                s = self._save(s.with_(intent={"op": "trim", "stem": name.stem,
+                                               "size": st.st_size - cut}))
             trim = name.stem + ".trim"  # complete copy, then atomically over the segment
             self._write_segment(dfd, fd, trim, cut, st.st_size - cut, st)
         finally:
             os.close(fd)
         os.rename(trim, name.filename, src_dir_fd=dfd, dst_dir_fd=dfd)
         os.fsync(dfd)
-        s = self._state
-        if s is not None and any(r.stem == name.stem for r in s.segments):
-            self._save(s.with_(segments=tuple(
-                r._replace(logical_start=r.logical_start + cut) if r.stem == name.stem else r
-                for r in s.segments)))
+        if s is not None:
+            self._save(self._trimmed_records(s, name.stem, st.st_size - cut).with_(intent=None))
         if self.metrics:
             self.metrics.truncations.labels(*self._labels, "maxTotalSize").inc()
             self.metrics.bytes_freed.labels(*self._labels, "trim").inc(cut)
         return name.filename, cut
+
+    @staticmethod
+    def _trimmed_records(state: StreamState, stem: str, size: int) -> StreamState:
+        """The record of `stem` placed to hold the last `size` bytes before its end."""
+        return state.with_(segments=tuple(
+            r._replace(logical_start=max(r.logical_start, r.logical_end - size))
+            if r.stem == stem else r for r in state.segments))
 
     def _drop_active(self, dfd: int, nbytes: int, why: str) -> tuple[int, int]:
         """Advance the committed offset past the oldest whole events (>= nbytes), no segment."""
@@ -811,6 +831,8 @@ class StreamRotator:
                 self._recover_rename(dfd, state, state.intent)
             elif op == "copytruncate":
                 self._recover_copytruncate(dfd, state, state.intent)
+            elif op == "trim":
+                self._recover_trim(dfd, state, state.intent)
             else:
                 self._save(state.with_(intent=None))
         state = self._state
@@ -880,6 +902,15 @@ class StreamRotator:
             self._finish_rename(dfd, seg)
         else:
             self._save(state.with_(intent=None))
+
+    def _recover_trim(self, dfd: int, state: StreamState, intent: Mapping[str, Any]) -> None:
+        """The trimmed copy replaced the segment (its size says so) or it did not."""
+        stem = sf.check_name(str(intent["stem"]))
+        size = int(intent["size"])
+        seg = sf.lstat_in(dfd, stem)
+        if seg is not None and stat.S_ISREG(seg.st_mode) and seg.st_size == size:
+            state = self._trimmed_records(state, stem, size)
+        self._save(state.with_(intent=None))
 
     def _recover_copytruncate(self, dfd: int, state: StreamState,
                               intent: Mapping[str, Any]) -> None:

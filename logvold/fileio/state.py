@@ -47,7 +47,8 @@ class StreamState:
     segments: tuple[SegmentRecord, ...] = ()
     """Recent segments cut from this inode, oldest first (for followers behind a punch)."""
     intent: Mapping[str, Any] | None = field(default=None, compare=True)
-    """A step in flight (`{"op": "punch"|"collapse"|"rename"|"copytruncate", ...}`), else None."""
+    """A step in flight, else None: `{"op": "punch"|"collapse"|"rename"|"copytruncate"|"trim",
+    ...}`."""
 
     @property
     def physical_committed(self) -> int:

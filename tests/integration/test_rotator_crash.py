@@ -113,6 +113,11 @@ def test_crash_at_every_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, st
         assert leftovers(d) == []
         state = load_state(d, "app.log")
         assert state is not None and state.intent is None, (k, calls, state)
+        # Every record places its plain segment where it is (a trimmed head included).
+        for rec in state.segments:
+            if (d / rec.stem).exists():
+                assert (d / rec.stem).stat().st_size == rec.logical_end - rec.logical_start, (
+                    k, calls, rec)
         report = verify(split_raw([whole_stream(d)], b"\n\n"), allow_missing_prefix=True)
         assert report.ok and report.last_seq is not None, (k, calls, report.summary())
         # After recovery the stream keeps rotating correctly.

@@ -8,6 +8,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from logvold.core.policy import LogPolicy
 from logvold.core.streams import StreamInfo, StreamKey
 from logvold.fileio.reader import ReadOptions, StreamReader
@@ -228,3 +230,78 @@ def test_follow_since_after_everything_waits_for_new_events(tmp_path: Path) -> N
     append(active, [evs[20].encoded[25:]] + [e.encoded for e in evs[21:]])
     f.drain()
     assert f.seqs() == list(range(20, 30))
+
+
+def _trim_oldest(rot: StreamRotator, directory: Path, fraction: float) -> str:
+    """Retention's trim of this fraction of the oldest plain segment's head, as the
+    rotator runs it (up to the next event boundary)."""
+    from logvold.core.layout import segments_of
+    from logvold.fileio import stream_files as sf
+
+    oldest = segments_of("app.log", os.listdir(directory))[0]
+    nbytes = int((directory / oldest.filename).stat().st_size * fraction)
+    with sf.open_directory(directory) as dfd:
+        trimmed, cut = rot._trim_segment(dfd, oldest, nbytes)
+    assert trimmed == oldest.filename and cut >= nbytes
+    return oldest.stem
+
+
+def test_follow_places_a_trimmed_segment_by_its_end_when_the_record_is_stale(
+        tmp_path: Path) -> None:
+    """The rotator trimmed a segment's head and was killed before saving the record's new
+    start (its intent still says trim): a follower behind reads what is left, from an
+    event boundary, and nothing twice; recovery then brings the record in line."""
+    from logvold.fileio.state import load_state, save_state
+
+    info = info_for(tmp_path, collapse="never")
+    active = tmp_path / "app.log"
+    rot = StreamRotator(info)
+    append(active, raw_events(0, 40))
+    f = Follower(info)
+    f.drain()
+    append(active, raw_events(40, 120))
+    rot.rotate("size")  # events 0..159 now in a segment; the follower read 0..39 of them
+    before = load_state(tmp_path, "app.log")
+    assert before is not None
+    stem = _trim_oldest(rot, tmp_path, 0.25)
+    save_state(tmp_path, "app.log", before.with_(intent={
+        "op": "trim", "stem": stem, "size": (tmp_path / stem).stat().st_size}))
+    append(active, raw_events(160, 5))
+    f.drain(polls=2)
+    seqs = [parse_event(b) for b in split_raw([bytes(f.data)])]  # None: a cut event
+    first_kept = seqs[40]
+    assert seqs[:40] == list(range(40)) and first_kept is not None and 40 < first_kept < 80
+    assert seqs[40:] == list(range(first_kept, 165))
+    StreamRotator(info).recover()
+    after = load_state(tmp_path, "app.log")
+    assert after is not None and after.intent is None
+    rec = next(r for r in after.segments if r.stem == stem)
+    assert rec.logical_end - rec.logical_start == (tmp_path / stem).stat().st_size
+
+
+def test_tail_planned_in_a_segment_survives_a_trim_before_it_is_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tailLines found its first event in a plain segment; retention trimmed that
+    segment's head before the reader opened it: the reader still serves only whole events
+    of the tail, in order, from where the trimmed file really starts."""
+    info = info_for(tmp_path, collapse="never")
+    active = tmp_path / "app.log"
+    rot = StreamRotator(info)
+    append(active, raw_events(0, 200))
+    rot.rotate("size")
+    append(active, raw_events(200, 10))
+    plan = StreamReader._plan_start
+
+    def plan_then_trim(self: StreamReader, *args: object) -> object:
+        start = plan(self, *args)  # type: ignore[arg-type]
+        _trim_oldest(rot, tmp_path, 0.8)  # to about event 160 of the segment's 0..199
+        return start
+
+    monkeypatch.setattr(StreamReader, "_plan_start", plan_then_trim)
+    for tail in (30, 60, 150):  # starts after the cut (only shifted), and cut away
+        out = b"".join(StreamReader(info, ReadOptions(tail_events=tail)).chunks())
+        oldest = sorted(tmp_path.glob("app.log.2*"))[0]
+        first_kept = parse_event(next(split_raw([oldest.read_bytes()], b"\n")))
+        assert first_kept is not None
+        seqs = [parse_event(b) for b in split_raw([out])]
+        assert seqs == list(range(max(210 - tail, first_kept), 210)), (tail, first_kept)
