@@ -174,3 +174,29 @@ def test_punch_cuts_only_whole_cri_and_json_events(tmp_path: Path, fmt: str) -> 
                     key=lambda b: int(b[2:12]))
     report = verify(merged, expected=range(6000))
     assert report.ok, report.summary()
+
+
+def test_a_recorded_segment_name_is_never_given_again(tmp_path: Path) -> None:
+    """Retention deleted every segment of this second; the state still records them (a
+    follower may be about to read that byte range by that name): the next rotation in the
+    same second takes the next sequence number, not a recorded name."""
+    from datetime import UTC, datetime
+
+    from logvold.fileio.state import load_state
+
+    now = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+    info = make_info(tmp_path, max_files=0)
+    rot = StreamRotator(info, clock=lambda: now)
+    events = list(event_stream(30, seed=4))
+    (tmp_path / "app.log").write_bytes(b"".join(events[:10]))
+    first = rot.rotate("size")
+    assert first is not None
+    (tmp_path / first.segment).unlink()  # as retention does; the record stays
+    with (tmp_path / "app.log").open("ab") as f:
+        f.write(b"".join(events[10:]))
+    second = rot.rotate("size")
+    assert second is not None and second.segment != first.segment
+    state = load_state(tmp_path, "app.log")
+    assert state is not None
+    assert [r.stem for r in state.segments] == [first.segment, second.segment]
+    assert sorted([first.segment, second.segment]) == [first.segment, second.segment]
