@@ -29,7 +29,7 @@ KEYS = {
     "format": "cri (default), json-file or raw",
     "max-size": "rotate when the active file reaches this size (10Mi; 0 = never by size)",
     "max-file": "files kept per container, the active one included (5, like the kubelet; >= 2)",
-    "rotate": "also rotate each Hourly or Daily period (Never)",
+    "rotate": "also rotate each Hourly or Daily period, or every fixed period such as 15m (Never)",
     "compress": "rotated files: none, gzip, zstd; true = gzip, false = none (docker's json-file)",
     "delimiter": "end of an event for format raw, with escapes (\\n)",
     "max-event-size": "longer lines are cut into pieces (16Ki like containerd and docker; "
@@ -118,7 +118,7 @@ def _policy(pairs: Mapping[str, str]) -> LogPolicy:
         format=fmt,  # type: ignore[arg-type]
         max_size_bytes=max_size,
         max_files=max_file - 1,
-        rotate=rotate,  # type: ignore[arg-type]
+        rotate=rotate,
         compress=compress,  # type: ignore[arg-type]
         delay_compress=False,  # we are the writer: a closed segment is never written again
         delimiter=delimiter,

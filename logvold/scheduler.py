@@ -120,8 +120,7 @@ class TriggerScheduler(Generic[K]):
             for key, entry in self._entries.items():
                 if entry.boundary is not None and now >= entry.boundary:
                     out.append(Due(key, "period"))
-                    entry.boundary = next_period_boundary(
-                        now, entry.rotate, entry.tz)  # type: ignore[arg-type]
+                    entry.boundary = next_period_boundary(now, entry.rotate, entry.tz)
                     entry.dirty_since = None
                     entry.last_check = mono
                     self._dirty.pop(key, None)

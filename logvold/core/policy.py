@@ -20,7 +20,9 @@ from typing import Any, Final, Literal
 from logvold.core.units import parse_duration, parse_size
 from logvold.errors import ConfigError, ConfigProblem
 
-Rotate = Literal["Hourly", "Daily", "Never"]
+Rotate = str
+"""`Hourly`, `Daily`, `Never`, or a fixed period as whole seconds (`"600s"`)."""
+ROTATE_NAMES: Final = ("Hourly", "Daily", "Never")
 Compress = Literal["none", "gzip", "zstd"]
 Format = Literal["raw", "cri", "json-file"]
 Strategy = Literal["punch", "rename", "copytruncate"]
@@ -59,7 +61,9 @@ class LogPolicy:
     sub_dir: str = ""
     """Directory of the active files, relative to the volume path; "" = the volume root."""
     rotate: Rotate = "Never"
-    """Time trigger: cut at each Hourly/Daily period start (in `timezone`); Never = size only."""
+    """Time trigger: cut at each period start (in `timezone`): Hourly, Daily, or a fixed
+    period written as a duration (`10m`, kept as whole seconds `"600s"`, boundaries at its
+    multiples: `15m` cuts at :00, :15, :30, :45); Never = size only."""
     max_size_bytes: int = 10 * 2**20
     """Size trigger in bytes; 0 = none. 10 MiB, like kubelet's containerLogMaxSize."""
     max_files: int = 5
@@ -422,6 +426,28 @@ class _Reader:
             message += " (YAML reads unquoted yes/no/on/off as booleans; quote the value)"
         self.problem(path, message)
         return _INVALID
+
+    def rotate(self, value: object, path: KeyPath) -> object:
+        """Hourly, Daily, Never, or a period as a duration of whole seconds (>= 1s)."""
+        if isinstance(value, str) and value in ROTATE_NAMES:
+            return value
+        expected = "expected Hourly, Daily, Never or a period such as 15m"
+        if isinstance(value, str) and (hint := _suggest(value, ROTATE_NAMES)):
+            self.problem(path, f"{expected}, got {describe_value(value)}; did you mean {hint}?")
+            return _INVALID
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            self.problem(path, f"{expected}, got {describe_value(value)}")
+            return _INVALID
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            self.problem(path, f"{expected}, got {describe_value(value)}")
+            return _INVALID
+        if seconds < 1 or not float(seconds).is_integer():
+            self.problem(path, f"a rotation period must be whole seconds, at least 1s, got "
+                               f"{describe_value(value)}")
+            return _INVALID
+        return f"{int(seconds)}s"
 
     def count(self, value: object, path: KeyPath) -> object:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -936,7 +962,7 @@ class _Reader:
 _PolicyConverter = Callable[[_Reader, object, KeyPath], object]
 _POLICY_FIELDS: dict[str, tuple[str, _PolicyConverter]] = {
     "subDir": ("sub_dir", _Reader.relative_dir),
-    "rotate": ("rotate", lambda r, v, p: r.choice(v, p, ("Hourly", "Daily", "Never"))),
+    "rotate": ("rotate", _Reader.rotate),
     "maxSize": ("max_size_bytes", _Reader.size),
     "maxFiles": ("max_files", _Reader.count),
     "maxAge": ("max_age_s", _Reader.duration),

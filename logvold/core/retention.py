@@ -132,14 +132,31 @@ def _effective_budget(max_total: int, extra: int | None) -> tuple[int | None, st
     return value, reason
 
 
+def period_seconds(rotate: Rotate) -> int | None:
+    """The length of a fixed rotation period (`"600s"` -> 600); None for the named ones."""
+    if rotate.endswith("s") and rotate[:-1].isdigit():
+        return int(rotate[:-1])
+    return None
+
+
 def period_start(now: datetime, rotate: Rotate, tz: tzinfo) -> datetime | None:
-    """Start of the Hourly/Daily period containing `now`, in `tz`; None for Never."""
+    """Start of the period containing `now`, in `tz`; None for Never.
+
+    A fixed period starts at a multiple of its length counted on the local wall clock
+    from the epoch, so `15m` starts at :00, :15, :30 and :45 local time and `1d` at
+    local midnight (for lengths that divide a day)."""
     local = now.astimezone(tz)
     if rotate == "Hourly":
         return local.replace(minute=0, second=0, microsecond=0)
     if rotate == "Daily":
         return local.replace(hour=0, minute=0, second=0, microsecond=0)
-    return None
+    every = period_seconds(rotate)
+    if every is None:
+        return None
+    offset = local.utcoffset() or timedelta(0)
+    wall = now.timestamp() + offset.total_seconds()
+    start = wall - wall % every - offset.total_seconds()
+    return datetime.fromtimestamp(start, UTC).astimezone(tz)
 
 
 def next_period_boundary(now: datetime, rotate: Rotate, tz: tzinfo) -> datetime | None:
@@ -155,6 +172,15 @@ def next_period_boundary(now: datetime, rotate: Rotate, tz: tzinfo) -> datetime 
         # Hours are absolute: step in UTC (aware `+ timedelta` is wall-clock
         # arithmetic in Python, which would repeat or skip an hour at DST).
         return (start.astimezone(UTC) + timedelta(hours=1)).astimezone(tz)
+    every = period_seconds(rotate)
+    if every is not None:
+        boundary = (start.astimezone(UTC) + timedelta(seconds=every)).astimezone(tz)
+        # A DST change moves the local grid: the next boundary is the first grid point
+        # after `now` on the new offset (never one at or before `now`).
+        again = period_start(boundary, rotate, tz)
+        if again is not None and again > now:
+            boundary = again
+        return boundary
     next_day = (start.replace(tzinfo=None) + timedelta(days=1)).replace(tzinfo=tz)
     return next_day
 

@@ -32,9 +32,16 @@ def _choice(options: Sequence[str]) -> Callable[[str], object]:
 
 
 def _rotate(value: str) -> str:
-    if value.lower() not in _ROTATE:
-        raise ValueError("use Hourly, Daily or Never")
-    return _ROTATE[value.lower()]
+    """Hourly, Daily, Never (any case) or a fixed period as a Go duration (`15m`)."""
+    if value.lower() in _ROTATE:
+        return _ROTATE[value.lower()]
+    try:
+        seconds = parse_go_duration(value)
+    except ValueError:
+        raise ValueError("use Hourly, Daily, Never or a period such as 15m") from None
+    if seconds < 1 or not seconds.is_integer():
+        raise ValueError("a rotation period must be whole seconds, at least 1s")
+    return f"{int(seconds)}s"
 
 
 def _duration(value: str) -> float:
@@ -123,7 +130,8 @@ FLAGS: tuple[FlagSpec, ...] = (
         kind="string",
         default="Never",
         check=_rotate,
-        usage="also rotate the log file when each `period` starts: Hourly, Daily or Never (UTC)",
+        usage="also rotate the log file when each `period` starts: Hourly, Daily, Never or a "
+              "fixed period such as 15m (UTC)",
     ),
     FlagSpec(
         name="max-files",
@@ -223,7 +231,7 @@ def _policy(v: dict[str, str]) -> LogPolicy:
     if max_event < len(delimiter):
         raise ValueError("-max-event-size must be at least as long as -delimiter")
     return LogPolicy(
-        rotate=_rotate(v["rotate"]),  # type: ignore[arg-type]
+        rotate=_rotate(v["rotate"]),
         max_size_bytes=size,
         max_files=_count(v["max-files"]),
         max_age_s=_non_negative("log-file-age", _duration(v["log-file-age"])),

@@ -1,6 +1,7 @@
 """Proving ground (issue 7): `logvold serve` over 3 volumes (raw "\\n\\n", cri, json-file),
 two foreign writers per volume (one O_APPEND, one offset), 3 followers per stream,
-size rotation, gzip + zstd, a small maxTotalSize budget,
+size rotation, rotation by a short period (cri: `rotate: 5s`), gzip + zstd, a small
+maxTotalSize budget,
 kill -9 + restarts, a SIGHUP reload with a changed policy and an invalid one. Then
 segments + active files, the followers' captures and /metrics are checked.
 
@@ -92,7 +93,7 @@ def policies(raw_compress: str, raw_max_size: str | int = MAX_SIZE) -> dict[str,
         "raw": {"format": "raw", "delimiter": "\n\n", "maxSize": raw_max_size, "maxFiles": 0,
                 "compress": raw_compress, "delayCompress": False},
         "cri": {"format": "cri", "maxSize": MAX_SIZE, "maxFiles": 0, "compress": "zstd",
-                "rotate": "Hourly"},  # armed; an hour boundary is not reached in CI
+                "rotate": "5s"},  # a short period on top of the size trigger
         "json-file": {"format": "json-file", "maxSize": JSON_MAX_SIZE, "maxFiles": 0,
                       "maxTotalSize": BUDGET, "compress": "none"},
     }
@@ -291,6 +292,12 @@ def check_stream(tmp: Path, s: Stream, report: dict[str, int],
     assert len(data) == report["bytes"] - sizes_before, s
     labels = {"pod": s.pod, "container": s.container}
     rotations = sum(metric_sum(m, "logvold_rotations_total", **labels) for m in lifetimes)
+    by_period = sum(metric_sum(m, "logvold_rotations_total", reason="period", **labels)
+                    for m in lifetimes)
+    if s.fmt == "cri":  # rotate: 5s over a ~30 s run (and size rotations in between)
+        assert by_period >= WRITE_S / 5 / 3, (s, by_period)
+    else:
+        assert by_period == 0, (s, by_period)
     freed = {why: sum(metric_sum(m, "logvold_bytes_freed_total", reason=why, **labels)
                       for m in lifetimes) for why in ("rotate", "delete", "trim", "truncate")}
     state = load_state(d, s.base)
@@ -313,7 +320,8 @@ def check_stream(tmp: Path, s: Stream, report: dict[str, int],
         assert freed["delete"] == freed["trim"] == 0
         return (f"{s.volume}/{s.container} ({s.fmt}, {s.mode}): {rep.seen} events, "
                 f"{len(data)} bytes exact, {len(segments)} segments / {rotations:.0f} "
-                f"rotations counted, freed {freed['rotate']:.0f} of <= {top}"), first
+                f"rotations counted ({by_period:.0f} by period), freed {freed['rotate']:.0f} "
+                f"of <= {top}"), first
     # Truncated stream: only the oldest whole events are gone, and exactly as many as the
     # budget needs: the kept bytes fit, one more (older) event would not.
     assert first > 0, f"{s}: nothing truncated"

@@ -70,7 +70,8 @@ volumes:
     assert result.stderr.splitlines() == [
         f"{path}:2: server.listen: expected host:port such as 127.0.0.1:8642, 0.0.0.0:8642 or"
         ' [::1]:8642, got "8642"',
-        f'{path}:4: defaults.rotate: expected Hourly, Daily or Never, got "weekly"',
+        f"{path}:4: defaults.rotate: expected Hourly, Daily, Never or a period such as 15m,"
+        ' got "weekly"',
         f"{path}:5: defaults.maxsize: unknown key; did you mean maxSize?",
         f"{path}:13: volumes[0].containers[0].policy.logs.delimiter: must not be empty; the default"
         ' is "\\n"',

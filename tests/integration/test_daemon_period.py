@@ -1,4 +1,4 @@
-"""Hourly/Daily rotation in the daemon with an injected clock and the real rotator:
+"""Hourly/Daily/fixed-period rotation in the daemon with an injected clock and the real rotator:
 nothing before the boundary, one period rotation at it, in the policy's timezone."""
 
 from __future__ import annotations
@@ -37,8 +37,11 @@ async def until(predicate: object, timeout_s: float = 5.0) -> None:
     [("Hourly", "UTC", datetime(2026, 11, 23, 10, 59, 30, tzinfo=UTC),
       datetime(2026, 11, 23, 11, 0, tzinfo=UTC)),
      ("Daily", "Europe/Berlin", datetime(2026, 11, 23, 22, 59, 30, tzinfo=UTC),
-      datetime(2026, 11, 23, 23, 0, tzinfo=UTC))],
-    ids=["hourly-utc", "daily-berlin"])
+      datetime(2026, 11, 23, 23, 0, tzinfo=UTC)),
+     # rotate: 15m in Kathmandu (UTC+5:45): local quarter hours, 12:00 UTC = 17:45 local.
+     ("900s", "Asia/Kathmandu", datetime(2026, 11, 23, 11, 59, 30, tzinfo=UTC),
+      datetime(2026, 11, 23, 12, 0, tzinfo=UTC))],
+    ids=["hourly-utc", "daily-berlin", "15m-kathmandu"])
 def test_period_boundary_rotates_once(tmp_path: Path, rotate: str, tz: str, start: datetime,
                                       boundary: datetime) -> None:
     vol = tmp_path / "vol"

@@ -208,3 +208,17 @@ def test_100mib_single_line_bounded_memory(tmp_path: Path, fmt: str) -> None:
         assert tags == [b"P"] * (line_mib - 1) + [b"F", b"F"]
         events = list(decode_cri(lines))
         assert [len(m) for _, m in events] == [line_mib * 2**20, 5]
+
+
+def test_rotation_by_a_fixed_period(tmp_path: Path) -> None:
+    """-rotate=1s (no size trigger): a rate-limited writer running ~3.5 s gets a segment
+    per second, each cut at an event boundary, every event once."""
+    log = tmp_path / "app.log"
+    run([f"-log-file={log}", "-rotate=1s", "-log-file-size=0", "-delimiter=\\n\\n", *WRITER,
+         "--count", "3500", "--rate", "1400", "--max-chunk", "256", "--delimiter", "\\n\\n"])
+    pieces = stream_pieces(log)
+    assert 3 <= len(pieces) - 1 <= 20, [name for name, _ in pieces]  # ~1 per second run
+    for name, data in pieces[:-1]:
+        assert data.endswith(b"\n\n"), name  # each segment ends with a whole event
+    report = verify(split_raw((d for _, d in pieces), b"\n\n"))
+    assert report.ok and report.seen == 3500, report.summary()

@@ -62,7 +62,7 @@ volumes:
             rotate: weekly
 """,
             ['config.yaml:10: volumes[0].containers[1].policy.logs.rotate: expected Hourly,'
-             ' Daily or Never, got "weekly"'],
+             ' Daily, Never or a period such as 15m, got "weekly"'],
             id="rotate-in-nested-container",
         ),
         pytest.param(
@@ -475,7 +475,8 @@ def test_check_config_lists_problems(tmp_path: Path, capsys: pytest.CaptureFixtu
     out, err = capsys.readouterr()
     assert out == ""
     assert err.splitlines() == [
-        f'{path}:2: defaults.rotate: expected Hourly, Daily or Never, got "weekly"',
+        f"{path}:2: defaults.rotate: expected Hourly, Daily, Never or a period such as 15m,"
+        ' got "weekly"',
         f"{path}:3: defaults.maxFiles: must not be negative, got -1",
         f"check-config: 2 problems in {path}",
     ]

@@ -106,6 +106,9 @@ def test_every_policy_field_has_a_yaml_key() -> None:
         pytest.param("subDir", "./logs/", "sub_dir", "logs", id="subDir-normalised"),
         pytest.param("subDir", ".", "sub_dir", "", id="subDir-dot"),
         pytest.param("rotate", "Hourly", "rotate", "Hourly", id="rotate"),
+        pytest.param("rotate", "15m", "rotate", "900s", id="rotate-period"),
+        pytest.param("rotate", "1h30m", "rotate", "5400s", id="rotate-period-compound"),
+        pytest.param("rotate", 30, "rotate", "30s", id="rotate-period-seconds"),
         pytest.param("maxSize", "20Mi", "max_size_bytes", 20 * 2**20, id="maxSize"),
         pytest.param("maxSize", 0, "max_size_bytes", 0, id="maxSize-zero"),
         pytest.param("maxSize", 4096.0, "max_size_bytes", 4096, id="maxSize-whole-float"),
@@ -169,13 +172,26 @@ def test_empty_policy_is_the_base(tree: object) -> None:
     ("tree", "expected"),
     [
         pytest.param(
-            {"rotate": "weekly"}, 'defaults.rotate: expected Hourly, Daily or Never, got "weekly"',
+            {"rotate": "weekly"},
+            'defaults.rotate: expected Hourly, Daily, Never or a period such as 15m, got'
+            ' "weekly"',
             id="rotate-unknown",
         ),
         pytest.param(
             {"rotate": "daily"},
-            'defaults.rotate: expected Hourly, Daily or Never, got "daily"; did you mean Daily?',
+            'defaults.rotate: expected Hourly, Daily, Never or a period such as 15m, got'
+            ' "daily"; did you mean Daily?',
             id="rotate-case",
+        ),
+        pytest.param(
+            {"rotate": "1.5s"},
+            'defaults.rotate: a rotation period must be whole seconds, at least 1s, got "1.5s"',
+            id="rotate-period-fraction",
+        ),
+        pytest.param(
+            {"rotate": "0s"},
+            'defaults.rotate: a rotation period must be whole seconds, at least 1s, got "0s"',
+            id="rotate-period-zero",
         ),
         pytest.param(
             {"compress": False},
@@ -273,7 +289,8 @@ def test_policy_problems_carry_lines_and_are_all_collected() -> None:
     }
     messages = _policy_messages({"rotate": "weekly", "maxFiles": -2, "bogus": 1}, lines)
     assert messages == [
-        'config.yaml:5: defaults.rotate: expected Hourly, Daily or Never, got "weekly"',
+        "config.yaml:5: defaults.rotate: expected Hourly, Daily, Never or a period such as"
+        ' 15m, got "weekly"',
         "config.yaml:6: defaults.maxFiles: must not be negative, got -2",
         "config.yaml:7: defaults.bogus: unknown key; expected one of " + ", ".join(POLICY_KEYS),
     ]
@@ -448,7 +465,7 @@ def test_listen_rejects_non_host_port(listen: str) -> None:
             {"volumes": [_volume(containers=[{"name": "a", "policy": {"logs": {"rotate": "x"}}},
                                              {"name": "a"}])]},
             ['config.yaml: volumes[0].containers[0].policy.logs.rotate: expected Hourly, Daily'
-             ' or Never, got "x"',
+             ', Never or a period such as 15m, got "x"',
              'config.yaml: volumes[0].containers[1].name: duplicate container name "a"; first'
              " used by containers[0]"],
             id="duplicate-container-reported-even-if-first-is-bad",
