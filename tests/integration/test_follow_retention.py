@@ -180,6 +180,10 @@ def test_followers_of_a_budget_truncated_stream_never_step_back(
         assert counts.get("compress", 0) >= 3, counts
     kept = kept_on_disk(info, sep)
     assert kept == list(range(kept[0], last + 1)), "disk keeps a contiguous newest run"
+    print(f"\n{fmt}: {last + 1} events, {kills} kills, steps {counts}, kept "
+          f"[{kept[0]}, {last}]; followers: " + ", ".join(
+              f"{f.name} {f.sessions} sessions, {len(f.problems)} problems, "
+              f"{len(f.missed)} missed (all removed)" for f in followers))
     for f in followers:
         assert not f.problems, (f.name, f.problems[:5])
         assert f.last_seen == last, (f.name, f.last_seen, last)
