@@ -25,7 +25,7 @@ from logvold.core.policy import LogPolicy
 from logvold.driver_args import KEYS, MAX_LINE_BYTES, DriverOptions, parse_driver_args
 from logvold.errors import LogvoldError, StreamError
 from logvold.fileio.rotating_writer import STREAMS, RotatingWriter
-from logvold.runner.process import _F_SETPIPE_SZ, CHUNK_BYTES, RunOptions, _pump
+from logvold.runner.process import RunOptions, pump, widen_pipe
 
 if TYPE_CHECKING:
     import subprocess
@@ -168,12 +168,11 @@ def run_driver(
         raise
     try:
         for fd in streams:
-            with contextlib.suppress(OSError):  # fewer, larger reads; 64 KiB also works
-                fcntl.fcntl(fd, _F_SETPIPE_SZ, CHUNK_BYTES)
+            widen_pipe(fd)
         ready.signal()
         pump_opts = RunOptions(argv=(), log_file=opts.path, policy=opts.policy)
         # The pump only asks its "child" whether it has exited (poll()).
-        _pump(streams, writer, cast("subprocess.Popen[bytes]", task_end), pump_opts)
+        pump(streams, writer, cast("subprocess.Popen[bytes]", task_end), pump_opts)
     finally:
         for fd in streams:
             with contextlib.suppress(OSError):

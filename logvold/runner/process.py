@@ -108,7 +108,7 @@ def _run_to_file(opts: RunOptions, writer: RotatingWriter, forwarder: _Forwarder
         os.close(fd)
     forwarder.attach(child)
     try:
-        _pump(streams, writer, child, opts)
+        pump(streams, writer, child, opts)
     finally:
         for fd in streams:
             with contextlib.suppress(OSError):
@@ -116,7 +116,7 @@ def _run_to_file(opts: RunOptions, writer: RotatingWriter, forwarder: _Forwarder
     return _exit_status(_wait(child))
 
 
-def _pump(
+def pump(
     streams: dict[int, str],
     writer: RotatingWriter,
     child: subprocess.Popen[bytes],
@@ -200,10 +200,15 @@ def _tee(fd: int, data: bytes) -> int | None:
     return fd
 
 
+def widen_pipe(fd: int) -> None:
+    """Ask for a CHUNK_BYTES pipe: fewer, larger reads. Best effort (64 KiB also works)."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, CHUNK_BYTES)
+
+
 def _pipe() -> tuple[int, int]:
     r, w = os.pipe2(os.O_CLOEXEC)
-    with contextlib.suppress(OSError):  # fewer, larger chunks; the default 64 KiB also works
-        fcntl.fcntl(r, _F_SETPIPE_SZ, CHUNK_BYTES)
+    widen_pipe(r)
     return r, w
 
 
