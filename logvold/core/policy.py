@@ -23,6 +23,20 @@ from logvold.errors import ConfigError, ConfigProblem
 Rotate = str
 """`Hourly`, `Daily`, `Never`, or a fixed period as whole seconds (`"600s"`)."""
 ROTATE_NAMES: Final = ("Hourly", "Daily", "Never")
+
+
+def rotate_period(seconds: float) -> Rotate:
+    """The Rotate value of a fixed period; ValueError unless it is whole seconds >= 1."""
+    if seconds < 1 or not float(seconds).is_integer():
+        raise ValueError("a rotation period must be whole seconds, at least 1s")
+    return f"{int(seconds)}s"
+
+
+def period_seconds(rotate: Rotate) -> int | None:
+    """The length of a fixed rotation period (`"600s"` -> 600); None for the named ones."""
+    if rotate.endswith("s") and rotate[:-1].isdigit():
+        return int(rotate[:-1])
+    return None
 Compress = Literal["none", "gzip", "zstd"]
 Format = Literal["raw", "cri", "json-file"]
 Strategy = Literal["punch", "rename", "copytruncate"]
@@ -443,11 +457,11 @@ class _Reader:
         except ValueError:
             self.problem(path, f"{expected}, got {describe_value(value)}")
             return _INVALID
-        if seconds < 1 or not float(seconds).is_integer():
-            self.problem(path, f"a rotation period must be whole seconds, at least 1s, got "
-                               f"{describe_value(value)}")
+        try:
+            return rotate_period(seconds)
+        except ValueError as exc:
+            self.problem(path, f"{exc}, got {describe_value(value)}")
             return _INVALID
-        return f"{int(seconds)}s"
 
     def count(self, value: object, path: KeyPath) -> object:
         if isinstance(value, bool) or not isinstance(value, int):

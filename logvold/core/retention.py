@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING
 
 from logvold.core.layout import SegmentName
+from logvold.core.policy import period_seconds
 
 if TYPE_CHECKING:
     from logvold.core.policy import LogPolicy, Rotate
@@ -130,13 +131,6 @@ def _effective_budget(max_total: int, extra: int | None) -> tuple[int | None, st
         return None, ""
     value, reason = min(caps, key=lambda c: c[0])
     return value, reason
-
-
-def period_seconds(rotate: Rotate) -> int | None:
-    """The length of a fixed rotation period (`"600s"` -> 600); None for the named ones."""
-    if rotate.endswith("s") and rotate[:-1].isdigit():
-        return int(rotate[:-1])
-    return None
 
 
 def period_start(now: datetime, rotate: Rotate, tz: tzinfo) -> datetime | None:

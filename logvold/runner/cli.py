@@ -11,7 +11,7 @@ import codecs
 import sys
 from collections.abc import Callable, Sequence
 
-from logvold.core.policy import LogPolicy
+from logvold.core.policy import LogPolicy, rotate_period
 from logvold.core.units import parse_go_duration, parse_size
 from logvold.errors import LogvoldError
 from logvold.runner import goflags
@@ -39,9 +39,7 @@ def _rotate(value: str) -> str:
         seconds = parse_go_duration(value)
     except ValueError:
         raise ValueError("use Hourly, Daily, Never or a period such as 15m") from None
-    if seconds < 1 or not seconds.is_integer():
-        raise ValueError("a rotation period must be whole seconds, at least 1s")
-    return f"{int(seconds)}s"
+    return rotate_period(seconds)
 
 
 def _duration(value: str) -> float:
