@@ -388,14 +388,22 @@ class StreamReader:
         if planned is None:
             return 0
         ino, size = planned
+        if fd is not None and os.fstat(fd).st_ino == ino:
+            return 0
+        held = self.held_bytes(stem, fd)
+        return 0 if held is None else max(0, size - held)
+
+    def held_bytes(self, stem: str, fd: int | None) -> int | None:
+        """Bytes a segment holds now (the last ones before its logical end, which a trim
+        never moves): a plain file's size, or a compressed one's record length in the
+        current state (a trim is saved before the trimmed segment is compressed)."""
         if fd is not None:
-            st = os.fstat(fd)
-            return 0 if st.st_ino == ino else max(0, size - st.st_size)
-        state = self.current_state()  # compressed since: its record says what it holds
+            return os.fstat(fd).st_size
+        state = self.current_state()
         for r in state.segments if state is not None else ():
             if r.stem == stem:
-                return max(0, size - (r.logical_end - r.logical_start))
-        return 0
+                return r.logical_end - r.logical_start
+        return None
 
     def _feed(self, chunks: Iterator[bytes], splitter: Splitter,
               assembler: Assembler) -> Iterator[Event]:

@@ -233,18 +233,11 @@ class ActiveCursor:
         self.collapsed = st.collapsed_bytes
 
     def _placed_start(self, rec: SegmentRecord, fd: int | None) -> int:
-        """Where the segment's bytes begin now. Retention may have trimmed its head since
-        `rec` was read (the end never moves): a plain file holds its last `size` bytes,
-        and the current state places a compressed one (a trim is saved before the trimmed
-        segment is compressed)."""
-        start = rec.logical_start
-        if fd is not None:
-            return max(start, rec.logical_end - os.fstat(fd).st_size)
-        now = self.r.current_state()
-        for r in now.segments if now is not None else ():
-            if r.stem == rec.stem and r.logical_end == rec.logical_end:
-                start = max(start, r.logical_start)
-        return start
+        """Where the segment's bytes begin now: retention may have trimmed its head since
+        `rec` was read."""
+        held = self.r.held_bytes(rec.stem, fd)
+        return rec.logical_start if held is None else max(rec.logical_start,
+                                                          rec.logical_end - held)
 
     def _after_truncation(self) -> Iterator[Event]:
         """Read what the copytruncate copied (if we saw its intent), then start over at 0."""
