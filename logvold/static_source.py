@@ -163,7 +163,8 @@ class StaticSource:
                     report.problems.append(f"volume {volume.name}: container {container.name}: "
                                            f"file {base!r} must be a plain file name")
                     continue
-                add(self._info(volume, pod, container.name, directory, base, container.policy))
+                add(self._info(volume, pod, container.name, directory, base, container.policy,
+                               root))
             return True
 
         policy = config.defaults
@@ -201,7 +202,7 @@ class StaticSource:
             if m and parse_segment_name(m.group(1), name) is not None:
                 bases.add(m.group(1))  # segments outlive their active file: still a stream
         for base in sorted(bases):
-            add(self._info(volume, pod, base[:-4], directory, base, policy))
+            add(self._info(volume, pod, base[:-4], directory, base, policy, root))
         return True
 
     def _stream_dir(self, volume: VolumeSpec, root: Path, policy: LogPolicy,
@@ -215,10 +216,10 @@ class StaticSource:
 
     @staticmethod
     def _info(volume: VolumeSpec, pod: str, container: str, directory: Path, base: str,
-              policy: LogPolicy) -> StreamInfo:
+              policy: LogPolicy, root: Path) -> StreamInfo:
         return StreamInfo(key=StreamKey(volume.namespace, pod, container), directory=directory,
                           base=base, policy=policy, volume=volume.name, source=SOURCE,
-                          annotations=dict(policy.annotations))
+                          annotations=dict(policy.annotations), root=root)
 
     def _report_problems(self, problems: list[str], scanned: set[str]) -> None:
         current = set(problems)

@@ -223,6 +223,7 @@ def stream_infos(
                 source="kubernetes",
                 annotations=dict(s.policy.annotations),
                 pod_uid=pod.uid,
+                root=volume_dir,
             )
         )
     return tuple(sorted(infos, key=lambda i: i.key))

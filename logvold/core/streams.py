@@ -44,6 +44,11 @@ class StreamInfo:
     annotations: Mapping[str, str] = field(default_factory=dict)
     """Context metadata served with the stream (the proposal's annotations)."""
     pod_uid: str = ""
+    root: Path | None = None
+    """Safety root: the volume directory the stream must stay inside (the pod's own
+    emptyDir for discovered streams, the configured path for static ones). Every file
+    operation walks from it without following symlinks (`fileio.safedir`). None: the
+    stream's own directory is its root (logvold's own writers)."""
 
     @property
     def active_path(self) -> Path:

@@ -109,6 +109,7 @@ def test_streams_appear_update_and_disappear(
         source="kubernetes",
         annotations={"team": "payments"},
         pod_uid="uid-web",
+        root=Path(KUBELET, "pods/uid-web/volumes/kubernetes.io~empty-dir/logs"),
     )
     assert (info.policy.rotate, info.policy.max_size_bytes) == ("Hourly", 5 * 2**20)
     assert info.policy.max_files == 3  # from the node defaults, key by key
