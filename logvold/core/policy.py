@@ -98,8 +98,10 @@ class LogPolicy:
     """Events longer than this are cut (and counted) so memory stays bounded; 1 MiB."""
     strategy: Strategy = "punch"
     """Rotation of a foreign writer's file: punch (lossless), rename, copytruncate (lossy)."""
-    collapse: Collapse = "auto"
-    """Shrink punched files with COLLAPSE_RANGE: auto = only when every writer uses O_APPEND."""
+    collapse: Collapse = "never"
+    """Shrink punched files with COLLAPSE_RANGE: auto = only when every writer uses O_APPEND.
+    never by default: other readers that follow the file by offset (tail -F, Fluent Bit,
+    Vector) take a shrinking file for a truncation and read it again (duplicates)."""
     reopen: ReopenAction | None = None
     """What tells the writer to reopen after a `rename` rotation; None = nothing."""
     timezone: str = "UTC"

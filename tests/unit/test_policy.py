@@ -68,7 +68,7 @@ def test_log_policy_defaults_are_the_pinned_ones() -> None:
         "raw",
     )
     assert (p.delimiter, p.max_event_size_bytes, p.strategy, p.collapse) == (
-        b"\n", 2**20, "punch", "auto",
+        b"\n", 2**20, "punch", "never",
     )  # fmt: skip
     assert (p.reopen, p.timezone, dict(p.annotations)) == (None, "UTC", {})
 
