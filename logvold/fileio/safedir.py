@@ -225,12 +225,13 @@ class SafeDir:
         return OpenedFile(fd, fst)
 
     def create_exclusive(self, name: str, mode: int = 0o600, *,
-                         flags: int = os.O_WRONLY) -> int:
+                         flags: int = os.O_WRONLY, replace: bool = True) -> int:
         """Create `name` anew (O_CREAT | O_EXCL | O_NOFOLLOW): never opens what is there.
 
         A leftover of that name (a crashed step's temp file, or a symlink a pod planted to
         make root write through it) is unlinked (unlink removes a symlink itself, never its
-        target) and the create tried once more.
+        target) and the create tried once more; with `replace=False` FileExistsError is
+        raised instead (the active file a writer recreated first must be kept).
         """
         plain_name(name)
         for attempt in (1, 2):
@@ -238,9 +239,14 @@ class SafeDir:
                 return os.open(name, flags | os.O_CREAT | os.O_EXCL | FILE_FLAGS, mode,
                                dir_fd=self.fd)
             except FileExistsError:
-                if attempt == 2:
+                if attempt == 2 or not replace:
                     raise
-                self.unlink(name)
+                try:
+                    self.unlink(name)
+                except IsADirectoryError as e:
+                    raise UnsafeFile(f"{self.path / name} is a directory; cannot create a "
+                                     "file there", kind="not-regular",
+                                     path=str(self.path / name)) from e
         raise AssertionError("unreachable")
 
     def read_capped(self, name: str, cap_bytes: int) -> bytes:

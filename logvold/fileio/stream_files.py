@@ -1,6 +1,6 @@
-"""File primitives of one stream directory for the rotator: directory-relative
-opens (never outside it), segment listing, in-kernel copies, PUNCH_HOLE and
-COLLAPSE_RANGE via libc, and the scan of /proc for the active file's writers.
+"""File primitives of one stream directory for the rotator: segment listing (through
+the SafeDir of `fileio.safedir`, the only door to volume files), in-kernel copies,
+PUNCH_HOLE and COLLAPSE_RANGE via libc, and the scan of /proc for the active file's writers.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import ctypes.util
 import errno
 import os
 import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from logvold.core.layout import SegmentName, segments_of
+from logvold.fileio.safedir import SafeDir
 
 #: linux/falloc.h; Python's os.posix_fallocate cannot pass modes.
 FALLOC_FL_KEEP_SIZE = 0x01
@@ -58,31 +58,6 @@ def allocated_bytes(st: os.stat_result) -> int:
     return st.st_blocks * 512
 
 
-def check_name(name: str) -> str:
-    """`name` if it names an entry directly inside a directory, else ValueError."""
-    if not name or name in (".", "..") or "/" in name or "\0" in name:
-        raise ValueError(f"{name!r} is not a plain file name")
-    return name
-
-
-@contextmanager
-def open_directory(directory: Path) -> Iterator[int]:
-    """An fd of `directory` for *_dir_fd operations, so no name can escape it."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def lstat_in(dir_fd: int, name: str) -> os.stat_result | None:
-    """lstat of `name` inside the directory, None if it is missing."""
-    try:
-        return os.stat(check_name(name), dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-
-
 @dataclass(frozen=True, slots=True)
 class SegmentEntry:
     """A segment file of a stream as found on disk."""
@@ -92,24 +67,31 @@ class SegmentEntry:
     allocated_bytes: int
 
 
-def list_segments(dir_fd: int, base: str) -> list[SegmentEntry]:
-    """Regular-file segments of `base`, oldest first (symlinks and others are ignored)."""
+def list_segments(d: SafeDir, base: str) -> list[SegmentEntry]:
+    """Regular-file segments of `base`, oldest first (symlinks and others are ignored).
+
+    The listing is bounded (`SafeDir.names`): a directory of millions of names is refused."""
     found = []
-    for name in segments_of(base, os.listdir(dir_fd)):
-        st = lstat_in(dir_fd, name.filename)
+    for name in segments_of(base, d.names()):
+        st = d.lstat(name.filename)
         if st is not None and stat.S_ISREG(st.st_mode):
             found.append(SegmentEntry(name, st.st_size, allocated_bytes(st)))
     return found
 
 
-def copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> None:
+def copy_range(src_fd: int, dst_fd: int, offset: int, length: int, *,
+               should_stop: Callable[[], bool] | None = None) -> None:
     """Copy [offset, offset+length) of src to the current end of dst, in the kernel.
 
     Memory stays bounded; falls back to pread/write where copy_file_range is refused.
+    `should_stop` is polled between chunks: True raises OSError(EINTR) (the caller
+    removes its temp file, nothing was committed).
     """
     done = 0
     use_cfr = True
     while done < length:
+        if should_stop is not None and should_stop():
+            raise OSError(errno.EINTR, "copy abandoned: logvold is stopping")
         want = min(_COPY_CHUNK, length - done)
         if use_cfr:
             try:
@@ -176,32 +158,28 @@ def _fdinfo_flags(path: Path) -> int | None:
     return None
 
 
-def _probe_file(directory: Path) -> int:
-    """An anonymous file in `directory`: O_TMPFILE never has a name, so a kill -9 leaves
-    nothing behind. Without O_TMPFILE, a named file unlinked at once, after removing
-    the probes of processes that died between those two steps."""
+def _probe_file(d: SafeDir) -> int:
+    """An anonymous file in `d`: O_TMPFILE never has a name, so a kill -9 leaves nothing
+    behind. Without O_TMPFILE, an exclusively created name unlinked at once (a leftover of
+    a killed process, or a symlink planted there, is replaced, never written through)."""
     try:
-        return os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600)
+        return os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=d.fd)
     except OSError as exc:
         if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
             raise
-    for stale in directory.glob(".logvold-punch-probe.*.tmp"):
-        pid = stale.name.split(".")[2]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            stale.unlink(missing_ok=True)
-    probe = directory / f".logvold-punch-probe.{os.getpid()}.tmp"
-    fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    probe.unlink()
+    name = f".logvold-punch-probe.{os.getpid()}.tmp"
+    fd = d.create_exclusive(name, 0o600, flags=os.O_RDWR)
+    d.unlink(name)
     return fd
 
 
-def punch_supported(directory: Path) -> bool:
-    """Whether PUNCH_HOLE works on the filesystem of `directory` (tried on a temp file).
+def punch_supported(d: SafeDir) -> bool:
+    """Whether PUNCH_HOLE works on the filesystem of directory `d` (tried on a temp file).
 
     Raises OSError when the probe itself cannot run (ENOSPC, EROFS, EACCES): that says
     nothing about the filesystem, so the caller retries later instead of deciding.
     """
-    fd = _probe_file(directory)
+    fd = _probe_file(d)
     try:
         block = max(os.fstat(fd).st_blksize, 4096)
         os.write(fd, b"x" * 2 * block)
