@@ -96,6 +96,7 @@ def _never() -> bool:
 class _Episode:
     """What one public operation refused (see StreamRotator._episode)."""
 
+    op: str
     refused: bool = False
     seen: set[tuple[str, str, str]] = field(default_factory=set)
 
@@ -393,7 +394,7 @@ class StreamRotator:
     def _episode(self, op: str) -> Iterator[_Episode]:
         """One operation: an UnsafeFile ends it (refused, counted, nothing done), and each
         refusal is logged once per episode: until an `op` runs without it again."""
-        ep = _Episode()
+        ep = _Episode(op)
         self._current_ep = ep
         try:
             yield ep
@@ -408,16 +409,18 @@ class StreamRotator:
                 log.info("stream %s: %s no longer refused: %s", self.info.key, op,
                          ", ".join(sorted(k[2] for k in gone)))
 
-    def _refuse(self, e: UnsafeFile, op: str) -> None:
-        key = (op, e.kind, e.path or str(self.directory))
+    def _refuse(self, e: UnsafeFile, op: str | None = None) -> None:
         ep = self._current_ep
+        what = op or (ep.op if ep is not None else "step")
+        # Keyed by the operation that runs (its end closes the episode), not the sub-step.
+        key = (ep.op if ep is not None else what, e.kind, e.path or str(self.directory))
         if ep is not None:
             ep.seen.add(key)
         if self.metrics:
             self.metrics.unsafe_refused.labels(e.kind).inc()
         if key not in self._refusing:
             self._refusing.add(key)
-            log.warning("stream %s: %s refused: %s", self.info.key, op, e)
+            log.warning("stream %s: %s refused: %s", self.info.key, what, e)
 
     # ------------------------------------------------------------------ state
 
@@ -855,7 +858,7 @@ class StreamRotator:
     # ------------------------------------------------------------------ retention
 
     def _plan(self, d: SafeDir, extra_budget_bytes: int | None) -> RetentionPlan:
-        segs = sf.list_segments(d, self.info.base)
+        segs = sf.list_segments(d, self.info.base, on_refused=self._refuse)
         st = d.lstat(self.info.base)
         live = 0
         if st is not None and stat.S_ISREG(st.st_mode):

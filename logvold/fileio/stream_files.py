@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from logvold.core.layout import SegmentName, segments_of
-from logvold.fileio.safedir import SafeDir
+from logvold.fileio.safedir import RefusalKind, SafeDir, UnsafeFile
 
 #: linux/falloc.h; Python's os.posix_fallocate cannot pass modes.
 FALLOC_FL_KEEP_SIZE = 0x01
@@ -67,13 +67,19 @@ class SegmentEntry:
     allocated_bytes: int
 
 
-def list_segments(d: SafeDir, base: str) -> list[SegmentEntry]:
-    """Regular-file segments of `base`, oldest first (symlinks and others are ignored).
-
-    The listing is bounded (`SafeDir.names`): a directory of millions of names is refused."""
+def list_segments(d: SafeDir, base: str, *,
+                  on_refused: Callable[[UnsafeFile], None] | None = None) -> list[SegmentEntry]:
+    """Regular-file segments of `base`, oldest first. A symlink, FIFO, socket or directory
+    under a segment name is left out (and reported to `on_refused`): never read, never
+    compressed, never trimmed. The listing is bounded (`SafeDir.names`)."""
     found = []
     for name in segments_of(base, d.names()):
         st = d.lstat(name.filename)
+        if st is not None and not stat.S_ISREG(st.st_mode) and on_refused is not None:
+            kind: RefusalKind = "symlink" if stat.S_ISLNK(st.st_mode) else "not-regular"
+            on_refused(UnsafeFile(f"{d.path / name.filename} is not a regular file "
+                                  f"({stat.filemode(st.st_mode)}); not a segment",
+                                  kind=kind, path=str(d.path / name.filename)))
         if st is not None and stat.S_ISREG(st.st_mode):
             found.append(SegmentEntry(name, st.st_size, allocated_bytes(st)))
     return found
