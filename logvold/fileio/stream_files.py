@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from logvold.core.layout import SegmentName, segments_of
+from logvold.core.layout import SegmentName, parse_segment_name, segments_of
 from logvold.fileio.safedir import RefusalKind, SafeDir, UnsafeFile
 
 #: linux/falloc.h; Python's os.posix_fallocate cannot pass modes.
@@ -70,19 +70,26 @@ class SegmentEntry:
 def list_segments(d: SafeDir, base: str, *,
                   on_refused: Callable[[UnsafeFile], None] | None = None) -> list[SegmentEntry]:
     """Regular-file segments of `base`, oldest first. A symlink, FIFO, socket or directory
-    under a segment name is left out (and reported to `on_refused`): never read, never
-    compressed, never trimmed. The listing is bounded (`SafeDir.names`)."""
-    found = []
-    for name in segments_of(base, d.names()):
-        st = d.lstat(name.filename)
-        if st is not None and not stat.S_ISREG(st.st_mode) and on_refused is not None:
+    under a segment name is left out (and reported to `on_refused`) before plain and
+    compressed names are paired, so a symlink planted at a compressed segment's plain
+    name neither hides the segment nor is read. The listing is bounded (`SafeDir.names`)."""
+    stats: dict[str, os.stat_result] = {}
+    for filename in d.names():
+        if parse_segment_name(base, filename) is None:
+            continue
+        st = d.lstat(filename)
+        if st is None:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            stats[filename] = st
+        elif on_refused is not None:
             kind: RefusalKind = "symlink" if stat.S_ISLNK(st.st_mode) else "not-regular"
-            on_refused(UnsafeFile(f"{d.path / name.filename} is not a regular file "
+            on_refused(UnsafeFile(f"{d.path / filename} is not a regular file "
                                   f"({stat.filemode(st.st_mode)}); not a segment",
-                                  kind=kind, path=str(d.path / name.filename)))
-        if st is not None and stat.S_ISREG(st.st_mode):
-            found.append(SegmentEntry(name, st.st_size, allocated_bytes(st)))
-    return found
+                                  kind=kind, path=str(d.path / filename)))
+    return [SegmentEntry(name, stats[name.filename].st_size,
+                         allocated_bytes(stats[name.filename]))
+            for name in segments_of(base, stats)]
 
 
 def copy_range(src_fd: int, dst_fd: int, offset: int, length: int, *,
