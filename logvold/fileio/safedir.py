@@ -249,6 +249,20 @@ class SafeDir:
                                      path=str(self.path / name)) from e
         raise AssertionError("unreachable")
 
+    def anonymous_file(self, mode: int = 0o600) -> int:
+        """An O_RDWR fd of a new file in this directory that has no name (O_TMPFILE), so a
+        kill -9 leaves nothing behind; without O_TMPFILE, an exclusively created name
+        removed at once (a planted symlink there is replaced, never written through)."""
+        try:
+            return os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, mode, dir_fd=self.fd)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+                raise
+        name = f".logvold-probe.{os.getpid()}.tmp"
+        fd = self.create_exclusive(name, mode, flags=os.O_RDWR)
+        self.unlink(name)
+        return fd
+
     def read_capped(self, name: str, cap_bytes: int) -> bytes:
         """The whole content of a small regular file (state files): more than `cap_bytes`
         is UnsafeFile(too-big), checked from fstat before anything is read, so a sparse

@@ -171,28 +171,13 @@ def _fdinfo_flags(path: Path) -> int | None:
     return None
 
 
-def _probe_file(d: SafeDir) -> int:
-    """An anonymous file in `d`: O_TMPFILE never has a name, so a kill -9 leaves nothing
-    behind. Without O_TMPFILE, an exclusively created name unlinked at once (a leftover of
-    a killed process, or a symlink planted there, is replaced, never written through)."""
-    try:
-        return os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=d.fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
-            raise
-    name = f".logvold-punch-probe.{os.getpid()}.tmp"
-    fd = d.create_exclusive(name, 0o600, flags=os.O_RDWR)
-    d.unlink(name)
-    return fd
-
-
 def punch_supported(d: SafeDir) -> bool:
     """Whether PUNCH_HOLE works on the filesystem of directory `d` (tried on a temp file).
 
     Raises OSError when the probe itself cannot run (ENOSPC, EROFS, EACCES): that says
     nothing about the filesystem, so the caller retries later instead of deciding.
     """
-    fd = _probe_file(d)
+    fd = d.anonymous_file()
     try:
         block = max(os.fstat(fd).st_blksize, 4096)
         os.write(fd, b"x" * 2 * block)
