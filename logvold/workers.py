@@ -65,9 +65,9 @@ RotatorFactory = Callable[[StreamInfo, "Metrics | None", Callable[[], datetime]]
 #: abandoned. Below the DaemonSet's terminationGracePeriodSeconds and systemd's TimeoutStopSec.
 STOP_TIMEOUT_S = 20.0
 
-UnsafeStream = UnsafeFile
-"""The stream's files are not what they must be (symlink, FIFO, hard link, outside the
-volume): the safe-directory layer's refusal."""
+#: After the steps in flight, zeroing the committed tails may take this much longer (one
+#: small punch and state save per stream): 20 + 5 s stays below the 30 s grace periods.
+QUIESCE_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -343,9 +343,9 @@ class StreamWorkers:
         await asyncio.to_thread(self._quiesce_all)
 
     def _quiesce_all(self) -> None:
-        deadline = self._stop_deadline
+        deadline = max(self._stop_deadline or 0.0, time.monotonic()) + QUIESCE_TIMEOUT_S
         for slot in list(self._slots.values()):
-            if deadline is not None and time.monotonic() >= deadline:
+            if time.monotonic() >= deadline:
                 log.warning("stop deadline reached: committed tails left unzeroed")
                 return
             rotator = slot.rotator
