@@ -75,6 +75,7 @@ from logvold.core.retention import RetentionPlan, SegmentFile, period_start, pla
 from logvold.errors import StateError, StreamError
 from logvold.fileio import stream_files as sf
 from logvold.fileio.compress import CompressionInterrupted, compress_in
+from logvold.fileio.refusals import Refusals
 from logvold.fileio.safedir import SafeDir, UnsafeFile, open_stream_dir, plain_name
 from logvold.fileio.state import SegmentRecord, StreamState, load_state_in, save_state_in
 from logvold.fileio.state_rebuild import rebuild_state
@@ -90,15 +91,6 @@ _READ_CHUNK = 2**20
 
 def _never() -> bool:
     return False
-
-
-@dataclass
-class _Episode:
-    """What one public operation refused (see StreamRotator._episode)."""
-
-    op: str
-    refused: bool = False
-    seen: set[tuple[str, str, str]] = field(default_factory=set)
 
 
 def _punched_head(fd: int, st: os.stat_result) -> bool:
@@ -181,9 +173,9 @@ class StreamRotator:
         self._warned: set[str] = set()
         self._punch_from_zero = False
         self._dir: SafeDir | None = None
-        self._current_ep: _Episode | None = None
-        self._refusing: set[tuple[str, str, str]] = set()
-        """(operation, kind, path) refused in the current episode: logged once."""
+        self._refusals = Refusals(info.key, metrics, str(info.directory))
+        self._episode = self._refusals.episode
+        self._refuse = self._refusals.refuse
         self.abandon_copy: Callable[[], bool] = _never
         """Polled between copy chunks: True abandons the copy before its commit (clean
         rollback), so a stop past its deadline never waits for a huge backlog."""
@@ -389,38 +381,6 @@ class StreamRotator:
                 yield d
             finally:
                 self._dir = None
-
-    @contextlib.contextmanager
-    def _episode(self, op: str) -> Iterator[_Episode]:
-        """One operation: an UnsafeFile ends it (refused, counted, nothing done), and each
-        refusal is logged once per episode: until an `op` runs without it again."""
-        ep = _Episode(op)
-        self._current_ep = ep
-        try:
-            yield ep
-        except UnsafeFile as e:
-            ep.refused = True
-            self._refuse(e, op)
-        finally:
-            self._current_ep = None
-            gone = {k for k in self._refusing if k[0] == op} - ep.seen
-            if gone:
-                self._refusing -= gone
-                log.info("stream %s: %s no longer refused: %s", self.info.key, op,
-                         ", ".join(sorted(k[2] for k in gone)))
-
-    def _refuse(self, e: UnsafeFile, op: str | None = None) -> None:
-        ep = self._current_ep
-        what = op or (ep.op if ep is not None else "step")
-        # Keyed by the operation that runs (its end closes the episode), not the sub-step.
-        key = (ep.op if ep is not None else what, e.kind, e.path or str(self.directory))
-        if ep is not None:
-            ep.seen.add(key)
-        if self.metrics:
-            self.metrics.unsafe_refused.labels(e.kind).inc()
-        if key not in self._refusing:
-            self._refusing.add(key)
-            log.warning("stream %s: %s refused: %s", self.info.key, what, e)
 
     # ------------------------------------------------------------------ state
 
