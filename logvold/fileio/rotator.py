@@ -340,10 +340,11 @@ class StreamRotator:
         """On a clean stop: zero the committed bytes the last punch kept (the partial block
         before the committed offset), so the files themselves hold every event once: a
         reader of the active file other than logvold's never meets a committed event again.
-        The state records it (`zeroed_to`), so the next start still recognises the file."""
+        No state change: `_replaced` and the rebuild take zeroed bytes for committed ones, so
+        a crash on either side of the punch leaves a file the next start recognises."""
         s = self._state
         if (s is None or s.intent is not None or self.policy.strategy != "punch"
-                or self._punch_ok is not True or s.zeroed_to == s.committed_offset):
+                or self._punch_ok is not True):
             return
         try:
             with self._episode("stop"), self._opened() as d:
@@ -357,14 +358,13 @@ class StreamRotator:
                         return
                     p = s.physical_committed
                     lo = sf.align_down(p, self._block(st))
-                    if p > lo:
-                        self._save(s.with_(zeroed_to=s.committed_offset))
+                    if p > lo and os.pread(fd, p - lo, lo) != bytes(p - lo):
                         sf.punch_hole(fd, lo, p - lo)  # unaligned: the kernel zeroes them
                 finally:
                     os.close(fd)
         except FileNotFoundError:
             pass
-        except (OSError, StateError) as e:
+        except OSError as e:
             self._io_error("stop", e)
             log.warning("stream %s: could not zero the committed tail at stop: %s",
                         self.info.key, e)
@@ -452,16 +452,18 @@ class StreamRotator:
         return s
 
     def _replaced(self, d: SafeDir, fd: int, st: os.stat_result, s: StreamState) -> bool:
-        """True when the bytes just before the committed offset are not the end of the newest
-        segment: the writer truncated and rewrote the file, or it was recreated with a reused
-        inode number. Those bytes (the unaligned tail of the last committed block) are never
-        punched; when the offset is block-aligned or the segment is gone, nothing can tell."""
+        """True when the bytes just before the committed offset are neither the end of the
+        newest segment nor zeroes (a clean stop's quiesce): the writer truncated and rewrote
+        the file, or it was recreated with a reused inode number. Those bytes (the unaligned
+        tail of the last committed block) are never punched while running; when the offset
+        is block-aligned or the segment is gone, nothing can tell."""
         p = s.physical_committed
         n = p - sf.align_down(p, self._block(st))
         if n == 0:
             return False
-        if s.zeroed_to == s.committed_offset:  # a clean stop zeroed them (quiesce)
-            return os.pread(fd, n, p - n) != bytes(n)
+        here = os.pread(fd, n, p - n)
+        if here == bytes(n):
+            return False  # zeroed by a clean stop (quiesce), maybe just before a crash
         if not s.segments or s.segments[-1].logical_end != s.committed_offset:
             return False
         seg = d.lstat(s.segments[-1].stem)
@@ -476,7 +478,7 @@ class StreamRotator:
             tail = os.pread(opened.fd, n, opened.st.st_size - n)
         finally:
             os.close(opened.fd)
-        return os.pread(fd, n, p - n) != tail
+        return here != tail
 
     # ------------------------------------------------------------------ helpers
 

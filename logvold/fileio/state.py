@@ -52,10 +52,6 @@ class StreamState:
     intent: Mapping[str, Any] | None = field(default=None, compare=True)
     """A step in flight, else None: `{"op": "punch"|"collapse"|"rename"|"copytruncate"|"trim",
     ...}`."""
-    zeroed_to: int | None = None
-    """LOGICAL offset up to which a clean stop zeroed the committed tail the last punch kept
-    (the partial block before the committed offset); equal to committed_offset while that
-    holds, so a later commit makes it stale by itself."""
 
     @property
     def physical_committed(self) -> int:
@@ -78,7 +74,6 @@ class StreamState:
                 for s in self.segments[-MAX_SEGMENT_RECORDS:]
             ],
             "intent": dict(self.intent) if self.intent is not None else None,
-            **({"zeroed_to": self.zeroed_to} if self.zeroed_to is not None else {}),
         }
 
 
@@ -176,7 +171,6 @@ def _from_json(tree: Any) -> StreamState:
         collapsed_bytes=_int(tree, "collapsed_bytes"),
         segments=tuple(segments),
         intent=intent,
-        zeroed_to=_int(tree, "zeroed_to") if tree.get("zeroed_to") is not None else None,
     )
     if state.collapsed_bytes > state.committed_offset:
         raise ValueError("collapsed_bytes exceeds committed_offset")
