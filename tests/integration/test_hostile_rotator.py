@@ -455,3 +455,34 @@ def test_a_planted_directory_at_a_temp_name_is_refused_not_fatal(vol: Path) -> N
     assert rot.rotate("size") is not None
     assert_exactly_once(vol, 300)
     assert stat.S_ISDIR((vol / ".logvold").stat().st_mode)
+
+
+def test_worker_check_walks_from_the_safety_root(tmp_path: Path, canary: Canary) -> None:
+    """The worker's pre-step check opens each component with O_NOFOLLOW from the stream's
+    root: a symlinked subDir, active file or `.logvold` is refused (no realpath)."""
+    from dataclasses import replace
+
+    from logvold.workers import check_safe
+
+    root = tmp_path / "emptydir"
+    (root / "sub").mkdir(parents=True)
+    info = replace(make_info(root / "sub"), root=root)
+    check_safe(info, None)
+    (root / "y").symlink_to(canary.path.parent)
+    for directory, kind in ((root / "y", "symlink"), (tmp_path / "elsewhere", "outside")):
+        with pytest.raises(UnsafeFile) as exc:
+            check_safe(replace(info, directory=directory), None)
+        assert exc.value.kind == kind
+    (root / "sub" / "app.log").symlink_to(canary.path)
+    with pytest.raises(UnsafeFile) as exc:
+        check_safe(info, None)
+    assert exc.value.kind == "symlink"
+    (root / "sub" / "app.log").unlink()
+    (root / "sub" / ".logvold").symlink_to(canary.path.parent)
+    with pytest.raises(UnsafeFile) as exc:
+        check_safe(info, None)
+    assert exc.value.kind == "symlink"
+    # A static stream without a root set uses the volume root it is handed.
+    with pytest.raises(UnsafeFile):
+        check_safe(replace(info, directory=root / "y", root=None), root)
+    canary.assert_unchanged()
