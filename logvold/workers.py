@@ -65,8 +65,9 @@ RotatorFactory = Callable[[StreamInfo, "Metrics | None", Callable[[], datetime]]
 #: abandoned. Below the DaemonSet's terminationGracePeriodSeconds and systemd's TimeoutStopSec.
 STOP_TIMEOUT_S = 20.0
 
-#: After the steps in flight, zeroing the committed tails may take this much longer (one
-#: small punch and state save per stream): 20 + 5 s stays below the 30 s grace periods.
+#: After the steps in flight, zeroing the committed tails may take this much longer (a
+#: directory walk, a 4 KiB read and a punch per stream): 20 + 5 s stays below the 30 s
+#: grace periods.
 QUIESCE_TIMEOUT_S = 5.0
 
 
