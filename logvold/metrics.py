@@ -119,6 +119,13 @@ class Metrics:
             registry=r,
         )
         self.followers = Gauge("logvold_followers", "Open follow=true connections.", registry=r)
+        self.unsafe_refused = Counter(
+            "logvold_unsafe_files_refused_total",
+            "Files or directories in a volume that logvold refused to touch (symlink, "
+            "not-regular, not-directory, hardlink, outside, too-big, too-many).",
+            ("kind",),
+            registry=r,
+        )
 
     def exposition(self) -> tuple[bytes, str]:
         """The classic text format (promtool rejects OpenMetrics) and its content type."""

@@ -5,7 +5,6 @@ size trigger that no hint reported. Runs on a worker thread; returns values only
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +13,8 @@ from pathlib import Path
 from logvold.core.budget import UsagePiece, budget_shares, clip_to_shares, combine_shares
 from logvold.core.retention import plan_retention
 from logvold.core.streams import StreamInfo, StreamKey
+from logvold.errors import StreamError
+from logvold.fileio.safedir import open_stream_dir, stream_root
 from logvold.fileio.usage import StreamUsage, group_segment_names, stream_usage
 
 
@@ -45,19 +46,21 @@ def survey_streams(infos: Sequence[StreamInfo], *, now: datetime,
                    node_budget_bytes: int, with_budgets: bool) -> Survey:
     """Usage, budget shares (when `with_budgets`) and due work of every stream in `infos`.
 
-    A directory that cannot be listed is skipped (the static scan reports it).
+    A directory that cannot be listed, or that is refused (a symlinked component, more
+    names than a listing takes), is skipped: its rotator step reports and counts it.
     """
-    groups_by_dir: dict[Path, dict[str, list[str]]] = {}
-    usages: dict[StreamKey, StreamUsage] = {}
+    by_dir: dict[tuple[Path, Path], list[StreamInfo]] = {}
     for info in infos:
-        groups = groups_by_dir.get(info.directory)
-        if groups is None:
-            try:
-                names = os.listdir(info.directory)  # noqa: PTH208
-            except OSError:
-                continue
-            groups = groups_by_dir[info.directory] = group_segment_names(names)
-        usages[info.key] = stream_usage(info.directory, info.base, groups.get(info.base, []))
+        by_dir.setdefault((info.directory, stream_root(info)), []).append(info)
+    usages: dict[StreamKey, StreamUsage] = {}
+    for members in by_dir.values():
+        try:  # one walk and one bounded listing per directory, from its safety root
+            with open_stream_dir(members[0]) as d:
+                groups = group_segment_names(d.names())
+                for info in members:
+                    usages[info.key] = stream_usage(d, info.base, groups.get(info.base, []))
+        except (OSError, StreamError):
+            continue
     new_shares = (stream_budget_shares(infos, usages, now, volume_budgets, node_budget_bytes)
                   if with_budgets else None)
     current = new_shares if new_shares is not None else shares

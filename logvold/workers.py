@@ -3,15 +3,18 @@
 One step in flight per stream (requests arriving meanwhile are merged and run
 next); rotation checks and retention run on the rotation pool, compression on
 its own pool so a long gzip never queues ahead of another stream's rotation.
-Before every step the active file is checked to be a regular file inside its
-volume, so a symlink or directory planted in its place is never followed.
+Before every step the stream directory is walked from its safety root without
+following symlinks (`fileio.safedir`), so a symlinked subDir, active file or
+`.logvold` planted by the pod is refused, never followed. A stop finishes the steps
+in flight (copy, commit, punch) within STOP_TIMEOUT_S, then zeroes each stream's
+committed tail, so the files themselves hold every event once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import os
 import stat
 import threading
 import time
@@ -20,11 +23,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from logvold.core.layout import STATE_DIR_NAME
 from logvold.core.streams import StreamInfo, StreamKey
 from logvold.errors import StreamError
+from logvold.fileio.safedir import UnsafeFile, open_stream_dir
 from logvold.survey import budget_share_arg
 
 if TYPE_CHECKING:
@@ -43,11 +47,28 @@ class Rotator(Protocol):
     def compress_pending(self, extra_budget_bytes: int | None = None) -> Any: ...
 
 
+@runtime_checkable
+class StoppableRotator(Protocol):
+    """A rotator that a stop can hurry (abandon a copy past the deadline, before its
+    commit) and settle (zero the committed tail): `fileio.rotator.StreamRotator`."""
+
+    abandon_copy: Callable[[], bool]
+    abandon_compress: Callable[[], bool]
+
+    def quiesce(self) -> None: ...
+
+
 RotatorFactory = Callable[[StreamInfo, "Metrics | None", Callable[[], datetime]], Rotator]
 
+#: How long a stop waits for the steps in flight before it abandons a copy (cleanly, before
+#: its commit: nothing is lost or doubled) and exits. A step's commit and punch are never
+#: abandoned. Below the DaemonSet's terminationGracePeriodSeconds and systemd's TimeoutStopSec.
+STOP_TIMEOUT_S = 20.0
 
-class UnsafeStream(Exception):
-    """The stream's files are not what they must be (symlink, directory, outside the volume)."""
+#: After the steps in flight, zeroing the committed tails may take this much longer (a
+#: directory walk, a 4 KiB read and a punch per stream): 20 + 5 s stays below the 30 s
+#: grace periods.
+QUIESCE_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -110,6 +131,8 @@ class StreamWorkers:
         self._slots: dict[StreamKey, _Slot] = {}
         self._inflight: set[asyncio.Future[Any]] = set()
         self._closing = False
+        self._stop_deadline: float | None = None
+        """Monotonic time after which a copy in flight is abandoned (set by close())."""
         self.failures = 0
         """Steps that raised (bad input included); `--once` turns this into its exit code."""
         self.rotations = 0
@@ -227,10 +250,14 @@ class StreamWorkers:
         self.failures += 1
         kind = type(exc).__name__
         # The rotator counts its own StreamErrors; count what it never saw.
-        if self._metrics is not None and not isinstance(exc, StreamError):
+        if self._metrics is not None and isinstance(exc, UnsafeFile):
             k = slot.info.key
-            error = "unsafe" if isinstance(exc, UnsafeStream) else kind
-            self._metrics.rotation_failures.labels(k.namespace, k.pod, k.container, error).inc()
+            self._metrics.unsafe_refused.labels(exc.kind).inc()
+            self._metrics.rotation_failures.labels(k.namespace, k.pod, k.container,
+                                                   "unsafe").inc()
+        elif self._metrics is not None and not isinstance(exc, StreamError):
+            k = slot.info.key
+            self._metrics.rotation_failures.labels(k.namespace, k.pod, k.container, kind).inc()
         signature = f"{what}:{kind}:{exc}"
         if slot.failing != signature:  # log once per distinct failure, not per retry
             slot.failing = signature
@@ -247,9 +274,19 @@ class StreamWorkers:
 
     def _rotator(self, slot: _Slot) -> Rotator:
         if slot.rotator is None:
-            slot.rotator = self._factory(slot.info, self._metrics, self._clock)
+            rotator = slot.rotator = self._factory(slot.info, self._metrics, self._clock)
             slot.recovered = False
+            if isinstance(rotator, StoppableRotator):
+                rotator.abandon_copy = self._past_stop_deadline
+                rotator.abandon_compress = self._stopping
         return slot.rotator
+
+    def _stopping(self) -> bool:
+        return self._closing
+
+    def _past_stop_deadline(self) -> bool:
+        deadline = self._stop_deadline
+        return deadline is not None and time.monotonic() >= deadline
 
     def _step(self, slot: _Slot, request: StepRequest) -> StepOutcome:
         with slot.lock:
@@ -293,32 +330,59 @@ class StreamWorkers:
         while self._inflight:
             await asyncio.gather(*list(self._inflight), return_exceptions=True)
 
-    async def close(self) -> None:
-        """Finish the steps in flight (each writes its state), drop the queued ones."""
+    async def close(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Finish the steps in flight (each commits and punches, or, past `timeout_s`,
+        abandons its copy before the commit), drop the queued ones, then zero each
+        stream's committed tail (`quiesce`) so the files hold every event once."""
         self._closing = True
+        self._stop_deadline = time.monotonic() + timeout_s
         for pool in (self._rotation_pool, self._compression_pool):
             pool.shutdown(wait=False, cancel_futures=True)
         await asyncio.gather(*list(self._inflight), return_exceptions=True)
         await asyncio.to_thread(self._rotation_pool.shutdown, wait=True)
         await asyncio.to_thread(self._compression_pool.shutdown, wait=True)
+        await asyncio.to_thread(self._quiesce_all)
+
+    def _quiesce_all(self) -> None:
+        deadline = max(self._stop_deadline or 0.0, time.monotonic()) + QUIESCE_TIMEOUT_S
+        for slot in list(self._slots.values()):
+            if time.monotonic() >= deadline:
+                log.warning("stop deadline reached: committed tails left unzeroed")
+                return
+            rotator = slot.rotator
+            if slot.removed or not isinstance(rotator, StoppableRotator):
+                continue
+            with slot.lock:
+                try:
+                    rotator.quiesce()
+                except (OSError, StreamError) as exc:
+                    log.warning("cannot settle the stream at stop: %s", exc,
+                                extra={"stream": str(slot.info.key)})
 
 
 def check_safe(info: StreamInfo, volume_root: Path | None) -> None:
-    """Raise UnsafeStream unless the stream's files are plain files inside its volume."""
-    directory = info.directory
-    if volume_root is not None:
-        real_dir = os.path.realpath(directory)
-        real_root = os.path.realpath(volume_root)
-        if real_dir != real_root and not real_dir.startswith(real_root.rstrip(os.sep) + os.sep):
-            raise UnsafeStream(f"{directory} resolves outside its volume {volume_root}; "
-                               "not touched")
-    for path, want_dir in ((info.active_path, False), (directory / STATE_DIR_NAME, True)):
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            continue
-        if want_dir and not stat.S_ISDIR(st.st_mode):
-            raise UnsafeStream(f"{path} is not a directory; not touched")
-        if not want_dir and not stat.S_ISREG(st.st_mode):
-            kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
-            raise UnsafeStream(f"{path} is {kind}; not touched (replace it with a regular file)")
+    """Raise UnsafeFile unless the stream's directory is reached from its safety root
+    without a symlink, and its active file and `.logvold` (if present) are a regular
+    file and a directory. One walk of fds, no path resolution: what is checked is what
+    the rotator then opens (and it checks again, on its own fds)."""
+    if info.root is None and volume_root is not None:
+        info = dataclasses.replace(info, root=volume_root)
+    try:
+        d = open_stream_dir(info)
+    except FileNotFoundError:
+        return  # not there (yet): nothing to touch
+    with d:
+        for name, want_dir in ((info.base, False), (STATE_DIR_NAME, True)):
+            st = d.lstat(name)
+            if st is None:
+                continue
+            where = str(d.path / name)
+            if stat.S_ISLNK(st.st_mode):
+                raise UnsafeFile(f"{where} is a symlink; not followed", kind="symlink",
+                                 path=where)
+            if want_dir and not stat.S_ISDIR(st.st_mode):
+                raise UnsafeFile(f"{where} is not a directory; not touched",
+                                 kind="not-directory", path=where)
+            if not want_dir and not stat.S_ISREG(st.st_mode):
+                raise UnsafeFile(f"{where} is not a regular file; not touched (replace it "
+                                 "with a regular file)", kind="not-regular", path=where)

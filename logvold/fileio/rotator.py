@@ -55,7 +55,7 @@ import os
 import signal
 import stat
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -64,11 +64,20 @@ from zoneinfo import ZoneInfo
 
 from logvold.core.clock import utcnow
 from logvold.core.framing import last_boundary_backward, make_framer
-from logvold.core.layout import STATE_DIR_NAME, SegmentName, next_segment_name, segments_of
+from logvold.core.layout import (
+    STATE_DIR_NAME,
+    SegmentName,
+    next_segment_name,
+    segments_of,
+    state_file_name,
+)
 from logvold.core.retention import RetentionPlan, SegmentFile, period_start, plan_retention
 from logvold.errors import StateError, StreamError
 from logvold.fileio import stream_files as sf
-from logvold.fileio.state import SegmentRecord, StreamState, load_state, save_state, state_path
+from logvold.fileio.compress import CompressionInterrupted, compress_in
+from logvold.fileio.refusals import Refusals
+from logvold.fileio.safedir import SafeDir, UnsafeFile, open_stream_dir, plain_name
+from logvold.fileio.state import SegmentRecord, StreamState, load_state_in, save_state_in
 from logvold.fileio.state_rebuild import rebuild_state
 
 if TYPE_CHECKING:
@@ -78,6 +87,24 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _READ_CHUNK = 2**20
+
+
+def _never() -> bool:
+    return False
+
+
+def _punched_head(fd: int, st: os.stat_result) -> bool:
+    """Whether the file's head was punched (a leading hole) or zeroed (a clean stop)."""
+    if st.st_size == 0:
+        return False
+    try:
+        if os.lseek(fd, 0, os.SEEK_DATA) > 0:
+            return True
+    except OSError as e:
+        if e.errno == errno.ENXIO:
+            return True  # all hole
+        raise
+    return os.pread(fd, 1, 0) == b"\0"
 
 
 
@@ -129,7 +156,7 @@ class StreamRotator:
     def __init__(self, info: StreamInfo, metrics: Metrics | None = None,
                  clock: Callable[[], datetime] = utcnow, *, punch_supported: bool | None = None,
                  collapse_min_bytes: int | None = None) -> None:
-        sf.check_name(info.base)
+        plain_name(info.base)
         self.info = info
         self.policy = info.policy
         self.metrics = metrics
@@ -145,12 +172,22 @@ class StreamRotator:
         self._anchor: datetime | None = None
         self._warned: set[str] = set()
         self._punch_from_zero = False
+        self._dir: SafeDir | None = None
+        self._refusals = Refusals(info.key, metrics, str(info.directory))
+        self._episode = self._refusals.episode
+        self._refuse = self._refusals.refuse
+        self.abandon_copy: Callable[[], bool] = _never
+        """Polled between copy chunks: True abandons the copy before its commit (clean
+        rollback), so a stop past its deadline never waits for a huge backlog."""
+        self.abandon_compress: Callable[[], bool] = _never
+        """Polled between compressed blocks: True abandons compression (kept plain)."""
 
     # ------------------------------------------------------------------ public API
 
     @property
     def directory(self) -> Path:
-        return self.info.directory.resolve()
+        """The stream directory, for messages: it is never opened by this path."""
+        return self.info.directory
 
     @property
     def state(self) -> StreamState | None:
@@ -158,12 +195,17 @@ class StreamRotator:
         return self._state
 
     def recover(self) -> None:
-        """Finish or undo the intent a crash left, then free what a crash left allocated."""
+        """Finish or undo the intent a crash left, then free what a crash left allocated.
+
+        A refused directory (symlinked component, symlinked `.logvold`) leaves the stream
+        unrecovered: no step runs on it until the refusal ends."""
         try:
-            with sf.open_directory(self.directory) as dfd:
-                self._recover(dfd)
+            with self._episode("recover") as ep, self._opened() as d:
+                self._recover(d)
+            if ep.refused:
+                return
         except FileNotFoundError:
-            self._recovered = True
+            pass
         except OSError as e:
             self._io_error("recover", e)
             raise StreamError(f"cannot recover stream {self.info.key} in {self.directory}: "
@@ -174,19 +216,23 @@ class StreamRotator:
         """Cut the active file at its last event boundary; None if nothing whole to cut.
 
         Raises StreamError (retriable: nothing was committed) on I/O errors such as ENOSPC.
+        A refused file (UnsafeFile) is counted, logged once per episode, and not rotated.
         """
         if not self._recovered:
             self.recover()
+            if not self._recovered:
+                return None
+        result = None
         try:
-            with sf.open_directory(self.directory) as dfd:
+            with self._episode("rotate"), self._opened() as d:
                 if self._state is not None and self._state.intent is not None:
-                    self._recover(dfd)  # a failed step left an intent: settle it first
-                opened = self._open_active(dfd)
+                    self._recover(d)  # a failed step left an intent: settle it first
+                opened = self._open_active(d)
                 if opened is None:
                     return None
                 fd, st = opened
                 try:
-                    result = self._rotate(dfd, fd, st, reason)
+                    result = self._rotate(d, fd, st, reason)
                 finally:
                     os.close(fd)
         except FileNotFoundError:
@@ -211,8 +257,10 @@ class StreamRotator:
         try:
             if not self._recovered:
                 self.recover()
-            with sf.open_directory(self.directory) as dfd:
-                st = sf.lstat_in(dfd, self.info.base)
+                if not self._recovered:
+                    return None
+            with self._episode("check"), self._opened() as d:
+                st = d.lstat(self.info.base)
                 if st is None or not stat.S_ISREG(st.st_mode):
                     return None
                 live = st.st_size - self._physical_committed_for(st)
@@ -223,7 +271,7 @@ class StreamRotator:
                 now = self.clock()
                 start = period_start(now, self.policy.rotate, ZoneInfo(self.policy.timezone))
                 if self._anchor is None:
-                    segs = sf.list_segments(dfd, self.info.base)
+                    segs = sf.list_segments(d, self.info.base)
                     self._anchor = segs[-1].name.stamp if segs else now
                 if start is not None and self._anchor < start:
                     return "period"
@@ -236,35 +284,48 @@ class StreamRotator:
         active file's oldest whole events. Compression is only reported (see compress_pending)."""
         if not self._recovered:
             self.recover()
+            if not self._recovered:
+                return RetentionResult()
         try:
-            with sf.open_directory(self.directory) as dfd:
-                return self._enforce(dfd, extra_budget_bytes)
+            with self._episode("retention"), self._opened() as d:
+                return self._enforce(d, extra_budget_bytes)
         except FileNotFoundError:
-            return RetentionResult()
+            pass
         except (OSError, StateError) as e:
             self._fail(e, "retention")
+        return RetentionResult()
 
     def compress_pending(self, extra_budget_bytes: int | None = None) -> tuple[str, ...]:
         """Compress the plain segments the retention plan names (run from a worker thread).
 
         Returns the file names compressed. A segment still open for writing (rename
-        strategy, writer not reopened yet) is left for a later call.
+        strategy, writer not reopened yet) is left for a later call; one that is not a
+        regular, singly linked file is refused (counted, logged once) and left alone.
         """
-        from logvold.fileio.compress import compress_segment
-
         if self.policy.compress == "none":
             return ()
         done = []
         try:
-            with sf.open_directory(self.directory) as dfd:
-                plan = self._plan(dfd, extra_budget_bytes)
+            with self._episode("compress"), self._opened() as d:
+                plan = self._plan(d, extra_budget_bytes)
                 for name in plan.compress:
-                    st = sf.lstat_in(dfd, name.filename)
+                    if self.abandon_compress():
+                        break
+                    st = d.lstat(name.filename)
                     if st is None or not stat.S_ISREG(st.st_mode):
                         continue
                     if self.policy.strategy == "rename" and sf.open_writers(st.st_dev, st.st_ino):
                         continue
-                    compress_segment(str(self.directory / name.filename), self.policy.compress)
+                    try:
+                        out = compress_in(d, name.filename, self.policy.compress,
+                                          should_stop=self.abandon_compress)
+                    except UnsafeFile as e:
+                        self._refuse(e, "compress")
+                        continue
+                    except CompressionInterrupted:
+                        break
+                    if out is None:
+                        continue
                     done.append(name.filename)
                     if self.metrics:
                         self.metrics.compressions.labels(self.policy.compress).inc()
@@ -275,32 +336,94 @@ class StreamRotator:
         self._update_gauges()
         return tuple(done)
 
+    def quiesce(self) -> None:
+        """On a clean stop: zero the committed bytes the last punch kept (the partial block
+        before the committed offset), so the files themselves hold every event once: a
+        reader of the active file other than logvold's never meets a committed event again.
+        No state change: `_replaced` and the rebuild take zeroed bytes for committed ones, so
+        a crash on either side of the punch leaves a file the next start recognises."""
+        s = self._state
+        if (s is None or s.intent is not None or self.policy.strategy != "punch"
+                or self._punch_ok is not True):
+            return
+        try:
+            with self._episode("stop"), self._opened() as d:
+                opened = self._open_active(d)
+                if opened is None:
+                    return
+                fd, st = opened
+                try:
+                    if (st.st_dev, st.st_ino) != (s.device, s.inode) or self._current(
+                            d, fd, st) is not s:
+                        return
+                    p = s.physical_committed
+                    lo = sf.align_down(p, self._block(st))
+                    if p > lo and os.pread(fd, p - lo, lo) != bytes(p - lo):
+                        sf.punch_hole(fd, lo, p - lo)  # unaligned: the kernel zeroes them
+                finally:
+                    os.close(fd)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            self._io_error("stop", e)
+            log.warning("stream %s: could not zero the committed tail at stop: %s",
+                        self.info.key, e)
+
+    # ------------------------------------------------------------------ refusals
+
+    @contextlib.contextmanager
+    def _opened(self) -> Iterator[SafeDir]:
+        """The stream directory for one operation, walked from the stream's safety root
+        without following symlinks; `_save` writes state through it."""
+        with open_stream_dir(self.info) as d:
+            self._dir = d
+            try:
+                yield d
+            finally:
+                self._dir = None
+
     # ------------------------------------------------------------------ state
 
-    def _load(self, dfd: int, st: os.stat_result | None) -> StreamState | None:
+    def _load(self, d: SafeDir, st: os.stat_result | None) -> StreamState | None:
+        """The saved state; a corrupt one, or a missing one while the active file starts
+        with a punched hole, is rebuilt from the files (never re-copied from offset 0)."""
         try:
-            return load_state(self.directory, self.info.base)
+            state = load_state_in(d, self.info.base)
         except StateError as e:
             log.warning("stream %s: %s", self.info.key, e)
             self._io_error("load-state", e)
+            if isinstance(e.__cause__, UnsafeFile):
+                self._refuse(e.__cause__, "state")
             if st is None or not stat.S_ISREG(st.st_mode):
                 return None
-            bad = state_path(self.directory, self.info.base)
-            with contextlib.suppress(OSError):
-                bad.replace(bad.with_name(bad.name + ".corrupt"))
-            fd = os.open(self.info.base, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
-            try:
-                state = rebuild_state(dfd, fd, os.fstat(fd), self.info.base,
-                                      self.policy.format, self.policy.delimiter)
-            finally:
-                os.close(fd)
-            self._save(state)
-            log.warning("stream %s: state rebuilt: committed physical offset %d",
-                        self.info.key, state.committed_offset)
-            return state
+            name = state_file_name(self.info.base)
+            with contextlib.suppress(OSError), d.subdir(STATE_DIR_NAME) as sd:
+                sd.rename(name, name + ".corrupt")
+            return self._rebuild(d, "corrupt")
+        if state is None and st is not None and stat.S_ISREG(st.st_mode):
+            return self._rebuild(d, "missing")
+        return state
+
+    def _rebuild(self, d: SafeDir, why: str) -> StreamState | None:
+        """Rebuild the committed offset from the active file and the newest segment. For a
+        missing state only when the file was punched (a leading hole or zeroed bytes):
+        otherwise nothing of it was committed and offset 0 is right."""
+        opened = d.open_file(self.info.base)
+        try:
+            if why == "missing" and not _punched_head(opened.fd, opened.st):
+                return None
+            state = rebuild_state(d, opened.fd, opened.st, self.info.base,
+                                  self.policy.format, self.policy.delimiter)
+        finally:
+            os.close(opened.fd)
+        self._save(state)
+        log.warning("stream %s: %s state rebuilt from the files: committed physical offset %d",
+                    self.info.key, why, state.committed_offset)
+        return state
 
     def _save(self, state: StreamState) -> StreamState:
-        save_state(self.directory, self.info.base, state)
+        assert self._dir is not None, "state is saved within an operation"
+        save_state_in(self._dir, self.info.base, state)
         self._state = state
         return state
 
@@ -311,7 +434,7 @@ class StreamRotator:
         p = s.physical_committed
         return p if p <= st.st_size else 0
 
-    def _current(self, dfd: int, fd: int, st: os.stat_result) -> StreamState:
+    def _current(self, d: SafeDir, fd: int, st: os.stat_result) -> StreamState:
         """State of the open active file: fresh for a new inode, reset after a writer truncate."""
         s = self._state
         if s is None or (s.device, s.inode) != (st.st_dev, st.st_ino):
@@ -319,7 +442,7 @@ class StreamRotator:
                 log.info("stream %s: new active file (inode %d), starting at offset 0",
                          self.info.key, st.st_ino)
             return StreamState(device=st.st_dev, inode=st.st_ino)
-        if st.st_size < s.physical_committed or self._replaced(dfd, fd, st, s):
+        if st.st_size < s.physical_committed or self._replaced(d, fd, st, s):
             log.warning("stream %s: the writer truncated or replaced %s (%d bytes, committed "
                         "%d): starting again at 0", self.info.key, self.info.base, st.st_size,
                         s.physical_committed)
@@ -328,59 +451,51 @@ class StreamRotator:
             return StreamState(device=st.st_dev, inode=st.st_ino)
         return s
 
-    def _replaced(self, dfd: int, fd: int, st: os.stat_result, s: StreamState) -> bool:
-        """True when the bytes just before the committed offset are not the end of the newest
-        segment: the writer truncated and rewrote the file, or it was recreated with a reused
-        inode number. Those bytes (the unaligned tail of the last committed block) are never
-        punched; when the offset is block-aligned or the segment is gone, nothing can tell."""
+    def _replaced(self, d: SafeDir, fd: int, st: os.stat_result, s: StreamState) -> bool:
+        """True when the bytes just before the committed offset are neither the end of the
+        newest segment nor zeroes (a clean stop's quiesce): the writer truncated and rewrote
+        the file, or it was recreated with a reused inode number. Those bytes (the unaligned
+        tail of the last committed block) are never punched while running; when the offset
+        is block-aligned or the segment is gone, nothing can tell."""
         p = s.physical_committed
         n = p - sf.align_down(p, self._block(st))
-        if n == 0 or not s.segments or s.segments[-1].logical_end != s.committed_offset:
+        if n == 0:
             return False
-        seg = sf.lstat_in(dfd, s.segments[-1].stem)
+        here = os.pread(fd, n, p - n)
+        if here == bytes(n):
+            return False  # zeroed by a clean stop (quiesce), maybe just before a crash
+        if not s.segments or s.segments[-1].logical_end != s.committed_offset:
+            return False
+        seg = d.lstat(s.segments[-1].stem)
         if seg is None or not stat.S_ISREG(seg.st_mode) or seg.st_size < n:
             return False
-        sfd = os.open(s.segments[-1].stem, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
         try:
-            tail = os.pread(sfd, n, seg.st_size - n)
+            opened = d.open_file(s.segments[-1].stem)
+        except UnsafeFile as e:
+            self._refuse(e, "check")
+            return False
+        try:
+            tail = os.pread(opened.fd, n, opened.st.st_size - n)
         finally:
-            os.close(sfd)
-        return os.pread(fd, n, p - n) != tail
+            os.close(opened.fd)
+        return here != tail
 
     # ------------------------------------------------------------------ helpers
 
-    def _open_active(self, dfd: int) -> tuple[int, os.stat_result] | None:
-        """O_RDWR fd of the active file if it is a regular file in the directory."""
-        base = self.info.base
-        st = sf.lstat_in(dfd, base)
-        if st is None:
-            return None
-        if not stat.S_ISREG(st.st_mode):
-            self._skip(f"{base} is not a regular file (mode {stat.filemode(st.st_mode)})")
-            return None
+    def _open_active(self, d: SafeDir) -> tuple[int, os.stat_result] | None:
+        """O_RDWR fd of the active file if it is a regular, singly linked file in the
+        directory: a symlink, FIFO, directory or hard link in its place is refused (an
+        outside file hard-linked here would be punched and served)."""
         try:
-            fd = os.open(base, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
-                         dir_fd=dfd)
+            opened = d.open_file(self.info.base, os.O_RDWR)
         except FileNotFoundError:
             return None
-        except OSError as e:
-            if e.errno == errno.ELOOP:
-                self._skip(f"{base} became a symlink")
-                return None
-            raise
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            self._skip(f"{base} is not a regular file")
+        except UnsafeFile as e:
+            self._refuse(e, "active")
+            if self.metrics:
+                self.metrics.rotation_failures.labels(*self._labels, "not-regular").inc()
             return None
-        return fd, st
-
-    def _skip(self, why: str) -> None:
-        if why not in self._warned:
-            self._warned.add(why)
-            log.warning("stream %s: skipped: %s", self.info.key, why)
-        if self.metrics:
-            self.metrics.rotation_failures.labels(*self._labels, "not-regular").inc()
+        return opened.fd, opened.st
 
     def _io_error(self, op: str, e: BaseException) -> None:
         if self.metrics:
@@ -402,7 +517,8 @@ class StreamRotator:
 
     def _punch_supported(self) -> bool:
         if self._punch_ok is None:
-            self._punch_ok = sf.punch_supported(self.directory)
+            assert self._dir is not None, "probed within an operation"
+            self._punch_ok = sf.punch_supported(self._dir)
             if not self._punch_ok:
                 log.warning("stream %s: PUNCH_HOLE unsupported in %s: falling back to rename",
                             self.info.key, self.directory)
@@ -440,40 +556,39 @@ class StreamRotator:
             pos += len(chunk)
         return last
 
-    def _segment_name(self, dfd: int) -> SegmentName:
+    def _segment_name(self, d: SafeDir) -> SegmentName:
         """After every segment on disk AND every one the state still records: a name whose
         files retention deleted is never given again while a record (which a follower may
         be about to read by that name) still points at its old byte range."""
-        existing = [e.name for e in sf.list_segments(dfd, self.info.base)]
+        existing = [e.name for e in sf.list_segments(d, self.info.base)]
         if self._state is not None:
             existing += segments_of(self.info.base, [r.stem for r in self._state.segments])
         return next_segment_name(self.info.base, self.clock(), existing)
 
-    def _write_segment(self, dfd: int, src_fd: int, stem: str, offset: int, length: int,
+    def _write_segment(self, d: SafeDir, src_fd: int, stem: str, offset: int, length: int,
                        like: os.stat_result) -> None:
         """[offset, offset+length) of the active file into `<stem>` via `<stem>.tmp`."""
-        tmp = sf.check_name(stem + ".tmp")
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                      like.st_mode & 0o666, dir_fd=dfd)
+        tmp = plain_name(stem + ".tmp")
+        out = d.create_exclusive(tmp, like.st_mode & 0o666)  # a planted symlink is replaced
         try:
             with contextlib.suppress(OSError):
                 os.fchown(out, like.st_uid, like.st_gid)
-            sf.copy_range(src_fd, out, offset, length)
+            sf.copy_range(src_fd, out, offset, length, should_stop=self.abandon_copy)
             os.fsync(out)
         except BaseException:
             os.close(out)
             with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=dfd)
+                d.unlink(tmp)
             raise
         os.close(out)
-        os.rename(tmp, stem, src_dir_fd=dfd, dst_dir_fd=dfd)
-        os.fsync(dfd)
+        d.rename(tmp, stem)
+        d.fsync()
 
-    def _abort(self, dfd: int, state: StreamState, stem: str, e: OSError) -> None:
+    def _abort(self, d: SafeDir, state: StreamState, stem: str, e: OSError) -> None:
         """Undo a failed copy: remove tmp and segment, clear the intent (best effort)."""
         for name in (stem + ".tmp", stem):
             with contextlib.suppress(OSError):
-                os.unlink(name, dir_fd=dfd)
+                d.unlink(name)
         with contextlib.suppress(OSError, StateError):
             self._save(state.with_(intent=None))
         self._io_error("rotate-copy", e)
@@ -509,13 +624,24 @@ class StreamRotator:
         self._punch_from_zero = False
         return hi - lo
 
+    def _intent_stem(self, intent: Mapping[str, Any]) -> str:
+        """The segment an intent names: a forged state file may name any file, but recovery
+        only ever touches a segment name of this stream."""
+        stem = plain_name(str(intent.get("stem")))
+        names = segments_of(self.info.base, [stem])
+        if not names or names[0].compression:
+            raise UnsafeFile(f"state intent names {stem!r}, not a segment of {self.info.base}",
+                             kind="outside", path=str(self.directory / stem))
+        return stem
+
     def _records(self, state: StreamState, rec: SegmentRecord) -> tuple[SegmentRecord, ...]:
         return (*state.segments, rec)[-64:]
 
     # ------------------------------------------------------------------ rotation
 
-    def _rotate(self, dfd: int, fd: int, st: os.stat_result, reason: str) -> RotationResult | None:
-        state = self._current(dfd, fd, st)
+    def _rotate(self, d: SafeDir, fd: int, st: os.stat_result,
+                reason: str) -> RotationResult | None:
+        state = self._current(d, fd, st)
         strategy = self.policy.strategy
         if strategy == "punch" and not self._punch_supported():
             strategy = "rename"
@@ -524,12 +650,12 @@ class StreamRotator:
             # head in the segment, so this inode stays with punch until the writer reopens.
             strategy = "punch"
         if strategy == "punch":
-            return self._rotate_punch(dfd, fd, state, reason)
+            return self._rotate_punch(d, fd, state, reason)
         if strategy == "rename":
-            return self._rotate_rename(dfd, fd, state, reason)
-        return self._rotate_copytruncate(dfd, fd, state, reason)
+            return self._rotate_rename(d, fd, state, reason)
+        return self._rotate_copytruncate(d, fd, state, reason)
 
-    def _plan_cut(self, dfd: int, fd: int, state: StreamState,
+    def _plan_cut(self, d: SafeDir, fd: int, state: StreamState,
                   st: os.stat_result) -> tuple[int, SegmentName, int, int] | None:
         """Where the next segment ends: (physical end, segment name, logical start,
         logical end), or None when no whole event lies past the committed offset."""
@@ -537,22 +663,22 @@ class StreamRotator:
         b = self._last_boundary(fd, p, st.st_size)
         if b is None:
             return None
-        return b, self._segment_name(dfd), state.committed_offset, state.committed_offset + (b - p)
+        return b, self._segment_name(d), state.committed_offset, state.committed_offset + (b - p)
 
-    def _rotate_punch(self, dfd: int, fd: int, state: StreamState,
+    def _rotate_punch(self, d: SafeDir, fd: int, state: StreamState,
                       reason: str) -> RotationResult | None:
         st = os.fstat(fd)
         p = state.physical_committed
-        cut = self._plan_cut(dfd, fd, state, st)
+        cut = self._plan_cut(d, fd, state, st)
         if cut is None:
             return None
         b, name, start, end = cut
         intent = {"op": "punch", "stem": name.stem, "start": start, "end": end}
         self._save(state.with_(intent=intent))
         try:
-            self._write_segment(dfd, fd, name.stem, p, b - p, st)
+            self._write_segment(d, fd, name.stem, p, b - p, st)
         except OSError as e:
-            self._abort(dfd, state, name.stem, e)
+            self._abort(d, state, name.stem, e)
         state = self._save(state.with_(
             committed_offset=end, intent=None,
             segments=self._records(state, SegmentRecord(name.stem, start, end))))
@@ -599,39 +725,38 @@ class StreamRotator:
         log.debug("stream %s: collapsed %d bytes", self.info.key, length)
         return length
 
-    def _rotate_rename(self, dfd: int, fd: int, state: StreamState,
+    def _rotate_rename(self, d: SafeDir, fd: int, state: StreamState,
                        reason: str) -> RotationResult | None:
         st = os.fstat(fd)
         if st.st_size <= state.physical_committed:
             return None
-        name = self._segment_name(dfd)
+        name = self._segment_name(d)
         self._save(state.with_(intent={"op": "rename", "stem": name.stem,
                                        "device": st.st_dev, "inode": st.st_ino}))
         try:
-            os.rename(self.info.base, name.stem, src_dir_fd=dfd, dst_dir_fd=dfd)
-            os.fsync(dfd)
+            d.rename(self.info.base, name.stem)
+            d.fsync()
         except OSError:
             with contextlib.suppress(OSError, StateError):
                 self._save(state.with_(intent=None))
             raise
-        self._finish_rename(dfd, st)
+        self._finish_rename(d, st)
         return RotationResult(reason=reason, strategy="rename", segment=name.stem,
                               logical_start=state.committed_offset,
                               logical_end=state.committed_offset + st.st_size
                               - state.physical_committed)
 
-    def _finish_rename(self, dfd: int, old: os.stat_result) -> None:
+    def _finish_rename(self, d: SafeDir, old: os.stat_result) -> None:
         """After the rename: an empty active file like the old one, fresh state, reopen."""
         try:
-            nfd = os.open(self.info.base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                          old.st_mode & 0o666, dir_fd=dfd)
+            nfd = d.create_exclusive(self.info.base, old.st_mode & 0o666, replace=False)
             with contextlib.suppress(OSError):
                 os.fchown(nfd, old.st_uid, old.st_gid)
             os.close(nfd)
-            os.fsync(dfd)
+            d.fsync()
         except FileExistsError:
             pass  # the writer reopened first
-        st = sf.lstat_in(dfd, self.info.base)
+        st = d.lstat(self.info.base)
         if st is not None and stat.S_ISREG(st.st_mode):
             self._save(StreamState(device=st.st_dev, inode=st.st_ino))
         else:
@@ -666,20 +791,20 @@ class StreamRotator:
             if self.metrics:
                 self.metrics.rotation_failures.labels(*self._labels, "reopen").inc()
 
-    def _rotate_copytruncate(self, dfd: int, fd: int, state: StreamState,
+    def _rotate_copytruncate(self, d: SafeDir, fd: int, state: StreamState,
                              reason: str) -> RotationResult | None:
         st = os.fstat(fd)
         p = state.physical_committed
-        cut = self._plan_cut(dfd, fd, state, st)
+        cut = self._plan_cut(d, fd, state, st)
         if cut is None:
             return None
         b, name, start, end = cut
         self._save(state.with_(intent={"op": "copytruncate", "stem": name.stem, "start": start,
                                        "end": end, "physical_end": b}))
         try:
-            self._write_segment(dfd, fd, name.stem, p, b - p, st)
+            self._write_segment(d, fd, name.stem, p, b - p, st)
         except OSError as e:
-            self._abort(dfd, state, name.stem, e)
+            self._abort(d, state, name.stem, e)
         lost = os.fstat(fd).st_size - b
         os.ftruncate(fd, 0)
         self._save(StreamState(device=st.st_dev, inode=st.st_ino))
@@ -694,41 +819,41 @@ class StreamRotator:
 
     # ------------------------------------------------------------------ retention
 
-    def _plan(self, dfd: int, extra_budget_bytes: int | None) -> RetentionPlan:
-        segs = sf.list_segments(dfd, self.info.base)
-        st = sf.lstat_in(dfd, self.info.base)
+    def _plan(self, d: SafeDir, extra_budget_bytes: int | None) -> RetentionPlan:
+        segs = sf.list_segments(d, self.info.base, on_refused=self._refuse)
+        st = d.lstat(self.info.base)
         live = 0
         if st is not None and stat.S_ISREG(st.st_mode):
             live = max(st.st_size - self._physical_committed_for(st), 0)
         files = [SegmentFile(e.name, e.size_bytes) for e in segs]
         return plan_retention(files, live, self.policy, self.clock(), extra_budget_bytes)
 
-    def _enforce(self, dfd: int, extra_budget_bytes: int | None) -> RetentionResult:
-        plan = self._plan(dfd, extra_budget_bytes)
+    def _enforce(self, d: SafeDir, extra_budget_bytes: int | None) -> RetentionResult:
+        plan = self._plan(d, extra_budget_bytes)
         freed = 0
         deleted = []
         for name in plan.delete:
             for filename in {name.filename, name.stem, name.stem + ".gz", name.stem + ".zst"}:
-                st = sf.lstat_in(dfd, filename)
-                if st is None:
-                    continue
-                os.unlink(filename, dir_fd=dfd)
+                st = d.lstat(filename)
+                if st is None or stat.S_ISDIR(st.st_mode):
+                    continue  # a directory planted under a segment name is left alone
+                d.unlink(filename)  # a symlink itself, never its target
                 freed += sf.allocated_bytes(st)
                 deleted.append(filename)
             if self.metrics:
                 why = plan.reasons.get(name.stem, "retention")
                 self.metrics.truncations.labels(*self._labels, why).inc()
         if deleted:
-            os.fsync(dfd)
+            d.fsync()
             if self.metrics:
                 self.metrics.bytes_freed.labels(*self._labels, "delete").inc(freed)
         trimmed = None
         if plan.trim_segment is not None and plan.trim_segment_bytes > 0:
-            trimmed, n = self._trim_segment(dfd, plan.trim_segment, plan.trim_segment_bytes)
+            trimmed, n = self._trim_segment(d, plan.trim_segment, plan.trim_segment_bytes)
             freed += n
         dropped = 0
         if plan.active_bytes_to_drop > 0:
-            dropped, n = self._drop_active(dfd, plan.active_bytes_to_drop,
+            dropped, n = self._drop_active(d, plan.active_bytes_to_drop,
                                            plan.budget_reason or "maxTotalSize")
             freed += n
         self._update_gauges()
@@ -737,7 +862,7 @@ class StreamRotator:
                                bytes_freed=freed,
                                compress_pending=tuple(n.filename for n in plan.compress))
 
-    def _trim_segment(self, dfd: int, name: SegmentName, nbytes: int) -> tuple[str | None, int]:
+    def _trim_segment(self, d: SafeDir, name: SegmentName, nbytes: int) -> tuple[str | None, int]:
         """Drop at least `nbytes` of a plain segment's head, up to an event boundary.
 
         A trim only ever removes a head, so a segment's logical END never moves: readers
@@ -745,9 +870,13 @@ class StreamRotator:
         rename. The intent lets recovery bring the record in line after a crash."""
         if name.compression:
             return None, 0  # compressed: kept whole until it can go entirely
-        fd = os.open(name.filename, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
         try:
-            st = os.fstat(fd)
+            opened = d.open_file(name.filename)
+        except UnsafeFile as e:
+            self._refuse(e, "trim")
+            return None, 0
+        fd, st = opened.fd, opened.st
+        try:
             cut = self._first_boundary_at_or_after(fd, 0, nbytes, st.st_size)
             if cut is None or cut <= 0:
                 return None, 0
@@ -756,11 +885,11 @@ class StreamRotator:
                 s = self._save(s.with_(intent={"op": "trim", "stem": name.stem,
                                                "size": st.st_size - cut}))
             trim = name.stem + ".trim"  # complete copy, then atomically over the segment
-            self._write_segment(dfd, fd, trim, cut, st.st_size - cut, st)
+            self._write_segment(d, fd, trim, cut, st.st_size - cut, st)
         finally:
             os.close(fd)
-        os.rename(trim, name.filename, src_dir_fd=dfd, dst_dir_fd=dfd)
-        os.fsync(dfd)
+        d.rename(trim, name.filename)
+        d.fsync()
         if s is not None:
             self._save(self._trimmed_records(s, name.stem, st.st_size - cut).with_(intent=None))
         if self.metrics:
@@ -775,14 +904,14 @@ class StreamRotator:
             r._replace(logical_start=max(r.logical_start, r.logical_end - size))
             if r.stem == stem else r for r in state.segments))
 
-    def _drop_active(self, dfd: int, nbytes: int, why: str) -> tuple[int, int]:
+    def _drop_active(self, d: SafeDir, nbytes: int, why: str) -> tuple[int, int]:
         """Advance the committed offset past the oldest whole events (>= nbytes), no segment."""
-        opened = self._open_active(dfd)
+        opened = self._open_active(d)
         if opened is None:
             return 0, 0
         fd, st = opened
         try:
-            state = self._current(dfd, fd, st)
+            state = self._current(d, fd, st)
             if self.policy.strategy != "punch" or not self._punch_supported():
                 return 0, 0  # no way to free the head in place: the next rotation cuts it
             p = state.physical_committed
@@ -802,9 +931,9 @@ class StreamRotator:
     def _update_gauges(self) -> None:
         if not self.metrics:
             return
-        with contextlib.suppress(OSError), sf.open_directory(self.directory) as dfd:
-            segs = sf.list_segments(dfd, self.info.base)
-            st = sf.lstat_in(dfd, self.info.base)
+        with contextlib.suppress(OSError, StreamError), open_stream_dir(self.info) as d:
+            segs = sf.list_segments(d, self.info.base)
+            st = d.lstat(self.info.base)
             active = sf.allocated_bytes(st) if st is not None and stat.S_ISREG(st.st_mode) else 0
             self.metrics.segments.labels(*self._labels).set(len(segs))
             self.metrics.disk_usage.labels(*self._labels).set(
@@ -812,28 +941,23 @@ class StreamRotator:
 
     # ------------------------------------------------------------------ recovery
 
-    def _recover(self, dfd: int) -> None:
-        st = sf.lstat_in(dfd, self.info.base)
-        state = self._load(dfd, st)
+    def _recover(self, d: SafeDir) -> None:
+        st = d.lstat(self.info.base)
+        state = self._load(d, st)
         self._state = state
-        for name in os.listdir(dfd):  # a crash inside _write_segment / _trim_segment
+        for name in d.names():  # a crash inside _write_segment / _trim_segment
             if name.startswith(self.info.base + ".") and name.endswith((".tmp", ".trim")):
                 with contextlib.suppress(OSError):
-                    os.unlink(name, dir_fd=dfd)
+                    d.unlink(name)
         if state is not None and state.intent is not None:
             op = state.intent.get("op")
             log.info("stream %s: recovering an interrupted %s", self.info.key, op)
-            if op == "punch":
-                self._recover_punch(dfd, state, state.intent)
-            elif op == "collapse":
-                self._recover_collapse(dfd, state, state.intent)
-            elif op == "rename":
-                self._recover_rename(dfd, state, state.intent)
-            elif op == "copytruncate":
-                self._recover_copytruncate(dfd, state, state.intent)
-            elif op == "trim":
-                self._recover_trim(dfd, state, state.intent)
-            else:
+            try:
+                self._recover_intent(d, state, op)
+            except UnsafeFile as e:
+                if e.kind != "outside":
+                    raise
+                self._refuse(e, "state")  # a forged intent: dropped, nothing touched
                 self._save(state.with_(intent=None))
         state = self._state
         try:
@@ -842,13 +966,13 @@ class StreamRotator:
         except OSError as e:  # cannot probe now (e.g. ENOSPC): the leak is freed later
             self._io_error("probe", e)
             return
-        opened = self._open_active(dfd)
+        opened = self._open_active(d)
         if opened is None:
             return
         fd, st = opened
         try:
             if (state.device, state.inode) == (st.st_dev, st.st_ino):
-                current = self._current(dfd, fd, st)
+                current = self._current(d, fd, st)
                 if current is state:  # not rewritten or replaced while we were down
                     self._punch(fd, st, 0, state.physical_committed)
                 else:
@@ -856,10 +980,25 @@ class StreamRotator:
         finally:
             os.close(fd)
 
-    def _recover_punch(self, dfd: int, state: StreamState, intent: Mapping[str, Any]) -> None:
-        stem = sf.check_name(str(intent["stem"]))
+    def _recover_intent(self, d: SafeDir, state: StreamState, op: object) -> None:
+        assert state.intent is not None
+        if op == "punch":
+            self._recover_punch(d, state, state.intent)
+        elif op == "collapse":
+            self._recover_collapse(d, state, state.intent)
+        elif op == "rename":
+            self._recover_rename(d, state, state.intent)
+        elif op == "copytruncate":
+            self._recover_copytruncate(d, state, state.intent)
+        elif op == "trim":
+            self._recover_trim(d, state, state.intent)
+        else:
+            self._save(state.with_(intent=None))
+
+    def _recover_punch(self, d: SafeDir, state: StreamState, intent: Mapping[str, Any]) -> None:
+        stem = self._intent_stem(intent)
         start, end = int(intent["start"]), int(intent["end"])
-        seg = sf.lstat_in(dfd, stem)
+        seg = d.lstat(stem)
         if (seg is not None and stat.S_ISREG(seg.st_mode) and seg.st_size == end - start
                 and state.committed_offset == start):
             self._save(state.with_(committed_offset=end, intent=None,
@@ -867,14 +1006,14 @@ class StreamRotator:
             log.info("stream %s: committed segment %s found after a crash", self.info.key, stem)
             return
         if seg is not None and stat.S_ISREG(seg.st_mode):
-            os.unlink(stem, dir_fd=dfd)
-            os.fsync(dfd)
+            d.unlink(stem)
+            d.fsync()
         self._save(state.with_(intent=None))
 
-    def _recover_collapse(self, dfd: int, state: StreamState, intent: Mapping[str, Any]) -> None:
+    def _recover_collapse(self, d: SafeDir, state: StreamState, intent: Mapping[str, Any]) -> None:
         length, before = int(intent["length"]), int(intent["collapsed_before"])
         done = False
-        opened = self._open_active(dfd)
+        opened = self._open_active(d)
         if opened is not None and state.collapsed_bytes == before:
             fd, st = opened
             try:
@@ -893,30 +1032,30 @@ class StreamRotator:
         collapsed = before + length if done else state.collapsed_bytes
         self._save(state.with_(collapsed_bytes=collapsed, intent=None))
 
-    def _recover_rename(self, dfd: int, state: StreamState, intent: Mapping[str, Any]) -> None:
-        stem = sf.check_name(str(intent["stem"]))
-        seg = sf.lstat_in(dfd, stem)
-        active = sf.lstat_in(dfd, self.info.base)
+    def _recover_rename(self, d: SafeDir, state: StreamState, intent: Mapping[str, Any]) -> None:
+        stem = self._intent_stem(intent)
+        seg = d.lstat(stem)
+        active = d.lstat(self.info.base)
         if seg is not None and (seg.st_dev, seg.st_ino) == (intent["device"], intent["inode"]) \
                 and (active is None or active.st_ino != seg.st_ino):
-            self._finish_rename(dfd, seg)
+            self._finish_rename(d, seg)
         else:
             self._save(state.with_(intent=None))
 
-    def _recover_trim(self, dfd: int, state: StreamState, intent: Mapping[str, Any]) -> None:
+    def _recover_trim(self, d: SafeDir, state: StreamState, intent: Mapping[str, Any]) -> None:
         """The trimmed copy replaced the segment (its size says so) or it did not."""
-        stem = sf.check_name(str(intent["stem"]))
+        stem = self._intent_stem(intent)
         size = int(intent["size"])
-        seg = sf.lstat_in(dfd, stem)
+        seg = d.lstat(stem)
         if seg is not None and stat.S_ISREG(seg.st_mode) and seg.st_size == size:
             state = self._trimmed_records(state, stem, size)
         self._save(state.with_(intent=None))
 
-    def _recover_copytruncate(self, dfd: int, state: StreamState,
+    def _recover_copytruncate(self, d: SafeDir, state: StreamState,
                               intent: Mapping[str, Any]) -> None:
-        stem = sf.check_name(str(intent["stem"]))
-        seg = sf.lstat_in(dfd, stem)
-        active = sf.lstat_in(dfd, self.info.base)
+        stem = self._intent_stem(intent)
+        seg = d.lstat(stem)
+        active = d.lstat(self.info.base)
         if seg is None or active is None:
             self._save(state.with_(intent=None))
         elif active.st_size >= int(intent["physical_end"]):

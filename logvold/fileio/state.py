@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,10 +17,14 @@ from typing import Any, NamedTuple
 
 from logvold.core.layout import STATE_DIR_NAME, state_file_name
 from logvold.errors import StateError
+from logvold.fileio.safedir import SafeDir, UnsafeFile
 
 STATE_VERSION = 1
 #: How many segment records a state keeps: enough for followers lagging a few rotations.
 MAX_SEGMENT_RECORDS = 64
+#: A valid state (64 records of a stem up to 255 bytes and two offsets, an intent) is far
+#: below this; a bigger file is corrupt (or a sparse bomb) and is never read.
+STATE_CAP_BYTES = 64 * 1024
 
 
 class SegmentRecord(NamedTuple):
@@ -80,20 +83,47 @@ def state_path(directory: Path | str, base: str) -> Path:
 
 
 def load_state(directory: Path | str, base: str) -> StreamState | None:
-    """The saved state of `base`, or None when there is none yet.
-
-    Raises StateError when the file exists but cannot be read or does not
-    hold a valid state (the rotator then rebuilds the committed offset from
-    the file itself, see `StreamRotator.recover`).
-    """
-    path = state_path(directory, base)
+    """The saved state of `base` in `directory` (see `load_state_in`); the directory
+    itself is taken as given, `.logvold` and the state file are reached through SafeDir."""
     try:
-        raw = path.read_bytes()
+        d = SafeDir.open_root(Path(directory))
     except FileNotFoundError:
         return None
+    with d:
+        return load_state_in(d, base)
+
+
+def load_state_in(d: SafeDir, base: str) -> StreamState | None:
+    """The saved state of `base` in stream directory `d`, or None when there is none yet.
+
+    Raises StateError when the file exists but cannot be read or does not hold a valid
+    state (the rotator then rebuilds the committed offset from the files): bigger than
+    STATE_CAP_BYTES, a symlink, a FIFO or a hard link in its place count as corrupt (the
+    UnsafeFile is the StateError's __cause__). A symlinked `.logvold` raises UnsafeFile:
+    logvold neither reads nor writes state through it.
+    """
+    path = state_path(d.path, base)
+    try:
+        sd = d.subdir(STATE_DIR_NAME)
+    except FileNotFoundError:
+        return None
+    except UnsafeFile:
+        raise
     except OSError as e:
-        raise StateError(f"cannot read state file {path}: {e.strerror}; check permissions",
-                         path=str(path), op="load state") from e
+        raise StateError(f"cannot open {d.path / STATE_DIR_NAME}: {e.strerror}; check "
+                         "permissions", path=str(path), op="load state") from e
+    with sd:
+        try:
+            raw = sd.read_capped(state_file_name(base), STATE_CAP_BYTES)
+        except FileNotFoundError:
+            return None
+        except UnsafeFile as e:
+            raise StateError(f"state file {path} refused ({e}); logvold rebuilds it from the "
+                             "active file and its newest segment", path=str(path),
+                             op="load state") from e
+        except OSError as e:
+            raise StateError(f"cannot read state file {path}: {e.strerror}; check "
+                             "permissions", path=str(path), op="load state") from e
     try:
         tree = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
@@ -121,7 +151,10 @@ def _from_json(tree: Any) -> StreamState:
     if tree.get("version") != STATE_VERSION:
         raise ValueError(f"unsupported version {tree.get('version')!r}")
     segments = []
-    for item in tree.get("segments") or []:
+    records = tree.get("segments") or []
+    if not isinstance(records, list) or len(records) > MAX_SEGMENT_RECORDS:
+        raise ValueError(f"segments must be a list of at most {MAX_SEGMENT_RECORDS} records")
+    for item in records:
         if not isinstance(item, dict) or not isinstance(item.get("stem"), str):
             raise TypeError(f"bad segment record {item!r}")
         rec = SegmentRecord(item["stem"], _int(item, "logical_start"), _int(item, "logical_end"))
@@ -145,29 +178,30 @@ def _from_json(tree: Any) -> StreamState:
 
 
 def save_state(directory: Path | str, base: str, state: StreamState) -> None:
-    """Write `state` atomically: tmp file, fsync, rename, fsync of the state directory.
+    """`save_state_in` for a directory taken as given (tests, tools)."""
+    try:
+        d = SafeDir.open_root(Path(directory))
+    except OSError as e:
+        raise StateError(f"cannot save state in {directory}: {e.strerror}", path=str(directory),
+                         op="save state") from e
+    with d:
+        save_state_in(d, base, state)
 
-    A crash at any instant leaves either the previous state or this one.
-    Raises StateError (with the errno in the message) when it cannot.
+
+def save_state_in(d: SafeDir, base: str, state: StreamState) -> None:
+    """Write `state` atomically into `d/.logvold/`: exclusive tmp file, fsync, rename,
+    fsync of the state directory. A crash at any instant leaves the previous state or
+    this one. Raises StateError (with the errno) when it cannot, UnsafeFile when
+    `.logvold` is a symlink or not a directory (nothing is written through it).
     """
-    path = state_path(directory, base)
-    tmp = path.with_name(path.name + ".tmp")
+    path = state_path(d.path, base)
     data = json.dumps(state.to_json(), separators=(",", ":")).encode() + b"\n"
     try:
-        path.parent.mkdir(mode=0o755, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        tmp.replace(path)
-        fsync_directory(path.parent)
+        with d.subdir(STATE_DIR_NAME, create=True) as sd:
+            sd.write_atomically(state_file_name(base), data)
+    except UnsafeFile:
+        raise
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise StateError(f"cannot save state file {path}: {e.strerror}; free space or fix "
                          "permissions, the rotation is retried", path=str(path),
                          op="save state") from e
@@ -175,14 +209,6 @@ def save_state(directory: Path | str, base: str, state: StreamState) -> None:
 
 def remove_state(directory: Path | str, base: str) -> None:
     """Delete the state of `base` (its stream is gone); missing is fine."""
-    with contextlib.suppress(FileNotFoundError):
-        state_path(directory, base).unlink()
-
-
-def fsync_directory(directory: Path | str) -> None:
-    """Make renames and unlinks inside `directory` durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with contextlib.suppress(FileNotFoundError), SafeDir.open_root(Path(directory)) as d, \
+            d.subdir(STATE_DIR_NAME) as sd:
+        sd.unlink(state_file_name(base))

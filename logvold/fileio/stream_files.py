@@ -1,6 +1,6 @@
-"""File primitives of one stream directory for the rotator: directory-relative
-opens (never outside it), segment listing, in-kernel copies, PUNCH_HOLE and
-COLLAPSE_RANGE via libc, and the scan of /proc for the active file's writers.
+"""File primitives of one stream directory for the rotator: segment listing (through
+the SafeDir of `fileio.safedir`, the only door to volume files), in-kernel copies,
+PUNCH_HOLE and COLLAPSE_RANGE via libc, and the scan of /proc for the active file's writers.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import ctypes.util
 import errno
 import os
 import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from logvold.core.layout import SegmentName, segments_of
+from logvold.core.layout import SegmentName, parse_segment_name, segments_of
+from logvold.fileio.safedir import RefusalKind, SafeDir, UnsafeFile
 
 #: linux/falloc.h; Python's os.posix_fallocate cannot pass modes.
 FALLOC_FL_KEEP_SIZE = 0x01
@@ -58,31 +58,6 @@ def allocated_bytes(st: os.stat_result) -> int:
     return st.st_blocks * 512
 
 
-def check_name(name: str) -> str:
-    """`name` if it names an entry directly inside a directory, else ValueError."""
-    if not name or name in (".", "..") or "/" in name or "\0" in name:
-        raise ValueError(f"{name!r} is not a plain file name")
-    return name
-
-
-@contextmanager
-def open_directory(directory: Path) -> Iterator[int]:
-    """An fd of `directory` for *_dir_fd operations, so no name can escape it."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def lstat_in(dir_fd: int, name: str) -> os.stat_result | None:
-    """lstat of `name` inside the directory, None if it is missing."""
-    try:
-        return os.stat(check_name(name), dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-
-
 @dataclass(frozen=True, slots=True)
 class SegmentEntry:
     """A segment file of a stream as found on disk."""
@@ -92,24 +67,44 @@ class SegmentEntry:
     allocated_bytes: int
 
 
-def list_segments(dir_fd: int, base: str) -> list[SegmentEntry]:
-    """Regular-file segments of `base`, oldest first (symlinks and others are ignored)."""
-    found = []
-    for name in segments_of(base, os.listdir(dir_fd)):
-        st = lstat_in(dir_fd, name.filename)
-        if st is not None and stat.S_ISREG(st.st_mode):
-            found.append(SegmentEntry(name, st.st_size, allocated_bytes(st)))
-    return found
+def list_segments(d: SafeDir, base: str, *,
+                  on_refused: Callable[[UnsafeFile], None] | None = None) -> list[SegmentEntry]:
+    """Regular-file segments of `base`, oldest first. A symlink, FIFO, socket or directory
+    under a segment name is left out (and reported to `on_refused`) before plain and
+    compressed names are paired, so a symlink planted at a compressed segment's plain
+    name neither hides the segment nor is read. The listing is bounded (`SafeDir.names`)."""
+    stats: dict[str, os.stat_result] = {}
+    for filename in d.names():
+        if parse_segment_name(base, filename) is None:
+            continue
+        st = d.lstat(filename)
+        if st is None:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            stats[filename] = st
+        elif on_refused is not None:
+            kind: RefusalKind = "symlink" if stat.S_ISLNK(st.st_mode) else "not-regular"
+            on_refused(UnsafeFile(f"{d.path / filename} is not a regular file "
+                                  f"({stat.filemode(st.st_mode)}); not a segment",
+                                  kind=kind, path=str(d.path / filename)))
+    return [SegmentEntry(name, stats[name.filename].st_size,
+                         allocated_bytes(stats[name.filename]))
+            for name in segments_of(base, stats)]
 
 
-def copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> None:
+def copy_range(src_fd: int, dst_fd: int, offset: int, length: int, *,
+               should_stop: Callable[[], bool] | None = None) -> None:
     """Copy [offset, offset+length) of src to the current end of dst, in the kernel.
 
     Memory stays bounded; falls back to pread/write where copy_file_range is refused.
+    `should_stop` is polled between chunks: True raises OSError(EINTR) (the caller
+    removes its temp file, nothing was committed).
     """
     done = 0
     use_cfr = True
     while done < length:
+        if should_stop is not None and should_stop():
+            raise OSError(errno.EINTR, "copy abandoned: logvold is stopping")
         want = min(_COPY_CHUNK, length - done)
         if use_cfr:
             try:
@@ -176,32 +171,13 @@ def _fdinfo_flags(path: Path) -> int | None:
     return None
 
 
-def _probe_file(directory: Path) -> int:
-    """An anonymous file in `directory`: O_TMPFILE never has a name, so a kill -9 leaves
-    nothing behind. Without O_TMPFILE, a named file unlinked at once, after removing
-    the probes of processes that died between those two steps."""
-    try:
-        return os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600)
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
-            raise
-    for stale in directory.glob(".logvold-punch-probe.*.tmp"):
-        pid = stale.name.split(".")[2]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            stale.unlink(missing_ok=True)
-    probe = directory / f".logvold-punch-probe.{os.getpid()}.tmp"
-    fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    probe.unlink()
-    return fd
-
-
-def punch_supported(directory: Path) -> bool:
-    """Whether PUNCH_HOLE works on the filesystem of `directory` (tried on a temp file).
+def punch_supported(d: SafeDir) -> bool:
+    """Whether PUNCH_HOLE works on the filesystem of directory `d` (tried on a temp file).
 
     Raises OSError when the probe itself cannot run (ENOSPC, EROFS, EACCES): that says
     nothing about the filesystem, so the caller retries later instead of deciding.
     """
-    fd = _probe_file(directory)
+    fd = d.anonymous_file()
     try:
         block = max(os.fstat(fd).st_blksize, 4096)
         os.write(fd, b"x" * 2 * block)

@@ -4,17 +4,16 @@ live part of its active file. Feeds budget shares and retention pre-checks.
 
 from __future__ import annotations
 
-import os
 import re
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from logvold.core.layout import segments_of
 from logvold.core.retention import SegmentFile
-from logvold.errors import StateError
-from logvold.fileio.state import load_state
+from logvold.errors import LogvoldError
+from logvold.fileio.safedir import SafeDir
+from logvold.fileio.state import load_state_in
 
 _SEGMENT_RE = re.compile(r"^(.+)\.\d{8}-\d{6}(?:\.\d{4,})?(?:\.(?:gz|zst))?$")
 
@@ -42,34 +41,28 @@ class StreamUsage:
         return sum(s.size_bytes for s in self.segments) + self.active_live_bytes
 
 
-def stream_usage(directory: Path, base: str, names: list[str] | None = None) -> StreamUsage:
-    """Usage of stream `base` in `directory`; `names`: the directory listing (or just the
-    stream's names from `group_segment_names`) to reuse.
+def stream_usage(d: SafeDir, base: str, names: list[str] | None = None) -> StreamUsage:
+    """Usage of stream `base` in stream directory `d`; `names`: the directory listing (or
+    just the stream's names from `group_segment_names`) to reuse.
 
     Vanished files count as 0 (a race with retention, not an error); a symlink
-    or directory in place of the active file counts as no live data.
+    or directory in place of the active file or a segment counts as no data.
     """
     if names is None:
-        names = os.listdir(directory)  # noqa: PTH208
+        names = d.names()
     segments: list[SegmentFile] = []
     for seg in segments_of(base, names):
-        try:
-            st = os.lstat(directory / seg.filename)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISREG(st.st_mode):
+        st = d.lstat(seg.filename)
+        if st is not None and stat.S_ISREG(st.st_mode):
             segments.append(SegmentFile(seg, st.st_size))
     live = 0
-    try:
-        active: os.stat_result | None = os.lstat(directory / base)
-    except FileNotFoundError:
-        active = None
+    active = d.lstat(base)
     if active is not None and stat.S_ISREG(active.st_mode):
         st = active
         live = st.st_size
         try:
-            state = load_state(directory, base)
-        except StateError:
+            state = load_state_in(d, base)
+        except LogvoldError:  # corrupt, refused, or `.logvold` not a directory
             state = None
         if state is not None and (state.device, state.inode) == (st.st_dev, st.st_ino):
             live = max(0, st.st_size - state.physical_committed)

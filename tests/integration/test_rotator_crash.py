@@ -40,7 +40,7 @@ class Crash(BaseException):
 
 
 STEPS: list[tuple[Any, str]] = [
-    (rotator_mod, "save_state"),
+    (rotator_mod, "save_state_in"),
     (stream_files, "copy_range"),
     (rotator_mod.os, "rename"),
     (stream_files, "punch_hole"),
@@ -53,14 +53,22 @@ STEPS: list[tuple[Any, str]] = [
 def crash_at(k: int, after: bool, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """Raise Crash at the k-th call of any step (before or after it runs)."""
     calls: list[str] = []
+    depth = [0]
 
     def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def wrapped(*args: Any, **kwargs: Any) -> Any:
+            if depth[0]:  # inside another step (the state save's own rename): part of it
+                return fn(*args, **kwargs)
             calls.append(name)
-            if len(calls) - 1 == k and not after:
+            me = len(calls) - 1
+            if me == k and not after:
                 raise Crash(name)
-            result = fn(*args, **kwargs)
-            if len(calls) - 1 == k and after:
+            depth[0] += 1
+            try:
+                result = fn(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+            if me == k and after:
                 raise Crash(name)
             return result
         return wrapped

@@ -219,6 +219,9 @@ def test_replaced_or_vanished_active_file_is_skipped(tmp_path: Path, replacement
     assert not [n for n in os.listdir(d) if n.startswith("app.log.")]
     skipped = metrics.rotation_failures.labels("default", "pod", "app", "not-regular")._value.get()
     assert skipped == (0 if replacement == "vanished" else 1)
+    kind = {"symlink": "symlink", "directory": "not-regular"}.get(replacement)
+    if kind is not None:
+        assert metrics.unsafe_refused.labels(kind)._value.get() >= 1
 
 
 @pytest.mark.parametrize("collapse, compress", [("never", "none"), ("always", "none"),

@@ -236,12 +236,14 @@ def _trim_oldest(rot: StreamRotator, directory: Path, fraction: float) -> str:
     """Retention's trim of this fraction of the oldest plain segment's head, as the
     rotator runs it (up to the next event boundary)."""
     from logvold.core.layout import segments_of
-    from logvold.fileio import stream_files as sf
+    from logvold.fileio.safedir import SafeDir
 
     oldest = segments_of("app.log", os.listdir(directory))[0]
     nbytes = int((directory / oldest.filename).stat().st_size * fraction)
-    with sf.open_directory(directory) as dfd:
-        trimmed, cut = rot._trim_segment(dfd, oldest, nbytes)
+    with SafeDir.open_root(directory) as d:
+        rot._dir = d  # as within one of its operations
+        trimmed, cut = rot._trim_segment(d, oldest, nbytes)
+        rot._dir = None
     assert trimmed == oldest.filename and cut >= nbytes
     return oldest.stem
 

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 from logvold.errors import StateError
+from logvold.fileio.safedir import UnsafeFile
 from logvold.fileio.state import (
+    MAX_SEGMENT_RECORDS,
+    STATE_CAP_BYTES,
     SegmentRecord,
     StreamState,
     load_state,
@@ -97,10 +100,55 @@ def test_corrupt_state_is_a_clear_state_error(tmp_path: Path, content: bytes, wo
     assert "rebuilds" in str(info.value) or "version" in words
 
 
-def test_unwritable_directory_is_a_state_error(tmp_path: Path) -> None:
+def test_a_file_or_symlink_at_the_state_dir_is_refused(tmp_path: Path) -> None:
+    """Nothing is written through a `.logvold` that is not a real directory of the volume."""
     (tmp_path / ".logvold").write_text("a file where the directory should be")
-    with pytest.raises(StateError, match="cannot save state file"):
+    with pytest.raises(UnsafeFile, match="not a directory") as exc:
         save_state(tmp_path, "app.log", _state())
+    assert exc.value.kind == "not-directory"
+    (tmp_path / ".logvold").unlink()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / ".logvold").symlink_to(outside)
+    for call in (lambda: save_state(tmp_path, "app.log", _state()),
+                 lambda: load_state(tmp_path, "app.log")):
+        with pytest.raises(UnsafeFile) as exc:
+            call()
+        assert exc.value.kind == "symlink"
+    assert os.listdir(outside) == []
+
+
+def test_an_oversized_state_file_is_corrupt_and_never_read(tmp_path: Path) -> None:
+    """A sparse 3 GiB state file costs an fstat: it is a StateError (rebuilt), not a read."""
+    path = state_path(tmp_path, "app.log")
+    path.parent.mkdir()
+    with path.open("wb") as f:
+        f.truncate(3 * 2**30)
+    with pytest.raises(StateError, match="refused") as exc:
+        load_state(tmp_path, "app.log")
+    assert isinstance(exc.value.__cause__, UnsafeFile) and exc.value.__cause__.kind == "too-big"
+    assert STATE_CAP_BYTES <= 64 * 1024
+
+
+def test_too_many_segment_records_is_malformed(tmp_path: Path) -> None:
+    records = [{"stem": f"app.log.20261123-1158{i:02d}", "logical_start": i, "logical_end": i}
+               for i in range(MAX_SEGMENT_RECORDS + 1)]
+    path = state_path(tmp_path, "app.log")
+    path.parent.mkdir()
+    path.write_text(json.dumps({"version": 1, "device": 1, "inode": 2, "committed_offset": 5,
+                                "collapsed_bytes": 0, "segments": records}))
+    with pytest.raises(StateError, match="at most"):
+        load_state(tmp_path, "app.log")
+
+
+def test_the_biggest_valid_state_fits_the_cap(tmp_path: Path) -> None:
+    stem = "a" * 200 + ".log.20261123-115800.0001"
+    state = _state(segments=tuple(SegmentRecord(stem, 2**62, 2**62)
+                                  for _ in range(MAX_SEGMENT_RECORDS)),
+                   intent={"op": "punch", "stem": stem, "start": 2**62, "end": 2**62})
+    save_state(tmp_path, "app.log", state)
+    assert state_path(tmp_path, "app.log").stat().st_size < STATE_CAP_BYTES
+    assert load_state(tmp_path, "app.log") == state
 
 
 def test_remove_state(tmp_path: Path) -> None:
