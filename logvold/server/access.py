@@ -6,10 +6,13 @@ permissions for the other users of the node. With `auth: local` (no `auth` set):
 - a client on the unix socket is identified by SO_PEERCRED: root and the daemon's own
   uid read everything; any other uid reads a file only if the file's mode bits let that
   uid (with its groups) open it and search every directory above it;
-- a client over TCP is anonymous: when the daemon has root's file access (euid 0, or
-  CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH) it reads only what ANY local user could open
-  (the "other" bits); a daemon without that access can only read what its own user can,
-  so nothing is checked (the README's unprivileged `logvold serve`).
+- a client over TCP, when the daemon has root's file access (euid 0, or
+  CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH): a client in the daemon's network namespace is
+  the uid owning its socket (/proc/net/tcp, as identd finds it) and is checked like a
+  socket peer (groups from the user database); any other client is anonymous and reads
+  only what ANY local user could open (the "other" bits). A daemon without root's file
+  access can only read what its own user can, so nothing is checked (the README's
+  unprivileged `logvold serve`).
 
 `auth: none` (an explicit acknowledgement) and `auth: kubernetes` (TokenReview +
 SubjectAccessReview in server/auth.py) trust the TCP client as before. POSIX ACLs are
@@ -19,12 +22,14 @@ not consulted: they can only make the check refuse a file a user could open.
 from __future__ import annotations
 
 import os
+import pwd
 import socket
 import stat
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -98,12 +103,59 @@ def socket_peer(sock: socket.socket) -> Peer:
     return Peer(trusted=False, uid=uid, gids=_peer_groups(pid, gid), via="socket")
 
 
+def _hex_address(host: str, port: int) -> bytes:
+    """An address as /proc/net/tcp{,6} prints it: each 32-bit word in host byte order."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    raw = socket.inet_pton(family, host.split("%")[0])
+    words = [raw[i:i + 4] for i in range(0, len(raw), 4)]
+    text = "".join(f"{struct.unpack('=I', w)[0]:08X}" for w in words)
+    return f"{text}:{port:04X}".encode()
+
+
+def tcp_peer_uid(sockname: tuple[Any, ...], peername: tuple[Any, ...]) -> int | None:
+    """The uid owning the client end of a TCP connection made from this network namespace
+    (its line in /proc/net/tcp{,6}, as identd finds it); None for a client elsewhere."""
+    key = _hex_address(peername[0], peername[1]) + b" " + _hex_address(sockname[0],
+                                                                        sockname[1])
+    table = "/proc/net/tcp6" if ":" in peername[0] else "/proc/net/tcp"
+    try:
+        data = Path(table).read_bytes()
+    except OSError:
+        return None
+    at = data.find(b": " + key + b" ")
+    if at < 0:
+        return None
+    fields = data[at:data.find(b"\n", at)].split()
+    try:
+        return int(fields[7])  # ": local rem st tx:rx tr:when retrnsmt uid"
+    except (IndexError, ValueError):
+        return None
+
+
+def _user_groups(uid: int) -> frozenset[int]:
+    """The uid's groups from the user database (a TCP peer's process is not known)."""
+    try:
+        entry = pwd.getpwuid(uid)
+        return frozenset(os.getgrouplist(entry.pw_name, entry.pw_gid))
+    except (KeyError, OSError):
+        return frozenset()
+
+
+def tcp_peer(sockname: tuple[Any, ...], peername: tuple[Any, ...]) -> Peer:
+    uid = tcp_peer_uid(sockname, peername)
+    if uid is None:
+        return Peer(trusted=False)
+    if uid in (0, os.geteuid()):
+        return Peer(trusted=True, uid=uid)
+    return Peer(trusted=False, uid=uid, gids=_user_groups(uid))
+
+
 def make_access_middleware(server: ServerConfig, *,
                            privileged: bool | None = None) -> Middleware:
     """Sets PEER_KEY on every request: who it reads as (see the module docstring)."""
     if privileged is None:
         privileged = has_root_file_access()
-    tcp_peer = Peer(trusted=False) if server.auth == "local" and privileged else TRUSTED
+    check_tcp = server.auth == "local" and privileged
 
     @web.middleware
     async def access(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -111,8 +163,14 @@ def make_access_middleware(server: ServerConfig, *,
         sock = transport.get_extra_info("socket") if transport is not None else None
         if sock is not None and sock.family == socket.AF_UNIX:
             request[PEER_KEY] = socket_peer(sock)
+        elif check_tcp:
+            try:
+                assert sock is not None
+                request[PEER_KEY] = tcp_peer(sock.getsockname(), sock.getpeername())
+            except (OSError, AssertionError, ValueError):  # gone already, or not IP
+                request[PEER_KEY] = Peer(trusted=False)
         else:
-            request[PEER_KEY] = tcp_peer
+            request[PEER_KEY] = TRUSTED
         return await handler(request)
 
     return access
