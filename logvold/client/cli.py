@@ -289,8 +289,9 @@ def _unix_get(path: str, url: str, headers: dict[str, str],
     status raises urllib's HTTPError, as urlopen would."""
     parts = urllib.parse.urlsplit(url)
     conn = _UnixConnection(path, timeout)
+    # Connection: close lets http.client drop its socket once the body is read.
     conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""),
-                 headers=headers)
+                 headers={**headers, "Connection": "close"})
     response = conn.getresponse()
     if response.status >= 400:
         raise urllib.error.HTTPError(url, response.status, response.reason,
