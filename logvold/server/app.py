@@ -140,10 +140,16 @@ def build_app(*, config: Config, registry: StreamRegistry, metrics: Metrics,
     """The whole HTTP API over `registry`; nothing runs until start_server()."""
     from logvold.server import kubeapi, logs
     from logvold.server.access import make_access_middleware
-    from logvold.server.limits import LIMITS_KEY, RequestLimits, effective_limits
+    from logvold.server.limits import (
+        LIMITS_KEY,
+        RequestLimits,
+        effective_limits,
+        request_started,
+    )
 
     access = make_access_middleware(config.server)
-    app = web.Application(middlewares=[_errors_and_metrics, access], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[request_started, _errors_and_metrics, access],
+                          client_max_size=64 * 1024)
     app[LIMITS_KEY] = RequestLimits(effective_limits(config.server.limits), metrics)
     app[CONFIG_KEY] = config
     app[REGISTRY_KEY] = registry
@@ -184,24 +190,22 @@ async def start_server(app: web.Application, listen: str, *,
     if not sep or not port.isdigit() or int(port) > 65535:
         raise UsageError(f"listen address {listen!r} must be HOST:PORT, e.g. 127.0.0.1:8642")
     server = app[CONFIG_KEY].server
-    limits = app[LIMITS_KEY].limits
-    metrics = app[METRICS_KEY]
-    quiet_accept_errors(asyncio.get_running_loop(), metrics)
+    limits = app[LIMITS_KEY]
+    quiet_accept_errors(asyncio.get_running_loop(), app[METRICS_KEY])
     # aiohttp's keep-alive timer is armed at connect and after each response and is not
     # reset by partial data: a connection that does not finish its headers in time closes.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0,
-                           handler_cancellation=True, keepalive_timeout=limits.header_timeout_s)
+                           handler_cancellation=True,
+                           keepalive_timeout=limits.limits.header_timeout_s)
     await runner.setup()
     try:
         site = LimitedSite(runner, host=host.strip("[]") or None, port=int(port),
-                           ssl_context=ssl_context, max_connections=limits.max_connections,
-                           metrics=metrics)
+                           ssl_context=ssl_context, limits=limits)
         await site.start()
         if server.socket_path:
             sock = bind_unix_socket(server.socket_path, server.socket_mode, server.socket_group)
             app[_SOCKETS_KEY].append((server.socket_path, Path(server.socket_path).stat().st_ino))
-            await LimitedSite(runner, sock=sock, max_connections=limits.max_connections,
-                              metrics=metrics).start()
+            await LimitedSite(runner, sock=sock, limits=limits).start()
     except BaseException:
         await runner.cleanup()
         raise
@@ -245,7 +249,7 @@ def bind_unix_socket(path: str, mode: int, group: str) -> socket.socket:
         target.chmod(mode)
         if gid >= 0:
             os.chown(path, -1, gid)
-        sock.listen(1024)
+        sock.listen(128)
         sock.setblocking(False)
     except BaseException:
         sock.close()

@@ -3,8 +3,11 @@ can make the daemon hold. Every refusal is an HTTP answer with a reason (503 for
 server as a whole, 429 for one stream or a kind of work), counted in
 `logvold_http_refused_total{reason}`; nothing queues without bound.
 
-- connections: the listener's protocol factory answers connection N+1 with a 503 and
-  closes it, so descriptors stay available for the files being rotated;
+- connections: at the cap, the listener's protocol factory closes the oldest connection
+  that has not completed a request yet (a slowloris one, or a client that connected and
+  stalled) to make room; with none such, it answers the new connection with a 503 and
+  closes it. Descriptors stay available for the files being rotated, and a prompt client
+  (a probe) is served even while a flood of stalled connections comes in;
 - header timeout: aiohttp's keep-alive timer (armed at connect and after each response,
   not reset by partial data) closes a connection that does not complete its headers;
 - followers (global and per stream) and heavy reads: counted slots taken around the
@@ -19,7 +22,7 @@ import logging
 import resource
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +34,11 @@ from logvold.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_BACKLOG = 128
+"""Listen backlog, and so the most connections asyncio accepts in one burst (it accepts up
+to `backlog` per readiness event before any protocol runs): small enough that a burst
+cannot exhaust the descriptors the connection cap keeps in reserve."""
 _REFUSE_LINGER_S = 0.5
 """How long a refused connection may take to read its 503 before it is closed."""
 _ACCEPT_ERROR_LOG_EVERY_S = 10.0
@@ -63,11 +71,33 @@ class RequestLimits:
     followers: int = 0
     heavy: int = 0
     per_stream: dict[StreamKey, int] = field(default_factory=dict)
+    waiting: dict[Any, None] = field(default_factory=dict)
+    """Connections (aiohttp RequestHandlers) that have not completed a request yet, oldest
+    first: the ones to close when a new connection needs room."""
 
     def refuse(self, reason: str, status: int, text: str) -> web.HTTPException:
         self.metrics.http_refused.labels(reason).inc()
         cls = web.HTTPTooManyRequests if status == 429 else web.HTTPServiceUnavailable
-        return cls(text=text + "\n", headers={"Retry-After": "1"})
+        refusal = cls(text=text + "\n", headers={"Retry-After": "1"})
+        refusal.force_close()  # a refused client's connection is not kept alive
+        return refusal
+
+    def evict_waiting(self) -> bool:
+        """Close the oldest connection still waiting for its first request; False if none."""
+        while self.waiting:
+            handler = next(iter(self.waiting))
+            del self.waiting[handler]
+            if handler.transport is not None and not handler.transport.is_closing():
+                handler.force_close()
+                self.metrics.http_refused.labels("idle_evicted").inc()
+                return True
+        return False
+
+    def connected(self, handler: Any) -> None:
+        if len(self.waiting) > 2 * self.limits.max_connections:  # drop closed ones
+            self.waiting = {h: None for h in self.waiting
+                            if h.transport is not None and not h.transport.is_closing()}
+        self.waiting[handler] = None
 
     @contextlib.asynccontextmanager
     async def follower(self, key: StreamKey) -> AsyncIterator[None]:
@@ -112,6 +142,15 @@ def request_limits(app: web.Application) -> RequestLimits | None:
     return app.get(LIMITS_KEY)
 
 
+@web.middleware
+async def request_started(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A connection that completed a request is no longer a candidate for eviction."""
+    limits = request.app.get(LIMITS_KEY)
+    if limits is not None:
+        limits.waiting.pop(request.protocol, None)
+    return await handler(request)
+
+
 class _Refused(asyncio.Protocol):
     """Answers a connection over the cap with a 503 and closes it: no request is parsed."""
 
@@ -147,13 +186,12 @@ class LimitedSite(web.BaseSite):
     """A listener whose protocol factory refuses connections beyond `max_connections`
     (counted over every site of the runner: TCP and the unix socket share the cap)."""
 
-    def __init__(self, runner: web.BaseRunner, *, max_connections: int, metrics: Metrics,
+    def __init__(self, runner: web.BaseRunner, *, limits: RequestLimits,
                  host: str | None = None, port: int = 0, sock: socket.socket | None = None,
                  ssl_context: Any = None) -> None:
-        super().__init__(runner, ssl_context=ssl_context, backlog=1024)
+        super().__init__(runner, ssl_context=ssl_context, backlog=_BACKLOG)
         self._host, self._port, self._sock = host, port, sock
-        self._max = max_connections
-        self._metrics = metrics
+        self._limits = limits
 
     @property
     def name(self) -> str:
@@ -164,10 +202,14 @@ class LimitedSite(web.BaseSite):
     def _factory(self) -> asyncio.BaseProtocol:
         server = self._runner.server
         assert server is not None
-        if len(server.connections) >= self._max:
-            self._metrics.http_refused.labels("connections").inc()
+        limits = self._limits
+        if len(server.connections) >= limits.limits.max_connections and (
+                not limits.evict_waiting()):
+            limits.metrics.http_refused.labels("connections").inc()
             return _Refused()
-        return server()
+        handler = server()
+        limits.connected(handler)
+        return handler
 
     async def start(self) -> None:
         await super().start()
@@ -175,10 +217,10 @@ class LimitedSite(web.BaseSite):
         factory: Callable[[], asyncio.BaseProtocol] = self._factory
         if self._sock is not None:
             self._server = await loop.create_server(factory, sock=self._sock,
-                                                    ssl=self._ssl_context, backlog=1024)
+                                                    ssl=self._ssl_context, backlog=_BACKLOG)
         else:
             self._server = await loop.create_server(factory, self._host, self._port,
-                                                    ssl=self._ssl_context, backlog=1024,
+                                                    ssl=self._ssl_context, backlog=_BACKLOG,
                                                     reuse_address=True)
 
 
