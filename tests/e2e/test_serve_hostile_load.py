@@ -241,3 +241,32 @@ def test_heavy_reads_beyond_the_cap_get_429(tmp_path: Path) -> None:
             f"http://127.0.0.1:{port}/logs/default/p/big?tailLines=1")[0] == 200, 30,
             "the slot to be freed")
         assert d.stop() == 0
+
+
+def test_huge_tail_lines_in_bounded_daemon_memory(tmp_path: Path) -> None:
+    """tailLines=10000000 over 20 MB of short events (about a million): the daemon's peak
+    RSS grows by far less than an index of the events would take, and the answer is
+    exactly the stream."""
+    port = free_port()
+    volume = tmp_path / "vol"
+    volume.mkdir()
+    path = volume / "short.log"
+    count = 0
+    with path.open("wb") as f:
+        while f.tell() < 20 * 2**20:
+            f.write(f"e{count:09d}\n".encode())  # 11-byte events
+            count += 1
+    expected = path.read_bytes()
+    cfg = write_config(tmp_path / "c.yaml", volume, port, policy="{maxSize: 0}")  # no rotation
+    with daemon(cfg, tmp_path / "daemon.log") as d:
+        wait_for(lambda: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 20, "ready")
+        before = d.status("VmHWM")
+        url = f"http://127.0.0.1:{port}/logs/default/p/short?tailLines=10000000"
+        code, body = http_get(url, timeout_s=300)
+        growth_kb = d.status("VmHWM") - before
+        assert code == 200
+        assert body == expected
+        assert growth_kb < 100 * 1024, f"peak RSS grew {growth_kb} kB"
+        code, body = http_get(f"http://127.0.0.1:{port}/logs/default/p/short?tailLines=3")
+        assert body == b"".join(f"e{i:09d}\n".encode() for i in range(count - 3, count))
+        assert d.stop() == 0
