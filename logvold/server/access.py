@@ -115,9 +115,13 @@ def _hex_address(host: str, port: int) -> bytes:
 def tcp_peer_uid(sockname: tuple[Any, ...], peername: tuple[Any, ...]) -> int | None:
     """The uid owning the client end of a TCP connection made from this network namespace
     (its line in /proc/net/tcp{,6}, as identd finds it); None for a client elsewhere."""
-    key = _hex_address(peername[0], peername[1]) + b" " + _hex_address(sockname[0],
-                                                                        sockname[1])
-    table = "/proc/net/tcp6" if ":" in peername[0] else "/proc/net/tcp"
+    peer_host, local_host = str(peername[0]), str(sockname[0])
+    if peer_host.startswith("::ffff:") and "." in peer_host:
+        # An IPv4 client of a dual-stack listener: its own socket is in the IPv4 table.
+        peer_host, local_host = peer_host[7:], local_host.removeprefix("::ffff:")
+    key = (_hex_address(peer_host, peername[1]) + b" "
+           + _hex_address(local_host, sockname[1]))
+    table = "/proc/net/tcp6" if ":" in peer_host else "/proc/net/tcp"
     try:
         data = Path(table).read_bytes()
     except OSError:

@@ -81,6 +81,18 @@ def test_tcp_client_uid_is_found_in_proc_net_tcp() -> None:
                 assert client.getsockname() == conn.getpeername()
 
 
+def test_ipv4_client_of_a_dual_stack_listener_is_found_too() -> None:
+    with socket.socket(socket.AF_INET6) as server:
+        server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        server.bind(("::", 0))
+        server.listen(1)
+        with socket.create_connection(("127.0.0.1", server.getsockname()[1])):
+            conn, _ = server.accept()
+            with conn:
+                assert conn.getpeername()[0] == "::ffff:127.0.0.1"
+                assert tcp_peer_uid(conn.getsockname(), conn.getpeername()) == os.geteuid()
+
+
 def test_unprivileged_daemon_trusts_tcp_clients_and_explicit_modes_too() -> None:
     """The README's case: a daemon without root's file access can only read what its user
     can, so nothing is checked; `none` and `kubernetes` keep today's behaviour."""
