@@ -218,6 +218,15 @@ def dump_config(config: Config) -> str:
         "mode": config.server.auth,
         "cacheTTL": _duration_value(config.server.auth_cache_ttl_s),
     }
+    server["socket"] = {"path": config.server.socket_path,
+                        "mode": f"{config.server.socket_mode:04o}",
+                        "group": config.server.socket_group}
+    lim = config.server.limits
+    server["limits"] = {"headerTimeout": _duration_value(lim.header_timeout_s),
+                        "maxConnections": lim.max_connections,
+                        "maxFollowers": lim.max_followers,
+                        "maxFollowersPerStream": lim.max_followers_per_stream,
+                        "maxHeavyReads": lim.max_heavy_reads}
     k8s = config.kubernetes
     nlq = config.node_log_query
     tree: dict[str, Any] = {

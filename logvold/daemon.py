@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import resource
 import signal
 import sys
 import time
@@ -592,6 +593,7 @@ class Daemon:
             app.middlewares.append(_kubernetes_auth(config))
         self._runner = await start_server(app, config.server.listen,
                                           ssl_context=ssl_context(config))
+        _log_server_safety(config)
 
     async def _restart_server(self, old: Config, new: Config) -> None:
         if self._runner is not None:
@@ -603,6 +605,48 @@ class Daemon:
             log.error("cannot start the HTTP server with the new config; restoring the old "
                       "listener", extra={"listen": new.server.listen, "error": str(exc)})
             await self._start_server(old)
+
+
+def _log_server_safety(config: Config) -> None:
+    """Say at start who may read what, and the limits in effect (clamped to the fds)."""
+    from logvold.server.access import has_root_file_access
+    from logvold.server.limits import effective_limits
+
+    server = config.server
+    limits = effective_limits(server.limits)
+    if server.auth == "local" and has_root_file_access():
+        log.warning("no server.auth configured and logvold reads with root's file access: TCP "
+                    "clients are served only files any local user could open; use the unix "
+                    "socket or server.auth (docs/SECURITY.md)",
+                    extra={"listen": server.listen, "socket": server.socket_path or "-"})
+    elif server.auth == "none" and not _is_loopback(server.listen):
+        log.warning("server.auth none on a non-loopback address: anyone who can connect "
+                    "reads every log", extra={"listen": server.listen})
+    log.info("server limits", extra={
+        "auth": server.auth, "socket": server.socket_path or "-",
+        "header_timeout_s": limits.header_timeout_s,
+        "max_connections": limits.max_connections, "max_followers": limits.max_followers,
+        "max_followers_per_stream": limits.max_followers_per_stream,
+        "max_heavy_reads": limits.max_heavy_reads})
+
+
+def _is_loopback(listen: str) -> bool:
+    host = listen.rpartition(":")[0].strip("[]")
+    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise RLIMIT_NOFILE's soft limit to the hard one, as Go's runtime does: every client
+    connection, follower and rotation holds descriptors, and 1024 is a poor default for a
+    node daemon. Returns (old soft, new soft)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard or soft == resource.RLIM_INFINITY:
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError):
+        return soft, soft
+    return soft, hard
 
 
 TERMINATED_SUFFIX = "-terminated"
@@ -704,6 +748,9 @@ def main_serve(argv: Sequence[str]) -> int:
         sys.stdout.write(dump_config(config))
         return 0
     configure_logging(config.log_format, config.log_level)
+    old_soft, soft = raise_nofile_limit()
+    log.info("file descriptor limit", extra={"soft": soft, "was": old_soft,
+                                             "hard": resource.getrlimit(resource.RLIMIT_NOFILE)[1]})
     daemon = Daemon(config, options)
     try:
         return asyncio.run(_serve(daemon, once=args.once))

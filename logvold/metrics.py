@@ -126,6 +126,14 @@ class Metrics:
             ("kind",),
             registry=r,
         )
+        # Server limits (server.limits): connections, followers, stream_followers,
+        # heavy_reads, accept_error.
+        self.http_refused = Counter(
+            "logvold_http_refused_total",
+            "Connections or requests refused by a server limit, by reason.",
+            ("reason",),
+            registry=r,
+        )
 
     def exposition(self) -> tuple[bytes, str]:
         """The classic text format (promtool rejects OpenMetrics) and its content type."""

@@ -9,7 +9,9 @@ without an event loop. Exit status: 0 ok, 1 HTTP error or unreachable daemon,
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
+import socket
 import ssl
 import sys
 import urllib.error
@@ -57,6 +59,8 @@ class Request:
     follow: bool
     cafile: str | None = None
     insecure: bool = False
+    socket: str | None = None
+    """Unix socket of the daemon (server.socket.path): the request goes there, not to url."""
 
 
 def _add_connection_options(parser: argparse.ArgumentParser) -> None:
@@ -67,6 +71,11 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cacert", metavar="FILE", help="CA bundle that signed logvold's cert")
     parser.add_argument(
         "--insecure", action="store_true", help="do not verify logvold's TLS certificate"
+    )
+    parser.add_argument(
+        "--socket", metavar="PATH",
+        help="talk to logvold over its unix socket (server.socket.path) instead of --url: "
+        "you read what your user could open",
     )
 
 
@@ -175,6 +184,7 @@ def logs_request(argv: Sequence[str], environ: Mapping[str, str]) -> Request:
         follow=args.follow,
         cafile=args.cacert,
         insecure=args.insecure,
+        socket=args.socket,
     )
 
 
@@ -202,6 +212,7 @@ def query_request(
         follow=False,
         cafile=args.cacert,
         insecure=args.insecure,
+        socket=args.socket,
     )
 
 
@@ -222,19 +233,24 @@ def stream_response(request: Request, out: IO[bytes]) -> int:
             context.verify_mode = ssl.CERT_NONE
     http_request = urllib.request.Request(request.url, headers=headers)  # noqa: S310
     timeout = None if request.follow else REQUEST_TIMEOUT_S
+    where = f"unix:{request.socket}" if request.socket else _origin(request.url)
     try:
-        response: HTTPResponse = urllib.request.urlopen(  # noqa: S310 (scheme checked)
-            http_request, timeout=timeout, context=context
-        )
+        response: HTTPResponse
+        if request.socket:
+            response = _unix_get(request.socket, request.url, headers, timeout)
+        else:
+            response = urllib.request.urlopen(  # noqa: S310 (scheme checked)
+                http_request, timeout=timeout, context=context
+            )
     except urllib.error.HTTPError as exc:
         with exc:
             body = exc.read(_REASON_MAX * 4).decode("utf-8", "replace").strip()
         reason = body.splitlines()[0][:_REASON_MAX] if body else exc.reason
         raise ClientError(f"HTTP {exc.code}: {reason}") from None
     except urllib.error.URLError as exc:
-        raise ClientError(f"cannot reach logvold at {_origin(request.url)}: {exc.reason}") from None
+        raise ClientError(f"cannot reach logvold at {where}: {exc.reason}") from None
     except (OSError, HTTPException) as exc:
-        raise ClientError(f"cannot reach logvold at {_origin(request.url)}: {exc}") from None
+        raise ClientError(f"cannot reach logvold at {where}: {exc}") from None
     copied = 0
     with response:
         try:
@@ -247,6 +263,40 @@ def stream_response(request: Request, out: IO[bytes]) -> int:
                 raise
             raise ClientError(f"connection to logvold lost after {copied} bytes: {exc}") from None
     return copied
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over a unix socket (the daemon's local, SO_PEERCRED-checked listener)."""
+
+    def __init__(self, path: str, timeout: float | None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _unix_get(path: str, url: str, headers: dict[str, str],
+              timeout: float | None) -> HTTPResponse:
+    """GET the path and query of `url` over the unix socket at `path`; an HTTP error
+    status raises urllib's HTTPError, as urlopen would."""
+    parts = urllib.parse.urlsplit(url)
+    conn = _UnixConnection(path, timeout)
+    # Connection: close lets http.client drop its socket once the body is read.
+    conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""),
+                 headers={**headers, "Connection": "close"})
+    response = conn.getresponse()
+    if response.status >= 400:
+        raise urllib.error.HTTPError(url, response.status, response.reason,
+                                     response.headers, response)
+    return response
 
 
 def _origin(url: str) -> str:

@@ -41,7 +41,7 @@ Compress = Literal["none", "gzip", "zstd"]
 Format = Literal["raw", "cri", "json-file"]
 Strategy = Literal["punch", "rename", "copytruncate"]
 Collapse = Literal["auto", "always", "never"]
-AuthMode = Literal["none", "kubernetes"]
+AuthMode = Literal["local", "none", "kubernetes"]
 JournalMode = Literal["auto", "always", "never"]
 LogFormat = Literal["logfmt", "json"]
 
@@ -150,10 +150,41 @@ class ServerConfig:
     """PEM certificate; "" = plain HTTP. Needs `tls_key_file`."""
     tls_key_file: str = ""
     """PEM private key of `tls_cert_file`."""
-    auth: AuthMode = "none"
-    """none, or kubernetes: bearer tokens via TokenReview + SubjectAccessReview."""
+    auth: AuthMode = "local"
+    """local (no `auth` set): unauthenticated, but a daemon with root's file access serves
+    over TCP only what any local user could open (docs/SECURITY.md "Who may read");
+    none: anyone who can connect reads everything (an explicit acknowledgement);
+    kubernetes: bearer tokens via TokenReview + SubjectAccessReview."""
     auth_cache_ttl_s: float = 30.0
     """Seconds a review result is cached; 30 s bounds API load and revocation delay."""
+    socket_path: str = ""
+    """Unix socket for local clients (`logvold logs --socket`); "" = none. Its peers are
+    identified by SO_PEERCRED and read only what their uid could open."""
+    socket_mode: int = 0o600
+    """Permission bits of the socket file (0660 with `socket_group` opens it to a group)."""
+    socket_group: str = ""
+    """Group owning the socket file; "" = the daemon's group."""
+    limits: ServerLimits = field(default_factory=lambda: ServerLimits())
+    """Connection and request limits: each refusal is a 503/429 with a reason."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerLimits:
+    """Bounds on what clients can make the HTTP server hold (fds, threads, memory)."""
+
+    header_timeout_s: float = 10.0
+    """A connection must complete a request's headers within this long of connecting or
+    of its previous response (slowloris); idle keep-alive connections close after it."""
+    max_connections: int = 1024
+    """Open client connections; more are answered 503 and closed. Clamped at start to
+    half the RLIMIT_NOFILE soft limit so files always have descriptors left."""
+    max_followers: int = 256
+    """Concurrent follow=true requests over all streams; more get a 503."""
+    max_followers_per_stream: int = 32
+    """Concurrent follow=true requests of one stream; more get a 429."""
+    max_heavy_reads: int = 16
+    """Concurrent reads without follow (tail, pattern, since, whole stream) and node log
+    queries; more get a 429."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -671,7 +702,7 @@ class _Reader:
         return policy
 
     def server(self, value: object, path: KeyPath) -> ServerConfig:
-        entries = self.mapping(value, path, ("listen", "tls", "auth"))
+        entries = self.mapping(value, path, ("listen", "tls", "auth", "socket", "limits"))
         changes: dict[str, Any] = {}
         if not entries:
             return ServerConfig()
@@ -694,14 +725,67 @@ class _Reader:
             auth_path = (*path, "auth")
             auth = self.mapping(entries["auth"], auth_path, ("mode", "cacheTTL")) or {}
             if "mode" in auth:
-                mode = self.choice(auth["mode"], (*auth_path, "mode"), ("none", "kubernetes"))
+                mode = self.choice(auth["mode"], (*auth_path, "mode"),
+                               ("local", "none", "kubernetes"))
                 if mode is not _INVALID:
                     changes["auth"] = mode
             if "cacheTTL" in auth:
                 ttl = self.duration(auth["cacheTTL"], (*auth_path, "cacheTTL"))
                 if ttl is not _INVALID:
                     changes["auth_cache_ttl_s"] = ttl
+        if "socket" in entries:
+            changes.update(self.server_socket(entries["socket"], (*path, "socket")))
+        if "limits" in entries:
+            changes["limits"] = self.server_limits(entries["limits"], (*path, "limits"))
         return ServerConfig(**changes)
+
+    def server_socket(self, value: object, path: KeyPath) -> dict[str, Any]:
+        entries = self.mapping(value, path, ("path", "mode", "group")) or {}
+        changes: dict[str, Any] = {}
+        if "path" in entries:
+            text = self.string(entries["path"], (*path, "path"))
+            if isinstance(text, str):
+                if text and not posixpath.isabs(text):
+                    self.problem((*path, "path"), f"must be an absolute path, got "
+                                                  f"{describe_value(text)}")
+                else:
+                    changes["socket_path"] = text
+        if "mode" in entries:
+            mode = entries["mode"]
+            text = mode if isinstance(mode, str) else None
+            if text is None or not re.fullmatch(r"0?[0-7]{3}", text):
+                self.problem((*path, "mode"), "expected octal permission bits as a quoted string"
+                                              f' such as "0660", got {describe_value(mode)}')
+            elif int(text, 8) & ~0o660:
+                self.problem((*path, "mode"), f"only read/write bits for owner and group "
+                                              f"(at most 0660), got {text}")
+            else:
+                changes["socket_mode"] = int(text, 8)
+        if "group" in entries:
+            group = self.string(entries["group"], (*path, "group"))
+            if isinstance(group, str):
+                changes["socket_group"] = group
+        return changes
+
+    def server_limits(self, value: object, path: KeyPath) -> ServerLimits:
+        keys = {"headerTimeout": "header_timeout_s", "maxConnections": "max_connections",
+                "maxFollowers": "max_followers",
+                "maxFollowersPerStream": "max_followers_per_stream",
+                "maxHeavyReads": "max_heavy_reads"}
+        entries = self.mapping(value, path, tuple(keys)) or {}
+        changes: dict[str, Any] = {}
+        for key, item in entries.items():
+            where = (*path, key)
+            if key == "headerTimeout":
+                converted = self.duration(item, where, positive=True)
+            else:
+                converted = self.count(item, where)
+                if converted == 0:
+                    self.problem(where, "must be at least 1")
+                    converted = _INVALID
+            if converted is not _INVALID:
+                changes[keys[key]] = converted
+        return ServerLimits(**changes)
 
     def listen(self, value: object, path: KeyPath) -> object:
         text = self.string(value, path, required=True)

@@ -136,16 +136,15 @@ class _Start:
     index: int
     offset: int | None = None
     skip: frozenset[str] = frozenset()
-    only_ends: set[int] | None = None
-    """Within the first source, serve only events ending at these offsets (tail) ..."""
-    live_after: int = -1
-    """... or after this offset (what follows the tail)."""
+    min_end: int | None = None
+    """Within the first source, serve only events ending at or after this offset (a tail:
+    the end of the Nth newest passing event; one number, however many events)."""
     planned: tuple[int, int] | None = None
     """(inode, size) of the plain segment `offset` was found in: retention may trim its
     head before it is read, which moves every physical offset by the bytes cut."""
 
     def admits(self, ev: Event) -> bool:
-        return self.only_ends is None or ev.end > self.live_after or ev.end in self.only_ends
+        return self.min_end is None or ev.end >= self.min_end
 
 
 @dataclass
@@ -173,7 +172,11 @@ class StreamReader:
         policy = self.info.policy
         self.fmt: str = policy.format
         self.delimiter: bytes = b"\n" if self.fmt != "raw" else policy.delimiter
-        self.max_record = max(_MAX_RECORD_FLOOR, 2 * policy.max_event_size_bytes)
+        # A raw event is a record: cut at maxEventSize like the writers' framing, so a run
+        # without a delimiter is served (and tailed) in maxEventSize pieces. A CRI or
+        # json-file record is one line; only a line longer than this is cut.
+        self.max_record = (policy.max_event_size_bytes if self.fmt == "raw"
+                           else max(_MAX_RECORD_FLOOR, 2 * policy.max_event_size_bytes))
         self.matcher = compile_pattern(self.options.pattern) if self.options.pattern else None
         # Scanning whole blocks for the pattern finds every event whose message matches
         # when a message is a contiguous substring of the file (raw, CRI F lines) and the
@@ -435,7 +438,7 @@ class StreamReader:
                     yield ev
                 pos = end
             return
-        for rec, end in records_of(block, base, d):
+        for rec, end in records_of(block, base, d, self.max_record):
             ev = assembler.push(rec, end - len(rec), end)
             if ev is not None:
                 yield ev
@@ -581,7 +584,8 @@ class StreamReader:
 
     def _tail_start(self, sources: list[_Source], first: int, active: ActiveCursor,
                     n: int) -> _Start:
-        """Walk back from the newest source until n passing events are found."""
+        """Walk back from the newest source until n passing events are found. Only counts
+        and offsets are kept: memory does not grow with n (tailLines=10000000 is one int)."""
         if n <= 0:  # nothing old; with follow, what comes next
             end = active.physical_start
             if active.fd is not None:
@@ -590,12 +594,15 @@ class StreamReader:
                                                       self.max_record):
                     end = rec_end
                     break
-            return _Start(len(sources) - 1, end + active.collapsed, only_ends=set(),
-                          live_after=end + active.collapsed)
+            skip = (self._dirty_streams(active.fd, active.physical_start, end)
+                    if active.fd is not None and self.fmt != "raw" and end > 0
+                    else frozenset())
+            return _Start(len(sources) - 1, end + active.collapsed, skip,
+                          min_end=end + active.collapsed + 1)
         needed = n
         for i in range(len(sources) - 1, first - 1, -1):
             src = sources[i]
-            found: tuple[int, int, set[int]] | None
+            found: _TailFound | None
             if src.active:
                 if active.fd is None:
                     continue
@@ -606,43 +613,52 @@ class StreamReader:
                 found, planned = self._tail_segment(src, needed)
             if found is None:
                 continue
-            count, start, ends = found
-            if count >= needed:
-                return _Start(i, start, only_ends=ends, live_after=max(ends), planned=planned)
-            needed -= count
+            if found.count >= needed:
+                return _Start(i, found.start, found.skip, min_end=found.min_end,
+                              planned=planned)
+            needed -= found.count
         return _Start(first)
 
-    def _tail_plain(self, fd: int, lo: int, hi: int, needed: int,
-                    shift: int) -> tuple[int, int, set[int]]:
+    def _tail_plain(self, fd: int, lo: int, hi: int, needed: int, shift: int) -> _TailFound:
+        found = None
         if self._prefilter and self.options.since_ns is None:
-            found = self._tail_plain_scan(fd, lo, hi, needed, shift)
-            if found is not None:
-                return found
-        ends: set[int] = set()
-        min_start = hi
+            found = self._tail_plain_scan(fd, lo, hi, needed)
+        if found is None:
+            found = self._tail_plain_exact(fd, lo, hi, needed)
+        count, start, min_end = found
+        if count == 0:
+            return _TailFound(0, lo + shift, hi + shift)
+        # Events of another stream may be open at `start` (CRI/json-file partial lines):
+        # forward reading from there drops their fragments instead of serving a piece.
+        skip = (self._dirty_streams(fd, lo, start) if self.fmt != "raw" and start > lo
+                else frozenset())
+        return _TailFound(count, start + shift, min_end + shift, skip)
+
+    def _tail_plain_exact(self, fd: int, lo: int, hi: int, needed: int) -> tuple[int, int, int]:
+        count, min_start, min_end = 0, hi, hi
         since = self.options.since_ns
         for ev in reverse_events(fd, lo, hi, self.fmt, self.delimiter, self.max_record):
             if since is not None and ev.ts_ns is not None and ev.ts_ns < since:
                 break  # older events only from here (timestamps are near-monotonic)
             if not self._passes(ev):
                 continue
-            ends.add(ev.end + shift)
+            count += 1
+            min_end = ev.end  # descending end order: the smallest so far
             min_start = min(min_start, ev.start)
-            if len(ends) >= needed:
+            if count >= needed:
                 break
-        return len(ends), min_start + shift, ends
+        return count, min_start, min_end
 
-    def _tail_plain_scan(self, fd: int, lo: int, hi: int, needed: int,
-                         shift: int) -> tuple[int, int, set[int]] | None:
+    def _tail_plain_scan(self, fd: int, lo: int, hi: int,
+                         needed: int) -> tuple[int, int, int] | None:
         """tail with a pattern, backwards a region (~1 MiB of whole records) at a time:
         RE2 skips regions without a match at C speed; only regions with one are parsed.
         None (use the exact scan) when a CRI partial line or a giant record shows up."""
         assert self.matcher is not None
         d = self.delimiter
-        ends: set[int] = set()
-        min_start = hi
+        count, min_start, min_end = 0, hi, hi
         pos = hi
-        while pos > lo and len(ends) < needed:
+        while pos > lo and count < needed:
             region_lo = max(lo, pos - TAIL_SCAN_BYTES)
             block = os.pread(fd, pos - region_lo, region_lo)
             cut = 0
@@ -663,15 +679,16 @@ class StreamReader:
             if self.matcher.search(region) is not None:
                 for ev in reverse_events(fd, start, pos, self.fmt, d, self.max_record):
                     if self._passes(ev):
-                        ends.add(ev.end + shift)
+                        count += 1
+                        min_end = ev.end
                         min_start = min(min_start, ev.start)
-                        if len(ends) >= needed:
+                        if count >= needed:
                             break
             pos = start
-        return len(ends), min_start + shift, ends
+        return count, min_start, min_end
 
     def _tail_segment(self, src: _Source, needed: int
-                      ) -> tuple[tuple[int, int, set[int]] | None, tuple[int, int] | None]:
+                      ) -> tuple[_TailFound | None, tuple[int, int] | None]:
         """The tail found in a segment, and the (inode, size) of a plain one."""
         assert src.name is not None
         opened = open_segment(self.directory, src.name.stem)
@@ -684,13 +701,49 @@ class StreamReader:
                 return self._tail_plain(fd, 0, st.st_size, needed, 0), (st.st_ino, st.st_size)
             finally:
                 os.close(fd)
-        # Compressed: stream forward once, keeping only the last `needed` passing events.
-        last: deque[tuple[int, int]] = deque(maxlen=needed)
-        splitter = Splitter(self.delimiter, 0, self.max_record)
-        for ev in self._feed(read_compressed(path, compression), splitter,
-                             Assembler(self.fmt)):
-            if self._passes(ev):
+        return self._tail_compressed(path, compression, needed), None
+
+    def _tail_compressed(self, path: Path, compression: str, needed: int) -> _TailFound:
+        """A compressed segment cannot be read backwards: stream it forward, keeping the
+        last `needed` (start, end) pairs when that is small, else count in a first pass
+        and find the Nth newest in a second (memory stays bounded either way)."""
+        def passing() -> Iterator[Event]:
+            splitter = Splitter(self.delimiter, 0, self.max_record)
+            for ev in self._feed(read_compressed(path, compression), splitter,
+                                 Assembler(self.fmt)):
+                if self._passes(ev):
+                    yield ev
+        if needed <= _TAIL_RING_MAX:
+            last: deque[tuple[int, int]] = deque(maxlen=needed)
+            for ev in passing():
                 last.append((ev.start, ev.end))
-        if not last:
-            return (0, 0, set()), None
-        return (len(last), min(s for s, _ in last), {e for _, e in last}), None
+            if not last:
+                return _TailFound(0, 0, 0)
+            return _TailFound(len(last), min(s for s, _ in last), last[0][1])
+        total = sum(1 for _ in passing())
+        if total == 0:
+            return _TailFound(0, 0, 0)
+        first_kept = max(0, total - needed)
+        min_start, min_end = -1, 0
+        for index, ev in enumerate(passing()):
+            if index == first_kept:
+                min_end, min_start = ev.end, ev.start
+            elif index > first_kept:
+                min_start = min(min_start, ev.start)
+        return _TailFound(total - first_kept, min_start, min_end)
+
+
+_TAIL_RING_MAX = 65_536
+"""Up to this tailLines, a compressed segment's tail is found in one pass with a ring of
+(start, end) pairs (1 MiB or so); beyond, in two passes with two integers."""
+
+
+@dataclass(frozen=True, slots=True)
+class _TailFound:
+    """The newest `count` (<= wanted) passing events of a source: where forward reading
+    starts, the end of the oldest of them, and the streams mid-event at the start."""
+
+    count: int
+    start: int
+    min_end: int
+    skip: frozenset[str] = frozenset()

@@ -165,7 +165,11 @@ class Splitter:
         self.consumed = offset
 
     def feed_block(self, data: bytes) -> tuple[bytes, int]:
-        """The whole records completed by `data`, as one block, and the block's offset."""
+        """The whole records completed by `data`, as one block, and the block's offset.
+
+        A run of max_record bytes without a delimiter is cut there, like the writers'
+        framing cuts at maxEventSize; records_of(block, base, d, max_record) then yields
+        the same pieces that reverse_records finds backwards."""
         d = self.delimiter
         buf = bytes(self.carry) + data if self.carry else data
         base = self.consumed - len(self.carry)
@@ -176,26 +180,42 @@ class Splitter:
         elif len(d) > 1:  # "x\n\n\n" with "\n\n": forward framing wins, like the writers'
             last = buf[:end].split(d)[-1]
             end -= len(last)
-        if len(buf) - end > self.max_record:  # no delimiter for too long: cut (bounded memory)
-            end = len(buf)
+        run = len(buf) - end
+        if run >= self.max_record:  # no delimiter for too long: cut (bounded memory)
+            end += run - run % self.max_record
         self.carry = bytearray(buf[end:])
         return buf[:end], base
 
     def feed(self, data: bytes) -> list[tuple[bytes, int]]:
         block, base = self.feed_block(data)
-        return list(records_of(block, base, self.delimiter))
+        return list(records_of(block, base, self.delimiter, self.max_record))
 
 
-def records_of(block: bytes, base: int, d: bytes) -> Iterator[tuple[bytes, int]]:
-    """(record, end offset) of a block of whole records (a cut one may end it)."""
+def records_of(block: bytes, base: int, d: bytes,
+               max_len: int | None = None) -> Iterator[tuple[bytes, int]]:
+    """(record, end offset) of a block of whole records (a cut one may end it). With
+    `max_len`, a record longer than that is cut every max_len bytes from its start."""
     parts = block.split(d)
     last = parts.pop()
     pos = base
     for part in parts:
+        if max_len is not None and len(part) + len(d) > max_len:
+            yield from _pieces(part + d, pos, max_len)
+            pos += len(part) + len(d)
+            continue
         pos += len(part) + len(d)
         yield part + d, pos
     if last:
+        if max_len is not None and len(last) > max_len:
+            yield from _pieces(last, pos, max_len)
+            return
         yield last, pos + len(last)
+
+
+def _pieces(record: bytes, start: int, max_len: int) -> Iterator[tuple[bytes, int]]:
+    for at in range(0, len(record), max_len):
+        piece = record[at:at + max_len]
+        yield piece, start + at + len(piece)
 
 
 class Assembler:
@@ -286,9 +306,12 @@ def reverse_records(fd: int, lo: int, hi: int, delimiter: bytes,
     """Whole records in [lo, hi) from the end backwards: (record, start, end).
 
     Bytes after the last delimiter (an incomplete record) are skipped; `lo` is a
-    record start. Reads fixed blocks backwards, like kubelet's tail.
+    record start. Reads fixed blocks backwards, like kubelet's tail. A run longer than
+    `max_record` without a delimiter is cut every max_record bytes from its start, as
+    the forward Splitter cuts it: its start is found by scanning back (bounded memory,
+    nothing accumulated), and an undelimited tail of the file yields its whole pieces.
     """
-    d, dl = delimiter, len(delimiter)
+    d, dl, m = delimiter, len(delimiter), max_record
     pos = hi
     carry = b""
     end: int | None = None  # end of the current record, in buf coordinates
@@ -299,23 +322,60 @@ def reverse_records(fd: int, lo: int, hi: int, delimiter: bytes,
         if end is None:
             i = buf.rfind(d)
             if i < 0:
+                if len(buf) >= m:  # an undelimited tail longer than a record: its pieces
+                    run = _run_start(fd, lo, pos, d)
+                    whole = hi - (hi - run) % m
+                    yield from _reverse_pieces(fd, run, whole, m)
+                    pos, carry, end = run, b"", 0
+                    continue
                 carry = buf
                 continue
             end = i + dl
+            if len(buf) - end >= m:  # the undelimited tail after it has whole pieces
+                whole = len(buf) - (len(buf) - end) % m
+                yield from _reverse_pieces(fd, pos + end, pos + whole, m)
         else:
             end += n
         while True:
             k = buf.rfind(d, 0, end - dl)
             if k < 0:
                 break
-            yield buf[k + dl:end], pos + k + dl, pos + end
+            if end - k - dl > m:
+                yield from _reverse_pieces(fd, pos + k + dl, pos + end, m)
+            else:
+                yield buf[k + dl:end], pos + k + dl, pos + end
             end = k + dl
         carry = buf[:end]
-        if len(carry) > max_record:
-            yield carry, pos, pos + end
-            carry, end = b"", 0
+        if len(carry) > m:  # a record longer than m: find where it starts, cut it there
+            run = _run_start(fd, lo, pos, d)
+            yield from _reverse_pieces(fd, run, pos + end, m)
+            pos, carry, end = run, b"", 0
     if end is not None and end > 0:
         yield carry[:end], lo, lo + end
+
+
+def _run_start(fd: int, lo: int, pos: int, d: bytes) -> int:
+    """Where the record containing `pos` starts: just after the last delimiter that ends
+    at or before `pos`, or `lo`. Scans back in blocks, keeping nothing."""
+    dl = len(d)
+    at = pos
+    while at > lo:
+        start = max(lo, at - READ_BYTES)
+        block = os.pread(fd, min(pos, at + dl - 1) - start, start)  # overlap: a split d
+        i = block.rfind(d)
+        if i >= 0 and start + i + dl <= pos:
+            return start + i + dl
+        at = start
+    return lo
+
+
+def _reverse_pieces(fd: int, start: int, end: int,
+                    m: int) -> Iterator[tuple[bytes, int, int]]:
+    """The pieces of the record [start, end) cut every m bytes, newest first."""
+    cut = start + (end - start - 1) // m * m
+    while end > start:
+        yield os.pread(fd, end - cut, cut), cut, end
+        end, cut = cut, cut - m
 
 
 def reverse_events(fd: int, lo: int, hi: int, fmt: str, delimiter: bytes,

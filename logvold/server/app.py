@@ -6,12 +6,19 @@ sync reader, which runs in a bounded thread pool one step at a time.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import grp
 import logging
+import os
+import socket
 import ssl
+import stat
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from aiohttp import web
 
@@ -35,6 +42,7 @@ READER_THREADS = 32
 HANDLER_KEY = web.RequestKey("logvold.handler", str)
 """Set by a handler that serves another job under a shared route (the node log query)."""
 _T0_KEY = web.RequestKey("logvold.t0", float)
+_SOCKETS_KEY: web.AppKey[list[tuple[str, int]]] = web.AppKey("logvold.sockets")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -131,8 +139,18 @@ def build_app(*, config: Config, registry: StreamRegistry, metrics: Metrics,
               is_ready: Callable[[], bool]) -> web.Application:
     """The whole HTTP API over `registry`; nothing runs until start_server()."""
     from logvold.server import kubeapi, logs
+    from logvold.server.access import make_access_middleware
+    from logvold.server.limits import (
+        LIMITS_KEY,
+        RequestLimits,
+        effective_limits,
+        request_started,
+    )
 
-    app = web.Application(middlewares=[_errors_and_metrics], client_max_size=64 * 1024)
+    access = make_access_middleware(config.server)
+    app = web.Application(middlewares=[request_started, _errors_and_metrics, access],
+                          client_max_size=64 * 1024)
+    app[LIMITS_KEY] = RequestLimits(effective_limits(config.server.limits), metrics)
     app[CONFIG_KEY] = config
     app[REGISTRY_KEY] = registry
     app[METRICS_KEY] = metrics
@@ -143,6 +161,8 @@ def build_app(*, config: Config, registry: StreamRegistry, metrics: Metrics,
     app.on_response_prepare.append(_observe_latency)
     app.on_shutdown.append(_on_shutdown)
     app.on_cleanup.append(_on_cleanup)
+    app[_SOCKETS_KEY] = []
+    app.on_cleanup.append(_unlink_sockets)
     try:
         from logvold.server import nodelog
     except ImportError:  # pragma: no cover - built in parallel; /logs/?query= then says 501
@@ -159,21 +179,87 @@ def build_app(*, config: Config, registry: StreamRegistry, metrics: Metrics,
 
 async def start_server(app: web.Application, listen: str, *,
                        ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
-    """Bind `listen` (HOST:PORT; port 0 picks a free one) and serve; returns the runner.
+    """Bind `listen` (HOST:PORT; port 0 picks a free one) and the config's unix socket (if
+    any) and serve; returns the runner.
 
     The bound port is `runner.addresses[0][1]`; stop with `await runner.cleanup()`.
     """
+    from logvold.server.limits import LIMITS_KEY, LimitedSite, quiet_accept_errors
+
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
         raise UsageError(f"listen address {listen!r} must be HOST:PORT, e.g. 127.0.0.1:8642")
+    server = app[CONFIG_KEY].server
+    limits = app[LIMITS_KEY]
+    quiet_accept_errors(asyncio.get_running_loop(), app[METRICS_KEY])
+    # aiohttp's keep-alive timer is armed at connect and after each response and is not
+    # reset by partial data: a connection that does not finish its headers in time closes.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0,
-                           handler_cancellation=True)
+                           handler_cancellation=True,
+                           keepalive_timeout=limits.limits.header_timeout_s)
     await runner.setup()
-    site = web.TCPSite(runner, host.strip("[]") or None, int(port), ssl_context=ssl_context,
-                       reuse_address=True)
     try:
+        site = LimitedSite(runner, host=host.strip("[]") or None, port=int(port),
+                           ssl_context=ssl_context, limits=limits)
         await site.start()
+        if server.socket_path:
+            sock = bind_unix_socket(server.socket_path, server.socket_mode, server.socket_group)
+            app[_SOCKETS_KEY].append((server.socket_path, Path(server.socket_path).stat().st_ino))
+            await LimitedSite(runner, sock=sock, limits=limits).start()
     except BaseException:
         await runner.cleanup()
         raise
     return runner
+
+
+def bind_unix_socket(path: str, mode: int, group: str) -> socket.socket:
+    """A listening unix socket at `path` with `mode` and `group`. A stale socket file is
+    replaced; one another process still listens on, or any other file, is an error."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise LogvoldError(f"server.socket.path {path} exists and is not a socket",
+                               path=path, op="listen")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            target.unlink()  # stale: nobody listens any more
+        else:
+            raise LogvoldError(f"server.socket.path {path}: another process listens on it",
+                               path=path, op="listen")
+        finally:
+            probe.close()
+    gid = -1
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise LogvoldError(f"server.socket.group {group!r}: no such group", op="listen",
+                               ) from None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        # The mode is defence in depth: every peer is still checked by SO_PEERCRED.
+        target.chmod(mode)
+        if gid >= 0:
+            os.chown(path, -1, gid)
+        sock.listen(128)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _unlink_sockets(app: web.Application) -> None:
+    """Remove our socket files (not one a newer daemon bound meanwhile)."""
+    for path, ino in app[_SOCKETS_KEY]:
+        with contextlib.suppress(OSError):
+            if Path(path).stat().st_ino == ino:
+                Path(path).unlink()

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from logvold.core.policy import ServerConfig
 from logvold.errors import LogvoldError
+from logvold.server.access import is_socket_peer
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +247,9 @@ def make_auth_middleware(
     @web.middleware
     async def kubernetes_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         attrs = request_attributes(request.method, request.path, node_name)
-        if attrs is None:
+        if attrs is None or is_socket_peer(request):
+            # A unix socket client carries no token: SO_PEERCRED and file permissions
+            # decide what it reads (server/access.py).
             return await handler(request)
         token = bearer_token(request)
         if token is None:

@@ -4,6 +4,7 @@ the listing of streams; hands `/logs/?query=...` to the node log query."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -27,6 +28,7 @@ from logvold.fileio.reader import (
     compile_pattern,
     parse_rfc3339_ns,
 )
+from logvold.server.access import Peer, forbid, may_read_files, peer_of
 from logvold.server.app import (
     EXECUTOR_KEY,
     HANDLER_KEY,
@@ -34,6 +36,7 @@ from logvold.server.app import (
     REGISTRY_KEY,
     SHUTDOWN_KEY,
 )
+from logvold.server.limits import request_limits
 
 log = logging.getLogger(__name__)
 
@@ -293,11 +296,33 @@ def lookup(request: web.Request, namespace: str, pod: str, container: str) -> St
     return info
 
 
+def stream_access(peer: Peer, info: StreamInfo) -> str | None:
+    """None if `peer` could read every file of the stream itself (server/access.py)."""
+    if peer.trusted:
+        return None
+    try:
+        names = [e.name for e in Path(info.directory).iterdir()]
+    except OSError:
+        names = []
+    files = [info.base] + [s.filename for s in segments_of(info.base, names)]
+    return may_read_files(peer, Path(info.directory), files)
+
+
 async def serve_stream(request: web.Request, info: StreamInfo, options: ReadOptions,
                        *, handler: str) -> web.StreamResponse:
     check_readable(info)
-    reader = StreamReader(info, options, poll_interval_s=POLL_INTERVAL_S)
-    return await stream_reader(request, reader, handler=handler)
+    peer = peer_of(request)
+    if not peer.trusted:
+        problem = await asyncio.get_running_loop().run_in_executor(
+            request.app[EXECUTOR_KEY], stream_access, peer, info)
+        if problem is not None:
+            raise forbid(request, f"stream {info.key}", problem)
+    limits = request_limits(request.app)
+    slot = (contextlib.nullcontext() if limits is None
+            else limits.follower(info.key) if options.follow else limits.heavy_read())
+    async with slot:
+        reader = StreamReader(info, options, poll_interval_s=POLL_INTERVAL_S)
+        return await stream_reader(request, reader, handler=handler)
 
 
 async def _container_logs(request: web.Request) -> web.StreamResponse:
@@ -314,11 +339,14 @@ async def _logs_root(request: web.Request) -> web.StreamResponse:
         except ImportError:  # pragma: no cover - built in parallel
             raise web.HTTPNotImplemented(text="node log query is not available\n") from None
         request[HANDLER_KEY] = "nodelog"
-        return await nodelog.handle_node_log_query(request)
+        limits = request_limits(request.app)
+        async with contextlib.nullcontext() if limits is None else limits.heavy_read():
+            return await nodelog.handle_node_log_query(request)
     executor = request.app[EXECUTOR_KEY]
     streams = request.app[REGISTRY_KEY].snapshot()
+    peer = peer_of(request)
     listing = await asyncio.get_running_loop().run_in_executor(
-        executor, lambda: [describe(i) for i in streams])
+        executor, lambda: [describe(i) for i in streams if stream_access(peer, i) is None])
     return web.json_response({"kind": "StreamList", "items": listing})
 
 

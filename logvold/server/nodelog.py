@@ -29,6 +29,7 @@ from logvold.core.nodelog_query import parse_node_log_query as _parse
 from logvold.core.policy import NodeLogQueryConfig
 from logvold.metrics import Metrics
 from logvold.server import journal
+from logvold.server.access import TRUSTED, Peer, forbid, may_open_fd, peer_of
 from logvold.server.nodelog_files import (
     DeadlineExceeded,
     FileQueryError,
@@ -217,6 +218,10 @@ async def handle_node_log_query(request: web.Request) -> web.StreamResponse:
             if query.file is None:
                 return web.Response(status=404, text=f"log directory not available: {exc}\n")
             return web.Response(status=406, text=f"query: Invalid value: {exc}\n")
+        problem = may_open_fd(peer_of(request), explicit.fd, explicit.path)
+        if problem is not None:
+            os.close(explicit.fd)
+            raise forbid(request, f"query {query.file or '/'}", problem)
         if explicit.is_dir:
             # The kubelet's http.FileServer answers a directory with its listing.
             page = await asyncio.to_thread(listing_html, explicit.fd)
@@ -227,11 +232,16 @@ async def handle_node_log_query(request: web.Request) -> web.StreamResponse:
     if query.services:
         remaining = max(0.0, deadline - time.monotonic())
         journal_units, file_services = await _split_services(cfg, query.services, remaining)
+        if journal_units and not peer_of(request).trusted:
+            if explicit is not None:
+                os.close(explicit.fd)
+            raise forbid(request, "the journal", "journalctl reads every user's entries")
 
     resp = web.StreamResponse(headers={"Content-Type": _TEXT})
     if _accepts_gzip(request.headers.get("Accept-Encoding", "")):
         resp.enable_compression(web.ContentCoding.gzip)
-    plan = _Plan(query, explicit.fd if explicit else None, journal_units, file_services)
+    plan = _Plan(query, explicit.fd if explicit else None, journal_units, file_services,
+                 peer_of(request))
     try:
         await resp.prepare(request)
     except BaseException:
@@ -264,6 +274,8 @@ class _Plan:
     """An explicit file query's open file (owned by the plan until read)."""
     journal_units: list[str]
     file_services: list[str]
+    peer: Peer = TRUSTED
+    """Whose file permissions the service files are read with (server/access.py)."""
 
 
 async def _client_gone(request: web.Request) -> None:
@@ -290,7 +302,8 @@ async def _stream(
                     await _copy_journal(body, query, plan.journal_units, cfg.journal_directory)
                 if plan.file_services:
                     await _copy_service_files(
-                        body, cfg.log_dir, plan.file_services, query, matcher, deadline
+                        body, cfg.log_dir, plan.file_services, query, matcher, deadline,
+                        plan.peer,
                     )
         except (TimeoutError, DeadlineExceeded):
             async with asyncio.timeout(_LAST_WRITE_TIMEOUT_S):
@@ -421,6 +434,7 @@ async def _copy_service_files(
     query: NodeLogQuery,
     matcher: LineMatcher | None,
     deadline: float,
+    peer: Peer = TRUSTED,
 ) -> None:
     if query.journal_only_options:
         # As the kubelet: files carry no timestamps or boots to filter on, so say so instead.
@@ -437,5 +451,10 @@ async def _copy_service_files(
             continue
         if opened is None:
             await body.notice(f"log not found for {service}")
+            continue
+        problem = may_open_fd(peer, opened.fd, opened.path)
+        if problem is not None:
+            os.close(opened.fd)
+            await body.notice(f"error getting log for {service}: {problem}")
             continue
         await _copy_file(body, opened.fd, query, matcher, deadline)

@@ -73,6 +73,9 @@ def test_unit_has_the_settings_the_daemon_relies_on() -> None:
     assert settings["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
     # AF_UNIX is what sd_notify needs; the datagram socket type is not filtered.
     assert "CAP_SYS_ADMIN" not in settings["CapabilityBoundingSet"][0]
+    # Descriptors for many clients (the daemon raises soft to hard) and the socket's dir.
+    assert int(settings["LimitNOFILE"][0]) >= 65536
+    assert settings["RuntimeDirectory"] == ["logvold"]
 
 
 def test_verify_would_catch_a_misspelt_setting(tmp_path: Path) -> None:

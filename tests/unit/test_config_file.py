@@ -28,6 +28,7 @@ from logvold.core.policy import (
     NodeLogQueryConfig,
     ReopenAction,
     ServerConfig,
+    ServerLimits,
     VolumeSpec,
 )
 from logvold.core.units import format_duration, format_size
@@ -283,8 +284,18 @@ def test_example_documents_every_log_policy_field() -> None:
             "server",
             ServerConfig,
             {"tlsCertFile": "tls.certFile", "tlsKeyFile": "tls.keyFile", "auth": "auth.mode",
-             "authCacheTtl": "auth.cacheTTL"},
+             "authCacheTtl": "auth.cacheTTL", "socketPath": "socket.path",
+             "socketMode": "socket.mode", "socketGroup": "socket.group"},
             id="server",
+        ),
+        pytest.param(
+            "server",
+            ServerLimits,
+            {"headerTimeout": "limits.headerTimeout", "maxConnections": "limits.maxConnections",
+             "maxFollowers": "limits.maxFollowers",
+             "maxFollowersPerStream": "limits.maxFollowersPerStream",
+             "maxHeavyReads": "limits.maxHeavyReads"},
+            id="server.limits",
         ),
     ],
 )  # fmt: skip
@@ -423,8 +434,18 @@ def _configs(draw: st.DrawFn) -> Config:
     return Config(
         server=ServerConfig(
             listen=draw(st.sampled_from(["127.0.0.1:8642", "[::]:1", "node.local:443"])),
-            auth=draw(st.sampled_from(["none", "kubernetes"])),
+            auth=draw(st.sampled_from(["local", "none", "kubernetes"])),
             auth_cache_ttl_s=draw(st.floats(0, 1e6, allow_nan=False)),
+            socket_path=draw(st.sampled_from(["", "/run/logvold/logvold.sock"])),
+            socket_mode=draw(st.sampled_from([0o600, 0o660])),
+            socket_group=draw(st.sampled_from(["", "adm"])),
+            limits=ServerLimits(
+                header_timeout_s=draw(st.floats(0.001, 1e6, allow_nan=False)),
+                max_connections=draw(st.integers(1, 10**6)),
+                max_followers=draw(st.integers(1, 10**6)),
+                max_followers_per_stream=draw(st.integers(1, 10**6)),
+                max_heavy_reads=draw(st.integers(1, 10**6)),
+            ),
         ),
         defaults=defaults,
         volumes=tuple(volumes),

@@ -87,7 +87,7 @@ def test_default_config_is_one_local_volume_on_loopback() -> None:
     assert config.volumes == (VolumeSpec(name="local", path="/tmp/logs"),)
     assert config.volumes[0].containers == ()
     assert config.server.listen.startswith("127.0.0.1:")
-    assert config.server.auth == "none"
+    assert config.server.auth == "local"
     assert config.kubernetes.enabled is False
     assert default_config().volumes[0].path == "./logs"
 
@@ -441,7 +441,7 @@ def test_listen_rejects_non_host_port(listen: str) -> None:
         ),
         pytest.param(
             {"server": {"auth": {"mode": "token"}}},
-            ['config.yaml: server.auth.mode: expected none or kubernetes, got "token"'],
+            ['config.yaml: server.auth.mode: expected local, none or kubernetes, got "token"'],
             id="auth-mode",
         ),
         pytest.param(
