@@ -5,6 +5,12 @@ next); rotation checks and retention run on the rotation pool, compression on
 its own pool so a long gzip never queues ahead of another stream's rotation.
 Before every step the active file is checked to be a regular file inside its
 volume, so a symlink or directory planted in its place is never followed.
+
+Size triggers react to writes without a step per write: after every step the
+worker notes the active file's identity and the size at which it would reach
+maxSize (committed offset + maxSize, from the state file), and `size_due()` -
+called on the loop for each inotify modify hint - compares one lstat with it. A
+stream far below its limit costs that lstat per batch of writes, nothing else.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from logvold.core.layout import STATE_DIR_NAME
 from logvold.core.streams import StreamInfo, StreamKey
-from logvold.errors import StreamError
+from logvold.errors import StateError, StreamError
+from logvold.fileio.state import load_state
 from logvold.survey import budget_share_arg
 
 if TYPE_CHECKING:
@@ -91,6 +98,13 @@ class _Slot:
     removed: bool = False
     budget_share: int | None = None
     failing: str | None = None
+    trigger: tuple[int, int, int] | None = None
+    """(device, inode, size) of the active file at which a size check is worth a step;
+    None: unknown (check on the next hint). Written by the step thread, read on the loop."""
+    recheck: bool = False
+    """A write was hinted while a step ran: look at the trigger again when it ends."""
+    real_root: str | None = None
+    """realpath of the volume root, resolved once (the root is configuration)."""
 
 
 class StreamWorkers:
@@ -99,12 +113,16 @@ class StreamWorkers:
     def __init__(self, loop: asyncio.AbstractEventLoop, rotator_factory: RotatorFactory,
                  metrics: Metrics | None, clock: Callable[[], datetime], *,
                  rotation_workers: int = 4, compression_workers: int = 2,
-                 on_rotated: Callable[[StreamInfo, StepOutcome], None] | None = None) -> None:
+                 on_rotated: Callable[[StreamInfo, StepOutcome], None] | None = None,
+                 on_step: Callable[[StreamKey], None] | None = None) -> None:
+        """`on_step(key)`: on the loop after every finished step and compression (the
+        files may have changed: followers are woken with it)."""
         self._loop = loop
         self._factory = rotator_factory
         self._metrics = metrics
         self._clock = clock
         self._on_rotated = on_rotated
+        self._on_step = on_step
         self._rotation_pool = ThreadPoolExecutor(rotation_workers, "logvold-rotate")
         self._compression_pool = ThreadPoolExecutor(compression_workers, "logvold-compress")
         self._slots: dict[StreamKey, _Slot] = {}
@@ -152,6 +170,8 @@ class StreamWorkers:
             slot.volume_root = volume_root
             slot.rotator = None  # rebuilt with the new policy at the next step
             slot.recovered = False
+            slot.real_root = None
+            slot.trigger = None
 
     def remove(self, key: StreamKey) -> None:
         slot = self._slots.pop(key, None)
@@ -159,6 +179,25 @@ class StreamWorkers:
             slot.removed = True
 
     # -- scheduling (loop thread) ------------------------------------------------------
+
+    def size_due(self, key: StreamKey) -> bool:
+        """Whether a write to the stream may have crossed its maxSize: one lstat against
+        the trigger noted after its last step. A stream without maxSize never is (its
+        period boundaries come from the scheduler)."""
+        slot = self._slots.get(key)
+        if slot is None or slot.info.policy.max_size_bytes <= 0:
+            return False
+        if slot.running:
+            slot.recheck = True  # decided when the step ends, with its fresh trigger
+            return False
+        trigger = slot.trigger
+        if trigger is None:
+            return True
+        try:
+            st = os.lstat(slot.info.active_path)
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != trigger[:2] or st.st_size >= trigger[2]
 
     def submit(self, key: StreamKey, request: StepRequest) -> bool:
         """Run `request` on the stream now, or right after its step in flight."""
@@ -189,6 +228,8 @@ class StreamWorkers:
 
     def _step_done(self, slot: _Slot, fut: asyncio.Future[StepOutcome]) -> None:
         slot.running = False
+        if self._on_step is not None and not slot.removed:
+            self._on_step(slot.info.key)
         if fut.cancelled():
             return
         exc = fut.exception()
@@ -211,9 +252,15 @@ class StreamWorkers:
         if slot.queued is not None and not slot.removed and not self._closing:
             queued, slot.queued = slot.queued, None
             self.submit(slot.info.key, queued)
+        elif slot.recheck and not slot.removed and not self._closing:
+            slot.recheck = False
+            if self.size_due(slot.info.key):
+                self.submit(slot.info.key, StepRequest(check=True, hint_at=time.monotonic()))
 
     def _compress_done(self, slot: _Slot, fut: asyncio.Future[Any]) -> None:
         slot.compressing = False
+        if self._on_step is not None and not slot.removed:
+            self._on_step(slot.info.key)
         if fut.cancelled():
             return
         exc = fut.exception()
@@ -255,7 +302,10 @@ class StreamWorkers:
         with slot.lock:
             if slot.removed:
                 return StepOutcome(None, False, None)
-            check_safe(slot.info, slot.volume_root)
+            slot.trigger = None  # unknown while the step changes the files
+            if slot.real_root is None and slot.volume_root is not None:
+                slot.real_root = os.path.realpath(slot.volume_root)
+            check_safe(slot.info, slot.volume_root, real_root=slot.real_root)
             rotator = self._rotator(slot)
             if not slot.recovered:
                 rotator.recover()
@@ -274,6 +324,7 @@ class StreamWorkers:
                 share = slot.budget_share
                 rotator.enforce_retention(
                     extra_budget_bytes=None if share is None else max(share, 1))
+            slot.trigger = size_trigger(slot.info)
             return StepOutcome(reason, rotated, latency)
 
     def _compress(self, slot: _Slot) -> None:
@@ -282,7 +333,7 @@ class StreamWorkers:
         with slot.lock:
             if slot.removed:
                 return
-            check_safe(slot.info, slot.volume_root)
+            check_safe(slot.info, slot.volume_root, real_root=slot.real_root)
             self._rotator(slot).compress_pending(
                 extra_budget_bytes=budget_share_arg(slot.budget_share))
 
@@ -303,12 +354,33 @@ class StreamWorkers:
         await asyncio.to_thread(self._compression_pool.shutdown, wait=True)
 
 
-def check_safe(info: StreamInfo, volume_root: Path | None) -> None:
-    """Raise UnsafeStream unless the stream's files are plain files inside its volume."""
+def size_trigger(info: StreamInfo) -> tuple[int, int, int] | None:
+    """(device, inode, size) at which the active file's live bytes (past the committed
+    offset in the state file, as the rotator counts them) reach maxSize; None if unknown
+    or the stream has no maxSize. Two small syscalls and a state read, once per step."""
+    max_size = info.policy.max_size_bytes
+    if max_size <= 0:
+        return None
+    try:
+        st = os.lstat(info.active_path)
+        state = load_state(info.directory, info.base)
+    except (OSError, StateError):
+        return None
+    committed = 0
+    if state is not None and (state.device, state.inode) == (st.st_dev, st.st_ino):
+        physical = state.physical_committed
+        committed = physical if physical <= st.st_size else 0
+    return st.st_dev, st.st_ino, committed + max_size
+
+
+def check_safe(info: StreamInfo, volume_root: Path | None, *,
+               real_root: str | None = None) -> None:
+    """Raise UnsafeStream unless the stream's files are plain files inside its volume.
+    `real_root`: the root's realpath when the caller already resolved it."""
     directory = info.directory
     if volume_root is not None:
         real_dir = os.path.realpath(directory)
-        real_root = os.path.realpath(volume_root)
+        real_root = real_root or os.path.realpath(volume_root)
         if real_dir != real_root and not real_dir.startswith(real_root.rstrip(os.sep) + os.sep):
             raise UnsafeStream(f"{directory} resolves outside its volume {volume_root}; "
                                "not touched")

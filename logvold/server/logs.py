@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiMapping
 
+from logvold.changes import StreamChanges
 from logvold.core.layout import STATE_DIR_NAME, segments_of, state_file_name
 from logvold.core.streams import DEFAULT_NAMESPACE, StreamInfo, StreamKey
 from logvold.fileio.reader import (
@@ -28,6 +29,7 @@ from logvold.fileio.reader import (
     parse_rfc3339_ns,
 )
 from logvold.server.app import (
+    CHANGES_KEY,
     EXECUTOR_KEY,
     HANDLER_KEY,
     METRICS_KEY,
@@ -46,6 +48,10 @@ _BOOL = {"1": True, "t": True, "T": True, "true": True, "TRUE": True, "True": Tr
          "0": False, "f": False, "F": False, "false": False, "FALSE": False, "False": False}
 POLL_INTERVAL_S = 0.05
 MAX_IDLE_S = 1.0
+FALLBACK_S = 2.0
+"""With change notices: the longest a caught-up follower sleeps without one."""
+GONE_RECHECK_S = 0.25
+"""... while its active file is missing (the reader decides after a grace time)."""
 
 
 class BadRequest(ValueError):
@@ -191,11 +197,22 @@ def _signature(info: StreamInfo) -> Signature:
     return tuple(out)
 
 
-async def _wait_for_change(reader: StreamReader, seen: Signature,
-                           stop: Callable[[], bool]) -> None:
-    """Sleep poll intervals until the stream's signature differs from `seen` (taken
-    before the step that found nothing new, so no append is missed), the reader must
-    stop, or MAX_IDLE_S passed (the reader's own clocks, e.g. removal grace, then run)."""
+async def _wait_for_change(reader: StreamReader, seen: object,
+                           stop: Callable[[], bool], changes: StreamChanges | None) -> None:
+    """Until the stream changed since `seen` (taken before the step that found nothing
+    new, so no append is missed), the reader must stop, or a fallback time passed.
+
+    With the daemon's change notices this is one parked future per follower (idle
+    followers cost nothing); the FALLBACK_S timeout is a safety net for a missed notice
+    and lets the reader's own clocks (removal grace, untilTime) run. Without notices
+    (the API served on its own) it polls the stream's signature every poll interval."""
+    if changes is not None:
+        timeout = FALLBACK_S
+        if reader.options.follow and not os.path.lexists(reader.info.active_path):
+            timeout = min(timeout, GONE_RECHECK_S)  # removal grace runs on the reader's clock
+        assert isinstance(seen, int)
+        await changes.wait(reader.info.key, seen, timeout)
+        return
     deadline = time.monotonic() + MAX_IDLE_S
     while True:
         await asyncio.sleep(reader.poll_interval_s)
@@ -226,8 +243,13 @@ async def stream_reader(request: web.Request, reader: StreamReader, *, handler: 
     reader.stop = stop
     stepper = _Stepper(reader.chunks(), threading.Lock())
     loop = asyncio.get_running_loop()
+    changes = app.get(CHANGES_KEY)
+
+    def snapshot() -> object:
+        return changes.version(key) if changes is not None else _signature(reader.info)
+
     # The first step runs before the headers, so a failure there is still a clean 4xx/5xx.
-    before_first = _signature(reader.info)
+    before_first = snapshot()
     try:
         first = await loop.run_in_executor(executor, stepper.step)
     except PermissionError as e:
@@ -255,10 +277,10 @@ async def stream_reader(request: web.Request, reader: StreamReader, *, handler: 
             elif reader.more_ready:  # a pause between blocks of a backlog: go on
                 reader.more_ready = False
             else:  # caught up: wait (cheaply, no thread) until the files change
-                await _wait_for_change(reader, seen, stop)
+                await _wait_for_change(reader, seen, stop, changes)
             if _client_gone(request):
                 break
-            seen = _signature(reader.info)
+            seen = snapshot()
             if not reader.caught_up:
                 chunk = await loop.run_in_executor(executor, stepper.step)
             else:
