@@ -7,6 +7,7 @@ the reads. Filtered reads keep the per-event path."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import threading
 from pathlib import Path
@@ -119,10 +120,8 @@ def test_whole_stream_reads_under_rotation_are_whole_and_gapless(
             try:
                 while writer.returncode is None:
                     reads.append(await _get(srv.base + URL))
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(writer.wait(), 0.05)
-                    except TimeoutError:
-                        pass
             finally:
                 done.set()
                 await asyncio.to_thread(rotator.join, 30)
