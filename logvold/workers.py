@@ -105,6 +105,11 @@ class _Slot:
     """A write was hinted while a step ran: look at the trigger again when it ends."""
     real_root: str | None = None
     """realpath of the volume root, resolved once (the root is configuration)."""
+    active: str = ""
+    """The active file's path as text, for the per-hint lstat (no pathlib per write)."""
+
+    def __post_init__(self) -> None:
+        self.active = str(self.info.active_path)
 
 
 class StreamWorkers:
@@ -172,6 +177,7 @@ class StreamWorkers:
             slot.recovered = False
             slot.real_root = None
             slot.trigger = None
+            slot.active = str(info.active_path)
 
     def remove(self, key: StreamKey) -> None:
         slot = self._slots.pop(key, None)
@@ -194,7 +200,7 @@ class StreamWorkers:
         if trigger is None:
             return True
         try:
-            st = os.lstat(slot.info.active_path)
+            st = os.lstat(slot.active)
         except OSError:
             return True
         return (st.st_dev, st.st_ino) != trigger[:2] or st.st_size >= trigger[2]
