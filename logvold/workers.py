@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+FAILED_RETRY_S = 1.0
+"""A stream whose last step failed is retried on writes at most this often (it has no
+size trigger then, so without it every batch of writes would be a failing step)."""
+
 
 class Rotator(Protocol):
     """The part of `fileio.rotator.StreamRotator` the daemon drives."""
@@ -105,6 +109,8 @@ class _Slot:
     """A write was hinted while a step ran: look at the trigger again when it ends."""
     real_root: str | None = None
     """realpath of the volume root, resolved once (the root is configuration)."""
+    retry_at: float = 0.0
+    """Monotonic time before which writes do not retry a failed step."""
     active: str = ""
     """The active file's path as text, for the per-hint lstat (no pathlib per write)."""
 
@@ -198,7 +204,7 @@ class StreamWorkers:
             return False
         trigger = slot.trigger
         if trigger is None:
-            return True
+            return slot.failing is None or time.monotonic() >= slot.retry_at
         try:
             st = os.lstat(slot.active)
         except OSError:
@@ -278,6 +284,7 @@ class StreamWorkers:
 
     def _failed(self, slot: _Slot, what: str, exc: BaseException) -> None:
         self.failures += 1
+        slot.retry_at = time.monotonic() + FAILED_RETRY_S
         kind = type(exc).__name__
         # The rotator counts its own StreamErrors; count what it never saw.
         if self._metrics is not None and not isinstance(exc, StreamError):
