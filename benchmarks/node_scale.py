@@ -115,9 +115,10 @@ def daemon(tree: Path, config: Path, port: int, log: Path) -> Any:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
                     break
-            except OSError:
+            except OSError as exc:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"daemon did not start: {log.read_text()[-2000:]}")
+                    raise RuntimeError(
+                        f"daemon did not start: {log.read_text()[-2000:]}") from exc
                 time.sleep(0.1)
         yield proc
     finally:
@@ -234,7 +235,7 @@ def scenario_rotation(tree: Path, work: Path, window: float) -> None:
         chunk = line * 64  # 64 KiB
         start = time.monotonic()
         try:
-            for n in range(int(4 * 5 * 16)):  # 4 MB/s for 5 s
+            for n in range(4 * 5 * 16):  # ~4 MB/s for 5 s
                 target = start + n * (65536 / 4e6)
                 delay = target - time.monotonic()
                 if delay > 0:
