@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from logvold.changes import StreamChanges
 from logvold.core.clock import utcnow
 from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
 from logvold.errors import ConfigError, LogvoldError, UsageError
@@ -94,6 +95,9 @@ class Daemon:
             clock, time.monotonic, hint_delay_s=self.options.hint_delay_s,
             min_check_interval_s=self.options.min_check_interval_s)
         self.watcher: DirectoryWatcher | None = None
+        self.changes = StreamChanges()
+        """Per-stream change notices for followers: every hint about a stream and every
+        finished step bump its version (the HTTP API's followers sleep on them)."""
         self.discovery: Any = None
         """PodDiscovery when `kubernetes.enabled` (imported only then: it pulls in the client)."""
         self._runner: web.AppRunner | None = None
@@ -107,7 +111,6 @@ class Daemon:
         self._budget_pass = False
         self._unstarted: set[StreamKey] = set()
         self._path_index: dict[str, StreamKey] = {}
-        self._armed_hints: dict[StreamKey, Hint] = {}
         self._dir_volumes: dict[str, set[str]] = {}
         self._config_digest: bytes | None = None
         self._config_watch_paths: frozenset[str] = frozenset()
@@ -130,14 +133,14 @@ class Daemon:
             loop, self._rotator_factory or _default_rotator_factory(), self.metrics, self.clock,
             rotation_workers=self.options.rotation_workers,
             compression_workers=self.options.compression_workers,
-            on_rotated=self._on_rotated)
+            on_rotated=self._on_rotated, on_step=self.changes.notify)
         self.registry.subscribe(self._registry_listener)
         self._prepare_default_volume(self.config)
         self.source.set_config(self.config)
         self._config_digest = self._read_config_digest()
         if watch:
             self.watcher = DirectoryWatcher(loop, self._on_hint, self._relevance(),
-                                            on_error=self._watch_thread_error)
+                                            on_error=self._watch_error)
             self.watcher.start()
         await self._reconcile(full=True)
         if self.config.kubernetes.enabled:
@@ -177,7 +180,8 @@ class Daemon:
             await asyncio.to_thread(self.discovery.stop)
             self.discovery = None
         if self.watcher is not None:
-            await asyncio.to_thread(self.watcher.stop)
+            self.watcher.stop()  # no thread: it only unregisters its fd from the loop
+            self.watcher = None
         if self.workers is not None:
             await self.workers.close()
         if self._runner is not None:
@@ -239,9 +243,6 @@ class Daemon:
     def _dispatch_due(self) -> None:
         assert self.workers is not None
         for due in self.scheduler.due():
-            hint = self._armed_hints.pop(due.key, None)
-            if hint is not None and self.watcher is not None:
-                self.watcher.rearm(hint)
             if due.reason == "period":
                 request = StepRequest(reason="period", check=True)
             else:
@@ -360,6 +361,7 @@ class Daemon:
             if old is not None:
                 self.workers.remove(info.key)
                 self.scheduler.remove(info.key)
+                self.changes.forget(info.key)  # its followers look, see it gone, end
             log.info("stream removed", extra={"stream": str(info.key)})
         else:
             self._path_index[str(info.active_path)] = info.key
@@ -428,8 +430,7 @@ class Daemon:
         return None
 
     def _relevance(self) -> Callable[[Hint], bool]:
-        # Runs on observer threads: only dict/frozenset membership tests, atomic under the
-        # GIL, on containers the loop thread changes one key at a time.
+        # Runs on the loop thread for every hint of a batch: membership tests only.
         active = self._path_index
 
         def relevant(hint: Hint) -> bool:
@@ -449,12 +450,16 @@ class Daemon:
                 self._config_check_pending = True
                 self._loop.call_later(CONFIG_DEBOUNCE_S, self._check_config_changed)
             return
+        if key is not None:
+            self.changes.notify(key)  # wakes the stream's followers
         if hint.kind == "modified":
-            if key is not None and self.scheduler.mark_dirty(key):
-                self._armed_hints[key] = hint
+            # A write: a step only if it may have crossed maxSize (one lstat against the
+            # trigger noted after the last step), so writes far below the limit cost
+            # nothing more. Period boundaries come from the scheduler's clock.
+            assert self.workers is not None
+            if key is not None and self.workers.size_due(key) and self.scheduler.mark_dirty(
+                    key):
                 self._wake.set()
-            elif self.watcher is not None:
-                self.watcher.rearm(hint)
             return
         if key is not None and self.scheduler.mark_dirty(key):
             self._wake.set()
@@ -469,9 +474,13 @@ class Daemon:
         if self._read_config_digest() != self._config_digest:
             self.request_reload()
 
-    def _watch_thread_error(self, path: str, exc: BaseException) -> None:
+    def _watch_error(self, path: str, exc: BaseException) -> None:
         self.metrics.watch_errors.labels("inotify").inc()
         log.warning("file watch error", extra={"path": path, "error": repr(exc)})
+        if isinstance(exc, OverflowError):  # events were lost: look at everything now
+            self._full_rescan = True
+            self._rescan.set()
+            self.changes.notify_all()
 
     def _refresh_watches(self) -> None:
         dirs = self.source.directories()
@@ -588,7 +597,7 @@ class Daemon:
         from logvold.server.app import build_app, start_server
 
         app = build_app(config=config, registry=self.registry, metrics=self.metrics,
-                        is_ready=self.is_ready)
+                        is_ready=self.is_ready, changes=self.changes)
         if config.server.auth == "kubernetes":
             app.middlewares.append(_kubernetes_auth(config))
         self._runner = await start_server(app, config.server.listen,

@@ -24,8 +24,11 @@ class ServeOptions:
     serve_http: bool = True
     rotation_workers: int = 4
     compression_workers: int = 2
-    hint_delay_s: float = 0.05
-    min_check_interval_s: float = 0.5
+    hint_delay_s: float = 0.0
+    """Extra batching of hints in the scheduler: none, the watcher batches already."""
+    min_check_interval_s: float = 0.0
+    """Floor between two checks of one stream: none, a write only costs a step when the
+    size gate (workers.size_due) says maxSize may be crossed."""
 
 
 def load_effective_config(options: ServeOptions) -> Config:

@@ -8,6 +8,12 @@ following symlinks (`fileio.safedir`), so a symlinked subDir, active file or
 `.logvold` planted by the pod is refused, never followed. A stop finishes the steps
 in flight (copy, commit, punch) within STOP_TIMEOUT_S, then zeroes each stream's
 committed tail, so the files themselves hold every event once.
+
+Size triggers react to writes without a step per write: after every step the
+worker notes the active file's identity and the size at which it would reach
+maxSize (committed offset + maxSize, from the state file), and `size_due()` -
+called on the loop for each inotify modify hint - compares one lstat with it. A
+stream far below its limit costs that lstat per batch of writes, nothing else.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import stat
 import threading
 import time
@@ -29,12 +36,17 @@ from logvold.core.layout import STATE_DIR_NAME
 from logvold.core.streams import StreamInfo, StreamKey
 from logvold.errors import StreamError
 from logvold.fileio.safedir import UnsafeFile, open_stream_dir
+from logvold.fileio.state import load_state_in
 from logvold.survey import budget_share_arg
 
 if TYPE_CHECKING:
     from logvold.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+FAILED_RETRY_S = 1.0
+"""A stream whose last step failed is retried on writes at most this often (it has no
+size trigger then, so without it every batch of writes would be a failing step)."""
 
 
 class Rotator(Protocol):
@@ -112,6 +124,18 @@ class _Slot:
     removed: bool = False
     budget_share: int | None = None
     failing: str | None = None
+    trigger: tuple[int, int, int] | None = None
+    """(device, inode, size) of the active file at which a size check is worth a step;
+    None: unknown (check on the next hint). Written by the step thread, read on the loop."""
+    recheck: bool = False
+    """A write was hinted while a step ran: look at the trigger again when it ends."""
+    retry_at: float = 0.0
+    """Monotonic time before which writes do not retry a failed step."""
+    active: str = ""
+    """The active file's path as text, for the per-hint lstat (no pathlib per write)."""
+
+    def __post_init__(self) -> None:
+        self.active = str(self.info.active_path)
 
 
 class StreamWorkers:
@@ -120,12 +144,16 @@ class StreamWorkers:
     def __init__(self, loop: asyncio.AbstractEventLoop, rotator_factory: RotatorFactory,
                  metrics: Metrics | None, clock: Callable[[], datetime], *,
                  rotation_workers: int = 4, compression_workers: int = 2,
-                 on_rotated: Callable[[StreamInfo, StepOutcome], None] | None = None) -> None:
+                 on_rotated: Callable[[StreamInfo, StepOutcome], None] | None = None,
+                 on_step: Callable[[StreamKey], None] | None = None) -> None:
+        """`on_step(key)`: on the loop after every finished step and compression (the
+        files may have changed: followers are woken with it)."""
         self._loop = loop
         self._factory = rotator_factory
         self._metrics = metrics
         self._clock = clock
         self._on_rotated = on_rotated
+        self._on_step = on_step
         self._rotation_pool = ThreadPoolExecutor(rotation_workers, "logvold-rotate")
         self._compression_pool = ThreadPoolExecutor(compression_workers, "logvold-compress")
         self._slots: dict[StreamKey, _Slot] = {}
@@ -175,6 +203,8 @@ class StreamWorkers:
             slot.volume_root = volume_root
             slot.rotator = None  # rebuilt with the new policy at the next step
             slot.recovered = False
+            slot.trigger = None
+            slot.active = str(info.active_path)
 
     def remove(self, key: StreamKey) -> None:
         slot = self._slots.pop(key, None)
@@ -182,6 +212,25 @@ class StreamWorkers:
             slot.removed = True
 
     # -- scheduling (loop thread) ------------------------------------------------------
+
+    def size_due(self, key: StreamKey) -> bool:
+        """Whether a write to the stream may have crossed its maxSize: one lstat against
+        the trigger noted after its last step. A stream without maxSize never is (its
+        period boundaries come from the scheduler)."""
+        slot = self._slots.get(key)
+        if slot is None or slot.info.policy.max_size_bytes <= 0:
+            return False
+        if slot.running:
+            slot.recheck = True  # decided when the step ends, with its fresh trigger
+            return False
+        trigger = slot.trigger
+        if trigger is None:
+            return slot.failing is None or time.monotonic() >= slot.retry_at
+        try:
+            st = os.lstat(slot.active)
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != trigger[:2] or st.st_size >= trigger[2]
 
     def submit(self, key: StreamKey, request: StepRequest) -> bool:
         """Run `request` on the stream now, or right after its step in flight."""
@@ -212,6 +261,8 @@ class StreamWorkers:
 
     def _step_done(self, slot: _Slot, fut: asyncio.Future[StepOutcome]) -> None:
         slot.running = False
+        if self._on_step is not None and not slot.removed:
+            self._on_step(slot.info.key)
         if fut.cancelled():
             return
         exc = fut.exception()
@@ -234,9 +285,15 @@ class StreamWorkers:
         if slot.queued is not None and not slot.removed and not self._closing:
             queued, slot.queued = slot.queued, None
             self.submit(slot.info.key, queued)
+        elif slot.recheck and not slot.removed and not self._closing:
+            slot.recheck = False
+            if self.size_due(slot.info.key):
+                self.submit(slot.info.key, StepRequest(check=True, hint_at=time.monotonic()))
 
     def _compress_done(self, slot: _Slot, fut: asyncio.Future[Any]) -> None:
         slot.compressing = False
+        if self._on_step is not None and not slot.removed:
+            self._on_step(slot.info.key)
         if fut.cancelled():
             return
         exc = fut.exception()
@@ -248,6 +305,7 @@ class StreamWorkers:
 
     def _failed(self, slot: _Slot, what: str, exc: BaseException) -> None:
         self.failures += 1
+        slot.retry_at = time.monotonic() + FAILED_RETRY_S
         kind = type(exc).__name__
         # The rotator counts its own StreamErrors; count what it never saw.
         if self._metrics is not None and isinstance(exc, UnsafeFile):
@@ -292,6 +350,7 @@ class StreamWorkers:
         with slot.lock:
             if slot.removed:
                 return StepOutcome(None, False, None)
+            slot.trigger = None  # unknown while the step changes the files
             check_safe(slot.info, slot.volume_root)
             rotator = self._rotator(slot)
             if not slot.recovered:
@@ -311,6 +370,7 @@ class StreamWorkers:
                 share = slot.budget_share
                 rotator.enforce_retention(
                     extra_budget_bytes=None if share is None else max(share, 1))
+            slot.trigger = size_trigger(slot.info)
             return StepOutcome(reason, rotated, latency)
 
     def _compress(self, slot: _Slot) -> None:
@@ -358,6 +418,28 @@ class StreamWorkers:
                 except (OSError, StreamError) as exc:
                     log.warning("cannot settle the stream at stop: %s", exc,
                                 extra={"stream": str(slot.info.key)})
+
+
+def size_trigger(info: StreamInfo) -> tuple[int, int, int] | None:
+    """(device, inode, size) at which the active file's live bytes (past the committed
+    offset in the state file, as the rotator counts them) reach maxSize; None if unknown
+    or the stream has no maxSize. Two small syscalls and a state read, once per step."""
+    max_size = info.policy.max_size_bytes
+    if max_size <= 0:
+        return None
+    try:
+        with open_stream_dir(info) as d:
+            st = d.lstat(info.base)
+            state = load_state_in(d, info.base) if st is not None else None
+    except (OSError, StreamError):
+        return None
+    if st is None:
+        return None
+    committed = 0
+    if state is not None and (state.device, state.inode) == (st.st_dev, st.st_ino):
+        physical = state.physical_committed
+        committed = physical if physical <= st.st_size else 0
+    return st.st_dev, st.st_ino, committed + max_size
 
 
 def check_safe(info: StreamInfo, volume_root: Path | None) -> None:

@@ -45,7 +45,9 @@ from logvold.fileio.reader_events import (
     CHUNK_BYTES,
     CRI_PARTIAL,
     Assembler,
+    Block,
     Event,
+    FileRegion,
     Splitter,
     format_rfc3339_ns,
     open_nofollow,
@@ -62,8 +64,8 @@ from logvold.fileio.reader_events import (
 )
 from logvold.fileio.state import StreamState, load_state, state_path
 
-__all__ = ["CHUNK_BYTES", "MAX_PATTERN_LENGTH", "ReadOptions", "StreamFilter", "StreamReader",
-           "compile_pattern", "format_rfc3339_ns", "parse_rfc3339_ns"]
+__all__ = ["CHUNK_BYTES", "MAX_PATTERN_LENGTH", "FileRegion", "ReadOptions", "StreamFilter",
+           "StreamReader", "compile_pattern", "format_rfc3339_ns", "parse_rfc3339_ns"]
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +169,9 @@ class StreamReader:
     caught_up: bool = False
     """True from the moment the reader found nothing new until it reads again: the next
     step is then small (fresh bytes only), so a server may run it without a thread."""
+    regions: bool = False
+    """Let `chunks()` yield FileRegion for whole plain segments when nothing filters
+    (see `passthrough`), so a server can sendfile them; else they are read as bytes."""
 
     def __post_init__(self) -> None:
         policy = self.info.policy
@@ -187,6 +192,12 @@ class StreamReader:
         self._tail = self.delimiter
         self._by_time = self.fmt != "raw" and (self.options.since_ns is not None
                                                or self.options.until_ns is not None)
+        o = self.options
+        self.passthrough = self.fmt == "raw" and self.matcher is None and all(
+            v is None for v in (o.tail_events, o.since_ns, o.until_ns, o.limit_bytes))
+        """raw, whole stream, no filter: the output is the file bytes of whole events, so
+        blocks go out as they are read (no per-event split) and plain segments as
+        FileRegion. (timestamps and stream do not apply to raw.)"""
         self.directory = Path(self.info.directory)
         self._state_path = state_path(self.directory, self.info.base)
         self._state_key: tuple[int, ...] = ()
@@ -196,10 +207,24 @@ class StreamReader:
     # -- public -----------------------------------------------------------------------
 
     def chunks(self) -> Iterator[bytes]:
-        """Formatted output in chunks of about CHUNK_BYTES; `b""` = nothing new yet."""
+        """Formatted output in chunks of about CHUNK_BYTES; `b""` = nothing new yet.
+        With `regions`, a plain segment may come as a FileRegion (typed as bytes for the
+        callers that never ask for regions; see `chunks_or_regions`)."""
+        return self.chunks_or_regions()  # type: ignore[return-value]
+
+    def chunks_or_regions(self) -> Iterator[bytes | FileRegion]:
+        """`chunks()`, with FileRegion items when `regions` is set."""
         out = bytearray()
         limit = self.options.limit_bytes
         for ev in self._events():
+            if isinstance(ev, FileRegion):
+                if out:
+                    yield bytes(out)
+                    out.clear()
+                self.caught_up = False
+                self.bytes_served += ev.count
+                yield ev
+                continue
             if ev is None:
                 # Nothing new (what follows is b"" at once: a cheap step), unless the reader
                 # only paused between blocks of a backlog (more_ready).
@@ -214,7 +239,7 @@ class StreamReader:
             if limit is not None and self.bytes_served + len(data) > limit:
                 break
             self.bytes_served += len(data)
-            self.events_served += 1
+            self.events_served += data.count(self.delimiter) if isinstance(ev, Block) else 1
             out += data
             if len(out) >= CHUNK_BYTES:
                 yield bytes(out)
@@ -224,6 +249,7 @@ class StreamReader:
 
     def read_all(self, sleep: Callable[[float], None] = time.sleep) -> Iterator[bytes]:
         """`chunks()` for sync callers: waits on idle instead of yielding `b""`."""
+        assert not self.regions, "read_all serves bytes only"
         for chunk in self.chunks():
             if chunk:
                 yield chunk
@@ -313,7 +339,7 @@ class StreamReader:
 
     # -- events -----------------------------------------------------------------------
 
-    def _events(self) -> Iterator[Event | None]:
+    def _events(self) -> Iterator[Event | FileRegion | None]:
         names, state, fd = self._snapshot()
         sources = [_Source(n) for n in names] + [_Source(None)]
         active = ActiveCursor(self, state, fd)
@@ -325,6 +351,9 @@ class StreamReader:
                     return
                 first = start if i == start.index else everything
                 for ev in self._segment_events(sources[i], first):
+                    if isinstance(ev, FileRegion):
+                        yield ev
+                        continue
                     if self._after_until(ev):
                         return
                     if self._passes(ev) and first.admits(ev):
@@ -359,13 +388,27 @@ class StreamReader:
         u = self.options.until_ns
         return u is not None and self.wall_clock_ns() > u
 
-    def _segment_events(self, src: _Source, start: _Start) -> Iterator[Event]:
+    def _segment_events(self, src: _Source, start: _Start) -> Iterator[Event | FileRegion]:
         assert src.name is not None
         opened = open_segment(self.directory, src.name.stem)
         if opened is None:  # deleted by retention since the listing: a race, not an error
             return
         fd, path, compression = opened
         offset = start.offset or 0
+        if (fd is not None and self.regions and self.passthrough and not offset
+                and not start.skip and start.planned is None):
+            try:
+                size = self._whole_size(fd)
+            except OSError:
+                os.close(fd)
+                raise
+            if size is not None:
+                try:
+                    if size:
+                        yield FileRegion(fd, 0, size)  # sent before the next step
+                finally:
+                    os.close(fd)
+                return
         cut = self._cut_since_planned(src.name.stem, fd, start.planned)
         # Events keep the offsets of the file as planned (what `start` admits is in those).
         assembler = Assembler(self.fmt, start.skip if offset >= cut else frozenset())
@@ -383,6 +426,16 @@ class StreamReader:
         else:
             yield from self._feed(skip_bytes(read_compressed(path, compression), offset - cut),
                                   splitter, assembler)
+
+    def _whole_size(self, fd: int) -> int | None:
+        """The segment's size if it ends with the (one-byte) delimiter, so all of it is
+        whole events exactly as the record splitter would serve them; else None."""
+        if len(self.delimiter) != 1:
+            return None
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != self.delimiter:
+            return None
+        return size
 
     def _cut_since_planned(self, stem: str, fd: int | None,
                            planned: tuple[int, int] | None) -> int:
@@ -418,6 +471,9 @@ class StreamReader:
         """Events of a block of whole records. With a pattern, RE2 scans the block at C
         speed and only records around a match are parsed (and checked exactly)."""
         if not block:
+            return
+        if self.passthrough and not assembler.skip and not assembler.pending:
+            yield Block(block, None, None, base, base + len(block))
             return
         d = self.delimiter
         if (self._prefilter and not assembler.pending and not assembler.skip

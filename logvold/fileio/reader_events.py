@@ -106,6 +106,24 @@ class Event:
         return self._ts
 
 
+class Block(Event):
+    """Several whole raw events served as they are in the file (no filter needs them
+    apart): one object per read block instead of one per event."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FileRegion:
+    """Bytes `offset`..`offset + count` of the open file `fd`: whole events that a
+    server may send with sendfile(2). `fd` belongs to the reader and stays open until
+    the reader is stepped again."""
+
+    fd: int
+    offset: int
+    count: int
+
+
 @dataclass(slots=True)
 class Line:
     ts: bytes | None

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from logvold.changes import StreamChanges
 from logvold.core.policy import Config
 from logvold.core.streams import StreamRegistry
 from logvold.errors import LogvoldError, UsageError
@@ -36,6 +37,9 @@ ReadyCheck = Callable[[], bool]
 READY_KEY: web.AppKey[ReadyCheck] = web.AppKey("logvold.is_ready")
 EXECUTOR_KEY = web.AppKey("logvold.executor", ThreadPoolExecutor)
 SHUTDOWN_KEY = web.AppKey("logvold.shutdown", threading.Event)
+CHANGES_KEY = web.AppKey("logvold.changes", StreamChanges)
+"""Set when the daemon feeds change notices (inotify + rotator commits): followers then
+sleep until their stream changes instead of polling it."""
 
 READER_THREADS = 32
 """Threads that run reader steps; a step is bounded (one chunk), so followers share them."""
@@ -129,6 +133,8 @@ async def _readyz(request: web.Request) -> web.Response:
 
 async def _on_shutdown(app: web.Application) -> None:
     app[SHUTDOWN_KEY].set()  # followers end at their next poll
+    if CHANGES_KEY in app:
+        app[CHANGES_KEY].notify_all()  # ... or now, when they sleep on change notices
 
 
 async def _on_cleanup(app: web.Application) -> None:
@@ -136,8 +142,10 @@ async def _on_cleanup(app: web.Application) -> None:
 
 
 def build_app(*, config: Config, registry: StreamRegistry, metrics: Metrics,
-              is_ready: Callable[[], bool]) -> web.Application:
-    """The whole HTTP API over `registry`; nothing runs until start_server()."""
+              is_ready: Callable[[], bool],
+              changes: StreamChanges | None = None) -> web.Application:
+    """The whole HTTP API over `registry`; nothing runs until start_server().
+    `changes`: the daemon's per-stream change notices (None: followers poll)."""
     from logvold.server import kubeapi, logs
     from logvold.server.access import make_access_middleware
     from logvold.server.limits import (
@@ -158,6 +166,8 @@ def build_app(*, config: Config, registry: StreamRegistry, metrics: Metrics,
     app[EXECUTOR_KEY] = ThreadPoolExecutor(max_workers=READER_THREADS,
                                            thread_name_prefix="logvold-reader")
     app[SHUTDOWN_KEY] = threading.Event()
+    if changes is not None:
+        app[CHANGES_KEY] = changes
     app.on_response_prepare.append(_observe_latency)
     app.on_shutdown.append(_on_shutdown)
     app.on_cleanup.append(_on_cleanup)

@@ -18,10 +18,12 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiMapping
 
+from logvold.changes import StreamChanges
 from logvold.core.layout import STATE_DIR_NAME, segments_of, state_file_name
 from logvold.core.streams import DEFAULT_NAMESPACE, StreamInfo, StreamKey
 from logvold.fileio.reader import (
     MAX_PATTERN_LENGTH,
+    FileRegion,
     ReadOptions,
     StreamFilter,
     StreamReader,
@@ -30,6 +32,7 @@ from logvold.fileio.reader import (
 )
 from logvold.server.access import Peer, forbid, may_read_files, peer_of
 from logvold.server.app import (
+    CHANGES_KEY,
     EXECUTOR_KEY,
     HANDLER_KEY,
     METRICS_KEY,
@@ -49,6 +52,10 @@ _BOOL = {"1": True, "t": True, "T": True, "true": True, "TRUE": True, "True": Tr
          "0": False, "f": False, "F": False, "false": False, "FALSE": False, "False": False}
 POLL_INTERVAL_S = 0.05
 MAX_IDLE_S = 1.0
+FALLBACK_S = 2.0
+"""With change notices: the longest a caught-up follower sleeps without one."""
+GONE_RECHECK_S = 0.25
+"""... while its active file is missing (the reader decides after a grace time)."""
 
 
 class BadRequest(ValueError):
@@ -160,10 +167,10 @@ def check_readable(info: StreamInfo) -> None:
 class _Stepper:
     """Runs a sync chunk generator one bounded step at a time in the reader threads."""
 
-    chunks: Iterator[bytes]
+    chunks: Iterator[bytes | FileRegion]
     lock: threading.Lock
 
-    def step(self) -> bytes | None:
+    def step(self) -> bytes | FileRegion | None:
         with self.lock:
             return next(self.chunks, None)
 
@@ -194,16 +201,45 @@ def _signature(info: StreamInfo) -> Signature:
     return tuple(out)
 
 
-async def _wait_for_change(reader: StreamReader, seen: Signature,
-                           stop: Callable[[], bool]) -> None:
-    """Sleep poll intervals until the stream's signature differs from `seen` (taken
-    before the step that found nothing new, so no append is missed), the reader must
-    stop, or MAX_IDLE_S passed (the reader's own clocks, e.g. removal grace, then run)."""
+async def _wait_for_change(reader: StreamReader, seen: object,
+                           stop: Callable[[], bool], changes: StreamChanges | None) -> None:
+    """Until the stream changed since `seen` (taken before the step that found nothing
+    new, so no append is missed), the reader must stop, or a fallback time passed.
+
+    With the daemon's change notices this is one parked future per follower (idle
+    followers cost nothing); the FALLBACK_S timeout is a safety net for a missed notice
+    and lets the reader's own clocks (removal grace, untilTime) run. Without notices
+    (the API served on its own) it polls the stream's signature every poll interval."""
+    if changes is not None:
+        timeout = FALLBACK_S
+        if reader.options.follow and not os.path.lexists(reader.info.active_path):
+            timeout = min(timeout, GONE_RECHECK_S)  # removal grace runs on the reader's clock
+        assert isinstance(seen, int)
+        await changes.wait(reader.info.key, seen, timeout)
+        return
     deadline = time.monotonic() + MAX_IDLE_S
     while True:
         await asyncio.sleep(reader.poll_interval_s)
         if stop() or time.monotonic() >= deadline or _signature(reader.info) != seen:
             return
+
+
+async def _send_region(request: web.Request, response: web.StreamResponse,
+                       region: FileRegion) -> None:
+    """sendfile(2) whole events straight from a plain segment: no copy through Python,
+    no per-event split. In a chunked response the region is framed as one chunk (the
+    headers went out at prepare(), so the transport carries the body in order)."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("the client left")
+    chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
+    loop = asyncio.get_running_loop()
+    with open(region.fd, "rb", buffering=0, closefd=False) as f:  # the reader owns the fd
+        if chunked:
+            transport.write(b"%x\r\n" % region.count)
+        await loop.sendfile(transport, f, region.offset, region.count)
+        if chunked:
+            transport.write(b"\r\n")
 
 
 def _client_gone(request: web.Request) -> bool:
@@ -227,10 +263,15 @@ async def stream_reader(request: web.Request, reader: StreamReader, *, handler: 
         return gone.is_set() or shutdown.is_set() or registry.get(key) is None
 
     reader.stop = stop
-    stepper = _Stepper(reader.chunks(), threading.Lock())
+    stepper = _Stepper(reader.chunks_or_regions(), threading.Lock())
     loop = asyncio.get_running_loop()
+    changes = app.get(CHANGES_KEY)
+
+    def snapshot() -> object:
+        return changes.version(key) if changes is not None else _signature(reader.info)
+
     # The first step runs before the headers, so a failure there is still a clean 4xx/5xx.
-    before_first = _signature(reader.info)
+    before_first = snapshot()
     try:
         first = await loop.run_in_executor(executor, stepper.step)
     except PermissionError as e:
@@ -250,7 +291,10 @@ async def stream_reader(request: web.Request, reader: StreamReader, *, handler: 
         chunk = first
         seen = before_first
         while chunk is not None:
-            if chunk:
+            if isinstance(chunk, FileRegion):
+                await _send_region(request, response, chunk)
+                bytes_served.inc(chunk.count)
+            elif chunk:
                 await response.write(chunk)
                 bytes_served.inc(len(chunk))
                 events_served.inc(reader.events_served - counted)
@@ -258,10 +302,10 @@ async def stream_reader(request: web.Request, reader: StreamReader, *, handler: 
             elif reader.more_ready:  # a pause between blocks of a backlog: go on
                 reader.more_ready = False
             else:  # caught up: wait (cheaply, no thread) until the files change
-                await _wait_for_change(reader, seen, stop)
+                await _wait_for_change(reader, seen, stop, changes)
             if _client_gone(request):
                 break
-            seen = _signature(reader.info)
+            seen = snapshot()
             if not reader.caught_up:
                 chunk = await loop.run_in_executor(executor, stepper.step)
             else:
@@ -321,7 +365,8 @@ async def serve_stream(request: web.Request, info: StreamInfo, options: ReadOpti
     slot = (contextlib.nullcontext() if limits is None
             else limits.follower(info.key) if options.follow else limits.heavy_read())
     async with slot:
-        reader = StreamReader(info, options, poll_interval_s=POLL_INTERVAL_S)
+        # regions: whole plain segments of an unfiltered raw read go out by sendfile.
+        reader = StreamReader(info, options, poll_interval_s=POLL_INTERVAL_S, regions=True)
         return await stream_reader(request, reader, handler=handler)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2] / "logvold"
-ADAPTER_LIBRARIES = ("aiohttp", "watchdog", "kubernetes", "prometheus_client")
+ADAPTER_LIBRARIES = ("aiohttp", "inotify_simple", "watchdog", "kubernetes", "prometheus_client")
 UPPER_LAYER_MODULES = (
     "logvold.server",
     "logvold.daemon",

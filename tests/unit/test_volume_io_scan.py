@@ -57,6 +57,21 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("fileio/stream_files.py", ".readlink"): "open_writers reads /proc/<pid>/fd links",
     ("fileio/stream_files.py", ".stat"):
         "open_writers stats /proc/<pid>/fd magic links (compared by device and inode only)",
+    ("server/access.py", ".open"): "reads /proc/<pid>/status of the client (its groups)",
+    ("server/access.py", ".read_bytes"): "reads /proc/net/tcp{,6} (the client's uid)",
+    ("server/access.py", ".stat"):
+        "permission bits only (may the client read this?); the read itself goes through "
+        "safedir, which refuses symlinked components",
+    ("server/access.py", "os.lstat"): "permission bits only, as above",
+    ("server/app.py", ".unlink"): "the operator's configured unix socket path",
+    ("server/app.py", ".stat"): "the operator's configured unix socket path",
+    ("server/app.py", ".mkdir"): "the operator's configured unix socket directory",
+    ("server/app.py", "os.lstat"): "the operator's configured unix socket path",
+    ("server/app.py", ".chmod"): "the operator's configured unix socket path",
+    ("server/logs.py", "open()"): "wraps an fd the reader opened through safedir (sendfile)",
+    ("workers.py", "os.lstat"):
+        "the size hint compares device, inode and size with the trigger a safedir walk "
+        "noted; it only decides whether to schedule a step, which walks again",
     ("server/nodelog_files.py", "os.open"):
         "node log query: its own confinement to logDir (realpath + O_NOFOLLOW, tested)",
     ("server/nodelog_files.py", "os.path.realpath"): "node log query confinement to logDir",
