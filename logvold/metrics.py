@@ -119,6 +119,13 @@ class Metrics:
             registry=r,
         )
         self.followers = Gauge("logvold_followers", "Open follow=true connections.", registry=r)
+        self.unsafe_files_refused = Counter(
+            "logvold_unsafe_files_refused_total",
+            "Files and directories in volumes refused (symlink, FIFO, hard link, outside the "
+            "volume, oversized): never read, rotated or served.",
+            ("kind",),
+            registry=r,
+        )
 
     def exposition(self) -> tuple[bytes, str]:
         """The classic text format (promtool rejects OpenMetrics) and its content type."""

@@ -41,6 +41,7 @@ from logvold.core.layout import SegmentName, segments_of
 from logvold.core.streams import StreamInfo
 from logvold.errors import StateError
 from logvold.fileio.reader_active import ActiveCursor
+from logvold.fileio.reader_dir import Refused, StreamDir, log_refusal
 from logvold.fileio.reader_events import (
     CHUNK_BYTES,
     CRI_PARTIAL,
@@ -48,8 +49,6 @@ from logvold.fileio.reader_events import (
     Event,
     Splitter,
     format_rfc3339_ns,
-    open_nofollow,
-    open_segment,
     parse_cri,
     parse_json_file,
     parse_rfc3339_ns,
@@ -60,7 +59,7 @@ from logvold.fileio.reader_events import (
     reverse_records,
     skip_bytes,
 )
-from logvold.fileio.state import StreamState, load_state, state_path
+from logvold.fileio.state import StreamState
 
 __all__ = ["CHUNK_BYTES", "MAX_PATTERN_LENGTH", "ReadOptions", "StreamFilter", "StreamReader",
            "compile_pattern", "format_rfc3339_ns", "parse_rfc3339_ns"]
@@ -168,6 +167,8 @@ class StreamReader:
     caught_up: bool = False
     """True from the moment the reader found nothing new until it reads again: the next
     step is then small (fresh bytes only), so a server may run it without a thread."""
+    on_refused: Refused = log_refusal
+    """Told of each file refused (symlink, FIFO, hard link, ...): it is never served."""
 
     def __post_init__(self) -> None:
         policy = self.info.policy
@@ -185,7 +186,7 @@ class StreamReader:
         self._by_time = self.fmt != "raw" and (self.options.since_ns is not None
                                                or self.options.until_ns is not None)
         self.directory = Path(self.info.directory)
-        self._state_path = state_path(self.directory, self.info.base)
+        self.files = StreamDir(self.info, self.on_refused)
         self._state_key: tuple[int, ...] = ()
         self._state_cached: StreamState | None = None
         self.base = self.info.base
@@ -264,17 +265,13 @@ class StreamReader:
         rename on every save, so inode + mtime + size tell a new one). A file younger than
         a few clock ticks is never cached: a second save within the same coarse mtime tick
         could reuse the inode and the size."""
-        try:
-            st = self._state_path.stat()
-            key: tuple[int, ...] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
-        except FileNotFoundError:
+        key = self.files.state_key()
+        if key is None:
             return None
-        except OSError:
-            key = ()
         if key and key == self._state_key:
             return self._state_cached
         try:
-            state = load_state(self.directory, self.base)
+            state = self.files.load_state()
         except StateError as e:
             log.warning("reader ignores state of %s/%s: %s", self.directory, self.base, e)
             state = None
@@ -288,14 +285,9 @@ class StreamReader:
         committed offset of the open file."""
         for attempt in range(50):
             before = self.current_state()
-            fd = open_nofollow(self.directory / self.base)
-            try:
-                names = _segments_of(self.base,
-                                     tuple(sorted(p.name for p in self.directory.iterdir())))
-            except OSError as e:  # no directory (yet, or any more): no segments
-                if not isinstance(e, FileNotFoundError):
-                    log.warning("cannot list %s: %s", self.directory, e.strerror)
-                names = ()
+            fd = self.files.open_active()
+            # No directory (yet, or any more), or one refused: no segments.
+            names = _segments_of(self.base, tuple(sorted(self.files.names())))
             after = self.current_state()
             consistent = before == after and (after is None or after.intent is None)
             if fd is not None and after is not None and consistent:
@@ -343,6 +335,7 @@ class StreamReader:
                     yield live
         finally:
             active.close()
+            self.files.rewalk()
 
     def _opened_after_until(self, sources: list[_Source], i: int) -> bool:
         """raw: a source opened (previous segment closed) after untilTime holds nothing older."""
@@ -358,10 +351,11 @@ class StreamReader:
 
     def _segment_events(self, src: _Source, start: _Start) -> Iterator[Event]:
         assert src.name is not None
-        opened = open_segment(self.directory, src.name.stem)
+        opened = self.files.open_segment(src.name.stem)
         if opened is None:  # deleted by retention since the listing: a race, not an error
             return
-        fd, path, compression = opened
+        seg_fd, compression = opened
+        fd = None if compression else seg_fd
         offset = start.offset or 0
         cut = self._cut_since_planned(src.name.stem, fd, start.planned)
         # Events keep the offsets of the file as planned (what `start` admits is in those).
@@ -378,7 +372,7 @@ class StreamReader:
             finally:
                 os.close(fd)
         else:
-            yield from self._feed(skip_bytes(read_compressed(path, compression), offset - cut),
+            yield from self._feed(skip_bytes(read_compressed(seg_fd, compression), offset - cut),
                                   splitter, assembler)
 
     def _cut_since_planned(self, stem: str, fd: int | None,
@@ -462,8 +456,10 @@ class StreamReader:
                                                active.physical_size(), active.collapsed)
             assert src.name is not None
             if not src.name.compression:
-                opened = open_segment(self.directory, src.name.stem)
-                if opened is not None and opened[0] is not None:
+                opened = self.files.open_segment(src.name.stem)
+                if opened is not None and opened[1]:
+                    os.close(opened[0])  # compressed since the listing: from its start
+                elif opened is not None:
                     fd = opened[0]
                     try:
                         st = os.fstat(fd)
@@ -674,11 +670,12 @@ class StreamReader:
                       ) -> tuple[tuple[int, int, set[int]] | None, tuple[int, int] | None]:
         """The tail found in a segment, and the (inode, size) of a plain one."""
         assert src.name is not None
-        opened = open_segment(self.directory, src.name.stem)
+        opened = self.files.open_segment(src.name.stem)
         if opened is None:
             return None, None
-        fd, path, compression = opened
-        if fd is not None:
+        seg_fd, compression = opened
+        if not compression:
+            fd = seg_fd
             try:
                 st = os.fstat(fd)
                 return self._tail_plain(fd, 0, st.st_size, needed, 0), (st.st_ino, st.st_size)
@@ -687,7 +684,7 @@ class StreamReader:
         # Compressed: stream forward once, keeping only the last `needed` passing events.
         last: deque[tuple[int, int]] = deque(maxlen=needed)
         splitter = Splitter(self.delimiter, 0, self.max_record)
-        for ev in self._feed(read_compressed(path, compression), splitter,
+        for ev in self._feed(read_compressed(seg_fd, compression), splitter,
                              Assembler(self.fmt)):
             if self._passes(ev):
                 last.append((ev.start, ev.end))

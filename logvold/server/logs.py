@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,9 @@ from logvold.fileio.reader import (
     compile_pattern,
     parse_rfc3339_ns,
 )
+from logvold.fileio.reader_dir import Refused, StreamDir, log_refusal
+from logvold.fileio.safedir import SafeDir, UnsafeFile, open_stream_dir
+from logvold.metrics import Metrics
 from logvold.server.app import (
     EXECUTOR_KEY,
     HANDLER_KEY,
@@ -135,20 +139,34 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
-def check_readable(info: StreamInfo) -> None:
-    """The active file must be a regular file inside the stream's directory: a symlink
-    out of the volume is never followed (the reader opens with O_NOFOLLOW as well)."""
-    path = info.active_path
+def check_readable(info: StreamInfo, refused: Refused = log_refusal) -> None:
+    """The stream's directory must be reached from its safety root (the pod's own
+    volume) without a symlink, and its active file must be a regular, singly linked file:
+    a subDir planted as `-> /var/log`, a symlinked, FIFO or hard-linked active file is a
+    403, never served (the reader opens every file through `fileio.safedir` as well).
+    The reason names the stream, not host paths."""
     try:
-        path.lstat()
+        with open_stream_dir(info) as sd:
+            os.close(sd.open_file(info.base).fd)
     except FileNotFoundError:
-        return  # no active file yet: segments only
+        return  # no directory or active file yet: segments only, or nothing
+    except UnsafeFile as e:
+        refused(e)
+        what = "directory" if e.kind in ("outside", "not-directory") or (
+            e.path is not None and not e.path.endswith("/" + info.base)) else "active file"
+        raise web.HTTPForbidden(text=f"stream {info.key}: the {what} is not a regular file "
+                                     f"inside its volume ({e.kind}); not served\n") from e
     except OSError as e:
         raise web.HTTPForbidden(text=f"stream {info.key} is not readable: {e.strerror}\n") from e
-    directory = Path(info.directory).resolve()
-    if path.is_symlink() or path.resolve().parent != directory or not path.is_file():
-        raise web.HTTPForbidden(text=f"stream {info.key}: the active file is not a regular "
-                                     "file inside its volume; not served\n")
+
+
+def refusal_counter(metrics: Metrics) -> Refused:
+    """Counts a refused file (`logvold_unsafe_files_refused_total{kind}`) and logs it."""
+    def refused(exc: UnsafeFile) -> None:
+        metrics.unsafe_files_refused.labels(exc.kind).inc()
+        log.warning("file in a volume refused; not served",
+                    extra={"path": exc.path or "-", "kind": exc.kind, "reason": str(exc)})
+    return refused
 
 
 # ---- streaming ------------------------------------------------------------------------
@@ -183,7 +201,7 @@ def _signature(info: StreamInfo) -> Signature:
     for path in (info.active_path, directory / STATE_DIR_NAME / state_file_name(info.base),
                  directory):
         try:
-            st = path.stat()
+            st = path.lstat()
         except OSError:
             out += (0, 0, 0)
             continue
@@ -295,8 +313,10 @@ def lookup(request: web.Request, namespace: str, pod: str, container: str) -> St
 
 async def serve_stream(request: web.Request, info: StreamInfo, options: ReadOptions,
                        *, handler: str) -> web.StreamResponse:
-    check_readable(info)
-    reader = StreamReader(info, options, poll_interval_s=POLL_INTERVAL_S)
+    refused = refusal_counter(request.app[METRICS_KEY])
+    await asyncio.get_running_loop().run_in_executor(
+        request.app[EXECUTOR_KEY], check_readable, info, refused)
+    reader = StreamReader(info, options, poll_interval_s=POLL_INTERVAL_S, on_refused=refused)
     return await stream_reader(request, reader, handler=handler)
 
 
@@ -317,30 +337,29 @@ async def _logs_root(request: web.Request) -> web.StreamResponse:
         return await nodelog.handle_node_log_query(request)
     executor = request.app[EXECUTOR_KEY]
     streams = request.app[REGISTRY_KEY].snapshot()
+    refused = refusal_counter(request.app[METRICS_KEY])
     listing = await asyncio.get_running_loop().run_in_executor(
-        executor, lambda: [describe(i) for i in streams])
+        executor, lambda: [describe(i, refused) for i in streams])
     return web.json_response({"kind": "StreamList", "items": listing})
 
 
-def describe(info: StreamInfo) -> dict[str, Any]:
-    """One stream of the listing: names, policy summary, annotations and sizes."""
+def describe(info: StreamInfo, refused: Refused = log_refusal) -> dict[str, Any]:
+    """One stream of the listing: names, policy summary, annotations and sizes. Sizes
+    come from lstat through the pinned stream directory: only regular files count, and a
+    directory reached through a symlink lists nothing."""
     p = info.policy
+    files = StreamDir(info, refused)
     try:
-        names = sorted(entry.name for entry in Path(info.directory).iterdir())
-    except OSError:
-        names = []
-    segments = segments_of(info.base, names)
-    segment_bytes = 0
-    for seg in segments:
-        try:
-            segment_bytes += os.lstat(Path(info.directory) / seg.filename).st_size
-        except OSError:
-            continue
-    try:
-        st = os.lstat(info.active_path)
-        active_size, active_alloc = st.st_size, st.st_blocks * 512
-    except OSError:
-        active_size = active_alloc = 0
+        segments = segments_of(info.base, sorted(files.names()))
+        sd = files.directory()
+        segment_bytes = active_size = active_alloc = 0
+        for seg in segments:
+            st = _regular(sd, seg.filename)
+            segment_bytes += st.st_size if st is not None else 0
+        if (st := _regular(sd, info.base)) is not None:
+            active_size, active_alloc = st.st_size, st.st_blocks * 512
+    finally:
+        files.close()
     return {
         "namespace": info.key.namespace, "pod": info.key.pod, "container": info.key.container,
         "volume": info.volume, "source": info.source, "podUID": info.pod_uid,
@@ -354,6 +373,15 @@ def describe(info: StreamInfo) -> dict[str, Any]:
         "segments": {"count": len(segments), "bytes": segment_bytes,
                      "compressed": sum(1 for s in segments if s.compression)},
     }
+
+
+def _regular(sd: SafeDir | None, name: str) -> os.stat_result | None:
+    """lstat of a regular file `name` in `sd`; None for anything else or missing."""
+    try:
+        st = sd.lstat(name) if sd is not None else None
+    except OSError:
+        return None
+    return st if st is not None and stat.S_ISREG(st.st_mode) else None
 
 
 def add_routes(app: web.Application) -> None:
