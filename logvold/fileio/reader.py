@@ -156,6 +156,9 @@ class StreamReader:
     poll_interval_s: float = 0.05
     gone_grace_s: float = 2.0
     """Follow ends when the active file stays absent this long (the stream was removed)."""
+    busy_limit_s: float = 5.0
+    """A read without follow waits this long for a rotation step in flight, then ends
+    with the committed data (a step marker left by a crash never settles by itself)."""
     stop: Callable[[], bool] = field(default=lambda: False)
     clock: Callable[[], float] = time.monotonic
     wall_clock_ns: Callable[[], int] = time.time_ns

@@ -53,6 +53,7 @@ class ActiveCursor:
         self.splitter = Splitter(reader.delimiter, logical, reader.max_record)
         self.assembler = Assembler(reader.fmt, self.skip)
         self.gone_since: float | None = None
+        self.busy_since: float | None = None
 
     def _open(self, state: StreamState | None, fd: int | None) -> None:
         self.fd = fd
@@ -140,8 +141,11 @@ class ActiveCursor:
                     yield None
                 continue
             if got == "busy":
+                if not follow and self._busy_too_long():
+                    return
                 yield None
                 continue
+            self.busy_since = None
             if not follow:
                 return
             if self._rotated():
@@ -151,6 +155,20 @@ class ActiveCursor:
                 self.seek(self.physical_start + self.collapsed, self.skip)
                 continue
             yield None
+
+    def _busy_too_long(self) -> bool:
+        """A read without follow waits for a rotation step in flight at most
+        `busy_limit_s`: a step marker left behind (a crash, a daemon that is not running)
+        would otherwise keep it open forever. It ends with what is committed (the
+        segments, already served), and says so."""
+        now = self.r.clock()
+        if self.busy_since is None:
+            self.busy_since = now
+        if now - self.busy_since < self.r.busy_limit_s:
+            return False
+        log.warning("%s: a rotation step marker stayed pending for %.0f s; the read ends at "
+                    "the committed offset", self.path, now - self.busy_since)
+        return True
 
     def _step(self) -> Generator[Event, None, Literal["data", "eof", "busy"]]:
         """One bounded read: "data" (bytes consumed), "eof" or "busy" (a rotation step
@@ -175,6 +193,11 @@ class ActiveCursor:
                 # seen belong to the new layout, not to a truncation. Look again.
                 return "busy"
             # Truncated under us (copytruncate or by hand), maybe written past us again.
+            # A new generation: the state that described the old bytes (committed offset,
+            # segments) says nothing about these, and following it would replay the old
+            # events in a loop. It is ignored until the rotator writes a new one.
+            if st is not None:
+                self.stale_state = st
             yield from self._after_truncation()
             return "data"
         # Only what is there: a 1 MiB buffer per poll would be an mmap/munmap each time.
