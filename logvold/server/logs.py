@@ -160,10 +160,24 @@ def check_readable(info: StreamInfo, refused: Refused = log_refusal) -> None:
         raise web.HTTPForbidden(text=f"stream {info.key} is not readable: {e.strerror}\n") from e
 
 
+REFUSAL_LOG_INTERVAL_S = 60.0
+_refusals_logged: dict[tuple[str, str], float] = {}
+_refusals_lock = threading.Lock()
+
+
 def refusal_counter(metrics: Metrics) -> Refused:
-    """Counts a refused file (`logvold_unsafe_files_refused_total{kind}`) and logs it."""
+    """Counts a refused file (`logvold_unsafe_files_refused_total{kind}`) and logs it,
+    once a minute per file and kind: a client repeating a request that hits a planted
+    symlink must not flood the log."""
     def refused(exc: UnsafeFile) -> None:
         metrics.unsafe_files_refused.labels(exc.kind).inc()
+        key, now = (exc.path or "-", exc.kind), time.monotonic()
+        with _refusals_lock:
+            if now - _refusals_logged.get(key, -REFUSAL_LOG_INTERVAL_S) < REFUSAL_LOG_INTERVAL_S:
+                return
+            if len(_refusals_logged) > 10_000:
+                _refusals_logged.clear()
+            _refusals_logged[key] = now
         log.warning("file in a volume refused; not served",
                     extra={"path": exc.path or "-", "kind": exc.kind, "reason": str(exc)})
     return refused
