@@ -346,3 +346,32 @@ def test_read_without_follow_ends_while_a_step_marker_stays_pending(tmp_path: Pa
         assert time.monotonic() - started < 60
         assert status == 200 and seqs_of(body) == seqs
     assert stat.S_ISREG(active.stat().st_mode)
+
+
+# -- static volumes ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target", ["outside", "inside"])
+def test_static_symlinked_subdir_is_refused_not_managed(tmp_path: Path, target: str) -> None:
+    from logvold.core.policy import Config, ContainerSpec, VolumeSpec
+    from logvold.static_source import StaticSource
+
+    outside = Canary.plant(tmp_path / "var-log" / "app.log", SECRET + b"\n")
+    vol = tmp_path / "vol"
+    (vol / "real").mkdir(parents=True)
+    (vol / "real" / "app.log").write_bytes(raw(0, 5))
+    # Even a symlink back inside the volume is refused: it can be re-pointed later.
+    (vol / "y").symlink_to(outside.path.parent if target == "outside" else vol / "real")
+    registry = StreamRegistry()
+    metrics = Metrics()
+    source = StaticSource(registry, metrics)
+    source.set_config(Config(volumes=(
+        VolumeSpec(name="v", path=str(vol), containers=(
+            ContainerSpec(name="app", policy=LogPolicy(sub_dir="y")),)),
+        VolumeSpec(name="w", path=str(vol), pod="w", containers=(
+            ContainerSpec(name="app", policy=LogPolicy(sub_dir="y/deeper")),)))))
+    report = source.scan()
+    assert registry.snapshot() == []
+    assert sum("leaves the volume (symlink)" in p for p in report.problems) == 2
+    assert metrics.registry.get_sample_value("logvold_unsafe_files_refused_total",
+                                             {"kind": "symlink"}) == 2
+    outside.unchanged()
