@@ -152,8 +152,7 @@ def check_readable(info: StreamInfo, refused: Refused = log_refusal) -> None:
         return  # no directory or active file yet: segments only, or nothing
     except UnsafeFile as e:
         refused(e)
-        what = "directory" if e.kind in ("outside", "not-directory") or (
-            e.path is not None and not e.path.endswith("/" + info.base)) else "active file"
+        what = "active file" if e.path == str(info.active_path) else "directory"
         raise web.HTTPForbidden(text=f"stream {info.key}: the {what} is not a regular file "
                                      f"inside its volume ({e.kind}); not served\n") from e
     except OSError as e:
