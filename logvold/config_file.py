@@ -5,6 +5,7 @@ that imports yaml: `core.policy` converts the plain tree this builds.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from logvold.core.policy import (
 )
 from logvold.core.units import format_duration, format_size, parse_duration
 from logvold.errors import ConfigError, ConfigProblem
+from logvold.fileio.safedir import SafeDir, UnsafeFile
 
 CHECK_CONFIG_USAGE = """\
 usage: logvold check-config FILE
@@ -90,8 +92,10 @@ def same_directory_problems(config: Config, lines: dict[KeyPath, int],
         mine: dict[tuple[int, int], str] = {}
         for directory in _managed_directories(volume, config.defaults):
             try:
-                st = Path(directory).stat()
-            except OSError:
+                # The operator's path, resolved (symlinks in it followed on purpose).
+                with SafeDir.open_root(Path(directory)) as opened:
+                    st = os.fstat(opened.fd)
+            except (OSError, UnsafeFile):
                 continue
             mine.setdefault((st.st_dev, st.st_ino), directory)
         reported = False

@@ -437,7 +437,7 @@ class Daemon:
             return False
         except UnsafeFile as exc:
             if self._lock_problem(owner, f"{exc}; stream {info.key} not managed"):
-                self.metrics.unsafe_files_refused.labels(exc.kind).inc()
+                self.metrics.unsafe_refused.labels(exc.kind).inc()
             return False
         except FileNotFoundError:
             pass  # no directory yet: nothing to rotate; locked at a later reconcile

@@ -119,10 +119,10 @@ class Metrics:
             registry=r,
         )
         self.followers = Gauge("logvold_followers", "Open follow=true connections.", registry=r)
-        self.unsafe_files_refused = Counter(
+        self.unsafe_refused = Counter(
             "logvold_unsafe_files_refused_total",
-            "Files and directories in volumes refused (symlink, FIFO, hard link, outside the "
-            "volume, oversized): never read, rotated or served.",
+            "Files or directories in a volume that logvold refused to touch (symlink, "
+            "not-regular, not-directory, hardlink, outside, too-big, too-many).",
             ("kind",),
             registry=r,
         )

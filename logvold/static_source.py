@@ -9,7 +9,6 @@ and skipped: one bad file never stops the others.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
@@ -145,12 +144,12 @@ class StaticSource:
         root = Path(volume.path)
         pod = volume.pod or volume.name
         try:
-            if not stat.S_ISDIR(root.stat().st_mode):
-                raise NotADirectoryError(errno.ENOTDIR, "Not a directory")
-            os.listdir(root)  # noqa: PTH208 - probes readability
-        except OSError as exc:
+            with SafeDir.open_root(root) as probe:  # the operator's path: symlinks followed
+                next(probe.iter_names(), None)  # readable
+        except (OSError, UnsafeFile) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "Not a directory"
             report.problems.append(f"volume {volume.name}: cannot read {root}: "
-                                   f"{exc.strerror or exc}")
+                                   f"{reason or exc}")
             return False
 
         def add(info: StreamInfo) -> None:
@@ -179,10 +178,7 @@ class StaticSource:
         if directory is None:
             return True
         try:
-            sd = open_inside(directory, root)
-            if sd is None:
-                raise FileNotFoundError(errno.ENOENT, "No such file or directory")
-            with sd:
+            with SafeDir.open_beneath(root, directory) as sd:
                 names = sd.names()
                 modes = {n: sd.lstat(n) for n in names if n.endswith(".log") and len(n) > 4}
         except UnsafeFile as exc:
@@ -260,7 +256,7 @@ class StaticSource:
                 if self._metrics is not None:
                     self._metrics.watch_errors.labels(SOURCE).inc()
                     if problem in report.refused:
-                        self._metrics.unsafe_files_refused.labels(report.refused[problem]).inc()
+                        self._metrics.unsafe_refused.labels(report.refused[problem]).inc()
         # Forget problems that went away, so they are logged again if they come back.
         self._known_problems = {p for p in self._known_problems
                                 if p in current or not any(p.startswith(f"volume {v}:")

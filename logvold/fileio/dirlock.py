@@ -20,7 +20,7 @@ from pathlib import Path
 
 from logvold.core.layout import STATE_DIR_NAME
 from logvold.errors import LogvoldError
-from logvold.fileio.safedir import FILE_FLAGS, SafeDir, UnsafeFile
+from logvold.fileio.safedir import SafeDir, UnsafeFile
 
 LOCK_NAME = "lock"
 _ATTEMPTS = 5
@@ -96,8 +96,7 @@ def _open_lock_file(state_dir: SafeDir) -> int:
         except UnsafeFile:
             state_dir.unlink(LOCK_NAME)
         try:
-            return os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_EXCL | FILE_FLAGS, 0o644,
-                           dir_fd=state_dir.fd)
+            return state_dir.create_exclusive(LOCK_NAME, 0o644, flags=os.O_RDWR, replace=False)
         except FileExistsError:
             continue  # another process created it meanwhile: open theirs
     raise OSError(errno.EAGAIN, f"cannot open {state_dir.path / LOCK_NAME}")

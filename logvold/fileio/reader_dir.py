@@ -130,12 +130,7 @@ class StreamDir:
     def active_id(self) -> tuple[int, int] | None:
         """(st_ino, st_dev) of the name `base` now (lstat: a symlink is not followed)."""
         sd = self.directory()
-        if sd is None:
-            return None
-        try:
-            st = sd.lstat(self.base)
-        except OSError:
-            return None
+        st = _lstat(sd, self.base) if sd is not None else None
         return None if st is None else (st.st_ino, st.st_dev)
 
     # -- the state file -------------------------------------------------------------------
@@ -143,13 +138,8 @@ class StreamDir:
     def _state_directory(self) -> SafeDir | None:
         """The pinned `.logvold`, re-opened when the name now is another directory."""
         sd = self.directory()
-        if sd is None:
-            return None
-        try:
-            st = sd.lstat(STATE_DIR_NAME)
-        except OSError:
-            st = None
-        if st is None:
+        st = _lstat(sd, STATE_DIR_NAME) if sd is not None else None
+        if sd is None or st is None:
             return None
         if self._state_dir is not None and (st.st_dev, st.st_ino) == self._state_dir_id:
             return self._state_dir
@@ -173,11 +163,11 @@ class StreamDir:
         if sd is None:
             return None
         try:
-            st = sd.lstat(state_file_name(self.base))
-        except OSError:
-            return ()
-        if st is None:
+            st = _lstat(sd, state_file_name(self.base), missing_ok=False)
+        except FileNotFoundError:
             return None
+        if st is None:
+            return ()
         return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
     def load_state(self) -> StreamState | None:
@@ -203,3 +193,15 @@ class StreamDir:
         except (ValueError, UnicodeDecodeError, KeyError, TypeError, RecursionError) as e:
             raise StateError(f"state file {where} is not a valid state ({e})", path=where,
                              op="load state") from e
+
+
+def _lstat(sd: SafeDir, name: str, *, missing_ok: bool = True) -> os.stat_result | None:
+    """lstat of `name` in the pinned directory; None when missing (FileNotFoundError
+    unless `missing_ok`) or when it cannot be looked at."""
+    try:
+        st = sd.lstat(name)
+    except OSError:
+        return None
+    if st is None and not missing_ok:
+        raise FileNotFoundError(name)
+    return st

@@ -225,12 +225,13 @@ class SafeDir:
         return OpenedFile(fd, fst)
 
     def create_exclusive(self, name: str, mode: int = 0o600, *,
-                         flags: int = os.O_WRONLY) -> int:
+                         flags: int = os.O_WRONLY, replace: bool = True) -> int:
         """Create `name` anew (O_CREAT | O_EXCL | O_NOFOLLOW): never opens what is there.
 
         A leftover of that name (a crashed step's temp file, or a symlink a pod planted to
         make root write through it) is unlinked (unlink removes a symlink itself, never its
-        target) and the create tried once more.
+        target) and the create tried once more; with `replace=False` FileExistsError is
+        raised instead (the active file a writer recreated first must be kept).
         """
         plain_name(name)
         for attempt in (1, 2):
@@ -238,10 +239,29 @@ class SafeDir:
                 return os.open(name, flags | os.O_CREAT | os.O_EXCL | FILE_FLAGS, mode,
                                dir_fd=self.fd)
             except FileExistsError:
-                if attempt == 2:
+                if attempt == 2 or not replace:
                     raise
-                self.unlink(name)
+                try:
+                    self.unlink(name)
+                except IsADirectoryError as e:
+                    raise UnsafeFile(f"{self.path / name} is a directory; cannot create a "
+                                     "file there", kind="not-regular",
+                                     path=str(self.path / name)) from e
         raise AssertionError("unreachable")
+
+    def anonymous_file(self, mode: int = 0o600) -> int:
+        """An O_RDWR fd of a new file in this directory that has no name (O_TMPFILE), so a
+        kill -9 leaves nothing behind; without O_TMPFILE, an exclusively created name
+        removed at once (a planted symlink there is replaced, never written through)."""
+        try:
+            return os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, mode, dir_fd=self.fd)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+                raise
+        name = f".logvold-probe.{os.getpid()}.tmp"
+        fd = self.create_exclusive(name, mode, flags=os.O_RDWR)
+        self.unlink(name)
+        return fd
 
     def read_capped(self, name: str, cap_bytes: int) -> bytes:
         """The whole content of a small regular file (state files): more than `cap_bytes`

@@ -169,7 +169,7 @@ def refusal_counter(metrics: Metrics) -> Refused:
     once a minute per file and kind: a client repeating a request that hits a planted
     symlink must not flood the log."""
     def refused(exc: UnsafeFile) -> None:
-        metrics.unsafe_files_refused.labels(exc.kind).inc()
+        metrics.unsafe_refused.labels(exc.kind).inc()
         key, now = (exc.path or "-", exc.kind), time.monotonic()
         with _refusals_lock:
             if now - _refusals_logged.get(key, -REFUSAL_LOG_INTERVAL_S) < REFUSAL_LOG_INTERVAL_S:
