@@ -168,3 +168,24 @@ def test_the_daemon_locks_static_and_discovered_directories_and_keeps_its_config
     asyncio.run(scenario())
     assert sorted(p.name for p in secret.parent.iterdir()) == ["secret"]
     unchanged(secret)
+
+
+def test_a_config_reaching_one_directory_twice_names_the_file_and_line(tmp_path: Path) -> None:
+    from logvold.config_file import load_config_text
+    from logvold.errors import ConfigError
+
+    (tmp_path / "x" / "a").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "x")
+    text = (f"volumes:\n"
+            f"  - name: one\n    path: {tmp_path / 'x'}\n"
+            f"    containers: [{{name: app, policy: {{logs: {{subDir: a}}}}}}]\n"
+            f"  - name: two\n    path: {tmp_path / 'link' / 'a'}\n"
+            f"  - name: three\n    path: {tmp_path / 'elsewhere'}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config_text(text, "cfg.yaml")
+    [problem] = e.value.problems
+    assert (problem.file, problem.line, problem.key) == ("cfg.yaml", 6, "volumes[1].path")
+    assert f"is the same directory as {tmp_path / 'x' / 'a'} of volumes[0]" in problem.message
+    # Distinct directories (and paths that do not exist yet) are fine.
+    load_config_text(text.replace(str(tmp_path / "link" / "a"), str(tmp_path / "x" / "b")),
+                     "cfg.yaml")
