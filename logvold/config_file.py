@@ -5,6 +5,7 @@ that imports yaml: `core.policy` converts the plain tree this builds.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from logvold.core.policy import (
 )
 from logvold.core.units import format_duration, format_size, parse_duration
 from logvold.errors import ConfigError, ConfigProblem
+from logvold.fileio.safedir import SafeDir, UnsafeFile
 
 CHECK_CONFIG_USAGE = """\
 usage: logvold check-config FILE
@@ -62,6 +64,7 @@ def load_config_text(text: str, filename: str) -> Config:
     tree, lines, problems = _parse(text, filename)
     try:
         config = config_from_tree(tree, file=filename, lines=lines)
+        problems.extend(same_directory_problems(config, lines, filename))
     except ConfigError as exc:
         # A value the YAML layer rejected reached the converter as null: say it once.
         reported = {problem.key for problem in problems}
@@ -69,6 +72,47 @@ def load_config_text(text: str, filename: str) -> Config:
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.line is None, p.line or 0)))
     return config
+
+
+def _managed_directories(volume: VolumeSpec, defaults: LogPolicy) -> list[str]:
+    """The volume's path and every directory its streams live in (path/subDir)."""
+    subdirs = {c.policy.sub_dir for c in volume.containers} or {defaults.sub_dir}
+    return [volume.path] + [str(Path(volume.path, d)) for d in sorted(subdirs) if d]
+
+
+def same_directory_problems(config: Config, lines: dict[KeyPath, int],
+                            filename: str) -> list[ConfigProblem]:
+    """Volumes that reach one directory twice, compared by (st_dev, st_ino) of the
+    directory their path resolves to: a second path through a symlink, a bind mount or
+    `..` names the same files, and two managers of one directory lose and duplicate
+    events. Paths that do not exist (yet) are not compared."""
+    problems: list[ConfigProblem] = []
+    first: dict[tuple[int, int], tuple[int, str]] = {}
+    for index, volume in enumerate(config.volumes):
+        mine: dict[tuple[int, int], str] = {}
+        for directory in _managed_directories(volume, config.defaults):
+            try:
+                # The operator's path, resolved (symlinks in it followed on purpose).
+                with SafeDir.open_root(Path(directory)) as opened:
+                    st = os.fstat(opened.fd)
+            except (OSError, UnsafeFile):
+                continue
+            mine.setdefault((st.st_dev, st.st_ino), directory)
+        reported = False
+        for ident, directory in mine.items():
+            if ident in first and not reported:
+                other, other_dir = first[ident]
+                key: KeyPath = ("volumes", index, "path")
+                line = lines.get(key, lines.get(("volumes", index)))
+                problems.append(ConfigProblem(
+                    filename, line, format_key(key),
+                    f"{directory} is the same directory as {other_dir} of volumes[{other}] "
+                    f"(device {ident[0]}, inode {ident[1]}); two volumes would rotate the "
+                    "same files"))
+                reported = True
+        for ident, directory in mine.items():
+            first.setdefault(ident, (index, directory))
+    return problems
 
 
 def _parse(text: str, filename: str) -> tuple[object, dict[KeyPath, int], list[ConfigProblem]]:

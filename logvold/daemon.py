@@ -30,6 +30,8 @@ from logvold.changes import StreamChanges
 from logvold.core.clock import utcnow
 from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
 from logvold.errors import ConfigError, LogvoldError, UsageError
+from logvold.fileio.dirlock import DirectoryLocked, DirectoryLocks
+from logvold.fileio.safedir import UnsafeFile
 from logvold.logsetup import FORMATS, LEVELS, configure_logging
 from logvold.metrics import Metrics
 from logvold.scheduler import TriggerScheduler
@@ -120,6 +122,9 @@ class Daemon:
         """Streams of pods that went away -> monotonic time to drop them (maxAge)."""
         self._ready = False
         self._failed_task: str | None = None
+        self.locks = DirectoryLocks()
+        """`.logvold/lock` of every managed directory: one manager per directory."""
+        self._lock_problems: set[str] = set()
         self.reconciles = 0
         self.reloads_ok = 0
         self.reloads_failed = 0
@@ -134,8 +139,11 @@ class Daemon:
             rotation_workers=self.options.rotation_workers,
             compression_workers=self.options.compression_workers,
             on_rotated=self._on_rotated, on_step=self.changes.notify)
-        self.registry.subscribe(self._registry_listener)
         self._prepare_default_volume(self.config)
+        # Before any stream is managed: a directory another logvold manages stops the
+        # start (exit 1) instead of two managers losing and duplicating its events.
+        self._lock_volumes(self.config)
+        self.registry.subscribe(self._registry_listener)
         self.source.set_config(self.config)
         self._config_digest = self._read_config_digest()
         if watch:
@@ -187,6 +195,7 @@ class Daemon:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self.locks.release_all()
         log.info("logvold stopped", extra={"failed_task": self._failed_task or "-"})
 
     async def run_once(self) -> int:
@@ -295,6 +304,7 @@ class Daemon:
         await asyncio.to_thread(self.source.scan, volumes)
         if full:
             self._expire_terminated()
+            self._relock_streams()
         self._refresh_watches()
         with_budgets = self._budget_pass or full
         self._budget_pass = False
@@ -358,12 +368,18 @@ class Daemon:
             return
         if action == "removed":
             self._terminated.pop(info.key, None)
+            self.locks.drop(_stream_owner(info.key))
             if old is not None:
                 self.workers.remove(info.key)
                 self.scheduler.remove(info.key)
                 self.changes.forget(info.key)  # its followers look, see it gone, end
             log.info("stream removed", extra={"stream": str(info.key)})
         else:
+            if not self._lock_stream(info):
+                if old is not None:
+                    self.workers.remove(info.key)
+                    self.scheduler.remove(info.key)
+                return
             self._path_index[str(info.active_path)] = info.key
             self.workers.put(info, self._volume_root(info))
             if info.source != "static" and old is None:
@@ -384,6 +400,73 @@ class Daemon:
                 if action == "updated":  # limits may have shrunk
                     self._rescan.set()
         self.metrics.streams.set(len(self.workers))
+
+    # -- directory locks ----------------------------------------------------------------
+
+    def _lock_volumes(self, config: Config) -> None:
+        """Hold the lock of every existing stream directory of the static volumes and
+        drop those of volumes no longer configured. DirectoryLocked when another
+        logvold manages one (start fails, a reload is rejected); missing or refused
+        directories are left to the scan, which reports them."""
+        wanted = _volume_lock_targets(config)
+        taken: list[str] = []
+        for owner, (root, directory) in wanted.items():
+            if self.locks.holds(owner):
+                continue
+            try:
+                self.locks.hold(owner, root, directory)
+                taken.append(owner)
+            except (UnsafeFile, FileNotFoundError):
+                continue  # the scan reports it; its streams are refused or come later
+            except OSError as exc:
+                self._lock_problem(owner, f"cannot lock {directory}: {exc.strerror}")
+            except DirectoryLocked:
+                for mine in taken:  # a rejected config leaves no lock behind
+                    self.locks.drop(mine)
+                raise
+        for owner in self.locks.owners():
+            if owner.startswith("volume:") and owner not in wanted:
+                self.locks.drop(owner)
+
+    def _lock_stream(self, info: StreamInfo) -> bool:
+        """Hold the lock of the stream's directory before it is managed; False (not
+        managed: never rotated) when another logvold holds it or the directory is not a
+        real directory inside its volume (a symlinked subDir)."""
+        owner = _stream_owner(info.key)
+        try:
+            self.locks.hold(owner, self._volume_root(info) or info.directory, info.directory)
+        except DirectoryLocked as exc:
+            self._lock_problem(owner, str(exc), error=True)
+            return False
+        except UnsafeFile as exc:
+            if self._lock_problem(owner, f"{exc}; stream {info.key} not managed"):
+                self.metrics.unsafe_refused.labels(exc.kind).inc()
+            return False
+        except FileNotFoundError:
+            pass  # no directory yet: nothing to rotate; locked at a later reconcile
+        except OSError as exc:
+            self._lock_problem(owner, f"cannot lock {info.directory}: {exc.strerror}")
+        else:
+            self._lock_problems.discard(owner)
+        return True
+
+    def _lock_problem(self, owner: str, message: str, *, error: bool = False) -> bool:
+        """Log a lock problem once per owner (until it is solved); True when new."""
+        if owner in self._lock_problems:
+            return False
+        self._lock_problems.add(owner)
+        (log.error if error else log.warning)(message, extra={"owner": owner})
+        return True
+
+    def _relock_streams(self) -> None:
+        """Streams managed before their directory existed get its lock now."""
+        assert self.workers is not None
+        for key in list(self.workers):
+            info = self.workers.info(key)
+            if info is not None and not self.locks.holds(_stream_owner(key)) \
+                    and not self._lock_stream(info):
+                self.workers.remove(key)
+                self.scheduler.remove(key)
 
     def _finalise(self, info: StreamInfo) -> bool:
         """A discovered stream whose pod went away: cut its last whole events into a
@@ -420,8 +503,11 @@ class Daemon:
             v.name == info.volume and v.max_total_size_bytes > 0 for v in self.config.volumes)
 
     def _volume_root(self, info: StreamInfo) -> Path | None:
-        if info.source == "kubernetes":
-            return Path(self.config.kubernetes.kubelet_root)
+        """The stream's safety root: its own volume directory (for a discovered stream the
+        pod's emptyDir, never the whole kubelet directory, so a subDir symlinked to another
+        pod's volume is refused)."""
+        if info.root is not None:
+            return info.root
         if info.source != "static":
             return None
         for volume in self.config.volumes:
@@ -530,7 +616,8 @@ class Daemon:
         try:
             new = await asyncio.to_thread(self._load_config, self.options)
             check_runtime(new)
-        except (ConfigError, UsageError) as exc:
+            self._lock_volumes(new)
+        except (ConfigError, UsageError, DirectoryLocked) as exc:
             self.reloads_failed += 1
             self.metrics.reloads.labels("error").inc()
             self._config_digest = digest  # do not retry the same bad content every rescan
@@ -656,6 +743,20 @@ def raise_nofile_limit() -> tuple[int, int]:
     except (OSError, ValueError):
         return soft, soft
     return soft, hard
+def _stream_owner(key: StreamKey) -> str:
+    return f"stream:{key}"
+
+
+def _volume_lock_targets(config: Config) -> dict[str, tuple[Path, Path]]:
+    """owner -> (safety root, directory) of every stream directory of the static volumes."""
+    targets: dict[str, tuple[Path, Path]] = {}
+    for volume in config.volumes:
+        root = Path(volume.path)
+        policies = [c.policy for c in volume.containers] or [config.defaults]
+        for policy in policies:
+            directory = root / policy.sub_dir if policy.sub_dir else root
+            targets[f"volume:{volume.name}:{directory}"] = (root, directory)
+    return targets
 
 
 TERMINATED_SUFFIX = "-terminated"
@@ -767,6 +868,9 @@ def main_serve(argv: Sequence[str]) -> int:
         for problem in exc.problems:
             sys.stderr.write(f"{problem}\n")
         return 2
+    except DirectoryLocked as exc:
+        sys.stderr.write(f"logvold serve: error: {exc}\n")
+        return 1
     except (OSError, LogvoldError) as exc:
         log.error("cannot start", extra={"error": str(exc)})
         return 1

@@ -9,7 +9,6 @@ and skipped: one bad file never stops the others.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from logvold.core.layout import parse_segment_name
 from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
+from logvold.fileio.safedir import SafeDir, UnsafeFile
 
 if TYPE_CHECKING:
     from logvold.core.policy import Config, LogPolicy, VolumeSpec
@@ -40,6 +40,8 @@ class ScanReport:
     updated: int = 0
     removed: int = 0
     problems: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    """Problems that are refused files (problem -> UnsafeFile kind), for the metric."""
 
 
 def _is_utf8(name: str) -> bool:
@@ -50,11 +52,15 @@ def _is_utf8(name: str) -> bool:
     return True
 
 
-def inside(directory: Path, root: Path) -> bool:
-    """True when `directory` (resolved) is `root` (resolved) or below it."""
-    real_dir = os.path.realpath(directory)
-    real_root = os.path.realpath(root)
-    return real_dir == real_root or real_dir.startswith(real_root.rstrip(os.sep) + os.sep)
+def open_inside(directory: Path, root: Path) -> SafeDir | None:
+    """`directory` opened from `root` one component at a time without following a
+    symlink (`fileio.safedir`): a subDir that is, or passes through, a symlink is
+    refused (UnsafeFile), even one pointing back inside the volume, since the pod can
+    re-point it between our check and our use. None while it does not exist yet."""
+    try:
+        return SafeDir.open_beneath(root, directory)
+    except FileNotFoundError:
+        return None
 
 
 class StaticSource:
@@ -124,7 +130,7 @@ class StaticSource:
             self._volume_of.pop(key, None)
             self._registry.remove(key)
             report.removed += 1
-        self._report_problems(report.problems, scanned)
+        self._report_problems(report, scanned)
         return report
 
     def _policies(self, volume: VolumeSpec) -> list[LogPolicy]:
@@ -138,12 +144,12 @@ class StaticSource:
         root = Path(volume.path)
         pod = volume.pod or volume.name
         try:
-            if not stat.S_ISDIR(root.stat().st_mode):
-                raise NotADirectoryError(errno.ENOTDIR, "Not a directory")
-            os.listdir(root)  # noqa: PTH208 - probes readability
-        except OSError as exc:
+            with SafeDir.open_root(root) as probe:  # the operator's path: symlinks followed
+                next(probe.iter_names(), None)  # readable
+        except (OSError, UnsafeFile) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "Not a directory"
             report.problems.append(f"volume {volume.name}: cannot read {root}: "
-                                   f"{exc.strerror or exc}")
+                                   f"{reason or exc}")
             return False
 
         def add(info: StreamInfo) -> None:
@@ -172,14 +178,18 @@ class StaticSource:
         if directory is None:
             return True
         try:
-            entries = list(os.scandir(directory))
+            with SafeDir.open_beneath(root, directory) as sd:
+                names = sd.names()
+                modes = {n: sd.lstat(n) for n in names if n.endswith(".log") and len(n) > 4}
+        except UnsafeFile as exc:
+            self._refused(report, f"volume {volume.name}: {exc}; not managed", exc.kind)
+            return True
         except OSError as exc:
             report.problems.append(f"volume {volume.name}: cannot read {directory}: "
                                    f"{exc.strerror or exc}")
             return False
         bases: set[str] = set()
-        for entry in entries:
-            name = entry.name
+        for name in names:
             if not _is_utf8(name):
                 if name.endswith(".log") or ".log." in name:
                     shown = os.fsencode(name).decode("utf-8", "backslashreplace")
@@ -187,16 +197,17 @@ class StaticSource:
                                            f"'{shown}' in {directory}")
                 continue
             if name.endswith(".log") and len(name) > 4:
-                try:
-                    regular = entry.is_file(follow_symlinks=False)
-                except OSError:
+                st = modes.get(name)
+                if st is None:
                     continue  # vanished: a race, not an error
-                if regular:
+                if stat.S_ISREG(st.st_mode):
                     bases.add(name)
                 else:
-                    kind = "symlink" if entry.is_symlink() else "directory or special file"
-                    report.problems.append(f"volume {volume.name}: {directory / name} is a {kind}, "
-                                           "not a regular file; not managed")
+                    link = stat.S_ISLNK(st.st_mode)
+                    kind = "symlink" if link else "directory or special file"
+                    self._refused(report, f"volume {volume.name}: {directory / name} is a "
+                                  f"{kind}, not a regular file; not managed",
+                                  "symlink" if link else "not-regular")
                 continue
             m = _SEGMENT_BASE_RE.match(name)
             if m and parse_segment_name(m.group(1), name) is not None:
@@ -208,11 +219,26 @@ class StaticSource:
     def _stream_dir(self, volume: VolumeSpec, root: Path, policy: LogPolicy,
                     report: ScanReport) -> Path | None:
         directory = root / policy.sub_dir if policy.sub_dir else root
-        if policy.sub_dir and (Path(policy.sub_dir).is_absolute() or not inside(directory, root)):
-            report.problems.append(f"volume {volume.name}: subDir {policy.sub_dir!r} leaves the "
-                                   "volume; not managed")
+        if not policy.sub_dir:
+            return directory
+        try:
+            if Path(policy.sub_dir).is_absolute():
+                raise UnsafeFile("absolute", kind="outside")
+            sd = open_inside(directory, root)
+        except UnsafeFile as exc:
+            self._refused(report, f"volume {volume.name}: subDir {policy.sub_dir!r} leaves the "
+                          f"volume ({exc.kind}); not managed", exc.kind)
             return None
+        except OSError:
+            return directory  # unreadable: the listing reports it
+        if sd is not None:
+            sd.close()
         return directory
+
+    @staticmethod
+    def _refused(report: ScanReport, problem: str, kind: str) -> None:
+        report.problems.append(problem)
+        report.refused[problem] = kind
 
     @staticmethod
     def _info(volume: VolumeSpec, pod: str, container: str, directory: Path, base: str,
@@ -221,13 +247,16 @@ class StaticSource:
                           base=base, policy=policy, volume=volume.name, source=SOURCE,
                           annotations=dict(policy.annotations), root=root)
 
-    def _report_problems(self, problems: list[str], scanned: set[str]) -> None:
+    def _report_problems(self, report: ScanReport, scanned: set[str]) -> None:
+        problems = report.problems
         current = set(problems)
         for problem in problems:
             if problem not in self._known_problems:
                 log.warning("static volume problem: %s", problem, extra={"source": SOURCE})
                 if self._metrics is not None:
                     self._metrics.watch_errors.labels(SOURCE).inc()
+                    if problem in report.refused:
+                        self._metrics.unsafe_refused.labels(report.refused[problem]).inc()
         # Forget problems that went away, so they are logged again if they come back.
         self._known_problems = {p for p in self._known_problems
                                 if p in current or not any(p.startswith(f"volume {v}:")

@@ -41,6 +41,7 @@ from logvold.core.layout import SegmentName, segments_of
 from logvold.core.streams import StreamInfo
 from logvold.errors import StateError
 from logvold.fileio.reader_active import ActiveCursor
+from logvold.fileio.reader_dir import Refused, StreamDir, log_refusal
 from logvold.fileio.reader_events import (
     CHUNK_BYTES,
     CRI_PARTIAL,
@@ -50,8 +51,6 @@ from logvold.fileio.reader_events import (
     FileRegion,
     Splitter,
     format_rfc3339_ns,
-    open_nofollow,
-    open_segment,
     parse_cri,
     parse_json_file,
     parse_rfc3339_ns,
@@ -62,7 +61,7 @@ from logvold.fileio.reader_events import (
     reverse_records,
     skip_bytes,
 )
-from logvold.fileio.state import StreamState, load_state, state_path
+from logvold.fileio.state import StreamState
 
 __all__ = ["CHUNK_BYTES", "MAX_PATTERN_LENGTH", "FileRegion", "ReadOptions", "StreamFilter",
            "StreamReader", "compile_pattern", "format_rfc3339_ns", "parse_rfc3339_ns"]
@@ -158,6 +157,9 @@ class StreamReader:
     poll_interval_s: float = 0.05
     gone_grace_s: float = 2.0
     """Follow ends when the active file stays absent this long (the stream was removed)."""
+    busy_limit_s: float = 5.0
+    """A read without follow waits this long for a rotation step in flight, then ends
+    with the committed data (a step marker left by a crash never settles by itself)."""
     stop: Callable[[], bool] = field(default=lambda: False)
     clock: Callable[[], float] = time.monotonic
     wall_clock_ns: Callable[[], int] = time.time_ns
@@ -172,6 +174,8 @@ class StreamReader:
     regions: bool = False
     """Let `chunks()` yield FileRegion for whole plain segments when nothing filters
     (see `passthrough`), so a server can sendfile them; else they are read as bytes."""
+    on_refused: Refused = log_refusal
+    """Told of each file refused (symlink, FIFO, hard link, ...): it is never served."""
 
     def __post_init__(self) -> None:
         policy = self.info.policy
@@ -199,7 +203,7 @@ class StreamReader:
         blocks go out as they are read (no per-event split) and plain segments as
         FileRegion. (timestamps and stream do not apply to raw.)"""
         self.directory = Path(self.info.directory)
-        self._state_path = state_path(self.directory, self.info.base)
+        self.files = StreamDir(self.info, self.on_refused)
         self._state_key: tuple[int, ...] = ()
         self._state_cached: StreamState | None = None
         self.base = self.info.base
@@ -293,17 +297,13 @@ class StreamReader:
         rename on every save, so inode + mtime + size tell a new one). A file younger than
         a few clock ticks is never cached: a second save within the same coarse mtime tick
         could reuse the inode and the size."""
-        try:
-            st = self._state_path.stat()
-            key: tuple[int, ...] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
-        except FileNotFoundError:
+        key = self.files.state_key()
+        if key is None:
             return None
-        except OSError:
-            key = ()
         if key and key == self._state_key:
             return self._state_cached
         try:
-            state = load_state(self.directory, self.base)
+            state = self.files.load_state()
         except StateError as e:
             log.warning("reader ignores state of %s/%s: %s", self.directory, self.base, e)
             state = None
@@ -317,14 +317,9 @@ class StreamReader:
         committed offset of the open file."""
         for attempt in range(50):
             before = self.current_state()
-            fd = open_nofollow(self.directory / self.base)
-            try:
-                names = _segments_of(self.base,
-                                     tuple(sorted(p.name for p in self.directory.iterdir())))
-            except OSError as e:  # no directory (yet, or any more): no segments
-                if not isinstance(e, FileNotFoundError):
-                    log.warning("cannot list %s: %s", self.directory, e.strerror)
-                names = ()
+            fd = self.files.open_active()
+            # No directory (yet, or any more), or one refused: no segments.
+            names = _segments_of(self.base, tuple(sorted(self.files.names())))
             after = self.current_state()
             consistent = before == after and (after is None or after.intent is None)
             if fd is not None and after is not None and consistent:
@@ -375,6 +370,7 @@ class StreamReader:
                     yield live
         finally:
             active.close()
+            self.files.rewalk()
 
     def _opened_after_until(self, sources: list[_Source], i: int) -> bool:
         """raw: a source opened (previous segment closed) after untilTime holds nothing older."""
@@ -390,10 +386,11 @@ class StreamReader:
 
     def _segment_events(self, src: _Source, start: _Start) -> Iterator[Event | FileRegion]:
         assert src.name is not None
-        opened = open_segment(self.directory, src.name.stem)
+        opened = self.files.open_segment(src.name.stem)
         if opened is None:  # deleted by retention since the listing: a race, not an error
             return
-        fd, path, compression = opened
+        seg_fd, compression = opened
+        fd = None if compression else seg_fd
         offset = start.offset or 0
         if (fd is not None and self.regions and self.passthrough and not offset
                 and not start.skip and start.planned is None):
@@ -424,7 +421,7 @@ class StreamReader:
             finally:
                 os.close(fd)
         else:
-            yield from self._feed(skip_bytes(read_compressed(path, compression), offset - cut),
+            yield from self._feed(skip_bytes(read_compressed(seg_fd, compression), offset - cut),
                                   splitter, assembler)
 
     def _whole_size(self, fd: int) -> int | None:
@@ -521,8 +518,10 @@ class StreamReader:
                                                active.physical_size(), active.collapsed)
             assert src.name is not None
             if not src.name.compression:
-                opened = open_segment(self.directory, src.name.stem)
-                if opened is not None and opened[0] is not None:
+                opened = self.files.open_segment(src.name.stem)
+                if opened is not None and opened[1]:
+                    os.close(opened[0])  # compressed since the listing: from its start
+                elif opened is not None:
                     fd = opened[0]
                     try:
                         st = os.fstat(fd)
@@ -747,25 +746,32 @@ class StreamReader:
                       ) -> tuple[_TailFound | None, tuple[int, int] | None]:
         """The tail found in a segment, and the (inode, size) of a plain one."""
         assert src.name is not None
-        opened = open_segment(self.directory, src.name.stem)
+        opened = self.files.open_segment(src.name.stem)
         if opened is None:
             return None, None
-        fd, path, compression = opened
-        if fd is not None:
+        seg_fd, compression = opened
+        if not compression:
+            fd = seg_fd
             try:
                 st = os.fstat(fd)
                 return self._tail_plain(fd, 0, st.st_size, needed, 0), (st.st_ino, st.st_size)
             finally:
                 os.close(fd)
-        return self._tail_compressed(path, compression, needed), None
+        try:
+            return self._tail_compressed(seg_fd, compression, needed), None
+        finally:
+            os.close(seg_fd)
 
-    def _tail_compressed(self, path: Path, compression: str, needed: int) -> _TailFound:
+    def _tail_compressed(self, seg_fd: int, compression: str, needed: int) -> _TailFound:
         """A compressed segment cannot be read backwards: stream it forward, keeping the
         last `needed` (start, end) pairs when that is small, else count in a first pass
-        and find the Nth newest in a second (memory stays bounded either way)."""
+        and find the Nth newest in a second (memory stays bounded either way). Each pass
+        reads a dup of the caller's fd from offset 0 (read_compressed closes what it gets)."""
         def passing() -> Iterator[Event]:
+            fd = os.dup(seg_fd)
+            os.lseek(fd, 0, os.SEEK_SET)
             splitter = Splitter(self.delimiter, 0, self.max_record)
-            for ev in self._feed(read_compressed(path, compression), splitter,
+            for ev in self._feed(read_compressed(fd, compression), splitter,
                                  Assembler(self.fmt)):
                 if self._passes(ev):
                     yield ev

@@ -16,8 +16,6 @@ from logvold.fileio.reader_events import (
     Assembler,
     Event,
     Splitter,
-    open_nofollow,
-    open_segment,
     pread_all,
     read_compressed,
     skip_bytes,
@@ -55,6 +53,7 @@ class ActiveCursor:
         self.splitter = Splitter(reader.delimiter, logical, reader.max_record)
         self.assembler = Assembler(reader.fmt, self.skip)
         self.gone_since: float | None = None
+        self.busy_since: float | None = None
 
     def _open(self, state: StreamState | None, fd: int | None) -> None:
         self.fd = fd
@@ -142,17 +141,34 @@ class ActiveCursor:
                     yield None
                 continue
             if got == "busy":
+                if not follow and self._busy_too_long():
+                    return
                 yield None
                 continue
+            self.busy_since = None
             if not follow:
                 return
             if self._rotated():
                 yield from self._drain()
                 self.close()
-                self._open(self.r.current_state(), open_nofollow(self.path))
+                self._open(self.r.current_state(), self.r.files.open_active())
                 self.seek(self.physical_start + self.collapsed, self.skip)
                 continue
             yield None
+
+    def _busy_too_long(self) -> bool:
+        """A read without follow waits for a rotation step in flight at most
+        `busy_limit_s`: a step marker left behind (a crash, a daemon that is not running)
+        would otherwise keep it open forever. It ends with what is committed (the
+        segments, already served), and says so."""
+        now = self.r.clock()
+        if self.busy_since is None:
+            self.busy_since = now
+        if now - self.busy_since < self.r.busy_limit_s:
+            return False
+        log.warning("%s: a rotation step marker stayed pending for %.0f s; the read ends at "
+                    "the committed offset", self.path, now - self.busy_since)
+        return True
 
     def _step(self) -> Generator[Event, None, Literal["data", "eof", "busy"]]:
         """One bounded read: "data" (bytes consumed), "eof" or "busy" (a rotation step
@@ -177,6 +193,11 @@ class ActiveCursor:
                 # seen belong to the new layout, not to a truncation. Look again.
                 return "busy"
             # Truncated under us (copytruncate or by hand), maybe written past us again.
+            # A new generation: the state that described the old bytes (committed offset,
+            # segments) says nothing about these, and following it would replay the old
+            # events in a loop. It is ignored until the rotator writes a new one.
+            if st is not None:
+                self.stale_state = st
             yield from self._after_truncation()
             return "data"
         # Only what is there: a 1 MiB buffer per poll would be an mmap/munmap each time.
@@ -203,10 +224,11 @@ class ActiveCursor:
         for rec in st.segments:
             if rec.logical_end <= emitted:
                 continue
-            opened = open_segment(self.r.directory, rec.stem)
+            opened = self.r.files.open_segment(rec.stem)
             if opened is None:
                 continue
-            fd, path, compression = opened
+            seg_fd, compression = opened
+            fd = None if compression else seg_fd
             start = self._placed_start(rec, fd)
             if start > self.splitter.consumed:
                 log.warning("%s: events %d..%d were removed before a follower read them",
@@ -223,7 +245,7 @@ class ActiveCursor:
                 finally:
                     os.close(fd)
             else:
-                for chunk in skip_bytes(read_compressed(path, compression), skip):
+                for chunk in skip_bytes(read_compressed(seg_fd, compression), skip):
                     yield from self._emit(chunk[: rec.logical_end - self.splitter.consumed])
                     if self.splitter.consumed >= rec.logical_end:
                         break
@@ -274,14 +296,11 @@ class ActiveCursor:
         end, tail = self.last_bytes
         if end != emitted or not tail:
             return None
-        try:
-            names = segments_of(self.r.base, [p.name for p in self.r.directory.iterdir()])
-        except OSError:
-            return None
+        names = segments_of(self.r.base, self.r.files.names())
         if not names or names[-1].compression:
             return None
         stem = names[-1].stem
-        fd = open_nofollow(self.r.directory / stem)
+        fd = self.r.files.open_file(stem)
         if fd is None:
             return None
         try:
@@ -294,11 +313,7 @@ class ActiveCursor:
                            segments=(SegmentRecord(stem, 0, size),))
 
     def _rotated(self) -> bool:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return True
-        return st.st_ino != self.ino or st.st_dev != self.dev
+        return self.r.files.active_id() != (self.ino, self.dev)
 
     def _drain(self) -> Iterator[Event]:
         """The old inode after a rename: read what is left, then let it go."""
@@ -312,7 +327,8 @@ class ActiveCursor:
 
     def _reopen_or_gone(self) -> bool:
         """While the active file is absent: reopen it when it is back; True when gone for good."""
-        self._open(self.r.current_state(), open_nofollow(self.path))
+        self.r.files.rewalk()  # the directory itself may have been replaced
+        self._open(self.r.current_state(), self.r.files.open_active())
         if self.fd is not None:
             self.gone_since = None
             self.seek(self.physical_start + self.collapsed, self.skip)

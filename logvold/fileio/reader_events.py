@@ -8,12 +8,10 @@ import gzip
 import heapq
 import json
 import os
-import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import re2  # google-re2: linear time, no catastrophic backtracking
 import zstandard
@@ -276,12 +274,14 @@ class Assembler:
 
 # ---- files --------------------------------------------------------------------------
 
-def read_compressed(path: Path, compression: str) -> Iterator[bytes]:
-    """Decompressed bytes of a segment in bounded chunks (streaming, never whole)."""
-    fd = open_nofollow(path)
-    if fd is None:  # deleted by retention meanwhile (a race), or not a regular file
-        return
-    raw = os.fdopen(fd, "rb")
+def read_compressed(fd: int, compression: str) -> Iterator[bytes]:
+    """Decompressed bytes of a segment (an fd the caller opened through `StreamDir`,
+    closed here) in bounded chunks (streaming, never whole). The fd is owned by a file
+    object at once, so a generator dropped before its first step still closes it."""
+    return _decompressed(os.fdopen(fd, "rb"), compression)
+
+
+def _decompressed(raw: BinaryIO, compression: str) -> Iterator[bytes]:
     with raw:
         reader: Any
         if compression == "gz":
@@ -291,22 +291,6 @@ def read_compressed(path: Path, compression: str) -> Iterator[bytes]:
         with reader:
             while chunk := reader.read(READ_BYTES):
                 yield chunk
-
-
-def open_segment(directory: Path, stem: str) -> tuple[int | None, Path, str] | None:
-    """Open a segment by stem, whatever it is compressed to by now.
-
-    Returns (fd of the plain file or None, path, compression)."""
-    for suffix in ("", ".gz", ".zst"):
-        path = directory / (stem + suffix)
-        if suffix:
-            if path.is_file() and not path.is_symlink():
-                return None, path, suffix[1:]
-            continue
-        fd = open_nofollow(path)  # a symlink planted as a segment is never followed
-        if fd is not None:
-            return fd, path, ""
-    return None
 
 
 def pread_all(fd: int, start: int, end: int) -> Iterator[bytes]:
@@ -439,18 +423,6 @@ def reverse_events(fd: int, lo: int, hi: int, fmt: str, delimiter: bytes,
         finish(s)
     while heap:
         yield heapq.heappop(heap)[2]
-
-
-def open_nofollow(path: Path) -> int | None:
-    """An fd of a regular file at `path` (never through a symlink), or None."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        return None
-    return fd
 
 
 def skip_bytes(chunks: Iterator[bytes], n: int) -> Iterator[bytes]:

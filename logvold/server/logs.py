@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +31,9 @@ from logvold.fileio.reader import (
     compile_pattern,
     parse_rfc3339_ns,
 )
+from logvold.fileio.reader_dir import Refused, StreamDir, log_refusal
+from logvold.fileio.safedir import SafeDir, UnsafeFile, open_stream_dir
+from logvold.metrics import Metrics
 from logvold.server.access import Peer, forbid, may_read_files, peer_of
 from logvold.server.app import (
     CHANGES_KEY,
@@ -145,20 +149,47 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
-def check_readable(info: StreamInfo) -> None:
-    """The active file must be a regular file inside the stream's directory: a symlink
-    out of the volume is never followed (the reader opens with O_NOFOLLOW as well)."""
-    path = info.active_path
+def check_readable(info: StreamInfo, refused: Refused = log_refusal) -> None:
+    """The stream's directory must be reached from its safety root (the pod's own
+    volume) without a symlink, and its active file must be a regular, singly linked file:
+    a subDir planted as `-> /var/log`, a symlinked, FIFO or hard-linked active file is a
+    403, never served (the reader opens every file through `fileio.safedir` as well).
+    The reason names the stream, not host paths."""
     try:
-        path.lstat()
+        with open_stream_dir(info) as sd:
+            os.close(sd.open_file(info.base).fd)
     except FileNotFoundError:
-        return  # no active file yet: segments only
+        return  # no directory or active file yet: segments only, or nothing
+    except UnsafeFile as e:
+        refused(e)
+        what = "active file" if e.path == str(info.active_path) else "directory"
+        raise web.HTTPForbidden(text=f"stream {info.key}: the {what} is not a regular file "
+                                     f"inside its volume ({e.kind}); not served\n") from e
     except OSError as e:
         raise web.HTTPForbidden(text=f"stream {info.key} is not readable: {e.strerror}\n") from e
-    directory = Path(info.directory).resolve()
-    if path.is_symlink() or path.resolve().parent != directory or not path.is_file():
-        raise web.HTTPForbidden(text=f"stream {info.key}: the active file is not a regular "
-                                     "file inside its volume; not served\n")
+
+
+REFUSAL_LOG_INTERVAL_S = 60.0
+_refusals_logged: dict[tuple[str, str], float] = {}
+_refusals_lock = threading.Lock()
+
+
+def refusal_counter(metrics: Metrics) -> Refused:
+    """Counts a refused file (`logvold_unsafe_files_refused_total{kind}`) and logs it,
+    once a minute per file and kind: a client repeating a request that hits a planted
+    symlink must not flood the log."""
+    def refused(exc: UnsafeFile) -> None:
+        metrics.unsafe_refused.labels(exc.kind).inc()
+        key, now = (exc.path or "-", exc.kind), time.monotonic()
+        with _refusals_lock:
+            if now - _refusals_logged.get(key, -REFUSAL_LOG_INTERVAL_S) < REFUSAL_LOG_INTERVAL_S:
+                return
+            if len(_refusals_logged) > 10_000:
+                _refusals_logged.clear()
+            _refusals_logged[key] = now
+        log.warning("file in a volume refused; not served",
+                    extra={"path": exc.path or "-", "kind": exc.kind, "reason": str(exc)})
+    return refused
 
 
 # ---- streaming ------------------------------------------------------------------------
@@ -193,7 +224,7 @@ def _signature(info: StreamInfo) -> Signature:
     for path in (info.active_path, directory / STATE_DIR_NAME / state_file_name(info.base),
                  directory):
         try:
-            st = path.stat()
+            st = path.lstat()
         except OSError:
             out += (0, 0, 0)
             continue
@@ -345,8 +376,9 @@ def stream_access(peer: Peer, info: StreamInfo) -> str | None:
     if peer.trusted:
         return None
     try:
-        names = [e.name for e in Path(info.directory).iterdir()]
-    except OSError:
+        with open_stream_dir(info) as d:
+            names = d.names()
+    except (OSError, UnsafeFile):
         names = []
     files = [info.base] + [s.filename for s in segments_of(info.base, names)]
     return may_read_files(peer, Path(info.directory), files)
@@ -354,7 +386,9 @@ def stream_access(peer: Peer, info: StreamInfo) -> str | None:
 
 async def serve_stream(request: web.Request, info: StreamInfo, options: ReadOptions,
                        *, handler: str) -> web.StreamResponse:
-    check_readable(info)
+    refused = refusal_counter(request.app[METRICS_KEY])
+    await asyncio.get_running_loop().run_in_executor(
+        request.app[EXECUTOR_KEY], check_readable, info, refused)
     peer = peer_of(request)
     if not peer.trusted:
         problem = await asyncio.get_running_loop().run_in_executor(
@@ -366,7 +400,8 @@ async def serve_stream(request: web.Request, info: StreamInfo, options: ReadOpti
             else limits.follower(info.key) if options.follow else limits.heavy_read())
     async with slot:
         # regions: whole plain segments of an unfiltered raw read go out by sendfile.
-        reader = StreamReader(info, options, poll_interval_s=POLL_INTERVAL_S, regions=True)
+        reader = StreamReader(info, options, poll_interval_s=POLL_INTERVAL_S, regions=True,
+                              on_refused=refused)
         return await stream_reader(request, reader, handler=handler)
 
 
@@ -390,30 +425,30 @@ async def _logs_root(request: web.Request) -> web.StreamResponse:
     executor = request.app[EXECUTOR_KEY]
     streams = request.app[REGISTRY_KEY].snapshot()
     peer = peer_of(request)
+    refused = refusal_counter(request.app[METRICS_KEY])
     listing = await asyncio.get_running_loop().run_in_executor(
-        executor, lambda: [describe(i) for i in streams if stream_access(peer, i) is None])
+        executor, lambda: [describe(i, refused) for i in streams
+                           if stream_access(peer, i) is None])
     return web.json_response({"kind": "StreamList", "items": listing})
 
 
-def describe(info: StreamInfo) -> dict[str, Any]:
-    """One stream of the listing: names, policy summary, annotations and sizes."""
+def describe(info: StreamInfo, refused: Refused = log_refusal) -> dict[str, Any]:
+    """One stream of the listing: names, policy summary, annotations and sizes. Sizes
+    come from lstat through the pinned stream directory: only regular files count, and a
+    directory reached through a symlink lists nothing."""
     p = info.policy
+    files = StreamDir(info, refused)
     try:
-        names = sorted(entry.name for entry in Path(info.directory).iterdir())
-    except OSError:
-        names = []
-    segments = segments_of(info.base, names)
-    segment_bytes = 0
-    for seg in segments:
-        try:
-            segment_bytes += os.lstat(Path(info.directory) / seg.filename).st_size
-        except OSError:
-            continue
-    try:
-        st = os.lstat(info.active_path)
-        active_size, active_alloc = st.st_size, st.st_blocks * 512
-    except OSError:
-        active_size = active_alloc = 0
+        segments = segments_of(info.base, sorted(files.names()))
+        sd = files.directory()
+        segment_bytes = active_size = active_alloc = 0
+        for seg in segments:
+            st = _regular(sd, seg.filename)
+            segment_bytes += st.st_size if st is not None else 0
+        if (st := _regular(sd, info.base)) is not None:
+            active_size, active_alloc = st.st_size, st.st_blocks * 512
+    finally:
+        files.close()
     return {
         "namespace": info.key.namespace, "pod": info.key.pod, "container": info.key.container,
         "volume": info.volume, "source": info.source, "podUID": info.pod_uid,
@@ -427,6 +462,15 @@ def describe(info: StreamInfo) -> dict[str, Any]:
         "segments": {"count": len(segments), "bytes": segment_bytes,
                      "compressed": sum(1 for s in segments if s.compression)},
     }
+
+
+def _regular(sd: SafeDir | None, name: str) -> os.stat_result | None:
+    """lstat of a regular file `name` in `sd`; None for anything else or missing."""
+    try:
+        st = sd.lstat(name) if sd is not None else None
+    except OSError:
+        return None
+    return st if st is not None and stat.S_ISREG(st.st_mode) else None
 
 
 def add_routes(app: web.Application) -> None:

@@ -19,7 +19,8 @@ from tests.support.events import chunked, event_stream
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--path", help="file to write; default stdout")
-    p.add_argument("--mode", choices=["append", "offset"], default="append")
+    p.add_argument("--mode", choices=["append", "offset", "truncate"], default="append",
+                   help="truncate: open with O_TRUNC like a shell's `> file`, then write")
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--start", type=int, default=0)
     p.add_argument("--seed", type=int, default=1)
@@ -49,6 +50,7 @@ def main() -> int:
     )
     if args.path:
         flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if args.mode == "append" else 0)
+        flags |= os.O_TRUNC if args.mode == "truncate" else 0
         fd = os.open(args.path, flags, 0o644)
         if args.mode == "offset":
             os.lseek(fd, 0, os.SEEK_END)
