@@ -359,9 +359,11 @@ class Daemon:
             if old is not None:
                 self.workers.remove(info.key)
                 self.scheduler.remove(info.key)
+            self.metrics.remove_stream(info.key.namespace, info.key.pod, info.key.container)
             log.info("stream removed", extra={"stream": str(info.key)})
         else:
             self._path_index[str(info.active_path)] = info.key
+            self.metrics.add_stream(info.key.namespace, info.key.pod, info.key.container)
             self.workers.put(info, self._volume_root(info))
             if info.source != "static" and old is None:
                 self._rescan.set()  # watch its directory soon, not at the next full pass

@@ -229,7 +229,7 @@ class StreamWorkers:
         # The rotator counts its own StreamErrors; count what it never saw.
         if self._metrics is not None and not isinstance(exc, StreamError):
             k = slot.info.key
-            error = "unsafe" if isinstance(exc, UnsafeStream) else kind
+            error = "unsafe" if isinstance(exc, UnsafeStream) else "internal"  # closed set
             self._metrics.rotation_failures.labels(k.namespace, k.pod, k.container, error).inc()
         signature = f"{what}:{kind}:{exc}"
         if slot.failing != signature:  # log once per distinct failure, not per retry

@@ -6,6 +6,7 @@ sync reader, which runs in a bounded thread pool one step at a time.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import threading
@@ -18,7 +19,7 @@ from aiohttp import web
 from logvold.core.policy import Config
 from logvold.core.streams import StreamRegistry
 from logvold.errors import LogvoldError, UsageError
-from logvold.metrics import Metrics
+from logvold.metrics import CLIENT_CLOSED_REQUEST, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,10 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
         if _wants_json(request):
             return _status_json(400, "Bad Request", str(e))
         raise web.HTTPBadRequest(text=f"{e}\n") from e
-    except (ConnectionResetError, BrokenPipeError):
-        code = 499  # the client went away mid-response (nginx's convention)
+    except (ConnectionResetError, BrokenPipeError, asyncio.CancelledError):
+        # The client went away (aiohttp cancels the handler of a closed connection, e.g.
+        # the end of `kubectl logs -f`): nginx's 499, never a 5xx that error alerts count.
+        code = CLIENT_CLOSED_REQUEST
         raise
     except LogvoldError as e:
         log.error("request %s %s failed: %s", request.method, request.path, e)
