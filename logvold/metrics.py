@@ -43,10 +43,12 @@ RELOAD_RESULTS = ("success", "error")
 WATCH_SOURCES = ("inotify", "static", "kubernetes", "annotation")
 #: `algorithm` values of logvold_compressions_total.
 COMPRESSION_ALGORITHMS = ("gzip", "zstd")
+#: `handler` values of logvold_bytes_served_total / logvold_events_served_total.
+SERVING_HANDLERS = ("logs", "pod_log", "nodelog")
 #: HTTP code recorded when the client hung up before the response ended (nginx's 499).
 CLIENT_CLOSED_REQUEST = 499
 
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
@@ -164,6 +166,9 @@ class Metrics:
             self.watch_errors.labels(source)
         for algorithm in COMPRESSION_ALGORITHMS:
             self.compressions.labels(algorithm)
+        for handler in SERVING_HANDLERS:
+            self.bytes_served.labels(handler)
+            self.events_served.labels(handler)
 
     def _per_stream(self) -> tuple[tuple[Counter | Gauge, tuple[str, ...]], ...]:
         """Every metric labelled by stream, with its label names in declaration order."""
