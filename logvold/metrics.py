@@ -44,7 +44,7 @@ WATCH_SOURCES = ("inotify", "static", "kubernetes", "annotation")
 #: `algorithm` values of logvold_compressions_total.
 COMPRESSION_ALGORITHMS = ("gzip", "zstd")
 #: `handler` values of logvold_bytes_served_total / logvold_events_served_total.
-SERVING_HANDLERS = ("logs", "pod_log", "nodelog")
+SERVING_HANDLERS = ("logs", "pod_log", "container_logs", "nodelog")
 #: HTTP code recorded when the client hung up before the response ended (nginx's 499).
 CLIENT_CLOSED_REQUEST = 499
 

@@ -218,7 +218,7 @@ class StaticSource:
               policy: LogPolicy) -> StreamInfo:
         return StreamInfo(key=StreamKey(volume.namespace, pod, container), directory=directory,
                           base=base, policy=policy, volume=volume.name, source=SOURCE,
-                          annotations=dict(policy.annotations))
+                          annotations=dict(policy.annotations), labels=dict(volume.labels))
 
     def _report_problems(self, problems: list[str], scanned: set[str]) -> None:
         current = set(problems)

@@ -44,6 +44,9 @@ class StreamInfo:
     annotations: Mapping[str, str] = field(default_factory=dict)
     """Context metadata served with the stream (the proposal's annotations)."""
     pod_uid: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """The pod's labels (discovery: metadata.labels; static: the volume's `labels`), for
+    kubectl's label selectors (`kubectl logs -l app=web`)."""
 
     @property
     def active_path(self) -> Path:

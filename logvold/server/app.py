@@ -133,7 +133,7 @@ async def _on_cleanup(app: web.Application) -> None:
 def build_app(*, config: Config, registry: StreamRegistry, metrics: Metrics,
               is_ready: Callable[[], bool]) -> web.Application:
     """The whole HTTP API over `registry`; nothing runs until start_server()."""
-    from logvold.server import kubeapi, logs
+    from logvold.server import kubeapi, kubelet_paths, logs
 
     app = web.Application(middlewares=[_errors_and_metrics], client_max_size=64 * 1024)
     app[CONFIG_KEY] = config
@@ -153,6 +153,7 @@ def build_app(*, config: Config, registry: StreamRegistry, metrics: Metrics,
     else:
         nodelog.add_node_log_routes(app, config.node_log_query, metrics)
     logs.add_routes(app)
+    kubelet_paths.add_routes(app)  # before kubeapi's /api/... catch-all
     kubeapi.add_routes(app)
     app.router.add_get("/metrics", _metrics_handler, name="metrics")
     app.router.add_get("/healthz", _healthz, name="healthz")

@@ -209,9 +209,11 @@ def _client_gone(request: web.Request) -> bool:
 
 
 async def stream_reader(request: web.Request, reader: StreamReader, *, handler: str,
-                        content_type: str = "text/plain") -> web.StreamResponse:
+                        content_type: str = "text/plain",
+                        byte_limit: int | None = None) -> web.StreamResponse:
     """Send what `reader` yields, chunk by chunk, until it ends, the client leaves or the
-    server shuts down. Errors after the headers went out end the body early (logged)."""
+    server shuts down. Errors after the headers went out end the body early (logged).
+    `byte_limit`: stop after that many bytes, even mid-event (the kubelet's limitBytes)."""
     app = request.app
     metrics = app[METRICS_KEY]
     executor = app[EXECUTOR_KEY]
@@ -247,6 +249,9 @@ async def stream_reader(request: web.Request, reader: StreamReader, *, handler: 
         chunk = first
         seen = before_first
         while chunk is not None:
+            if chunk and byte_limit is not None:
+                chunk = chunk[:byte_limit]
+                byte_limit -= len(chunk)
             if chunk:
                 await response.write(chunk)
                 bytes_served.inc(len(chunk))
@@ -256,7 +261,7 @@ async def stream_reader(request: web.Request, reader: StreamReader, *, handler: 
                 reader.more_ready = False
             else:  # caught up: wait (cheaply, no thread) until the files change
                 await _wait_for_change(reader, seen, stop)
-            if _client_gone(request):
+            if _client_gone(request) or byte_limit == 0:
                 break
             seen = _signature(reader.info)
             if not reader.caught_up:
@@ -294,10 +299,10 @@ def lookup(request: web.Request, namespace: str, pod: str, container: str) -> St
 
 
 async def serve_stream(request: web.Request, info: StreamInfo, options: ReadOptions,
-                       *, handler: str) -> web.StreamResponse:
+                       *, handler: str, byte_limit: int | None = None) -> web.StreamResponse:
     check_readable(info)
     reader = StreamReader(info, options, poll_interval_s=POLL_INTERVAL_S)
-    return await stream_reader(request, reader, handler=handler)
+    return await stream_reader(request, reader, handler=handler, byte_limit=byte_limit)
 
 
 async def _container_logs(request: web.Request) -> web.StreamResponse:
