@@ -484,7 +484,7 @@ class StreamReader:
         """A raw segment's last write time: the earlier of its close time and its mtime (the
         rotator stamps a copied segment with the active file's mtime at the cut)."""
         try:
-            mtime = os.stat(self.directory / name.filename, follow_symlinks=False).st_mtime_ns
+            mtime = (self.directory / name.filename).lstat().st_mtime_ns
         except OSError:
             return closed_ns
         return min(closed_ns, mtime)
