@@ -208,6 +208,20 @@ class Metrics:
         self.events_written.labels(*key).inc(max(events, 0))
         self.events_split.labels(*key).inc(max(split, 0))
 
+    def stream_totals(self) -> dict[tuple[str, str, str], dict[str, float]]:
+        """Per stream: `rotations` and `failures` so far (for the status page)."""
+        out: dict[tuple[str, str, str], dict[str, float]] = {}
+        for name, metric in (("rotations", self.rotations), ("failures", self.rotation_failures)):
+            for family in metric.collect():
+                for sample in family.samples:
+                    if not sample.name.endswith("_total"):
+                        continue
+                    key = (sample.labels.get("namespace", ""), sample.labels.get("pod", ""),
+                           sample.labels.get("container", ""))
+                    totals = out.setdefault(key, {"rotations": 0.0, "failures": 0.0})
+                    totals[name] += sample.value
+        return out
+
     def exposition(self) -> tuple[bytes, str]:
         """The classic text format (promtool rejects OpenMetrics) and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

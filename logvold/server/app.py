@@ -133,7 +133,7 @@ async def _on_cleanup(app: web.Application) -> None:
 def build_app(*, config: Config, registry: StreamRegistry, metrics: Metrics,
               is_ready: Callable[[], bool]) -> web.Application:
     """The whole HTTP API over `registry`; nothing runs until start_server()."""
-    from logvold.server import kubeapi, kubelet_paths, logs
+    from logvold.server import kubeapi, kubelet_paths, logs, status
 
     app = web.Application(middlewares=[_errors_and_metrics], client_max_size=64 * 1024)
     app[CONFIG_KEY] = config
@@ -155,6 +155,7 @@ def build_app(*, config: Config, registry: StreamRegistry, metrics: Metrics,
     logs.add_routes(app)
     kubelet_paths.add_routes(app)  # before kubeapi's /api/... catch-all
     kubeapi.add_routes(app)
+    status.add_routes(app)
     app.router.add_get("/metrics", _metrics_handler, name="metrics")
     app.router.add_get("/healthz", _healthz, name="healthz")
     app.router.add_get("/readyz", _readyz, name="readyz")

@@ -357,7 +357,8 @@ def describe(info: StreamInfo) -> dict[str, Any]:
         "annotations": dict(info.annotations),
         "activeFile": {"apparentBytes": active_size, "allocatedBytes": active_alloc},
         "segments": {"count": len(segments), "bytes": segment_bytes,
-                     "compressed": sum(1 for s in segments if s.compression)},
+                     "compressed": sum(1 for s in segments if s.compression),
+                     "newestClosed": segments[-1].stamp.isoformat() if segments else None},
     }
 
 
