@@ -111,7 +111,8 @@ def _stream_rows(rows: list[dict[str, Any]], infos: list[StreamInfo],
             f'<td class="num">{_e(row["segments"]["count"])}</td>'
             f'<td class="num">{_e(_size(row["onDisk"]))}'
             f'{" / " + _e(_size(budget)) + " " + _bar(row["onDisk"], budget) if budget else ""}'
-            f'</td><td class="num">{int(t.get("rotations", 0))}</td><td class="time">{_e(newest)}</td>'
+            f'</td><td class="num">{int(t.get("rotations", 0))}</td>'
+            f'<td class="time">{_e(newest)}</td>'
             f'<td class="num{" bad" if fails else ""}">{fails}</td>'
             f'<td><button type="button" data-tail="{_e(_logs_path(info))}">tail</button>'
             f'</td></tr>')

@@ -69,7 +69,7 @@ def test_status_page_lists_streams_and_tails_live_in_chromium(tmp_path: Path) ->
             assert int(cells[0][4]) >= 1 and int(cells[0][6]) >= 1  # segments, rotations
             assert "gzip" in cells[0][3] and "/ 64.0 KiB" in cells[0][5]
             assert page.locator("#volumes tbody tr").count() == 1
-            assert "v" == page.locator("#volumes tbody tr td").first.inner_text()
+            assert page.locator("#volumes tbody tr td").first.inner_text() == "v"
             page.select_option("#stream", "logs/default/p/app")
             # locator assertions (the page's CSP forbids eval, so no wait_for_function)
             expect = pytest.importorskip("playwright.sync_api").expect
