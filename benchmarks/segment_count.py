@@ -12,6 +12,7 @@ Prints one table: MB/s of each, and count time / cp time.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import subprocess
@@ -65,15 +66,16 @@ def main() -> None:
             dfd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 counted = count_segment(dfd, seg.name, size, policy)
-                t_count = _best(lambda: count_segment(dfd, seg.name, size, policy), args.repeat)
+                t_count = _best(functools.partial(count_segment, dfd, seg.name, size, policy),
+                                args.repeat)
             finally:
                 os.close(dfd)
             wc = subprocess.run(["wc", "-l", str(seg)], capture_output=True, text=True,
                                 check=True)
-            t_wc = _best(lambda: subprocess.run(["wc", "-l", str(seg)], check=True,
-                                                capture_output=True), args.repeat)
-            t_cp = _best(lambda: subprocess.run(["cp", str(seg), str(work / "copy")],
-                                                check=True), args.repeat)
+            t_wc = _best(functools.partial(subprocess.run, ["wc", "-l", str(seg)], check=True,
+                                           capture_output=True), args.repeat)
+            t_cp = _best(functools.partial(subprocess.run, ["cp", str(seg), str(work / "copy")],
+                                           check=True), args.repeat)
             assert counted.events == int(wc.stdout.split()[0]), (counted, wc.stdout)
             mb = size / 1e6
             rows.append((fmt, mb, counted.events, mb / t_count, mb / t_wc, mb / t_cp,
