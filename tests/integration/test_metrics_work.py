@@ -124,3 +124,39 @@ def test_follower_hang_up_is_499_never_5xx(tmp_path: Path) -> None:
         codes = {dict(ls).get("code") for (n, ls) in _samples(metrics)
                  if n == "logvold_http_requests_total"}
         assert codes == {"499"}, codes
+
+
+def test_rules_dashboard_and_rule_tests_name_only_label_values_the_code_emits() -> None:
+    """`error="ENOSPC"` or `result="ok"` in a rule never matches anything: every literal
+    label value in the shipped rules, the dashboard and the alert unit tests must be one
+    logvold emits (or a scrape label: job, node, instance)."""
+    import json
+    import re
+
+    from logvold.metrics import (
+        COMPRESSION_ALGORITHMS,
+        FREED_REASONS,
+        RELOAD_RESULTS,
+        SERVING_HANDLERS,
+        TRUNCATION_REASONS,
+        WATCH_SOURCES,
+    )
+
+    root = Path(__file__).resolve().parents[2] / "manifests"
+    emitted = {"error": set(ROTATION_ERRORS), "result": set(RELOAD_RESULTS),
+               "source": set(WATCH_SOURCES), "algorithm": set(COMPRESSION_ALGORITHMS),
+               "handler": set(SERVING_HANDLERS),
+               "reason": set(TRUNCATION_REASONS) | set(FREED_REASONS), "job": {"logvold"}}
+    texts = [(root / "rules" / "logvold.rules.yaml").read_text(),
+             (root / "prometheusrule.yaml").read_text(),
+             (root / "tests" / "alerts_test.yaml").read_text(),
+             "\n".join(t["expr"] for p in json.loads(
+                 (root / "grafana-dashboard.json").read_text())["panels"]
+                 for t in p.get("targets", []))]
+    seen = 0
+    for text in texts:
+        for name, value in re.findall(r'\b(\w+)=~?"([^"$]*)"', text):
+            if name in emitted:
+                seen += 1
+                assert value in emitted[name], f'{name}="{value}" is never emitted'
+    assert seen >= 8
