@@ -29,6 +29,7 @@ RESOURCE_FILES = sorted(
 )
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 REQUIRED_ALERTS = {
+    "LogvoldDown",
     "LogvoldLostBytes",
     "LogvoldRotationFailures",
     "LogvoldDiskBudget",
