@@ -201,11 +201,11 @@ class StreamRotator:
             self._fail(e, "rotate")
         if result is not None:
             self._anchor = self.clock()
-            self._after_cut(result)
             if self.metrics:
                 self.metrics.rotations.labels(*self._labels, reason, result.strategy).inc()
                 if result.bytes_freed:
                     self.metrics.bytes_freed.labels(*self._labels, "rotate").inc(result.bytes_freed)
+            self._after_cut(result)  # after the counters: they move right at the commit
             self._update_gauges()
         return result
 

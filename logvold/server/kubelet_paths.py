@@ -45,7 +45,8 @@ def _read_chunk(fd: int) -> bytes:
     return os.read(fd, _FILE_CHUNK)
 
 
-async def serve_node_file(request: web.Request, name: str) -> web.StreamResponse:
+async def serve_node_file(request: web.Request, name: str, *,
+                          files_only: bool = False) -> web.StreamResponse:
     """A file (or a listing of a directory) under the node log directory, never outside."""
     cfg = request.app[CONFIG_KEY].node_log_query
     if not cfg.enabled:
@@ -60,6 +61,10 @@ async def serve_node_file(request: web.Request, name: str) -> web.StreamResponse
         if e.missing:
             raise web.HTTPNotFound(text=f"{e}\n") from e
         raise web.HTTPForbidden(text=f"{e}\n") from e
+    if opened.is_dir and files_only:
+        os.close(opened.fd)
+        raise web.HTTPNotFound(text=f"{name[:64]!r} is a directory; listed at "
+                                    "/api/v1/nodes/<node>/proxy/logs/\n")
     if opened.is_dir:
         if not request.path.endswith("/"):  # relative links need the slash, like Go's
             raise web.HTTPMovedPermanently(request.path + "/")
@@ -84,7 +89,12 @@ async def _node_file(request: web.Request) -> web.StreamResponse:
     m = request.match_info
     if "node" in m:
         check_name("node", m["node"])
-    return await serve_node_file(request, m.get("file", ""))
+        return await serve_node_file(request, m["file"])
+    name = m["file"]
+    if "/" in name or name in (".", ".."):  # one segment names one file, nothing else
+        raise web.HTTPNotFound(text=f"no file {name[:64]!r}; directories and deeper files "
+                                    "are served at /api/v1/nodes/<node>/proxy/logs/\n")
+    return await serve_node_file(request, name, files_only=True)
 
 
 async def _node_logs_root(request: web.Request) -> web.StreamResponse:

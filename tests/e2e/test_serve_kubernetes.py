@@ -101,7 +101,9 @@ def test_annotated_pod_streams_are_rotated_served_and_finalised(tmp_path: Path) 
             # The last rotation leaves no whole event behind in the active file.
             wait_for(lambda: _live_bytes(directory) == 0, 15, "the final rotation")
             new_segments = 1 if live_before else 0
-            assert metric(port, "logvold_rotations_total", {"reason": "final"}) == new_segments
+            # The counter moves just after the commit the state file shows: poll for it.
+            wait_for(lambda: metric(port, "logvold_rotations_total", {"reason": "final"})
+                     == new_segments, 10, "the final rotation counted")
             segments_after = len(segments_of("app.log", os.listdir(directory)))
             assert segments_after == segments_before + new_segments
             report = verify(split_raw([_logvold_logs(port)], b"\n\n"), expected=range(COUNT + 20))
