@@ -19,6 +19,7 @@ import pytest
 from logvold import __version__
 from logvold.core.policy import KubernetesConfig, NodeLogQueryConfig, default_config
 from logvold.core.streams import StreamKey, StreamRegistry
+from tests.e2e.serve_support import wait_for
 from tests.support.api_server import RunningServer, get
 from tests.support.events import parse_event, split_raw
 from tests.support.streams import build_stream, make_events
@@ -192,3 +193,26 @@ def test_version_flag() -> None:
     out = subprocess.run([sys.executable, "-m", "logvold", "--version"], capture_output=True,
                          text=True, timeout=30, check=True)
     assert out.stdout == f"logvold {__version__}\n"
+
+
+def test_ending_kubectl_logs_follow_is_a_499_not_a_5xx(env: Env) -> None:
+    srv, kenv, _ = env
+    with subprocess.Popen([str(KUBECTL), "--server", srv.base, "logs", "-n", "shop", "db-0",
+                           "-f", "--tail=1"], env=kenv, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL) as proc:
+        try:
+            assert proc.stdout is not None
+            assert parse_event(proc.stdout.readline().rstrip(b"\n")) == 219
+        finally:
+            proc.kill()  # what Ctrl-C does to a follower
+            proc.wait(10)
+
+    def counted() -> dict[str, float]:
+        _, body, _ = get(srv.base + "/metrics")
+        from prometheus_client.parser import text_string_to_metric_families
+        return {s.labels["code"]: s.value for f in text_string_to_metric_families(body.decode())
+                for s in f.samples if s.name == "logvold_http_requests_total"
+                and s.labels.get("handler") == "kube_pod_log"}
+
+    wait_for(lambda: counted().get("499", 0) >= 1, 20, "the hang-up counted as 499")
+    assert not [c for c in counted() if c.startswith("5")]
