@@ -32,6 +32,7 @@ from logvold.core.selectors import (
     parse_label_selector,
 )
 from logvold.core.streams import StreamInfo
+from logvold.fileio.reader import ReadOptions
 from logvold.server.app import CONFIG_KEY, REGISTRY_KEY
 from logvold.server.logs import (
     BadRequest,
@@ -269,7 +270,7 @@ async def _pod_log(request: web.Request) -> web.StreamResponse:
     return await serve_kubelet_style(request, info, options, handler="pod_log")
 
 
-async def serve_kubelet_style(request: web.Request, info: StreamInfo, options: Any, *,
+async def serve_kubelet_style(request: web.Request, info: StreamInfo, options: ReadOptions, *,
                               handler: str) -> web.StreamResponse:
     """A stream with the kubelet's `limitBytes`: the first N bytes, an event may be cut."""
     limit = options.limit_bytes
