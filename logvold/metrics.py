@@ -63,19 +63,20 @@ class Metrics:
         self.build_info.info({"version": __version__})
         self.bytes_written = Counter(
             "logvold_bytes_written_total",
-            "Bytes of events written to streams by logvold writers.",
+            "Bytes written to streams; a foreign writer's are counted at each rotation, by "
+            "what the new segment holds.",
             _STREAM,
             registry=r,
         )
         self.events_written = Counter(
             "logvold_events_written_total",
-            "Whole events written by logvold writers.",
+            "Events written to streams (counted like the bytes: at each rotation).",
             _STREAM,
             registry=r,
         )
         self.events_split = Counter(
             "logvold_events_split_total",
-            "Events cut because they exceeded maxEventSize (0 below it).",
+            "Cuts of events longer than maxEventSize (counted at each rotation).",
             _STREAM,
             registry=r,
         )

@@ -114,5 +114,8 @@ def test_annotated_pod_streams_are_rotated_served_and_finalised(tmp_path: Path) 
             shutil.rmtree(pod_dir)  # what the kubelet does with the pod's emptyDirs
             wait_for(lambda: metric(port, "logvold_streams") == 0, 10, "the stream removed")
             assert _listing(port) == []
+            # ... and so are its series (a node's series count follows its pods).
+            _, scrape = http_get(f"http://127.0.0.1:{port}/metrics")
+            assert b'pod="web"' not in scrape
             assert daemon.stop() == 0
         assert "Traceback" not in daemon.log_text()
