@@ -20,7 +20,7 @@ commands:
   logs           read a container stream from a running daemon ([NS/]POD/CONTAINER)
   query          node log query (kubelet KEP-2258) against a running daemon
   check-config   validate a config file and print OK or every problem found
-  version        print the version
+  version        print the version (also `logvold --version`)
 
 `logvold <command> -h` shows the options of a command.
 """
@@ -77,6 +77,8 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "logs": _logs,
     "query": _query,
     "version": _version,
+    "--version": _version,
+    "-V": _version,
 }
 
 

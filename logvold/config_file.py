@@ -326,6 +326,8 @@ def _volume_tree(volume: VolumeSpec, defaults: LogPolicy) -> dict[str, Any]:
     out["namespace"] = volume.namespace
     if volume.max_total_size_bytes:
         out["maxTotalSize"] = _size_value(volume.max_total_size_bytes)
+    if volume.labels:
+        out["labels"] = dict(volume.labels)
     if volume.containers:
         containers = []
         for container in volume.containers:

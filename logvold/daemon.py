@@ -373,6 +373,7 @@ class Daemon:
                 self.workers.remove(info.key)
                 self.scheduler.remove(info.key)
                 self.changes.forget(info.key)  # its followers look, see it gone, end
+            self.metrics.remove_stream(info.key.namespace, info.key.pod, info.key.container)
             log.info("stream removed", extra={"stream": str(info.key)})
         else:
             if not self._lock_stream(info):
@@ -381,6 +382,7 @@ class Daemon:
                     self.scheduler.remove(info.key)
                 return
             self._path_index[str(info.active_path)] = info.key
+            self.metrics.add_stream(info.key.namespace, info.key.pod, info.key.container)
             self.workers.put(info, self._volume_root(info))
             if info.source != "static" and old is None:
                 self._rescan.set()  # watch its directory soon, not at the next full pass

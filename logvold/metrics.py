@@ -2,16 +2,53 @@
 
 One `Metrics` object per process owns its own CollectorRegistry, so tests can
 build several without clashing, and components receive it explicitly.
+
+Label values that alerts count with `increase()` exist at 0 before the first
+event (a series born at 1 shows no increase, so the first failure would never
+alert): the closed sets below at start, and each stream's series when the
+stream is added (`add_stream`); `remove_stream` deletes a stream's series so a
+node's series count follows its pods. `_created` series are off (they double
+every counter and no rule reads them); process and platform collectors are on.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from logvold import __version__
 
 _STREAM = ("namespace", "pod", "container")
+
+#: `error` values of logvold_rotation_failures_total (workers map anything else to "internal").
+ROTATION_ERRORS = ("io", "not-regular", "reopen", "unsafe", "internal")
+#: `reason` values of logvold_truncations_total.
+TRUNCATION_REASONS = ("maxAge", "maxFiles", "maxTotalSize", "budget", "writer", "retention")
+#: `reason` values of logvold_bytes_freed_total.
+FREED_REASONS = ("rotate", "delete", "trim", "truncate")
+#: `result` values of logvold_config_reloads_total.
+RELOAD_RESULTS = ("success", "error")
+#: `source` values of logvold_watch_errors_total.
+WATCH_SOURCES = ("inotify", "static", "kubernetes", "annotation")
+#: `algorithm` values of logvold_compressions_total.
+COMPRESSION_ALGORITHMS = ("gzip", "zstd")
+#: `handler` values of logvold_bytes_served_total / logvold_events_served_total.
+SERVING_HANDLERS = ("logs", "pod_log", "container_logs", "nodelog")
+#: HTTP code recorded when the client hung up before the response ended (nginx's 499).
+CLIENT_CLOSED_REQUEST = 499
+
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
@@ -19,23 +56,27 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        # process_* (memory, fds, CPU: the DaemonSet sets limits) and python_info.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         self.build_info = Info("logvold_build", "Version of the running logvold.", registry=r)
         self.build_info.info({"version": __version__})
         self.bytes_written = Counter(
             "logvold_bytes_written_total",
-            "Bytes of events written to streams by logvold writers.",
+            "Bytes written to streams; a foreign writer's are counted at each rotation, by "
+            "what the new segment holds.",
             _STREAM,
             registry=r,
         )
         self.events_written = Counter(
             "logvold_events_written_total",
-            "Whole events written by logvold writers.",
+            "Events written to streams (counted like the bytes: at each rotation).",
             _STREAM,
             registry=r,
         )
         self.events_split = Counter(
             "logvold_events_split_total",
-            "Events cut because they exceeded maxEventSize (0 below it).",
+            "Cuts of events longer than maxEventSize (counted at each rotation).",
             _STREAM,
             registry=r,
         )
@@ -135,6 +176,78 @@ class Metrics:
             registry=r,
         )
 
+        for result in RELOAD_RESULTS:
+            self.reloads.labels(result)
+        for source in WATCH_SOURCES:
+            self.watch_errors.labels(source)
+        for algorithm in COMPRESSION_ALGORITHMS:
+            self.compressions.labels(algorithm)
+        for handler in SERVING_HANDLERS:
+            self.bytes_served.labels(handler)
+            self.events_served.labels(handler)
+
+    def _per_stream(self) -> tuple[tuple[Counter | Gauge, tuple[str, ...]], ...]:
+        """Every metric labelled by stream, with its label names in declaration order."""
+        return ((self.bytes_written, _STREAM), (self.events_written, _STREAM),
+                (self.events_split, _STREAM), (self.lost_bytes, _STREAM),
+                (self.segments, _STREAM), (self.disk_usage, _STREAM),
+                (self.rotations, (*_STREAM, "reason", "strategy")),
+                (self.rotation_failures, (*_STREAM, "error")),
+                (self.truncations, (*_STREAM, "reason")),
+                (self.bytes_freed, (*_STREAM, "reason")))
+
+    def add_stream(self, namespace: str, pod: str, container: str) -> None:
+        """Create a new stream's counted series at 0 (idempotent: existing values stay)."""
+        key = (namespace, pod, container)
+        for metric in (self.bytes_written, self.events_written, self.events_split,
+                       self.lost_bytes, self.segments, self.disk_usage):
+            metric.labels(*key)
+        for error in ROTATION_ERRORS:
+            self.rotation_failures.labels(*key, error)
+        for reason in TRUNCATION_REASONS:
+            self.truncations.labels(*key, reason)
+
+    def remove_stream(self, namespace: str, pod: str, container: str) -> None:
+        """Delete every series of a stream that went away (any extra label values)."""
+        key = (namespace, pod, container)
+        for metric, names in self._per_stream():
+            for values in _label_sets(metric, names):
+                if values[:3] == key:
+                    metric.remove(*values)
+
+    def observe_written(self, namespace: str, pod: str, container: str, *, nbytes: int,
+                        events: int, split: int) -> None:
+        """Bytes and whole events a writer put into a stream (a foreign writer's are seen
+        when a rotation cuts them), and events cut at maxEventSize."""
+        key = (namespace, pod, container)
+        self.bytes_written.labels(*key).inc(max(nbytes, 0))
+        self.events_written.labels(*key).inc(max(events, 0))
+        self.events_split.labels(*key).inc(max(split, 0))
+
+    def stream_totals(self) -> dict[tuple[str, str, str], dict[str, float]]:
+        """Per stream: `rotations` and `failures` so far (for the status page)."""
+        out: dict[tuple[str, str, str], dict[str, float]] = {}
+        for name, metric in (("rotations", self.rotations), ("failures", self.rotation_failures)):
+            for family in metric.collect():
+                for sample in family.samples:
+                    if not sample.name.endswith("_total"):
+                        continue
+                    key = (sample.labels.get("namespace", ""), sample.labels.get("pod", ""),
+                           sample.labels.get("container", ""))
+                    totals = out.setdefault(key, {"rotations": 0.0, "failures": 0.0})
+                    totals[name] += sample.value
+        return out
+
     def exposition(self) -> tuple[bytes, str]:
         """The classic text format (promtool rejects OpenMetrics) and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _label_sets(metric: Counter | Gauge, names: tuple[str, ...]) -> Iterable[tuple[str, ...]]:
+    """The label value tuples a labelled metric has children for (public collect() API)."""
+    seen: set[tuple[str, ...]] = set()
+    for family in metric.collect():
+        for sample in family.samples:
+            seen.add(tuple(sample.labels.get(n, "") for n in names))
+    return seen
+

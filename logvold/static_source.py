@@ -245,7 +245,8 @@ class StaticSource:
               policy: LogPolicy, root: Path) -> StreamInfo:
         return StreamInfo(key=StreamKey(volume.namespace, pod, container), directory=directory,
                           base=base, policy=policy, volume=volume.name, source=SOURCE,
-                          annotations=dict(policy.annotations), root=root)
+                          annotations=dict(policy.annotations), root=root,
+                          labels=dict(volume.labels))
 
     def _report_problems(self, report: ScanReport, scanned: set[str]) -> None:
         problems = report.problems

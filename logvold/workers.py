@@ -315,7 +315,8 @@ class StreamWorkers:
                                                    "unsafe").inc()
         elif self._metrics is not None and not isinstance(exc, StreamError):
             k = slot.info.key
-            self._metrics.rotation_failures.labels(k.namespace, k.pod, k.container, kind).inc()
+            self._metrics.rotation_failures.labels(k.namespace, k.pod, k.container,
+                                                   "internal").inc()  # a closed label set
         signature = f"{what}:{kind}:{exc}"
         if slot.failing != signature:  # log once per distinct failure, not per retry
             slot.failing = signature

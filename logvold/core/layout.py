@@ -1,9 +1,12 @@
 """On-disk names of a stream: the active file, its segments and its state file.
 
-Segments are `<name>.log.<YYYYMMDD-HHMMSS>[.<NNNN>][.gz|.zst]` in UTC. The
-sequence number is zero-padded to four digits so that, once the compression
-suffix is stripped, plain lexical order is time order, and a second, third ...
-rotation within one second never collides with the first.
+Segments are `<name>.log.<YYYYMMDD-HHMMSS>.<NNNN>[.gz|.zst]` in UTC. Every
+new name carries its sequence number (the first rotation of a second is
+`.0001`), zero-padded to four digits, so that plain lexical order (`ls`) is
+time order even when some segments are compressed, and a second, third ...
+rotation within one second never collides with the first. Names written by
+older versions without the number (`<stamp>[.gz|.zst]`) are still read: they
+are sequence 0, before any numbered segment of the same second.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ COMPRESSION_SUFFIXES: dict[str, Compression] = {"gz": "gz", "zst": "zst"}
 STATE_DIR_NAME = ".logvold"
 _STAMP_FORMAT = "%Y%m%d-%H%M%S"
 _SEQ_WIDTH = 4
+#: Sequence number of the first segment of a second (0 is an old name without a number).
+FIRST_SEQ = 1
 _SEGMENT_SUFFIX_RE = re.compile(r"^\.(\d{8}-\d{6})(?:\.(\d{4,}))?(?:\.(gz|zst))?$")
 
 
@@ -31,7 +36,8 @@ class SegmentName:
     stamp: datetime
     """UTC second in which the segment was closed."""
     seq: int
-    """0 for the first rotation in that second, then 1, 2, ..."""
+    """1 for the first rotation in that second, then 2, 3, ...; 0 only for a name of an
+    older version without the number (read, never written)."""
     base: str
     """The active file's name, e.g. `app.log`."""
     compression: Compression = ""
@@ -70,7 +76,7 @@ def parse_segment_name(base: str, filename: str) -> SegmentName | None:
         return None
     seq = int(m.group(2)) if m.group(2) else 0
     if m.group(2) and seq == 0:
-        return None  # `.0000` is never written: seq 0 has no number
+        return None  # `.0000` is never written: seq 0 is an old name without a number
     compression = COMPRESSION_SUFFIXES.get(m.group(3) or "", "")
     return SegmentName(stamp=stamp, seq=seq, base=base, compression=compression)
 
@@ -102,7 +108,7 @@ def next_segment_name(base: str, now: datetime, existing: Iterable[SegmentName])
     newest: SegmentName | None = max(existing, default=None)
     if newest is not None and newest.stamp >= stamp:
         return SegmentName(stamp=newest.stamp, seq=newest.seq + 1, base=base)
-    return SegmentName(stamp=stamp, seq=0, base=base)
+    return SegmentName(stamp=stamp, seq=FIRST_SEQ, base=base)
 
 
 def state_file_name(base: str) -> str:

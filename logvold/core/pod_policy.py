@@ -205,8 +205,22 @@ def empty_dir_path(kubelet_root: str, pod_uid: str, volume: str) -> Path:
     return Path(kubelet_root, "pods", pod_uid, "volumes", EMPTY_DIR_PLUGIN, volume)
 
 
+MAX_POD_LABELS = 256
+"""Labels kept per pod (the API server validates them; this bounds memory anyway)."""
+
+
+def pod_labels(pod: Mapping[str, Any]) -> dict[str, str]:
+    """metadata.labels of a pod object: string keys and values only, bounded."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    if not isinstance(labels, Mapping):
+        return {}
+    return {k: v for k, v in list(labels.items())[:MAX_POD_LABELS]
+            if isinstance(k, str) and isinstance(v, str) and len(k) <= 317 and len(v) <= 63}
+
+
 def stream_infos(
-    pod: PodRef, specs: Sequence[PodStreamSpec], *, kubelet_root: str
+    pod: PodRef, specs: Sequence[PodStreamSpec], *, kubelet_root: str,
+    labels: Mapping[str, str] | None = None,
 ) -> tuple[StreamInfo, ...]:
     """The registry entries of a pod's accepted specs."""
     infos = []
@@ -224,6 +238,7 @@ def stream_infos(
                 annotations=dict(s.policy.annotations),
                 pod_uid=pod.uid,
                 root=volume_dir,
+                labels=dict(labels or {}),
             )
         )
     return tuple(sorted(infos, key=lambda i: i.key))
@@ -259,7 +274,7 @@ def evaluate_pod(
     problems = bad_names or check_specs_against_pod(specs, pod, file=file, lines=lines)
     if problems:
         return PodStreams(pod=ref, annotation=text, problems=tuple(problems))
-    streams = stream_infos(ref, specs, kubelet_root=kubelet_root)
+    streams = stream_infos(ref, specs, kubelet_root=kubelet_root, labels=pod_labels(pod))
     return PodStreams(pod=ref, annotation=text, streams=streams)
 
 

@@ -138,6 +138,8 @@ class VolumeSpec:
     """Streams of the volume; () = every *.log in path/<defaults.subDir>, defaults policy."""
     max_total_size_bytes: int = 0
     """Budget in bytes over all streams of the volume; 0 = unlimited."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """Labels of the pod the streams are served as (`kubectl get pods -l`, `logs -l`)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -859,7 +861,8 @@ class _Reader:
 
     def volume(self, value: object, path: KeyPath, defaults: LogPolicy) -> VolumeSpec | None:
         entries = self.mapping(
-            value, path, ("name", "path", "pod", "namespace", "maxTotalSize", "containers")
+            value, path,
+            ("name", "path", "pod", "namespace", "maxTotalSize", "containers", "labels")
         )
         if entries is None:
             return None
@@ -887,6 +890,10 @@ class _Reader:
             fields["containers"] = self.containers(
                 entries["containers"], (*path, "containers"), defaults
             )
+        if "labels" in entries:
+            labels = self.string_map(entries["labels"], (*path, "labels"))
+            if isinstance(labels, dict):
+                fields["labels"] = labels
         if len(self.problems) > before:
             return None
         return VolumeSpec(**fields)

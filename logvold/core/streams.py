@@ -49,6 +49,9 @@ class StreamInfo:
     emptyDir for discovered streams, the configured path for static ones). Every file
     operation walks from it without following symlinks (`fileio.safedir`). None: the
     stream's own directory is its root (logvold's own writers)."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """The pod's labels (discovery: metadata.labels; static: the volume's `labels`), for
+    kubectl's label selectors (`kubectl logs -l app=web`)."""
 
     @property
     def active_path(self) -> Path:

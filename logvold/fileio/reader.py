@@ -11,9 +11,10 @@ Semantics worth knowing:
 - tailLines=N: the N newest events passing the other filters, newest by where they end.
 - since/until for cri/json-file use the event time (its first fragment) and assume times
   are near-monotonic within a file (binary search; reading stops at the first event after
-  untilTime). raw events carry no time: since skips whole segments closed before it (the
-  name stamp is the close time), until skips sources opened after it, and timestamps=true
-  adds nothing.
+  untilTime). raw events carry no time: since works at segment granularity, skipping
+  whole segments last written before it (the earlier of their mtime and the name stamp,
+  the close time) and the active file's events when it too was last written before it; until
+  skips sources opened after it, and timestamps=true adds nothing.
 - pattern (RE2) is searched in the message without its trailing delimiter.
 - follow survives punch (a follower behind the committed offset re-reads the bytes from
   the segments the state names), collapse, compression of those segments, rename (drain
@@ -37,6 +38,7 @@ from typing import Any, Literal
 
 import re2  # google-re2: linear time, no catastrophic backtracking
 
+from logvold.core.framing import last_boundary_backward
 from logvold.core.layout import SegmentName, segments_of
 from logvold.core.streams import StreamInfo
 from logvold.errors import StateError
@@ -61,6 +63,7 @@ from logvold.fileio.reader_events import (
     reverse_records,
     skip_bytes,
 )
+from logvold.fileio.safedir import SafeDir
 from logvold.fileio.state import StreamState
 
 __all__ = ["CHUNK_BYTES", "MAX_PATTERN_LENGTH", "FileRegion", "ReadOptions", "StreamFilter",
@@ -506,9 +509,13 @@ class StreamReader:
             for i, src in enumerate(sources[:-1]):
                 assert src.name is not None
                 closed_ns = (calendar.timegm(src.name.stamp.utctimetuple()) + 1) * 1_000_000_000
+                if self.fmt == "raw":
+                    closed_ns = self._last_write_ns(src.name, closed_ns)
                 if closed_ns > o.since_ns:
                     break
                 first = i + 1
+            if self.fmt == "raw" and first == len(sources) - 1 and o.tail_events is None:
+                return self._raw_since_active(first, active)
         if o.tail_events is not None:
             return self._tail_start(sources, first, active, o.tail_events)
         if o.since_ns is not None and self.fmt != "raw":
@@ -531,6 +538,35 @@ class StreamReader:
                     finally:
                         os.close(fd)
         return _Start(first)
+
+    def _last_write_ns(self, name: SegmentName, closed_ns: int) -> int:
+        """A raw segment's last write time: the earlier of its close time and its mtime (the
+        rotator stamps a copied segment with the active file's mtime at the cut)."""
+        d: SafeDir | None = self.files.directory()
+        try:
+            st = d.lstat(name.filename) if d is not None else None
+        except OSError:
+            st = None
+        if st is None:
+            return closed_ns
+        mtime = st.st_mtime_ns
+        return min(closed_ns, mtime)
+
+    def _raw_since_active(self, index: int, active: ActiveCursor) -> _Start:
+        """raw, every segment older than `since`: when the active file was last written
+        before it too, start after its last whole event (only newer bytes are served)."""
+        assert self.options.since_ns is not None
+        fd = active.fd
+        if fd is None:
+            return _Start(index)
+        st = os.fstat(fd)
+        if st.st_mtime_ns >= self.options.since_ns:
+            return _Start(index)  # segment granularity: the whole live part
+        end = last_boundary_backward(lambda off, n: os.pread(fd, n, off), active.physical_start,
+                                     st.st_size, "raw", self.delimiter, 2**62)
+        if end is None:
+            return _Start(index)
+        return _Start(index, end + active.collapsed)
 
     def _since_start_plain(self, index: int, fd: int | None, lo: int, hi: int,
                            shift: int) -> _Start:

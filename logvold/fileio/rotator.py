@@ -126,6 +126,8 @@ class RotationResult:
     """Bytes removed from the active file's head by COLLAPSE_RANGE in this rotation."""
     lost_bytes: int = 0
     """copytruncate only: bytes written after the copy, gone with the truncate."""
+    last_write_ns: int = 0
+    """The active file's mtime at the cut (0: the segment keeps its own, rename)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -249,8 +251,21 @@ class StreamRotator:
                 self.metrics.rotations.labels(*self._labels, reason, result.strategy).inc()
                 if result.bytes_freed:
                     self.metrics.bytes_freed.labels(*self._labels, "rotate").inc(result.bytes_freed)
+            self._after_cut(result)  # after the counters: they move right at the commit
             self._update_gauges()
         return result
+
+    def _after_cut(self, result: RotationResult) -> None:
+        """Stamp the segment with its last write time; count its bytes and events."""
+        from logvold.fileio.segment_stats import count_segment, stamp_last_write
+
+        with contextlib.suppress(OSError, StreamError), self._opened() as d:
+            stamp_last_write(d, result.segment, result.last_write_ns)
+            if self.metrics:
+                n = count_segment(d, result.segment, result.logical_end - result.logical_start,
+                                  self.policy)
+                self.metrics.observe_written(*self._labels, nbytes=n.nbytes, events=n.events,
+                                            split=n.split)
 
     def needs_rotation(self) -> str | None:
         """"size" | "period" | None, from stat() calls only."""
@@ -681,12 +696,13 @@ class StreamRotator:
             self._abort(d, state, name.stem, e)
         state = self._save(state.with_(
             committed_offset=end, intent=None,
-            segments=self._records(state, SegmentRecord(name.stem, start, end))))
+            segments=self._records(state, SegmentRecord(
+                name.stem, start, end, _previous_cut_ns(state, start), st.st_mtime_ns))))
         freed = self._punch(fd, st, p, b)
         collapsed = self._maybe_collapse(fd, state)
         return RotationResult(reason=reason, strategy="punch", segment=name.stem,
                               logical_start=start, logical_end=end, bytes_freed=freed,
-                              collapsed_bytes=collapsed)
+                              collapsed_bytes=collapsed, last_write_ns=st.st_mtime_ns)
 
     def _maybe_collapse(self, fd: int, state: StreamState) -> int:
         mode = self.policy.collapse
@@ -815,7 +831,8 @@ class StreamRotator:
             if self.metrics:
                 self.metrics.lost_bytes.labels(*self._labels).inc(lost)
         return RotationResult(reason=reason, strategy="copytruncate", segment=name.stem,
-                              logical_start=start, logical_end=end, lost_bytes=max(lost, 0))
+                              logical_start=start, logical_end=end, lost_bytes=max(lost, 0),
+                              last_write_ns=st.st_mtime_ns)
 
     # ------------------------------------------------------------------ retention
 
@@ -1067,3 +1084,9 @@ class StreamRotator:
 
 
 __all__ = ["STATE_DIR_NAME", "RetentionResult", "RotationResult", "StreamRotator", "utcnow"]
+
+
+def _previous_cut_ns(state: StreamState, start: int) -> int:
+    """The last write time of the segment cut just before logical `start`, else 0."""
+    prev = state.segments[-1] if state.segments else None
+    return prev.last_write_ns if prev is not None and prev.logical_end == start else 0

@@ -28,11 +28,18 @@ STATE_CAP_BYTES = 64 * 1024
 
 
 class SegmentRecord(NamedTuple):
-    """A segment cut from the state's inode: which logical bytes of the active file it holds."""
+    """A segment cut from the state's inode: which logical bytes of the active file it holds,
+    and when they were written (UNIX ns; 0 = unknown): raw streams have no event times,
+    so `sinceTime` works at segment granularity from these bounds."""
 
     stem: str
     logical_start: int
     logical_end: int
+    first_write_ns: int = 0
+    """The active file's mtime at the previous cut of this inode: its later bytes (all of
+    this segment but an event already open then) were written after it."""
+    last_write_ns: int = 0
+    """The active file's mtime at this cut: no byte of the segment is newer."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,7 +77,9 @@ class StreamState:
             "committed_offset": self.committed_offset,
             "collapsed_bytes": self.collapsed_bytes,
             "segments": [
-                {"stem": s.stem, "logical_start": s.logical_start, "logical_end": s.logical_end}
+                {"stem": s.stem, "logical_start": s.logical_start, "logical_end": s.logical_end,
+                 **({"first_write_ns": s.first_write_ns, "last_write_ns": s.last_write_ns}
+                    if s.last_write_ns else {})}
                 for s in self.segments[-MAX_SEGMENT_RECORDS:]
             ],
             "intent": dict(self.intent) if self.intent is not None else None,
@@ -157,7 +166,9 @@ def _from_json(tree: Any) -> StreamState:
     for item in records:
         if not isinstance(item, dict) or not isinstance(item.get("stem"), str):
             raise TypeError(f"bad segment record {item!r}")
-        rec = SegmentRecord(item["stem"], _int(item, "logical_start"), _int(item, "logical_end"))
+        rec = SegmentRecord(item["stem"], _int(item, "logical_start"), _int(item, "logical_end"),
+                            _int(item, "first_write_ns") if "first_write_ns" in item else 0,
+                            _int(item, "last_write_ns") if "last_write_ns" in item else 0)
         if rec.logical_end < rec.logical_start:
             raise ValueError(f"segment record {rec.stem} ends before it starts")
         segments.append(rec)

@@ -26,7 +26,7 @@ from logvold.changes import StreamChanges
 from logvold.core.policy import Config
 from logvold.core.streams import StreamRegistry
 from logvold.errors import LogvoldError, UsageError
-from logvold.metrics import Metrics
+from logvold.metrics import CLIENT_CLOSED_REQUEST, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,10 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
         if _wants_json(request):
             return _status_json(400, "Bad Request", str(e))
         raise web.HTTPBadRequest(text=f"{e}\n") from e
-    except (ConnectionResetError, BrokenPipeError):
-        code = 499  # the client went away mid-response (nginx's convention)
+    except (ConnectionResetError, BrokenPipeError, asyncio.CancelledError):
+        # The client went away (aiohttp cancels the handler of a closed connection, e.g.
+        # the end of `kubectl logs -f`): nginx's 499, never a 5xx that error alerts count.
+        code = CLIENT_CLOSED_REQUEST
         raise
     except LogvoldError as e:
         log.error("request %s %s failed: %s", request.method, request.path, e)
@@ -146,7 +148,7 @@ def build_app(*, config: Config, registry: StreamRegistry, metrics: Metrics,
               changes: StreamChanges | None = None) -> web.Application:
     """The whole HTTP API over `registry`; nothing runs until start_server().
     `changes`: the daemon's per-stream change notices (None: followers poll)."""
-    from logvold.server import kubeapi, logs
+    from logvold.server import kubeapi, kubelet_paths, logs, status
     from logvold.server.access import make_access_middleware
     from logvold.server.limits import (
         LIMITS_KEY,
@@ -180,7 +182,9 @@ def build_app(*, config: Config, registry: StreamRegistry, metrics: Metrics,
     else:
         nodelog.add_node_log_routes(app, config.node_log_query, metrics)
     logs.add_routes(app)
+    kubelet_paths.add_routes(app)  # before kubeapi's /api/... catch-all
     kubeapi.add_routes(app)
+    status.add_routes(app)
     app.router.add_get("/metrics", _metrics_handler, name="metrics")
     app.router.add_get("/healthz", _healthz, name="healthz")
     app.router.add_get("/readyz", _readyz, name="readyz")

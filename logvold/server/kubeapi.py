@@ -1,5 +1,11 @@
 """Just enough of the Kubernetes API for `kubectl --server=http://node:port logs` and
-`kubectl get --raw`: discovery, a minimal Pod per registered pod, and pods/log.
+`kubectl get --raw`: discovery, a minimal Pod per registered pod (with its labels and
+this node's name), pod lists with label and field selectors (one namespace or all:
+`kubectl get pods -A`, `kubectl logs -l app=web`), namespaces, and pods/log.
+
+pods/log follows the kubelet's byte semantics for `limitBytes`: the first N bytes,
+even when that cuts an event (logvold's own `/logs/...` API keeps events whole).
+Lists answer kubectl's Table request (`kubectl get` columns) as well as plain JSON.
 
 `previous=true` is a 400: logvold keeps one stream per container name, not one per
 container instance, so there is no "previous container" to serve.
@@ -7,14 +13,27 @@ container instance, so there is no "previous container" to serve.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import os
+import socket
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from logvold import __version__
+from logvold.core.selectors import (
+    FieldSelector,
+    LabelSelector,
+    SelectorError,
+    parse_field_selector,
+    parse_label_selector,
+)
 from logvold.core.streams import StreamInfo
-from logvold.server.app import REGISTRY_KEY
+from logvold.fileio.reader import ReadOptions
+from logvold.server.app import CONFIG_KEY, REGISTRY_KEY
 from logvold.server.logs import (
     BadRequest,
     check_name,
@@ -56,16 +75,20 @@ async def _api_v1(request: web.Request) -> web.Response:
             {"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod",
              "verbs": ["get"]},
             {"name": "namespaces", "singularName": "namespace", "namespaced": False,
-             "kind": "Namespace", "verbs": ["get"], "shortNames": ["ns"]},
+             "kind": "Namespace", "verbs": ["get", "list"], "shortNames": ["ns"]},
         ]})
+
+
+def _namespace_object(ns: str) -> dict[str, Any]:
+    return {"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": ns},
+            "status": {"phase": "Active"}}
 
 
 async def _namespace(request: web.Request) -> web.Response:
     """kubectl asks for the namespace after a pod 404, to word its error."""
     ns = request.match_info["namespace"]
     if any(i.key.namespace == ns for i in request.app[REGISTRY_KEY].snapshot()):
-        return web.json_response({"kind": "Namespace", "apiVersion": "v1",
-                                  "metadata": {"name": ns}, "status": {"phase": "Active"}})
+        return web.json_response(_namespace_object(ns))
     return status(404, "NotFound", f'namespaces "{ns[:253]}" not found', name=ns[:253],
                   kind="namespaces")
 
@@ -85,16 +108,24 @@ def _containers(request: web.Request, namespace: str, pod: str) -> list[StreamIn
     return request.app[REGISTRY_KEY].find(namespace, pod)
 
 
-def pod_object(namespace: str, pod: str, streams: list[StreamInfo]) -> dict[str, Any]:
+def pod_object(namespace: str, pod: str, streams: list[StreamInfo],
+               node_name: str = "") -> dict[str, Any]:
     """A minimal Pod: what kubectl reads before asking for logs."""
     uid = next((s.pod_uid for s in streams if s.pod_uid), "") or str(
         uuid.uuid5(_POD_UID_NAMESPACE, f"{namespace}/{pod}"))
     names = [s.key.container for s in streams]
+    labels: dict[str, str] = {}
+    for s in streams:
+        labels.update(s.labels)
+    spec: dict[str, Any] = {"containers": [{"name": n, "image": "logvold/stream"}
+                                           for n in names]}
+    if node_name:
+        spec["nodeName"] = node_name
     return {
         "kind": "Pod", "apiVersion": "v1",
-        "metadata": {"name": pod, "namespace": namespace, "uid": uid,
+        "metadata": {"name": pod, "namespace": namespace, "uid": uid, "labels": labels,
                      "annotations": dict(streams[0].annotations) if streams else {}},
-        "spec": {"containers": [{"name": n, "image": "logvold/stream"} for n in names]},
+        "spec": spec,
         "status": {"phase": "Running",
                    "containerStatuses": [{"name": n, "ready": True, "restartCount": 0,
                                           "image": "logvold/stream", "imageID": "",
@@ -110,21 +141,101 @@ async def _pod(request: web.Request) -> web.Response:
         return status(400, "BadRequest", str(e))
     if not streams:
         return status(404, "NotFound", f'pods "{pod}" not found', name=pod)
-    return web.json_response(pod_object(ns, pod, streams))
+    return web.json_response(pod_object(ns, pod, streams, node_name(request)))
+
+
+def node_name(request: web.Request) -> str:
+    """This node's name as discovery uses it (config, else $NODE_NAME, else the host name)."""
+    configured = request.app[CONFIG_KEY].kubernetes.node_name
+    return configured or os.environ.get("NODE_NAME", "") or socket.gethostname()
+
+
+POD_FIELDS = ("metadata.name", "metadata.namespace", "spec.nodeName", "status.phase")
+NAMESPACE_FIELDS = ("metadata.name", "status.phase")
+
+
+def _field(obj: dict[str, Any], path: str) -> str:
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part, "") if isinstance(value, dict) else ""
+    return str(value)
+
+
+def _selectors(request: web.Request,
+               fields: tuple[str, ...]) -> tuple[LabelSelector, FieldSelector]:
+    q = request.query
+    for name in ("labelSelector", "fieldSelector"):
+        if len(q.getall(name, [])) > 1:
+            raise SelectorError(f"{name} given more than once")
+    return (parse_label_selector(q.get("labelSelector", "")),
+            parse_field_selector(q.get("fieldSelector", ""), fields))
+
+
+def _wants_table(request: web.Request) -> bool:
+    return "as=Table" in request.headers.get("Accept", "")
+
+
+def _table(columns: list[tuple[str, str]], items: list[dict[str, Any]],
+           cells: Callable[[dict[str, Any]], list[Any]]) -> web.Response:
+    """kubectl get's server-side printing: a meta.k8s.io Table with the objects' metadata."""
+    return web.json_response({
+        "kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {},
+        "columnDefinitions": [{"name": n, "type": t, "format": "name" if n == "Name" else "",
+                               "description": "", "priority": 0} for n, t in columns],
+        "rows": [{"cells": cells(o), "object": {
+            "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+            "metadata": o["metadata"]}} for o in items],
+    })
 
 
 async def _pods(request: web.Request) -> web.Response:
-    ns = request.match_info["namespace"]
+    """Pods of one namespace, or of all (`/api/v1/pods`, `kubectl get pods -A`)."""
+    ns = request.match_info.get("namespace")
     try:
-        check_name("namespace", ns)
-    except BadRequest as e:
+        if ns is not None:
+            check_name("namespace", ns)
+        labels, fields = _selectors(request, POD_FIELDS)
+    except ValueError as e:
         return status(400, "BadRequest", str(e))
-    pods: dict[str, list[StreamInfo]] = {}
+    pods: dict[tuple[str, str], list[StreamInfo]] = {}
     for info in request.app[REGISTRY_KEY].snapshot():
-        if info.key.namespace == ns:
-            pods.setdefault(info.key.pod, []).append(info)
+        if ns is None or info.key.namespace == ns:
+            pods.setdefault((info.key.namespace, info.key.pod), []).append(info)
+    node = node_name(request)
+    items = []
+    for (n, p), s in sorted(pods.items()):
+        obj = pod_object(n, p, s, node)
+        if labels.matches(obj["metadata"]["labels"]) and fields.matches(
+                functools.partial(_field, obj)):
+            items.append(obj)
+    if _wants_table(request):
+        return _table([("Name", "string"), ("Ready", "string"), ("Status", "string"),
+                       ("Restarts", "string"), ("Age", "string")], items,
+                      lambda o: [o["metadata"]["name"],
+                                 f"{len(o['spec']['containers'])}/"
+                                 f"{len(o['spec']['containers'])}",
+                                 "Running", "0", "<unknown>"])
     return web.json_response({"kind": "PodList", "apiVersion": "v1", "metadata": {},
-                              "items": [pod_object(ns, p, s) for p, s in sorted(pods.items())]})
+                              "items": items})
+
+
+async def _namespaces(request: web.Request) -> web.Response:
+    """Namespaces that hold a registered stream (`kubectl get ns`)."""
+    try:
+        labels, fields = _selectors(request, NAMESPACE_FIELDS)
+    except ValueError as e:
+        return status(400, "BadRequest", str(e))
+    names = sorted({i.key.namespace for i in request.app[REGISTRY_KEY].snapshot()})
+    items = []
+    for n in names:
+        obj = _namespace_object(n)
+        if labels.matches({}) and fields.matches(functools.partial(_field, obj)):
+            items.append(obj)
+    if _wants_table(request):
+        return _table([("Name", "string"), ("Status", "string"), ("Age", "string")], items,
+                      lambda o: [o["metadata"]["name"], "Active", "<unknown>"])
+    return web.json_response({"kind": "NamespaceList", "apiVersion": "v1", "metadata": {},
+                              "items": items})
 
 
 async def _pod_log(request: web.Request) -> web.StreamResponse:
@@ -156,7 +267,15 @@ async def _pod_log(request: web.Request) -> web.StreamResponse:
         options = parse_read_options(query)
     except ValueError as e:  # BadRequest and invalid patterns
         return status(400, "BadRequest", str(e), name=pod)
-    return await serve_stream(request, info, options, handler="pod_log")
+    return await serve_kubelet_style(request, info, options, handler="pod_log")
+
+
+async def serve_kubelet_style(request: web.Request, info: StreamInfo, options: ReadOptions, *,
+                              handler: str) -> web.StreamResponse:
+    """A stream with the kubelet's `limitBytes`: the first N bytes, an event may be cut."""
+    limit = options.limit_bytes
+    return await serve_stream(request, info, dataclasses.replace(options, limit_bytes=None),
+                              handler=handler, byte_limit=limit)
 
 
 def add_routes(app: web.Application) -> None:
@@ -169,6 +288,8 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/v1/", _api_v1, name="kube_api_v1_slash")
     r.add_get("/version", _version, name="kube_version")
     r.add_get("/api/v1/namespaces/{namespace}/pods", _pods, name="kube_pods")
+    r.add_get("/api/v1/pods", _pods, name="kube_pods_all")
+    r.add_get("/api/v1/namespaces", _namespaces, name="kube_namespaces")
     r.add_get("/api/v1/namespaces/{namespace}/pods/{pod}", _pod, name="kube_pod")
     r.add_get("/api/v1/namespaces/{namespace}/pods/{pod}/log", _pod_log, name="kube_pod_log",
               allow_head=False)

@@ -279,9 +279,11 @@ def _client_gone(request: web.Request) -> bool:
 
 
 async def stream_reader(request: web.Request, reader: StreamReader, *, handler: str,
-                        content_type: str = "text/plain") -> web.StreamResponse:
+                        content_type: str = "text/plain",
+                        byte_limit: int | None = None) -> web.StreamResponse:
     """Send what `reader` yields, chunk by chunk, until it ends, the client leaves or the
-    server shuts down. Errors after the headers went out end the body early (logged)."""
+    server shuts down. Errors after the headers went out end the body early (logged).
+    `byte_limit`: stop after that many bytes, even mid-event (the kubelet's limitBytes)."""
     app = request.app
     metrics = app[METRICS_KEY]
     executor = app[EXECUTOR_KEY]
@@ -322,7 +324,10 @@ async def stream_reader(request: web.Request, reader: StreamReader, *, handler: 
         chunk = first
         seen = before_first
         while chunk is not None:
-            if isinstance(chunk, FileRegion):
+            if chunk and not isinstance(chunk, FileRegion) and byte_limit is not None:
+                chunk = chunk[:byte_limit]
+                byte_limit -= len(chunk)
+            if isinstance(chunk, FileRegion):  # never with a byte_limit (see serve_stream)
                 await _send_region(request, response, chunk)
                 bytes_served.inc(chunk.count)
             elif chunk:
@@ -334,7 +339,7 @@ async def stream_reader(request: web.Request, reader: StreamReader, *, handler: 
                 reader.more_ready = False
             else:  # caught up: wait (cheaply, no thread) until the files change
                 await _wait_for_change(reader, seen, stop, changes)
-            if _client_gone(request):
+            if _client_gone(request) or byte_limit == 0:
                 break
             seen = snapshot()
             if not reader.caught_up:
@@ -385,7 +390,7 @@ def stream_access(peer: Peer, info: StreamInfo) -> str | None:
 
 
 async def serve_stream(request: web.Request, info: StreamInfo, options: ReadOptions,
-                       *, handler: str) -> web.StreamResponse:
+                       *, handler: str, byte_limit: int | None = None) -> web.StreamResponse:
     refused = refusal_counter(request.app[METRICS_KEY])
     await asyncio.get_running_loop().run_in_executor(
         request.app[EXECUTOR_KEY], check_readable, info, refused)
@@ -399,10 +404,11 @@ async def serve_stream(request: web.Request, info: StreamInfo, options: ReadOpti
     slot = (contextlib.nullcontext() if limits is None
             else limits.follower(info.key) if options.follow else limits.heavy_read())
     async with slot:
-        # regions: whole plain segments of an unfiltered raw read go out by sendfile.
-        reader = StreamReader(info, options, poll_interval_s=POLL_INTERVAL_S, regions=True,
-                              on_refused=refused)
-        return await stream_reader(request, reader, handler=handler)
+        # regions: whole plain segments of an unfiltered raw read go out by sendfile
+        # (not under the kubelet's byte limit, which cuts inside a segment).
+        reader = StreamReader(info, options, poll_interval_s=POLL_INTERVAL_S,
+                              regions=byte_limit is None, on_refused=refused)
+        return await stream_reader(request, reader, handler=handler, byte_limit=byte_limit)
 
 
 async def _container_logs(request: web.Request) -> web.StreamResponse:
@@ -460,7 +466,8 @@ def describe(info: StreamInfo, refused: Refused = log_refusal) -> dict[str, Any]
         "annotations": dict(info.annotations),
         "activeFile": {"apparentBytes": active_size, "allocatedBytes": active_alloc},
         "segments": {"count": len(segments), "bytes": segment_bytes,
-                     "compressed": sum(1 for s in segments if s.compression)},
+                     "compressed": sum(1 for s in segments if s.compression),
+                     "newestClosed": segments[-1].stamp.isoformat() if segments else None},
     }
 
 

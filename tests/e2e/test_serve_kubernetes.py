@@ -101,7 +101,9 @@ def test_annotated_pod_streams_are_rotated_served_and_finalised(tmp_path: Path) 
             # The last rotation leaves no whole event behind in the active file.
             wait_for(lambda: _live_bytes(directory) == 0, 15, "the final rotation")
             new_segments = 1 if live_before else 0
-            assert metric(port, "logvold_rotations_total", {"reason": "final"}) == new_segments
+            # The counter moves just after the commit the state file shows: poll for it.
+            wait_for(lambda: metric(port, "logvold_rotations_total", {"reason": "final"})
+                     == new_segments, 10, "the final rotation counted")
             segments_after = len(segments_of("app.log", os.listdir(directory)))
             assert segments_after == segments_before + new_segments
             report = verify(split_raw([_logvold_logs(port)], b"\n\n"), expected=range(COUNT + 20))
@@ -112,5 +114,8 @@ def test_annotated_pod_streams_are_rotated_served_and_finalised(tmp_path: Path) 
             shutil.rmtree(pod_dir)  # what the kubelet does with the pod's emptyDirs
             wait_for(lambda: metric(port, "logvold_streams") == 0, 10, "the stream removed")
             assert _listing(port) == []
+            # ... and so are its series (a node's series count follows its pods).
+            _, scrape = http_get(f"http://127.0.0.1:{port}/metrics")
+            assert b'pod="web"' not in scrape
             assert daemon.stop() == 0
         assert "Traceback" not in daemon.log_text()

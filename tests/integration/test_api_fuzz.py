@@ -73,8 +73,9 @@ def requests(draw: st.DrawFn) -> tuple[str, dict[str, dict[str, Any]]]:
     for p in params:
         schema = p.get("schema", {})
         if p["in"] == "path":
+            # Never empty: `/logs/{file}` with "" is another operation (`/logs/`, JSON).
             seg = draw(st.one_of(st.sampled_from(KNOWN), st.sampled_from(HOSTILE_SEGMENTS),
-                                 _value(schema).map(lambda v: quote(v, safe=""))))
+                                 _value(schema).map(lambda v: quote(v, safe="")).filter(bool)))
             path = path.replace("{" + p["name"] + "}", seg)
         elif p["name"] != "follow" and draw(st.booleans()):
             query.append(f"{p['name']}={quote(draw(_value(schema)), safe='')}")

@@ -261,7 +261,7 @@ def test_period_rotation_trigger() -> None:
         now[0] += timedelta(minutes=1)
         assert rot.needs_rotation() == "period"
         res = rot.rotate("period")
-        assert res is not None and res.segment == "app.log.20261123-110030"
+        assert res is not None and res.segment == "app.log.20261123-110030.0001"
         with (d / "app.log").open("ab") as f:
             f.write(b"two\n")
         assert rot.needs_rotation() is None

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 
-from logvold.core.policy import default_config
+from logvold.core.policy import Config, default_config
 from logvold.core.streams import StreamRegistry
 from logvold.metrics import Metrics
 from logvold.server.app import build_app, start_server
@@ -21,8 +21,10 @@ T = TypeVar("T")
 
 class RunningServer:
     def __init__(self, registry: StreamRegistry, *, metrics: Metrics | None = None,
-                 is_ready: Callable[[], bool] = lambda: True) -> None:
+                 is_ready: Callable[[], bool] = lambda: True,
+                 config: Config | None = None) -> None:
         self.registry = registry
+        self.config = config or default_config()
         self.metrics = metrics or Metrics()
         self.is_ready = is_ready
         self.loop = asyncio.new_event_loop()
@@ -33,7 +35,7 @@ class RunningServer:
 
     def __enter__(self) -> RunningServer:
         self.thread.start()
-        app = build_app(config=default_config(), registry=self.registry, metrics=self.metrics,
+        app = build_app(config=self.config, registry=self.registry, metrics=self.metrics,
                         is_ready=lambda: self.is_ready())
         self.runner = self.call(start_server(app, "127.0.0.1:0"))
         self.port = self.runner.addresses[0][1]

@@ -106,8 +106,38 @@ def test_hundred_rotations_in_one_second_never_collide_and_sort_in_order() -> No
     assert len(set(filenames)) == 100
     stems = [f.removesuffix(".gz").removesuffix(".zst") for f in filenames]
     assert stems == sorted(stems)
-    assert [s.seq for s in made] == list(range(100))
+    assert [s.seq for s in made] == list(range(1, 101))
     assert segments_of("app.log", reversed(filenames)) == made
+
+
+def test_new_names_always_carry_the_sequence_so_ls_order_is_time_order() -> None:
+    """`ls` sorts bytewise: without a number, `<stamp>.gz` sorted after the same second's
+    `<stamp>.0001.gz` although it is older. Every new name is numbered, so sorting the
+    file names (compressed or not) gives the same order as the parsed names."""
+    made: list[SegmentName] = []
+    for i in range(30):
+        now = T0 + timedelta(seconds=i // 3, microseconds=i)
+        name = next_segment_name("app.log", now, made)
+        made.append(name.with_compression(("", "gz", "zst")[i % 3]))
+    assert made[0].filename == "app.log.20261123-114800.0001"
+    assert all(s.seq >= 1 for s in made)
+    filenames = [s.filename for s in made]
+    assert sorted(filenames) == filenames  # ls order == time order
+    assert segments_of("app.log", sorted(filenames, reverse=True)) == made
+
+
+def test_old_names_without_a_sequence_still_read_and_sort_first_in_their_second() -> None:
+    names = ["app.log.20261123-114800.0001.gz", "app.log.20261123-114800.gz",
+             "app.log.20261123-114759.zst", "app.log.20261123-114800.0002"]
+    got = segments_of("app.log", names)
+    assert [s.filename for s in got] == ["app.log.20261123-114759.zst",
+                                          "app.log.20261123-114800.gz",
+                                          "app.log.20261123-114800.0001.gz",
+                                          "app.log.20261123-114800.0002"]
+    assert got[1].seq == 0 and got[1].stem == "app.log.20261123-114800"
+    # after an old name of the same second, the next name is numbered after it
+    nxt = next_segment_name("app.log", T0, got[:2])
+    assert nxt.filename == "app.log.20261123-114800.0001"
 
 
 def test_next_name_after_clock_steps_back_sorts_after_newest() -> None:
@@ -121,7 +151,7 @@ def test_next_name_after_clock_steps_back_sorts_after_newest() -> None:
 def test_next_name_uses_utc_and_drops_microseconds() -> None:
     berlin = timezone(timedelta(hours=1))
     local = datetime(2026, 11, 23, 12, 48, 0, 999_999, tzinfo=berlin)
-    assert next_segment_name("app.log", local, []).filename == "app.log.20261123-114800"
+    assert next_segment_name("app.log", local, []).filename == "app.log.20261123-114800.0001"
 
 
 def test_state_file_lives_in_hidden_dir() -> None:

@@ -183,7 +183,7 @@ def test_period_rotation_waits_for_the_event_end(tmp_path: Path) -> None:
     w.close()
     assert pieces(path) == [b"one\ntwo\n", b"three\nfour\n", b"five\n"]
     names = [p.name for p in segment_files(path)]
-    assert names == ["app.log.20261123-120100", "app.log.20261123-130100"]
+    assert names == ["app.log.20261123-120100.0001", "app.log.20261123-130100.0001"]
 
 
 def test_manual_rotation_and_same_second_names(tmp_path: Path) -> None:
@@ -195,9 +195,7 @@ def test_manual_rotation_and_same_second_names(tmp_path: Path) -> None:
         w.write("stdout", b" done\n")
     w.close()
     names = [p.name for p in segment_files(path)]
-    assert names == ["app.log.20261123-115800"] + [
-        f"app.log.20261123-115800.000{i}" for i in range(1, 5)
-    ]
+    assert names == [f"app.log.20261123-115800.000{i}" for i in range(1, 6)]
     assert pieces(path)[:-1] == [b"event %d\nhalf done\n" % i for i in range(5)]
 
 

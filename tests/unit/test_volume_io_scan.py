@@ -5,7 +5,8 @@ a file a pod controls. A new `open(path)` of a volume file fails this test.
 
 A receiver counts as a SafeDir when it is a parameter annotated `SafeDir`, or a name bound
 (`with ... as x`, `x = ...`) to `open_stream_dir(...)`, `SafeDir.open_root/open_beneath(...)`,
-`<SafeDir>.subdir(...)` or `self._opened()`.
+`<SafeDir>.subdir(...)` or `self._opened()`, or a name annotated `SafeDir`
+(`d: SafeDir | None = ...`).
 """
 
 from __future__ import annotations
@@ -110,6 +111,9 @@ def _safedir_names(func: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
             names.add(node.optional_vars.id)
         if isinstance(node, ast.Assign) and _is_safedir_factory(node.value):
             names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) \
+                and "SafeDir" in ast.unparse(node.annotation):
+            names.add(node.target.id)
     return names
 
 
