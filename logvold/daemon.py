@@ -34,6 +34,7 @@ from logvold.scheduler import TriggerScheduler
 from logvold.sdnotify import Notifier
 from logvold.serve_settings import (
     ServeOptions,
+    check_host,
     check_runtime,
     load_effective_config,
     parse_listen,
@@ -115,6 +116,7 @@ class Daemon:
         self._terminated: dict[StreamKey, float] = {}
         """Streams of pods that went away -> monotonic time to drop them (maxAge)."""
         self._ready = False
+        self._started = False
         self._failed_task: str | None = None
         self.reconciles = 0
         self.reloads_ok = 0
@@ -144,11 +146,15 @@ class Daemon:
         if self.options.serve_http:
             await self._start_server(self.config)
         self._ready = True
+        self._started = True
         self.notifier.ready(f"serving {len(self.workers)} streams")
-        log.info("logvold serving", extra={
-            "streams": len(self.workers), "volumes": len(self.config.volumes),
-            "listen": self.config.server.listen if self.options.serve_http else "-",
-            "config": self.config.source})
+        fields: dict[str, object] = {"streams": len(self.workers),
+                                     "volumes": len(self.config.volumes),
+                                     "config": self.config.source}
+        if self.options.serve_http:
+            log.info("logvold serving", extra={**fields, "listen": self.config.server.listen})
+        else:
+            log.info("logvold checking every stream once", extra=fields)
 
     async def run(self) -> int:
         """Run the guarded tasks until stop is requested (0) or one of them dies (1)."""
@@ -182,7 +188,8 @@ class Daemon:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        log.info("logvold stopped", extra={"failed_task": self._failed_task or "-"})
+        if self._started:  # a start that failed says why itself (main_serve: "cannot start")
+            log.info("logvold stopped", extra={"failed_task": self._failed_task or "-"})
 
     async def run_once(self) -> int:
         """One reconcile pass (`--once`): rotate what needs it, enforce retention,
@@ -520,6 +527,7 @@ class Daemon:
         try:
             new = await asyncio.to_thread(self._load_config, self.options)
             check_runtime(new)
+            await asyncio.to_thread(check_host, new, self.options)
         except (ConfigError, UsageError) as exc:
             self.reloads_failed += 1
             self.metrics.reloads.labels("error").inc()
@@ -590,8 +598,12 @@ class Daemon:
                         is_ready=self.is_ready)
         if config.server.auth == "kubernetes":
             app.middlewares.append(_kubernetes_auth(config))
-        self._runner = await start_server(app, config.server.listen,
-                                          ssl_context=ssl_context(config))
+        try:
+            self._runner = await start_server(app, config.server.listen,
+                                              ssl_context=ssl_context(config))
+        except OSError as exc:
+            raise LogvoldError(listen_error(config.server.listen, exc),
+                               op="listen") from exc
 
     async def _restart_server(self, old: Config, new: Config) -> None:
         if self._runner is not None:
@@ -603,6 +615,25 @@ class Daemon:
             log.error("cannot start the HTTP server with the new config; restoring the old "
                       "listener", extra={"listen": new.server.listen, "error": str(exc)})
             await self._start_server(old)
+
+
+def listen_error(listen: str, exc: OSError) -> str:
+    """What went wrong binding the API's address, and what to do about it."""
+    import errno
+
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.EADDRINUSE:
+        _, _, port = listen.rpartition(":")
+        return (f"cannot listen on {listen}: address already in use; another process (maybe "
+                f"another logvold) holds it: find it with `ss -ltnp 'sport = :{port}'`, or "
+                "set server.listen (--listen) to a free port")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (f"cannot listen on {listen}: {reason}; the host has no such address: use "
+                "127.0.0.1, 0.0.0.0 or one of its own addresses in server.listen (--listen)")
+    if exc.errno == errno.EACCES:
+        return (f"cannot listen on {listen}: {reason}; ports below 1024 need "
+                "CAP_NET_BIND_SERVICE: use a port >= 1024 in server.listen (--listen)")
+    return f"cannot listen on {listen}: {reason}; check server.listen (--listen)"
 
 
 TERMINATED_SUFFIX = "-terminated"
@@ -703,6 +734,14 @@ def main_serve(argv: Sequence[str]) -> int:
 
         sys.stdout.write(dump_config(config))
         return 0
+    try:
+        check_host(config, options)  # after --print-config: that may be for another host
+    except ConfigError as exc:
+        for problem in exc.problems:
+            sys.stderr.write(f"{problem}\n")
+        sys.stderr.write(f"logvold serve: {len(exc.problems)} problem(s) on this host; nothing "
+                         "started (`logvold check-config FILE` shows the same)\n")
+        return 2
     configure_logging(config.log_format, config.log_level)
     daemon = Daemon(config, options)
     try:
