@@ -25,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from logvold.activity import ActivityLog
 from logvold.core.clock import utcnow
 from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
 from logvold.errors import ConfigError, LogvoldError, UsageError
@@ -118,6 +119,8 @@ class Daemon:
         self._ready = False
         self._started = False
         self._failed_task: str | None = None
+        self.activity = ActivityLog(log)
+        """Rate-limited info lines per stream: rotated, truncated."""
         self.reconciles = 0
         self.reloads_ok = 0
         self.reloads_failed = 0
@@ -131,7 +134,7 @@ class Daemon:
             loop, self._rotator_factory or _default_rotator_factory(), self.metrics, self.clock,
             rotation_workers=self.options.rotation_workers,
             compression_workers=self.options.compression_workers,
-            on_rotated=self._on_rotated)
+            on_rotated=self._on_rotated, on_outcome=self._on_outcome)
         self.registry.subscribe(self._registry_listener)
         self._prepare_default_volume(self.config)
         self.source.set_config(self.config)
@@ -320,6 +323,7 @@ class Daemon:
             if check.retention or check.size_due or first:
                 self.workers.submit(key, StepRequest(check=check.size_due or first,
                                                      retention=check.retention or first))
+        self.activity.flush()
         self.reconciles += 1
         self.metrics.streams.set(len(self.workers))
 
@@ -336,8 +340,13 @@ class Daemon:
                     "stream": str(info.key), "keep_bytes": share,
                     "used_bytes": usage.total_bytes})
 
+    def _on_outcome(self, info: StreamInfo, outcome: StepOutcome) -> None:
+        if outcome.rotated:
+            self.activity.rotated(str(info.key), outcome.rotation, outcome.reason)
+        if outcome.retention is not None:
+            self.activity.truncated(str(info.key), outcome.retention)
+
     def _on_rotated(self, info: StreamInfo, outcome: StepOutcome) -> None:
-        log.debug("rotated", extra={"stream": str(info.key), "reason": outcome.reason})
         volume_budget = next((v.max_total_size_bytes for v in self.config.volumes
                               if v.name == info.volume), 0)
         if volume_budget > 0 or self.config.node_max_total_size_bytes > 0:
@@ -366,7 +375,8 @@ class Daemon:
             if old is not None:
                 self.workers.remove(info.key)
                 self.scheduler.remove(info.key)
-            log.info("stream removed", extra={"stream": str(info.key)})
+            self.activity.forget(str(info.key))
+            log.info("stream removed", extra={"stream": str(info.key), "source": info.source})
         else:
             self._path_index[str(info.active_path)] = info.key
             self.workers.put(info, self._volume_root(info))
@@ -374,8 +384,10 @@ class Daemon:
                 self._rescan.set()  # watch its directory soon, not at the next full pass
             self.scheduler.set_stream(info.key, info.policy)
             if action == "added":
-                log.debug("stream added", extra={"stream": str(info.key),
-                                                 "path": str(info.active_path)})
+                p = info.policy
+                log.info("stream added", extra={
+                    "stream": str(info.key), "path": str(info.active_path),
+                    "source": info.source, "format": p.format, "strategy": p.strategy})
             else:
                 log.info("stream policy updated", extra={"stream": str(info.key)})
             if self._under_budget(info):
