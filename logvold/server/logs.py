@@ -322,8 +322,14 @@ async def _logs_root(request: web.Request) -> web.StreamResponse:
     return web.json_response({"kind": "StreamList", "items": listing})
 
 
+MAX_LISTED_SEGMENT_FILES = 1000
+"""Segment paths listed per stream (the newest); counts and bytes still cover them all."""
+
+
 def describe(info: StreamInfo) -> dict[str, Any]:
-    """One stream of the listing: names, policy summary, annotations and sizes."""
+    """One stream of the listing: names, policy summary, annotations, sizes, and where its
+    files are on disk (paths as logvold sees them: the host's, where volumes are mounted at
+    their host paths as in the DaemonSet and the systemd unit)."""
     p = info.policy
     try:
         names = sorted(entry.name for entry in Path(info.directory).iterdir())
@@ -331,11 +337,16 @@ def describe(info: StreamInfo) -> dict[str, Any]:
         names = []
     segments = segments_of(info.base, names)
     segment_bytes = 0
-    for seg in segments:
+    files: list[dict[str, Any]] = []
+    for index, seg in enumerate(segments):
+        path = Path(info.directory) / seg.filename
         try:
-            segment_bytes += os.lstat(Path(info.directory) / seg.filename).st_size
+            size = os.lstat(path).st_size
         except OSError:
             continue
+        segment_bytes += size
+        if index >= len(segments) - MAX_LISTED_SEGMENT_FILES:
+            files.append({"path": str(path), "bytes": size})
     try:
         st = os.lstat(info.active_path)
         active_size, active_alloc = st.st_size, st.st_blocks * 512
@@ -350,9 +361,11 @@ def describe(info: StreamInfo) -> dict[str, Any]:
                    "maxTotalSize": p.max_total_size_bytes, "compress": p.compress,
                    "strategy": p.strategy},
         "annotations": dict(info.annotations),
-        "activeFile": {"apparentBytes": active_size, "allocatedBytes": active_alloc},
+        "activeFile": {"path": str(info.active_path), "apparentBytes": active_size,
+                       "allocatedBytes": active_alloc},
         "segments": {"count": len(segments), "bytes": segment_bytes,
-                     "compressed": sum(1 for s in segments if s.compression)},
+                     "compressed": sum(1 for s in segments if s.compression),
+                     "files": files},
     }
 
 
