@@ -119,6 +119,10 @@ class Daemon:
         self._ready = False
         self._started = False
         self._failed_task: str | None = None
+        self._heartbeat = time.monotonic()
+        """Monotonic time of the event loop's last heartbeat (liveness)."""
+        self._reconcile_since: float | None = None
+        self._reconcile_done = time.monotonic()
         self.activity = ActivityLog(log)
         """Rate-limited info lines per stream: rotated, truncated."""
         self.reconciles = 0
@@ -165,6 +169,7 @@ class Daemon:
             "triggers": self._triggers_loop,
             "reconciler": self._reconcile_loop,
             "reloader": self._reload_loop,
+            "heartbeat": self._heartbeat_loop,
         }
         if self.notifier.watchdog_interval_s() is not None:
             specs["watchdog"] = self._watchdog_loop
@@ -214,6 +219,26 @@ class Daemon:
 
     def is_ready(self) -> bool:
         return self._ready
+
+    def liveness(self) -> str | None:
+        """None while the daemon makes progress; else why not (GET /livez answers 503).
+
+        Stuck means: the event loop missed its heartbeats, a reconcile pass (volume scan,
+        survey: worker threads) has run for `stall_timeout_s`, or none finished for
+        rescanInterval plus that. A full reconcile is the truth the daemon runs on: without
+        it new streams, retention and budgets stop, so a restart is the better outcome.
+        """
+        now = time.monotonic()
+        stall_s = self.options.stall_timeout_s
+        if self._tasks and now - self._heartbeat > stall_s:
+            return f"event loop stalled: no heartbeat for {now - self._heartbeat:.0f}s"
+        if self._reconcile_since is not None and now - self._reconcile_since > stall_s:
+            return (f"reconcile stuck: a pass has run for {now - self._reconcile_since:.0f}s "
+                    "(a volume scan or the survey does not return)")
+        idle_s = now - self._reconcile_done
+        if self._tasks and idle_s > self.config.rescan_interval_s + stall_s:
+            return f"reconcile loop stalled: no pass finished for {idle_s:.0f}s"
+        return None
 
     async def wait_idle(self) -> None:
         """Wait until no step is in flight (tests)."""
@@ -283,6 +308,11 @@ class Daemon:
             finally:
                 self.notifier.ready(f"serving {len(self.registry)} streams")
 
+    async def _heartbeat_loop(self) -> None:
+        while not self._stop.is_set():
+            self._heartbeat = time.monotonic()
+            await _wait_event(self._stop, 1.0)
+
     async def _watchdog_loop(self) -> None:
         """WATCHDOG=1 from the event loop itself: a wedged loop stops the pings and
         systemd restarts the daemon (WatchdogSec in the unit)."""
@@ -296,6 +326,14 @@ class Daemon:
 
     async def _reconcile(self, *, full: bool) -> None:
         """Scan volumes into the registry, survey the streams, submit what is due."""
+        self._reconcile_since = time.monotonic()
+        try:
+            await self._reconcile_pass(full=full)
+        finally:
+            self._reconcile_since = None
+            self._reconcile_done = time.monotonic()
+
+    async def _reconcile_pass(self, *, full: bool) -> None:
         assert self.workers is not None
         volumes = None if full else set(self._rescan_volumes)
         self._rescan_volumes.clear()
@@ -607,7 +645,7 @@ class Daemon:
         from logvold.server.app import build_app, start_server
 
         app = build_app(config=config, registry=self.registry, metrics=self.metrics,
-                        is_ready=self.is_ready)
+                        is_ready=self.is_ready, is_live=self.liveness)
         if config.server.auth == "kubernetes":
             app.middlewares.append(_kubernetes_auth(config))
         try:

@@ -30,6 +30,10 @@ class ServeOptions:
     compression_workers: int = 2
     hint_delay_s: float = 0.05
     min_check_interval_s: float = 0.5
+    stall_timeout_s: float = 120.0
+    """/livez turns 503 once the event loop or a reconcile pass is stuck this long (or no
+    pass finished for rescanInterval plus this): long enough for a slow full scan of a big
+    node, short enough that a wedged daemon is restarted within minutes."""
 
 
 def load_effective_config(options: ServeOptions) -> Config:
