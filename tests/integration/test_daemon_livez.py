@@ -17,16 +17,18 @@ from logvold.core.policy import Config, ServerConfig, VolumeSpec
 from logvold.daemon import Daemon, ServeOptions
 from logvold.metrics import Metrics
 
-DEADLINE_S = 60.0  # generous: the machine may be loaded; the stall timeout is 1 s
+DEADLINE_S = 60.0  # generous: the machine may be loaded; the stall timeout is 3 s
 
 
-async def _poll_livez(url: str, want: int) -> str:
+async def _poll_livez(url: str, want: int, body_starts: str = "") -> str:
+    """Poll until /livez answers `want` with a body starting `body_starts` (a loaded machine
+    may show a late heartbeat or a slow pass on the way; only the end state is asserted)."""
     deadline = time.monotonic() + DEADLINE_S
     async with aiohttp.ClientSession() as session:
         while True:
             async with session.get(url) as response:
                 body = await response.text()
-                if response.status == want:
+                if response.status == want and body.startswith(body_starts):
                     return body
             assert time.monotonic() < deadline, f"/livez never answered {want}: {body!r}"
             await asyncio.sleep(0.1)
@@ -38,7 +40,7 @@ def _daemon(tmp_path: Path) -> Daemon:
     (vol / "app.log").write_bytes(b"one\ntwo\n")
     config = Config(server=ServerConfig(listen="127.0.0.1:0"),
                     volumes=(VolumeSpec(name="v", path=str(vol)),), rescan_interval_s=0.2)
-    return Daemon(config, ServeOptions(config_path=None, stall_timeout_s=1.0), metrics=Metrics())
+    return Daemon(config, ServeOptions(config_path=None, stall_timeout_s=3.0), metrics=Metrics())
 
 
 def test_livez_turns_503_while_a_reconcile_pass_is_stuck(tmp_path: Path) -> None:
@@ -60,9 +62,9 @@ def test_livez_turns_503_while_a_reconcile_pass_is_stuck(tmp_path: Path) -> None
                 return real_scan(volumes)  # type: ignore[arg-type]
 
             daemon.source.scan = stuck_scan  # type: ignore[method-assign]
-            body = await _poll_livez(url, 503)
+            body = await _poll_livez(url, 503, "reconcile stuck: a pass has run for ")
             assert entered.is_set()
-            assert body.startswith("reconcile stuck: a pass has run for "), body
+            assert "(a volume scan or the survey does not return)" in body
             assert daemon.is_ready()  # readiness is another question: still serving logs
             daemon.source.scan = real_scan  # type: ignore[method-assign]
             release.set()
