@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import math
@@ -577,7 +578,8 @@ class Daemon:
         try:
             new = await asyncio.to_thread(self._load_config, self.options)
             check_runtime(new)
-            await asyncio.to_thread(check_host, new, self.options)
+            await asyncio.to_thread(
+                functools.partial(check_host, new, self.options, previous=self.config))
         except (ConfigError, UsageError) as exc:
             self.reloads_failed += 1
             self.metrics.reloads.labels("error").inc()

@@ -194,14 +194,18 @@ def _words(value: str) -> list[str]:
 
 
 def host_problems(config: Config, *, lines: Mapping[KeyPath, int] | None = None,
-                  unit: UnitSandbox | None = None,
-                  created: Sequence[str] = ()) -> list[ConfigProblem]:
+                  unit: UnitSandbox | None = None, created: Sequence[str] = (),
+                  previous: Config | None = None) -> list[ConfigProblem]:
     """What would stop `config` from working on this host; [] if nothing.
 
     `created`: volume names the daemon creates itself (the built-in `local` volume).
+    `previous`: the config running now (a reload): what it already had unchanged is not
+    judged again, so a volume directory that vanished at run time (logged, counted and
+    survived by the scan) does not block an unrelated change.
     """
     problems: list[ConfigProblem] = []
     marks = lines or {}
+    running = {(v.name, v.path) for v in previous.volumes} if previous is not None else set()
 
     def add(path: KeyPath, message: str) -> None:
         problems.append(ConfigProblem(config.source, marks.get(path), format_key(path), message))
@@ -209,6 +213,8 @@ def host_problems(config: Config, *, lines: Mapping[KeyPath, int] | None = None,
     for index, volume in enumerate(config.volumes):
         key: KeyPath = ("volumes", index, "path")
         path = volume.path
+        if (volume.name, path) in running:
+            continue
         if volume.name not in created:
             if not os.path.lexists(path):
                 add(key, f"{path} does not exist; create it (mkdir -p {path}) or correct the "
@@ -218,7 +224,9 @@ def host_problems(config: Config, *, lines: Mapping[KeyPath, int] | None = None,
                          "the log files")
         if unit is not None:
             _unit_problem(unit, os.path.realpath(path), key, add)
-    if unit is not None and config.kubernetes.enabled:
+    k8s_unchanged = previous is not None and previous.kubernetes.enabled and (
+        previous.kubernetes.kubelet_root == config.kubernetes.kubelet_root)
+    if unit is not None and config.kubernetes.enabled and not k8s_unchanged:
         pods = str(Path(config.kubernetes.kubelet_root) / "pods")
         _unit_problem(unit, os.path.realpath(pods), ("kubernetes", "kubeletRoot"), add)
     return problems

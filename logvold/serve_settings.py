@@ -86,10 +86,12 @@ def creates_local_volume(options: ServeOptions) -> bool:
 
 
 def check_host(config: Config, options: ServeOptions,
-               environ: Mapping[str, str] | None = None) -> None:
+               environ: Mapping[str, str] | None = None, *,
+               previous: Config | None = None) -> None:
     """ConfigError with what stops `config` from working on this host (a missing volume
     path, one the systemd unit this process runs as cannot write): the same words
-    `logvold check-config` prints as warnings. See logvold.host_checks."""
+    `logvold check-config` prints as warnings. On a reload (`previous`), only what the
+    new config adds or changes is judged. See logvold.host_checks."""
     env = os.environ if environ is None else environ
     unit_file = find_unit(env, running=True)
     unit = read_unit_sandbox(unit_file) if unit_file is not None else None
@@ -100,7 +102,8 @@ def check_host(config: Config, options: ServeOptions,
         except ConfigError:
             lines = None  # changed under us since it was loaded: report without lines
     created = ("local",) if creates_local_volume(options) else ()
-    problems = host_problems(config, lines=lines, unit=unit, created=created)
+    problems = host_problems(config, lines=lines, unit=unit, created=created,
+                             previous=previous)
     if problems:
         raise ConfigError(problems)
 

@@ -115,3 +115,16 @@ def test_find_unit_honours_the_override(tmp_path: Path) -> None:
     assert find_unit({UNIT_ENV: str(tmp_path / "absent.service")}, running=False) is None
     # Outside a logvold unit (this test process), serve judges no sandbox.
     assert find_unit({}, running=True) is None
+
+
+def test_a_reload_judges_only_what_it_adds_or_changes(tmp_path: Path) -> None:
+    gone, new = tmp_path / "gone", tmp_path / "new"
+    running, _ = _config(f"volumes:\n  - {{name: a, path: {gone}}}\n")
+    reload, lines = _config(f"volumes:\n  - {{name: a, path: {gone}}}\n"
+                            f"  - {{name: b, path: {new}}}\n")
+    # `a` vanished while running (the scan logs and counts it): not a reason to refuse;
+    # `b` is new and missing: refused, with its line.
+    problems = host_problems(reload, lines=lines, previous=running)
+    assert [(p.line, p.key) for p in problems] == [(3, "volumes[1].path")]
+    moved, _ = _config(f"volumes:\n  - {{name: a, path: {new}}}\n")
+    assert [p.key for p in host_problems(moved, previous=running)] == ["volumes[0].path"]
