@@ -31,7 +31,11 @@ usage: logvold check-config FILE
 
 Validate a logvold config file: print OK and a summary, or every problem found
 (file:line: key: message). FILE may be - for standard input.
-Exit status: 0 valid, 1 invalid or unreadable, 2 usage error.
+A valid file is also checked against this host, as `logvold serve` would: volume
+paths that do not exist, or that the installed systemd unit (logvold.service and
+its drop-ins; $LOGVOLD_SYSTEMD_UNIT names another unit file, "" none) cannot
+write, are printed as warnings: serve refuses to start until they are fixed.
+Exit status: 0 valid (warnings or not), 1 invalid or unreadable, 2 usage error.
 """
 _COLLECTION_TAGS = ("tag:yaml.org,2002:seq", "tag:yaml.org,2002:map")
 _MAX_DEPTH = 64  # deeper than any real config; stops runaway recursion
