@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import functools
 import hashlib
 import logging
@@ -671,8 +672,6 @@ class Daemon:
 
 def listen_error(listen: str, exc: OSError) -> str:
     """What went wrong binding the API's address, and what to do about it."""
-    import errno
-
     reason = exc.strerror or str(exc)
     if exc.errno == errno.EADDRINUSE:
         _, _, port = listen.rpartition(":")
