@@ -58,6 +58,11 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("fileio/stream_files.py", ".readlink"): "open_writers reads /proc/<pid>/fd links",
     ("fileio/stream_files.py", ".stat"):
         "open_writers stats /proc/<pid>/fd magic links (compared by device and inode only)",
+    ("host_checks.py", ".read_text"): "reads /proc/self/cgroup (which unit runs us)",
+    ("host_checks.py", ".open"): "reads the installed systemd unit file and its drop-ins",
+    ("host_checks.py", ".iterdir"): "lists the systemd unit's drop-in directory (bounded)",
+    ("host_checks.py", "os.path.realpath"):
+        "the operator's configured volume path vs the unit's ReadWritePaths (no open)",
     ("server/access.py", ".open"): "reads /proc/<pid>/status of the client (its groups)",
     ("server/access.py", ".read_bytes"): "reads /proc/net/tcp{,6} (the client's uid)",
     ("server/access.py", ".stat"):
