@@ -27,6 +27,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from logvold.core.clock import Clock, utcnow
+from logvold.core.chunk_encoding import ChunkEncoder, long_lines
 from logvold.core.formats import encode_cri_line, encode_json_entry, timestamp_ns
 from logvold.core.framing import Framer, make_framer
 from logvold.core.layout import SegmentName, next_segment_name, segments_of
@@ -101,6 +102,7 @@ class RotatingWriter:
         self._cri_prefix_key: tuple[str, int] | None = None
         self._cri_prefix: tuple[bytes, bytes] = (b"", b"")
         self._raw = policy.format == "raw"
+        self._chunks = None if self._raw else ChunkEncoder(policy.format)  # type: ignore[arg-type]
         self._fd = -1
         self._splice_ok = True
         self._readable = False
@@ -357,7 +359,12 @@ class RotatingWriter:
         """Encode each whole line as one event: P pieces of at most `max_line_bytes`,
         then the F rest. Hold an unfinished line up to maxEventSize bytes; past that
         it is cut (counted as split) and written on as P pieces. Between events is
-        always a place to rotate."""
+        always a place to rotate.
+
+        The lines wholly inside `data` whose messages fit in one line are encoded
+        by whole-chunk C-level passes (`ChunkEncoder`); per event, in Python, go
+        only the line that finishes what an earlier chunk held, over-long lines
+        and the unfinished tail."""
         held = self._held.get(stream)
         if held is None:
             raise ValueError(f"unknown stream {stream!r}: use stdout or stderr")
@@ -365,6 +372,71 @@ class RotatingWriter:
             self._maybe_cut_now()
         ts = self._ts()
         out = bytearray()
+        first = data.find(b"\n")
+        if first < 0 or self._due is not None:
+            self._lines_per_event(out, stream, data, ts)
+            if out:
+                self._append(out)
+            return
+        n = len(data)
+        end = data.rfind(b"\n") + 1
+        start = 0
+        if held:  # the event that crosses from the previous chunk
+            self._lines_per_event(out, stream, data[: first + 1], ts)
+            start = first + 1
+        if start < end:
+            longs = long_lines(data, start, end, self._max_line)
+            if not longs:
+                self._lines_whole(out, stream, data, ts, skip_first=start > 0)
+            else:
+                for long_start, long_end in [*longs, (end, end)]:
+                    if start < long_start:
+                        self._lines_whole(out, stream, data[start:long_start], ts)
+                    if long_start < long_end:
+                        self._lines_per_event(out, stream, data[long_start:long_end], ts)
+                    start = long_end
+        if end < n:
+            self._lines_per_event(out, stream, data[end:], ts)
+        if out:
+            self._append(out)
+
+    def _lines_whole(
+        self, out: bytearray, stream: str, data: bytes, ts: int, *, skip_first: bool = False
+    ) -> None:
+        """Write `data`'s whole lines (all of them short, none continuing a held one;
+        `skip_first`: but the first, already written) as events, rotating after the
+        event that reaches maxSize, like the per-event path."""
+        encoded = self._chunks.encode(stream, ts, data) if self._chunks is not None else None
+        if encoded is None:
+            part = data[data.find(b"\n") + 1 :] if skip_first else data
+            self._lines_per_event(out, stream, part[: part.rfind(b"\n") + 1], ts)
+            return
+        head, body = encoded
+        pos = body.find(b"\n") + 1 if skip_first else 0
+        end = body.rfind(b"\n") + 1
+        if pos >= end:
+            return
+        if not skip_first:
+            out += head
+        if out:
+            self._append(out)
+            out.clear()
+        view = memoryview(body)
+        limit = self._max_size
+        while limit and self._size + end - pos >= limit:
+            # The event after which the file reaches maxSize ends the segment.
+            cut = body.find(b"\n", pos + max(limit - self._size, 1) - 1, end) + 1
+            self._append(view[pos:cut])
+            pos = cut
+            self._due = "size"
+            self._cut("size")
+            limit = self._max_size
+        if pos < end:
+            self._append(view[pos:end])
+
+    def _lines_per_event(self, out: bytearray, stream: str, data: bytes, ts: int) -> None:
+        """Event by event (see _write_lines); `out` collects what is not written yet."""
+        held = self._held[stream]
         limit = self._max_event
         pos = 0
         n = len(data)
@@ -388,8 +460,6 @@ class RotatingWriter:
                 self._emit_event(out, stream, msg[:limit], ts, full=False)
                 msg = msg[limit:]
             self._emit_event(out, stream, msg, ts, full=True)
-        if out:
-            self._append(out)
 
     def _emit_event(self, out: bytearray, stream: str, msg: bytes, ts: int, *, full: bool) -> None:
         """Queue one event (or, with full=False, the cut-off head of an over-long one)
