@@ -14,7 +14,6 @@ each line (tests compare them over generated input).
 
 from __future__ import annotations
 
-import json.encoder
 from collections.abc import Callable
 from typing import Literal
 
@@ -22,14 +21,28 @@ from logvold.core.formats import encode_cri_line, format_rfc3339nano_bytes
 
 LineFormat = Literal["cri", "json-file"]
 
-_encode_basestring: Callable[[str], str] = json.encoder.encode_basestring
-"""The json module's C escaper (what json.dumps(ensure_ascii=False) runs on a str)."""
+# The escapes of json.dumps(ensure_ascii=False) for the ASCII bytes it escapes, then
+# Go's HTML-safe escapes that dockerd's output has. The backslash goes first: later
+# escapes insert backslashes of their own.
+_SHORT = {0x08: b"\\b", 0x09: b"\\t", 0x0C: b"\\f", 0x0D: b"\\r"}
+_ASCII_ESCAPES: tuple[tuple[bytes, bytes], ...] = (
+    (b"\\", b"\\\\"),
+    (b'"', b'\\"'),
+    (b"<", b"\\u003c"),
+    (b">", b"\\u003e"),
+    (b"&", b"\\u0026"),
+    *(
+        (bytes([c]), _SHORT.get(c, b"\\u%04x" % c))
+        for c in (9, 13, 27, *range(0, 9), 11, 12, *range(14, 27), *range(28, 32))
+    ),
+)
+_WIDE_ESCAPES = ((b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
+_JSON_HEAD = b'{"log":"'
 _SENTINEL = b"\x7f"
-"""Stands for a newline while the json escaper runs: it passes DEL through unescaped,
-and a chunk holding a DEL of its own takes the per-event path instead."""
-_GO_ESCAPES = (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"))
-_GO_ESCAPES_WIDE = (("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
-_JSON_HEAD = b'{"log":'
+
+StringEncoder = Callable[[str], bytes]
+"""A JSON string encoder: `json.dumps(text, ensure_ascii=False)` as UTF-8 bytes, quotes
+included (e.g. `orjson.dumps`)."""
 
 
 class ChunkEncoder:
@@ -37,49 +50,36 @@ class ChunkEncoder:
 
     The encoding of the lines is `head + body[:end]`, `end` being just after the
     body's last newline; each newline of the input is the end of one output line,
-    and after each one (also the last) the body holds the head of the next. So the
-    lines after the first newline alone are `body[body.find(b"\\n") + 1 : end]`,
-    and an output line ends at every newline of the body: the places to rotate.
+    and after each one (also the last) the body holds the head of the next: an
+    output line ends at every newline of the body, the places to rotate.
     """
 
-    def __init__(self, fmt: LineFormat) -> None:
+    def __init__(self, fmt: LineFormat, string_encoder: StringEncoder | None = None) -> None:
         if fmt not in ("cri", "json-file"):
             raise ValueError(f"no line encoding for format {fmt!r}")
         self.fmt = fmt
+        self._dumps = string_encoder
         self._key: tuple[str, int] | None = None
         self._head = b""
-        self._sep: bytes | str = b""
+        self._sep = b""
 
-    def encode(self, stream: str, ts: int, data: bytes) -> tuple[bytes, bytes] | None:
-        """(head, body) for `data`'s lines as full events; None when a chunk cannot be
-        done in whole (json-file: it holds a DEL byte) and the caller encodes per event.
-
-        Bytes after the last newline are encoded too (they follow the last head) and
-        must not be written: they are the start of a line still to come.
-        """
+    def encode(self, stream: str, ts: int, data: bytes) -> tuple[bytes, bytes]:
+        """(head, body) for `data`'s lines as full events; `data` should end with a
+        newline (bytes after the last one are encoded too, after the last head, and
+        must not be written) and be valid UTF-8 for json-file's fast path."""
         if self._key != (stream, ts):
             self._frame(stream, ts)
         if self.fmt == "cri":
-            assert isinstance(self._sep, bytes)
             return self._head, data.replace(b"\n", self._sep)
-        if _SENTINEL in data:
-            return None
-        assert isinstance(self._sep, str)
-        text = _encode_basestring(
-            data.replace(b"\n", _SENTINEL).decode("utf-8", "surrogateescape")
-        )
-        # Go's encoding/json also escapes these (HTML safety); dockerd's output has them.
-        for char, escaped in _GO_ESCAPES:
-            if char in text:
-                text = text.replace(char, escaped)
-        if not text.isascii():
-            for char, escaped in _GO_ESCAPES_WIDE:
-                if char in text:
-                    text = text.replace(char, escaped)
-        # `"` opened the string; each newline closes an entry and opens the next.
-        text = text.replace("\x7f", self._sep)
-        # Bytes that are not UTF-8 came back as lone surrogates: `\\udcXX`, as before.
-        return _JSON_HEAD, text.encode("utf-8", "backslashreplace")
+        if self._dumps is not None and _SENTINEL not in data:
+            try:
+                text = data.replace(b"\n", _SENTINEL).decode("utf-8")
+            except UnicodeDecodeError:
+                pass  # lone-surrogate escapes for its invalid bytes: the stdlib path
+            else:
+                body = _go_escapes(self._dumps(text))  # '"' + escaped + '"'
+                return _JSON_HEAD[:-1], body.replace(_SENTINEL, self._sep)
+        return _JSON_HEAD, json_escape(data).replace(b"\n", self._sep)
 
     def _frame(self, stream: str, ts: int) -> None:
         self._key = (stream, ts)
@@ -88,9 +88,47 @@ class ChunkEncoder:
             self._head = head
             self._sep = b"\n" + head
         else:
-            time = format_rfc3339nano_bytes(ts).decode("ascii")
+            time = format_rfc3339nano_bytes(ts)
             self._head = _JSON_HEAD
-            self._sep = f'\\n","stream":"{stream}","time":"{time}"}}\n{{"log":"'
+            self._sep = b'\\n","stream":"%s","time":"%s"}\n{"log":"' % (stream.encode(), time)
+
+
+def json_escape(data: bytes) -> bytes:
+    """The inside of the JSON string `_json_string` makes, newlines left as they are.
+
+    One `bytes.replace` per special byte the chunk holds (a `memchr` tells which):
+    those bytes are ASCII, which never occurs inside a UTF-8 sequence, valid or not,
+    so escaping them byte-wise is escaping them character-wise. Then, only for
+    non-ASCII chunks, U+2028 / U+2029 and - only if the chunk is not valid UTF-8 -
+    the lone-surrogate escapes `\\udcXX` of its invalid bytes.
+    """
+    for byte, escaped in _ASCII_ESCAPES:
+        if byte in data:
+            data = data.replace(byte, escaped)
+    if data.isascii():
+        return data
+    data = _wide_escapes(data)
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        data = data.decode("utf-8", "surrogateescape").encode("utf-8", "backslashreplace")
+    return data
+
+
+def _go_escapes(data: bytes) -> bytes:
+    """Go's HTML-safe escapes (`<`, `>`, `&`, U+2028, U+2029) over JSON-encoded bytes."""
+    for byte, escaped in _ASCII_ESCAPES[2:5]:
+        if byte in data:
+            data = data.replace(byte, escaped)
+    return data if data.isascii() else _wide_escapes(data)
+
+
+def _wide_escapes(data: bytes) -> bytes:
+    if b"\xe2" in data:
+        for seq, escaped in _WIDE_ESCAPES:
+            if seq in data:
+                data = data.replace(seq, escaped)
+    return data
 
 
 def long_lines(data: bytes, start: int, end: int, max_line: int) -> list[tuple[int, int]]:

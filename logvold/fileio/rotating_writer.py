@@ -26,6 +26,8 @@ from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import orjson
+
 from logvold.core.clock import Clock, utcnow
 from logvold.core.chunk_encoding import ChunkEncoder, long_lines
 from logvold.core.formats import encode_cri_line, encode_json_entry, timestamp_ns
@@ -102,7 +104,11 @@ class RotatingWriter:
         self._cri_prefix_key: tuple[str, int] | None = None
         self._cri_prefix: tuple[bytes, bytes] = (b"", b"")
         self._raw = policy.format == "raw"
-        self._chunks = None if self._raw else ChunkEncoder(policy.format)  # type: ignore[arg-type]
+        self._chunks = (
+            None
+            if self._raw
+            else ChunkEncoder(policy.format, orjson.dumps)  # type: ignore[arg-type]
+        )
         self._fd = -1
         self._splice_ok = True
         self._readable = False
@@ -386,41 +392,28 @@ class RotatingWriter:
             start = first + 1
         if start < end:
             longs = long_lines(data, start, end, self._max_line)
-            if not longs:
-                self._lines_whole(out, stream, data, ts, skip_first=start > 0)
-            else:
-                for long_start, long_end in [*longs, (end, end)]:
-                    if start < long_start:
-                        self._lines_whole(out, stream, data[start:long_start], ts)
-                    if long_start < long_end:
-                        self._lines_per_event(out, stream, data[long_start:long_end], ts)
-                    start = long_end
+            for long_start, long_end in [*longs, (end, end)]:
+                if start < long_start:
+                    whole = data if (start, long_start) == (0, n) else data[start:long_start]
+                    self._lines_whole(out, stream, whole, ts)
+                if long_start < long_end:
+                    self._lines_per_event(out, stream, data[long_start:long_end], ts)
+                start = long_end
         if end < n:
             self._lines_per_event(out, stream, data[end:], ts)
         if out:
             self._append(out)
 
-    def _lines_whole(
-        self, out: bytearray, stream: str, data: bytes, ts: int, *, skip_first: bool = False
-    ) -> None:
-        """Write `data`'s whole lines (all of them short, none continuing a held one;
-        `skip_first`: but the first, already written) as events, rotating after the
-        event that reaches maxSize, like the per-event path."""
-        encoded = self._chunks.encode(stream, ts, data) if self._chunks is not None else None
-        if encoded is None:
-            part = data[data.find(b"\n") + 1 :] if skip_first else data
-            self._lines_per_event(out, stream, part[: part.rfind(b"\n") + 1], ts)
-            return
-        head, body = encoded
-        pos = body.find(b"\n") + 1 if skip_first else 0
+    def _lines_whole(self, out: bytearray, stream: str, lines: bytes, ts: int) -> None:
+        """Write `lines` (whole lines, all short, none continuing a held one) as
+        events, rotating after the event that reaches maxSize like the per-event path."""
+        assert self._chunks is not None
+        head, body = self._chunks.encode(stream, ts, lines)
+        pos = 0
         end = body.rfind(b"\n") + 1
-        if pos >= end:
-            return
-        if not skip_first:
-            out += head
-        if out:
-            self._append(out)
-            out.clear()
+        out += head
+        self._append(out)
+        out.clear()
         view = memoryview(body)
         limit = self._max_size
         while limit and self._size + end - pos >= limit:
