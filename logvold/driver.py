@@ -115,7 +115,8 @@ def main_driver(argv: Sequence[str], *, prog: str = "logvold driver") -> int:
         return 0
     ready = _ReadyPipe(READY_FD in inherited)
     task_end = _TaskEnd()
-    previous = {sig: signal.signal(sig, task_end.handle) for sig in TERMINATING_SIGNALS}
+    for sig in TERMINATING_SIGNALS:
+        signal.signal(sig, task_end.handle)
     try:
         try:
             opts = parse_driver_args(argv, os.environ)
@@ -140,8 +141,11 @@ def main_driver(argv: Sequence[str], *, prog: str = "logvold driver") -> int:
         sys.stderr.write(f"{prog}: {exc}\n")
         return 1
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        # The shim closes the pipes and then signals, so SIGTERM may land after the
+        # drain, as we leave. Ignored, not restored: the interpreter's exit resets
+        # Python-level handlers to the default action, which would make it -15.
+        for sig in TERMINATING_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def run_driver(
