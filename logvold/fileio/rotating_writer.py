@@ -28,10 +28,10 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from logvold.core.clock import Clock, utcnow
 from logvold.core.chunk_encoding import ChunkEncoder, long_lines
+from logvold.core.clock import Clock, utcnow
 from logvold.core.formats import encode_cri_line, encode_json_entry, timestamp_ns
-from logvold.core.framing import Framer, make_framer
+from logvold.core.framing import RawFramer
 from logvold.core.layout import SegmentName, next_segment_name, segments_of
 from logvold.core.policy import LogPolicy
 from logvold.core.retention import SegmentFile, next_period_boundary, plan_retention
@@ -117,7 +117,7 @@ class RotatingWriter:
         self._closed = False
         self._newest: SegmentName | None = None
         self._next_period: datetime | None = None
-        self._framer: Framer = make_framer("raw", policy.delimiter, self._max_event)
+        self._framer = RawFramer(policy.delimiter, self._max_event)
         self._regular = True
         self._stale = False  # the framer has not seen the end of the file
         self._held: dict[str, bytearray] = {s: bytearray() for s in STREAMS}
@@ -189,15 +189,16 @@ class RotatingWriter:
         # event's lines are written together, so every write ends at a boundary.
         return not self._raw or (not self._stale and self._framer.pending == 0)
 
-    def write(self, stream: str, data: bytes) -> None:
-        """Append `data` read from `stream` (`stdout` / `stderr`; ignored for raw)."""
-        if not data:
+    def write(self, stream: str, data: bytes, stop: int | None = None) -> None:
+        """Append `data` (data[:stop]) read from `stream` (`stdout` / `stderr`; ignored
+        for raw)."""
+        if not data or stop == 0:
             return
         self._check_time()
         if self._raw:
-            self._write_raw(data)
+            self._write_raw(data, stop)
         else:
-            self._write_lines(stream, data)
+            self._write_lines(stream, data if stop is None else data[:stop])
 
     def splice_from(self, fd: int, max_bytes: int) -> int:
         """Move up to `max_bytes` from pipe `fd` to the file; 0 at end of input.
@@ -293,14 +294,38 @@ class RotatingWriter:
 
     # ------------------------------------------------------------------ raw
 
-    def _write_raw(self, data: bytes) -> None:
+    def _write_raw(self, data: bytes, stop: int | None = None) -> None:
+        """Append data[:stop]. Bytes that no trigger can cut are framed with one search
+        from their end and written as they are; only a bounded piece after a trigger
+        (while the cut waits for the event end) is framed event by event."""
         if self._stale:
             self._resync()
+        n = len(data) if stop is None else stop
+        pos = 0
+        while pos < n:
+            if self._due is None and (not self._max_size or self._size + n - pos < self._max_size):
+                if pos == 0:
+                    self._framer.last_boundary(data, n)
+                    self._append(memoryview(data)[:n])
+                else:
+                    rest = data[pos:n]
+                    self._framer.last_boundary(rest)
+                    self._append(rest)
+                return
+            room = self._max_size - self._size
+            if self._due is None and room > 0:
+                part = data[pos : pos + room]  # up to the size trigger: no cut inside
+                self._framer.last_boundary(part)
+                self._append(part)
+                pos += room
+                continue
+            piece = data[pos : min(n, pos + _PEEK_BYTES)]
+            self._write_framed(piece)
+            pos += len(piece)
+
+    def _write_framed(self, data: bytes) -> None:
+        """Write `data` event by event, cutting at the first event end once a trigger is due."""
         n = len(data)
-        if self._due is None and (not self._max_size or self._size + n < self._max_size):
-            self._framer.last_boundary(data)
-            self._append(data)
-            return
         at_start = self._framer.pending == 0
         start_abs = self._framer.offset
         ends = [e - start_abs for e in self._framer.feed(data)]
@@ -335,7 +360,7 @@ class RotatingWriter:
         bytes, reading backwards in bounded blocks, and feed it what follows."""
         self._stale = False
         self._split_base += self._framer.split_count
-        self._framer = make_framer("raw", self.policy.delimiter, self._max_event)
+        self._framer = RawFramer(self.policy.delimiter, self._max_event)
         end = self._size
         if end == 0 or not self._readable:
             return
