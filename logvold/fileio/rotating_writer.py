@@ -26,8 +26,6 @@ from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import orjson
-
 from logvold.core.chunk_encoding import ChunkEncoder, long_lines
 from logvold.core.clock import Clock, utcnow
 from logvold.core.formats import encode_cri_line, encode_json_entry, timestamp_ns
@@ -36,7 +34,6 @@ from logvold.core.layout import SegmentName, next_segment_name, segments_of
 from logvold.core.policy import LogPolicy
 from logvold.core.retention import SegmentFile, next_period_boundary, plan_retention
 from logvold.errors import StreamError
-from logvold.fileio.compress import compress_segment
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +101,13 @@ class RotatingWriter:
         self._cri_prefix_key: tuple[str, int] | None = None
         self._cri_prefix: tuple[bytes, bytes] = (b"", b"")
         self._raw = policy.format == "raw"
-        self._chunks = (
-            None
-            if self._raw
-            else ChunkEncoder(policy.format, orjson.dumps)  # type: ignore[arg-type]
-        )
+        self._chunks: ChunkEncoder | None = None
+        if policy.format == "cri":
+            self._chunks = ChunkEncoder("cri")
+        elif policy.format == "json-file":
+            import orjson  # here: only json-file pays for its import at start-up
+
+            self._chunks = ChunkEncoder("json-file", orjson.dumps)
         self._fd = -1
         self._splice_ok = True
         self._readable = False
@@ -683,6 +682,8 @@ class RotatingWriter:
             except OSError as exc:
                 log.warning("cannot remove segment %s: %s", name.filename, exc)
         if self.policy.compress != "none":
+            from logvold.fileio.compress import compress_segment  # gzip / zstd: only if used
+
             for name in plan.compress:
                 try:
                     compress_segment(str(self._dir / name.filename), self.policy.compress)
