@@ -123,6 +123,8 @@ class RotatingWriter:
         # The next active file, made ahead on the maintenance thread: creating an
         # inode can cost a millisecond, too much for every 1 MiB on the write path.
         self._spare_path = Path(path).absolute().parent / f".{Path(path).name}.next"
+        self._spare_str = str(self._spare_path)
+        self._dir_str = str(self._dir)
         self._spares: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.rotations = 0
         self.bytes_written = 0
@@ -301,6 +303,7 @@ class RotatingWriter:
             self._resync()
         n = len(data) if stop is None else stop
         pos = 0
+        piece_len = 1024  # the due event usually ends soon: frame little, then more
         while pos < n:
             if self._due is None and (not self._max_size or self._size + n - pos < self._max_size):
                 if pos == 0:
@@ -318,9 +321,10 @@ class RotatingWriter:
                 self._append(part)
                 pos += room
                 continue
-            piece = data[pos : min(n, pos + _PEEK_BYTES)]
+            piece = data[pos : min(n, pos + piece_len)]
             self._write_framed(piece)
             pos += len(piece)
+            piece_len = min(2 * piece_len, _PEEK_BYTES)
 
     def _write_framed(self, data: bytes) -> None:
         """Write `data` event by event, cutting at the first event end once a trigger is due."""
@@ -549,14 +553,14 @@ class RotatingWriter:
             return
         now = self._clock()
         name = next_segment_name(self._base, now, [self._newest] if self._newest else [])
-        seg_path = self._dir / name.filename
+        seg_path = f"{self._dir_str}/{name.filename}"  # strings: no Path per rotation
         suffixes = ("",) if self.policy.compress == "none" else ("", ".gz", ".zst")
-        if any(_taken(self._dir / (name.filename + sfx)) for sfx in suffixes):
+        if any(_taken(seg_path + sfx) for sfx in suffixes):
             # Someone else made this name: step past every segment on disk.
             name = next_segment_name(self._base, now, self._list_segments())
-            seg_path = self._dir / name.filename
+            seg_path = f"{self._dir_str}/{name.filename}"  # strings: no Path per rotation
         try:
-            Path(self.path).replace(seg_path)
+            os.replace(self.path, seg_path)  # noqa: PTH105 - a str path, on the hot path
         except OSError as exc:
             raise StreamError(
                 f"cannot rotate {self.path} to {seg_path}: {exc.strerror}",
@@ -576,10 +580,11 @@ class RotatingWriter:
             os.close(old_fd)
             old_fd = -1
         if self._worker is not None:
-            self._worker.submit(old_fd)
+            if old_fd >= 0 or self._retains:  # else nothing to do: no wake-up
+                self._worker.submit(old_fd)
         elif old_fd >= 0:
             _sync_and_close(old_fd, self._dir)
-        segment = RotatedSegment(path=str(seg_path), name=name, size_bytes=size, reason=reason)
+        segment = RotatedSegment(path=seg_path, name=name, size_bytes=size, reason=reason)
         if self._on_rotate is not None:
             self._on_rotate(segment)
 
@@ -623,7 +628,7 @@ class RotatingWriter:
         except queue.Empty:
             return False
         try:
-            self._spare_path.rename(self.path)
+            os.rename(self._spare_str, self.path)  # noqa: PTH104 - a str path, on the hot path
         except OSError:
             os.close(fd)
             return False
@@ -691,7 +696,7 @@ class RotatingWriter:
                     log.warning("%s", exc)
 
 
-def _taken(path: Path) -> bool:
+def _taken(path: str) -> bool:
     try:
         os.lstat(path)
     except FileNotFoundError:
