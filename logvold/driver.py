@@ -74,7 +74,7 @@ class _RawWholeEvents(RotatingWriter):
             for name in STREAMS
         }
 
-    def write(self, stream: str, data: bytes, stop: int | None = None) -> None:
+    def write(self, stream: str, data: bytes | bytearray, stop: int | None = None) -> None:
         framer, held = self._tails[stream]
         n = len(data) if stop is None else stop
         framer.last_boundary(data, n)

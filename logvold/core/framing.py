@@ -106,7 +106,7 @@ class RawFramer(_OffsetFramer):
     def buffered_bytes(self) -> int:
         return len(self._carry)
 
-    def last_boundary(self, chunk: bytes, stop: int | None = None) -> int | None:
+    def last_boundary(self, chunk: bytes | bytearray, stop: int | None = None) -> int | None:
         """See Framer; `stop`: feed only chunk[:stop] (no copy on the usual path)."""
         n = len(chunk) if stop is None else stop
         if n == 0:
@@ -145,7 +145,7 @@ class RawFramer(_OffsetFramer):
             self._carry = data[keep:]
             return None if end_rel is None else dbase + end_rel
         ends: list[int] = []
-        self._scan(chunk if n == len(chunk) else chunk[:n], ends)
+        self._scan(bytes(chunk if n == len(chunk) else chunk[:n]), ends)
         return ends[-1] if ends else None
 
     def _scan(self, chunk: bytes, ends: list[int]) -> None:

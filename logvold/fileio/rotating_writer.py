@@ -190,7 +190,7 @@ class RotatingWriter:
         # event's lines are written together, so every write ends at a boundary.
         return not self._raw or (not self._stale and self._framer.pending == 0)
 
-    def write(self, stream: str, data: bytes, stop: int | None = None) -> None:
+    def write(self, stream: str, data: bytes | bytearray, stop: int | None = None) -> None:
         """Append `data` (data[:stop]) read from `stream` (`stdout` / `stderr`; ignored
         for raw)."""
         if not data or stop == 0:
@@ -199,7 +199,7 @@ class RotatingWriter:
         if self._raw:
             self._write_raw(data, stop)
         else:
-            self._write_lines(stream, data if stop is None else data[:stop])
+            self._write_lines(stream, bytes(data if stop is None else memoryview(data)[:stop]))
 
     def splice_from(self, fd: int, max_bytes: int) -> int:
         """Move up to `max_bytes` from pipe `fd` to the file; 0 at end of input.
@@ -295,7 +295,7 @@ class RotatingWriter:
 
     # ------------------------------------------------------------------ raw
 
-    def _write_raw(self, data: bytes, stop: int | None = None) -> None:
+    def _write_raw(self, data: bytes | bytearray, stop: int | None = None) -> None:
         """Append data[:stop]. Bytes that no trigger can cut are framed with one search
         from their end and written as they are; only a bounded piece after a trigger
         (while the cut waits for the event end) is framed event by event."""
@@ -326,12 +326,12 @@ class RotatingWriter:
             pos += len(piece)
             piece_len = min(2 * piece_len, _PEEK_BYTES)
 
-    def _write_framed(self, data: bytes) -> None:
+    def _write_framed(self, data: bytes | bytearray) -> None:
         """Write `data` event by event, cutting at the first event end once a trigger is due."""
         n = len(data)
         at_start = self._framer.pending == 0
         start_abs = self._framer.offset
-        ends = [e - start_abs for e in self._framer.feed(data)]
+        ends = [e - start_abs for e in self._framer.feed(bytes(data))]
         pos = 0
         at_b = at_start
         view = memoryview(data)
