@@ -5,9 +5,11 @@ boundaries - by size, at each Hourly/Daily period, or on demand. The event
 that straddles a trigger finishes in the old segment, so a segment exceeds
 maxSize by at most one event (bounded by maxEventSize); only an event longer
 than maxEventSize may be cut, and that is counted (split_count). Raw bytes are
-written as they come (spliced from a pipe while no trigger is near); cri /
-json-file output is encoded here per stream, with P / partial pieces for events
-longer than maxEventSize. Memory: one chunk plus maxEventSize per stream.
+written as they come (spliced from a pipe while no trigger is near; framed event
+by event only in a small piece after a trigger); cri / json-file output is
+encoded here per stream, a read's whole lines at once (core.chunk_encoding, one
+timestamp per read), with P / partial pieces for lines longer than the line limit.
+Memory: one chunk plus maxEventSize per stream.
 """
 
 from __future__ import annotations
