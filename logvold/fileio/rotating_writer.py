@@ -578,14 +578,13 @@ class RotatingWriter:
         # The framer carries on: the new file starts at the cut, a boundary.
         if not self._take_spare():
             self._open_active(existing_ok=False)
-        if not self._sync_segments:
-            os.close(old_fd)
-            old_fd = -1
         if self._worker is not None:
-            if old_fd >= 0 or self._retains:  # else nothing to do: no wake-up
-                self._worker.submit(old_fd)
-        elif old_fd >= 0:
+            # Even a bare close can take a file system a millisecond: not on this thread.
+            self._worker.submit(old_fd if self._sync_segments else _Close(old_fd))
+        elif self._sync_segments:
             _sync_and_close(old_fd, self._dir)
+        else:
+            os.close(old_fd)
         segment = RotatedSegment(path=seg_path, name=name, size_bytes=size, reason=reason)
         if self._on_rotate is not None:
             self._on_rotate(segment)
@@ -727,6 +726,13 @@ _SPARE = object()
 """Maintenance job: make the next active file ahead of time."""
 
 
+@dataclass(frozen=True)
+class _Close:
+    """Maintenance job: close a just-rotated segment's descriptor (no fsync)."""
+
+    fd: int
+
+
 class _Maintenance:
     """One background thread: fsync closed segments, then retention and compression."""
 
@@ -738,7 +744,8 @@ class _Maintenance:
         self._thread.start()
 
     def submit(self, job: int | object | None) -> None:
-        """A closed segment's fd to sync (-1: none), None (retention only) or _SPARE."""
+        """A rotated segment's fd to sync and close (-1: none) or `_Close` it, None
+        (retention only) or _SPARE."""
         self._jobs.put(job)
 
     def stop(self) -> None:
@@ -757,10 +764,13 @@ class _Maintenance:
             for job in jobs:
                 if job is self._stop:
                     stopping = True
+                elif isinstance(job, _Close):
+                    os.close(job.fd)
                 elif isinstance(job, int) and job >= 0:
                     _sync_and_close(job, writer._dir)
             # One retention pass covers every rotation queued so far.
-            if writer._retains and any(isinstance(job, int) or job is None for job in jobs):
+            rotated = (isinstance(job, int | _Close) or job is None for job in jobs)
+            if writer._retains and any(rotated):
                 try:
                     writer._retention_pass()
                 except Exception:  # a bug here must not stop the writer
