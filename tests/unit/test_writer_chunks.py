@@ -225,3 +225,51 @@ def test_long_lines_finds_exactly_the_lines_over_the_limit(
             want.append((pos, pos + n + 1))
         pos += n + 1
     assert long_lines(data, 0, len(data), max_line) == want
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 700), min_size=1, max_size=30),
+    max_size=st.sampled_from([0, 97, 400, 2000]),
+    max_event=st.sampled_from([16, 300, 1 << 20]),
+    delimiter=st.sampled_from([b"\n", b"\n\n"]),
+    seed=st.integers(0, 1000),
+)
+def test_raw_from_a_reused_buffer_equals_bytes_chunks(
+    sizes: list[int], max_size: int, max_event: int, delimiter: bytes, seed: int
+) -> None:
+    """The pump reads raw chunks into one bytearray and writes `write(stream, buf, n)`:
+    the files (and every cut) are those of writing the same bytes as separate objects,
+    and each segment but the active one ends with the delimiter unless an event was cut."""
+    import random
+    import tempfile
+
+    rng = random.Random(seed)
+    stream = bytes(rng.choice(b"ab \n") for _ in range(sum(sizes)))
+    results = []
+    for mode in ("bytes", "buffer"):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "app.log"
+            policy = LogPolicy(
+                max_size_bytes=max_size, max_files=0, max_event_size_bytes=max_event,
+                delimiter=delimiter,
+            )  # fmt: skip
+            w = RotatingWriter(str(path), policy, clock=FakeClock(), background=False)
+            buffer = bytearray(700)
+            pos = 0
+            for size in sizes:
+                chunk = stream[pos : pos + size]
+                pos += size
+                if mode == "bytes":
+                    w.write("stdout", chunk)
+                else:
+                    buffer[:size] = chunk
+                    buffer[size:] = b"\xff" * (700 - size)  # stale bytes past `stop`
+                    w.write("stdout", buffer, size)
+            w.close()
+            results.append((pieces(path), w.split_count, w.rotations))
+    assert results[0] == results[1]
+    parts, split_count, _ = results[1]
+    assert b"".join(parts) == stream
+    if split_count == 0:
+        assert all(part.endswith(delimiter) for part in parts[:-1])
