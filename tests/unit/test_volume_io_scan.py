@@ -49,6 +49,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("fileio/rotating_writer.py", "os.listdir"): "logvold's own output directory",
     ("fileio/rotating_writer.py", "os.lstat"): "logvold's own output directory",
     ("fileio/rotating_writer.py", ".rename"): "logvold's own spare file",
+    ("fileio/rotating_writer.py", "os.rename"): "logvold's own spare file and segments",
+    ("fileio/rotating_writer.py", "os.replace"): "logvold's own spare file and segments",
     ("fileio/rotating_writer.py", ".unlink"): "logvold's own segments and spare file",
     ("fileio/rotating_writer.py", ".stat"): "logvold's own segments",
     ("fileio/rotator.py", ".read_text"):
