@@ -48,7 +48,6 @@ ALLOWED: dict[tuple[str, str], str] = {
         "logvold is the writer (`run`, `driver`): its own output files in its own directory",
     ("fileio/rotating_writer.py", "os.listdir"): "logvold's own output directory",
     ("fileio/rotating_writer.py", "os.lstat"): "logvold's own output directory",
-    ("fileio/rotating_writer.py", ".rename"): "logvold's own spare file",
     ("fileio/rotating_writer.py", "os.rename"): "logvold's own spare file and segments",
     ("fileio/rotating_writer.py", "os.replace"): "logvold's own spare file and segments",
     ("fileio/rotating_writer.py", ".unlink"): "logvold's own segments and spare file",
