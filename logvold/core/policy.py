@@ -522,10 +522,10 @@ class _Reader:
             return _INVALID
         return value
 
-    def stream_cap(self, value: object, path: KeyPath) -> object:
+    def stream_cap(self, value: object, path: KeyPath, *, lowest: int = 1) -> object:
         count = self.count(value, path)
-        if isinstance(count, int) and not 1 <= count <= MAX_STREAM_CAP:
-            self.problem(path, f"expected 1 to {MAX_STREAM_CAP} streams, got {count}")
+        if isinstance(count, int) and not lowest <= count <= MAX_STREAM_CAP:
+            self.problem(path, f"expected {lowest} to {MAX_STREAM_CAP} streams, got {count}")
             return _INVALID
         return count
 
@@ -910,7 +910,8 @@ class _Reader:
                 entries["maxTotalSize"], (*path, "maxTotalSize")
             )
         if "maxStreams" in entries:
-            fields["max_streams"] = self.stream_cap(entries["maxStreams"], (*path, "maxStreams"))
+            fields["max_streams"] = self.stream_cap(entries["maxStreams"], (*path, "maxStreams"),
+                                                   lowest=0)
         if "containers" in entries:
             fields["containers"] = self.containers(
                 entries["containers"], (*path, "containers"), defaults
