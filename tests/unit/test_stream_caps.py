@@ -26,7 +26,7 @@ def test_smallest_names_memory_stays_bounded() -> None:
     random.Random(7).shuffle(names)
     for name in names:
         collector.add(name)
-        assert len(collector._names) < 20  # noqa: SLF001 - the bound is the point
+        assert len(collector._names) < 20  # the bound is the point
     assert collector.result() == [f"f{i:06d}.log" for i in range(10)]
 
 
