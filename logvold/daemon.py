@@ -645,8 +645,9 @@ class Daemon:
                 self.discovery = None
             if new.kubernetes.enabled:
                 await self._start_discovery(new)
-        elif self.discovery is not None and new.defaults != old.defaults:
-            self.discovery.update_defaults(new.defaults)
+        elif self.discovery is not None and (new.defaults, new.max_streams_per_volume) != (
+                old.defaults, old.max_streams_per_volume):
+            self.discovery.update_defaults(new.defaults, new.max_streams_per_volume)
         if self.options.serve_http and (new.server != old.server
                                         or new.node_log_query != old.node_log_query):
             await self._restart_server(old, new)
@@ -673,7 +674,8 @@ class Daemon:
         """Pods of this node feed the same registry as the static volumes."""
         from logvold.discovery.kubernetes import PodDiscovery
 
-        discovery = PodDiscovery(config.kubernetes, self.registry, self.metrics, config.defaults)
+        discovery = PodDiscovery(config.kubernetes, self.registry, self.metrics, config.defaults,
+                                 max_streams_per_volume=config.max_streams_per_volume)
         await asyncio.to_thread(discovery.start)  # loads credentials: LogvoldError if none
         self.discovery = discovery
         if not await asyncio.to_thread(discovery.wait_synced, DISCOVERY_SYNC_TIMEOUT_S):
