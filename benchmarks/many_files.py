@@ -171,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         ls_wall, ls_cpu, entries = ls_count(flood)
         loaded = run("flood", work, flood, args.files)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not os.environ.get("KEEP"):
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"kept {work}")
     print(f"{args.files} files created in {made_s:.1f} s under {args.dir or 'the tmp dir'}; "
           f"`ls -f | wc -l`: {entries} entries, {ls_wall * 1000:.0f} ms wall, "
           f"{ls_cpu:.2f} CPU-s\n")

@@ -302,6 +302,7 @@ class Daemon:
         self._rescan_volumes.clear()
         self._full_rescan = False
         await asyncio.to_thread(self.source.scan, volumes)
+        self.workers.set_crowded(self.source.crowded_directories())
         if full:
             self._expire_terminated()
             self._relock_streams()
@@ -383,6 +384,7 @@ class Daemon:
                 return
             self._path_index[str(info.active_path)] = info.key
             self.metrics.add_stream(info.key.namespace, info.key.pod, info.key.container)
+            self.workers.set_crowded(self.source.crowded_directories())  # before its 1st step
             self.workers.put(info, self._volume_root(info))
             if info.source != "static" and old is None:
                 self._rescan.set()  # watch its directory soon, not at the next full pass

@@ -52,6 +52,9 @@ class ScanReport:
     """Problems that are refused files (problem -> UnsafeFile kind), for the metric."""
     over_cap: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     """List-less volume -> (`*.log` files refused by its cap, the cap, `*.log` files seen)."""
+    crowded: dict[str, Path | None] = field(default_factory=dict)
+    """List-less volume -> its directory when that holds more than MAX_NAMES entries, else
+    None (every scanned list-less volume has an entry)."""
 
 
 @dataclass
@@ -142,6 +145,10 @@ class StaticSource:
         """Monotonic time of each volume's last listing (rate limit of hint rescans)."""
         self._capped_volumes: set[str] = set()
         """Volumes with a `logvold_streams_over_cap` series."""
+        self._crowded: dict[str, Path] = {}
+        """List-less volumes whose directory holds more entries than a listing takes."""
+        self._crowded_dirs: frozenset[Path] = frozenset()
+        """Their directories, replaced whole (read from the loop thread during a scan)."""
 
     @property
     def config(self) -> Config | None:
@@ -158,6 +165,15 @@ class StaticSource:
         self._capped_volumes = capped
         for name in set(self._over_cap) - capped:
             del self._over_cap[name]
+        for name in set(self._crowded) - capped:
+            del self._crowded[name]
+        self._crowded_dirs = frozenset(self._crowded.values())
+
+    def crowded_directories(self) -> set[Path]:
+        """Directories holding more entries than one listing takes (MAX_NAMES): every step
+        of their streams would be refused at its listing, so none is started (the daemon
+        tells the workers) and one line per episode says why, not one per stream."""
+        return set(self._crowded_dirs)
 
     def over_cap(self) -> dict[str, int]:
         """List-less volumes now over their stream cap -> `*.log` files refused."""
@@ -197,6 +213,7 @@ class StaticSource:
             if not ok:  # unreadable now: keep what we had rather than flap
                 keep_as_is.update(k for k, v in self._volume_of.items() if v == volume.name)
         configured = {v.name for v in config.volumes}
+        self._report_crowded(report)
         for key, info in sorted(found.items()):
             old = self._owned.get(key)
             self._owned[key] = info
@@ -216,6 +233,24 @@ class StaticSource:
         self._report_problems(report, scanned)
         self._report_caps(report)
         return report
+
+    def _report_crowded(self, report: ScanReport) -> None:
+        """Before the registry hears of the scan's streams, so no step starts in a crowded
+        directory; one log line per episode and volume."""
+        for name, directory in sorted(report.crowded.items()):
+            if directory is not None and name not in self._crowded:
+                log.warning("volume directory holds more than %d entries: its streams are not "
+                            "rotated (each listing would be refused) until it holds fewer",
+                            MAX_NAMES, extra={"volume": name, "path": str(directory),
+                                              "source": SOURCE})
+                if self._metrics is not None:
+                    self._metrics.unsafe_refused.labels("too-many").inc()
+                self._crowded[name] = directory
+            elif directory is None and name in self._crowded:
+                log.info("volume directory listable again; its streams are rotated",
+                         extra={"volume": name, "source": SOURCE})
+                del self._crowded[name]
+        self._crowded_dirs = frozenset(self._crowded.values())
 
     def _listed_recently(self, volume: VolumeSpec) -> bool:
         """A volume over its cap is listed again for file events at most every
@@ -325,6 +360,7 @@ class StaticSource:
             accepted.extend(sorted(existing - set(accepted))[:max(0, cap - len(accepted))])
         over = max(0, listing.active_count - with_active - refused_unsafe)
         report.over_cap[volume.name] = (over, cap, listing.active_count)
+        report.crowded[volume.name] = directory if listing.truncated else None
         for base in sorted(accepted):
             add(self._info(volume, pod, base[:-4], directory, base, policy, root))
         return True

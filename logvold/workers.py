@@ -29,7 +29,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -166,6 +166,8 @@ class StreamWorkers:
         self._turns: RoundRobinQueue[tuple[str, str], StreamKey] = RoundRobinQueue()
         """Streams with a step waiting for a rotation thread, grouped by volume."""
         self._steps_running = 0
+        self._crowded: frozenset[Path] = frozenset()
+        """Directories too big to list (see `set_crowded`): no step starts there."""
         self._compression_pool = ThreadPoolExecutor(compression_workers, "logvold-compress")
         self._slots: dict[StreamKey, _Slot] = {}
         self._inflight: set[asyncio.Future[Any]] = set()
@@ -223,6 +225,11 @@ class StreamWorkers:
             slot.removed = True
             self._turns.discard(key)
 
+    def set_crowded(self, directories: Iterable[Path]) -> None:
+        """Directories holding more entries than a listing takes: a step there would list
+        100,000 names only to be refused, so none is started until they shrink."""
+        self._crowded = frozenset(directories)
+
     # -- scheduling (loop thread) ------------------------------------------------------
 
     def size_due(self, key: StreamKey) -> bool:
@@ -248,7 +255,7 @@ class StreamWorkers:
         """Run `request` on the stream at its volume's next turn, or right after its step
         in flight."""
         slot = self._slots.get(key)
-        if slot is None or self._closing:
+        if slot is None or self._closing or slot.info.directory in self._crowded:
             return False
         if slot.running:
             slot.queued = request if slot.queued is None else slot.queued.merge(request)
@@ -270,6 +277,9 @@ class StreamWorkers:
                 return
             slot = self._slots.get(key)
             if slot is None or slot.waiting is None or slot.running:
+                continue
+            if slot.info.directory in self._crowded:
+                slot.waiting = None  # queued before the scan found it crowded
                 continue
             request, slot.waiting = slot.waiting, None
             slot.running = True

@@ -6,9 +6,10 @@ their policy summary and sizes. One bounded listing per directory, not one per s
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from logvold.core.layout import segments_of
 from logvold.core.streams import StreamInfo, StreamKey
 from logvold.fileio.reader_dir import Refused, StreamDir, log_refusal
-from logvold.fileio.safedir import SafeDir, stream_root
+from logvold.fileio.safedir import MAX_NAMES, SafeDir, stream_root
 
 DEFAULT_PAGE = 500
 """Streams per page unless `limit` says otherwise: a node's worth in one answer."""
@@ -80,11 +81,11 @@ def describe_many(infos: Sequence[StreamInfo],
         try:
             bases = {infos[n].base for n in members}
             names: dict[str, list[str]] = {b: [] for b in bases}
-            for name in files.names():
+            sd = files.directory()
+            for name in _bounded_names(sd):
                 base = _base_of(name, bases)
                 if base is not None:
                     names[base].append(name)
-            sd = files.directory()
             for n in members:
                 out[n] = _describe(infos[n], sd, sorted(names[infos[n].base]))
         finally:
@@ -97,6 +98,18 @@ def describe(info: StreamInfo, refused: Refused = log_refusal) -> dict[str, Any]
     come from lstat through the pinned stream directory: only regular files count, and a
     directory reached through a symlink lists nothing."""
     return describe_many([info], refused)[0]
+
+
+def _bounded_names(sd: SafeDir | None) -> Iterator[str]:
+    """At most MAX_NAMES names of `sd`, quietly: a directory holding more (a pod's flood)
+    shows the segments among them. The daemon already logged and counted it once; a
+    listing request must not log it again each time."""
+    if sd is None:
+        return
+    try:
+        yield from itertools.islice(sd.iter_names(), MAX_NAMES)
+    except OSError:
+        return
 
 
 def _base_of(name: str, bases: set[str]) -> str | None:
