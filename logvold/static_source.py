@@ -349,6 +349,14 @@ class StaticSource:
                     # None: only segments (or a file that just vanished: gone next scan).
                     with_active += st is not None
                     accepted.append(base)
+                if listing.truncated:  # not all was seen: managed ones still there stay
+                    for base in sorted(existing - set(accepted)):
+                        if len(accepted) >= cap:
+                            break
+                        st = sd.lstat(base)
+                        if st is not None and stat.S_ISREG(st.st_mode):
+                            accepted.append(base)
+                            with_active += 1
         except UnsafeFile as exc:
             self._refused(report, f"volume {volume.name}: {exc}; not managed", exc.kind)
             return True
@@ -356,8 +364,6 @@ class StaticSource:
             report.problems.append(f"volume {volume.name}: cannot read {directory}: "
                                    f"{exc.strerror or exc}")
             return False
-        if listing.truncated:  # not everything was seen: managed streams stay as they are
-            accepted.extend(sorted(existing - set(accepted))[:max(0, cap - len(accepted))])
         over = max(0, listing.active_count - with_active - refused_unsafe)
         report.over_cap[volume.name] = (over, cap, listing.active_count)
         report.crowded[volume.name] = directory if listing.truncated else None
