@@ -43,7 +43,8 @@ def parse_page(limit: str | None, token: str | None) -> tuple[int, StreamKey | N
     """(page size, key to start after) from the query; BadListParam with a reason."""
     size = DEFAULT_PAGE
     if limit is not None:
-        if not limit.isdigit() or not 1 <= int(limit) <= MAX_PAGE:
+        if not (limit.isascii() and limit.isdigit() and len(limit) <= 6) or not (
+                1 <= int(limit) <= MAX_PAGE):
             raise BadListParam(f"limit must be a whole number from 1 to {MAX_PAGE}")
         size = int(limit)
     after = None
