@@ -21,8 +21,12 @@ def over_cap(metrics: Metrics, volume: str) -> float | None:
 
 
 def create(directory: Path, names: list[str]) -> None:
-    for name in names:
-        os.close(os.open(directory / name, os.O_CREAT | os.O_WRONLY, 0o644))
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in names:
+            os.close(os.open(name, os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
 
 
 def make(config: Config) -> tuple[StaticSource, StreamRegistry, Metrics]:
@@ -124,3 +128,29 @@ def test_a_hundred_thousand_names_cost_no_stat_each(tmp_path: Path,
     assert len(registry) == 256
     assert calls <= 3 * 256 + 16, calls
     assert over_cap(metrics, "v") == 100_000 - 256
+
+
+def test_file_events_list_an_over_cap_volume_at_most_every_few_seconds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import logvold.static_source as static_source
+
+    # A long interval, so the test does not depend on how fast the machine is.
+    monkeypatch.setattr(static_source, "OVER_CAP_RESCAN_S", 3600.0)
+    vol, calm = tmp_path / "vol", tmp_path / "calm"
+    vol.mkdir()
+    calm.mkdir()
+    create(vol, [f"s{i}.log" for i in range(10)])
+    config = Config(volumes=(VolumeSpec(name="v", path=str(vol), max_streams=3),
+                             VolumeSpec(name="calm", path=str(calm))))
+    source, registry, _ = make(config)
+    source.scan()
+    assert containers(registry) == ["s0", "s1", "s2"]
+    (vol / "s0.log").unlink()
+    create(calm, ["new.log"])
+    # A file-event rescan of both: the over-cap volume was listed just now and waits,
+    # the calm one is listed at once.
+    source.scan(["v", "calm"])
+    assert containers(registry) == ["new", "s0", "s1", "s2"]
+    # The periodic full scan lists everything.
+    source.scan()
+    assert containers(registry) == ["new", "s1", "s2", "s3"]
