@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from logvold.core.streams import StreamInfo, StreamKey
 from logvold.fileio.reader_dir import Refused, StreamDir, log_refusal
 from logvold.fileio.safedir import MAX_NAMES, SafeDir, stream_root
 
+_SEGMENT_HEAD = re.compile(r"^(.+)\.\d{8}-\d{6}")
+"""`<base>.<YYYYMMDD-HHMMSS>`: greedy, so the last stamp-looking part is the stamp."""
 DEFAULT_PAGE = 500
 """Streams per page unless `limit` says otherwise: a node's worth in one answer."""
 MAX_PAGE = 5000
@@ -114,12 +117,12 @@ def _bounded_names(sd: SafeDir | None) -> Iterator[str]:
 
 
 def _base_of(name: str, bases: set[str]) -> str | None:
-    """The base among `bases` that `name` is a segment of (`<base>.<stamp>...`)."""
-    head, dot, _ = name.rpartition(".log.")  # a stamp never holds ".log."
-    if not dot:
+    """The base among `bases` that `name` may be a segment of (`<base>.<stamp>...`; any
+    active file name, not only `*.log`); `segments_of` then parses it exactly."""
+    if name in bases:
         return None
-    base = head + ".log"
-    return base if base in bases else None
+    m = _SEGMENT_HEAD.match(name)
+    return m.group(1) if m and m.group(1) in bases else None
 
 
 def _describe(info: StreamInfo, sd: SafeDir | None, names: list[str]) -> dict[str, Any]:
