@@ -555,6 +555,10 @@ class Daemon:
             self._wake.set()
         directory = hint.path.rpartition("/")[0]
         volumes = self._dir_volumes.get(directory)
+        if volumes and (over := self.source.over_cap()):
+            # A volume over its stream cap gains no stream from a new name; a pod churning
+            # names there must not buy a rescan and survey per event (the full one sees it).
+            volumes = {v for v in volumes if v not in over}
         if volumes:
             self._rescan_volumes.update(volumes)
             self._rescan.set()
