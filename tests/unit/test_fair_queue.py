@@ -120,9 +120,10 @@ def test_a_small_volume_runs_within_one_turn_of_a_big_one(tmp_path: Path, worker
 
     asyncio.run(scenario())
     assert len(order) == 301
-    # In one FIFO the small volume would run 301st; in turns, right after the steps that
-    # were already running and one more of the big volume.
-    assert order.index("small") <= workers + 1
+    # In one FIFO the small volume would run 301st. In turns it starts right after the
+    # steps already running and one more of the big volume; with several threads the
+    # order they *record* in may differ from the start order by up to a round of them.
+    assert order.index("small") <= 2 * workers + 1
 
 
 def test_requests_to_a_waiting_stream_merge_into_one_step(tmp_path: Path) -> None:
