@@ -298,6 +298,7 @@ def dump_config(config: Config) -> str:
         },
         "nodeMaxTotalSize": _size_value(config.node_max_total_size_bytes),
         "rescanInterval": _duration_value(config.rescan_interval_s),
+        "maxStreamsPerVolume": config.max_streams_per_volume,
         "logFormat": config.log_format,
         "logLevel": config.log_level,
     }
@@ -330,6 +331,8 @@ def _volume_tree(volume: VolumeSpec, defaults: LogPolicy) -> dict[str, Any]:
     out["namespace"] = volume.namespace
     if volume.max_total_size_bytes:
         out["maxTotalSize"] = _size_value(volume.max_total_size_bytes)
+    if volume.max_streams:
+        out["maxStreams"] = volume.max_streams
     if volume.labels:
         out["labels"] = dict(volume.labels)
     if volume.containers:

@@ -138,6 +138,10 @@ class VolumeSpec:
     """Streams of the volume; () = every *.log in path/<defaults.subDir>, defaults policy."""
     max_total_size_bytes: int = 0
     """Budget in bytes over all streams of the volume; 0 = unlimited."""
+    max_streams: int = 0
+    """Streams a volume without `containers` may hold (every `*.log` is one); 0 = the
+    node's `maxStreamsPerVolume`. The pod controls how many files it creates: the rest
+    are refused (logged, `logvold_streams_over_cap`), so memory and work stay bounded."""
     labels: Mapping[str, str] = field(default_factory=dict)
     """Labels of the pod the streams are served as (`kubectl get pods -l`, `logs -l`)."""
 
@@ -241,12 +245,21 @@ class Config:
     """Budget in bytes over every stream on the node; 0 = unlimited."""
     rescan_interval_s: float = 30.0
     """Seconds between full reconciles; file events are only hints, this is the truth."""
+    max_streams_per_volume: int = 256
+    """Streams one list-less static volume (unless it sets `maxStreams`) or one pod volume
+    declared in an annotation may hold. A few hundred: far above what a pod writes, far
+    below what 100,000 planted `*.log` files would cost (memory, steps, listings)."""
     log_format: LogFormat = "logfmt"
     """Format of logvold's own log lines."""
     log_level: str = "info"
     """debug, info, warning or error."""
     source: str = "<built-in defaults>"
     """Where this config came from (file path), for messages and /logs/ metadata."""
+
+
+def stream_cap(config: Config, volume: VolumeSpec) -> int:
+    """Streams the list-less static `volume` may hold under `config`."""
+    return volume.max_streams or config.max_streams_per_volume
 
 
 def default_config(logs_dir: str = "./logs") -> Config:
@@ -284,6 +297,8 @@ _ESCAPES = {
 }
 _HEX_ESCAPE_LEN = {"x": 2, "u": 4, "U": 8}
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_STREAM_CAP = 100_000
+"""Highest `maxStreams` / `maxStreamsPerVolume` accepted: one bounded listing's worth."""
 
 
 def format_key(path: KeyPath) -> str:
@@ -506,6 +521,13 @@ class _Reader:
             self.problem(path, f"must not be negative, got {value}")
             return _INVALID
         return value
+
+    def stream_cap(self, value: object, path: KeyPath, *, lowest: int = 1) -> object:
+        count = self.count(value, path)
+        if isinstance(count, int) and not lowest <= count <= MAX_STREAM_CAP:
+            self.problem(path, f"expected {lowest} to {MAX_STREAM_CAP} streams, got {count}")
+            return _INVALID
+        return count
 
     def size(self, value: object, path: KeyPath, *, positive: bool = False) -> object:
         if isinstance(value, float) and value.is_integer() and value >= 0:
@@ -862,7 +884,8 @@ class _Reader:
     def volume(self, value: object, path: KeyPath, defaults: LogPolicy) -> VolumeSpec | None:
         entries = self.mapping(
             value, path,
-            ("name", "path", "pod", "namespace", "maxTotalSize", "containers", "labels")
+            ("name", "path", "pod", "namespace", "maxTotalSize", "maxStreams", "containers",
+             "labels")
         )
         if entries is None:
             return None
@@ -886,6 +909,9 @@ class _Reader:
             fields["max_total_size_bytes"] = self.size(
                 entries["maxTotalSize"], (*path, "maxTotalSize")
             )
+        if "maxStreams" in entries:
+            fields["max_streams"] = self.stream_cap(entries["maxStreams"], (*path, "maxStreams"),
+                                                   lowest=0)
         if "containers" in entries:
             fields["containers"] = self.containers(
                 entries["containers"], (*path, "containers"), defaults
@@ -1054,6 +1080,10 @@ class _Reader:
             fields["rescan_interval_s"] = self.duration(
                 entries["rescanInterval"], ("rescanInterval",), positive=True
             )
+        if "maxStreamsPerVolume" in entries:
+            fields["max_streams_per_volume"] = self.stream_cap(
+                entries["maxStreamsPerVolume"], ("maxStreamsPerVolume",)
+            )
         if "logFormat" in entries:
             fields["log_format"] = self.choice(
                 entries["logFormat"], ("logFormat",), ("logfmt", "json")
@@ -1098,6 +1128,7 @@ _TOP_LEVEL_KEYS = (
     "nodeLogQuery",
     "nodeMaxTotalSize",
     "rescanInterval",
+    "maxStreamsPerVolume",
     "logFormat",
     "logLevel",
 )

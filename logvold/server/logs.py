@@ -8,7 +8,6 @@ import contextlib
 import logging
 import os
 import re
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,8 +30,8 @@ from logvold.fileio.reader import (
     compile_pattern,
     parse_rfc3339_ns,
 )
-from logvold.fileio.reader_dir import Refused, StreamDir, log_refusal
-from logvold.fileio.safedir import SafeDir, UnsafeFile, open_stream_dir
+from logvold.fileio.reader_dir import Refused, log_refusal
+from logvold.fileio.safedir import UnsafeFile, open_stream_dir
 from logvold.metrics import Metrics
 from logvold.server.access import Peer, forbid, may_read_files, peer_of
 from logvold.server.app import (
@@ -44,6 +43,7 @@ from logvold.server.app import (
     SHUTDOWN_KEY,
 )
 from logvold.server.limits import request_limits
+from logvold.server.stream_list import BadListParam, page_of, parse_page
 
 log = logging.getLogger(__name__)
 
@@ -428,70 +428,22 @@ async def _logs_root(request: web.Request) -> web.StreamResponse:
         limits = request_limits(request.app)
         async with contextlib.nullcontext() if limits is None else limits.heavy_read():
             return await nodelog.handle_node_log_query(request)
+    try:
+        size, after = parse_page(_one(request.query, "limit"), _one(request.query, "continue"))
+    except (BadListParam, BadRequest) as exc:
+        raise web.HTTPBadRequest(text=f"{exc}\n") from None
     executor = request.app[EXECUTOR_KEY]
     streams = request.app[REGISTRY_KEY].snapshot()
     peer = peer_of(request)
     refused = refusal_counter(request.app[METRICS_KEY])
-    listing = await asyncio.get_running_loop().run_in_executor(
-        executor, lambda: [describe(i, refused) for i in streams
-                           if stream_access(peer, i) is None])
-    return web.json_response({"kind": "StreamList", "items": listing})
-
-
-MAX_LISTED_SEGMENT_FILES = 1000
-"""Segment paths listed per stream (the newest); counts and bytes still cover them all."""
-
-
-def describe(info: StreamInfo, refused: Refused = log_refusal) -> dict[str, Any]:
-    """One stream of the listing: names, policy summary, annotations, sizes, and where its
-    files are on disk (paths as logvold sees them: the host's, where volumes are mounted at
-    their host paths as in the DaemonSet and the systemd unit). Sizes come from lstat
-    through the pinned stream directory: only regular files count, and a directory reached
-    through a symlink lists nothing."""
-    p = info.policy
-    files = StreamDir(info, refused)
-    try:
-        segments = segments_of(info.base, sorted(files.names()))
-        sd = files.directory()
-        segment_bytes = active_size = active_alloc = 0
-        listed: list[dict[str, Any]] = []
-        for index, seg in enumerate(segments):
-            st = _regular(sd, seg.filename)
-            if st is None:
-                continue
-            segment_bytes += st.st_size
-            if index >= len(segments) - MAX_LISTED_SEGMENT_FILES:
-                listed.append({"path": str(Path(info.directory) / seg.filename),
-                               "bytes": st.st_size})
-        if (st := _regular(sd, info.base)) is not None:
-            active_size, active_alloc = st.st_size, st.st_blocks * 512
-    finally:
-        files.close()
-    return {
-        "namespace": info.key.namespace, "pod": info.key.pod, "container": info.key.container,
-        "volume": info.volume, "source": info.source, "podUID": info.pod_uid,
-        "file": info.base,
-        "policy": {"format": p.format, "rotate": p.rotate, "maxSize": p.max_size_bytes,
-                   "maxFiles": p.max_files, "maxAgeSeconds": p.max_age_s,
-                   "maxTotalSize": p.max_total_size_bytes, "compress": p.compress,
-                   "strategy": p.strategy},
-        "annotations": dict(info.annotations),
-        "activeFile": {"path": str(info.active_path), "apparentBytes": active_size,
-                       "allocatedBytes": active_alloc},
-        "segments": {"count": len(segments), "bytes": segment_bytes,
-                     "compressed": sum(1 for s in segments if s.compression),
-                     "newestClosed": segments[-1].stamp.isoformat() if segments else None,
-                     "files": listed},
-    }
-
-
-def _regular(sd: SafeDir | None, name: str) -> os.stat_result | None:
-    """lstat of a regular file `name` in `sd`; None for anything else or missing."""
-    try:
-        st = sd.lstat(name) if sd is not None else None
-    except OSError:
-        return None
-    return st if st is not None and stat.S_ISREG(st.st_mode) else None
+    page = await asyncio.get_running_loop().run_in_executor(
+        executor, lambda: page_of(streams, visible=lambda i: stream_access(peer, i) is None,
+                                  size=size, after=after, refused=refused))
+    metadata: dict[str, Any] = {"total": page.total, "truncated": page.next_after is not None}
+    if page.next_after is not None:
+        metadata["continue"] = str(page.next_after)
+    return web.json_response({"kind": "StreamList", "metadata": metadata,
+                              "items": page.items})
 
 
 def add_routes(app: web.Application) -> None:
