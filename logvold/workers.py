@@ -138,6 +138,8 @@ class _Slot:
     trigger: tuple[int, int, int] | None = None
     """(device, inode, size) of the active file at which a size check is worth a step;
     None: unknown (check on the next hint). Written by the step thread, read on the loop."""
+    seen_size: int = 0
+    """Apparent size at the last size check: a smaller one means the writer truncated."""
     recheck: bool = False
     """A write was hinted while a step ran: look at the trigger again when it ends."""
     retry_at: float = 0.0
@@ -147,6 +149,11 @@ class _Slot:
 
     def __post_init__(self) -> None:
         self.active = str(self.info.active_path)
+
+
+_ALLOC_SLACK_BYTES = 8192
+"""Blocks a punched file may keep besides its live part (the partial block before the
+committed offset, a block of preallocation)."""
 
 
 class StreamWorkers:
@@ -255,7 +262,15 @@ class StreamWorkers:
             st = os.lstat(slot.active)
         except OSError:
             return True
-        return (st.st_dev, st.st_ino) != trigger[:2] or st.st_size >= trigger[2]
+        shrank, slot.seen_size = st.st_size < slot.seen_size, st.st_size
+        max_size = slot.info.policy.max_size_bytes
+        return ((st.st_dev, st.st_ino) != trigger[:2] or st.st_size >= trigger[2]
+                # The writer truncated its file (`> app.log`): the committed offset no
+                # longer holds. Seen by the size going down, or, when the truncation and
+                # the rewrite fell in one batch of hints, by more blocks allocated than a
+                # punched file's live part can hold (with room for preallocation).
+                or shrank or st.st_size < trigger[2] - max_size
+                or st.st_blocks * 512 >= 2 * max_size + _ALLOC_SLACK_BYTES)
 
     def submit(self, key: StreamKey, request: StepRequest) -> bool:
         """Run `request` on the stream at its volume's next turn, or right after its step
