@@ -41,6 +41,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -173,7 +174,8 @@ def do_moves(root: Path, todo: list[tuple[str, str]]) -> None:
         init = root / Path(*pkg.split(".")) / "__init__.py"
         if not init.exists():
             init.parent.mkdir(parents=True, exist_ok=True)
-            init.write_text(f'"""{doc}"""\n', encoding="utf-8")
+            text = textwrap.fill(f'"""{doc}"""', width=99)
+            init.write_text(text + "\n", encoding="utf-8")
             _git("add", str(init))
     for old, new in todo:
         src = parked.get(old, root / _rel(old))
@@ -222,7 +224,10 @@ def _rewrite_names(text: str, root: Path, moves: dict[str, str], moved_now: set[
             children = _children(root, old) | {new.rpartition(".")[2]}
             if tail and tail[1:] in children:
                 return m.group(0)
-            if not tail and old not in moved_now:
+            followed = m.string[m.end():m.end() + 8]
+            if not tail and (old not in moved_now or re.match(r"\s+import\b", followed)):
+                # the package itself (a second run), or `from <package> import <child>`
+                # written by _rewrite_from_imports
                 return m.group(0)
         elif old in PACKAGE_MOVES and tail and f"{old}{tail}" in all_names:
             return all_names[f"{old}{tail}"]
@@ -381,8 +386,9 @@ def regenerate_module_map(root: Path) -> bool:
     """Replace the table under '## Module map' with one row per module."""
     arch = root / "ARCHITECTURE.md"
     text = arch.read_text(encoding="utf-8")
-    m = re.search(r"(## Module map[^\n]*\n(?:(?!\| module).*\n)*)(\| module \| job \|\n(?:\|.*\n)*)",
-                  text)
+    m = re.search(
+        r"(## Module map[^\n]*\n(?:(?!\| module).*\n)*)(\| module \| job \|\n(?:\|.*\n)*)", text
+    )
     if m is None:
         raise RelayoutError("ARCHITECTURE.md has no '## Module map' table")
     new = text[: m.start(2)] + module_map(root) + text[m.end(2):]
@@ -396,7 +402,12 @@ def regenerate_module_map(root: Path) -> bool:
 
 def _tool(root: Path, name: str) -> str:
     local = root / ".venv" / "bin" / name
-    return str(local) if local.exists() else name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        raise RelayoutError(f"{name} not found: create .venv (pip install -e '.[test]') first")
+    return found
 
 
 def fix_import_order(root: Path) -> None:
