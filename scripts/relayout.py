@@ -382,6 +382,39 @@ def module_map(root: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+def _layers_from_template(root: Path) -> dict[str, int]:
+    tree = ast.parse((root / LAYERS_TEMPLATE).read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "LAYERS":
+            assert node.value is not None
+            value = ast.literal_eval(node.value)
+            assert isinstance(value, dict)
+            return value
+    raise RelayoutError(f"{LAYERS_TEMPLATE} defines no LAYERS")
+
+
+def _with_layers_section(root: Path, text: str) -> str:
+    """A '## Layers' table (folder -> layer) before the module map, from the layers test."""
+    names = {1: "core (pure, stdlib only)", 2: "file I/O (stdlib + codecs/RE2)",
+             3: "adapters (each the only importer of its library)", 4: "composition"}
+    by_layer: dict[int, list[str]] = {}
+    for key, layer in _layers_from_template(root).items():
+        shown = "`logvold/__init__.py`" if key == "" else (
+            f"`{key}/`" if (root / PACKAGE / key).is_dir() else f"`{key}.py`")
+        by_layer.setdefault(layer, []).append(shown)
+    rows = ["## Layers (the folders)", "",
+            "A module imports its own layer or lower ones only; tests/unit/test_layers.py "
+            "assigns every package a layer and fails on an upward import.", "",
+            "| layer | packages and modules |", "|---|---|"]
+    rows += [f"| {n} {names[n]} | {', '.join(by_layer[n])} |" for n in sorted(by_layer)]
+    section = "\n".join(rows) + "\n\n"
+    existing = re.search(r"## Layers \(the folders\)\n(?:(?!## ).*\n)*", text)
+    if existing:
+        return text[: existing.start()] + section + text[existing.end():]
+    at = text.index("## Module map")
+    return text[:at] + section + text[at:]
+
+
 def regenerate_module_map(root: Path) -> bool:
     """Replace the table under '## Module map' with one row per module."""
     arch = root / "ARCHITECTURE.md"
@@ -392,6 +425,7 @@ def regenerate_module_map(root: Path) -> bool:
     if m is None:
         raise RelayoutError("ARCHITECTURE.md has no '## Module map' table")
     new = text[: m.start(2)] + module_map(root) + text[m.end(2):]
+    new = _with_layers_section(root, new)
     if new != text:
         arch.write_text(new, encoding="utf-8")
     return new != text
@@ -428,11 +462,13 @@ def format_tree(root: Path) -> None:
 
 
 def verify(root: Path) -> int:
+    python = str(root / ".venv/bin/python") if (root / ".venv").exists() else sys.executable
     steps = [
+        # the console scripts (logvold-driver -> logvold.driver.logger:main) are regenerated
+        [python, "-m", "pip", "install", "-q", "--no-deps", "-e", "."],
         [_tool(root, "ruff"), "check", "logvold", "tests", "benchmarks"],
         [_tool(root, "mypy")],
-        [str(root / ".venv/bin/python") if (root / ".venv").exists() else sys.executable,
-         "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/unit"],
+        [python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/unit"],
     ]
     for step in steps:
         print("$", " ".join(step), flush=True)
