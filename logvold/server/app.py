@@ -25,7 +25,7 @@ from aiohttp import web
 from logvold.changes import StreamChanges
 from logvold.core.policy import Config
 from logvold.core.streams import StreamRegistry
-from logvold.errors import LogvoldError, UsageError
+from logvold.errors import BadRequest, LogvoldError, UsageError
 from logvold.metrics import CLIENT_CLOSED_REQUEST, Metrics
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
                 response.headers["Allow"] = e.headers["Allow"]
             return response
         raise
-    except (ValueError, UsageError) as e:
+    except BadRequest as e:
         code = 400
         if _wants_json(request):
             return _status_json(400, "Bad Request", str(e))
@@ -88,6 +88,9 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
         raise
     except LogvoldError as e:
         log.error("request %s %s failed: %s", request.method, request.path, e)
+        raise web.HTTPInternalServerError(text="internal error; see the logvold log\n") from e
+    except Exception as e:  # a bug (a stray ValueError too): 500, logged with its traceback
+        log.exception("request %s %s failed", request.method, request.path)
         raise web.HTTPInternalServerError(text="internal error; see the logvold log\n") from e
     finally:
         metrics.http_requests.labels(handler_name(request), str(code)).inc()

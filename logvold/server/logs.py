@@ -22,6 +22,7 @@ from multidict import MultiMapping
 from logvold.changes import StreamChanges
 from logvold.core.layout import STATE_DIR_NAME, segments_of, state_file_name
 from logvold.core.streams import DEFAULT_NAMESPACE, StreamInfo, StreamKey
+from logvold.errors import BadRequest as BadRequest
 from logvold.fileio.reader import (
     MAX_PATTERN_LENGTH,
     FileRegion,
@@ -60,10 +61,6 @@ FALLBACK_S = 2.0
 """With change notices: the longest a caught-up follower sleeps without one."""
 GONE_RECHECK_S = 0.25
 """... while its active file is missing (the reader decides after a grace time)."""
-
-
-class BadRequest(ValueError):
-    """A client parameter that cannot be used; the message is the 400 reason."""
 
 
 # ---- parameters ---------------------------------------------------------------------
@@ -131,7 +128,10 @@ def parse_read_options(query: MultiMapping[str], *, now_ns: int | None = None) -
     if pattern is not None:
         if len(pattern) > MAX_PATTERN_LENGTH:
             raise BadRequest(f"pattern longer than {MAX_PATTERN_LENGTH} characters")
-        compile_pattern(pattern)  # ValueError with the reason
+        try:
+            compile_pattern(pattern)
+        except ValueError as e:  # the RE2 engine's reason
+            raise BadRequest(f"invalid pattern: {e}") from e
         pattern = pattern or None
     return ReadOptions(
         tail_events=_int(query, "tailLines", 0, MAX_TAIL_LINES),
