@@ -27,24 +27,23 @@ from logvold.core.policy import Config
 from logvold.core.streams import StreamRegistry
 from logvold.errors import BadRequest, LogvoldError, UsageError
 from logvold.metrics import CLIENT_CLOSED_REQUEST, Metrics
+from logvold.server.keys import (
+    CHANGES_KEY,
+    CONFIG_KEY,
+    EXECUTOR_KEY,
+    HANDLER_KEY,
+    METRICS_KEY,
+    READY_KEY,
+    REGISTRY_KEY,
+    SHUTDOWN_KEY,
+)
+from logvold.server.keys import ReadyCheck as ReadyCheck
 
 log = logging.getLogger(__name__)
 
-CONFIG_KEY = web.AppKey("logvold.config", Config)
-REGISTRY_KEY = web.AppKey("logvold.registry", StreamRegistry)
-METRICS_KEY = web.AppKey("logvold.metrics", Metrics)
-ReadyCheck = Callable[[], bool]
-READY_KEY: web.AppKey[ReadyCheck] = web.AppKey("logvold.is_ready")
-EXECUTOR_KEY = web.AppKey("logvold.executor", ThreadPoolExecutor)
-SHUTDOWN_KEY = web.AppKey("logvold.shutdown", threading.Event)
-CHANGES_KEY = web.AppKey("logvold.changes", StreamChanges)
-"""Set when the daemon feeds change notices (inotify + rotator commits): followers then
-sleep until their stream changes instead of polling it."""
 
 READER_THREADS = 32
 """Threads that run reader steps; a step is bounded (one chunk), so followers share them."""
-HANDLER_KEY = web.RequestKey("logvold.handler", str)
-"""Set by a handler that serves another job under a shared route (the node log query)."""
 _T0_KEY = web.RequestKey("logvold.t0", float)
 _SOCKETS_KEY: web.AppKey[list[tuple[str, int]]] = web.AppKey("logvold.sockets")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -33,7 +33,7 @@ from logvold.core.selectors import (
 )
 from logvold.core.streams import StreamInfo
 from logvold.fileio.reader import ReadOptions
-from logvold.server.app import CONFIG_KEY, REGISTRY_KEY
+from logvold.server.keys import CONFIG_KEY, REGISTRY_KEY
 from logvold.server.logs import (
     BadRequest,
     check_name,

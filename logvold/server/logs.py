@@ -36,7 +36,7 @@ from logvold.fileio.reader_dir import Refused, StreamDir, log_refusal
 from logvold.fileio.safedir import SafeDir, UnsafeFile, open_stream_dir
 from logvold.metrics import Metrics
 from logvold.server.access import Peer, forbid, may_read_files, peer_of
-from logvold.server.app import (
+from logvold.server.keys import (
     CHANGES_KEY,
     EXECUTOR_KEY,
     HANDLER_KEY,
