@@ -22,6 +22,7 @@ from multidict import MultiMapping
 from logvold.changes import StreamChanges
 from logvold.core.layout import STATE_DIR_NAME, segments_of, state_file_name
 from logvold.core.streams import DEFAULT_NAMESPACE, StreamInfo, StreamKey
+from logvold.core.values import GO_FALSE, GO_TRUE
 from logvold.errors import BadRequest as BadRequest
 from logvold.fileio.reader import (
     MAX_PATTERN_LENGTH,
@@ -53,8 +54,7 @@ NODE_LOG_QUERY_PARAMS = ("query", "pattern", "sinceTime", "untilTime", "tailLine
 MAX_TAIL_LINES = 10_000_000
 MAX_SECONDS = 100 * 365 * 86400
 _NAME_RE = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_.]{0,252}")
-_BOOL = {"1": True, "t": True, "T": True, "true": True, "TRUE": True, "True": True,
-         "0": False, "f": False, "F": False, "false": False, "FALSE": False, "False": False}
+_BOOL = {**dict.fromkeys(GO_TRUE, True), **dict.fromkeys(GO_FALSE, False)}  # Go's ParseBool
 POLL_INTERVAL_S = 0.05
 MAX_IDLE_S = 1.0
 FALLBACK_S = 2.0
