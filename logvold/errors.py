@@ -133,3 +133,8 @@ class ReviewUnavailable(LogvoldError):
 
 class ClientError(LogvoldError):
     """A failure of `logvold logs` / `logvold query` to report on one line (exit 1)."""
+
+
+class ReopenFailed(StreamError):
+    """The writer of a renamed file could not be asked to reopen it (pid file, signal or
+    command); it keeps writing the renamed segment until it reopens by itself."""

@@ -200,6 +200,21 @@ def import_cycles() -> list[list[str]]:
     return cycles
 
 
+def test_file_io_layer_runs_no_processes_and_sends_no_signals() -> None:
+    """The reopen action (a signal or a command) is the runner's, injected as a Reopener."""
+    found = []
+    for path in MODULES:
+        if not _module_name(path).startswith("logvold.fileio"):
+            continue
+        for imp in imports_of(path):
+            if _within(imp.module, ("subprocess", "signal", "multiprocessing")):
+                found.append(f"{path.name}:{imp.line} imports {imp.module}")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr in ("kill", "killpg", "system"):
+                found.append(f"{path.name}:{node.lineno} uses .{node.attr}")
+    assert found == []
+
+
 def test_no_import_cycles() -> None:
     assert import_cycles() == []
 
