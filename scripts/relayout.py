@@ -459,6 +459,16 @@ def format_tree(root: Path) -> None:
         if anchor not in text:
             raise RelayoutError(f"scripts/test has no line {anchor.strip()!r} to add the check to")
         script.write_text(text.replace(anchor, anchor + FORMAT_CHECK + "\n"), encoding="utf-8")
+    long_lines = subprocess.run(
+        [_tool(root, "ruff"), "check", "--select", "E501", "--output-format", "concise",
+         "--quiet", "logvold", "tests", "benchmarks"],
+        capture_output=True, text=True, check=False, cwd=root,
+    ).stdout.strip()
+    if long_lines:
+        raise RelayoutError(
+            "moved and formatted, but `ruff format` left lines it cannot shorten (split the "
+            f"literal by hand, then run `ruff check` again):\n{long_lines}"
+        )
 
 
 def verify(root: Path) -> int:
