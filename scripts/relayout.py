@@ -431,6 +431,128 @@ def regenerate_module_map(root: Path) -> bool:
     return new != text
 
 
+# --- pytest-asyncio ------------------------------------------------------------------------
+
+
+def _is_run_of(stmt: ast.stmt, name: str) -> bool:
+    """`asyncio.run(name())` as a statement."""
+    if not isinstance(stmt, ast.Expr) or not isinstance(stmt.value, ast.Call):
+        return False
+    call = stmt.value
+    inner = call.args[0] if len(call.args) == 1 and not call.keywords else None
+    return (
+        isinstance(call.func, ast.Attribute) and call.func.attr == "run"
+        and isinstance(call.func.value, ast.Name) and call.func.value.id == "asyncio"
+        and isinstance(inner, ast.Call) and isinstance(inner.func, ast.Name)
+        and inner.func.id == name and not inner.args and not inner.keywords
+    )
+
+
+def _own_nodes(fn: ast.AsyncFunctionDef) -> list[ast.AST]:
+    """Nodes of `fn`'s body, not descending into nested functions or classes."""
+    out: list[ast.AST] = []
+    stack: list[ast.AST] = list(fn.body)
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            stack.extend(ast.iter_child_nodes(node))
+    return out
+
+
+def _convertible(test: ast.FunctionDef) -> ast.AsyncFunctionDef | None:
+    """The inner coroutine of `def test_x(): async def scenario(): ...; asyncio.run(scenario())`
+    when inlining it cannot change meaning (no return, nonlocal, multi-line strings)."""
+    if len(test.body) < 2 or not isinstance(test.body[-2], ast.AsyncFunctionDef):
+        return None
+    inner = test.body[-2]
+    if inner.decorator_list or inner.args.args or inner.args.kwonlyargs:
+        return None
+    if not _is_run_of(test.body[-1], inner.name):
+        return None
+    uses = [n for n in ast.walk(test) if isinstance(n, ast.Name) and n.id == inner.name]
+    if len(uses) != 1:
+        return None
+    for node in [inner, *_own_nodes(inner)]:
+        if isinstance(node, (ast.Return, ast.Nonlocal, ast.Global, ast.Yield, ast.YieldFrom)):
+            return None
+        if isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)) and (
+            node.lineno != node.end_lineno
+        ):
+            return None
+    return inner
+
+
+def _wrap_def(line: str, width: int = 100) -> str:
+    """A one-line `def` longer than `width`, with its parameters on a line of their own."""
+    if len(line.rstrip("\n")) <= width or not line.rstrip().endswith(":"):
+        return line
+    indent = re.match(r"\s*", line).group(0)  # type: ignore[union-attr]
+    head, _, rest = line.partition("(")
+    params, _, tail = rest.rpartition(")")
+    return f"{head}(\n{indent}    {params}\n{indent}){tail}"
+
+
+def convert_async_tests(root: Path) -> list[str]:
+    """Hand-written event-loop runners -> `@pytest.mark.asyncio async def test_...`.
+
+    Only the plain shape is converted (the test's last two statements are
+    `async def scenario() -> None: ...` and `asyncio.run(scenario())`); the names of the
+    tests left with their own runner are returned for a person to look at.
+    """
+    left: list[str] = []
+    for path in sorted((root / "tests").rglob("test_*.py")):
+        text = path.read_text(encoding="utf-8")
+        if "asyncio.run(" not in text and "new_event_loop" not in text:
+            continue
+        tree = ast.parse(text)
+        lines = text.splitlines(keepends=True)
+        edits: list[tuple[int, int, list[str]]] = []
+        for node in tree.body:
+            if not isinstance(node, ast.FunctionDef) or not node.name.startswith("test_"):
+                continue
+            inner = _convertible(node)
+            uses_runner = any(
+                isinstance(n, ast.Attribute) and n.attr in ("run", "new_event_loop")
+                and isinstance(n.value, ast.Name) and n.value.id == "asyncio"
+                for n in ast.walk(node)
+            )
+            if inner is None:
+                if uses_runner:
+                    left.append(f"{path.relative_to(root)}::{node.name}")
+                continue
+            assert node.end_lineno is not None and inner.end_lineno is not None
+            first = min([d.lineno for d in node.decorator_list] + [node.lineno]) - 1
+            indent = re.match(r"\s*", lines[node.lineno - 1]).group(0)  # type: ignore[union-attr]
+            body_start = inner.body[0].lineno - 1
+            # comments/blank lines between the inner def and its first statement stay
+            head_end = inner.lineno - 1
+            while not lines[head_end].rstrip().endswith(":") and head_end < body_start:
+                head_end += 1
+            body = lines[head_end + 1 : inner.end_lineno]
+            width = len(re.match(r"\s*", lines[body_start]).group(0)) - (  # type: ignore[union-attr]
+                len(re.match(r"\s*", lines[inner.lineno - 1]).group(0))  # type: ignore[union-attr]
+            )
+            dedented = [ln[width:] if ln[:width].strip() == "" else ln for ln in body]
+            new = lines[first : node.lineno - 1]
+            new = [f"{indent}@pytest.mark.asyncio\n", *new]
+            new.append(_wrap_def(lines[node.lineno - 1].replace("def ", "async def ", 1)))
+            new.extend(lines[node.lineno : inner.lineno - 1])
+            new.extend(dedented)
+            edits.append((first, node.end_lineno, new))
+        if not edits:
+            continue
+        for start, end, new_lines in sorted(edits, reverse=True):
+            lines[start:end] = new_lines
+        out = "".join(lines)
+        if not re.search(r"^import pytest$", out, re.M):
+            out = out.replace("\nimport ", "\nimport pytest\nimport ", 1)
+        path.write_text(out, encoding="utf-8")
+    subprocess.run([_tool(root, "ruff"), "check", "--fix", "--select", "F401,I", "--quiet",
+                    "tests"], check=False, cwd=root)
+    return left
+
+
 # --- tools ---------------------------------------------------------------------------------
 
 
@@ -492,6 +614,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--format", action="store_true", help="ruff format the tree afterwards "
                         "and add `ruff format --check` to scripts/test")
+    parser.add_argument("--asyncio", action="store_true", help="turn `asyncio.run(scenario())` "
+                        "tests into pytest-asyncio tests")
     parser.add_argument("--verify", action="store_true", help="run ruff, mypy, unit tests after")
     parser.add_argument("--map-only", action="store_true",
                         help="only regenerate ARCHITECTURE.md's module map")
@@ -518,6 +642,10 @@ def main(argv: list[str] | None = None) -> int:
         install_layers_test(root)
         fix_import_order(root)
         regenerate_module_map(root)
+        if args.asyncio:
+            left = convert_async_tests(root)
+            print(f"relayout: {len(left)} tests keep their own event loop runner (not the "
+                  "plain shape):", *left, sep="\n  ")
         if args.format:
             format_tree(root)
     except RelayoutError as exc:
