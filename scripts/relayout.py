@@ -398,7 +398,11 @@ def _with_layers_section(root: Path, text: str) -> str:
     names = {1: "core (pure, stdlib only)", 2: "file I/O (stdlib + codecs/RE2)",
              3: "adapters (each the only importer of its library)", 4: "composition"}
     by_layer: dict[int, list[str]] = {}
-    for key, layer in _layers_from_template(root).items():
+    layers = _layers_from_template(root)
+    base = root / PACKAGE
+    if not all(k == "" or (base / k).is_dir() or (base / f"{k}.py").is_file() for k in layers):
+        return text  # not moved yet (--map-only on the old layout): no layers table
+    for key, layer in layers.items():
         shown = "`logvold/__init__.py`" if key == "" else (
             f"`{key}/`" if (root / PACKAGE / key).is_dir() else f"`{key}.py`")
         by_layer.setdefault(layer, []).append(shown)
