@@ -383,14 +383,18 @@ def module_map(root: Path) -> str:
 
 
 def _layers_from_template(root: Path) -> dict[str, int]:
-    tree = ast.parse((root / LAYERS_TEMPLATE).read_text(encoding="utf-8"))
-    for node in tree.body:
-        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "LAYERS":
-            assert node.value is not None
-            value = ast.literal_eval(node.value)
-            assert isinstance(value, dict)
-            return value
-    raise RelayoutError(f"{LAYERS_TEMPLATE} defines no LAYERS")
+    """LAYERS of the installed layers test (after the move), else of the template."""
+    for source in (LAYERS_TEST, LAYERS_TEMPLATE):
+        if not (root / source).is_file():
+            continue
+        tree = ast.parse((root / source).read_text(encoding="utf-8"))
+        for node in tree.body:
+            if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "LAYERS":
+                assert node.value is not None
+                value = ast.literal_eval(node.value)
+                assert isinstance(value, dict)
+                return value
+    raise RelayoutError(f"neither {LAYERS_TEST} nor {LAYERS_TEMPLATE} defines LAYERS")
 
 
 def _with_layers_section(root: Path, text: str) -> str:
