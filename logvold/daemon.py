@@ -73,7 +73,11 @@ def _default_rotator_factory() -> RotatorFactory:
 
     def make(info: StreamInfo, metrics: Metrics | None,
              clock: Callable[[], datetime]) -> Any:
-        return StreamRotator(info, metrics, clock)
+        from logvold.runner.reopen import run_reopen_action
+
+        rotator = StreamRotator(info, metrics, clock)
+        rotator.reopener = run_reopen_action  # signals and commands stay out of fileio
+        return rotator
 
     return make
 

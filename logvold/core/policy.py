@@ -18,18 +18,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
 from logvold.core.units import parse_duration, parse_size
+from logvold.core.values import decode_delimiter
+from logvold.core.values import decode_escapes as decode_escapes
+from logvold.core.values import rotate_period as rotate_period
 from logvold.errors import ConfigError, ConfigProblem
 
 Rotate = str
 """`Hourly`, `Daily`, `Never`, or a fixed period as whole seconds (`"600s"`)."""
 ROTATE_NAMES: Final = ("Hourly", "Daily", "Never")
-
-
-def rotate_period(seconds: float) -> Rotate:
-    """The Rotate value of a fixed period; ValueError unless it is whole seconds >= 1."""
-    if seconds < 1 or not float(seconds).is_integer():
-        raise ValueError("a rotation period must be whole seconds, at least 1s")
-    return f"{int(seconds)}s"
 
 
 def period_seconds(rotate: Rotate) -> int | None:
@@ -279,23 +275,6 @@ _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9_])?")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
 _ANNOTATION_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?")
-_ESCAPES = {
-    "n": "\n",
-    "r": "\r",
-    "t": "\t",
-    "0": "\0",
-    "a": "\a",
-    "b": "\b",
-    "f": "\f",
-    "v": "\v",
-    "e": "\x1b",
-    "\\": "\\",
-    '"': '"',
-    "'": "'",
-    " ": " ",
-    "/": "/",
-}
-_HEX_ESCAPE_LEN = {"x": 2, "u": 4, "U": 8}
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_STREAM_CAP = 100_000
 """Highest `maxStreams` / `maxStreamsPerVolume` accepted: one bounded listing's worth."""
@@ -329,44 +308,6 @@ def describe_value(value: object) -> str:
     if isinstance(value, list | tuple):
         return "a list"
     return f"a {type(value).__name__}"
-
-
-def decode_escapes(text: str) -> str:
-    """Resolve backslash escapes (`\\n`, `\\t`, `\\x1e`, `\\u2028`, `\\\\`) as YAML does.
-
-    YAML decodes them only in double quotes; applying this to every delimiter
-    makes single-quoted and plain `'\\x1e'` mean the same as `"\\x1e"`.
-    """
-    out: list[str] = []
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch != "\\":
-            out.append(ch)
-            i += 1
-            continue
-        if i + 1 >= len(text):
-            raise ValueError("a lone backslash ends the string; write \\\\ for a backslash")
-        code = text[i + 1]
-        if code in _ESCAPES:
-            out.append(_ESCAPES[code])
-            i += 2
-        elif code in _HEX_ESCAPE_LEN:
-            digits = text[i + 2 : i + 2 + _HEX_ESCAPE_LEN[code]]
-            if len(digits) != _HEX_ESCAPE_LEN[code] or not all(
-                c in "0123456789abcdefABCDEF" for c in digits
-            ):
-                raise ValueError(
-                    f"\\{code} needs {_HEX_ESCAPE_LEN[code]} hex digits, got {digits!r}"
-                )
-            point = int(digits, 16)
-            if point > 0x10FFFF or 0xD800 <= point <= 0xDFFF:  # beyond Unicode, or a surrogate
-                raise ValueError(f"\\{code}{digits} is not a valid character")
-            out.append(chr(point))
-            i += 2 + len(digits)
-        else:
-            raise ValueError(f"unknown escape \\{code}; use \\n, \\r, \\t, \\0, \\\\ or \\xHH")
-    return "".join(out)
 
 
 @functools.cache
@@ -580,17 +521,9 @@ class _Reader:
         if not isinstance(text, str):
             return _INVALID
         try:
-            decoded = decode_escapes(text)
+            return decode_delimiter(text)  # the same bytes as from `logvold run` and the driver
         except ValueError as exc:
             self.problem(path, str(exc))
-            return _INVALID
-        if not decoded:
-            self.problem(path, 'must not be empty; the default is "\\n"')
-            return _INVALID
-        try:
-            return decoded.encode("utf-8")
-        except UnicodeEncodeError:
-            self.problem(path, "contains a lone surrogate, which has no UTF-8 encoding")
             return _INVALID
 
     def timezone(self, value: object, path: KeyPath) -> object:

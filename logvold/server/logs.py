@@ -21,6 +21,8 @@ from multidict import MultiMapping
 from logvold.changes import StreamChanges
 from logvold.core.layout import STATE_DIR_NAME, segments_of, state_file_name
 from logvold.core.streams import DEFAULT_NAMESPACE, StreamInfo, StreamKey
+from logvold.core.values import GO_FALSE, GO_TRUE
+from logvold.errors import BadRequest as BadRequest
 from logvold.fileio.reader import (
     MAX_PATTERN_LENGTH,
     FileRegion,
@@ -34,7 +36,7 @@ from logvold.fileio.reader_dir import Refused, log_refusal
 from logvold.fileio.safedir import UnsafeFile, open_stream_dir
 from logvold.metrics import Metrics
 from logvold.server.access import Peer, forbid, may_read_files, peer_of
-from logvold.server.app import (
+from logvold.server.keys import (
     CHANGES_KEY,
     EXECUTOR_KEY,
     HANDLER_KEY,
@@ -52,18 +54,13 @@ NODE_LOG_QUERY_PARAMS = ("query", "pattern", "sinceTime", "untilTime", "tailLine
 MAX_TAIL_LINES = 10_000_000
 MAX_SECONDS = 100 * 365 * 86400
 _NAME_RE = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_.]{0,252}")
-_BOOL = {"1": True, "t": True, "T": True, "true": True, "TRUE": True, "True": True,
-         "0": False, "f": False, "F": False, "false": False, "FALSE": False, "False": False}
+_BOOL = {**dict.fromkeys(GO_TRUE, True), **dict.fromkeys(GO_FALSE, False)}  # Go's ParseBool
 POLL_INTERVAL_S = 0.05
 MAX_IDLE_S = 1.0
 FALLBACK_S = 2.0
 """With change notices: the longest a caught-up follower sleeps without one."""
 GONE_RECHECK_S = 0.25
 """... while its active file is missing (the reader decides after a grace time)."""
-
-
-class BadRequest(ValueError):
-    """A client parameter that cannot be used; the message is the 400 reason."""
 
 
 # ---- parameters ---------------------------------------------------------------------
@@ -131,7 +128,10 @@ def parse_read_options(query: MultiMapping[str], *, now_ns: int | None = None) -
     if pattern is not None:
         if len(pattern) > MAX_PATTERN_LENGTH:
             raise BadRequest(f"pattern longer than {MAX_PATTERN_LENGTH} characters")
-        compile_pattern(pattern)  # ValueError with the reason
+        try:
+            compile_pattern(pattern)
+        except ValueError as e:  # the RE2 engine's reason
+            raise BadRequest(f"invalid pattern: {e}") from e
         pattern = pattern or None
     return ReadOptions(
         tail_events=_int(query, "tailLines", 0, MAX_TAIL_LINES),

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from logvold import __version__
 from logvold.core.streams import StreamInfo
-from logvold.server.app import CONFIG_KEY, EXECUTOR_KEY, METRICS_KEY, REGISTRY_KEY
+from logvold.server.keys import CONFIG_KEY, EXECUTOR_KEY, METRICS_KEY, REGISTRY_KEY
 from logvold.server.stream_list import describe_many
 
 _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
