@@ -55,6 +55,8 @@ MOVES: dict[str, str] = {
     "logvold.survey": "logvold.daemon.survey",
     "logvold.scheduler": "logvold.daemon.scheduler",
     "logvold.sdnotify": "logvold.daemon.sdnotify",
+    "logvold.activity": "logvold.daemon.activity",
+    "logvold.host_checks": "logvold.config.host_checks",
     # Followers in server/ wait on change notices, so they live with the sources
     # of changes (layer 3), not in the composition layer.
     "logvold.changes": "logvold.sources.changes",
