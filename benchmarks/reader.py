@@ -183,8 +183,8 @@ def serve(stream_dir: Path) -> None:
     """The follow benchmark's server process: one raw stream, port printed on stdout."""
     from logvold.core.policy import default_config
     from logvold.core.streams import StreamRegistry
-    from logvold.metrics import Metrics
     from logvold.server.app import build_app, start_server
+    from logvold.telemetry.metrics import Metrics
 
     async def run() -> None:
         registry = StreamRegistry()

@@ -27,7 +27,7 @@ commands:
 
 
 def _serve(argv: Sequence[str]) -> int:
-    from logvold.daemon import main_serve
+    from logvold.daemon.serve import main_serve
 
     return main_serve(argv)
 
@@ -39,13 +39,13 @@ def _run(argv: Sequence[str]) -> int:
 
 
 def _driver(argv: Sequence[str]) -> int:
-    from logvold.driver import main_driver
+    from logvold.driver.logger import main_driver
 
     return main_driver(argv)
 
 
 def _check_config(argv: Sequence[str]) -> int:
-    from logvold.config_file import main_check_config
+    from logvold.config.yaml_file import main_check_config
 
     return main_check_config(argv)
 

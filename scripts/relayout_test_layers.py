@@ -38,7 +38,7 @@ LAYERS: dict[str, int] = {
 LAYER_NAMES = {1: "core", 2: "file I/O", 3: "adapters", 4: "composition"}
 # Third-party libraries layer 2 may use: codecs and the RE2 engine in fileio,
 # where segments are decoded and the `pattern` read filter runs.
-LAYER2_THIRD_PARTY = {"fileio": {"zstandard", "re2"}}
+LAYER2_THIRD_PARTY = {"fileio": {"zstandard", "re2", "orjson"}}
 YAML_IMPORTER = "logvold.config.yaml_file"
 
 

@@ -1,7 +1,7 @@
 """The streams a pod declares in its `logvold.io/logs` annotation: the plain
 YAML tree (volume -> container -> policy.logs) checked against the pod object
 (a plain dict in the API's JSON shape) and mapped to host paths. Stdlib only;
-reading the YAML text is `logvold.discovery.annotation`'s job.
+reading the YAML text is `logvold.sources.annotation`'s job.
 """
 
 from __future__ import annotations

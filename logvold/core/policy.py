@@ -1,6 +1,6 @@
 """The configuration model: frozen policy values and their converters from a
 plain YAML tree (dicts, lists, scalars) with line marks. Stdlib only; reading
-the YAML file is `logvold.config_file`'s job.
+the YAML file is `logvold.config.yaml_file`'s job.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """One parser per kind of value an operator writes, shared by every front end: the YAML
 config (core.policy), the Go-style flags of `logvold run` / `kube-log-runner`
-(runner/cli.py) and the containerd driver's `binary://` pairs (driver_args.py), so one
+(runner/cli.py) and the containerd driver's `binary://` pairs (driver/args.py), so one
 spelling means the same thing wherever it is written.
 
 Stdlib only. Each parser raises ValueError with the reason; the front end says where

@@ -17,7 +17,7 @@ from logvold.fileio.safedir import UnsafeFile
 
 if TYPE_CHECKING:
     from logvold.core.streams import StreamKey
-    from logvold.metrics import Metrics
+    from logvold.telemetry.metrics import Metrics
 
 log = logging.getLogger("logvold.fileio.rotator")
 

@@ -81,7 +81,7 @@ from logvold.fileio.state_rebuild import rebuild_state
 
 if TYPE_CHECKING:
     from logvold.core.streams import StreamInfo
-    from logvold.metrics import Metrics
+    from logvold.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from logvold.changes import StreamChanges
 from logvold.core.policy import Config
 from logvold.core.streams import StreamRegistry
 from logvold.errors import BadRequest, LogvoldError, UsageError
-from logvold.metrics import CLIENT_CLOSED_REQUEST, Metrics
 from logvold.server.keys import (
     CHANGES_KEY,
     CONFIG_KEY,
@@ -40,6 +38,8 @@ from logvold.server.keys import (
     LiveCheck,
 )
 from logvold.server.keys import ReadyCheck as ReadyCheck
+from logvold.sources.changes import StreamChanges
+from logvold.telemetry.metrics import CLIENT_CLOSED_REQUEST, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -191,9 +191,9 @@ def build_app(*, config: Config, registry: StreamRegistry, metrics: Metrics,
     app[_SOCKETS_KEY] = []
     app.on_cleanup.append(_unlink_sockets)
     try:
-        from logvold.server import nodelog
+        from logvold.server.nodelog import handler as nodelog
     except ImportError:  # pragma: no cover - built in parallel; /logs/?query= then says 501
-        log.warning("node log query unavailable: logvold.server.nodelog did not import")
+        log.warning("node log query unavailable: logvold.server.nodelog.handler did not import")
     else:
         nodelog.add_node_log_routes(app, config.node_log_query, metrics)
     logs.add_routes(app)

@@ -13,14 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from logvold.changes import StreamChanges
 from logvold.core.policy import Config
 from logvold.core.streams import StreamRegistry
-from logvold.metrics import Metrics
+from logvold.sources.changes import StreamChanges
+from logvold.telemetry.metrics import Metrics
 
 CONFIG_KEY = web.AppKey("logvold.config", Config)
 REGISTRY_KEY = web.AppKey("logvold.registry", StreamRegistry)
-METRICS_KEY = web.AppKey("logvold.metrics", Metrics)
+METRICS_KEY = web.AppKey("logvold.telemetry.metrics", Metrics)
 ReadyCheck = Callable[[], bool]
 READY_KEY: web.AppKey[ReadyCheck] = web.AppKey("logvold.is_ready")
 LiveCheck = Callable[[], "str | None"]
@@ -28,7 +28,7 @@ LiveCheck = Callable[[], "str | None"]
 LIVE_KEY: web.AppKey[LiveCheck] = web.AppKey("logvold.liveness")
 EXECUTOR_KEY = web.AppKey("logvold.executor", ThreadPoolExecutor)
 SHUTDOWN_KEY = web.AppKey("logvold.shutdown", threading.Event)
-CHANGES_KEY = web.AppKey("logvold.changes", StreamChanges)
+CHANGES_KEY = web.AppKey("logvold.sources.changes", StreamChanges)
 """Set when the daemon feeds change notices (inotify + rotator commits): followers then
 sleep until their stream changes instead of polling it."""
 HANDLER_KEY = web.RequestKey("logvold.handler", str)

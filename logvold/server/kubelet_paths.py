@@ -24,7 +24,7 @@ from aiohttp import web
 from logvold.server.keys import CONFIG_KEY, EXECUTOR_KEY, HANDLER_KEY
 from logvold.server.kubeapi import serve_kubelet_style
 from logvold.server.logs import BadRequest, check_name, lookup, parse_read_options
-from logvold.server.nodelog_files import FileQueryError, listing_html, open_in_log_dir
+from logvold.server.nodelog.files import FileQueryError, listing_html, open_in_log_dir
 
 _FILE_CHUNK = 64 * 1024
 
@@ -104,7 +104,7 @@ async def _node_logs_root(request: web.Request) -> web.StreamResponse:
 
     check_name("node", request.match_info["node"])
     if any(name in request.query for name in NODE_LOG_QUERY_PARAMS):
-        from logvold.server import nodelog
+        from logvold.server.nodelog import handler as nodelog
 
         request[HANDLER_KEY] = "nodelog"
         return await nodelog.handle_node_log_query(request)

@@ -30,7 +30,7 @@ from aiohttp import web
 
 from logvold.core.policy import ServerLimits
 from logvold.core.streams import StreamKey
-from logvold.metrics import Metrics
+from logvold.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiMapping
 
-from logvold.changes import StreamChanges
 from logvold.core.layout import STATE_DIR_NAME, segments_of, state_file_name
 from logvold.core.streams import DEFAULT_NAMESPACE, StreamInfo, StreamKey
 from logvold.core.values import GO_FALSE, GO_TRUE
@@ -34,7 +33,6 @@ from logvold.fileio.reader import (
 )
 from logvold.fileio.reader_dir import Refused, log_refusal
 from logvold.fileio.safedir import UnsafeFile, open_stream_dir
-from logvold.metrics import Metrics
 from logvold.server.access import Peer, forbid, may_read_files, peer_of
 from logvold.server.keys import (
     CHANGES_KEY,
@@ -46,6 +44,8 @@ from logvold.server.keys import (
 )
 from logvold.server.limits import request_limits
 from logvold.server.stream_list import BadListParam, page_of, parse_page
+from logvold.sources.changes import StreamChanges
+from logvold.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -421,7 +421,7 @@ async def _container_logs(request: web.Request) -> web.StreamResponse:
 async def _logs_root(request: web.Request) -> web.StreamResponse:
     if any(name in request.query for name in NODE_LOG_QUERY_PARAMS):
         try:
-            from logvold.server import nodelog
+            from logvold.server.nodelog import handler as nodelog
         except ImportError:  # pragma: no cover - built in parallel
             raise web.HTTPNotImplemented(text="node log query is not available\n") from None
         request[HANDLER_KEY] = "nodelog"

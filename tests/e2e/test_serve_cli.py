@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from logvold.config_file import load_config_text
+from logvold.config.yaml_file import load_config_text
 from logvold.core.layout import segments_of
 from tests.e2e.serve_support import ROOT, free_port, http_get, running, wait_for, write_config
 from tests.support.events import event_stream

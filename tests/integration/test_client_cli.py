@@ -23,7 +23,7 @@ from aiohttp import web
 from logvold.client.cli import main_logs, main_query, query_request
 from logvold.core.policy import Config, LogPolicy, NodeLogQueryConfig
 from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
-from logvold.metrics import Metrics
+from logvold.telemetry.metrics import Metrics
 
 LOGVOLD = str(Path(sys.executable).with_name("logvold"))
 

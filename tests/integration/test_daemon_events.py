@@ -26,9 +26,9 @@ import pytest
 from logvold.core.layout import segments_of
 from logvold.core.policy import Config, LogPolicy, ServerConfig, VolumeSpec
 from logvold.core.streams import StreamInfo, StreamKey
-from logvold.daemon import Daemon, ServeOptions
-from logvold.metrics import Metrics
+from logvold.daemon.serve import Daemon, ServeOptions
 from logvold.server import logs as server_logs
+from logvold.telemetry.metrics import Metrics
 from tests.support.events import split_raw, verify
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,7 +104,8 @@ def _config(vol: Path, **policy: object) -> Config:
                   rescan_interval_s=HOUR)
 
 
-def test_writes_below_max_size_cost_no_step_and_crossing_it_fires_one(tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_writes_below_max_size_cost_no_step_and_crossing_it_fires_one(tmp_path: Path) -> None:
     vol = tmp_path / "vol"
     vol.mkdir()
     active = vol / "a.log"
@@ -117,27 +118,24 @@ def test_writes_below_max_size_cost_no_step_and_crossing_it_fires_one(tmp_path: 
         rotators.append(CountingRotator(info))
         return rotators[-1]
 
-    async def main() -> None:
-        async with daemon_for(_config(vol, max_size_bytes=64 * 1024), factory) as daemon:
-            await until(lambda: bool(rotators) and "needs_rotation" in rotators[0].calls)
-            await daemon.wait_idle()
-            rot = rotators[0]
-            steps_before = rot.calls.count("needs_rotation")
-            with active.open("ab") as f:
-                for n in range(100):  # 100 writes, ~2 KiB in all: far below 64 KiB
-                    seen = daemon.changes.version(key)
-                    f.write(b"line %05d\n" % n)
-                    f.flush()
-                    # Each write's inotify event reached the daemon (it bumps the version).
-                    await until(lambda seen=seen: daemon.changes.version(key) != seen)
-            await daemon.wait_idle()
-            assert rot.calls.count("needs_rotation") == steps_before
-            # Crossing maxSize: the write's event is enough (the rescan is an hour away).
-            with active.open("ab") as f:
-                f.write(b"x" * 64 * 1024 + b"\n")
-            await until(lambda: "rotate:size" in rot.calls)
-
-    asyncio.run(main())
+    async with daemon_for(_config(vol, max_size_bytes=64 * 1024), factory) as daemon:
+        await until(lambda: bool(rotators) and "needs_rotation" in rotators[0].calls)
+        await daemon.wait_idle()
+        rot = rotators[0]
+        steps_before = rot.calls.count("needs_rotation")
+        with active.open("ab") as f:
+            for n in range(100):  # 100 writes, ~2 KiB in all: far below 64 KiB
+                seen = daemon.changes.version(key)
+                f.write(b"line %05d\n" % n)
+                f.flush()
+                # Each write's inotify event reached the daemon (it bumps the version).
+                await until(lambda seen=seen: daemon.changes.version(key) != seen)
+        await daemon.wait_idle()
+        assert rot.calls.count("needs_rotation") == steps_before
+        # Crossing maxSize: the write's event is enough (the rescan is an hour away).
+        with active.open("ab") as f:
+            f.write(b"x" * 64 * 1024 + b"\n")
+        await until(lambda: "rotate:size" in rot.calls)
 
 
 async def _follow(url: str, n: int) -> bytes:

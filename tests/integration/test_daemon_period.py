@@ -13,7 +13,7 @@ import pytest
 
 from logvold.core.layout import segments_of
 from logvold.core.policy import Config, LogPolicy, VolumeSpec
-from logvold.daemon import Daemon, ServeOptions
+from logvold.daemon.serve import Daemon, ServeOptions
 from tests.support.events import event_stream, split_raw, verify
 
 

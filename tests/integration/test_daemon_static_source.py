@@ -9,8 +9,8 @@ import pytest
 
 from logvold.core.policy import Config, ContainerSpec, LogPolicy, VolumeSpec
 from logvold.core.streams import StreamKey, StreamRegistry
-from logvold.metrics import Metrics
-from logvold.static_source import StaticSource
+from logvold.sources.static import StaticSource
+from logvold.telemetry.metrics import Metrics
 
 
 def watch_errors(metrics: Metrics) -> float:

@@ -15,12 +15,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from logvold.core.policy import Config, LogPolicy, VolumeSpec
 from logvold.core.streams import StreamInfo, StreamKey
-from logvold.daemon import Daemon, ServeOptions
+from logvold.daemon.serve import Daemon, ServeOptions
+from logvold.daemon.workers import StepRequest
 from logvold.errors import ConfigError, ConfigProblem
-from logvold.metrics import Metrics
-from logvold.workers import StepRequest
+from logvold.telemetry.metrics import Metrics
 
 
 @dataclass
@@ -146,12 +148,10 @@ async def _test_size_trigger_fires_within_a_second_of_the_write(running: Running
     assert calls[calls.index("rotate:size") + 1] == "retention:None"
 
 
-def test_size_trigger_fires_within_a_second_of_the_write(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with running_daemon(tmp_path) as running:
-            await _test_size_trigger_fires_within_a_second_of_the_write(running)
-
-    asyncio.run(main())
+@pytest.mark.asyncio
+async def test_size_trigger_fires_within_a_second_of_the_write(tmp_path: Path) -> None:
+    async with running_daemon(tmp_path) as running:
+        await _test_size_trigger_fires_within_a_second_of_the_write(running)
 
 
 async def _test_idle_streams_are_not_polled(running: Running) -> None:
@@ -162,12 +162,10 @@ async def _test_idle_streams_are_not_polled(running: Running) -> None:
     assert len(running.fakes.calls("a")) == before
 
 
-def test_idle_streams_are_not_polled(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with running_daemon(tmp_path) as running:
-            await _test_idle_streams_are_not_polled(running)
-
-    asyncio.run(main())
+@pytest.mark.asyncio
+async def test_idle_streams_are_not_polled(tmp_path: Path) -> None:
+    async with running_daemon(tmp_path) as running:
+        await _test_idle_streams_are_not_polled(running)
 
 
 async def _test_new_and_removed_files_are_discovered_without_waiting_for_rescan(
@@ -183,12 +181,12 @@ async def _test_new_and_removed_files_are_discovered_without_waiting_for_rescan(
     assert running.daemon.metrics.registry.get_sample_value("logvold_streams") == 1
 
 
-def test_new_and_removed_files_are_discovered_without_waiting_for_rescan(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with running_daemon(tmp_path) as running:
-            await _test_new_and_removed_files_are_discovered_without_waiting_for_rescan(running)
-
-    asyncio.run(main())
+@pytest.mark.asyncio
+async def test_new_and_removed_files_are_discovered_without_waiting_for_rescan(
+    tmp_path: Path
+) -> None:
+    async with running_daemon(tmp_path) as running:
+        await _test_new_and_removed_files_are_discovered_without_waiting_for_rescan(running)
 
 
 async def _test_reload_applies_valid_and_rejects_invalid(running: Running) -> None:
@@ -220,12 +218,10 @@ async def _test_reload_applies_valid_and_rejects_invalid(running: Running) -> No
     )
 
 
-def test_reload_applies_valid_and_rejects_invalid(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with running_daemon(tmp_path) as running:
-            await _test_reload_applies_valid_and_rejects_invalid(running)
-
-    asyncio.run(main())
+@pytest.mark.asyncio
+async def test_reload_applies_valid_and_rejects_invalid(tmp_path: Path) -> None:
+    async with running_daemon(tmp_path) as running:
+        await _test_reload_applies_valid_and_rejects_invalid(running)
 
 
 async def _test_symlink_in_place_of_active_file_is_never_followed(
@@ -253,12 +249,10 @@ async def _test_symlink_in_place_of_active_file_is_never_followed(
     assert outside.read_bytes() == b"y" * 5000
 
 
-def test_symlink_in_place_of_active_file_is_never_followed(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with running_daemon(tmp_path) as running:
-            await _test_symlink_in_place_of_active_file_is_never_followed(running, tmp_path)
-
-    asyncio.run(main())
+@pytest.mark.asyncio
+async def test_symlink_in_place_of_active_file_is_never_followed(tmp_path: Path) -> None:
+    async with running_daemon(tmp_path) as running:
+        await _test_symlink_in_place_of_active_file_is_never_followed(running, tmp_path)
 
 
 async def _test_budget_share_reaches_retention(tmp_path: Path) -> None:

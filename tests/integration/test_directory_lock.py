@@ -17,10 +17,10 @@ import pytest
 
 from logvold.core.policy import Config, LogPolicy, VolumeSpec
 from logvold.core.streams import StreamInfo, StreamKey
-from logvold.daemon import Daemon, ServeOptions
+from logvold.daemon.serve import Daemon, ServeOptions
 from logvold.fileio.dirlock import DirectoryLocked, DirectoryLocks, lock_directory
 from logvold.fileio.safedir import UnsafeFile
-from logvold.metrics import Metrics
+from logvold.telemetry.metrics import Metrics
 from tests.integration.test_daemon_wiring import Fakes, until
 
 SECRET = b"root-only canary\n"
@@ -171,7 +171,7 @@ def test_the_daemon_locks_static_and_discovered_directories_and_keeps_its_config
 
 
 def test_a_config_reaching_one_directory_twice_names_the_file_and_line(tmp_path: Path) -> None:
-    from logvold.config_file import load_config_text
+    from logvold.config.yaml_file import load_config_text
     from logvold.errors import ConfigError
 
     (tmp_path / "x" / "a").mkdir(parents=True)

@@ -17,9 +17,9 @@ import pytest
 
 from logvold.core.policy import KubernetesConfig, LogPolicy
 from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
-from logvold.discovery.kubernetes import Backoff, PodDiscovery
 from logvold.errors import LogvoldError
-from logvold.metrics import Metrics
+from logvold.sources.kubernetes import Backoff, PodDiscovery
+from logvold.telemetry.metrics import Metrics
 from tests.support.fake_kube_api import (
     FakeKubeApi,
     assert_valid_object,

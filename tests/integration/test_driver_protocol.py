@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from logvold.driver_args import parse_driver_args
+from logvold.driver.args import parse_driver_args
 from tests.e2e.serve_support import free_port, http_get, read_segment, running, write_config
 from tests.support.containerd import (
     EVENT_DELIMITER,

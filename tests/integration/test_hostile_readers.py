@@ -25,7 +25,7 @@ from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
 from logvold.fileio.reader import ReadOptions, StreamReader
 from logvold.fileio.rotator import StreamRotator
 from logvold.fileio.safedir import UnsafeFile
-from logvold.metrics import Metrics
+from logvold.telemetry.metrics import Metrics
 from tests.support.api_server import RunningServer, get
 from tests.support.events import parse_event, split_raw, verify
 from tests.support.streams import make_events
@@ -353,7 +353,7 @@ def test_read_without_follow_ends_while_a_step_marker_stays_pending(tmp_path: Pa
 @pytest.mark.parametrize("target", ["outside", "inside"])
 def test_static_symlinked_subdir_is_refused_not_managed(tmp_path: Path, target: str) -> None:
     from logvold.core.policy import Config, ContainerSpec, VolumeSpec
-    from logvold.static_source import StaticSource
+    from logvold.sources.static import StaticSource
 
     outside = Canary.plant(tmp_path / "var-log" / "app.log", SECRET + b"\n")
     vol = tmp_path / "vol"

@@ -29,7 +29,7 @@ from logvold.fileio.compress import compress_in
 from logvold.fileio.rotator import StreamRotator
 from logvold.fileio.safedir import SafeDir, UnsafeFile
 from logvold.fileio.state import load_state, save_state, state_path
-from logvold.metrics import Metrics
+from logvold.telemetry.metrics import Metrics
 from tests.integration.rotator_kit import make_info
 from tests.support.events import event_stream, split_raw, verify
 from tests.support.hostile import (
@@ -462,7 +462,7 @@ def test_worker_check_walks_from_the_safety_root(tmp_path: Path, canary: Canary)
     root: a symlinked subDir, active file or `.logvold` is refused (no realpath)."""
     from dataclasses import replace
 
-    from logvold.workers import check_safe
+    from logvold.daemon.workers import check_safe
 
     root = tmp_path / "emptydir"
     (root / "sub").mkdir(parents=True)

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from logvold.config_file import load_config, parse_yaml_tree
-from logvold.metrics import Metrics
+from logvold.config.yaml_file import load_config, parse_yaml_tree
+from logvold.telemetry.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from logvold.core.streams import StreamKey, StreamRegistry
 from logvold.fileio.rotator import StreamRotator
 from logvold.fileio.state import load_state
-from logvold.metrics import ROTATION_ERRORS, Metrics
+from logvold.telemetry.metrics import ROTATION_ERRORS, Metrics
 from tests.e2e.serve_support import wait_for
 from tests.integration.rotator_kit import make_info, whole_stream
 from tests.support.api_server import RunningServer
@@ -133,7 +133,7 @@ def test_rules_dashboard_and_rule_tests_name_only_label_values_the_code_emits() 
     import json
     import re
 
-    from logvold.metrics import (
+    from logvold.telemetry.metrics import (
         COMPRESSION_ALGORITHMS,
         FREED_REASONS,
         RELOAD_RESULTS,

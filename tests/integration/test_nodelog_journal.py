@@ -28,10 +28,10 @@ from aiohttp import web
 
 from logvold.core.policy import Config, NodeLogQueryConfig
 from logvold.core.streams import StreamRegistry
-from logvold.metrics import Metrics
-from logvold.server import journal
 from logvold.server.app import build_app, start_server
-from logvold.server.nodelog import add_node_log_routes, handle_node_log_query
+from logvold.server.nodelog import journal
+from logvold.server.nodelog.handler import add_node_log_routes, handle_node_log_query
+from logvold.telemetry.metrics import Metrics
 
 JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
 KUBECTL = str(Path(sys.executable).with_name("kubectl"))
@@ -224,166 +224,149 @@ def config(journal_dir: Path | None, log_dir: Path, **overrides: object) -> Node
 # --- the journal ---
 
 
-def test_service_queries_answer_from_the_journal(journal_dir: Path, log_dir: Path) -> None:
-    async def scenario() -> None:
-        async with serve(config(journal_dir, log_dir)) as url:
-            status, headers, body = await get(url, "/logs/?query=kubelet")
-            assert status == 200
-            assert headers["Content-Type"] == "text/plain;charset=UTF-8"
-            assert text_lines(body) == expected(select("kubelet.service"))
-
-            # RFC 3339 bounds are inclusive; an offset is converted to UTC for journalctl.
-            _, _, body = await get(
-                url,
-                "/logs/?query=kubelet&sinceTime=2026-11-20T10:00:13Z&untilTime=2026-11-20T12:00:17%2B02:00",
-            )
-            window = [e for e in select("kubelet.service") if 13 <= e.second <= 17]
-            assert [e.second for e in window] == [13, 15, 17]
-            assert text_lines(body) == expected(window)
-
-            # tail + pattern: journalctl prints these newest first; we send them oldest first,
-            # a multi-line entry kept whole.
-            _, _, body = await get(url, "/logs/?query=kubelet&pattern=error&tailLines=2")
-            assert text_lines(body) == expected(select("kubelet.service", word="error")[-2:])
-            # tailLines passes --pager-end, which journalctl takes as "this boot" unless boot is
-            # given: the kubelet answers the same way. boot=-1 reaches the older boot.
-            _, _, body = await get(url, "/logs/?query=kubelet&pattern=error&tailLines=4")
-            assert text_lines(body) == expected(
-                select("kubelet.service", boot=BOOT_B, word="error")
-            )
-            _, _, body = await get(url, "/logs/?query=kubelet&pattern=error&tailLines=4&boot=-1")
-            assert text_lines(body) == expected(
-                select("kubelet.service", boot=BOOT_A, word="error")
-            )
-
-            # Two units interleave in time order; tail counts entries.
-            _, _, body = await get(url, "/logs/?query=kubelet&query=containerd.service&tailLines=3")
-            assert text_lines(body) == expected(ENTRIES[-3:])
-
-            # boot=-1 is the older boot, boot=0 the newest in the journal.
-            _, _, body = await get(url, "/logs/?query=kubelet&boot=-1")
-            assert text_lines(body) == expected(select("kubelet.service", boot=BOOT_A))
-            _, _, body = await get(url, "/logs/?query=containerd&boot=0&pattern=error")
-            assert text_lines(body) == expected(select("containerd.service", word="error"))
-
-            # A boot the journal lacks: journalctl's own complaint comes back as the last line.
-            status, _, body = await get(url, "/logs/?query=kubelet&boot=-7")
-            assert status == 200
-            assert "boot" in text_lines(body)[-1].lower()
-
-            # No match: journalctl's own marker, as the kubelet passes it through.
-            _, _, body = await get(url, "/logs/?query=kubelet&pattern=nomatchanywhere")
-            assert text_lines(body)[-1] == "-- No entries --"
-
-    asyncio.run(scenario())
-
-
-def test_gzip_when_the_client_accepts_it(journal_dir: Path, log_dir: Path) -> None:
-    async def scenario() -> None:
-        metrics = Metrics()
-        async with serve(config(journal_dir, log_dir), metrics) as url:
-            status, headers, body = await get(url, "/logs/?query=kubelet&tailLines=3", gzip_ok=True)
-            assert status == 200 and headers.get("Content-Encoding") == "gzip"
-            assert text_lines(gzip.decompress(body)) == expected(select("kubelet.service")[-3:])
-            _, headers, plain = await get(url, "/logs/?query=kubelet&tailLines=3")
-            assert "Content-Encoding" not in headers
-            assert plain == gzip.decompress(body)
-        served = metrics.registry.get_sample_value(
-            "logvold_bytes_served_total", {"handler": "nodelog"}
+@pytest.mark.asyncio
+async def test_service_queries_answer_from_the_journal(journal_dir: Path, log_dir: Path) -> None:
+    async with serve(config(journal_dir, log_dir)) as url:
+        status, headers, body = await get(url, "/logs/?query=kubelet")
+        assert status == 200
+        assert headers["Content-Type"] == "text/plain;charset=UTF-8"
+        assert text_lines(body) == expected(select("kubelet.service"))
+        # RFC 3339 bounds are inclusive; an offset is converted to UTC for journalctl.
+        _, _, body = await get(
+            url,
+            "/logs/?query=kubelet&sinceTime=2026-11-20T10:00:13Z&untilTime=2026-11-20T12:00:17%2B02:00",
         )
-        assert served == 2 * len(plain)  # log bytes before compression, both answers
+        window = [e for e in select("kubelet.service") if 13 <= e.second <= 17]
+        assert [e.second for e in window] == [13, 15, 17]
+        assert text_lines(body) == expected(window)
+        # tail + pattern: journalctl prints these newest first; we send them oldest first,
+        # a multi-line entry kept whole.
+        _, _, body = await get(url, "/logs/?query=kubelet&pattern=error&tailLines=2")
+        assert text_lines(body) == expected(select("kubelet.service", word="error")[-2:])
+        # tailLines passes --pager-end, which journalctl takes as "this boot" unless boot is
+        # given: the kubelet answers the same way. boot=-1 reaches the older boot.
+        _, _, body = await get(url, "/logs/?query=kubelet&pattern=error&tailLines=4")
+        assert text_lines(body) == expected(
+            select("kubelet.service", boot=BOOT_B, word="error")
+        )
+        _, _, body = await get(url, "/logs/?query=kubelet&pattern=error&tailLines=4&boot=-1")
+        assert text_lines(body) == expected(
+            select("kubelet.service", boot=BOOT_A, word="error")
+        )
+        # Two units interleave in time order; tail counts entries.
+        _, _, body = await get(url, "/logs/?query=kubelet&query=containerd.service&tailLines=3")
+        assert text_lines(body) == expected(ENTRIES[-3:])
+        # boot=-1 is the older boot, boot=0 the newest in the journal.
+        _, _, body = await get(url, "/logs/?query=kubelet&boot=-1")
+        assert text_lines(body) == expected(select("kubelet.service", boot=BOOT_A))
+        _, _, body = await get(url, "/logs/?query=containerd&boot=0&pattern=error")
+        assert text_lines(body) == expected(select("containerd.service", word="error"))
+        # A boot the journal lacks: journalctl's own complaint comes back as the last line.
+        status, _, body = await get(url, "/logs/?query=kubelet&boot=-7")
+        assert status == 200
+        assert "boot" in text_lines(body)[-1].lower()
+        # No match: journalctl's own marker, as the kubelet passes it through.
+        _, _, body = await get(url, "/logs/?query=kubelet&pattern=nomatchanywhere")
+        assert text_lines(body)[-1] == "-- No entries --"
 
-    asyncio.run(scenario())
+
+@pytest.mark.asyncio
+async def test_gzip_when_the_client_accepts_it(journal_dir: Path, log_dir: Path) -> None:
+    metrics = Metrics()
+    async with serve(config(journal_dir, log_dir), metrics) as url:
+        status, headers, body = await get(url, "/logs/?query=kubelet&tailLines=3", gzip_ok=True)
+        assert status == 200 and headers.get("Content-Encoding") == "gzip"
+        assert text_lines(gzip.decompress(body)) == expected(select("kubelet.service")[-3:])
+        _, headers, plain = await get(url, "/logs/?query=kubelet&tailLines=3")
+        assert "Content-Encoding" not in headers
+        assert plain == gzip.decompress(body)
+    served = metrics.registry.get_sample_value(
+        "logvold_bytes_served_total", {"handler": "nodelog"}
+    )
+    assert served == 2 * len(plain)  # log bytes before compression, both answers
 
 
-def test_kubectl_get_raw_works_unchanged(journal_dir: Path, log_dir: Path, tmp_path: Path) -> None:
-    async def scenario() -> None:
-        async with serve(config(journal_dir, log_dir)) as url:
-            done = await kubectl_raw(
-                url, "/logs/?query=kubelet&pattern=error&tailLines=2", tmp_path
-            )
-            assert done.returncode == 0, done.stderr
-            assert done.stdout.splitlines() == expected(
-                select("kubelet.service", word="error")[-2:]
-            )
-
-            done = await kubectl_raw(
-                url, "/logs/?query=kubelet&sinceTime=2026-11-20T10:00:18Z", tmp_path
-            )
-            assert done.returncode == 0, done.stderr
-            assert done.stdout.splitlines() == expected(select("kubelet.service")[-2:])
-
-            done = await kubectl_raw(url, "/logs/?query=foo&tailLines=1", tmp_path)
-            assert done.stdout.splitlines() == ["foo 5 ok"]
-
-            done = await kubectl_raw(url, "/logs/?query=kube%20let", tmp_path)
-            assert done.returncode != 0
-            assert "NotAcceptable" in done.stderr and "unsupported characters" in done.stderr
-            done = await kubectl_raw(url, "/logs/?query=kubelet&tailLines=many", tmp_path)
-            assert done.returncode != 0 and "BadRequest" in done.stderr
-
-    asyncio.run(scenario())
+@pytest.mark.asyncio
+async def test_kubectl_get_raw_works_unchanged(
+    journal_dir: Path, log_dir: Path, tmp_path: Path
+) -> None:
+    async with serve(config(journal_dir, log_dir)) as url:
+        done = await kubectl_raw(
+            url, "/logs/?query=kubelet&pattern=error&tailLines=2", tmp_path
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == expected(
+            select("kubelet.service", word="error")[-2:]
+        )
+        done = await kubectl_raw(
+            url, "/logs/?query=kubelet&sinceTime=2026-11-20T10:00:18Z", tmp_path
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == expected(select("kubelet.service")[-2:])
+        done = await kubectl_raw(url, "/logs/?query=foo&tailLines=1", tmp_path)
+        assert done.stdout.splitlines() == ["foo 5 ok"]
+        done = await kubectl_raw(url, "/logs/?query=kube%20let", tmp_path)
+        assert done.returncode != 0
+        assert "NotAcceptable" in done.stderr and "unsupported characters" in done.stderr
+        done = await kubectl_raw(url, "/logs/?query=kubelet&tailLines=many", tmp_path)
+        assert done.returncode != 0 and "BadRequest" in done.stderr
 
 
 # --- files ---
 
 
-def test_services_unknown_to_the_journal_fall_back_to_files(
+@pytest.mark.asyncio
+async def test_services_unknown_to_the_journal_fall_back_to_files(
     journal_dir: Path, log_dir: Path
 ) -> None:
-    async def scenario() -> None:
-        async with serve(config(journal_dir, log_dir)) as url:
-            _, _, body = await get(url, "/logs/?query=foo")
-            assert body == (log_dir / "foo.log").read_bytes()
-            _, _, body = await get(url, "/logs/?query=bar")  # <dir>/bar is a dir: bar/bar.log
-            assert body == b"bar only line\n"
-            _, _, body = await get(url, "/logs/?query=nosuch")
-            assert text_lines(body) == ["log not found for nosuch"]
-            # Beyond the kubelet: tailLines and pattern apply to the fallback file too.
-            _, _, body = await get(url, "/logs/?query=foo&pattern=error&tailLines=1")
-            assert body == b"foo 4 error\n"
-            # Journal first, then files, in one response.
-            _, _, body = await get(url, "/logs/?query=kubelet&query=foo&tailLines=1")
-            assert text_lines(body) == [*ENTRIES[-1].lines(), "foo 5 ok"]
-            # Time and boot cannot apply to files: said so, nothing unfiltered is sent.
-            _, _, body = await get(url, "/logs/?query=foo&sinceTime=2026-11-20T10:00:00Z")
-            lines = text_lines(body)
-            assert len(lines) == 1 and "resolved to log files for ['foo']" in lines[0]
-
-        # journal=never: even a unit the journal knows is read from files.
-        (log_dir / "kubelet.log").write_bytes(b"kubelet from a file\n")
-        async with serve(config(journal_dir, log_dir, journal="never")) as url:
-            _, _, body = await get(url, "/logs/?query=kubelet")
-            assert body == b"kubelet from a file\n"
-        # No journal at all (containers, non-systemd hosts): files, as above.
-        empty = log_dir.parent / "no-journal"
-        empty.mkdir()
-        async with serve(config(empty, log_dir)) as url:
-            _, _, body = await get(url, "/logs/?query=kubelet")
-            assert body == b"kubelet from a file\n"
-
-    asyncio.run(scenario())
+    async with serve(config(journal_dir, log_dir)) as url:
+        _, _, body = await get(url, "/logs/?query=foo")
+        assert body == (log_dir / "foo.log").read_bytes()
+        _, _, body = await get(url, "/logs/?query=bar")  # <dir>/bar is a dir: bar/bar.log
+        assert body == b"bar only line\n"
+        _, _, body = await get(url, "/logs/?query=nosuch")
+        assert text_lines(body) == ["log not found for nosuch"]
+        # Beyond the kubelet: tailLines and pattern apply to the fallback file too.
+        _, _, body = await get(url, "/logs/?query=foo&pattern=error&tailLines=1")
+        assert body == b"foo 4 error\n"
+        # Journal first, then files, in one response.
+        _, _, body = await get(url, "/logs/?query=kubelet&query=foo&tailLines=1")
+        assert text_lines(body) == [*ENTRIES[-1].lines(), "foo 5 ok"]
+        # Time and boot cannot apply to files: said so, nothing unfiltered is sent.
+        _, _, body = await get(url, "/logs/?query=foo&sinceTime=2026-11-20T10:00:00Z")
+        lines = text_lines(body)
+        assert len(lines) == 1 and "resolved to log files for ['foo']" in lines[0]
+    # journal=never: even a unit the journal knows is read from files.
+    (log_dir / "kubelet.log").write_bytes(b"kubelet from a file\n")
+    async with serve(config(journal_dir, log_dir, journal="never")) as url:
+        _, _, body = await get(url, "/logs/?query=kubelet")
+        assert body == b"kubelet from a file\n"
+    # No journal at all (containers, non-systemd hosts): files, as above.
+    empty = log_dir.parent / "no-journal"
+    empty.mkdir()
+    async with serve(config(empty, log_dir)) as url:
+        _, _, body = await get(url, "/logs/?query=kubelet")
+        assert body == b"kubelet from a file\n"
 
 
-def test_file_queries_with_tail_and_pattern(log_dir: Path) -> None:
-    async def scenario() -> None:
-        async with serve(config(None, log_dir, journal="never")) as url:
-            status, _, body = await get(url, "/logs/?query=app/app.log")
-            assert status == 200 and body == (log_dir / "app" / "app.log").read_bytes()
-            _, _, body = await get(url, "/logs/?query=/app/app.log&tailLines=2")
-            assert body == b"app 38 info\napp 39 info\n"
-            _, _, body = await get(url, "/logs/?query=/app/app.log&pattern=WARN&tailLines=3")
-            assert body == b"app 28 WARN\napp 32 WARN\napp 36 WARN\n"
-            _, _, body = await get(url, "/logs/?query=/app/app.log&pattern=%5Eapp%20[12]%20")
-            assert body == b"app 1 info\napp 2 info\n"
-            _, _, body = await get(url, "/logs/?query=/inner.log&tailLines=1")  # link inside: fine
-            assert body == b"foo 5 ok\n"
-            status, _, body = await get(url, "/logs/?query=/app/app.log&boot=0")
-            assert status == 406 and b"cannot specify file with boot" in body
-
-    asyncio.run(scenario())
+@pytest.mark.asyncio
+async def test_file_queries_with_tail_and_pattern(log_dir: Path) -> None:
+    async with serve(config(None, log_dir, journal="never")) as url:
+        status, _, body = await get(url, "/logs/?query=app/app.log")
+        assert status == 200 and body == (log_dir / "app" / "app.log").read_bytes()
+        _, _, body = await get(url, "/logs/?query=/app/app.log&tailLines=2")
+        assert body == b"app 38 info\napp 39 info\n"
+        _, _, body = await get(url, "/logs/?query=/app/app.log&pattern=WARN&tailLines=3")
+        assert body == b"app 28 WARN\napp 32 WARN\napp 36 WARN\n"
+        _, _, body = await get(url, "/logs/?query=/app/app.log&pattern=%5Eapp%20[12]%20")
+        assert body == b"app 1 info\napp 2 info\n"
+        _, _, body = await get(url, "/logs/?query=/inner.log&tailLines=1")  # link inside: fine
+        assert body == b"foo 5 ok\n"
+        status, _, body = await get(url, "/logs/?query=/app/app.log&boot=0")
+        assert status == 406 and b"cannot specify file with boot" in body
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize(
     "path",
     [
@@ -403,82 +386,73 @@ def test_file_queries_with_tail_and_pattern(log_dir: Path) -> None:
         "/logs/?query=pipe",
     ],
 )
-def test_nothing_outside_the_log_dir_is_served(log_dir: Path, path: str) -> None:
-    async def scenario() -> None:
-        async with serve(config(None, log_dir, journal="never")) as url:
-            status, _, body = await get(url, path)
-            assert SECRET not in body
-            assert b"outside.txt" not in body or status >= 400
-            if path.endswith("query=escape"):
-                # A service whose fallback file is a link out of the log dir: not found.
-                assert (status, text_lines(body)) == (200, ["log not found for escape"])
-            elif path.endswith("query=pipe"):
-                assert status == 200
-                assert text_lines(body) == [
-                    "error getting log for pipe: 'pipe' is not a regular file"
-                ]
-            else:
-                assert 400 <= status < 500, (status, body)
-
-    asyncio.run(scenario())
+async def test_nothing_outside_the_log_dir_is_served(log_dir: Path, path: str) -> None:
+    async with serve(config(None, log_dir, journal="never")) as url:
+        status, _, body = await get(url, path)
+        assert SECRET not in body
+        assert b"outside.txt" not in body or status >= 400
+        if path.endswith("query=escape"):
+            # A service whose fallback file is a link out of the log dir: not found.
+            assert (status, text_lines(body)) == (200, ["log not found for escape"])
+        elif path.endswith("query=pipe"):
+            assert status == 200
+            assert text_lines(body) == [
+                "error getting log for pipe: 'pipe' is not a regular file"
+            ]
+        else:
+            assert 400 <= status < 500, (status, body)
 
 
-def test_listing_when_no_parameter_has_a_value(log_dir: Path) -> None:
-    async def scenario() -> None:
-        async with serve(config(None, log_dir)) as url:
-            status, headers, body = await get(url, "/logs/?pattern=&tailLines=")
-            assert status == 200 and headers["Content-Type"].startswith("text/html")
-            page = body.decode()
-            for name in ("app/", "bar/", "foo.log", "inner.log"):
-                assert f'<a href="{name}">{name}</a>' in page
-            status, _, body = await get(url, "/logs/?query=/app/")
-            assert status == 200 and '<a href="app.log">app.log</a>' in body.decode()
-
-    asyncio.run(scenario())
+@pytest.mark.asyncio
+async def test_listing_when_no_parameter_has_a_value(log_dir: Path) -> None:
+    async with serve(config(None, log_dir)) as url:
+        status, headers, body = await get(url, "/logs/?pattern=&tailLines=")
+        assert status == 200 and headers["Content-Type"].startswith("text/html")
+        page = body.decode()
+        for name in ("app/", "bar/", "foo.log", "inner.log"):
+            assert f'<a href="{name}">{name}</a>' in page
+        status, _, body = await get(url, "/logs/?query=/app/")
+        assert status == 200 and '<a href="app.log">app.log</a>' in body.decode()
 
 
 # --- limits: byte cap, deadline, client gone ---
 
 
-def test_byte_cap_ends_with_an_error_line(journal_dir: Path, log_dir: Path) -> None:
-    async def scenario() -> None:
-        async with serve(config(journal_dir, log_dir, max_bytes=100)) as url:
-            _, _, body = await get(url, "/logs/?query=/app/app.log")
-            *data, last = text_lines(body)
-            assert last == "error: output truncated at 100 bytes (nodeLogQuery.maxBytes)"
-            logged = "".join(line + "\n" for line in data).encode()
-            assert len(logged) <= 100 and (log_dir / "app" / "app.log").read_bytes().startswith(
-                logged
-            )
-            whole, size = [], 0  # the longest run of whole lines within the cap
-            for line in (log_dir / "app" / "app.log").read_bytes().splitlines(keepends=True):
-                if size + len(line) > 100:
-                    break
-                whole.append(line.decode().rstrip("\n"))
-                size += len(line)
-            assert data == whole
-            _, _, body = await get(url, "/logs/?query=kubelet")
-            *data, last = text_lines(body)
-            assert last.startswith("error: output truncated")
-            assert data == expected(select("kubelet.service"))[: len(data)] and data
-
-    asyncio.run(scenario())
+@pytest.mark.asyncio
+async def test_byte_cap_ends_with_an_error_line(journal_dir: Path, log_dir: Path) -> None:
+    async with serve(config(journal_dir, log_dir, max_bytes=100)) as url:
+        _, _, body = await get(url, "/logs/?query=/app/app.log")
+        *data, last = text_lines(body)
+        assert last == "error: output truncated at 100 bytes (nodeLogQuery.maxBytes)"
+        logged = "".join(line + "\n" for line in data).encode()
+        assert len(logged) <= 100 and (log_dir / "app" / "app.log").read_bytes().startswith(
+            logged
+        )
+        whole, size = [], 0  # the longest run of whole lines within the cap
+        for line in (log_dir / "app" / "app.log").read_bytes().splitlines(keepends=True):
+            if size + len(line) > 100:
+                break
+            whole.append(line.decode().rstrip("\n"))
+            size += len(line)
+        assert data == whole
+        _, _, body = await get(url, "/logs/?query=kubelet")
+        *data, last = text_lines(body)
+        assert last.startswith("error: output truncated")
+        assert data == expected(select("kubelet.service"))[: len(data)] and data
 
 
-def test_deadline_on_a_huge_file_ends_with_an_error_line(log_dir: Path) -> None:
+@pytest.mark.asyncio
+async def test_deadline_on_a_huge_file_ends_with_an_error_line(log_dir: Path) -> None:
     (log_dir / "huge.log").write_bytes(b"line of a very large log file\n" * 1_500_000)
 
-    async def scenario() -> None:
-        async with serve(config(None, log_dir, journal="never", timeout_s=0.3)) as url:
-            started = time.monotonic()
-            status, _, body = await get(url, "/logs/?query=/huge.log&pattern=line")
-            assert status == 200 and time.monotonic() - started < 5
-            assert (
-                text_lines(body)[-1]
-                == "error: the query did not finish within 0.3s; output incomplete"
-            )
-
-    asyncio.run(scenario())
+    async with serve(config(None, log_dir, journal="never", timeout_s=0.3)) as url:
+        started = time.monotonic()
+        status, _, body = await get(url, "/logs/?query=/huge.log&pattern=line")
+        assert status == 200 and time.monotonic() - started < 5
+        assert (
+            text_lines(body)[-1]
+            == "error: the query did not finish within 0.3s; output incomplete"
+        )
 
 
 @pytest.fixture
@@ -512,18 +486,16 @@ async def _wait_gone(pid: int, within_s: float) -> bool:
     return False
 
 
-def test_deadline_kills_a_silent_journalctl(log_dir: Path, hung_journalctl: Path) -> None:
-    async def scenario() -> None:
-        async with serve(config(None, log_dir, journal="always", timeout_s=0.5)) as url:
-            started = time.monotonic()
-            status, _, body = await get(url, "/logs/?query=kubelet")
-            assert status == 200 and time.monotonic() - started < 5
-            assert text_lines(body) == [
-                "error: the query did not finish within 0.5s; output incomplete"
-            ]
-            assert await _wait_gone(int(hung_journalctl.read_text()), 2.0)
-
-    asyncio.run(scenario())
+@pytest.mark.asyncio
+async def test_deadline_kills_a_silent_journalctl(log_dir: Path, hung_journalctl: Path) -> None:
+    async with serve(config(None, log_dir, journal="always", timeout_s=0.5)) as url:
+        started = time.monotonic()
+        status, _, body = await get(url, "/logs/?query=kubelet")
+        assert status == 200 and time.monotonic() - started < 5
+        assert text_lines(body) == [
+            "error: the query did not finish within 0.5s; output incomplete"
+        ]
+        assert await _wait_gone(int(hung_journalctl.read_text()), 2.0)
 
 
 @asynccontextmanager
@@ -542,60 +514,54 @@ async def serve_plain(cfg: NodeLogQueryConfig) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("server", [serve, serve_plain], ids=["build_app", "plain-runner"])
-def test_client_disconnect_kills_journalctl(
+async def test_client_disconnect_kills_journalctl(
     log_dir: Path, hung_journalctl: Path, server: Callable[[NodeLogQueryConfig], Any]
 ) -> None:
-    async def scenario() -> None:
-        async with server(config(None, log_dir, journal="always", timeout_s=30.0)) as url:
-            async with aiohttp.ClientSession() as session:
-                resp = await session.get(url + "/logs/?query=kubelet")
-                assert resp.status == 200
-                for _ in range(100):
-                    if hung_journalctl.exists() and hung_journalctl.read_text().strip():
-                        break
-                    await asyncio.sleep(0.05)
-                pid = int(hung_journalctl.read_text())
-                resp.close()  # drop the connection mid-stream
-            assert await _wait_gone(pid, 3.0), "journalctl still running after the client left"
-
-    asyncio.run(scenario())
+    async with server(config(None, log_dir, journal="always", timeout_s=30.0)) as url:
+        async with aiohttp.ClientSession() as session:
+            resp = await session.get(url + "/logs/?query=kubelet")
+            assert resp.status == 200
+            for _ in range(100):
+                if hung_journalctl.exists() and hung_journalctl.read_text().strip():
+                    break
+                await asyncio.sleep(0.05)
+            pid = int(hung_journalctl.read_text())
+            resp.close()  # drop the connection mid-stream
+        assert await _wait_gone(pid, 3.0), "journalctl still running after the client left"
 
 
-def test_journal_always_without_journalctl_says_so(
+@pytest.mark.asyncio
+async def test_journal_always_without_journalctl_says_so(
     log_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", str(log_dir))  # no journalctl anywhere
 
-    async def scenario() -> None:
-        async with serve(config(None, log_dir, journal="always")) as url:
-            status, _, body = await get(url, "/logs/?query=kubelet")
-            assert status == 200
-            assert text_lines(body) == [
-                "error: journal output not available (journalctl not found)"
-            ]
-
-    asyncio.run(scenario())
+    async with serve(config(None, log_dir, journal="always")) as url:
+        status, _, body = await get(url, "/logs/?query=kubelet")
+        assert status == 200
+        assert text_lines(body) == [
+            "error: journal output not available (journalctl not found)"
+        ]
 
 
-def test_disabled_and_bad_input_never_5xx(log_dir: Path) -> None:
-    async def scenario() -> None:
-        async with serve(config(None, log_dir, enabled=False)) as url:
-            status, _, _ = await get(url, "/logs/?query=kubelet")
-            assert status == 404
-        async with serve(config(None, log_dir, journal="never")) as url:
-            for path in (
-                "/logs/?query=%ff%fe",
-                "/logs/?query=a&pattern=%ff",
-                "/logs/?query=a&pattern=(",
-                "/logs/?query=a&sinceTime=2026-11-20T10:00:00.1234567891Z",
-                "/logs/?query=a&sinceTime=0000-01-01T00:00:00Z",
-                "/logs/?query=a&boot=-99999999999999999999",
-                "/logs/?query=/foo.log/../../outside.txt",
-                "/logs/?query=" + "a/" * 3000,
-            ):
-                status, _, body = await get(url, path)
-                assert status < 500, (path, status, body)
-                assert SECRET not in body
-
-    asyncio.run(scenario())
+@pytest.mark.asyncio
+async def test_disabled_and_bad_input_never_5xx(log_dir: Path) -> None:
+    async with serve(config(None, log_dir, enabled=False)) as url:
+        status, _, _ = await get(url, "/logs/?query=kubelet")
+        assert status == 404
+    async with serve(config(None, log_dir, journal="never")) as url:
+        for path in (
+            "/logs/?query=%ff%fe",
+            "/logs/?query=a&pattern=%ff",
+            "/logs/?query=a&pattern=(",
+            "/logs/?query=a&sinceTime=2026-11-20T10:00:00.1234567891Z",
+            "/logs/?query=a&sinceTime=0000-01-01T00:00:00Z",
+            "/logs/?query=a&boot=-99999999999999999999",
+            "/logs/?query=/foo.log/../../outside.txt",
+            "/logs/?query=" + "a/" * 3000,
+        ):
+            status, _, body = await get(url, path)
+            assert status < 500, (path, status, body)
+            assert SECRET not in body

@@ -13,7 +13,7 @@ import pytest
 from logvold.errors import StreamError
 from logvold.fileio.rotator import StreamRotator
 from logvold.fileio.state import load_state
-from logvold.metrics import Metrics
+from logvold.telemetry.metrics import Metrics
 from tests.integration.rotator_kit import leftovers, make_info, start_writer, whole_stream
 from tests.support.events import split_raw, verify
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from logvold.fileio.rotator import StreamRotator
-from logvold.metrics import Metrics
+from logvold.telemetry.metrics import Metrics
 from tests.integration.rotator_kit import (
     leftovers,
     make_info,

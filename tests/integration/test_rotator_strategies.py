@@ -17,8 +17,8 @@ import pytest
 from logvold.core.policy import ReopenAction
 from logvold.fileio.rotator import StreamRotator
 from logvold.fileio.state import load_state, state_path
-from logvold.metrics import Metrics
 from logvold.runner.reopen import run_reopen_action
+from logvold.telemetry.metrics import Metrics
 from tests.integration.rotator_kit import (
     ROOT,
     leftovers,

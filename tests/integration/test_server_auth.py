@@ -20,15 +20,15 @@ from aiohttp import web
 
 from logvold.core.policy import KubernetesConfig, ServerConfig, default_config
 from logvold.core.streams import StreamRegistry
-from logvold.discovery.apiclient import KubernetesApi, make_api_client
 from logvold.errors import LogvoldError
-from logvold.metrics import Metrics
 from logvold.server.auth import (
     ResourceAttributes,
     make_auth_middleware,
     make_ssl_context,
     request_attributes,
 )
+from logvold.sources.kube_api import KubernetesApi, make_api_client
+from logvold.telemetry.metrics import Metrics
 from tests.support.fake_kube_api import FakeKubeApi, assert_valid_object, running_fake_api
 
 NODE = "node-a"

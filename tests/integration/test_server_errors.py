@@ -15,8 +15,8 @@ from aiohttp import web
 from logvold.core.policy import default_config
 from logvold.core.streams import StreamRegistry
 from logvold.errors import BadRequest, LogvoldError, SelectorError
-from logvold.metrics import Metrics
 from logvold.server.app import build_app, start_server
+from logvold.telemetry.metrics import Metrics
 
 
 async def _bad_request(request: web.Request) -> web.Response:

@@ -12,8 +12,8 @@ import pytest
 
 from logvold.core.policy import Config, VolumeSpec
 from logvold.core.streams import StreamRegistry
-from logvold.metrics import Metrics
-from logvold.static_source import StaticSource
+from logvold.sources.static import StaticSource
+from logvold.telemetry.metrics import Metrics
 
 
 def over_cap(metrics: Metrics, volume: str) -> float | None:
@@ -52,7 +52,7 @@ def test_cap_keeps_first_names_and_reports_once(tmp_path: Path,
     (tmp_path / "small").mkdir()
     source, registry, metrics = make(config)
     assert over_cap(metrics, "big") == 0 and over_cap(metrics, "small") == 0  # exist at 0
-    with caplog.at_level(logging.INFO, logger="logvold.static_source"):
+    with caplog.at_level(logging.INFO, logger="logvold.sources.static"):
         for _ in range(3):
             source.scan()
     assert containers(registry) == [f"c{i:04d}" for i in range(50)]
@@ -74,7 +74,7 @@ def test_cap_keeps_first_names_and_reports_once(tmp_path: Path,
     for i in range(1, 2000):
         (vol / f"c{i:04d}.log").unlink()
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="logvold.static_source"):
+    with caplog.at_level(logging.INFO, logger="logvold.sources.static"):
         source.scan()
         source.scan()
     assert over_cap(metrics, "big") == 0
@@ -132,7 +132,7 @@ def test_a_hundred_thousand_names_cost_no_stat_each(tmp_path: Path,
 
 def test_file_events_list_an_over_cap_volume_at_most_every_few_seconds(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import logvold.static_source as static_source
+    import logvold.sources.static as static_source
 
     # A long interval, so the test does not depend on how fast the machine is.
     monkeypatch.setattr(static_source, "OVER_CAP_RESCAN_S", 3600.0)

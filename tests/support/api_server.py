@@ -13,8 +13,8 @@ from aiohttp import web
 
 from logvold.core.policy import Config, default_config
 from logvold.core.streams import StreamRegistry
-from logvold.metrics import Metrics
 from logvold.server.app import build_app, start_server
+from logvold.telemetry.metrics import Metrics
 
 T = TypeVar("T")
 

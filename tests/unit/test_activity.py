@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from logvold.activity import ActivityLog
+from logvold.daemon.activity import ActivityLog
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from logvold.config_file import (
+from logvold.config.yaml_file import (
     dump_config,
     load_config,
     load_config_text,

@@ -17,7 +17,7 @@ from logvold.core.clock import utcnow
 from logvold.core.fair_queue import RoundRobinQueue
 from logvold.core.policy import LogPolicy
 from logvold.core.streams import StreamInfo, StreamKey
-from logvold.workers import StepRequest, StreamWorkers
+from logvold.daemon.workers import StepRequest, StreamWorkers
 
 
 def test_groups_take_turns() -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from logvold.config_file import load_config_text, parse_yaml_tree
+from logvold.config.host_checks import UNIT_ENV, find_unit, host_problems, read_unit_sandbox
+from logvold.config.yaml_file import load_config_text, parse_yaml_tree
 from logvold.core.policy import Config, KeyPath
-from logvold.host_checks import UNIT_ENV, find_unit, host_problems, read_unit_sandbox
 
 REPO_UNIT = Path(__file__).resolve().parents[2] / "packaging" / "systemd" / "logvold.service"
 

@@ -1,8 +1,11 @@
 """Imports point down the layers only: read every module's imports with ast.
 
-Core (layer 1) is pure stdlib; file I/O and config loading (layer 2) use no
-adapter library; nothing but the CLI entry points imports the composition
-layer. Imports under `if TYPE_CHECKING:` are not run, so they do not count.
+The folders are the layers. Every package (and every module at the package root)
+has a layer; a module may import only its own layer or lower ones. Core (layer 1)
+is pure stdlib; file I/O (layer 2) uses no adapter library; the composition layer
+(4) is imported by nothing below it. Imports under `if TYPE_CHECKING:` are not
+run, so they do not count. A new package or root module fails
+`test_every_package_has_a_layer` until it is given one here (and in ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -15,25 +18,28 @@ from pathlib import Path
 import pytest
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2] / "logvold"
-ADAPTER_LIBRARIES = ("aiohttp", "inotify_simple", "watchdog", "kubernetes", "prometheus_client")
-UPPER_LAYER_MODULES = (
-    "logvold.server",
-    "logvold.daemon",
-    "logvold.cli",
-    "logvold.runner",
-    "logvold.discovery",
-    "logvold.watcher",
-    "logvold.metrics",
-)
-# Third-party libraries layer 2 may use: yaml only in config_file (its sole
-# importer); codecs and the RE2 engine in fileio, where segments are decoded
-# and the `pattern` read filter runs; orjson's string encoder for json-file writes.
-LAYER2_THIRD_PARTY = {
-    "logvold.config_file": {"yaml"},
-    "logvold.fileio": {"zstandard", "re2", "orjson"},
+# Package (or root module) under logvold -> layer. Keys are relative to logvold.
+LAYERS: dict[str, int] = {
+    "": 1,  # logvold/__init__.py: the version only
+    "errors": 1,
+    "core": 1,
+    "fileio": 2,
+    "config": 3,  # reads YAML: the adapter of pyyaml
+    "sources": 3,
+    "server": 3,
+    "telemetry": 3,
+    "runner": 3,
+    "driver": 3,
+    "client": 3,
+    "daemon": 4,
+    "cli": 4,
+    "__main__": 4,
 }
-COMPOSITION = ("logvold.daemon", "logvold.cli")
-COMPOSITION_IMPORTERS = {"logvold.cli", "logvold.__main__"}
+LAYER_NAMES = {1: "core", 2: "file I/O", 3: "adapters", 4: "composition"}
+# Third-party libraries layer 2 may use: codecs and the RE2 engine in fileio,
+# where segments are decoded and the `pattern` read filter runs.
+LAYER2_THIRD_PARTY = {"fileio": {"zstandard", "re2", "orjson"}}
+YAML_IMPORTER = "logvold.config.yaml_file"
 
 
 @dataclass(frozen=True)
@@ -112,26 +118,42 @@ def _is_stdlib(module: str) -> bool:
     return top in sys.stdlib_module_names or top == "__future__"
 
 
+def _layer_key(dotted: str) -> str | None:
+    """The LAYERS key a logvold module belongs to ('' for the package itself)."""
+    parts = dotted.split(".")
+    if parts[0] != "logvold":
+        return None
+    return parts[1] if len(parts) > 1 else ""
+
+
+def layer_of(dotted: str) -> int | None:
+    key = _layer_key(dotted)
+    return None if key is None else LAYERS.get(key)
+
+
 def _violations(path: Path) -> list[str]:
     name = _module_name(path)
+    own = layer_of(name)
+    if own is None:
+        return [f"{name} has no layer: add {_layer_key(name)!r} to LAYERS"]
     problems: list[str] = []
     for imp in imports_of(path):
         where = f"{path.relative_to(PACKAGE_ROOT.parent)}:{imp.line} imports {imp.module}"
-        is_core = _within(name, ("logvold.core",)) or name == "logvold.errors"
-        if is_core and not (
-            _is_stdlib(imp.module) or _within(imp.module, ("logvold.core", "logvold.errors"))
-        ):
+        if _within(imp.module, ("logvold",)):
+            theirs = layer_of(imp.module)
+            if theirs is not None and theirs > own:
+                problems.append(
+                    f"{where}: upward import from layer {own} ({LAYER_NAMES[own]}) "
+                    f"to layer {theirs} ({LAYER_NAMES[theirs]})"
+                )
+        elif _is_stdlib(imp.module):
+            continue
+        elif own == 1:
             problems.append(f"{where}: core may import only stdlib, logvold.core, logvold.errors")
-        layer2 = next((k for k in LAYER2_THIRD_PARTY if _within(name, (k,))), None)
-        if layer2 is not None:
-            if _within(imp.module, ADAPTER_LIBRARIES) or _within(imp.module, UPPER_LAYER_MODULES):
-                problems.append(f"{where}: layer 2 must not import adapters or composition")
-            elif not (_is_stdlib(imp.module) or _within(imp.module, ("logvold",))) and not (
-                _within(imp.module, LAYER2_THIRD_PARTY[layer2])
-            ):
-                problems.append(f"{where}: third-party library not allowed in {layer2}")
-        if _within(imp.module, COMPOSITION) and name not in COMPOSITION_IMPORTERS:
-            problems.append(f"{where}: only the CLI entry points import the composition layer")
+        elif own == 2:
+            allowed = LAYER2_THIRD_PARTY.get(_layer_key(name) or "", set())
+            if not _within(imp.module, allowed):
+                problems.append(f"{where}: third-party library not allowed in layer 2")
     return problems
 
 
@@ -142,17 +164,24 @@ def test_imports_point_down(path: Path) -> None:
     assert _violations(path) == []
 
 
+def test_every_package_has_a_layer() -> None:
+    keys = {_layer_key(_module_name(p)) for p in MODULES}
+    assert keys - set(LAYERS) == set(), "give these a layer in LAYERS"
+
+
 def test_the_checker_sees_the_layers_it_guards() -> None:
     names = {_module_name(p) for p in MODULES}
-    assert {"logvold.core.policy", "logvold.errors", "logvold.config_file", "logvold.cli"} <= names
-    assert any(n.startswith("logvold.fileio.") for n in names)
+    assert {"logvold.core.policy", "logvold.errors", YAML_IMPORTER, "logvold.cli"} <= names
+    for key in LAYERS:
+        if key:
+            assert any(n == f"logvold.{key}" or n.startswith(f"logvold.{key}.") for n in names), key
 
 
-def test_config_file_is_the_only_yaml_importer() -> None:
+def test_config_yaml_file_is_the_only_yaml_importer() -> None:
     importers = {
         _module_name(p) for p in MODULES if any(_within(i.module, ("yaml",)) for i in imports_of(p))
     }
-    assert importers == {"logvold.config_file"}
+    assert importers == {YAML_IMPORTER}
 
 
 def import_cycles() -> list[list[str]]:
@@ -226,7 +255,7 @@ def test_no_import_cycles() -> None:
             "core/fake.py", "import yaml\n", "core may import only stdlib", id="core-yaml"
         ),
         pytest.param(
-            "core/fake.py", "from logvold.fileio import state\n", "core may import only stdlib",
+            "core/fake.py", "from logvold.fileio import state\n", "upward import from layer 1",
             id="core-upwards",
         ),
         pytest.param(
@@ -238,20 +267,31 @@ def test_no_import_cycles() -> None:
             id="core-relative-ok",
         ),
         pytest.param(
-            "fileio/fake.py", "import aiohttp\n", "layer 2 must not import adapters",
+            "fileio/fake.py", "import aiohttp\n", "third-party library not allowed in layer 2",
             id="fileio-aiohttp",
         ),
         pytest.param(
             "fileio/fake.py", "def f():\n    from logvold.server import app\n",
-            "layer 2 must not import adapters", id="fileio-lazy-server",
+            "upward import from layer 2", id="fileio-lazy-server",
         ),
         pytest.param(
-            "config_file_fake.py", "import requests\n", "third-party library not allowed",
-            id="unknown-third-party",
+            "fileio/fake.py", "from logvold.telemetry.metrics import Metrics\n",
+            "upward import from layer 2", id="fileio-metrics",
         ),
         pytest.param(
-            "server/fake.py", "from logvold import daemon\n", "only the CLI entry points",
+            "server/fake.py", "from logvold import daemon\n", "upward import from layer 3",
             id="server-imports-daemon",
+        ),
+        pytest.param(
+            "server/fake.py", "from logvold.daemon.serve import Daemon\n",
+            "upward import from layer 3", id="server-imports-daemon-module",
+        ),
+        pytest.param(
+            "sources/fake.py", "from logvold.config import yaml_file\nimport aiohttp\n", None,
+            id="adapters-import-each-other-and-libraries",
+        ),
+        pytest.param(
+            "newpkg/fake.py", "import os\n", "has no layer", id="package-without-layer",
         ),
     ],
 )  # fmt: skip
@@ -268,8 +308,6 @@ def test_checker_catches_violations(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(source, encoding="utf-8")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE_ROOT", fake_root)
-    if module == "config_file_fake.py":
-        monkeypatch.setitem(LAYER2_THIRD_PARTY, "logvold.config_file_fake", {"yaml"})
     found = _violations(path)
     if expected is None:
         assert found == []

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from logvold.logsetup import configure_logging
+from logvold.telemetry.logsetup import configure_logging
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import typing
 
 from logvold.fileio.safedir import RefusalKind
-from logvold.metrics import REFUSAL_KINDS, Metrics
+from logvold.telemetry.metrics import REFUSAL_KINDS, Metrics
 
 
 def test_every_refusal_kind_is_created_at_zero() -> None:

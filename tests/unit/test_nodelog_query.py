@@ -17,8 +17,8 @@ from logvold.core.nodelog_query import (
     journal_time,
     journalctl_args,
 )
-from logvold.server import nodelog_files
-from logvold.server.nodelog import _accepts_gzip, compile_pattern, parse_node_log_query
+from logvold.server.nodelog import files as nodelog_files
+from logvold.server.nodelog.handler import _accepts_gzip, compile_pattern, parse_node_log_query
 
 Q = dict[str, list[str]]
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from logvold.config_file import load_config_text
+from logvold.config.yaml_file import load_config_text
 from logvold.core.pod_policy import MAX_POD_LABELS, evaluate_pod
 from logvold.core.policy import LogPolicy
 from logvold.core.streams import StreamRegistry
-from logvold.discovery.annotation import parse_annotation_tree
 from logvold.errors import ConfigError
 from logvold.server.auth import request_attributes
-from logvold.static_source import StaticSource
+from logvold.sources.annotation import parse_annotation_tree
+from logvold.sources.static import StaticSource
 from tests.support.fake_kube_api import make_pod
 
 

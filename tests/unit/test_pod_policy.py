@@ -17,8 +17,8 @@ from logvold.core.pod_policy import (
 )
 from logvold.core.policy import LogPolicy
 from logvold.core.streams import StreamKey
-from logvold.discovery.annotation import parse_annotation_tree
 from logvold.errors import ConfigError
+from logvold.sources.annotation import parse_annotation_tree
 from tests.support.fake_kube_api import make_pod
 
 KEY = "logvold.io/logs"

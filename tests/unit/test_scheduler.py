@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from logvold.core.policy import LogPolicy
-from logvold.scheduler import MAX_SLEEP_S, Due, TriggerScheduler, zone
+from logvold.daemon.scheduler import MAX_SLEEP_S, Due, TriggerScheduler, zone
 
 
 class FakeClocks:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from logvold.sdnotify import Notifier
+from logvold.daemon.sdnotify import Notifier
 
 
 @pytest.fixture

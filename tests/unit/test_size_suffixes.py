@@ -9,8 +9,8 @@ from contextlib import redirect_stderr
 
 import pytest
 
-from logvold.config_file import load_config_text
-from logvold.driver_args import parse_driver_args
+from logvold.config.yaml_file import load_config_text
+from logvold.driver.args import parse_driver_args
 from logvold.errors import ConfigError
 from logvold.runner.cli import main_run
 

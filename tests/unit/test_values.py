@@ -10,14 +10,14 @@ import re
 import pytest
 from multidict import MultiDict
 
-from logvold.config_file import load_config_text
+from logvold.config.yaml_file import load_config_text
 from logvold.core.values import (
     decode_delimiter,
     needs_byte_escapes,
     parse_go_bool,
     parse_rotate,
 )
-from logvold.driver_args import parse_driver_args
+from logvold.driver.args import parse_driver_args
 from logvold.errors import BadRequest
 from logvold.runner import cli as runner_cli
 from logvold.runner import goflags

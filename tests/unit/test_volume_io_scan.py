@@ -40,10 +40,10 @@ _SAFEDIR_FACTORIES = ("open_stream_dir", "SafeDir.open_root", "SafeDir.open_bene
 #: (module, call) -> why it never reaches a file inside a pod's volume.
 ALLOWED: dict[tuple[str, str], str] = {
     ("client/cli.py", "os.open"): "the `logvold logs` client CLI writes the user's own output",
-    ("config_file.py", ".read_bytes"): "reads the operator's config file",
-    ("daemon.py", ".read_bytes"): "digest of the operator's config file (reload check)",
-    ("daemon.py", ".mkdir"): "creates the operator's configured default volume directory",
-    ("driver.py", ".mkdir"): "the containerd driver creates its own log directory",
+    ("config/yaml_file.py", ".read_bytes"): "reads the operator's config file",
+    ("daemon/serve.py", ".read_bytes"): "digest of the operator's config file (reload check)",
+    ("daemon/serve.py", ".mkdir"): "creates the operator's configured default volume directory",
+    ("driver/logger.py", ".mkdir"): "the containerd driver creates its own log directory",
     ("fileio/rotating_writer.py", "os.open"):
         "logvold is the writer (`run`, `driver`): its own output files in its own directory",
     ("fileio/rotating_writer.py", "os.listdir"): "logvold's own output directory",
@@ -59,10 +59,10 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("fileio/stream_files.py", ".readlink"): "open_writers reads /proc/<pid>/fd links",
     ("fileio/stream_files.py", ".stat"):
         "open_writers stats /proc/<pid>/fd magic links (compared by device and inode only)",
-    ("host_checks.py", ".read_text"): "reads /proc/self/cgroup (which unit runs us)",
-    ("host_checks.py", ".open"): "reads the installed systemd unit file and its drop-ins",
-    ("host_checks.py", ".iterdir"): "lists the systemd unit's drop-in directory (bounded)",
-    ("host_checks.py", "os.path.realpath"):
+    ("config/host_checks.py", ".read_text"): "reads /proc/self/cgroup (which unit runs us)",
+    ("config/host_checks.py", ".open"): "reads the installed systemd unit file and its drop-ins",
+    ("config/host_checks.py", ".iterdir"): "lists the systemd unit's drop-in directory (bounded)",
+    ("config/host_checks.py", "os.path.realpath"):
         "the operator's configured volume path vs the unit's ReadWritePaths (no open)",
     ("server/access.py", ".open"): "reads /proc/<pid>/status of the client (its groups)",
     ("server/access.py", ".read_bytes"): "reads /proc/net/tcp{,6} (the client's uid)",
@@ -76,16 +76,16 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("server/app.py", "os.lstat"): "the operator's configured unix socket path",
     ("server/app.py", ".chmod"): "the operator's configured unix socket path",
     ("server/logs.py", "open()"): "wraps an fd the reader opened through safedir (sendfile)",
-    ("workers.py", "os.lstat"):
+    ("daemon/workers.py", "os.lstat"):
         "the size hint compares device, inode and size with the trigger a safedir walk "
         "noted; it only decides whether to schedule a step, which walks again",
     ("server/logs.py", ".lstat"):
         "a follower's wake-up signature (identity, size, mtime): nothing is read or served "
         "through it",
-    ("server/nodelog_files.py", "os.open"):
+    ("server/nodelog/files.py", "os.open"):
         "node log query: its own confinement to logDir (realpath + O_NOFOLLOW, tested)",
-    ("server/nodelog_files.py", "os.path.realpath"): "node log query confinement to logDir",
-    ("server/nodelog_files.py", "os.scandir"): "node log query listing of logDir",
+    ("server/nodelog/files.py", "os.path.realpath"): "node log query confinement to logDir",
+    ("server/nodelog/files.py", "os.scandir"): "node log query listing of logDir",
 }
 
 # --- end of the readers branch section ---

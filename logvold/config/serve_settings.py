@@ -9,11 +9,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from logvold.config_file import load_config, parse_yaml_tree, read_config_text
+from logvold.config.host_checks import find_unit, host_problems, read_unit_sandbox
+from logvold.config.yaml_file import load_config, parse_yaml_tree, read_config_text
 from logvold.core.policy import Config, VolumeSpec, default_config
 from logvold.errors import ConfigError, ConfigProblem, LogvoldError, UsageError
-from logvold.host_checks import find_unit, host_problems, read_unit_sandbox
-from logvold.logsetup import FORMATS, LEVELS
+from logvold.telemetry.logsetup import FORMATS, LEVELS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,7 +94,7 @@ def check_host(config: Config, options: ServeOptions,
     """ConfigError with what stops `config` from working on this host (a missing volume
     path, one the systemd unit this process runs as cannot write): the same words
     `logvold check-config` prints as warnings. On a reload (`previous`), only what the
-    new config adds or changes is judged. See logvold.host_checks."""
+    new config adds or changes is judged. See logvold.config.host_checks."""
     env = os.environ if environ is None else environ
     unit_file = find_unit(env, running=True)
     unit = read_unit_sandbox(unit_file) if unit_file is not None else None

@@ -491,11 +491,11 @@ def main_check_config(argv: Sequence[str]) -> int:
 
 
 def _warn_about_host(config: Config, text: str, filename: str) -> None:
-    """What `logvold serve` would refuse on this host (logvold.host_checks), as warnings:
+    """What `logvold serve` would refuse on this host (logvold.config.host_checks), as warnings:
     the file itself is valid, and may be meant for another machine."""
     import os
 
-    from logvold.host_checks import find_unit, host_problems, read_unit_sandbox
+    from logvold.config.host_checks import find_unit, host_problems, read_unit_sandbox
 
     unit_file = find_unit(os.environ, running=False)
     unit = read_unit_sandbox(unit_file) if unit_file is not None else None

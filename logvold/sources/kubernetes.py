@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from logvold.core.pod_policy import PodRef, PodStreams
 from logvold.core.streams import StreamInfo, StreamKey
-from logvold.discovery.annotation import pod_streams
-from logvold.discovery.apiclient import (
+from logvold.sources.annotation import pod_streams
+from logvold.sources.kube_api import (
     ApiStatusError,
     EventRecorder,
     KubernetesApi,
@@ -33,7 +33,7 @@ from logvold.discovery.apiclient import (
 if TYPE_CHECKING:
     from logvold.core.policy import KubernetesConfig, LogPolicy
     from logvold.core.streams import StreamRegistry
-    from logvold.metrics import Metrics
+    from logvold.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -28,18 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from logvold.activity import ActivityLog
-from logvold.changes import StreamChanges
-from logvold.core.clock import utcnow
-from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
-from logvold.errors import ConfigError, LogvoldError, UsageError
-from logvold.fileio.dirlock import DirectoryLocked, DirectoryLocks
-from logvold.fileio.safedir import UnsafeFile
-from logvold.logsetup import FORMATS, LEVELS, configure_logging
-from logvold.metrics import Metrics
-from logvold.scheduler import TriggerScheduler
-from logvold.sdnotify import Notifier
-from logvold.serve_settings import (
+from logvold.config.serve_settings import (
     ServeOptions,
     check_host,
     check_runtime,
@@ -47,10 +36,21 @@ from logvold.serve_settings import (
     parse_listen,
     ssl_context,
 )
-from logvold.static_source import StaticSource
-from logvold.survey import Survey, survey_streams
-from logvold.watcher import DirectoryWatcher, Hint
-from logvold.workers import RotatorFactory, StepOutcome, StepRequest, StreamWorkers
+from logvold.core.clock import utcnow
+from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
+from logvold.daemon.activity import ActivityLog
+from logvold.daemon.scheduler import TriggerScheduler
+from logvold.daemon.sdnotify import Notifier
+from logvold.daemon.survey import Survey, survey_streams
+from logvold.daemon.workers import RotatorFactory, StepOutcome, StepRequest, StreamWorkers
+from logvold.errors import ConfigError, LogvoldError, UsageError
+from logvold.fileio.dirlock import DirectoryLocked, DirectoryLocks
+from logvold.fileio.safedir import UnsafeFile
+from logvold.sources.changes import StreamChanges
+from logvold.sources.static import StaticSource
+from logvold.sources.watcher import DirectoryWatcher, Hint
+from logvold.telemetry.logsetup import FORMATS, LEVELS, configure_logging
+from logvold.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -744,7 +744,7 @@ class Daemon:
 
     async def _start_discovery(self, config: Config) -> None:
         """Pods of this node feed the same registry as the static volumes."""
-        from logvold.discovery.kubernetes import PodDiscovery
+        from logvold.sources.kubernetes import PodDiscovery
 
         discovery = PodDiscovery(config.kubernetes, self.registry, self.metrics, config.defaults,
                                  max_streams_per_volume=config.max_streams_per_volume)
@@ -861,8 +861,8 @@ TERMINATED_SUFFIX = "-terminated"
 def _kubernetes_auth(config: Config) -> Any:
     """TokenReview + SubjectAccessReview middleware; the API client is built at the
     first request that needs a review, so starting needs no credentials yet."""
-    from logvold.discovery.apiclient import KubernetesApi, make_api_client, resolve_node_name
     from logvold.server.auth import make_auth_middleware
+    from logvold.sources.kube_api import KubernetesApi, make_api_client, resolve_node_name
 
     return make_auth_middleware(
         config.server, lambda: KubernetesApi(make_api_client(config.kubernetes)),
@@ -948,7 +948,7 @@ def main_serve(argv: Sequence[str]) -> int:
         sys.stderr.write(f"logvold serve: error: {exc}\n")
         return 2
     if args.print_config:
-        from logvold.config_file import dump_config
+        from logvold.config.yaml_file import dump_config
 
         sys.stdout.write(dump_config(config))
         return 0

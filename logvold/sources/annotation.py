@@ -1,5 +1,5 @@
 """Read the YAML text of a pod's `logvold.io/logs` annotation into the plain
-tree `core.pod_policy` checks. It reuses `config_file`'s reader (the one yaml
+tree `core.pod_policy` checks. It reuses `config.yaml_file`'s reader (the one yaml
 importer) so annotations get the same line marks, duplicate-key and
 alias-bomb protection as the config file.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from logvold.config_file import parse_yaml_tree
+from logvold.config.yaml_file import parse_yaml_tree
 from logvold.core.pod_policy import PodStreams, evaluate_pod
 from logvold.core.policy import KeyPath, LogPolicy
 

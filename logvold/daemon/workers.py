@@ -39,13 +39,13 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from logvold.core.fair_queue import RoundRobinQueue
 from logvold.core.layout import STATE_DIR_NAME
 from logvold.core.streams import StreamInfo, StreamKey
+from logvold.daemon.survey import budget_share_arg
 from logvold.errors import StreamError
 from logvold.fileio.safedir import UnsafeFile, open_stream_dir
 from logvold.fileio.state import load_state_in
-from logvold.survey import budget_share_arg
 
 if TYPE_CHECKING:
-    from logvold.metrics import Metrics
+    from logvold.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from logvold.fileio.safedir import MAX_NAMES, SafeDir, UnsafeFile
 
 if TYPE_CHECKING:
     from logvold.core.policy import Config, LogPolicy, VolumeSpec
-    from logvold.metrics import Metrics
+    from logvold.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,9 @@ from logvold.core.nodelog_query import (
 )
 from logvold.core.nodelog_query import parse_node_log_query as _parse
 from logvold.core.policy import NodeLogQueryConfig
-from logvold.metrics import Metrics
-from logvold.server import journal
 from logvold.server.access import TRUSTED, Peer, forbid, may_open_fd, peer_of
-from logvold.server.nodelog_files import (
+from logvold.server.nodelog import journal
+from logvold.server.nodelog.files import (
     DeadlineExceeded,
     FileQueryError,
     LineMatcher,
@@ -41,6 +40,7 @@ from logvold.server.nodelog_files import (
     open_service_log,
     read_tail,
 )
+from logvold.telemetry.metrics import Metrics
 
 __all__ = [
     "QUERY_PARAMS",

@@ -1,0 +1,1 @@
+"""`logvold driver`: containerd's `binary://` logger and its arguments."""

@@ -1,0 +1,1 @@
+"""logvold's own signals: Prometheus metrics and structured log lines."""
