@@ -66,6 +66,7 @@ class StoppableRotator(Protocol):
 
     abandon_copy: Callable[[], bool]
     abandon_compress: Callable[[], bool]
+    stop_pieces: Callable[[], bool]
 
     def quiesce(self) -> None: ...
 
@@ -108,6 +109,8 @@ class StepOutcome:
     reason: str | None
     rotated: bool
     latency_s: float | None
+    more: bool = False
+    """The rotation stopped at its per-step limits with backlog left: queue it again."""
 
 
 @dataclass(eq=False)
@@ -282,6 +285,11 @@ class StreamWorkers:
                     self._on_rotated(slot.info, outcome)
             if slot.info.policy.compress != "none" and not slot.removed:
                 self._submit_compress(slot)
+            if outcome.more and not slot.removed and not self._closing:
+                # Behind every step already queued on the pool: a huge backlog is cut a
+                # bounded step at a time while other streams keep rotating.
+                more = StepRequest(reason=outcome.reason)
+                slot.queued = more if slot.queued is None else slot.queued.merge(more)
         if slot.queued is not None and not slot.removed and not self._closing:
             queued, slot.queued = slot.queued, None
             self.submit(slot.info.key, queued)
@@ -338,6 +346,7 @@ class StreamWorkers:
             if isinstance(rotator, StoppableRotator):
                 rotator.abandon_copy = self._past_stop_deadline
                 rotator.abandon_compress = self._stopping
+                rotator.stop_pieces = self._stopping
         return slot.rotator
 
     def _stopping(self) -> bool:
@@ -361,10 +370,12 @@ class StreamWorkers:
                 # stream's plan has work, so 1,000 streams start without 1,000 full listings.
                 request = request.merge(StepRequest(check=True))
             reason = request.reason or (rotator.needs_rotation() if request.check else None)
-            rotated = False
+            rotated = more = False
             latency = None
             if reason is not None:
-                rotated = rotator.rotate(reason) is not None
+                result = rotator.rotate(reason)
+                rotated = result is not None
+                more = bool(getattr(result, "more_work", False))
                 if rotated and request.hint_at is not None:
                     latency = time.monotonic() - request.hint_at
             if rotated or request.retention:
@@ -372,7 +383,7 @@ class StreamWorkers:
                 rotator.enforce_retention(
                     extra_budget_bytes=None if share is None else max(share, 1))
             slot.trigger = size_trigger(slot.info)
-            return StepOutcome(reason, rotated, latency)
+            return StepOutcome(reason, rotated, latency, more)
 
     def _compress(self, slot: _Slot) -> None:
         # Under the stream's lock: retention must not delete a segment being compressed.

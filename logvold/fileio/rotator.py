@@ -55,6 +55,7 @@ import os
 import signal
 import stat
 import subprocess
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -70,6 +71,15 @@ from logvold.core.layout import (
     next_segment_name,
     segments_of,
     state_file_name,
+)
+from logvold.core.pieces import (
+    FREE_SPACE_RESERVE,
+    MAX_BYTES_PER_STEP,
+    MAX_PIECES_PER_STEP,
+    MAX_SECONDS_PER_STEP,
+    Piece,
+    iter_pieces,
+    piece_cap,
 )
 from logvold.core.retention import RetentionPlan, SegmentFile, period_start, plan_retention
 from logvold.errors import StateError, StreamError
@@ -107,6 +117,53 @@ def _punched_head(fd: int, st: os.stat_result) -> bool:
     return os.pread(fd, 1, 0) == b"\0"
 
 
+def _data_extent(fd: int, pos: int, size: int) -> tuple[int, int]:
+    """(first data offset >= pos, first hole offset after it), both capped at `size`, from
+    SEEK_DATA/SEEK_HOLE: a sparse file's holes are skipped, never read as zeroes. Where
+    the filesystem cannot tell, everything is data."""
+    try:
+        data = os.lseek(fd, pos, os.SEEK_DATA)
+    except OSError as e:
+        if e.errno == errno.ENXIO:
+            return size, size  # only a hole up to the end
+        if e.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+            return pos, size
+        raise
+    if data >= size:
+        return size, size
+    try:
+        hole = os.lseek(fd, data, os.SEEK_HOLE)
+    except OSError as e:
+        if e.errno not in (errno.ENXIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise
+        hole = size
+    return data, min(hole, size)
+
+
+@dataclass
+class _Run:
+    """What one rotation step cut (mutable, private to the step)."""
+
+    started: float
+    cuts: list[RotationResult] = field(default_factory=list)
+    copied: int = 0
+    holes: int = 0
+    more: bool = False
+    failed: bool = False
+
+    def result(self, reason: str, strategy: str, *, collapsed: int = 0,
+               lost: int = 0) -> RotationResult:
+        first = self.cuts[0] if self.cuts else None
+        last = self.cuts[-1] if self.cuts else None
+        return RotationResult(
+            reason=reason, strategy=strategy, segment=last.segment if last else "",
+            logical_start=first.logical_start if first else 0,
+            logical_end=last.logical_end if last else 0,
+            bytes_freed=sum(c.bytes_freed for c in self.cuts), collapsed_bytes=collapsed,
+            lost_bytes=lost, last_write_ns=last.last_write_ns if last else 0,
+            cuts=tuple(self.cuts), more_work=self.more, hole_bytes=self.holes)
+
+
 
 @dataclass(frozen=True, kw_only=True)
 class RotationResult:
@@ -128,6 +185,15 @@ class RotationResult:
     """copytruncate only: bytes written after the copy, gone with the truncate."""
     last_write_ns: int = 0
     """The active file's mtime at the cut (0: the segment keeps its own, rename)."""
+    cuts: tuple[RotationResult, ...] = ()
+    """The pieces of this step, one segment each, oldest first (core/pieces.py); empty for
+    rename and for a step that only skipped a hole. `segment`, `logical_start/end` and
+    `bytes_freed` above then describe all of them together (the last segment's name)."""
+    more_work: bool = False
+    """The step stopped at its limits (pieces, bytes, seconds, stop) with backlog left:
+    the caller should queue another step."""
+    hole_bytes: int = 0
+    """Bytes of holes (SEEK_HOLE) skipped at the committed offset: never copied."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -183,6 +249,10 @@ class StreamRotator:
         rollback), so a stop past its deadline never waits for a huge backlog."""
         self.abandon_compress: Callable[[], bool] = _never
         """Polled between compressed blocks: True abandons compression (kept plain)."""
+        self.stop_pieces: Callable[[], bool] = _never
+        """Polled between the pieces of a step: True ends the step after the piece cut
+        (the daemon is stopping; the rest is cut by the next run)."""
+        self._last_name: SegmentName | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -247,11 +317,15 @@ class StreamRotator:
             self._fail(e, "rotate")
         if result is not None:
             self._anchor = self.clock()
+            cuts = result.cuts or ((result,) if result.segment else ())
             if self.metrics:
-                self.metrics.rotations.labels(*self._labels, reason, result.strategy).inc()
+                if cuts:
+                    self.metrics.rotations.labels(*self._labels, reason,
+                                                  result.strategy).inc(len(cuts))
                 if result.bytes_freed:
                     self.metrics.bytes_freed.labels(*self._labels, "rotate").inc(result.bytes_freed)
-            self._after_cut(result)  # after the counters: they move right at the commit
+            for cut in cuts:
+                self._after_cut(cut)  # after the counters: they move right at the commit
             self._update_gauges()
         return result
 
@@ -571,10 +645,14 @@ class StreamRotator:
             pos += len(chunk)
         return last
 
-    def _segment_name(self, d: SafeDir) -> SegmentName:
+    def _segment_name(self, d: SafeDir, after: SegmentName | None = None) -> SegmentName:
         """After every segment on disk AND every one the state still records: a name whose
         files retention deleted is never given again while a record (which a follower may
-        be about to read by that name) still points at its old byte range."""
+        be about to read by that name) still points at its old byte range. `after`: the
+        name of the piece just cut in this step (newer than all of those), so the pieces
+        of one step list the directory once; in one second they are numbered on."""
+        if after is not None:
+            return next_segment_name(self.info.base, self.clock(), [after])
         existing = [e.name for e in sf.list_segments(d, self.info.base)]
         if self._state is not None:
             existing += segments_of(self.info.base, [r.stem for r in self._state.segments])
@@ -670,39 +748,140 @@ class StreamRotator:
             return self._rotate_rename(d, fd, state, reason)
         return self._rotate_copytruncate(d, fd, state, reason)
 
-    def _plan_cut(self, d: SafeDir, fd: int, state: StreamState,
-                  st: os.stat_result) -> tuple[int, SegmentName, int, int] | None:
-        """Where the next segment ends: (physical end, segment name, logical start,
-        logical end), or None when no whole event lies past the committed offset."""
-        p = state.physical_committed
-        b = self._last_boundary(fd, p, st.st_size)
-        if b is None:
-            return None
-        return b, self._segment_name(d), state.committed_offset, state.committed_offset + (b - p)
-
     def _rotate_punch(self, d: SafeDir, fd: int, state: StreamState,
                       reason: str) -> RotationResult | None:
-        st = os.fstat(fd)
-        p = state.physical_committed
-        cut = self._plan_cut(d, fd, state, st)
-        if cut is None:
+        state, run = self._cut_backlog(d, fd, state, reason, "punch")
+        if not run.cuts and not run.holes:
             return None
-        b, name, start, end = cut
-        intent = {"op": "punch", "stem": name.stem, "start": start, "end": end}
+        collapsed = self._maybe_collapse(fd, state)
+        return run.result(reason, "punch", collapsed=collapsed)
+
+    def _cut_backlog(self, d: SafeDir, fd: int, state: StreamState, reason: str,
+                     strategy: str) -> tuple[StreamState, _Run]:
+        """Cut [committed, last boundary) into maxSize pieces (core/pieces.py), each one
+        written, committed and (punch) punched before the next: a crash or an abandoned
+        copy leaves every earlier piece committed and at most one intent to settle.
+
+        Bounded per step (pieces, bytes, seconds: core/pieces.py constants, and the
+        daemon stopping): the run says `more` and the worker queues the step again
+        behind other streams. Holes in the live range (SEEK_DATA/SEEK_HOLE) are never
+        read: a hole at the committed offset is skipped (committed, no segment, counted
+        as truncation `hole`); a hole after data ends the piece before it, as an event
+        boundary. Pieces are sized by free space too (fstatvfs): a backlog bigger than
+        the free space still rotates, piece by piece, as each punch frees what it copied;
+        copytruncate frees nothing before its truncate, so its whole step fits in it."""
+        run = _Run(started=time.monotonic())
+        self._last_name = None
+        mx = self.policy.max_size_bytes
+        for _extent in range(MAX_PIECES_PER_STEP):
+            st = os.fstat(fd)
+            p = state.physical_committed
+            if p >= st.st_size:
+                break
+            data, hole = _data_extent(fd, p, st.st_size)
+            if data > p:
+                state = self._drop_hole(fd, st, state, p, data, punch=strategy == "punch")
+                run.holes += data - p
+                continue
+            free = self._free_bytes(d)
+            cap = piece_cap(mx, free)
+            room = MAX_BYTES_PER_STEP
+            if strategy == "copytruncate" and free is not None and free > FREE_SPACE_RESERVE:
+                room = min(room, free - FREE_SPACE_RESERVE)
+            pieces = iter_pieces(p, hole, cap, self._last_at_most(fd, hole, st.st_size),
+                                 self._first_after(fd))
+            for piece in pieces:
+                if run.cuts and (len(run.cuts) >= MAX_PIECES_PER_STEP
+                                 or run.copied + piece.size > room
+                                 or time.monotonic() - run.started >= MAX_SECONDS_PER_STEP
+                                 or self.stop_pieces() or self.abandon_copy()):
+                    run.more = True
+                    return state, run
+                try:
+                    state, cut = self._cut_piece(d, fd, state, st, piece, reason, strategy)
+                except StreamError:
+                    if not run.cuts:
+                        raise
+                    if self.metrics:  # the pieces before stand committed; retried later
+                        self.metrics.rotation_failures.labels(*self._labels, "io").inc()
+                    run.failed = True
+                    return state, run
+                run.cuts.append(cut)
+                run.copied += piece.size
+            if hole >= st.st_size or state.physical_committed < hole:
+                break  # the end of the file (a partial event stays), or a boundary search gave up
+        else:
+            run.more = True
+        return state, run
+
+    def _cut_piece(self, d: SafeDir, fd: int, state: StreamState, st: os.stat_result,
+                   piece: Piece, reason: str, strategy: str) -> tuple[StreamState, RotationResult]:
+        """One piece as one segment, exactly like a whole rotation used to be: intent,
+        copy (tmp, fsync, rename, dir fsync), commit, then (punch) the punch."""
+        p = state.physical_committed
+        assert piece.start == p, (piece, p)
+        self._last_name = name = self._segment_name(d, self._last_name)
+        start, end = state.committed_offset, state.committed_offset + piece.size
+        if strategy == "punch":
+            intent: dict[str, Any] = {"op": "punch", "stem": name.stem, "start": start,
+                                      "end": end}
+        else:
+            intent = {"op": "copytruncate", "stem": name.stem, "start": start, "end": end,
+                      "physical_end": piece.end}
         self._save(state.with_(intent=intent))
         try:
-            self._write_segment(d, fd, name.stem, p, b - p, st)
+            self._write_segment(d, fd, name.stem, p, piece.size, st)
         except OSError as e:
             self._abort(d, state, name.stem, e)
-        state = self._save(state.with_(
-            committed_offset=end, intent=None,
-            segments=self._records(state, SegmentRecord(
-                name.stem, start, end, _previous_cut_ns(state, start), st.st_mtime_ns))))
-        freed = self._punch(fd, st, p, b)
-        collapsed = self._maybe_collapse(fd, state)
-        return RotationResult(reason=reason, strategy="punch", segment=name.stem,
-                              logical_start=start, logical_end=end, bytes_freed=freed,
-                              collapsed_bytes=collapsed, last_write_ns=st.st_mtime_ns)
+        freed = 0
+        if strategy == "punch":
+            state = self._save(state.with_(
+                committed_offset=end, intent=None,
+                segments=self._records(state, SegmentRecord(
+                    name.stem, start, end, _previous_cut_ns(state, start), st.st_mtime_ns))))
+            freed = self._punch(fd, st, p, piece.end)
+        else:
+            state = self._save(state.with_(committed_offset=end, intent=None))
+        return state, RotationResult(reason=reason, strategy=strategy, segment=name.stem,
+                                     logical_start=start, logical_end=end, bytes_freed=freed,
+                                     last_write_ns=st.st_mtime_ns)
+
+    def _drop_hole(self, fd: int, st: os.stat_result, state: StreamState, p: int, data: int,
+                   *, punch: bool) -> StreamState:
+        """[p, data) is a hole: never written by an appending writer, so not events (a
+        hostile truncate-extend, a writer seeking past its end). Committed without a
+        segment and without reading it; punch frees the committed block before it."""
+        if "hole" not in self._warned:
+            self._warned.add("hole")
+            log.warning("stream %s: %s has a hole of %d bytes at offset %d: skipped, not "
+                        "copied (holes are not events)", self.info.key, self.info.base,
+                        data - p, p)
+        state = self._save(state.with_(committed_offset=state.committed_offset + data - p))
+        if punch:
+            self._punch(fd, st, p, data)
+        if self.metrics:
+            self.metrics.truncations.labels(*self._labels, "hole").inc()
+        return state
+
+    def _free_bytes(self, d: SafeDir) -> int | None:
+        """Bytes an unprivileged writer may still use on the volume (statvfs of the open
+        directory fd), None when unknown."""
+        try:
+            v = os.fstatvfs(d.fd)
+        except OSError:
+            return None
+        return v.f_bavail * v.f_frsize if v.f_blocks else None
+
+    def _last_at_most(self, fd: int, hole: int, size: int) -> Callable[[int, int], int | None]:
+        """Framing's last boundary in (lo, hi]; the start of a hole is a boundary too."""
+        def search(lo: int, hi: int) -> int | None:
+            if hi == hole < size:
+                return hole
+            return self._last_boundary(fd, lo, hi)
+        return search
+
+    def _first_after(self, fd: int) -> Callable[[int, int], int | None]:
+        return lambda lo, hi: self._first_boundary_at_or_after(fd, lo, lo + 1, hi)
 
     def _maybe_collapse(self, fd: int, state: StreamState) -> int:
         mode = self.policy.collapse
@@ -809,30 +988,25 @@ class StreamRotator:
 
     def _rotate_copytruncate(self, d: SafeDir, fd: int, state: StreamState,
                              reason: str) -> RotationResult | None:
-        st = os.fstat(fd)
-        p = state.physical_committed
-        cut = self._plan_cut(d, fd, state, st)
-        if cut is None:
+        """Copy the backlog in pieces (each committed with its own intent), then truncate
+        once every whole event is copied; a step cut short (limits, free space) leaves the
+        committed offset past its pieces and the next step goes on from there."""
+        state, run = self._cut_backlog(d, fd, state, reason, "copytruncate")
+        if not run.cuts and not run.holes:
             return None
-        b, name, start, end = cut
-        self._save(state.with_(intent={"op": "copytruncate", "stem": name.stem, "start": start,
-                                       "end": end, "physical_end": b}))
-        try:
-            self._write_segment(d, fd, name.stem, p, b - p, st)
-        except OSError as e:
-            self._abort(d, state, name.stem, e)
-        lost = os.fstat(fd).st_size - b
-        os.ftruncate(fd, 0)
-        self._save(StreamState(device=st.st_dev, inode=st.st_ino))
-        if lost > 0:
-            log.warning("stream %s: copytruncate lost %d bytes written during the copy; "
-                        "use strategy punch where the filesystem supports it",
-                        self.info.key, lost)
-            if self.metrics:
-                self.metrics.lost_bytes.labels(*self._labels).inc(lost)
-        return RotationResult(reason=reason, strategy="copytruncate", segment=name.stem,
-                              logical_start=start, logical_end=end, lost_bytes=max(lost, 0),
-                              last_write_ns=st.st_mtime_ns)
+        lost = 0
+        if not run.more and not run.failed:
+            st = os.fstat(fd)
+            lost = st.st_size - state.physical_committed
+            os.ftruncate(fd, 0)
+            self._save(StreamState(device=st.st_dev, inode=st.st_ino))
+            if lost > 0:
+                log.warning("stream %s: copytruncate lost %d bytes written during the copy; "
+                            "use strategy punch where the filesystem supports it",
+                            self.info.key, lost)
+                if self.metrics:
+                    self.metrics.lost_bytes.labels(*self._labels).inc(lost)
+        return run.result(reason, "copytruncate", lost=max(lost, 0))
 
     # ------------------------------------------------------------------ retention
 
@@ -932,7 +1106,10 @@ class StreamRotator:
             if self.policy.strategy != "punch" or not self._punch_supported():
                 return 0, 0  # no way to free the head in place: the next rotation cuts it
             p = state.physical_committed
-            b = self._first_boundary_at_or_after(fd, p, p + nbytes, st.st_size)
+            data, hole = _data_extent(fd, p, st.st_size)
+            if data > p:
+                return 0, 0  # a hole at the committed offset: the next rotation skips it
+            b = self._first_boundary_at_or_after(fd, p, p + nbytes, hole)
             if b is None or b <= p:
                 return 0, 0
             state = self._save(state.with_(committed_offset=state.committed_offset + b - p))
