@@ -49,6 +49,7 @@ clears the intent and raises a retriable StreamError; errors after the commit
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -138,6 +139,36 @@ def _data_extent(fd: int, pos: int, size: int) -> tuple[int, int]:
             raise
         hole = size
     return data, min(hole, size)
+
+
+def _past_zeros(fd: int, data: int, end: int, block: int) -> int:
+    """The first non-NUL byte in [data, data + block) (SEEK_DATA answers in blocks: the
+    block after a hole starts with the zeroes up to the writer's first byte)."""
+    head = os.pread(fd, min(block, end - data), data)
+    return data + len(head) - len(head.lstrip(b"\0"))
+
+
+def _before_zeros(fd: int, start: int, hole: int, block: int) -> int:
+    """The end of the last non-NUL byte in [hole - block, hole): the partial block before
+    a hole (a `truncate` past the end) holds zeroes after the last written byte."""
+    lo = max(start, hole - block)
+    tail = os.pread(fd, hole - lo, lo)
+    return lo + len(tail.rstrip(b"\0"))
+
+
+def _live_extent(fd: int, p: int, size: int, block: int) -> tuple[int, int]:
+    """`_data_extent` with the zeroes of the partial blocks around a hole counted as hole:
+    (data, hole) with data > p when [p, data) is to be skipped, else [p, hole) is data and
+    a hole (hole < size) or the end of the file follows."""
+    data, hole = _data_extent(fd, p, size)
+    if data == p and hole < size:
+        end = _before_zeros(fd, p, hole, block)
+        if end > p:
+            return p, end
+        data, hole = _data_extent(fd, hole, size)  # only zeroes up to the hole
+    if data > p:
+        data = _past_zeros(fd, data, hole, block)
+    return data, hole
 
 
 @dataclass
@@ -778,7 +809,7 @@ class StreamRotator:
             p = state.physical_committed
             if p >= st.st_size:
                 break
-            data, hole = _data_extent(fd, p, st.st_size)
+            data, hole = _live_extent(fd, p, st.st_size, self._block(st))
             if data > p:
                 state = self._drop_hole(fd, st, state, p, data, punch=strategy == "punch")
                 run.holes += data - p
@@ -1021,6 +1052,7 @@ class StreamRotator:
 
     def _enforce(self, d: SafeDir, extra_budget_bytes: int | None) -> RetentionResult:
         plan = self._plan(d, extra_budget_bytes)
+        plan = self._without_trim_if_full(d, plan)
         freed = 0
         deleted = []
         for name in plan.delete:
@@ -1052,6 +1084,24 @@ class StreamRotator:
                                dropped_active_bytes=dropped, trimmed_segment=trimmed,
                                bytes_freed=freed,
                                compress_pending=tuple(n.filename for n in plan.compress))
+
+    def _without_trim_if_full(self, d: SafeDir, plan: RetentionPlan) -> RetentionPlan:
+        """A trim copies the kept part of a segment: on a volume without room for that copy
+        (a disk full of backlog), the segment is deleted whole instead, so retention frees
+        room when it is needed most (at most maxSize more than the plan asked for)."""
+        name = plan.trim_segment
+        if name is None or plan.trim_segment_bytes <= 0 or name.compression:
+            return plan
+        st = d.lstat(name.filename)
+        free = self._free_bytes(d)
+        if st is None or free is None or st.st_size - plan.trim_segment_bytes \
+                + FREE_SPACE_RESERVE <= free:
+            return plan
+        why = plan.budget_reason or "maxTotalSize"
+        log.info("stream %s: no room to trim %s (%d bytes free): deleted whole",
+                 self.info.key, name.filename, free)
+        return dataclasses.replace(plan, delete=(*plan.delete, name), trim_segment=None,
+                                   trim_segment_bytes=0, reasons={**plan.reasons, name.stem: why})
 
     def _trim_segment(self, d: SafeDir, name: SegmentName, nbytes: int) -> tuple[str | None, int]:
         """Drop at least `nbytes` of a plain segment's head, up to an event boundary.
