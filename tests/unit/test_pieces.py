@@ -5,6 +5,7 @@ limits; real framing on generated events."""
 from __future__ import annotations
 
 import bisect
+import itertools
 
 import pytest
 from hypothesis import given, settings
@@ -56,7 +57,7 @@ def test_pieces_cover_the_whole_events_exactly(start: int, sizes: list[int], tai
     covered_to = bounds[-1] if bounds else start
     assert (pieces[0].start if pieces else start) == start
     assert (pieces[-1].end if pieces else start) == covered_to
-    for a, b in zip(pieces, pieces[1:], strict=False):
+    for a, b in itertools.pairwise(pieces):
         assert a.end == b.start
     for p in pieces:
         assert p.end in bounds  # cut at event boundaries only
