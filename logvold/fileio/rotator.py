@@ -1,15 +1,29 @@
 """Rotation and retention of a file written by a FOREIGN process, crash-safely.
 
 Strategies (policy.strategy):
-- punch (default, lossless): copy the whole events in [committed, last
-  boundary) into a new segment (tmp, fsync, rename, dir fsync), save the
-  committed offset, then PUNCH_HOLE those bytes in place; the writer's offset
-  never moves. With O_APPEND writers (or `collapse: always`) COLLAPSE_RANGE
+- punch (default, lossless): cut the whole events in [committed, last
+  boundary) into pieces of at most maxSize (core/pieces.py: a piece ends at the
+  last boundary <= its start + maxSize, or after one bigger event); each piece
+  is copied into a new segment (tmp, fsync, rename, dir fsync), the committed
+  offset saved, then those bytes PUNCH_HOLEd in place, before the next piece
+  (so every intent below covers one piece); the writer's offset never moves.
+  A step cuts at most MAX_PIECES_PER_STEP / MAX_BYTES_PER_STEP /
+  MAX_SECONDS_PER_STEP and reports `more_work`. Holes (SEEK_DATA/SEEK_HOLE)
+  are never read: one at the committed offset is committed without a segment
+  (truncation reason `hole`), one after data ends the piece before it. Pieces
+  are lowered to the volume's free space (fstatvfs) less a reserve. With O_APPEND writers (or `collapse: always`) COLLAPSE_RANGE
   later removes the punched block-aligned prefix so the apparent size shrinks.
 - rename: rename the file to the segment name, create an empty active file
   and run the reopen action (signal to a pid file or an argv, never a shell).
-- copytruncate (legacy, lossy): copy then ftruncate(0); bytes written between
-  copy and truncate are counted in logvold_copytruncate_lost_bytes_total.
+- copytruncate (legacy, lossy): copy in maxSize pieces (each committed), then
+  ftruncate(0) once the whole backlog is copied; bytes written between the
+  copy and the truncate are counted in logvold_copytruncate_lost_bytes_total.
+  A step cut short (limits, free space: nothing is freed before the truncate,
+  so a step's pieces fit in the free space) truncates at a later step.
+- rename is not split: the renamed file stays one segment because the writer
+  may append to it until it reopens (no end to cut at), so its size is
+  whatever the file had at the rename plus what the writer added before
+  reopening; bound it with a reopen action and a low maxSize.
 
 Crash safety: every multi-step change writes an intent into the state file
 first, and `recover()` finishes or undoes it, idempotently:
