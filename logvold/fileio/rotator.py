@@ -11,8 +11,9 @@ Strategies (policy.strategy):
   MAX_SECONDS_PER_STEP and reports `more_work`. Holes (SEEK_DATA/SEEK_HOLE)
   are never read: one at the committed offset is committed without a segment
   (truncation reason `hole`), one after data ends the piece before it. Pieces
-  are lowered to the volume's free space (fstatvfs) less a reserve. With O_APPEND writers (or `collapse: always`) COLLAPSE_RANGE
-  later removes the punched block-aligned prefix so the apparent size shrinks.
+  are lowered to the volume's free space (fstatvfs) less a reserve. With
+  O_APPEND writers (or `collapse: always`) COLLAPSE_RANGE later removes the
+  punched block-aligned prefix so the apparent size shrinks.
 - rename: rename the file to the segment name, create an empty active file
   and run the reopen action (signal to a pid file or an argv, never a shell).
 - copytruncate (legacy, lossy): copy in maxSize pieces (each committed), then
@@ -20,7 +21,7 @@ Strategies (policy.strategy):
   copy and the truncate are counted in logvold_copytruncate_lost_bytes_total.
   A step cut short (limits, free space: nothing is freed before the truncate,
   so a step's pieces fit in the free space) truncates at a later step.
-- rename is not split: the renamed file stays one segment because the writer
+- rename, bound: not split. The renamed file stays one segment because the writer
   may append to it until it reopens (no end to cut at), so its size is
   whatever the file had at the rename plus what the writer added before
   reopening; bound it with a reopen action and a low maxSize.
