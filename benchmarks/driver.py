@@ -1,10 +1,18 @@
-"""Throughput of a container writing through `logvold driver` against containerd's own
-`file://` log URI, in one run, on a private containerd + runc.
+"""Throughput of `logvold driver` against a plain copy and against containerd's own
+`file://` log URI, in one run.
 
     .venv/bin/python benchmarks/driver.py [--size-mib 256] [--rounds 3] [--dir /tmp/lvd-bench]
+        [--pipe-only]
 
-A busybox container (image built from busybox-static, imported with `ctr image
-import`) runs `cat /data/source.log` - checksummed, sequence-numbered events - with
+Part 1, the driver alone (no containerd): the driver is started exactly as the shim
+starts it (fd 3/4/5, env) and `cat SOURCE` writes into its fd 3 pipe; the plain copy
+is `cat SOURCE | cat > file` - what containerd's `file://` logger does with that pipe.
+The source is typical log lines (40-300 B with quotes, tabs, backslashes and UTF-8).
+Prints MB/s and the ratio to the plain copy for raw, cri and json-file, the driver's
+CPU time and peak RSS, and integrity (the decoded output equals the source).
+
+Part 2 (skipped with --pipe-only or without root): a busybox container (image built
+from busybox-static, imported with `ctr image import`) runs `cat /data/SOURCE` with
 each log URI in turn; the time is `ctr run --rm` from start to return (container
 start and delete included; the row `empty container` shows that fixed part).
 Prints MB/s (best and median), the ratio to `file://`, the driver's peak RSS, the
@@ -18,7 +26,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import random
+import select
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -32,7 +44,7 @@ from urllib.parse import urlencode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.runner import make_source, output_pieces  # noqa: E402
+from benchmarks.runner import output_pieces  # noqa: E402
 from tests.support.containerd import (  # noqa: E402
     IMAGE_NAME,
     Containerd,
@@ -119,6 +131,153 @@ def run_container(cd: Containerd, log_uri: str, data: Path, cmd: str, cid: str) 
     return elapsed
 
 
+_WORDS = [
+    b"GET", b"POST", b"/api/v1/namespaces/default/pods", b'"status":"ok"', b"\tat",
+    b"C:\\Windows\\path", "caf\u00e9".encode(), "na\u00efve".encode(), b"level=info",
+    b"msg=\"request done\"", b"latency_ms=12.5", b"user=alice", b"path=/a/b?c=1",
+    b"0123456789abcdef", b"ERROR", b"trace_id=4bf92f3577b34da6",
+]  # fmt: skip
+
+
+_CJK = ["\u65e5\u672c\u8a9e".encode(), "\u30ed\u30b0".encode()]
+
+
+def make_typical_source(path: Path, size_bytes: int, *, cjk: bool = False) -> None:
+    """Log lines of 40-300 bytes: words with quotes, tabs, backslashes and UTF-8 (accented
+    Latin; with `cjk`, also CJK words - text CPython holds as 2-byte characters)."""
+    rng = random.Random(3)
+    words = _WORDS + _CJK * 2 if cjk else _WORDS
+    written = 0
+    with path.open("wb") as out:
+        while written < size_bytes:
+            lines = []
+            for _ in range(4096):
+                line = b"%d " % written
+                target = rng.randint(40, 300)
+                while len(line) < target:
+                    line += rng.choice(words) + b" "
+                # Cut at a character boundary: valid UTF-8, like most programs' output.
+                lines.append(line[:target].decode("utf-8", "ignore").encode() + b"\n")
+            block = b"".join(lines)
+            out.write(block)
+            written += len(block)
+
+
+def spawn_driver(argv: list[str], cid: str) -> tuple[subprocess.Popen[bytes], int, int]:
+    """The driver as containerd's shim starts it: (process, stdout pipe's write end,
+    ready pipe's read end); its stderr pipe is closed at once (no output there)."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+
+    def place_fds() -> None:
+        high = [os.dup2(fd, 100 + i) for i, fd in enumerate((out_r, err_r, ready_w))]
+        for target, fd in zip((3, 4, 5), high, strict=True):
+            os.dup2(fd, target)
+            os.close(fd)
+
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CONTAINER_ID": cid,
+           "CONTAINER_NAMESPACE": "bench"}  # fmt: skip
+    proc = subprocess.Popen(
+        [str(DRIVER), *argv], env=env, stdin=subprocess.DEVNULL, close_fds=False,
+        preexec_fn=place_fds,
+    )  # fmt: skip
+    for fd in (out_r, err_r, ready_w, err_w):
+        os.close(fd)
+    return proc, out_w, ready_r
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process (read just before it is reaped)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pipe_part(args: argparse.Namespace, work: Path, src: Path, source_sha: str) -> bool:
+    """The driver fed by `cat SOURCE` through its fd 3 pipe vs `cat SOURCE | cat > file`."""
+    size = src.stat().st_size
+    out = work / "pipe-out"
+    names = ["cat SOURCE | cat > file (plain copy)"] + [
+        f"logvold driver format={fmt} max-size={args.max_size}"
+        for fmt in ("raw", "cri", "json-file")
+    ]
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, float] = {}
+    rss: dict[str, int] = {}
+    identical: dict[str, bool] = {}
+    files: dict[str, int] = {}
+    for rnd in range(args.rounds):
+        for i, name in enumerate(names):
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            subprocess.run(["sync"], check=True)
+            time.sleep(args.settle_s)
+            if i == 0:
+                t0 = time.perf_counter()
+                subprocess.run(["sh", "-c", f'cat "{src}" | cat > "{out}/file.log"'], check=True)
+                seconds[name].append(time.perf_counter() - t0)
+                if rnd == 0:
+                    copied = sha256(decoded_blocks([out / "file.log"], "raw"))
+                    identical[name] = copied == source_sha
+                    files[name] = 1
+                continue
+            fmt = name.split("format=")[1].split()[0]
+            argv = ["root", str(out), "format", fmt, "max-size", args.max_size,
+                    "max-file", "100000"]  # fmt: skip
+            proc, pipe_w, ready_r = spawn_driver(argv, f"p{rnd}-{i}")
+            select.select([ready_r], [], [], 30)
+            os.close(ready_r)
+            cpu_at_ready = cpu_seconds(proc.pid)  # start-up excluded from the CPU column
+            sampler = RssSampler(str(out))
+            t0 = time.perf_counter()
+            subprocess.run(["cat", str(src)], stdout=pipe_w, check=True)
+            os.close(pipe_w)  # what the shim does on task delete: close, then SIGTERM
+            proc.send_signal(signal.SIGTERM)
+            # The driver's CPU time, read once it has exited but before it is reaped.
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+            cpu_s = cpu_seconds(proc.pid) - cpu_at_ready
+            proc.wait()
+            elapsed = time.perf_counter() - t0
+            if proc.returncode != 0:
+                raise SystemExit(f"{name}: driver exit status {proc.returncode}")
+            seconds[name].append(elapsed)
+            cpu[name] = min(cpu.get(name, cpu_s), cpu_s)
+            rss[name] = max(rss.get(name, 0), sampler.stop())
+            if rnd == 0:
+                log = out / "bench" / f"p0-{i}" / f"p0-{i}.log"
+                pieces = output_pieces(log)
+                files[name] = len(pieces)
+                identical[name] = sha256(decoded_blocks(pieces, fmt)) == source_sha
+            print(f"round {rnd + 1} {name}: {size / elapsed / 1e6:.0f} MB/s", flush=True)
+    shutil.rmtree(out, ignore_errors=True)
+    base = seconds[names[0]]
+    print()
+    print(
+        f"Part 1: {size / 2**20:.0f} MiB of typical log lines through fd 3, "
+        f"{args.rounds} rounds, {os.cpu_count()} CPUs"
+    )
+    header = (
+        f"{'writer':42} {'MB/s best':>9} {'x copy':>6} {'MB/s med':>9} {'x copy':>6} "
+        f"{'CPU s':>6} {'RSS MB':>6} {'files':>5} {'identical':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name in names:
+        best, med = min(seconds[name]), statistics.median(seconds[name])
+        cpu_text = f"{cpu[name]:.2f}" if name in cpu else "-"
+        rss_text = f"{rss[name] / 1024:.0f}" if rss.get(name) else "-"
+        print(
+            f"{name:42} {size / best / 1e6:9.0f} {min(base) / best:6.2f} "
+            f"{size / med / 1e6:9.0f} {statistics.median(base) / med:6.2f} {cpu_text:>6} "
+            f"{rss_text:>6} {files[name]:5d} {'yes' if identical[name] else 'NO':>9}"
+        )
+    for name, target in zip(names[1:], (0.9, 0.5, 0.5), strict=True):
+        ratio = statistics.median(base) / statistics.median(seconds[name])
+        print(f"{name}: {ratio:.2f}x the plain copy (median; target >= {target}x)")
+    print()
+    return all(identical.values())
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size-mib", type=int, default=256)
@@ -126,19 +285,30 @@ def main() -> int:
     p.add_argument("--dir", default="/tmp/lvd-bench", help="short: holds containerd's socket")
     p.add_argument("--max-size", default="10Mi", help="the driver's rotation size")
     p.add_argument("--settle-s", type=float, default=1.0, help="pause after sync between runs")
+    p.add_argument("--pipe-only", action="store_true", help="skip the containerd part")
+    p.add_argument("--cjk", action="store_true", help="CJK words in the source lines too")
     args = p.parse_args()
-    reason = unavailable_reason()
-    if reason is not None:
-        print(f"cannot run: {reason}", file=sys.stderr)
-        return 2
     work = Path(args.dir)
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
-    src = data / "source.log"
+    src = data / ("source-cjk.log" if args.cjk else "source.log")
     if not src.exists() or src.stat().st_size < args.size_mib << 20:
-        make_source(src, args.size_mib << 20)
-    size = src.stat().st_size
+        make_typical_source(src, args.size_mib << 20, cjk=args.cjk)
     source_sha = sha256(decoded_blocks([src], "raw"))
+    ok = pipe_part(args, work, src, source_sha)
+    if args.pipe_only:
+        return 0 if ok else 1
+    reason = unavailable_reason()
+    if reason is not None:
+        print(f"Part 2 (containerd) not run: {reason}")
+        return 0 if ok else 1
+    return containerd_part(args, work, src, source_sha) or (0 if ok else 1)
+
+
+def containerd_part(args: argparse.Namespace, work: Path, src: Path, source_sha: str) -> int:
+    """Part 2: a busybox container's `cat SOURCE` with each log URI, under a private containerd."""
+    data = src.parent
+    size = src.stat().st_size
     out = work / "out"
 
     def driver_uri(fmt: str) -> str:
@@ -168,7 +338,7 @@ def main() -> int:
                 subprocess.run(["sync"], check=True)
                 time.sleep(args.settle_s)
                 sampler = RssSampler(str(out)) if fmt not in (None, "file") else None
-                cmd = "true" if fmt is None else "cat /data/source.log"
+                cmd = "true" if fmt is None else f"cat /data/{src.name}"
                 elapsed = run_container(cd, uri(), data, cmd, f"b{rnd}-{i}")
                 res = results[name]
                 res.seconds.append(elapsed)
@@ -189,7 +359,7 @@ def main() -> int:
     base = results["containerd file:// (raw, no rotation)"]
     base_best, base_median = min(base.seconds), statistics.median(base.seconds)
     print()
-    print(f"{size / 2**20:.0f} MiB through one container's stdout, {args.rounds} rounds")
+    print(f"Part 2: {size / 2**20:.0f} MiB through one container's stdout, {args.rounds} rounds")
     header = (
         f"{'log URI':46} {'MB/s best':>9} {'x file':>6} {'MB/s med':>9} {'x file':>6} "
         f"{'driver RSS MB':>13} {'files':>5} {'identical':>9}"

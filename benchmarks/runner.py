@@ -2,14 +2,16 @@
 kube-log-runner when it is on PATH), in one run.
 
     .venv/bin/python benchmarks/runner.py [--size-mib 1024] [--rounds 3] [--dir /tmp/lvbench]
+        [--rotate-sizes 100Ki,1Mi,10Mi]
 
 Each tool moves the same file of checksummed, sequence-numbered events
-(`cat SRC` is the child of both runners); `logvold run` rotates every 1 MiB.
-Prints MB/s (best and median of the rounds), the ratio to `cat >> file`,
-the peak RSS of the runner process tree, and integrity counts: the output
-(every segment, then the active file) must be byte-identical to the source,
-and for logvold every event is found once, whole and in order, and every
-segment ends at an event boundary. Not run in CI.
+(`cat SRC` is the child of both runners); `logvold run` rotates at each of
+--rotate-sizes. Prints MB/s (best and median of the rounds), the ratio to
+`cat >> file`, the runner's CPU seconds and peak RSS, and integrity counts: the
+output (every segment, then the active file) must be byte-identical to the
+source, and for logvold every event is found once, whole and in order, and every
+segment ends at an event boundary. Then the start-up time of `logvold run true`
+against `true` itself. Not run in CI.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class Result:
     name: str
     seconds: list[float] = field(default_factory=list)
     peak_rss_kib: int = 0
+    cpu_s: list[float] = field(default_factory=list)
     segments: int = 0
     identical: bool = True
     events_ok: int | None = None
@@ -75,11 +78,13 @@ class Result:
     segments_cut_mid_event: int = 0
 
 
-def run_once(argv: list[str], stdout_path: Path | None) -> tuple[float, int, int]:
-    """Wall seconds, peak RSS (KiB) of the process itself, exit status.
+def run_once(argv: list[str], stdout_path: Path | None) -> tuple[float, int, int, float]:
+    """Wall seconds, peak RSS (KiB) of the process itself, exit status, its CPU seconds.
 
     The peak is VmHWM sampled from /proc while it runs: getrusage would report
-    this script's own size, which a forked child carries until it execs.
+    this script's own size, which a forked child carries until it execs. The CPU
+    time is the process's own (utime + stime), read after it exits, before it is
+    reaped - its child (`cat`) is not in it.
     """
     out = stdout_path.open("ab") if stdout_path else None
     peak = 0
@@ -87,14 +92,24 @@ def run_once(argv: list[str], stdout_path: Path | None) -> tuple[float, int, int
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=out or subprocess.DEVNULL)
         status_file = Path(f"/proc/{proc.pid}/status")
-        while proc.poll() is None:
+        while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is None:
             peak = max(peak, _vm_hwm_kib(status_file))
-            time.sleep(0.02)
+            time.sleep(0.005)
         elapsed = time.perf_counter() - t0
+        cpu = _cpu_seconds(proc.pid)
+        proc.wait()
     finally:
         if out:
             out.close()
-    return elapsed, peak, proc.returncode
+    return elapsed, peak, proc.returncode, cpu
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _vm_hwm_kib(status_file: Path) -> int:
@@ -156,7 +171,7 @@ def main() -> int:
     p.add_argument("--size-mib", type=int, default=1024)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--dir", default="/tmp/logvold-bench-runner")
-    p.add_argument("--rotate-size", default="1Mi")
+    p.add_argument("--rotate-sizes", default="100Ki,1Mi,10Mi")
     p.add_argument("--settle-s", type=float, default=2.0, help="pause after sync between runs")
     args = p.parse_args()
     work = Path(args.dir)
@@ -176,23 +191,25 @@ def main() -> int:
 
     venv_bin = Path(sys.executable).parent
     logvold = str(venv_bin / "logvold") if (venv_bin / "logvold").exists() else "logvold"
+    sizes = [size.strip() for size in args.rotate_sizes.split(",") if size.strip()]
     tools: list[tuple[str, list[str] | None, bool]] = [("cat >> file", None, False)]
     # What one pipe hop alone costs (any runner that frames bytes needs it).
     tools.append(("cat | cat >> file (pipe hop)", ["PIPE"], False))
     klr = shutil.which("kube-log-runner")
-    if klr and Path(klr).resolve().parent != venv_bin.resolve():
-        tools.append(("kube-log-runner -log-file", [klr], False))
-    tools.append(
-        (
-            f"logvold run -log-file-size={args.rotate_size}",
-            [logvold, "run", f"-log-file-size={args.rotate_size}"],
-            True,
+    if klr and Path(klr).resolve().parent == venv_bin.resolve():
+        klr = None  # our own alias, not the Go binary
+    for rot in sizes:
+        if klr:
+            tools.append((f"kube-log-runner -log-file-size={rot}",
+                          [klr, f"-log-file-size={rot}"], False))  # fmt: skip
+        tools.append(
+            (f"logvold run -log-file-size={rot}", [logvold, "run", f"-log-file-size={rot}"], True)
         )
-    )
+    fsync_size = "1Mi" if "1Mi" in sizes else sizes[0]
     tools.append(
         (
-            "  same + -flush-interval=1s (fsync)",
-            [logvold, "run", f"-log-file-size={args.rotate_size}", "-flush-interval=1s"],
+            f"  -log-file-size={fsync_size} -flush-interval=1s",
+            [logvold, "run", f"-log-file-size={fsync_size}", "-flush-interval=1s"],
             True,
         )
     )
@@ -208,17 +225,20 @@ def main() -> int:
             subprocess.run(["sync"], check=True)
             time.sleep(args.settle_s)
             if prefix is None:
-                elapsed, rss, rc = run_once(["cat", str(src)], log)
+                elapsed, rss, rc, cpu = run_once(["cat", str(src)], log)
             elif prefix == ["PIPE"]:
                 script = f'cat "{src}" | cat >> "{log}"'
-                elapsed, rss, rc = run_once(["sh", "-c", script], None)
+                elapsed, rss, rc, cpu = run_once(["sh", "-c", script], None)
+                cpu = 0.0  # the shell's own CPU, not the copy's: not shown
             else:
-                elapsed, rss, rc = run_once([*prefix, f"-log-file={log}", "cat", str(src)], None)
+                argv = [*prefix, f"-log-file={log}", "cat", str(src)]
+                elapsed, rss, rc, cpu = run_once(argv, None)
             if rc != 0:
                 print(f"{name}: exit status {rc}", file=sys.stderr)
                 return 1
             res = results[name]
             res.seconds.append(elapsed)
+            res.cpu_s.append(cpu)
             res.peak_rss_kib = max(res.peak_rss_kib, rss)
             if rnd == 0:
                 check_output(res, log, source_sha, events=events)
@@ -234,7 +254,7 @@ def main() -> int:
     )
     header = (
         f"{'tool':40} {'MB/s best':>9} {'x cat':>6} {'MB/s med':>9} {'x cat':>6} "
-        f"{'peak RSS MB':>11} {'segments':>8} {'identical':>9}  integrity"
+        f"{'CPU s':>6} {'peak RSS MB':>11} {'segments':>8} {'identical':>9}  integrity"
     )
     print(header)
     print("-" * len(header))
@@ -247,11 +267,48 @@ def main() -> int:
                 f"dup={res.duplicated} corrupt={res.corrupt} "
                 f"segments cut mid-event={res.segments_cut_mid_event}"
             )
+        cpu = f"{min(res.cpu_s):.2f}" if any(res.cpu_s) else "-"
         print(
             f"{res.name:40} {size / best / 1e6:9.0f} {cat_best / best:6.2f} "
-            f"{size / median / 1e6:9.0f} {cat_median / median:6.2f} "
+            f"{size / median / 1e6:9.0f} {cat_median / median:6.2f} {cpu:>6} "
             f"{res.peak_rss_kib / 1024:11.1f} {res.segments:8d} {res.identical!s:>9}  {integrity}"
         )
+    if not klr:
+        print(
+            "kube-log-runner: not on PATH, no row. It is a Go binary of kubernetes/"
+            "component-base (no release artifact; building it needs the Go toolchain and "
+            "module downloads) - not installable on this machine."
+        )
+    for rot in sizes:
+        res = results[f"logvold run -log-file-size={rot}"]
+        ratio = statistics.median(results["cat >> file"].seconds) / statistics.median(res.seconds)
+        target = "  (target >= 0.5x at 1Mi)" if rot == "1Mi" else ""
+        print(f"logvold run -log-file-size={rot}: {ratio:.2f}x cat >> file (median){target}")
+    print_startup(logvold)
+    return 0
+
+
+def print_startup(logvold: str, runs: int = 20) -> None:
+    """Median wall time of `logvold run true` (no log file: spawn and wait) and of
+    `logvold run -log-file=F -log-file-size=1Mi true` against `true` alone."""
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / "logvold-bench-startup.log"
+    commands = {
+        "true": ["true"],
+        "logvold run true": [logvold, "run", "true"],
+        "logvold run -log-file -log-file-size=1Mi true": [
+            logvold, "run", f"-log-file={out}", "-log-file-size=1Mi", "true",
+        ],
+    }  # fmt: skip
+    print()
+    print(f"start-up, median of {runs} runs")
+    for name, argv in commands.items():
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            subprocess.run(argv, check=True)
+            times.append(time.perf_counter() - t0)
+        print(f"  {name:48} {statistics.median(times) * 1000:7.1f} ms")
+    out.unlink(missing_ok=True)
     return 0
 
 

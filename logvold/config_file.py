@@ -33,7 +33,11 @@ usage: logvold check-config FILE
 
 Validate a logvold config file: print OK and a summary, or every problem found
 (file:line: key: message). FILE may be - for standard input.
-Exit status: 0 valid, 1 invalid or unreadable, 2 usage error.
+A valid file is also checked against this host, as `logvold serve` would: volume
+paths that do not exist, or that the installed systemd unit (logvold.service and
+its drop-ins; $LOGVOLD_SYSTEMD_UNIT names another unit file, "" none) cannot
+write, are printed as warnings: serve refuses to start until they are fixed.
+Exit status: 0 valid (warnings or not), 1 invalid or unreadable, 2 usage error.
 """
 _COLLECTION_TAGS = ("tag:yaml.org,2002:seq", "tag:yaml.org,2002:map")
 _MAX_DEPTH = 64  # deeper than any real config; stops runaway recursion
@@ -459,7 +463,29 @@ def main_check_config(argv: Sequence[str]) -> int:
         )
         return 1
     sys.stdout.write(f"OK: {filename}\n{config_summary(config)}\n")
+    if filename != "<stdin>":
+        _warn_about_host(config, text, filename)
     return 0
+
+
+def _warn_about_host(config: Config, text: str, filename: str) -> None:
+    """What `logvold serve` would refuse on this host (logvold.host_checks), as warnings:
+    the file itself is valid, and may be meant for another machine."""
+    import os
+
+    from logvold.host_checks import find_unit, host_problems, read_unit_sandbox
+
+    unit_file = find_unit(os.environ, running=False)
+    unit = read_unit_sandbox(unit_file) if unit_file is not None else None
+    _, lines, _ = _parse(text, filename)
+    problems = host_problems(config, lines=lines, unit=unit)
+    for problem in problems:
+        sys.stderr.write(f"warning: {problem}\n")
+    if problems:
+        count = len(problems)
+        sys.stderr.write(f"check-config: {count} warning{'s' if count != 1 else ''} for this "
+                         "host: `logvold serve` here refuses to start until "
+                         f"{'they are' if count != 1 else 'it is'} fixed\n")
 
 
 def config_summary(config: Config) -> str:

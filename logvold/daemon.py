@@ -14,6 +14,8 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import errno
+import functools
 import hashlib
 import logging
 import math
@@ -26,6 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from logvold.activity import ActivityLog
 from logvold.changes import StreamChanges
 from logvold.core.clock import utcnow
 from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
@@ -38,6 +41,7 @@ from logvold.scheduler import TriggerScheduler
 from logvold.sdnotify import Notifier
 from logvold.serve_settings import (
     ServeOptions,
+    check_host,
     check_runtime,
     load_effective_config,
     parse_listen,
@@ -121,10 +125,17 @@ class Daemon:
         self._terminated: dict[StreamKey, float] = {}
         """Streams of pods that went away -> monotonic time to drop them (maxAge)."""
         self._ready = False
+        self._started = False
         self._failed_task: str | None = None
         self.locks = DirectoryLocks()
         """`.logvold/lock` of every managed directory: one manager per directory."""
         self._lock_problems: set[str] = set()
+        self._heartbeat = time.monotonic()
+        """Monotonic time of the event loop's last heartbeat (liveness)."""
+        self._reconcile_since: float | None = None
+        self._reconcile_done = time.monotonic()
+        self.activity = ActivityLog(log)
+        """Rate-limited info lines per stream: rotated, truncated."""
         self.reconciles = 0
         self.reloads_ok = 0
         self.reloads_failed = 0
@@ -138,7 +149,8 @@ class Daemon:
             loop, self._rotator_factory or _default_rotator_factory(), self.metrics, self.clock,
             rotation_workers=self.options.rotation_workers,
             compression_workers=self.options.compression_workers,
-            on_rotated=self._on_rotated, on_step=self.changes.notify)
+            on_rotated=self._on_rotated, on_step=self.changes.notify,
+            on_outcome=self._on_outcome)
         self._prepare_default_volume(self.config)
         # Before any stream is managed: a directory another logvold manages stops the
         # start (exit 1) instead of two managers losing and duplicating its events.
@@ -156,11 +168,15 @@ class Daemon:
         if self.options.serve_http:
             await self._start_server(self.config)
         self._ready = True
+        self._started = True
         self.notifier.ready(f"serving {len(self.workers)} streams")
-        log.info("logvold serving", extra={
-            "streams": len(self.workers), "volumes": len(self.config.volumes),
-            "listen": self.config.server.listen if self.options.serve_http else "-",
-            "config": self.config.source})
+        fields: dict[str, object] = {"streams": len(self.workers),
+                                     "volumes": len(self.config.volumes),
+                                     "config": self.config.source}
+        if self.options.serve_http:
+            log.info("logvold serving", extra={**fields, "listen": self.config.server.listen})
+        else:
+            log.info("logvold checking every stream once", extra=fields)
 
     async def run(self) -> int:
         """Run the guarded tasks until stop is requested (0) or one of them dies (1)."""
@@ -168,6 +184,7 @@ class Daemon:
             "triggers": self._triggers_loop,
             "reconciler": self._reconcile_loop,
             "reloader": self._reload_loop,
+            "heartbeat": self._heartbeat_loop,
         }
         if self.notifier.watchdog_interval_s() is not None:
             specs["watchdog"] = self._watchdog_loop
@@ -196,7 +213,8 @@ class Daemon:
             await self._runner.cleanup()
             self._runner = None
         self.locks.release_all()
-        log.info("logvold stopped", extra={"failed_task": self._failed_task or "-"})
+        if self._started:  # a start that failed says why itself (main_serve: "cannot start")
+            log.info("logvold stopped", extra={"failed_task": self._failed_task or "-"})
 
     async def run_once(self) -> int:
         """One reconcile pass (`--once`): rotate what needs it, enforce retention,
@@ -218,6 +236,26 @@ class Daemon:
 
     def is_ready(self) -> bool:
         return self._ready
+
+    def liveness(self) -> str | None:
+        """None while the daemon makes progress; else why not (GET /livez answers 503).
+
+        Stuck means: the event loop missed its heartbeats, a reconcile pass (volume scan,
+        survey: worker threads) has run for `stall_timeout_s`, or none finished for
+        rescanInterval plus that. A full reconcile is the truth the daemon runs on: without
+        it new streams, retention and budgets stop, so a restart is the better outcome.
+        """
+        now = time.monotonic()
+        stall_s = self.options.stall_timeout_s
+        if self._tasks and now - self._heartbeat > stall_s:
+            return f"event loop stalled: no heartbeat for {now - self._heartbeat:.0f}s"
+        if self._reconcile_since is not None and now - self._reconcile_since > stall_s:
+            return (f"reconcile stuck: a pass has run for {now - self._reconcile_since:.0f}s "
+                    "(a volume scan or the survey does not return)")
+        idle_s = now - self._reconcile_done
+        if self._tasks and idle_s > self.config.rescan_interval_s + stall_s:
+            return f"reconcile loop stalled: no pass finished for {idle_s:.0f}s"
+        return None
 
     async def wait_idle(self) -> None:
         """Wait until no step is in flight (tests)."""
@@ -284,6 +322,11 @@ class Daemon:
             finally:
                 self.notifier.ready(f"serving {len(self.registry)} streams")
 
+    async def _heartbeat_loop(self) -> None:
+        while not self._stop.is_set():
+            self._heartbeat = time.monotonic()
+            await _wait_event(self._stop, 1.0)
+
     async def _watchdog_loop(self) -> None:
         """WATCHDOG=1 from the event loop itself: a wedged loop stops the pings and
         systemd restarts the daemon (WatchdogSec in the unit)."""
@@ -297,6 +340,14 @@ class Daemon:
 
     async def _reconcile(self, *, full: bool) -> None:
         """Scan volumes into the registry, survey the streams, submit what is due."""
+        self._reconcile_since = time.monotonic()
+        try:
+            await self._reconcile_pass(full=full)
+        finally:
+            self._reconcile_since = None
+            self._reconcile_done = time.monotonic()
+
+    async def _reconcile_pass(self, *, full: bool) -> None:
         assert self.workers is not None
         volumes = None if full else set(self._rescan_volumes)
         self._rescan_volumes.clear()
@@ -325,6 +376,7 @@ class Daemon:
             if check.retention or check.size_due or first:
                 self.workers.submit(key, StepRequest(check=check.size_due or first,
                                                      retention=check.retention or first))
+        self.activity.flush()
         self.reconciles += 1
         self.metrics.streams.set(len(self.workers))
 
@@ -341,8 +393,13 @@ class Daemon:
                     "stream": str(info.key), "keep_bytes": share,
                     "used_bytes": usage.total_bytes})
 
+    def _on_outcome(self, info: StreamInfo, outcome: StepOutcome) -> None:
+        if outcome.rotated:
+            self.activity.rotated(str(info.key), outcome.rotation, outcome.reason)
+        if outcome.retention is not None:
+            self.activity.truncated(str(info.key), outcome.retention)
+
     def _on_rotated(self, info: StreamInfo, outcome: StepOutcome) -> None:
-        log.debug("rotated", extra={"stream": str(info.key), "reason": outcome.reason})
         volume_budget = next((v.max_total_size_bytes for v in self.config.volumes
                               if v.name == info.volume), 0)
         if volume_budget > 0 or self.config.node_max_total_size_bytes > 0:
@@ -374,7 +431,8 @@ class Daemon:
                 self.scheduler.remove(info.key)
                 self.changes.forget(info.key)  # its followers look, see it gone, end
             self.metrics.remove_stream(info.key.namespace, info.key.pod, info.key.container)
-            log.info("stream removed", extra={"stream": str(info.key)})
+            self.activity.forget(str(info.key))
+            log.info("stream removed", extra={"stream": str(info.key), "source": info.source})
         else:
             if not self._lock_stream(info):
                 if old is not None:
@@ -388,8 +446,10 @@ class Daemon:
                 self._rescan.set()  # watch its directory soon, not at the next full pass
             self.scheduler.set_stream(info.key, info.policy)
             if action == "added":
-                log.debug("stream added", extra={"stream": str(info.key),
-                                                 "path": str(info.active_path)})
+                p = info.policy
+                log.info("stream added", extra={
+                    "stream": str(info.key), "path": str(info.active_path),
+                    "source": info.source, "format": p.format, "strategy": p.strategy})
             else:
                 log.info("stream policy updated", extra={"stream": str(info.key)})
             if self._under_budget(info):
@@ -619,6 +679,8 @@ class Daemon:
             new = await asyncio.to_thread(self._load_config, self.options)
             check_runtime(new)
             self._lock_volumes(new)
+            await asyncio.to_thread(
+                functools.partial(check_host, new, self.options, previous=self.config))
         except (ConfigError, UsageError, DirectoryLocked) as exc:
             self.reloads_failed += 1
             self.metrics.reloads.labels("error").inc()
@@ -686,11 +748,15 @@ class Daemon:
         from logvold.server.app import build_app, start_server
 
         app = build_app(config=config, registry=self.registry, metrics=self.metrics,
-                        is_ready=self.is_ready, changes=self.changes)
+                        is_ready=self.is_ready, changes=self.changes, is_live=self.liveness)
         if config.server.auth == "kubernetes":
             app.middlewares.append(_kubernetes_auth(config))
-        self._runner = await start_server(app, config.server.listen,
-                                          ssl_context=ssl_context(config))
+        try:
+            self._runner = await start_server(app, config.server.listen,
+                                              ssl_context=ssl_context(config))
+        except OSError as exc:
+            raise LogvoldError(listen_error(config.server.listen, exc),
+                               op="listen") from exc
         _log_server_safety(config)
 
     async def _restart_server(self, old: Config, new: Config) -> None:
@@ -759,6 +825,21 @@ def _volume_lock_targets(config: Config) -> dict[str, tuple[Path, Path]]:
             directory = root / policy.sub_dir if policy.sub_dir else root
             targets[f"volume:{volume.name}:{directory}"] = (root, directory)
     return targets
+def listen_error(listen: str, exc: OSError) -> str:
+    """What went wrong binding the API's address, and what to do about it."""
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.EADDRINUSE:
+        _, _, port = listen.rpartition(":")
+        return (f"cannot listen on {listen}: address already in use; another process (maybe "
+                f"another logvold) holds it: find it with `ss -ltnp 'sport = :{port}'`, or "
+                "set server.listen (--listen) to a free port")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (f"cannot listen on {listen}: {reason}; the host has no such address: use "
+                "127.0.0.1, 0.0.0.0 or one of its own addresses in server.listen (--listen)")
+    if exc.errno == errno.EACCES:
+        return (f"cannot listen on {listen}: {reason}; ports below 1024 need "
+                "CAP_NET_BIND_SERVICE: use a port >= 1024 in server.listen (--listen)")
+    return f"cannot listen on {listen}: {reason}; check server.listen (--listen)"
 
 
 TERMINATED_SUFFIX = "-terminated"
@@ -859,6 +940,14 @@ def main_serve(argv: Sequence[str]) -> int:
 
         sys.stdout.write(dump_config(config))
         return 0
+    try:
+        check_host(config, options)  # after --print-config: that may be for another host
+    except ConfigError as exc:
+        for problem in exc.problems:
+            sys.stderr.write(f"{problem}\n")
+        sys.stderr.write(f"logvold serve: {len(exc.problems)} problem(s) on this host; nothing "
+                         "started (`logvold check-config FILE` shows the same)\n")
+        return 2
     configure_logging(config.log_format, config.log_level)
     old_soft, soft = raise_nofile_limit()
     log.info("file descriptor limit", extra={"soft": soft, "was": old_soft,

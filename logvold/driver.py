@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, cast
 
-from logvold.core.framing import Framer, make_framer
+from logvold.core.framing import RawFramer
 from logvold.core.policy import LogPolicy
 from logvold.driver_args import KEYS, MAX_LINE_BYTES, DriverOptions, parse_driver_args
 from logvold.errors import LogvoldError, StreamError
@@ -69,23 +69,27 @@ class _RawWholeEvents(RotatingWriter):
 
     def __init__(self, path: str, policy: LogPolicy, *, sync_segments: bool) -> None:
         super().__init__(path, policy, sync_segments=sync_segments)
-        self._tails: dict[str, tuple[Framer, bytearray]] = {
-            name: (make_framer("raw", policy.delimiter, policy.max_event_size_bytes), bytearray())
+        self._tails: dict[str, tuple[RawFramer, bytearray]] = {
+            name: (RawFramer(policy.delimiter, policy.max_event_size_bytes), bytearray())
             for name in STREAMS
         }
 
-    def write(self, stream: str, data: bytes) -> None:
+    def write(self, stream: str, data: bytes | bytearray, stop: int | None = None) -> None:
         framer, held = self._tails[stream]
-        framer.last_boundary(data)
-        whole = len(held) + len(data) - framer.pending
+        n = len(data) if stop is None else stop
+        framer.last_boundary(data, n)
+        whole = len(held) + n - framer.pending
         if whole <= 0:
-            held += data
+            held += memoryview(data)[:n]
             return
+        # The held head of the event that crosses into this chunk, then the chunk up to
+        # its last event end - written from `data` itself: no copy of the chunk.
         if held:
-            data = bytes(held) + data
+            super().write(stream, bytes(held))
+            whole -= len(held)
             held.clear()
-        super().write(stream, data[:whole])
-        held += data[whole:]
+        super().write(stream, data, whole)
+        held += memoryview(data)[whole:n]
 
     def close(self) -> None:
         try:
@@ -115,7 +119,8 @@ def main_driver(argv: Sequence[str], *, prog: str = "logvold driver") -> int:
         return 0
     ready = _ReadyPipe(READY_FD in inherited)
     task_end = _TaskEnd()
-    previous = {sig: signal.signal(sig, task_end.handle) for sig in TERMINATING_SIGNALS}
+    for sig in TERMINATING_SIGNALS:
+        signal.signal(sig, task_end.handle)
     try:
         try:
             opts = parse_driver_args(argv, os.environ)
@@ -140,8 +145,11 @@ def main_driver(argv: Sequence[str], *, prog: str = "logvold driver") -> int:
         sys.stderr.write(f"{prog}: {exc}\n")
         return 1
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        # The shim closes the pipes and then signals, so SIGTERM may land after the
+        # drain, as we leave. Ignored, not restored: the interpreter's exit resets
+        # Python-level handlers to the default action, which would make it -15.
+        for sig in TERMINATING_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def run_driver(

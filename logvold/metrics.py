@@ -46,6 +46,12 @@ WATCH_SOURCES = ("inotify", "static", "kubernetes", "annotation")
 COMPRESSION_ALGORITHMS = ("gzip", "zstd")
 #: `handler` values of logvold_bytes_served_total / logvold_events_served_total.
 SERVING_HANDLERS = ("logs", "pod_log", "container_logs", "nodelog")
+#: `kind` values of logvold_unsafe_files_refused_total (fileio.safedir.RefusalKind).
+REFUSAL_KINDS = ("symlink", "not-regular", "not-directory", "hardlink", "outside", "too-big",
+                 "too-many")
+#: `reason` values of logvold_http_refused_total (server.limits).
+HTTP_REFUSAL_REASONS = ("connections", "idle_evicted", "followers", "stream_followers",
+                        "heavy_reads", "accept_error")
 #: HTTP code recorded when the client hung up before the response ended (nginx's 499).
 CLIENT_CLOSED_REQUEST = 499
 
@@ -186,6 +192,10 @@ class Metrics:
         for handler in SERVING_HANDLERS:
             self.bytes_served.labels(handler)
             self.events_served.labels(handler)
+        for kind in REFUSAL_KINDS:
+            self.unsafe_refused.labels(kind)
+        for reason in HTTP_REFUSAL_REASONS:
+            self.http_refused.labels(reason)
 
     def _per_stream(self) -> tuple[tuple[Counter | Gauge, tuple[str, ...]], ...]:
         """Every metric labelled by stream, with its label names in declaration order."""

@@ -3,12 +3,16 @@ built-in defaults, then flag overrides) and the checks only the daemon makes."""
 
 from __future__ import annotations
 
+import os
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 
-from logvold.config_file import load_config
+from logvold.config_file import load_config, parse_yaml_tree, read_config_text
 from logvold.core.policy import Config, VolumeSpec, default_config
 from logvold.errors import ConfigError, ConfigProblem, LogvoldError, UsageError
+from logvold.host_checks import find_unit, host_problems, read_unit_sandbox
 from logvold.logsetup import FORMATS, LEVELS
 
 
@@ -29,6 +33,10 @@ class ServeOptions:
     min_check_interval_s: float = 0.0
     """Floor between two checks of one stream: none, a write only costs a step when the
     size gate (workers.size_due) says maxSize may be crossed."""
+    stall_timeout_s: float = 120.0
+    """/livez turns 503 once the event loop or a reconcile pass is stuck this long (or no
+    pass finished for rescanInterval plus this): long enough for a slow full scan of a big
+    node, short enough that a wedged daemon is restarted within minutes."""
 
 
 def load_effective_config(options: ServeOptions) -> Config:
@@ -71,6 +79,34 @@ def check_runtime(config: Config) -> None:
     if config.log_level.lower() not in LEVELS:
         problems.append(ConfigProblem(config.source, None, "logLevel",
                                       f"must be one of {', '.join(LEVELS)}"))
+    if problems:
+        raise ConfigError(problems)
+
+
+def creates_local_volume(options: ServeOptions) -> bool:
+    """The daemon creates the `local` volume itself (built-in defaults or --logs-dir)."""
+    return options.config_path is None or options.logs_dir is not None
+
+
+def check_host(config: Config, options: ServeOptions,
+               environ: Mapping[str, str] | None = None, *,
+               previous: Config | None = None) -> None:
+    """ConfigError with what stops `config` from working on this host (a missing volume
+    path, one the systemd unit this process runs as cannot write): the same words
+    `logvold check-config` prints as warnings. On a reload (`previous`), only what the
+    new config adds or changes is judged. See logvold.host_checks."""
+    env = os.environ if environ is None else environ
+    unit_file = find_unit(env, running=True)
+    unit = read_unit_sandbox(unit_file) if unit_file is not None else None
+    lines = None
+    if options.config_path is not None and Path(config.source).is_file():
+        try:
+            lines = parse_yaml_tree(read_config_text(config.source), config.source)[1]
+        except ConfigError:
+            lines = None  # changed under us since it was loaded: report without lines
+    created = ("local",) if creates_local_volume(options) else ()
+    problems = host_problems(config, lines=lines, unit=unit, created=created,
+                             previous=previous)
     if problems:
         raise ConfigError(problems)
 

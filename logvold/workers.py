@@ -109,6 +109,10 @@ class StepOutcome:
     reason: str | None
     rotated: bool
     latency_s: float | None
+    rotation: Any = None
+    """The rotator's RotationResult when `rotated` (for the daemon's info line)."""
+    retention: Any = None
+    """The rotator's RetentionResult when retention ran."""
     more: bool = False
     """The rotation stopped at its per-step limits with backlog left: queue it again."""
 
@@ -148,7 +152,8 @@ class StreamWorkers:
                  metrics: Metrics | None, clock: Callable[[], datetime], *,
                  rotation_workers: int = 4, compression_workers: int = 2,
                  on_rotated: Callable[[StreamInfo, StepOutcome], None] | None = None,
-                 on_step: Callable[[StreamKey], None] | None = None) -> None:
+                 on_step: Callable[[StreamKey], None] | None = None,
+                 on_outcome: Callable[[StreamInfo, StepOutcome], None] | None = None) -> None:
         """`on_step(key)`: on the loop after every finished step and compression (the
         files may have changed: followers are woken with it)."""
         self._loop = loop
@@ -157,6 +162,7 @@ class StreamWorkers:
         self._clock = clock
         self._on_rotated = on_rotated
         self._on_step = on_step
+        self._on_outcome = on_outcome
         self._rotation_pool = ThreadPoolExecutor(rotation_workers, "logvold-rotate")
         self._compression_pool = ThreadPoolExecutor(compression_workers, "logvold-compress")
         self._slots: dict[StreamKey, _Slot] = {}
@@ -283,6 +289,8 @@ class StreamWorkers:
                     del self.latencies_s[:-10000]
                 if self._on_rotated is not None:
                     self._on_rotated(slot.info, outcome)
+            if self._on_outcome is not None and not slot.removed:
+                self._on_outcome(slot.info, outcome)
             if slot.info.policy.compress != "none" and not slot.removed:
                 self._submit_compress(slot)
             if outcome.more and not slot.removed and not self._closing:
@@ -370,20 +378,19 @@ class StreamWorkers:
                 # stream's plan has work, so 1,000 streams start without 1,000 full listings.
                 request = request.merge(StepRequest(check=True))
             reason = request.reason or (rotator.needs_rotation() if request.check else None)
-            rotated = more = False
+            rotation = retention = None
             latency = None
             if reason is not None:
-                result = rotator.rotate(reason)
-                rotated = result is not None
-                more = bool(getattr(result, "more_work", False))
-                if rotated and request.hint_at is not None:
+                rotation = rotator.rotate(reason)
+                if rotation is not None and request.hint_at is not None:
                     latency = time.monotonic() - request.hint_at
-            if rotated or request.retention:
+            if rotation is not None or request.retention:
                 share = slot.budget_share
-                rotator.enforce_retention(
+                retention = rotator.enforce_retention(
                     extra_budget_bytes=None if share is None else max(share, 1))
             slot.trigger = size_trigger(slot.info)
-            return StepOutcome(reason, rotated, latency, more)
+            more = bool(getattr(rotation, "more_work", False))
+            return StepOutcome(reason, rotation is not None, latency, rotation, retention, more)
 
     def _compress(self, slot: _Slot) -> None:
         # Under the stream's lock: retention must not delete a segment being compressed.

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import io
+import json
 import os
 import socket
 import ssl
@@ -61,6 +63,8 @@ class Request:
     insecure: bool = False
     socket: str | None = None
     """Unix socket of the daemon (server.socket.path): the request goes there, not to url."""
+    where: tuple[str, str, str] | None = None
+    """`logs --where`: print the files of this (namespace, pod, container), not the log."""
 
 
 def _add_connection_options(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +98,9 @@ def _logs_parser() -> _Parser:
     p.add_argument("--pattern", metavar="RE", help="only events matching this RE2 pattern")
     p.add_argument("--limit-bytes", type=int, metavar="N", help="stop after N bytes")
     p.add_argument("--stream", choices=("stdout", "stderr", "All"), help="cri/json-file streams")
+    p.add_argument("--where", action="store_true",
+                   help="print the stream's files on the node instead (segments oldest first, "
+                   "then the active file); needs the listing's permission (nodes/proxy)")
     _add_connection_options(p)
     return p
 
@@ -155,6 +162,14 @@ def logs_request(argv: Sequence[str], environ: Mapping[str, str]) -> Request:
         value = getattr(args, option)
         if value is not None and value < 0:
             raise UsageError(f"--{option.replace('_', '-')} must not be negative")
+    if args.where:
+        reading = [f"--{name.replace('_', '-')}" for name in _READ_OPTIONS
+                   if getattr(args, name) not in (None, False)]
+        if reading:
+            raise UsageError(f"--where prints file paths: it takes no {', '.join(reading)}")
+        return Request(url=_base_url(args.url) + "/logs/", token=_token(args.token, environ),
+                       follow=False, cafile=args.cacert, insecure=args.insecure,
+                       where=(parts[0], parts[1], parts[2]))
     params: list[tuple[str, str]] = []
     if args.follow:
         params.append(("follow", "true"))
@@ -186,6 +201,38 @@ def logs_request(argv: Sequence[str], environ: Mapping[str, str]) -> Request:
         insecure=args.insecure,
         socket=args.socket,
     )
+
+
+_READ_OPTIONS = ("follow", "tail", "since", "since_time", "timestamps", "pattern",
+                 "limit_bytes", "stream")
+
+
+def print_where(request: Request, out: IO[bytes]) -> None:
+    """`logvold logs --where`: the stream's files on the node from the `/logs/` listing,
+    one path per line, segments oldest first, then the active file."""
+    assert request.where is not None
+    buffer = io.BytesIO()
+    stream_response(request, buffer)
+    try:
+        listing = json.loads(buffer.getvalue())
+        items = listing["items"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ClientError(f"unexpected answer from {_origin(request.url)}/logs/: {exc}") from None
+    namespace, pod, container = request.where
+    for item in items:
+        if (item.get("namespace"), item.get("pod"), item.get("container")) != request.where:
+            continue
+        segments = item.get("segments", {})
+        files = [f["path"] for f in segments.get("files", [])]
+        listed = segments.get("count", len(files))
+        if listed > len(files):
+            out.write(f"# {listed - len(files)} older segments not listed\n".encode())
+        for path in [*files, item["activeFile"]["path"]]:
+            out.write(os.fsencode(path) + b"\n")
+        out.flush()
+        return
+    raise ClientError(f"no stream {namespace}/{pod}/{container} at {_origin(request.url)}; "
+                      "`curl .../logs/` lists them")
 
 
 def query_request(
@@ -321,7 +368,10 @@ def _run(
         err.write(f"{usage}{prog}: error: {exc}\n")
         return 2
     try:
-        stream_response(request, out)
+        if request.where is not None:
+            print_where(request, out)
+        else:
+            stream_response(request, out)
     except ClientError as exc:
         err.write(f"{prog}: {exc}\n")
         return 1

@@ -19,12 +19,34 @@ _DECIMAL = {"k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
 
 
+def _reject_ambiguous_suffix(number: str, suffix: str, value: object) -> None:
+    """`10MB`, `1GB`, `512kb`: people mean MiB as often as MB, and Kubernetes'
+    resource.Quantity (which kube-log-runner's -log-file-size takes) rejects them.
+    Guessing either way is wrong by 5% to 15%: ask, naming both spellings."""
+    if len(suffix) != 2 or suffix[1] not in "bB" or suffix[0].upper() not in _DECIMAL:
+        return
+    letter = suffix[0].upper()
+    decimal = "k" if letter == "K" else letter
+    binary = f"{letter}i"
+    as_binary = Decimal(number) * _BINARY[binary]
+    as_decimal = Decimal(number) * _DECIMAL[letter]
+    raise ValueError(
+        f"size {str(value).strip()} is ambiguous: did you mean {number}{binary} "
+        f"({_whole(as_binary)} bytes) or {number}{decimal} ({_whole(as_decimal)} bytes)?"
+    )
+
+
+def _whole(amount: Decimal) -> str:
+    return f"{int(amount):,}" if amount == amount.to_integral_value() else f"{amount:,f}"
+
+
 def parse_size(value: str | int) -> int:
     """Bytes from `10Mi`, `512Ki`, `1G`, `1.5Gi`, `1e6` or a plain integer.
 
-    Accepts resource.Quantity suffixes (binary Ki..Ei, decimal k/K..E) plus
-    `B`/`KiB`-style spellings people paste from `ls -h`. Raises ValueError with
-    a message that shows the accepted forms.
+    Accepts resource.Quantity suffixes (binary Ki..Ei, decimal k/K..E) plus the
+    unambiguous `B`/`KiB`-style spellings people paste from `ls -h`. SI-style
+    `kB`/`MB`/`GB` are refused with a did-you-mean (see _reject_ambiguous_suffix).
+    Raises ValueError with a message that shows the accepted forms.
     """
     if isinstance(value, bool):
         raise ValueError(f"expected a size such as 10Mi, 512Ki or 1G, got {value!r}")
@@ -38,8 +60,9 @@ def parse_size(value: str | int) -> int:
     if not m:
         raise ValueError(f"expected a size such as 10Mi, 512Ki, 1G or 1048576, got {value!r}")
     number, suffix = m.group(1), m.group(2)
+    _reject_ambiguous_suffix(number, suffix, value)
     if suffix.endswith("B") and suffix not in ("B",):
-        suffix = suffix[:-1]  # KiB -> Ki, MB -> M
+        suffix = suffix[:-1]  # KiB -> Ki
     elif suffix == "B":
         suffix = ""
     if suffix and suffix not in _BINARY and suffix not in _DECIMAL:

@@ -5,9 +5,11 @@ boundaries - by size, at each Hourly/Daily period, or on demand. The event
 that straddles a trigger finishes in the old segment, so a segment exceeds
 maxSize by at most one event (bounded by maxEventSize); only an event longer
 than maxEventSize may be cut, and that is counted (split_count). Raw bytes are
-written as they come (spliced from a pipe while no trigger is near); cri /
-json-file output is encoded here per stream, with P / partial pieces for events
-longer than maxEventSize. Memory: one chunk plus maxEventSize per stream.
+written as they come (spliced from a pipe while no trigger is near; framed event
+by event only in a small piece after a trigger); cri / json-file output is
+encoded here per stream, a read's whole lines at once (core.chunk_encoding, one
+timestamp per read), with P / partial pieces for lines longer than the line limit.
+Memory: one chunk plus maxEventSize per stream.
 """
 
 from __future__ import annotations
@@ -26,14 +28,14 @@ from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from logvold.core.chunk_encoding import ChunkEncoder, long_lines
 from logvold.core.clock import Clock, utcnow
 from logvold.core.formats import encode_cri_line, encode_json_entry, timestamp_ns
-from logvold.core.framing import Framer, make_framer
+from logvold.core.framing import RawFramer
 from logvold.core.layout import SegmentName, next_segment_name, segments_of
 from logvold.core.policy import LogPolicy
 from logvold.core.retention import SegmentFile, next_period_boundary, plan_retention
 from logvold.errors import StreamError
-from logvold.fileio.compress import compress_segment
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,13 @@ class RotatingWriter:
         self._cri_prefix_key: tuple[str, int] | None = None
         self._cri_prefix: tuple[bytes, bytes] = (b"", b"")
         self._raw = policy.format == "raw"
+        self._chunks: ChunkEncoder | None = None
+        if policy.format == "cri":
+            self._chunks = ChunkEncoder("cri")
+        elif policy.format == "json-file":
+            import orjson  # here: only json-file pays for its import at start-up
+
+            self._chunks = ChunkEncoder("json-file", orjson.dumps)
         self._fd = -1
         self._splice_ok = True
         self._readable = False
@@ -109,13 +118,15 @@ class RotatingWriter:
         self._closed = False
         self._newest: SegmentName | None = None
         self._next_period: datetime | None = None
-        self._framer: Framer = make_framer("raw", policy.delimiter, self._max_event)
+        self._framer = RawFramer(policy.delimiter, self._max_event)
         self._regular = True
         self._stale = False  # the framer has not seen the end of the file
         self._held: dict[str, bytearray] = {s: bytearray() for s in STREAMS}
         # The next active file, made ahead on the maintenance thread: creating an
         # inode can cost a millisecond, too much for every 1 MiB on the write path.
         self._spare_path = Path(path).absolute().parent / f".{Path(path).name}.next"
+        self._spare_str = str(self._spare_path)
+        self._dir_str = str(self._dir)
         self._spares: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.rotations = 0
         self.bytes_written = 0
@@ -181,15 +192,16 @@ class RotatingWriter:
         # event's lines are written together, so every write ends at a boundary.
         return not self._raw or (not self._stale and self._framer.pending == 0)
 
-    def write(self, stream: str, data: bytes) -> None:
-        """Append `data` read from `stream` (`stdout` / `stderr`; ignored for raw)."""
-        if not data:
+    def write(self, stream: str, data: bytes | bytearray, stop: int | None = None) -> None:
+        """Append `data` (data[:stop]) read from `stream` (`stdout` / `stderr`; ignored
+        for raw)."""
+        if not data or stop == 0:
             return
         self._check_time()
         if self._raw:
-            self._write_raw(data)
+            self._write_raw(data, stop)
         else:
-            self._write_lines(stream, data)
+            self._write_lines(stream, bytes(data if stop is None else memoryview(data)[:stop]))
 
     def splice_from(self, fd: int, max_bytes: int) -> int:
         """Move up to `max_bytes` from pipe `fd` to the file; 0 at end of input.
@@ -285,17 +297,43 @@ class RotatingWriter:
 
     # ------------------------------------------------------------------ raw
 
-    def _write_raw(self, data: bytes) -> None:
+    def _write_raw(self, data: bytes | bytearray, stop: int | None = None) -> None:
+        """Append data[:stop]. Bytes that no trigger can cut are framed with one search
+        from their end and written as they are; only a bounded piece after a trigger
+        (while the cut waits for the event end) is framed event by event."""
         if self._stale:
             self._resync()
+        n = len(data) if stop is None else stop
+        pos = 0
+        piece_len = 1024  # the due event usually ends soon: frame little, then more
+        while pos < n:
+            if self._due is None and (not self._max_size or self._size + n - pos < self._max_size):
+                if pos == 0:
+                    self._framer.last_boundary(data, n)
+                    self._append(memoryview(data)[:n])
+                else:
+                    rest = data[pos:n]
+                    self._framer.last_boundary(rest)
+                    self._append(rest)
+                return
+            room = self._max_size - self._size
+            if self._due is None and room > 0:
+                part = data[pos : pos + room]  # up to the size trigger: no cut inside
+                self._framer.last_boundary(part)
+                self._append(part)
+                pos += room
+                continue
+            piece = data[pos : min(n, pos + piece_len)]
+            self._write_framed(piece)
+            pos += len(piece)
+            piece_len = min(2 * piece_len, _PEEK_BYTES)
+
+    def _write_framed(self, data: bytes | bytearray) -> None:
+        """Write `data` event by event, cutting at the first event end once a trigger is due."""
         n = len(data)
-        if self._due is None and (not self._max_size or self._size + n < self._max_size):
-            self._framer.last_boundary(data)
-            self._append(data)
-            return
         at_start = self._framer.pending == 0
         start_abs = self._framer.offset
-        ends = [e - start_abs for e in self._framer.feed(data)]
+        ends = [e - start_abs for e in self._framer.feed(bytes(data))]
         pos = 0
         at_b = at_start
         view = memoryview(data)
@@ -327,7 +365,7 @@ class RotatingWriter:
         bytes, reading backwards in bounded blocks, and feed it what follows."""
         self._stale = False
         self._split_base += self._framer.split_count
-        self._framer = make_framer("raw", self.policy.delimiter, self._max_event)
+        self._framer = RawFramer(self.policy.delimiter, self._max_event)
         end = self._size
         if end == 0 or not self._readable:
             return
@@ -357,7 +395,12 @@ class RotatingWriter:
         """Encode each whole line as one event: P pieces of at most `max_line_bytes`,
         then the F rest. Hold an unfinished line up to maxEventSize bytes; past that
         it is cut (counted as split) and written on as P pieces. Between events is
-        always a place to rotate."""
+        always a place to rotate.
+
+        The lines wholly inside `data` whose messages fit in one line are encoded
+        by whole-chunk C-level passes (`ChunkEncoder`); per event, in Python, go
+        only the line that finishes what an earlier chunk held, over-long lines
+        and the unfinished tail."""
         held = self._held.get(stream)
         if held is None:
             raise ValueError(f"unknown stream {stream!r}: use stdout or stderr")
@@ -365,6 +408,58 @@ class RotatingWriter:
             self._maybe_cut_now()
         ts = self._ts()
         out = bytearray()
+        first = data.find(b"\n")
+        if first < 0 or self._due is not None:
+            self._lines_per_event(out, stream, data, ts)
+            if out:
+                self._append(out)
+            return
+        n = len(data)
+        end = data.rfind(b"\n") + 1
+        start = 0
+        if held:  # the event that crosses from the previous chunk
+            self._lines_per_event(out, stream, data[: first + 1], ts)
+            start = first + 1
+        if start < end:
+            longs = long_lines(data, start, end, self._max_line)
+            for long_start, long_end in [*longs, (end, end)]:
+                if start < long_start:
+                    whole = data if (start, long_start) == (0, n) else data[start:long_start]
+                    self._lines_whole(out, stream, whole, ts)
+                if long_start < long_end:
+                    self._lines_per_event(out, stream, data[long_start:long_end], ts)
+                start = long_end
+        if end < n:
+            self._lines_per_event(out, stream, data[end:], ts)
+        if out:
+            self._append(out)
+
+    def _lines_whole(self, out: bytearray, stream: str, lines: bytes, ts: int) -> None:
+        """Write `lines` (whole lines, all short, none continuing a held one) as
+        events, rotating after the event that reaches maxSize like the per-event path."""
+        assert self._chunks is not None
+        head, body = self._chunks.encode(stream, ts, lines)
+        pos = 0
+        end = body.rfind(b"\n") + 1
+        out += head
+        self._append(out)
+        out.clear()
+        view = memoryview(body)
+        limit = self._max_size
+        while limit and self._size + end - pos >= limit:
+            # The event after which the file reaches maxSize ends the segment.
+            cut = body.find(b"\n", pos + max(limit - self._size, 1) - 1, end) + 1
+            self._append(view[pos:cut])
+            pos = cut
+            self._due = "size"
+            self._cut("size")
+            limit = self._max_size
+        if pos < end:
+            self._append(view[pos:end])
+
+    def _lines_per_event(self, out: bytearray, stream: str, data: bytes, ts: int) -> None:
+        """Event by event (see _write_lines); `out` collects what is not written yet."""
+        held = self._held[stream]
         limit = self._max_event
         pos = 0
         n = len(data)
@@ -388,8 +483,6 @@ class RotatingWriter:
                 self._emit_event(out, stream, msg[:limit], ts, full=False)
                 msg = msg[limit:]
             self._emit_event(out, stream, msg, ts, full=True)
-        if out:
-            self._append(out)
 
     def _emit_event(self, out: bytearray, stream: str, msg: bytes, ts: int, *, full: bool) -> None:
         """Queue one event (or, with full=False, the cut-off head of an over-long one)
@@ -462,14 +555,14 @@ class RotatingWriter:
             return
         now = self._clock()
         name = next_segment_name(self._base, now, [self._newest] if self._newest else [])
-        seg_path = self._dir / name.filename
+        seg_path = f"{self._dir_str}/{name.filename}"  # strings: no Path per rotation
         suffixes = ("",) if self.policy.compress == "none" else ("", ".gz", ".zst")
-        if any(_taken(self._dir / (name.filename + sfx)) for sfx in suffixes):
+        if any(_taken(seg_path + sfx) for sfx in suffixes):
             # Someone else made this name: step past every segment on disk.
             name = next_segment_name(self._base, now, self._list_segments())
-            seg_path = self._dir / name.filename
+            seg_path = f"{self._dir_str}/{name.filename}"  # strings: no Path per rotation
         try:
-            Path(self.path).replace(seg_path)
+            os.replace(self.path, seg_path)  # noqa: PTH105 - a str path, on the hot path
         except OSError as exc:
             raise StreamError(
                 f"cannot rotate {self.path} to {seg_path}: {exc.strerror}",
@@ -485,14 +578,14 @@ class RotatingWriter:
         # The framer carries on: the new file starts at the cut, a boundary.
         if not self._take_spare():
             self._open_active(existing_ok=False)
-        if not self._sync_segments:
-            os.close(old_fd)
-            old_fd = -1
         if self._worker is not None:
-            self._worker.submit(old_fd)
-        elif old_fd >= 0:
+            # Even a bare close can take a file system a millisecond: not on this thread.
+            self._worker.submit(old_fd if self._sync_segments else _Close(old_fd))
+        elif self._sync_segments:
             _sync_and_close(old_fd, self._dir)
-        segment = RotatedSegment(path=str(seg_path), name=name, size_bytes=size, reason=reason)
+        else:
+            os.close(old_fd)
+        segment = RotatedSegment(path=seg_path, name=name, size_bytes=size, reason=reason)
         if self._on_rotate is not None:
             self._on_rotate(segment)
 
@@ -536,7 +629,7 @@ class RotatingWriter:
         except queue.Empty:
             return False
         try:
-            self._spare_path.rename(self.path)
+            os.rename(self._spare_str, self.path)  # noqa: PTH104 - a str path, on the hot path
         except OSError:
             os.close(fd)
             return False
@@ -595,6 +688,8 @@ class RotatingWriter:
             except OSError as exc:
                 log.warning("cannot remove segment %s: %s", name.filename, exc)
         if self.policy.compress != "none":
+            from logvold.fileio.compress import compress_segment  # gzip / zstd: only if used
+
             for name in plan.compress:
                 try:
                     compress_segment(str(self._dir / name.filename), self.policy.compress)
@@ -602,7 +697,7 @@ class RotatingWriter:
                     log.warning("%s", exc)
 
 
-def _taken(path: Path) -> bool:
+def _taken(path: str) -> bool:
     try:
         os.lstat(path)
     except FileNotFoundError:
@@ -631,6 +726,13 @@ _SPARE = object()
 """Maintenance job: make the next active file ahead of time."""
 
 
+@dataclass(frozen=True)
+class _Close:
+    """Maintenance job: close a just-rotated segment's descriptor (no fsync)."""
+
+    fd: int
+
+
 class _Maintenance:
     """One background thread: fsync closed segments, then retention and compression."""
 
@@ -642,7 +744,8 @@ class _Maintenance:
         self._thread.start()
 
     def submit(self, job: int | object | None) -> None:
-        """A closed segment's fd to sync (-1: none), None (retention only) or _SPARE."""
+        """A rotated segment's fd to sync and close (-1: none) or `_Close` it, None
+        (retention only) or _SPARE."""
         self._jobs.put(job)
 
     def stop(self) -> None:
@@ -661,10 +764,13 @@ class _Maintenance:
             for job in jobs:
                 if job is self._stop:
                     stopping = True
+                elif isinstance(job, _Close):
+                    os.close(job.fd)
                 elif isinstance(job, int) and job >= 0:
                     _sync_and_close(job, writer._dir)
             # One retention pass covers every rotation queued so far.
-            if writer._retains and any(isinstance(job, int) or job is None for job in jobs):
+            rotated = (isinstance(job, int | _Close) or job is None for job in jobs)
+            if writer._retains and any(rotated):
                 try:
                     writer._retention_pass()
                 except Exception:  # a bug here must not stop the writer

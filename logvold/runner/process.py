@@ -130,6 +130,10 @@ def pump(
     """
     tee_fd: int | None = 1 if opts.also_stdout else None
     zero_copy = tee_fd is None and len(streams) == 1
+    # Raw bytes are written from where they were read: one buffer for every read, no
+    # fresh 1 MiB object (and its page faults) per chunk. cri / json-file encode the
+    # chunk into new bytes anyway.
+    buffer = bytearray(CHUNK_BYTES) if opts.policy.format == "raw" and not zero_copy else None
     poller = select.poll()
     for fd in streams:
         poller.register(fd, select.POLLIN)
@@ -152,6 +156,11 @@ def pump(
             try:
                 if zero_copy:
                     moved = writer.splice_from(fd, CHUNK_BYTES)
+                elif buffer is not None:
+                    moved = os.readv(fd, [buffer])
+                    if moved and tee_fd is not None:
+                        tee_fd = _tee(tee_fd, memoryview(buffer)[:moved])
+                    writer.write(open_fds[fd], buffer, moved)
                 else:
                     data = os.read(fd, CHUNK_BYTES)
                     moved = len(data)
@@ -185,7 +194,7 @@ def pump(
             break  # the child is gone; a descendant keeps the pipe open but silent
 
 
-def _tee(fd: int, data: bytes) -> int | None:
+def _tee(fd: int, data: bytes | memoryview) -> int | None:
     """Copy to our stdout; a closed stdout stops the copy but never the log file."""
     view = memoryview(data)
     try:

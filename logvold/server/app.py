@@ -35,6 +35,9 @@ REGISTRY_KEY = web.AppKey("logvold.registry", StreamRegistry)
 METRICS_KEY = web.AppKey("logvold.metrics", Metrics)
 ReadyCheck = Callable[[], bool]
 READY_KEY: web.AppKey[ReadyCheck] = web.AppKey("logvold.is_ready")
+LiveCheck = Callable[[], "str | None"]
+"""None while the daemon makes progress, else why not (served by /livez as a 503)."""
+LIVE_KEY: web.AppKey[LiveCheck] = web.AppKey("logvold.liveness")
 EXECUTOR_KEY = web.AppKey("logvold.executor", ThreadPoolExecutor)
 SHUTDOWN_KEY = web.AppKey("logvold.shutdown", threading.Event)
 CHANGES_KEY = web.AppKey("logvold.changes", StreamChanges)
@@ -133,6 +136,15 @@ async def _readyz(request: web.Request) -> web.Response:
     return web.Response(status=503, text="not ready\n")
 
 
+async def _livez(request: web.Request) -> web.Response:
+    """For a liveness probe: 503 when the reconcile loop is stuck. A stalled event loop
+    cannot answer at all, which the probe's timeout counts as a failure too."""
+    problem = request.app[LIVE_KEY]()
+    if problem is None:
+        return web.Response(text="ok\n")
+    return web.Response(status=503, text=f"{problem}\n")
+
+
 async def _on_shutdown(app: web.Application) -> None:
     app[SHUTDOWN_KEY].set()  # followers end at their next poll
     if CHANGES_KEY in app:
@@ -145,7 +157,8 @@ async def _on_cleanup(app: web.Application) -> None:
 
 def build_app(*, config: Config, registry: StreamRegistry, metrics: Metrics,
               is_ready: Callable[[], bool],
-              changes: StreamChanges | None = None) -> web.Application:
+              changes: StreamChanges | None = None,
+              is_live: LiveCheck | None = None) -> web.Application:
     """The whole HTTP API over `registry`; nothing runs until start_server().
     `changes`: the daemon's per-stream change notices (None: followers poll)."""
     from logvold.server import kubeapi, kubelet_paths, logs, status
@@ -165,6 +178,7 @@ def build_app(*, config: Config, registry: StreamRegistry, metrics: Metrics,
     app[REGISTRY_KEY] = registry
     app[METRICS_KEY] = metrics
     app[READY_KEY] = is_ready
+    app[LIVE_KEY] = is_live or (lambda: None)
     app[EXECUTOR_KEY] = ThreadPoolExecutor(max_workers=READER_THREADS,
                                            thread_name_prefix="logvold-reader")
     app[SHUTDOWN_KEY] = threading.Event()
@@ -188,6 +202,7 @@ def build_app(*, config: Config, registry: StreamRegistry, metrics: Metrics,
     app.router.add_get("/metrics", _metrics_handler, name="metrics")
     app.router.add_get("/healthz", _healthz, name="healthz")
     app.router.add_get("/readyz", _readyz, name="readyz")
+    app.router.add_get("/livez", _livez, name="livez")
     return app
 
 

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_REVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"  # noqa: S105 (a URL path)
 ACCESS_REVIEW_PATH = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
-ANONYMOUS_PATHS = frozenset({"/healthz", "/readyz"})
+ANONYMOUS_PATHS = frozenset({"/healthz", "/readyz", "/livez"})
 """Probes answer without a token: the kubelet's probes carry none."""
 DISCOVERY_PATHS = frozenset({"/api", "/api/", "/apis", "/apis/", "/api/v1", "/api/v1/", "/version"})
 """API discovery kubectl needs before `kubectl logs`: any authenticated user."""

@@ -438,19 +438,31 @@ async def _logs_root(request: web.Request) -> web.StreamResponse:
     return web.json_response({"kind": "StreamList", "items": listing})
 
 
+MAX_LISTED_SEGMENT_FILES = 1000
+"""Segment paths listed per stream (the newest); counts and bytes still cover them all."""
+
+
 def describe(info: StreamInfo, refused: Refused = log_refusal) -> dict[str, Any]:
-    """One stream of the listing: names, policy summary, annotations and sizes. Sizes
-    come from lstat through the pinned stream directory: only regular files count, and a
-    directory reached through a symlink lists nothing."""
+    """One stream of the listing: names, policy summary, annotations, sizes, and where its
+    files are on disk (paths as logvold sees them: the host's, where volumes are mounted at
+    their host paths as in the DaemonSet and the systemd unit). Sizes come from lstat
+    through the pinned stream directory: only regular files count, and a directory reached
+    through a symlink lists nothing."""
     p = info.policy
     files = StreamDir(info, refused)
     try:
         segments = segments_of(info.base, sorted(files.names()))
         sd = files.directory()
         segment_bytes = active_size = active_alloc = 0
-        for seg in segments:
+        listed: list[dict[str, Any]] = []
+        for index, seg in enumerate(segments):
             st = _regular(sd, seg.filename)
-            segment_bytes += st.st_size if st is not None else 0
+            if st is None:
+                continue
+            segment_bytes += st.st_size
+            if index >= len(segments) - MAX_LISTED_SEGMENT_FILES:
+                listed.append({"path": str(Path(info.directory) / seg.filename),
+                               "bytes": st.st_size})
         if (st := _regular(sd, info.base)) is not None:
             active_size, active_alloc = st.st_size, st.st_blocks * 512
     finally:
@@ -464,10 +476,12 @@ def describe(info: StreamInfo, refused: Refused = log_refusal) -> dict[str, Any]
                    "maxTotalSize": p.max_total_size_bytes, "compress": p.compress,
                    "strategy": p.strategy},
         "annotations": dict(info.annotations),
-        "activeFile": {"apparentBytes": active_size, "allocatedBytes": active_alloc},
+        "activeFile": {"path": str(info.active_path), "apparentBytes": active_size,
+                       "allocatedBytes": active_alloc},
         "segments": {"count": len(segments), "bytes": segment_bytes,
                      "compressed": sum(1 for s in segments if s.compression),
-                     "newestClosed": segments[-1].stamp.isoformat() if segments else None},
+                     "newestClosed": segments[-1].stamp.isoformat() if segments else None,
+                     "files": listed},
     }
 
 

@@ -133,16 +133,19 @@ def http_get(url: str, timeout_s: float = 10.0) -> tuple[int, bytes]:
 
 
 def metric(port: int, name: str, labels: dict[str, str] | None = None) -> float:
-    """A sample of the daemon's /metrics (0 when absent)."""
+    """The sum of the daemon's /metrics samples named `name` whose labels include `labels`
+    (0 when absent): label values exist at 0 from the start, so the first sample of a
+    family is not the one that moved."""
     from prometheus_client.parser import text_string_to_metric_families
 
     _, body = http_get(f"http://127.0.0.1:{port}/metrics")
+    total = 0.0
     for family in text_string_to_metric_families(body.decode()):
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v
                                            for k, v in (labels or {}).items()):
-                return float(sample.value)
-    return 0.0
+                total += float(sample.value)
+    return total
 
 
 def read_segment(path: Path) -> bytes:

@@ -142,7 +142,8 @@ def test_symlinks_planted_at_every_temp_and_segment_name_while_rotating(
         w = writer(vol / "app.log", count=count, rate=30)
         assert w.wait(120) == 0
         wait_for(lambda: len(regular_segments(vol)) >= 4, 30, "rotations")
-        wait_for(lambda: metric(port, "logvold_compressions_total") >= 2, 30, "compressions")
+        wait_for(lambda: metric(port, "logvold_compressions_total", {"algorithm": compress}) >= 2,
+                 30, "compressions")
         planter.done.set()
         planter.join(10)
         assert ready(port)

@@ -19,8 +19,9 @@ from tests.support.events import event_stream
 pytestmark = pytest.mark.slow
 
 
-def serve(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def serve(*args: str, cwd: Path | None = None,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
     return subprocess.run([sys.executable, "-m", "logvold", "serve", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=60, check=False)
 
@@ -98,6 +99,15 @@ def test_once_rotates_compresses_and_exits(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in result.stderr.splitlines()]
     assert {"time", "level", "logger", "msg"} <= set(lines[0])
     assert any(line["msg"] == "logvold stopped" for line in lines)
+    # At the default level the daemon says what it did, and --once names no listener.
+    by_msg = {line["msg"]: line for line in lines}
+    assert by_msg["stream added"]["stream"] == "default/p/app"
+    assert by_msg["stream added"]["path"] == str(vol / "app.log")
+    rotated = by_msg["stream rotated"]
+    assert rotated["level"] == "info" and rotated["reason"] == "size"
+    assert rotated["segment"].startswith("app.log.") and rotated["bytes"] > 0
+    assert "listen" not in by_msg["logvold checking every stream once"]
+    assert "logvold serving" not in by_msg
     # Nothing is due any more: a second pass changes nothing.
     before = sorted(os.listdir(vol))
     assert serve("--config", str(cfg), "--once").returncode == 0
@@ -114,3 +124,39 @@ def test_listen_address_in_use_exits_1(tmp_path: Path) -> None:
         result = serve("--listen", f"127.0.0.1:{port}", cwd=tmp_path)
     assert result.returncode == 1
     assert "cannot start" in result.stderr and "Traceback" not in result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: address already in use; " in result.stderr
+    assert "Errno" not in result.stderr
+    assert "logvold stopped" not in result.stderr  # it never started
+
+
+def test_serve_refuses_a_missing_volume_with_check_configs_words(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir"
+    cfg = write_config(tmp_path / "cfg.yaml", missing, listen="127.0.0.1:1")
+    env = {"LOGVOLD_SYSTEMD_UNIT": ""}
+    result = serve("--config", str(cfg), env=env)
+    assert result.returncode == 2
+    words = f"volumes[0].path: {missing} does not exist; create it (mkdir -p {missing})"
+    assert words in result.stderr and "nothing started" in result.stderr
+    check = subprocess.run([sys.executable, "-m", "logvold", "check-config", str(cfg)],
+                           env=dict(os.environ, PYTHONPATH=str(ROOT), **env),
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert check.returncode == 0 and check.stdout.startswith("OK: ")
+    assert f"warning: {cfg}:" in check.stderr and words in check.stderr
+    assert not missing.exists()
+
+
+def test_serve_refuses_a_volume_the_systemd_unit_cannot_write(tmp_path: Path) -> None:
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    unit = tmp_path / "logvold.service"
+    unit.write_text("[Service]\nProtectSystem=strict\nReadWritePaths=/var/log/pods\n")
+    cfg = write_config(tmp_path / "cfg.yaml", vol, listen="127.0.0.1:1")
+    result = serve("--config", str(cfg), "--once", env={"LOGVOLD_SYSTEMD_UNIT": str(unit)})
+    assert result.returncode == 2
+    assert (f"{vol} is not writable under the systemd unit {unit} (ProtectSystem=strict makes "
+            f"it read-only); allow it with a drop-in") in result.stderr
+    (tmp_path / "logvold.service.d").mkdir()
+    (tmp_path / "logvold.service.d" / "volumes.conf").write_text(
+        f"[Service]\nReadWritePaths={vol}\n")
+    result = serve("--config", str(cfg), "--once", env={"LOGVOLD_SYSTEMD_UNIT": str(unit)})
+    assert result.returncode == 0, result.stderr

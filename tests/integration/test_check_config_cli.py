@@ -13,8 +13,15 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config.example.yaml"
 
 
-def _check_config(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+UNIT = REPO / "packaging" / "systemd" / "logvold.service"
+VOLUME_LINE = next(n for n, line in enumerate(EXAMPLE.read_text().splitlines(), 1)
+                   if line.strip().startswith("path: /var/log/pods-static/web"))
+
+
+def _check_config(*args: str, stdin: str | None = None,
+                  unit: Path | None = None) -> subprocess.CompletedProcess[str]:
+    # The unit to judge volumes against is named, so the host's own install does not matter.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LOGVOLD_SYSTEMD_UNIT": str(unit or "")}
     return subprocess.run(
         [sys.executable, "-m", "logvold", "check-config", *args],
         input=stdin,
@@ -39,7 +46,34 @@ def test_example_config_is_ok() -> None:
     lines = result.stdout.splitlines()
     assert lines[0] == f"OK: {EXAMPLE}"
     assert lines[1].startswith("1 volume, 2 streams, ")
-    assert result.stderr == ""
+    if Path("/var/log/pods-static/web").is_dir():
+        assert result.stderr == ""
+    else:  # valid, but this host lacks the volume: a warning, not an error
+        assert result.stderr.splitlines() == [
+            f"warning: {EXAMPLE}:{VOLUME_LINE}: volumes[0].path: /var/log/pods-static/web"
+            " does not exist; create it (mkdir -p /var/log/pods-static/web) or correct the path",
+            "check-config: 1 warning for this host: `logvold serve` here refuses to start until"
+            " it is fixed",
+        ]
+
+
+def test_example_volume_is_outside_the_shipped_units_writable_paths() -> None:
+    result = _check_config(str(EXAMPLE), unit=UNIT)
+    assert result.returncode == 0 and result.stdout.startswith(f"OK: {EXAMPLE}\n")
+    assert (f"warning: {EXAMPLE}:{VOLUME_LINE}: volumes[0].path: /var/log/pods-static/web is"
+            f" not writable under the systemd unit {UNIT} (ProtectSystem=strict makes it"
+            " read-only); allow it with a drop-in: `systemctl edit logvold.service`, then"
+            " under [Service] add ReadWritePaths=/var/log/pods-static/web"
+            ) in result.stderr.splitlines()
+
+
+def test_an_existing_volume_inside_the_units_paths_gives_no_warning(tmp_path: Path) -> None:
+    unit = tmp_path / "logvold.service"
+    unit.write_text(f"[Service]\nProtectSystem=strict\nReadWritePaths={tmp_path}\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"volumes:\n  - name: v\n    path: {tmp_path}\n")
+    result = _check_config(str(config), unit=unit)
+    assert (result.returncode, result.stderr) == (0, "")
 
 
 def test_every_problem_is_printed_with_file_line_and_key(tmp_path: Path) -> None:

@@ -403,3 +403,28 @@ def test_broken_pipe_is_not_an_error(
     )
     assert result.stdout.strip() == "0"
     assert "Traceback" not in result.stderr
+
+
+def test_where_prints_the_streams_files_on_disk(real_api: tuple[str, Path]) -> None:
+    from logvold.fileio.rotator import StreamRotator
+
+    url, stream_dir = real_api
+    info = StreamInfo(key=StreamKey("team-a", "web-0", "app"), directory=stream_dir,
+                      base="app.log", policy=LogPolicy(), volume="v")
+    rotator = StreamRotator(info)
+    assert rotator.rotate("manual") is not None  # a real segment, cut at an event boundary
+    with (stream_dir / "app.log").open("ab") as f:
+        f.write(b"line 101\n")
+    assert rotator.rotate("manual") is not None
+    code, out, err = _run(main_logs, ["team-a/web-0/app", "--where", "--url", url])
+    assert (code, err) == (0, "")
+    paths = out.decode().splitlines()
+    segments = sorted(p for p in os.listdir(stream_dir) if p.startswith("app.log."))
+    assert len(segments) == 2
+    assert paths == [str(stream_dir / s) for s in segments] + [str(stream_dir / "app.log")]
+    # The first segment holds the first events: the path is the file that has them.
+    assert Path(paths[0]).read_bytes().startswith(b"line 1\nline 2\n")
+    code, _, err = _run(main_logs, ["team-a/web-0/other", "--where", "--url", url])
+    assert code == 1 and "no stream team-a/web-0/other" in err
+    code, _, err = _run(main_logs, ["team-a/web-0/app", "--where", "-f", "--url", url])
+    assert code == 2 and "--where prints file paths: it takes no --follow" in err

@@ -136,6 +136,10 @@ def test_kustomize_renders_every_resource_in_the_namespace(rendered: list[dict[s
             "ConfigMap",
             "DaemonSet",
             "Service",
+            "ServiceAccount",
+            "Secret",
+            "ClusterRole",
+            "ClusterRoleBinding",
             "ServiceMonitor",
             "PrometheusRule",
         ]
@@ -175,8 +179,11 @@ def test_daemonset_runs_with_minimal_privileges_and_probes() -> None:
     assert security["privileged"] is False
     assert pod["hostPID"] is False
     assert pod["tolerations"] == [{"operator": "Exists"}]
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # /livez fails when the reconcile loop stalls (tests/integration/test_daemon_livez.py).
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
     assert {"cpu", "memory"} <= set(container["resources"]["requests"])
     assert "memory" in container["resources"]["limits"]
     (node_name,) = [e for e in container["env"] if e["name"] == "NODE_NAME"]
@@ -188,7 +195,8 @@ def test_daemonset_runs_with_minimal_privileges_and_probes() -> None:
     writable = {
         host_paths[n] for n, m in mounts.items() if n in host_paths and not m.get("readOnly")
     }
-    assert writable == {"/var/lib/kubelet/pods", "/var/log/pods"}
+    # Writable only where logvold writes: the pods' emptyDir logging volumes.
+    assert writable == {"/var/lib/kubelet/pods"}
     assert {"/var/log", "/run/log/journal", "/etc/machine-id"} <= read_only
     # /var/log/journal is read-only as part of /var/log.
     assert mounts["var-log"]["mountPath"] == "/var/log"
@@ -199,6 +207,13 @@ def test_daemonset_runs_with_minimal_privileges_and_probes() -> None:
     assert config.server.auth == "kubernetes"
     port = container["ports"][0]["containerPort"]
     assert config.server.listen == f"0.0.0.0:{port}"
+    # All interfaces only with TLS from the mounted Secret and token auth.
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    tls_mount = mounts["tls"]
+    assert secrets["tls"] == "logvold-tls" and tls_mount["readOnly"] is True
+    assert config.server.tls_cert_file == tls_mount["mountPath"] + "/tls.crt"
+    assert config.server.tls_key_file == tls_mount["mountPath"] + "/tls.key"
+    assert not tls_mount["mountPath"].startswith(mounts["config"]["mountPath"] + "/")
 
 
 def test_rbac_grants_exactly_what_discovery_and_auth_call() -> None:
@@ -245,17 +260,45 @@ def test_service_monitor_scrapes_the_service() -> None:
     assert labels.items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["namespaceSelector"]["matchNames"] == [service["metadata"]["namespace"]]
     port_names = {p["name"] for p in service["spec"]["ports"]}
+    token_secret = _load("metrics-reader-token.yaml")
     for endpoint in monitor["spec"]["endpoints"]:
         assert set(endpoint) <= {
-            "port", "path", "interval", "scheme", "honorLabels", "bearerTokenFile", "relabelings",
+            "port", "path", "interval", "scheme", "honorLabels", "authorization", "tlsConfig",
+            "relabelings",
         }  # fmt: skip
         assert endpoint["port"] in port_names
+        # A token goes over TLS only, from a Secret (bearerTokenFile is deprecated).
+        assert endpoint["scheme"] == "https"
+        assert endpoint["authorization"] == {
+            "type": "Bearer",
+            "credentials": {"name": token_secret["metadata"]["name"], "key": "token"},
+        }
+        assert endpoint["tlsConfig"]["ca"]["secret"]["name"] == "logvold-tls"
+        assert endpoint["tlsConfig"]["serverName"]
         assert endpoint["path"] == "/metrics"
         assert re.fullmatch(r"\d+[smh]", endpoint["interval"])
         for relabel in endpoint["relabelings"]:
             assert relabel["action"] in ("replace", "keep", "drop", "labelmap")
     daemonset_labels = _load("daemonset.yaml")["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= daemonset_labels.items()
+
+
+def test_the_metrics_token_belongs_to_an_account_that_may_read_only_nodes_metrics() -> None:
+    secret = _load("metrics-reader-token.yaml")
+    account = _load("metrics-reader-serviceaccount.yaml")["metadata"]
+    assert secret["type"] == "kubernetes.io/service-account-token"
+    assert secret["metadata"]["annotations"]["kubernetes.io/service-account.name"] == (
+        account["name"])
+    assert secret["metadata"]["namespace"] == _load("servicemonitor.yaml")["metadata"][
+        "namespace"]  # prometheus-operator reads credentials from the monitor's namespace
+    role = _load("metrics-reader-clusterrole.yaml")
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]}]
+    binding = _load("metrics-reader-clusterrolebinding.yaml")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
+    ]
 
 
 def test_prometheus_rule_structure_and_metric_names() -> None:

@@ -17,7 +17,7 @@ from logvold.fileio.rotator import StreamRotator
 from tests.integration.rotator_kit import make_info, start_writer, whole_stream
 from tests.support.events import event_stream, split_raw, verify
 
-COUNT = 6000
+COUNT = 12000
 MAX_SIZE = 8 * 1024
 
 

@@ -481,10 +481,16 @@ def test_sizes_and_durations_round_trip_through_yaml(num_bytes: int, seconds: fl
 # --- check-config in process ----------------------------------------------------------------------
 
 
-def test_check_config_ok(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main_check_config([str(EXAMPLE)]) == 0
+def test_check_config_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # The example's volume moved to a directory that exists, judged by no systemd unit:
+    # nothing to warn about on this host (tests/unit/test_host_checks.py has the warnings).
+    monkeypatch.setenv("LOGVOLD_SYSTEMD_UNIT", "")
+    example = tmp_path / "config.yaml"
+    example.write_text(EXAMPLE.read_text().replace("/var/log/pods-static/web", str(tmp_path)))
+    assert main_check_config([str(example)]) == 0
     out, err = capsys.readouterr()
-    assert out.splitlines()[0] == f"OK: {EXAMPLE}"
+    assert out.splitlines()[0] == f"OK: {example}"
     assert re.match(r"1 volume, 2 streams, kubernetes discovery off", out.splitlines()[1])
     assert err == ""
 

@@ -5,6 +5,8 @@ reads them (comments, line continuations, exec-form JSON)."""
 from __future__ import annotations
 
 import json
+import re
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -61,20 +63,44 @@ def test_every_instruction_is_known_and_written_in_upper_case() -> None:
     assert all(s.isupper() for s in starts), starts
 
 
+BASE_IMAGE = re.compile(r"^python:3\.11\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?$")
+
+
+def test_base_images_are_pinned_to_one_exact_release() -> None:
+    bases = [a.split()[0] for s in stages(INSTRUCTIONS_OF_FILE) for w, a in s if w == "FROM"]
+    assert len(bases) == 2 and bases[0] == bases[1], bases  # build and run on the same Python
+    assert BASE_IMAGE.match(bases[0]), bases[0]  # an exact patch release and Debian release
+
+
 def test_final_stage_is_python_slim_non_root_with_exec_form_entrypoint() -> None:
     final = stages(INSTRUCTIONS_OF_FILE)[-1]
-    assert final[0] == ("FROM", "python:3.11-slim")
     args = {word: a for word, a in final}
     assert json.loads(args["ENTRYPOINT"]) == ["logvold", "serve"]  # exec form: signals reach it
-    cmd = json.loads(args["CMD"])
     user = args["USER"].split(":")[0]
     assert user not in ("root", "0")
     assert "useradd" in args["RUN"] and user in args["RUN"]
-    # The DaemonSet passes the same config path and exposes the same port.
+    # The DaemonSet passes its config and exposes the same port.
     daemonset = yaml.safe_load((ROOT / "manifests" / "daemonset.yaml").read_text())
     container = daemonset["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"] == cmd
+    assert container["args"] == ["--config", "/etc/logvold/config.yaml"]
     assert args["EXPOSE"] == str(container["ports"][0]["containerPort"])
+
+
+def _labels() -> dict[str, str]:
+    final = stages(INSTRUCTIONS_OF_FILE)[-1]
+    (label,) = [a for w, a in final if w == "LABEL"]
+    return {k: v.strip('"') for k, v in re.findall(r'(\S+?)=("[^"]*"|\S+)', label)}
+
+
+def test_oci_labels_agree_with_the_package_metadata() -> None:
+    labels = _labels()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert labels["org.opencontainers.image.version"] == project["version"]
+    assert labels["org.opencontainers.image.licenses"] == project["license"]
+    assert labels["org.opencontainers.image.source"] == project["urls"]["Source"]
+    assert labels["org.opencontainers.image.title"] == "logvold"
+    base = stages(INSTRUCTIONS_OF_FILE)[-1][0][1]
+    assert labels["org.opencontainers.image.base.name"].endswith("/" + base)
 
 
 def test_build_stage_installs_the_package_from_copied_sources() -> None:

@@ -27,10 +27,10 @@ UPPER_LAYER_MODULES = (
 )
 # Third-party libraries layer 2 may use: yaml only in config_file (its sole
 # importer); codecs and the RE2 engine in fileio, where segments are decoded
-# and the `pattern` read filter runs.
+# and the `pattern` read filter runs; orjson's string encoder for json-file writes.
 LAYER2_THIRD_PARTY = {
     "logvold.config_file": {"yaml"},
-    "logvold.fileio": {"zstandard", "re2"},
+    "logvold.fileio": {"zstandard", "re2", "orjson"},
 }
 COMPOSITION = ("logvold.daemon", "logvold.cli")
 COMPOSITION_IMPORTERS = {"logvold.cli", "logvold.__main__"}

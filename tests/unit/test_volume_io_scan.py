@@ -48,7 +48,8 @@ ALLOWED: dict[tuple[str, str], str] = {
         "logvold is the writer (`run`, `driver`): its own output files in its own directory",
     ("fileio/rotating_writer.py", "os.listdir"): "logvold's own output directory",
     ("fileio/rotating_writer.py", "os.lstat"): "logvold's own output directory",
-    ("fileio/rotating_writer.py", ".rename"): "logvold's own spare file",
+    ("fileio/rotating_writer.py", "os.rename"): "logvold's own spare file and segments",
+    ("fileio/rotating_writer.py", "os.replace"): "logvold's own spare file and segments",
     ("fileio/rotating_writer.py", ".unlink"): "logvold's own segments and spare file",
     ("fileio/rotating_writer.py", ".stat"): "logvold's own segments",
     ("fileio/rotator.py", ".read_text"):
@@ -58,6 +59,11 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("fileio/stream_files.py", ".readlink"): "open_writers reads /proc/<pid>/fd links",
     ("fileio/stream_files.py", ".stat"):
         "open_writers stats /proc/<pid>/fd magic links (compared by device and inode only)",
+    ("host_checks.py", ".read_text"): "reads /proc/self/cgroup (which unit runs us)",
+    ("host_checks.py", ".open"): "reads the installed systemd unit file and its drop-ins",
+    ("host_checks.py", ".iterdir"): "lists the systemd unit's drop-in directory (bounded)",
+    ("host_checks.py", "os.path.realpath"):
+        "the operator's configured volume path vs the unit's ReadWritePaths (no open)",
     ("server/access.py", ".open"): "reads /proc/<pid>/status of the client (its groups)",
     ("server/access.py", ".read_bytes"): "reads /proc/net/tcp{,6} (the client's uid)",
     ("server/access.py", ".stat"):

@@ -1,0 +1,275 @@
+"""Whole-chunk cri / json-file encoding writes exactly the bytes the per-event encoder
+wrote: the old `_write_lines` is kept below as the oracle and both writers get the
+same generated chunks (quotes, tabs, backslashes, control bytes, DEL, invalid UTF-8,
+U+2028, HTML characters, lines longer than the line limit and than maxEventSize),
+the same clock and the same policy; every segment must be byte-identical."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from logvold.core.chunk_encoding import ChunkEncoder, long_lines
+from logvold.core.formats import encode_cri_line, encode_json_entry, timestamp_ns
+from logvold.core.layout import segments_of
+from logvold.core.policy import LogPolicy
+from logvold.fileio.rotating_writer import RotatingWriter
+
+T0 = datetime(2026, 11, 23, 11, 58, 0, tzinfo=UTC)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class PerEventWriter(RotatingWriter):
+    """The writer as it was before whole-chunk encoding: every line in Python (oracle)."""
+
+    def _write_lines(self, stream: str, data: bytes) -> None:
+        held = self._held.get(stream)
+        if held is None:
+            raise ValueError(f"unknown stream {stream!r}: use stdout or stderr")
+        if self._due is not None:
+            self._maybe_cut_now()
+        ts = timestamp_ns(self._clock())
+        out = bytearray()
+        limit = self._max_event
+        pos = 0
+        n = len(data)
+        while pos < n:
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                held += data[pos:]
+                while len(held) > limit:
+                    self._split_base += 1
+                    self._old_emit(out, stream, bytes(held[:limit]), ts, full=False)
+                    del held[:limit]
+                break
+            if held:
+                msg = bytes(held) + data[pos:nl]
+                held.clear()
+            else:
+                msg = data[pos:nl]
+            pos = nl + 1
+            while len(msg) > limit:
+                self._split_base += 1
+                self._old_emit(out, stream, msg[:limit], ts, full=False)
+                msg = msg[limit:]
+            self._old_emit(out, stream, msg, ts, full=True)
+        if out:
+            self._append(out)
+
+    def _old_emit(self, out: bytearray, stream: str, msg: bytes, ts: int, *, full: bool) -> None:
+        line = self._max_line
+        last = len(msg) - line if full else len(msg)
+        start = 0
+        while start < last:
+            out += self._old_encode(stream, msg[start : start + line], full=False, ts=ts)
+            start += line
+        if full:
+            out += self._old_encode(stream, msg[start:], full=True, ts=ts)
+        if self._due is None and self._max_size and self._size + len(out) >= self._max_size:
+            self._due = "size"
+        if self._due is not None:
+            self._append(out)
+            out.clear()
+            self._cut(self._due)
+
+    def _old_encode(self, stream: str, msg: bytes, *, full: bool, ts: int) -> bytes:
+        if self.policy.format == "cri":
+            return encode_cri_line(stream, ts, msg, partial=not full)
+        return encode_json_entry(stream, ts, msg + b"\n" if full else msg)
+
+
+# Bytes that each need their own escape, and the multi-byte ones that do or break UTF-8.
+_PIECES = [
+    b"a", b"word ", b'"', b"\\", b"\\n", b"\t", b"\r", b"\x00", b"\x01", b"\x08", b"\x0c",
+    b"\x1b[31m", b"\x1f", b"\x7f", b"<", b">", b"&", "\u00e9".encode(), "\u2028".encode(),
+    "\u2029".encode(), "\U0001f600".encode(), b"\xc3", b"\xa9", b"\xe2\x80", b"\xff",
+    b"\xed\xa0\x80", b"\n", b"\n", b"\n", b"\n",
+]  # fmt: skip
+
+
+@st.composite
+def chunk_lists(draw: st.DrawFn) -> list[tuple[str, bytes, int]]:
+    """(stream, chunk, clock step in µs) triples; some lines long enough to be cut."""
+    chunks = []
+    for _ in range(draw(st.integers(1, 12))):
+        parts = draw(st.lists(st.sampled_from(_PIECES), max_size=60))
+        if draw(st.integers(0, 5)) == 0:
+            parts.insert(draw(st.integers(0, len(parts))), b"L" * draw(st.integers(1, 300)))
+        stream = draw(st.sampled_from(["stdout", "stderr"]))
+        chunks.append((stream, b"".join(parts), draw(st.sampled_from([0, 0, 1, 1_000_000]))))
+    return chunks
+
+
+def pieces(path: Path) -> list[bytes]:
+    segs = segments_of(path.name, os.listdir(path.parent))
+    return [(path.parent / s.filename).read_bytes() for s in segs] + [path.read_bytes()]
+
+
+def run_writer(
+    cls: type[RotatingWriter],
+    path: Path,
+    policy: LogPolicy,
+    chunks: list[tuple[str, bytes, int]],
+    max_line: int | None,
+) -> tuple[list[bytes], int, int]:
+    clock = FakeClock()
+    w = cls(str(path), policy, clock=clock, background=False, max_line_bytes=max_line)
+    for stream, data, step_us in chunks:
+        clock.now += timedelta(microseconds=step_us)
+        w.write(stream, data)
+    w.close()
+    return pieces(path), w.split_count, w.rotations
+
+
+@pytest.mark.parametrize("fmt", ["cri", "json-file"])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    chunks=chunk_lists(),
+    max_size=st.sampled_from([0, 1, 60, 200, 1000]),
+    max_event=st.sampled_from([8, 50, 1 << 20]),
+    max_line=st.sampled_from([None, 3, 16, 64]),
+)
+def test_chunk_output_is_byte_identical_to_per_event(
+    tmp_path: Path,
+    fmt: str,
+    chunks: list[tuple[str, bytes, int]],
+    max_size: int,
+    max_event: int,
+    max_line: int | None,
+) -> None:
+    policy = LogPolicy(
+        format=fmt,  # type: ignore[arg-type]
+        max_size_bytes=max_size,
+        max_files=0,
+        max_event_size_bytes=max_event,
+    )
+    results = []
+    for name, cls in (("old", PerEventWriter), ("new", RotatingWriter)):
+        d = tmp_path / f"{name}-{os.urandom(4).hex()}"
+        d.mkdir()
+        results.append(run_writer(cls, d / "app.log", policy, chunks, max_line))
+    old, new = results
+    assert new[0] == old[0]  # every segment and the active file
+    assert new[1:] == old[1:]  # split count, rotations
+
+
+def test_one_mebibyte_chunks_of_typical_lines_are_identical(tmp_path: Path) -> None:
+    """Big reads as the driver gets them: many lines, a 16 KiB line limit, and 100 KiB
+    rotation (several cuts per chunk), chunk ends inside lines."""
+    import random
+
+    rng = random.Random(7)
+    words = [b"GET", b'"q"', b"\t", b"\\", "\u00e9t\u00e9".encode(), b"<a&b>", b"x" * 40]
+    lines = [b" ".join(rng.choices(words, k=rng.randint(1, 30))) for _ in range(40_000)]
+    lines[500] = b"y" * 40_000  # > 16 KiB: P pieces
+    stream = b"\n".join(lines) + b"\n"
+    chunks = []
+    pos = 0
+    while pos < len(stream):
+        size = rng.randint(1 << 18, 1 << 20)
+        chunks.append((rng.choice(["stdout", "stderr"]), stream[pos : pos + size], 1000))
+        pos += size
+    for fmt in ("cri", "json-file"):
+        policy = LogPolicy(format=fmt, max_size_bytes=100 << 10, max_files=0)  # type: ignore[arg-type]
+        results = []
+        for name, cls in (("old", PerEventWriter), ("new", RotatingWriter)):
+            d = tmp_path / f"{fmt}-{name}"
+            d.mkdir()
+            results.append(run_writer(cls, d / "app.log", policy, chunks, 16 << 10))
+        assert results[0][0] == results[1][0]
+        assert results[0][2] == results[1][2] > 10
+
+
+@given(data=st.lists(st.sampled_from(_PIECES), max_size=80).map(b"".join))
+@settings(max_examples=300, deadline=None)
+def test_encoder_matches_line_encoders(data: bytes) -> None:
+    ts = timestamp_ns(T0) + 123_456_789
+    end = data.rfind(b"\n") + 1
+    lines = data[:end].split(b"\n")[:-1]
+    for fmt in ("cri", "json-file"):
+        head, body = ChunkEncoder(fmt).encode("stderr", ts, data)  # type: ignore[arg-type]
+        got = head + body[: body.rfind(b"\n") + 1] if lines else b""
+        if fmt == "cri":
+            want = b"".join(encode_cri_line("stderr", ts, m) for m in lines)
+        else:
+            want = b"".join(encode_json_entry("stderr", ts, m + b"\n") for m in lines)
+        assert got == want
+
+
+@given(
+    lengths=st.lists(st.integers(0, 70), min_size=1, max_size=40),
+    max_line=st.integers(1, 40),
+)
+def test_long_lines_finds_exactly_the_lines_over_the_limit(
+    lengths: list[int], max_line: int
+) -> None:
+    data = b"".join(b"x" * n + b"\n" for n in lengths)
+    want = []
+    pos = 0
+    for n in lengths:
+        if n > max_line:
+            want.append((pos, pos + n + 1))
+        pos += n + 1
+    assert long_lines(data, 0, len(data), max_line) == want
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 700), min_size=1, max_size=30),
+    max_size=st.sampled_from([0, 97, 400, 2000]),
+    max_event=st.sampled_from([16, 300, 1 << 20]),
+    delimiter=st.sampled_from([b"\n", b"\n\n"]),
+    seed=st.integers(0, 1000),
+)
+def test_raw_from_a_reused_buffer_equals_bytes_chunks(
+    sizes: list[int], max_size: int, max_event: int, delimiter: bytes, seed: int
+) -> None:
+    """The pump reads raw chunks into one bytearray and writes `write(stream, buf, n)`:
+    the files (and every cut) are those of writing the same bytes as separate objects,
+    and each segment but the active one ends with the delimiter unless an event was cut."""
+    import random
+    import tempfile
+
+    rng = random.Random(seed)
+    stream = bytes(rng.choice(b"ab \n") for _ in range(sum(sizes)))
+    results = []
+    for mode in ("bytes", "buffer"):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "app.log"
+            policy = LogPolicy(
+                max_size_bytes=max_size, max_files=0, max_event_size_bytes=max_event,
+                delimiter=delimiter,
+            )  # fmt: skip
+            w = RotatingWriter(str(path), policy, clock=FakeClock(), background=False)
+            buffer = bytearray(700)
+            pos = 0
+            for size in sizes:
+                chunk = stream[pos : pos + size]
+                pos += size
+                if mode == "bytes":
+                    w.write("stdout", chunk)
+                else:
+                    buffer[:size] = chunk
+                    buffer[size:] = b"\xff" * (700 - size)  # stale bytes past `stop`
+                    w.write("stdout", buffer, size)
+            w.close()
+            results.append((pieces(path), w.split_count, w.rotations))
+    assert results[0] == results[1]
+    parts, split_count, _ = results[1]
+    assert b"".join(parts) == stream
+    if split_count == 0:
+        assert all(part.endswith(delimiter) for part in parts[:-1])
