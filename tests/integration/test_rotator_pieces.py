@@ -16,7 +16,7 @@ import pytest
 from logvold.core.pieces import FREE_SPACE_RESERVE, MAX_PIECES_PER_STEP
 from logvold.errors import StreamError
 from logvold.fileio.rotator import StreamRotator
-from logvold.fileio.state import load_state
+from logvold.fileio.state import StreamState, load_state, save_state
 from logvold.metrics import Metrics
 from tests.integration.rotator_kit import leftovers, make_info, start_writer, whole_stream
 from tests.support.events import event_stream, split_raw, verify
@@ -236,3 +236,39 @@ def test_a_backlog_bigger_than_the_free_space_rotates_once_retention_frees_room(
     assert report.last_seq == 29_999 and report.first_seq is not None
     assert report.seen == 30_000 - report.first_seq
     assert leftovers(d) == []
+
+
+def test_a_crash_inside_a_batch_keeps_the_complete_prefix_and_forged_intents_touch_nothing(
+        tmp_path: Path) -> None:
+    """A batch intent whose second segment is missing: the first piece is committed, the
+    third (complete, but after the gap) removed; its bytes are still in the active file,
+    so every event is there once. A forged batch intent naming another file is dropped."""
+    data = _events(3000)
+    _append(tmp_path / "app.log", data)
+    info = make_info(tmp_path, max_size_bytes=64 * 1024, max_files=0, delimiter=DELIM)
+    rot = StreamRotator(info, None)
+    rot.recover()
+    ends = [data.rindex(DELIM, 0, k * 60_000) + 2 for k in (1, 2, 3)]
+    names = ["app.log.20261130-120000.0001", "app.log.20261130-120000.0002",
+             "app.log.20261130-120000.0003"]
+    (tmp_path / names[0]).write_bytes(data[:ends[0]])
+    (tmp_path / names[2]).write_bytes(data[ends[1]:ends[2]])
+    st = (tmp_path / "app.log").stat()
+    save_state(tmp_path, "app.log", StreamState(device=st.st_dev, inode=st.st_ino, intent={
+        "op": "pieces", "pieces": [[names[0], 0, ends[0]], [names[1], ends[0], ends[1]],
+                                   [names[2], ends[1], ends[2]]]}))
+    StreamRotator(info, None).recover()
+    state = load_state(tmp_path, "app.log")
+    assert state is not None and state.intent is None and state.committed_offset == ends[0]
+    assert [p.name for p in _segments(tmp_path)] == [names[0]]
+    report = verify(split_raw([whole_stream(tmp_path)], DELIM))
+    assert report.ok and report.seen == 3000, report.summary()
+
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.write_bytes(b"keep")
+    save_state(tmp_path, "app.log", state.with_(intent={
+        "op": "pieces", "pieces": [[f"../{outside.name}", ends[0], ends[0] + 4], ["x"]]}))
+    StreamRotator(info, None).recover()
+    state = load_state(tmp_path, "app.log")
+    assert state is not None and state.intent is None and state.committed_offset == ends[0]
+    assert outside.read_bytes() == b"keep"
