@@ -34,6 +34,12 @@ first, and `recover()` finishes or undoes it, idempotently:
   bytes are still in the active file because punching happens only after the
   commit is saved). After every recovery `[0, align(committed))` is punched
   again, which frees what a crash between commit and punch left allocated.
+- pieces (punch, a batch of up to BATCH_PIECES pieces): `{op, pieces: [[stem,
+  start, end], ...]}`. Each segment is written (tmp, fsync, rename), then one
+  directory fsync, one commit, one punch. Recovery commits the longest prefix
+  of pieces whose `<stem>` exists with exactly end-start bytes and starts at
+  the committed offset, and deletes the segments after it (their bytes were
+  not punched).
 - collapse: `{op, length, collapsed_before}`. Before the intent is saved,
   `[0, length)` is punched, so it is a hole. After a crash, SEEK_DATA(0) tells:
   if the collapse ran, physical 0 holds former byte `length`, which is data
