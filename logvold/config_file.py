@@ -25,6 +25,7 @@ from logvold.core.policy import (
     format_key,
 )
 from logvold.core.units import format_duration, format_size, parse_duration
+from logvold.core.values import needs_byte_escapes
 from logvold.errors import ConfigError, ConfigProblem
 from logvold.fileio.safedir import SafeDir, UnsafeFile
 
@@ -214,6 +215,9 @@ class _TreeBuilder:
         return None  # pragma: no cover
 
     def scalar(self, node: ScalarNode, path: KeyPath) -> object:
+        raw = _undecoded_delimiter(node, path)
+        if raw is not None:
+            return raw
         try:
             return self.loader.construct_object(node, deep=True)
         except yaml.YAMLError as exc:
@@ -298,6 +302,7 @@ def dump_config(config: Config) -> str:
         },
         "nodeMaxTotalSize": _size_value(config.node_max_total_size_bytes),
         "rescanInterval": _duration_value(config.rescan_interval_s),
+        "maxStreamsPerVolume": config.max_streams_per_volume,
         "logFormat": config.log_format,
         "logLevel": config.log_level,
     }
@@ -315,6 +320,20 @@ class _Dumper(yaml.SafeDumper):
     """
 
 
+def _undecoded_delimiter(node: ScalarNode, path: KeyPath) -> str | None:
+    """A double-quoted `delimiter` whose source has a `\\xHH` escape above 0x7f, as
+    written: YAML would decode `"\\xe9"` to the character U+00E9 (UTF-8 c3 a9), while
+    `logvold run` and the driver read it as the byte e9; core.values decodes it once, the
+    same way for every front end."""
+    mark, end = node.start_mark, node.end_mark
+    if not path or path[-1] != "delimiter" or node.style != '"' or mark.buffer is None:
+        return None
+    source = str(mark.buffer[mark.pointer + 1 : end.pointer - 1])
+    if "\n" in source or not needs_byte_escapes(source):
+        return None
+    return source
+
+
 def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
     style = '"' if any(c in data for c in "\x85\u2028\u2029") else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
@@ -330,6 +349,8 @@ def _volume_tree(volume: VolumeSpec, defaults: LogPolicy) -> dict[str, Any]:
     out["namespace"] = volume.namespace
     if volume.max_total_size_bytes:
         out["maxTotalSize"] = _size_value(volume.max_total_size_bytes)
+    if volume.max_streams:
+        out["maxStreams"] = volume.max_streams
     if volume.labels:
         out["labels"] = dict(volume.labels)
     if volume.containers:
@@ -404,7 +425,8 @@ def _duration_value(seconds: float) -> float | str:
 
 
 def _delimiter_value(delimiter: bytes) -> str:
-    """The delimiter spelled with backslash escapes (`\\n`, `\\x1e`), as the loader decodes."""
+    """The delimiter spelled with backslash escapes (`\\n`, `\\x1e`), as the loader decodes
+    (core.values.decode_delimiter: `\\xHH` a byte, `\\uHHHH` a character in UTF-8)."""
     text = delimiter.decode("utf-8", errors="backslashreplace")
     if "\\" in text and text != delimiter.decode("utf-8", errors="ignore"):
         return text  # undecodable bytes: already escaped, best effort
@@ -416,7 +438,7 @@ def _delimiter_value(delimiter: bytes) -> str:
             out.append(_NAMED_ESCAPES[char])
         elif char.isprintable():
             out.append(char)
-        elif ord(char) < 0x100:
+        elif ord(char) < 0x80:  # \xHH is a byte (core.values): only ASCII is the same char
             out.append(f"\\x{ord(char):02x}")
         else:
             out.append(f"\\u{ord(char):04x}" if ord(char) < 0x10000 else f"\\U{ord(char):08x}")

@@ -73,7 +73,11 @@ def _default_rotator_factory() -> RotatorFactory:
 
     def make(info: StreamInfo, metrics: Metrics | None,
              clock: Callable[[], datetime]) -> Any:
-        return StreamRotator(info, metrics, clock)
+        from logvold.runner.reopen import run_reopen_action
+
+        rotator = StreamRotator(info, metrics, clock)
+        rotator.reopener = run_reopen_action  # signals and commands stay out of fileio
+        return rotator
 
     return make
 
@@ -353,6 +357,7 @@ class Daemon:
         self._rescan_volumes.clear()
         self._full_rescan = False
         await asyncio.to_thread(self.source.scan, volumes)
+        self.workers.set_crowded(self.source.crowded_directories())
         if full:
             self._expire_terminated()
             self._relock_streams()
@@ -441,6 +446,7 @@ class Daemon:
                 return
             self._path_index[str(info.active_path)] = info.key
             self.metrics.add_stream(info.key.namespace, info.key.pod, info.key.container)
+            self.workers.set_crowded(self.source.crowded_directories())  # before its 1st step
             self.workers.put(info, self._volume_root(info))
             if info.source != "static" and old is None:
                 self._rescan.set()  # watch its directory soon, not at the next full pass
@@ -613,6 +619,10 @@ class Daemon:
             self._wake.set()
         directory = hint.path.rpartition("/")[0]
         volumes = self._dir_volumes.get(directory)
+        if volumes and (over := self.source.over_cap()):
+            # A volume over its stream cap gains no stream from a new name; a pod churning
+            # names there must not buy a rescan and survey per event (the full one sees it).
+            volumes = {v for v in volumes if v not in over}
         if volumes:
             self._rescan_volumes.update(volumes)
             self._rescan.set()
@@ -707,8 +717,9 @@ class Daemon:
                 self.discovery = None
             if new.kubernetes.enabled:
                 await self._start_discovery(new)
-        elif self.discovery is not None and new.defaults != old.defaults:
-            self.discovery.update_defaults(new.defaults)
+        elif self.discovery is not None and (new.defaults, new.max_streams_per_volume) != (
+                old.defaults, old.max_streams_per_volume):
+            self.discovery.update_defaults(new.defaults, new.max_streams_per_volume)
         if self.options.serve_http and (new.server != old.server
                                         or new.node_log_query != old.node_log_query):
             await self._restart_server(old, new)
@@ -735,7 +746,8 @@ class Daemon:
         """Pods of this node feed the same registry as the static volumes."""
         from logvold.discovery.kubernetes import PodDiscovery
 
-        discovery = PodDiscovery(config.kubernetes, self.registry, self.metrics, config.defaults)
+        discovery = PodDiscovery(config.kubernetes, self.registry, self.metrics, config.defaults,
+                                 max_streams_per_volume=config.max_streams_per_volume)
         await asyncio.to_thread(discovery.start)  # loads credentials: LogvoldError if none
         self.discovery = discovery
         if not await asyncio.to_thread(discovery.wait_synced, DISCOVERY_SYNC_TIMEOUT_S):

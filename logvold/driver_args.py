@@ -13,7 +13,10 @@ from dataclasses import dataclass
 
 from logvold.core.policy import LogPolicy
 from logvold.core.units import parse_size
-from logvold.runner.cli import _choice, _delimiter, _positive_size, _rotate
+from logvold.core.values import choice as _choice
+from logvold.core.values import decode_delimiter as _delimiter
+from logvold.core.values import parse_positive_size as _positive_size
+from logvold.core.values import parse_rotate as _rotate
 
 DEFAULT_ROOT = "/var/log/logvold"
 DEFAULT_PATH_TEMPLATE = "{root}/{namespace}/{id}/{id}.log"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 
 class LogvoldError(Exception):
@@ -58,3 +60,81 @@ class StateError(LogvoldError):
 
 class StreamError(LogvoldError):
     """A log stream that cannot be read, rotated or written."""
+
+
+RefusalKind = Literal["symlink", "not-regular", "not-directory", "hardlink", "outside",
+                      "too-big", "too-many"]
+
+
+class UnsafeFile(StreamError):
+    """A name inside a volume that logvold refuses to touch: a symlink, a FIFO or other
+    non-regular file, a hard-linked file, a path leaving the volume, an oversized file.
+
+    `kind` is the metric label (`logvold_unsafe_files_refused_total{kind}`).
+    """
+
+    def __init__(self, message: str, *, kind: RefusalKind, path: str | None = None,
+                 op: str | None = None) -> None:
+        super().__init__(message, path=path, op=op)
+        self.kind: RefusalKind = kind
+
+
+class CompressionInterrupted(StreamError):
+    """The daemon is stopping: the compression was abandoned, its temp file removed and
+    the plain segment kept (the next start compresses it)."""
+
+
+class DirectoryLocked(LogvoldError):
+    """Another process (another logvold) manages this directory."""
+
+
+class BadRequest(LogvoldError):
+    """A client request that cannot be served as asked; the message is the 4xx reason.
+
+    The HTTP middleware maps this family, and only it, to a 400: any other exception
+    escaping a handler (a ValueError included) is a bug, answered 500 and logged.
+    """
+
+
+class SelectorError(BadRequest):
+    """A label or field selector that does not parse; the message is the 400 reason."""
+
+
+class NodeLogQueryError(BadRequest):
+    """A node log query the server refuses: `status` is 400 (unparsable) or 406 (invalid)."""
+
+    def __init__(self, status: int, problems: Sequence[str]) -> None:
+        self.status = status
+        self.problems = tuple(problems)
+        # The kubelet aggregates field errors as "[a, b]" and shows a single one bare.
+        joined = ", ".join(self.problems)
+        self.reason = self.problems[0] if len(self.problems) == 1 else f"[{joined}]"
+        super().__init__(self.reason, op="node log query")
+
+
+class FileQueryError(LogvoldError):
+    """A log file that cannot be served; `missing` tells "not there" from other refusals."""
+
+    def __init__(self, message: str, *, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+class DeadlineExceeded(LogvoldError):
+    """The query's deadline passed while reading a file."""
+
+    def __init__(self, message: str = "the node log query's deadline passed") -> None:
+        super().__init__(message)
+
+
+class ReviewUnavailable(LogvoldError):
+    """The API server could not be asked; the request gets a 503."""
+
+
+class ClientError(LogvoldError):
+    """A failure of `logvold logs` / `logvold query` to report on one line (exit 1)."""
+
+
+class ReopenFailed(StreamError):
+    """The writer of a renamed file could not be asked to reopen it (pid file, signal or
+    command); it keeps writing the renamed segment until it reopens by itself."""

@@ -133,6 +133,13 @@ class Metrics:
             registry=r,
         )
         self.streams = Gauge("logvold_streams", "Streams currently managed.", registry=r)
+        self.streams_over_cap = Gauge(
+            "logvold_streams_over_cap",
+            "*.log files (or containers of a pod volume) not managed because the volume "
+            "holds more than its maxStreams; 0 while under the cap.",
+            ("volume",),
+            registry=r,
+        )
         self.compressions = Counter(
             "logvold_compressions_total", "Segments compressed.", ("algorithm",), registry=r
         )

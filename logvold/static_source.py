@@ -10,17 +10,21 @@ and skipped: one bad file never stops the others.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import stat
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from logvold.core.layout import parse_segment_name
+from logvold.core.policy import stream_cap
+from logvold.core.stream_caps import SmallestNames, choose_streams
 from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
-from logvold.fileio.safedir import SafeDir, UnsafeFile
+from logvold.fileio.safedir import MAX_NAMES, SafeDir, UnsafeFile
 
 if TYPE_CHECKING:
     from logvold.core.policy import Config, LogPolicy, VolumeSpec
@@ -30,6 +34,10 @@ log = logging.getLogger(__name__)
 
 SOURCE = "static"
 _SEGMENT_BASE_RE = re.compile(r"^(.+\.log)\.\d{8}-\d{6}")
+MAX_NAME_PROBLEMS = 16
+"""Bad names reported one by one per volume and scan; the rest are counted in one line."""
+OVER_CAP_RESCAN_S = 5.0
+"""File events list a volume over its cap at most this often (see `_listed_recently`)."""
 
 
 @dataclass
@@ -42,6 +50,64 @@ class ScanReport:
     problems: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
     """Problems that are refused files (problem -> UnsafeFile kind), for the metric."""
+    over_cap: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    """List-less volume -> (`*.log` files refused by its cap, the cap, `*.log` files seen)."""
+    crowded: dict[str, Path | None] = field(default_factory=dict)
+    """List-less volume -> its directory when that holds more than MAX_NAMES entries, else
+    None (every scanned list-less volume has an entry)."""
+
+
+@dataclass
+class _Candidates:
+    """What one bounded pass over a list-less volume's directory found."""
+
+    existing: set[str]
+    """Managed streams' base names seen again."""
+    new: list[str]
+    """The smallest other candidate base names, sorted (at most 2 * cap + 8)."""
+    active_count: int = 0
+    """`*.log` names in the listing (a lower bound when `truncated`)."""
+    truncated: bool = False
+    """The directory holds more than MAX_NAMES entries: the pass stopped there."""
+
+
+def _list_candidates(sd: SafeDir, existing: set[str], cap: int, volume: str,
+                     report: ScanReport) -> _Candidates:
+    """One pass over at most MAX_NAMES entries, keeping O(cap) names: the `*.log` names and
+    segment bases, split into those already managed and the smallest new ones. No stat:
+    100,000 planted files cost one readdir pass, not 100,000 lstats."""
+    new = SmallestNames(2 * cap + 8)  # spare room for refused (symlinked) names
+    found = _Candidates(existing=set(), new=[])
+    non_utf8 = 0
+    for listed, name in enumerate(sd.iter_names()):
+        if listed >= MAX_NAMES:
+            found.truncated = True
+            break
+        if name.endswith(".log") and len(name) > 4:
+            base = name
+        elif ".log." in name and (m := _SEGMENT_BASE_RE.match(name)) and parse_segment_name(
+                m.group(1), name) is not None:
+            base = m.group(1)  # segments outlive their active file: still a stream
+        else:
+            continue
+        if not _is_utf8(name):
+            non_utf8 += 1
+            if non_utf8 <= MAX_NAME_PROBLEMS:
+                shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+                report.problems.append(f"volume {volume}: skipping non-UTF-8 file name "
+                                       f"'{shown}' in {sd.path}")
+            continue
+        if base == name:
+            found.active_count += 1
+        if base in existing:
+            found.existing.add(base)
+        else:
+            new.add(base)
+    if non_utf8 > MAX_NAME_PROBLEMS:
+        report.problems.append(f"volume {volume}: {non_utf8 - MAX_NAME_PROBLEMS} more non-UTF-8 "
+                               f"file names in {sd.path} skipped")
+    found.new = new.result()
+    return found
 
 
 def _is_utf8(name: str) -> bool:
@@ -73,6 +139,16 @@ class StaticSource:
         self._owned: dict[StreamKey, StreamInfo] = {}
         self._volume_of: dict[StreamKey, str] = {}
         self._known_problems: set[str] = set()
+        self._over_cap: dict[str, int] = {}
+        """List-less volumes over their stream cap -> `*.log` files refused (one episode)."""
+        self._listed_at: dict[str, float] = {}
+        """Monotonic time of each volume's last listing (rate limit of hint rescans)."""
+        self._capped_volumes: set[str] = set()
+        """Volumes with a `logvold_streams_over_cap` series."""
+        self._crowded: dict[str, Path] = {}
+        """List-less volumes whose directory holds more entries than a listing takes."""
+        self._crowded_dirs: frozenset[Path] = frozenset()
+        """Their directories, replaced whole (read from the loop thread during a scan)."""
 
     @property
     def config(self) -> Config | None:
@@ -80,6 +156,28 @@ class StaticSource:
 
     def set_config(self, config: Config) -> None:
         self._config = config
+        capped = {v.name for v in config.volumes if not v.containers}
+        if self._metrics is not None:
+            for name in sorted(capped - self._capped_volumes):
+                self._metrics.streams_over_cap.labels(name).set(0)  # exists before an episode
+            for name in sorted(self._capped_volumes - capped):
+                self._metrics.streams_over_cap.remove(name)
+        self._capped_volumes = capped
+        for name in set(self._over_cap) - capped:
+            del self._over_cap[name]
+        for name in set(self._crowded) - capped:
+            del self._crowded[name]
+        self._crowded_dirs = frozenset(self._crowded.values())
+
+    def crowded_directories(self) -> set[Path]:
+        """Directories holding more entries than one listing takes (MAX_NAMES): every step
+        of their streams would be refused at its listing, so none is started (the daemon
+        tells the workers) and one line per episode says why, not one per stream."""
+        return set(self._crowded_dirs)
+
+    def over_cap(self) -> dict[str, int]:
+        """List-less volumes now over their stream cap -> `*.log` files refused."""
+        return dict(self._over_cap)
 
     def directories(self) -> list[Path]:
         """Every directory that holds active files of a configured volume (to watch)."""
@@ -106,14 +204,16 @@ class StaticSource:
         keep_as_is: set[StreamKey] = set()
         scanned: set[str] = set()
         for volume in config.volumes:
-            if only is not None and volume.name not in only:
+            if only is not None and (volume.name not in only or self._listed_recently(volume)):
                 keep_as_is.update(k for k, v in self._volume_of.items() if v == volume.name)
                 continue
             scanned.add(volume.name)
+            self._listed_at[volume.name] = time.monotonic()
             ok = self._scan_volume(config, volume, found, report)
             if not ok:  # unreadable now: keep what we had rather than flap
                 keep_as_is.update(k for k, v in self._volume_of.items() if v == volume.name)
         configured = {v.name for v in config.volumes}
+        self._report_crowded(report)
         for key, info in sorted(found.items()):
             old = self._owned.get(key)
             self._owned[key] = info
@@ -131,7 +231,53 @@ class StaticSource:
             self._registry.remove(key)
             report.removed += 1
         self._report_problems(report, scanned)
+        self._report_caps(report)
         return report
+
+    def _report_crowded(self, report: ScanReport) -> None:
+        """Before the registry hears of the scan's streams, so no step starts in a crowded
+        directory; one log line per episode and volume."""
+        for name, directory in sorted(report.crowded.items()):
+            if directory is not None and name not in self._crowded:
+                log.warning("volume directory holds more than %d entries: its streams are not "
+                            "rotated (each listing would be refused) until it holds fewer",
+                            MAX_NAMES, extra={"volume": name, "path": str(directory),
+                                              "source": SOURCE})
+                if self._metrics is not None:
+                    self._metrics.unsafe_refused.labels("too-many").inc()
+                self._crowded[name] = directory
+            elif directory is None and name in self._crowded:
+                log.info("volume directory listable again; its streams are rotated",
+                         extra={"volume": name, "source": SOURCE})
+                del self._crowded[name]
+        self._crowded_dirs = frozenset(self._crowded.values())
+
+    def _listed_recently(self, volume: VolumeSpec) -> bool:
+        """A volume over its cap is listed again for file events at most every
+        OVER_CAP_RESCAN_S: a pod churning 100,000 names must not buy a listing per event
+        (the periodic full scan still lists it)."""
+        return volume.name in self._over_cap and (
+            time.monotonic() - self._listed_at.get(volume.name, -math.inf) < OVER_CAP_RESCAN_S)
+
+    def _report_caps(self, report: ScanReport) -> None:
+        """One log line when a volume goes over its cap and one when it is back under
+        (not one per file or per scan); the gauge follows every scan."""
+        for name, (over, cap, seen) in sorted(report.over_cap.items()):
+            if self._metrics is not None:
+                self._metrics.streams_over_cap.labels(name).set(over)
+            if over > 0 and name not in self._over_cap:
+                log.warning("volume holds more *.log files than its stream cap; managing the "
+                            "first %d (managed ones keep their place, new ones in name order), "
+                            "refusing %d until it is back under the cap (maxStreams)", cap, over,
+                            extra={"volume": name, "max_streams": cap, "log_files": seen,
+                                   "refused": over, "source": SOURCE})
+            elif over == 0 and name in self._over_cap:
+                log.info("volume back under its stream cap", extra={
+                    "volume": name, "max_streams": cap, "log_files": seen, "source": SOURCE})
+            if over > 0:
+                self._over_cap[name] = over
+            else:
+                self._over_cap.pop(name, None)
 
     def _policies(self, volume: VolumeSpec) -> list[LogPolicy]:
         assert self._config is not None
@@ -177,10 +323,40 @@ class StaticSource:
         directory = self._stream_dir(volume, root, policy, report)
         if directory is None:
             return True
+        cap = stream_cap(config, volume)
+        existing = {i.base for k, i in self._owned.items() if self._volume_of.get(k) == volume.name}
         try:
             with SafeDir.open_beneath(root, directory) as sd:
-                names = sd.names()
-                modes = {n: sd.lstat(n) for n in names if n.endswith(".log") and len(n) > 4}
+                listing = _list_candidates(sd, existing, cap, volume.name, report)
+                # Managed ones first, then new names in name order; refused ones leave
+                # their place to the next, so at most 3 * cap + 8 lstats per scan.
+                ordered = choose_streams(listing.existing, listing.new,
+                                         len(listing.existing) + len(listing.new))
+                accepted: list[str] = []
+                refused_unsafe = with_active = 0
+                for base in ordered:
+                    if len(accepted) >= cap:
+                        break
+                    st = sd.lstat(base)
+                    if st is not None and not stat.S_ISREG(st.st_mode):
+                        link = stat.S_ISLNK(st.st_mode)
+                        kind = "symlink" if link else "directory or special file"
+                        self._refused(report, f"volume {volume.name}: {directory / base} is a "
+                                      f"{kind}, not a regular file; not managed",
+                                      "symlink" if link else "not-regular")
+                        refused_unsafe += 1
+                        continue
+                    # None: only segments (or a file that just vanished: gone next scan).
+                    with_active += st is not None
+                    accepted.append(base)
+                if listing.truncated:  # not all was seen: managed ones still there stay
+                    for base in sorted(existing - set(accepted)):
+                        if len(accepted) >= cap:
+                            break
+                        st = sd.lstat(base)
+                        if st is not None and stat.S_ISREG(st.st_mode):
+                            accepted.append(base)
+                            with_active += 1
         except UnsafeFile as exc:
             self._refused(report, f"volume {volume.name}: {exc}; not managed", exc.kind)
             return True
@@ -188,31 +364,10 @@ class StaticSource:
             report.problems.append(f"volume {volume.name}: cannot read {directory}: "
                                    f"{exc.strerror or exc}")
             return False
-        bases: set[str] = set()
-        for name in names:
-            if not _is_utf8(name):
-                if name.endswith(".log") or ".log." in name:
-                    shown = os.fsencode(name).decode("utf-8", "backslashreplace")
-                    report.problems.append(f"volume {volume.name}: skipping non-UTF-8 file name "
-                                           f"'{shown}' in {directory}")
-                continue
-            if name.endswith(".log") and len(name) > 4:
-                st = modes.get(name)
-                if st is None:
-                    continue  # vanished: a race, not an error
-                if stat.S_ISREG(st.st_mode):
-                    bases.add(name)
-                else:
-                    link = stat.S_ISLNK(st.st_mode)
-                    kind = "symlink" if link else "directory or special file"
-                    self._refused(report, f"volume {volume.name}: {directory / name} is a "
-                                  f"{kind}, not a regular file; not managed",
-                                  "symlink" if link else "not-regular")
-                continue
-            m = _SEGMENT_BASE_RE.match(name)
-            if m and parse_segment_name(m.group(1), name) is not None:
-                bases.add(m.group(1))  # segments outlive their active file: still a stream
-        for base in sorted(bases):
+        over = max(0, listing.active_count - with_active - refused_unsafe)
+        report.over_cap[volume.name] = (over, cap, listing.active_count)
+        report.crowded[volume.name] = directory if listing.truncated else None
+        for base in sorted(accepted):
             add(self._info(volume, pod, base[:-4], directory, base, policy, root))
         return True
 

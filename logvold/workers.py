@@ -3,6 +3,9 @@
 One step in flight per stream (requests arriving meanwhile are merged and run
 next); rotation checks and retention run on the rotation pool, compression on
 its own pool so a long gzip never queues ahead of another stream's rotation.
+Steps wait for a free rotation thread in a round-robin queue across volumes
+(`core.fair_queue`), so a volume with thousands of streams due at once never
+delays another volume's rotation by more than one step per busy volume.
 Before every step the stream directory is walked from its safety root without
 following symlinks (`fileio.safedir`), so a symlinked subDir, active file or
 `.logvold` planted by the pod is refused, never followed. A stop finishes the steps
@@ -20,18 +23,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from logvold.core.fair_queue import RoundRobinQueue
 from logvold.core.layout import STATE_DIR_NAME
 from logvold.core.streams import StreamInfo, StreamKey
 from logvold.errors import StreamError
@@ -126,6 +131,8 @@ class _Slot:
     recovered: bool = False
     running: bool = False
     queued: StepRequest | None = None
+    waiting: StepRequest | None = None
+    """The request of a stream waiting for its turn in the fair queue (not yet running)."""
     compressing: bool = False
     compress_again: bool = False
     removed: bool = False
@@ -134,6 +141,8 @@ class _Slot:
     trigger: tuple[int, int, int] | None = None
     """(device, inode, size) of the active file at which a size check is worth a step;
     None: unknown (check on the next hint). Written by the step thread, read on the loop."""
+    seen_size: int = 0
+    """Apparent size at the last size check: a smaller one means the writer truncated."""
     recheck: bool = False
     """A write was hinted while a step ran: look at the trigger again when it ends."""
     retry_at: float = 0.0
@@ -143,6 +152,11 @@ class _Slot:
 
     def __post_init__(self) -> None:
         self.active = str(self.info.active_path)
+
+
+_ALLOC_SLACK_BYTES = 8192
+"""Blocks a punched file may keep besides its live part (the partial block before the
+committed offset, a block of preallocation)."""
 
 
 class StreamWorkers:
@@ -163,7 +177,13 @@ class StreamWorkers:
         self._on_rotated = on_rotated
         self._on_step = on_step
         self._on_outcome = on_outcome
+        self._rotation_workers = rotation_workers
         self._rotation_pool = ThreadPoolExecutor(rotation_workers, "logvold-rotate")
+        self._turns: RoundRobinQueue[tuple[str, str], StreamKey] = RoundRobinQueue()
+        """Streams with a step waiting for a rotation thread, grouped by volume."""
+        self._steps_running = 0
+        self._crowded: frozenset[Path] = frozenset()
+        """Directories too big to list (see `set_crowded`): no step starts there."""
         self._compression_pool = ThreadPoolExecutor(compression_workers, "logvold-compress")
         self._slots: dict[StreamKey, _Slot] = {}
         self._inflight: set[asyncio.Future[Any]] = set()
@@ -219,6 +239,12 @@ class StreamWorkers:
         slot = self._slots.pop(key, None)
         if slot is not None:
             slot.removed = True
+            self._turns.discard(key)
+
+    def set_crowded(self, directories: Iterable[Path]) -> None:
+        """Directories holding more entries than a listing takes: a step there would list
+        100,000 names only to be refused, so none is started until they shrink."""
+        self._crowded = frozenset(directories)
 
     # -- scheduling (loop thread) ------------------------------------------------------
 
@@ -239,21 +265,52 @@ class StreamWorkers:
             st = os.lstat(slot.active)
         except OSError:
             return True
-        return (st.st_dev, st.st_ino) != trigger[:2] or st.st_size >= trigger[2]
+        shrank, slot.seen_size = st.st_size < slot.seen_size, st.st_size
+        max_size = slot.info.policy.max_size_bytes
+        return ((st.st_dev, st.st_ino) != trigger[:2] or st.st_size >= trigger[2]
+                # The writer truncated its file (`> app.log`): the committed offset no
+                # longer holds. Seen by the size going down, or, when the truncation and
+                # the rewrite fell in one batch of hints, by more blocks allocated than a
+                # punched file's live part can hold (with room for preallocation).
+                or shrank or st.st_size < trigger[2] - max_size
+                or st.st_blocks * 512 >= 2 * max_size + _ALLOC_SLACK_BYTES)
 
     def submit(self, key: StreamKey, request: StepRequest) -> bool:
-        """Run `request` on the stream now, or right after its step in flight."""
+        """Run `request` on the stream at its volume's next turn, or right after its step
+        in flight."""
         slot = self._slots.get(key)
-        if slot is None or self._closing:
+        if slot is None or self._closing or slot.info.directory in self._crowded:
             return False
         if slot.running:
             slot.queued = request if slot.queued is None else slot.queued.merge(request)
             return True
-        slot.running = True
-        fut = self._loop.run_in_executor(self._rotation_pool, self._step, slot, request)
-        self._track(fut)
-        fut.add_done_callback(lambda f: self._step_done(slot, f))
+        if slot.waiting is not None:
+            slot.waiting = slot.waiting.merge(request)
+            return True
+        slot.waiting = request
+        self._turns.push(_volume_group(slot.info), key)
+        self._start_turns()
         return True
+
+    def _start_turns(self) -> None:
+        """Start waiting steps, volumes in turn, while a rotation thread is free (the pool
+        never holds a backlog of its own, so its FIFO cannot undo the fairness)."""
+        while self._steps_running < self._rotation_workers and not self._closing:
+            key = self._turns.pop()
+            if key is None:
+                return
+            slot = self._slots.get(key)
+            if slot is None or slot.waiting is None or slot.running:
+                continue
+            if slot.info.directory in self._crowded:
+                slot.waiting = None  # queued before the scan found it crowded
+                continue
+            request, slot.waiting = slot.waiting, None
+            slot.running = True
+            self._steps_running += 1
+            fut = self._loop.run_in_executor(self._rotation_pool, self._step, slot, request)
+            self._track(fut)
+            fut.add_done_callback(functools.partial(self._step_done, slot))
 
     def _submit_compress(self, slot: _Slot) -> None:
         if slot.compressing:
@@ -270,6 +327,13 @@ class StreamWorkers:
 
     def _step_done(self, slot: _Slot, fut: asyncio.Future[StepOutcome]) -> None:
         slot.running = False
+        self._steps_running -= 1
+        try:
+            self._step_finished(slot, fut)
+        finally:
+            self._start_turns()
+
+    def _step_finished(self, slot: _Slot, fut: asyncio.Future[StepOutcome]) -> None:
         if self._on_step is not None and not slot.removed:
             self._on_step(slot.info.key)
         if fut.cancelled():
@@ -406,7 +470,11 @@ class StreamWorkers:
 
     async def drain(self) -> None:
         """Wait until no step is running or queued (used by `--once` and tests)."""
-        while self._inflight:
+        while self._inflight or (self._turns and not self._closing):
+            if not self._inflight:
+                self._start_turns()
+                if not self._inflight:
+                    return  # only removed streams were waiting
             await asyncio.gather(*list(self._inflight), return_exceptions=True)
 
     async def close(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
@@ -437,6 +505,12 @@ class StreamWorkers:
                 except (OSError, StreamError) as exc:
                     log.warning("cannot settle the stream at stop: %s", exc,
                                 extra={"stream": str(slot.info.key)})
+
+
+def _volume_group(info: StreamInfo) -> tuple[str, str]:
+    """The fairness group of a stream: its volume (a pod's volume names repeat across
+    pods, so the pod's uid is part of it)."""
+    return info.pod_uid or "", info.volume
 
 
 def size_trigger(info: StreamInfo) -> tuple[int, int, int] | None:

@@ -26,6 +26,7 @@ from http.client import HTTPException, HTTPResponse
 from typing import IO, NoReturn
 
 from logvold.core.units import parse_duration
+from logvold.errors import ClientError as ClientError
 from logvold.errors import UsageError
 
 DEFAULT_URL = "http://127.0.0.1:8642"
@@ -261,10 +262,6 @@ def query_request(
         insecure=args.insecure,
         socket=args.socket,
     )
-
-
-class ClientError(Exception):
-    """A failure to report on one line (exit 1)."""
 
 
 def stream_response(request: Request, out: IO[bytes]) -> int:

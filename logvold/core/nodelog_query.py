@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
-from logvold.errors import LogvoldError
+from logvold.errors import NodeLogQueryError as NodeLogQueryError
 
 MAX_SERVICES = 4
 """Services one query may name, as in the kubelet."""
@@ -30,18 +30,6 @@ _RFC3339 = re.compile(
 )
 _GO_INT = re.compile(r"[+-]?[0-9]+")
 _INT64_MAX = 2**63 - 1
-
-
-class NodeLogQueryError(LogvoldError):
-    """A node log query the server refuses: `status` is 400 (unparsable) or 406 (invalid)."""
-
-    def __init__(self, status: int, problems: Sequence[str]) -> None:
-        self.status = status
-        self.problems = tuple(problems)
-        # The kubelet aggregates field errors as "[a, b]" and shows a single one bare.
-        joined = ", ".join(self.problems)
-        self.reason = self.problems[0] if len(self.problems) == 1 else f"[{joined}]"
-        super().__init__(self.reason, op="node log query")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,18 +18,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
 from logvold.core.units import parse_duration, parse_size
+from logvold.core.values import decode_delimiter
+from logvold.core.values import decode_escapes as decode_escapes
+from logvold.core.values import rotate_period as rotate_period
 from logvold.errors import ConfigError, ConfigProblem
 
 Rotate = str
 """`Hourly`, `Daily`, `Never`, or a fixed period as whole seconds (`"600s"`)."""
 ROTATE_NAMES: Final = ("Hourly", "Daily", "Never")
-
-
-def rotate_period(seconds: float) -> Rotate:
-    """The Rotate value of a fixed period; ValueError unless it is whole seconds >= 1."""
-    if seconds < 1 or not float(seconds).is_integer():
-        raise ValueError("a rotation period must be whole seconds, at least 1s")
-    return f"{int(seconds)}s"
 
 
 def period_seconds(rotate: Rotate) -> int | None:
@@ -138,6 +134,10 @@ class VolumeSpec:
     """Streams of the volume; () = every *.log in path/<defaults.subDir>, defaults policy."""
     max_total_size_bytes: int = 0
     """Budget in bytes over all streams of the volume; 0 = unlimited."""
+    max_streams: int = 0
+    """Streams a volume without `containers` may hold (every `*.log` is one); 0 = the
+    node's `maxStreamsPerVolume`. The pod controls how many files it creates: the rest
+    are refused (logged, `logvold_streams_over_cap`), so memory and work stay bounded."""
     labels: Mapping[str, str] = field(default_factory=dict)
     """Labels of the pod the streams are served as (`kubectl get pods -l`, `logs -l`)."""
 
@@ -241,12 +241,21 @@ class Config:
     """Budget in bytes over every stream on the node; 0 = unlimited."""
     rescan_interval_s: float = 30.0
     """Seconds between full reconciles; file events are only hints, this is the truth."""
+    max_streams_per_volume: int = 256
+    """Streams one list-less static volume (unless it sets `maxStreams`) or one pod volume
+    declared in an annotation may hold. A few hundred: far above what a pod writes, far
+    below what 100,000 planted `*.log` files would cost (memory, steps, listings)."""
     log_format: LogFormat = "logfmt"
     """Format of logvold's own log lines."""
     log_level: str = "info"
     """debug, info, warning or error."""
     source: str = "<built-in defaults>"
     """Where this config came from (file path), for messages and /logs/ metadata."""
+
+
+def stream_cap(config: Config, volume: VolumeSpec) -> int:
+    """Streams the list-less static `volume` may hold under `config`."""
+    return volume.max_streams or config.max_streams_per_volume
 
 
 def default_config(logs_dir: str = "./logs") -> Config:
@@ -266,24 +275,9 @@ _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9_])?")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
 _ANNOTATION_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?")
-_ESCAPES = {
-    "n": "\n",
-    "r": "\r",
-    "t": "\t",
-    "0": "\0",
-    "a": "\a",
-    "b": "\b",
-    "f": "\f",
-    "v": "\v",
-    "e": "\x1b",
-    "\\": "\\",
-    '"': '"',
-    "'": "'",
-    " ": " ",
-    "/": "/",
-}
-_HEX_ESCAPE_LEN = {"x": 2, "u": 4, "U": 8}
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_STREAM_CAP = 100_000
+"""Highest `maxStreams` / `maxStreamsPerVolume` accepted: one bounded listing's worth."""
 
 
 def format_key(path: KeyPath) -> str:
@@ -314,44 +308,6 @@ def describe_value(value: object) -> str:
     if isinstance(value, list | tuple):
         return "a list"
     return f"a {type(value).__name__}"
-
-
-def decode_escapes(text: str) -> str:
-    """Resolve backslash escapes (`\\n`, `\\t`, `\\x1e`, `\\u2028`, `\\\\`) as YAML does.
-
-    YAML decodes them only in double quotes; applying this to every delimiter
-    makes single-quoted and plain `'\\x1e'` mean the same as `"\\x1e"`.
-    """
-    out: list[str] = []
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch != "\\":
-            out.append(ch)
-            i += 1
-            continue
-        if i + 1 >= len(text):
-            raise ValueError("a lone backslash ends the string; write \\\\ for a backslash")
-        code = text[i + 1]
-        if code in _ESCAPES:
-            out.append(_ESCAPES[code])
-            i += 2
-        elif code in _HEX_ESCAPE_LEN:
-            digits = text[i + 2 : i + 2 + _HEX_ESCAPE_LEN[code]]
-            if len(digits) != _HEX_ESCAPE_LEN[code] or not all(
-                c in "0123456789abcdefABCDEF" for c in digits
-            ):
-                raise ValueError(
-                    f"\\{code} needs {_HEX_ESCAPE_LEN[code]} hex digits, got {digits!r}"
-                )
-            point = int(digits, 16)
-            if point > 0x10FFFF or 0xD800 <= point <= 0xDFFF:  # beyond Unicode, or a surrogate
-                raise ValueError(f"\\{code}{digits} is not a valid character")
-            out.append(chr(point))
-            i += 2 + len(digits)
-        else:
-            raise ValueError(f"unknown escape \\{code}; use \\n, \\r, \\t, \\0, \\\\ or \\xHH")
-    return "".join(out)
 
 
 @functools.cache
@@ -507,6 +463,13 @@ class _Reader:
             return _INVALID
         return value
 
+    def stream_cap(self, value: object, path: KeyPath, *, lowest: int = 1) -> object:
+        count = self.count(value, path)
+        if isinstance(count, int) and not lowest <= count <= MAX_STREAM_CAP:
+            self.problem(path, f"expected {lowest} to {MAX_STREAM_CAP} streams, got {count}")
+            return _INVALID
+        return count
+
     def size(self, value: object, path: KeyPath, *, positive: bool = False) -> object:
         if isinstance(value, float) and value.is_integer() and value >= 0:
             value = int(value)
@@ -558,17 +521,9 @@ class _Reader:
         if not isinstance(text, str):
             return _INVALID
         try:
-            decoded = decode_escapes(text)
+            return decode_delimiter(text)  # the same bytes as from `logvold run` and the driver
         except ValueError as exc:
             self.problem(path, str(exc))
-            return _INVALID
-        if not decoded:
-            self.problem(path, 'must not be empty; the default is "\\n"')
-            return _INVALID
-        try:
-            return decoded.encode("utf-8")
-        except UnicodeEncodeError:
-            self.problem(path, "contains a lone surrogate, which has no UTF-8 encoding")
             return _INVALID
 
     def timezone(self, value: object, path: KeyPath) -> object:
@@ -862,7 +817,8 @@ class _Reader:
     def volume(self, value: object, path: KeyPath, defaults: LogPolicy) -> VolumeSpec | None:
         entries = self.mapping(
             value, path,
-            ("name", "path", "pod", "namespace", "maxTotalSize", "containers", "labels")
+            ("name", "path", "pod", "namespace", "maxTotalSize", "maxStreams", "containers",
+             "labels")
         )
         if entries is None:
             return None
@@ -886,6 +842,9 @@ class _Reader:
             fields["max_total_size_bytes"] = self.size(
                 entries["maxTotalSize"], (*path, "maxTotalSize")
             )
+        if "maxStreams" in entries:
+            fields["max_streams"] = self.stream_cap(entries["maxStreams"], (*path, "maxStreams"),
+                                                   lowest=0)
         if "containers" in entries:
             fields["containers"] = self.containers(
                 entries["containers"], (*path, "containers"), defaults
@@ -1054,6 +1013,10 @@ class _Reader:
             fields["rescan_interval_s"] = self.duration(
                 entries["rescanInterval"], ("rescanInterval",), positive=True
             )
+        if "maxStreamsPerVolume" in entries:
+            fields["max_streams_per_volume"] = self.stream_cap(
+                entries["maxStreamsPerVolume"], ("maxStreamsPerVolume",)
+            )
         if "logFormat" in entries:
             fields["log_format"] = self.choice(
                 entries["logFormat"], ("logFormat",), ("logfmt", "json")
@@ -1098,6 +1061,7 @@ _TOP_LEVEL_KEYS = (
     "nodeLogQuery",
     "nodeMaxTotalSize",
     "rescanInterval",
+    "maxStreamsPerVolume",
     "logFormat",
     "logLevel",
 )

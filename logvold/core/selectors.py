@@ -15,15 +15,13 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from logvold.errors import SelectorError as SelectorError
+
 MAX_SELECTOR_LENGTH = 4096
 MAX_REQUIREMENTS = 64
 _KEY_RE = re.compile(r"(?:[A-Za-z0-9][-A-Za-z0-9_.]{0,252}/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}"
                      r"[A-Za-z0-9])?")
 _VALUE_RE = re.compile(r"(?:[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
-
-
-class SelectorError(ValueError):
-    """A selector that does not parse; the message is the 400 reason."""
 
 
 @dataclass(frozen=True)

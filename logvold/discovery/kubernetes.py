@@ -13,12 +13,12 @@ import json
 import logging
 import random
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from logvold.core.pod_policy import PodRef, PodStreams
-from logvold.core.streams import StreamKey
+from logvold.core.streams import StreamInfo, StreamKey
 from logvold.discovery.annotation import pod_streams
 from logvold.discovery.apiclient import (
     ApiStatusError,
@@ -39,10 +39,14 @@ log = logging.getLogger(__name__)
 
 INVALID_POLICY_REASON = "InvalidLogPolicy"
 """Reason of the Warning Event posted on a pod whose annotation is rejected."""
+TOO_MANY_STREAMS_REASON = "TooManyLogStreams"
+"""Reason of the Warning Event posted on a pod whose annotation declares more streams in
+one volume than `maxStreamsPerVolume`."""
 _LIST_PAGE_SIZE = 500
 
 __all__ = [
     "INVALID_POLICY_REASON",
+    "TOO_MANY_STREAMS_REASON",
     "ApiStatusError",
     "Backoff",
     "EventRecorder",
@@ -66,6 +70,23 @@ class Backoff:
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
+def cap_pod_streams(streams: Sequence[StreamInfo], cap: int
+                    ) -> tuple[list[StreamInfo], dict[str, list[str]]]:
+    """The streams kept under `cap` per pod volume (first by container name, so the choice
+    is stable), and volume -> refused container names."""
+    kept: list[StreamInfo] = []
+    per_volume: dict[str, int] = {}
+    over: dict[str, list[str]] = {}
+    for info in sorted(streams, key=lambda i: i.key.container):
+        n = per_volume.get(info.volume, 0)
+        if n >= cap:
+            over.setdefault(info.volume, []).append(info.key.container)
+            continue
+        per_volume[info.volume] = n + 1
+        kept.append(info)
+    return kept, over
+
+
 class _Gone(Exception):
     """The resourceVersion we hold is too old (410): relist."""
 
@@ -76,6 +97,10 @@ class _PodRecord:
     keys: frozenset[StreamKey]
     rejected_annotation: str | None = None
     """The annotation text last reported as invalid (report each bad text once)."""
+    capped_annotation: str | None = None
+    """The annotation text last reported as over the stream cap (reported once)."""
+    capped_volumes: frozenset[str] = frozenset()
+    """`logvold_streams_over_cap` series of this pod (`<namespace>/<pod>/<volume>`)."""
 
 
 class PodDiscovery:
@@ -99,6 +124,7 @@ class PodDiscovery:
         api: KubernetesApi | None = None,
         backoff: Backoff | None = None,
         watch_timeout_s: int = 300,
+        max_streams_per_volume: int = 256,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -110,6 +136,8 @@ class PodDiscovery:
         self._event_recorder = event_recorder
         self._backoff = backoff or Backoff()
         self._watch_timeout_s = watch_timeout_s
+        self.max_streams_per_volume = max_streams_per_volume
+        """Streams one pod volume may declare; the rest are refused with an Event."""
         self._pods: dict[str, _PodRecord] = {}
         self._resource_version: str | None = None
         self._stopping = threading.Event()
@@ -159,10 +187,13 @@ class PodDiscovery:
     def wait_synced(self, timeout_s: float) -> bool:
         return self.synced.wait(timeout_s)
 
-    def update_defaults(self, defaults: LogPolicy) -> None:
-        """New node defaults (a config reload): every pod's policy is recomputed
-        from a fresh list; streams whose policy changes are "updated"."""
+    def update_defaults(self, defaults: LogPolicy, max_streams_per_volume: int | None = None
+                        ) -> None:
+        """New node defaults or stream cap (a config reload): every pod's policy is
+        recomputed from a fresh list; streams whose policy changes are "updated"."""
         self.defaults = defaults
+        if max_streams_per_volume is not None:
+            self.max_streams_per_volume = max_streams_per_volume
         self._relist_requested.set()
         self._abort_response()
 
@@ -310,8 +341,9 @@ class PodDiscovery:
         if result.problems:
             self._reject(result, record)
             return
+        streams, over = cap_pod_streams(result.streams, self.max_streams_per_volume)
         new_keys: set[StreamKey] = set()
-        for info in result.streams:
+        for info in streams:
             existing = self.registry.get(info.key)
             if existing is not None and existing.source != "kubernetes":
                 log.warning(
@@ -327,12 +359,44 @@ class PodDiscovery:
         old_keys = record.keys if record else frozenset()
         for key in old_keys - new_keys:
             self._remove_stream(key, uid)
-        if new_keys:
-            self._pods[uid] = _PodRecord(ref=result.pod, keys=frozenset(new_keys))
+        capped = self._report_cap(result, record, over)
+        if new_keys or capped[0] is not None:
+            self._pods[uid] = _PodRecord(ref=result.pod, keys=frozenset(new_keys),
+                                         capped_annotation=capped[0], capped_volumes=capped[1])
         else:
             self._pods.pop(uid, None)
         if record and record.rejected_annotation is not None:
             log.info("pod %s: annotation %s accepted again", result.pod, self.config.annotation_key)
+
+    def _report_cap(self, result: PodStreams, record: _PodRecord | None,
+                    over: Mapping[str, list[str]]) -> tuple[str | None, frozenset[str]]:
+        """Log, count and post a Warning Event once per annotation text that declares more
+        streams in a volume than the cap; (that text or None, the gauge series set)."""
+        pod = result.pod
+        series = frozenset(f"{pod.namespace}/{pod.name}/{v}" for v in over)
+        if self.metrics is not None:
+            for gone in (record.capped_volumes if record else frozenset()) - series:
+                self.metrics.streams_over_cap.remove(gone)
+            for volume, refused in over.items():
+                self.metrics.streams_over_cap.labels(
+                    f"{pod.namespace}/{pod.name}/{volume}").set(len(refused))
+        if not over:
+            return None, series
+        if record is not None and record.capped_annotation == result.annotation:
+            return result.annotation, series
+        cap = self.max_streams_per_volume
+        details = "; ".join(f"volume {v}: {len(r)} refused ({', '.join(r[:5])}"
+                            f"{', ...' if len(r) > 5 else ''})" for v, r in sorted(over.items()))
+        message = (f"{self.config.annotation_key} declares more than {cap} streams in a volume "
+                   f"(maxStreamsPerVolume); the first {cap} by container name are managed: "
+                   f"{details}")
+        log.warning("pod %s: %s", pod, message)
+        if self._event_recorder is not None:
+            try:
+                self._event_recorder.record(pod, reason=TOO_MANY_STREAMS_REASON, message=message)
+            except Exception as exc:  # an Event is best effort; the watch goes on
+                log.warning("cannot post an Event on pod %s: %s", pod, exc)
+        return result.annotation, series
 
     def _reject(self, result: PodStreams, record: _PodRecord | None) -> None:
         if record is not None and record.rejected_annotation == result.annotation:
@@ -363,6 +427,9 @@ class PodDiscovery:
         record = self._pods.pop(uid, None)
         if record is None:
             return
+        if self.metrics is not None:
+            for series in record.capped_volumes:
+                self.metrics.streams_over_cap.remove(series)
         for key in record.keys:
             self._remove_stream(key, uid)
 

@@ -23,17 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from logvold.errors import CompressionInterrupted as CompressionInterrupted
 from logvold.errors import StreamError
 from logvold.fileio.safedir import SafeDir, plain_name
 
 Algorithm = Literal["gzip", "zstd"]
 SUFFIXES: dict[str, str] = {"gzip": ".gz", "zstd": ".zst"}
 _BLOCK = 1 << 20
-
-
-class CompressionInterrupted(StreamError):
-    """The daemon is stopping: the compression was abandoned, its temp file removed and
-    the plain segment kept (the next start compresses it)."""
 
 
 def compress_segment(path: str, algorithm: Algorithm, *, level: int | None = None) -> str | None:

@@ -19,17 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from logvold.core.layout import STATE_DIR_NAME
-from logvold.errors import LogvoldError
+from logvold.errors import DirectoryLocked as DirectoryLocked
 from logvold.fileio.safedir import SafeDir, UnsafeFile
 
 LOCK_NAME = "lock"
 _ATTEMPTS = 5
 
 DirId = tuple[int, int]
-
-
-class DirectoryLocked(LogvoldError):
-    """Another process (another logvold) manages this directory."""
 
 
 @dataclass(frozen=True, slots=True)

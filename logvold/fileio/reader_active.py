@@ -7,10 +7,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Generator, Iterator
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 from logvold.core.layout import segments_of
+from logvold.fileio.reader_dir import StreamDir
 from logvold.fileio.reader_events import (
     READ_BYTES,
     Assembler,
@@ -22,17 +24,44 @@ from logvold.fileio.reader_events import (
 )
 from logvold.fileio.state import SegmentRecord, StreamState
 
-if TYPE_CHECKING:
-    from logvold.fileio.reader import StreamReader
-
 log = logging.getLogger(__name__)
+
+
+class StreamContext(Protocol):
+    """What the cursor needs of its stream reader (fileio.reader.StreamReader is one).
+
+    A protocol rather than an import of StreamReader, so that reader.py -> reader_active.py
+    is the only direction between the two modules (no import cycle, not even for types).
+    """
+
+    directory: Path
+    base: str
+    fmt: str
+    delimiter: bytes
+    max_record: int
+    files: StreamDir
+    busy_limit_s: float
+    gone_grace_s: float
+    more_ready: bool
+
+    @property
+    def clock(self) -> Callable[[], float]: ...
+
+    @property
+    def stop(self) -> Callable[[], bool]: ...
+
+    def current_state(self) -> StreamState | None: ...
+
+    def held_bytes(self, stem: str, fd: int | None) -> int | None: ...
+
+    def block_events(self, block: bytes, base: int, assembler: Assembler) -> Iterator[Event]: ...
 
 
 class ActiveCursor:
     """Reads the active file by LOGICAL offset, validated against the state file, and
     follows it through punch, collapse, rename, compression, truncation and removal."""
 
-    def __init__(self, reader: StreamReader, state: StreamState | None, fd: int | None) -> None:
+    def __init__(self, reader: StreamContext, state: StreamState | None, fd: int | None) -> None:
         self.r = reader
         self.path = reader.directory / reader.base
         self.fd: int | None = None

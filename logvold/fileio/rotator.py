@@ -74,9 +74,7 @@ import dataclasses
 import errno
 import logging
 import os
-import signal
 import stat
-import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -106,10 +104,11 @@ from logvold.core.pieces import (
     piece_cap,
 )
 from logvold.core.retention import RetentionPlan, SegmentFile, period_start, plan_retention
-from logvold.errors import StateError, StreamError
+from logvold.errors import ReopenFailed, StateError, StreamError
 from logvold.fileio import stream_files as sf
 from logvold.fileio.compress import CompressionInterrupted, compress_in
 from logvold.fileio.refusals import Refusals
+from logvold.fileio.reopen import Reopener
 from logvold.fileio.safedir import SafeDir, UnsafeFile, open_stream_dir, plain_name
 from logvold.fileio.state import SegmentRecord, StreamState, load_state_in, save_state_in
 from logvold.fileio.state_rebuild import rebuild_state
@@ -302,6 +301,8 @@ class StreamRotator:
         """Polled between copy chunks: True abandons the copy before its commit (clean
         rollback), so a stop past its deadline never waits for a huge backlog."""
         self.abandon_compress: Callable[[], bool] = _never
+        self.reopener: Reopener | None = None
+        """How to ask the writer to reopen after a rename (the daemon's runner.reopen)."""
         """Polled between compressed blocks: True abandons compression (kept plain)."""
         self.stop_pieces: Callable[[], bool] = _never
         """Polled between the pieces of a step: True ends the step after the piece cut
@@ -1106,19 +1107,10 @@ class StreamRotator:
                             "reopen by itself keeps writing the renamed segment", self.info.key)
             return
         try:
-            if action.signal and action.pid_file:
-                pid = int(Path(action.pid_file).read_text().split()[0])
-                name = action.signal.upper()
-                sig = signal.Signals[name if name.startswith("SIG") else "SIG" + name]
-                os.kill(pid, sig)
-            elif action.command:
-                done = subprocess.run(list(action.command), timeout=30, check=False,
-                                      stdin=subprocess.DEVNULL, capture_output=True)
-                if done.returncode:
-                    log.warning("stream %s: reopen command %s exited %d: %s", self.info.key,
-                                action.command[0], done.returncode,
-                                done.stderr[-500:].decode(errors="replace"))
-        except (OSError, ValueError, KeyError, IndexError, subprocess.SubprocessError) as e:
+            if self.reopener is None:
+                raise ReopenFailed("this rotator has no reopener", op="reopen")
+            self.reopener(action, str(self.info.key))
+        except (ReopenFailed, OSError) as e:
             log.warning("stream %s: reopen action failed: %s; the writer keeps writing the "
                         "renamed segment until it reopens", self.info.key, e)
             if self.metrics:

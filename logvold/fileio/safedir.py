@@ -19,15 +19,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from logvold.errors import StreamError
+from logvold.errors import RefusalKind as RefusalKind
+from logvold.errors import UnsafeFile as UnsafeFile
 
 if TYPE_CHECKING:
     from logvold.core.streams import StreamInfo
-
-RefusalKind = Literal["symlink", "not-regular", "not-directory", "hardlink", "outside",
-                      "too-big", "too-many"]
 
 #: Flags for every file open inside a volume: never follow a planted symlink, never
 #: block on a planted FIFO, never leak the fd into a child.
@@ -37,19 +35,6 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_DEPTH = 32
 #: Default cap on the names one listing returns (a pod can create millions).
 MAX_NAMES = 100_000
-
-
-class UnsafeFile(StreamError):
-    """A name inside a volume that logvold refuses to touch: a symlink, a FIFO or other
-    non-regular file, a hard-linked file, a path leaving the volume, an oversized file.
-
-    `kind` is the metric label (`logvold_unsafe_files_refused_total{kind}`).
-    """
-
-    def __init__(self, message: str, *, kind: RefusalKind, path: str | None = None,
-                 op: str | None = None) -> None:
-        super().__init__(message, path=path, op=op)
-        self.kind: RefusalKind = kind
 
 
 def plain_name(name: str) -> str:

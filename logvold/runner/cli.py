@@ -7,39 +7,22 @@ the child's own status (128+N when a signal N killed it).
 
 from __future__ import annotations
 
-import codecs
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from logvold.core.policy import LogPolicy, rotate_period
+from logvold.core.policy import LogPolicy
 from logvold.core.units import parse_go_duration, parse_size
+from logvold.core.values import choice as _choice
+from logvold.core.values import decode_delimiter as _delimiter
+from logvold.core.values import parse_go_bool
+from logvold.core.values import parse_positive_size as _positive_size
+from logvold.core.values import parse_rotate as _rotate
 from logvold.errors import LogvoldError
 from logvold.runner import goflags
 from logvold.runner.goflags import FlagSpec
 
-_ROTATE = {"hourly": "Hourly", "daily": "Daily", "never": "Never", "": "Never"}
 _COMPRESS = ("none", "gzip", "zstd")
 _FORMATS = ("raw", "cri", "json-file")
-
-
-def _choice(options: Sequence[str]) -> Callable[[str], object]:
-    def check(value: str) -> object:
-        if value not in options:
-            raise ValueError(f"use one of {', '.join(options)}")
-        return value
-
-    return check
-
-
-def _rotate(value: str) -> str:
-    """Hourly, Daily, Never (any case) or a fixed period as a Go duration (`15m`)."""
-    if value.lower() in _ROTATE:
-        return _ROTATE[value.lower()]
-    try:
-        seconds = parse_go_duration(value)
-    except ValueError:
-        raise ValueError("use Hourly, Daily, Never or a period such as 15m") from None
-    return rotate_period(seconds)
 
 
 def _duration(value: str) -> float:
@@ -57,23 +40,6 @@ def _count(value: str) -> int:
     if number < 0:
         raise ValueError("must not be negative")
     return number
-
-
-def _delimiter(value: str) -> bytes:
-    try:
-        raw = codecs.decode(value, "unicode_escape").encode("latin-1")
-    except (UnicodeDecodeError, UnicodeEncodeError) as exc:
-        raise ValueError(f"expected bytes with escapes such as \\n\\n or \\x1e: {exc}") from None
-    if not raw:
-        raise ValueError("the delimiter must not be empty")
-    return raw
-
-
-def _positive_size(value: str) -> int:
-    size = parse_size(value)
-    if size <= 0:
-        raise ValueError("must be more than 0 bytes")
-    return size
 
 
 FLAGS: tuple[FlagSpec, ...] = (
@@ -195,8 +161,8 @@ def main_run(argv: Sequence[str], prog: str) -> int:
         opts = process.RunOptions(
             argv=tuple(parsed.args),
             log_file=v["log-file"],
-            also_stdout=goflags.parse_bool(v["also-stdout"]),
-            redirect_stderr=goflags.parse_bool(v["redirect-stderr"]),
+            also_stdout=parse_go_bool(v["also-stdout"]),
+            redirect_stderr=parse_go_bool(v["redirect-stderr"]),
             flush_interval_s=_non_negative("flush-interval", _duration(v["flush-interval"])),
             policy=_policy(v),
         )

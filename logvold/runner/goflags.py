@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from logvold.core.values import parse_go_bool
+
 Kind = Literal["bool", "string", "duration", "int", "value"]
-_BOOL_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
-_BOOL_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 
 
 class FlagError(Exception):
@@ -52,13 +52,8 @@ class ParsedFlags:
     """Names given on the command line (Go's flag.Visit)."""
 
 
-def parse_bool(text: str) -> bool:
-    """Go's strconv.ParseBool."""
-    if text in _BOOL_TRUE:
-        return True
-    if text in _BOOL_FALSE:
-        return False
-    raise ValueError("parse error")
+parse_bool = parse_go_bool
+"""Go's strconv.ParseBool (core.values, shared with HTTP query parameters)."""
 
 
 def parse(specs: Sequence[FlagSpec], argv: Sequence[str]) -> ParsedFlags:

@@ -25,29 +25,27 @@ from aiohttp import web
 from logvold.changes import StreamChanges
 from logvold.core.policy import Config
 from logvold.core.streams import StreamRegistry
-from logvold.errors import LogvoldError, UsageError
+from logvold.errors import BadRequest, LogvoldError, UsageError
 from logvold.metrics import CLIENT_CLOSED_REQUEST, Metrics
+from logvold.server.keys import (
+    CHANGES_KEY,
+    CONFIG_KEY,
+    EXECUTOR_KEY,
+    HANDLER_KEY,
+    LIVE_KEY,
+    METRICS_KEY,
+    READY_KEY,
+    REGISTRY_KEY,
+    SHUTDOWN_KEY,
+    LiveCheck,
+)
+from logvold.server.keys import ReadyCheck as ReadyCheck
 
 log = logging.getLogger(__name__)
 
-CONFIG_KEY = web.AppKey("logvold.config", Config)
-REGISTRY_KEY = web.AppKey("logvold.registry", StreamRegistry)
-METRICS_KEY = web.AppKey("logvold.metrics", Metrics)
-ReadyCheck = Callable[[], bool]
-READY_KEY: web.AppKey[ReadyCheck] = web.AppKey("logvold.is_ready")
-LiveCheck = Callable[[], "str | None"]
-"""None while the daemon makes progress, else why not (served by /livez as a 503)."""
-LIVE_KEY: web.AppKey[LiveCheck] = web.AppKey("logvold.liveness")
-EXECUTOR_KEY = web.AppKey("logvold.executor", ThreadPoolExecutor)
-SHUTDOWN_KEY = web.AppKey("logvold.shutdown", threading.Event)
-CHANGES_KEY = web.AppKey("logvold.changes", StreamChanges)
-"""Set when the daemon feeds change notices (inotify + rotator commits): followers then
-sleep until their stream changes instead of polling it."""
 
 READER_THREADS = 32
 """Threads that run reader steps; a step is bounded (one chunk), so followers share them."""
-HANDLER_KEY = web.RequestKey("logvold.handler", str)
-"""Set by a handler that serves another job under a shared route (the node log query)."""
 _T0_KEY = web.RequestKey("logvold.t0", float)
 _SOCKETS_KEY: web.AppKey[list[tuple[str, int]]] = web.AppKey("logvold.sockets")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -79,7 +77,7 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
                 response.headers["Allow"] = e.headers["Allow"]
             return response
         raise
-    except (ValueError, UsageError) as e:
+    except BadRequest as e:
         code = 400
         if _wants_json(request):
             return _status_json(400, "Bad Request", str(e))
@@ -91,6 +89,9 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
         raise
     except LogvoldError as e:
         log.error("request %s %s failed: %s", request.method, request.path, e)
+        raise web.HTTPInternalServerError(text="internal error; see the logvold log\n") from e
+    except Exception as e:  # a bug (a stray ValueError too): 500, logged with its traceback
+        log.exception("request %s %s failed", request.method, request.path)
         raise web.HTTPInternalServerError(text="internal error; see the logvold log\n") from e
     finally:
         metrics.http_requests.labels(handler_name(request), str(code)).inc()

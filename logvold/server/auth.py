@@ -23,6 +23,7 @@ from aiohttp import web
 
 from logvold.core.policy import ServerConfig
 from logvold.errors import LogvoldError
+from logvold.errors import ReviewUnavailable as ReviewUnavailable
 from logvold.server.access import is_socket_peer
 
 log = logging.getLogger(__name__)
@@ -115,10 +116,6 @@ class UserInfo:
         return json.dumps(
             [self.username, self.uid, self.groups, sorted(self.extra.items())], sort_keys=True
         )
-
-
-class ReviewUnavailable(LogvoldError):
-    """The API server could not be asked; the request gets a 503."""
 
 
 class KubernetesAuthorizer:

@@ -33,7 +33,7 @@ from logvold.core.selectors import (
 )
 from logvold.core.streams import StreamInfo
 from logvold.fileio.reader import ReadOptions
-from logvold.server.app import CONFIG_KEY, REGISTRY_KEY
+from logvold.server.keys import CONFIG_KEY, REGISTRY_KEY
 from logvold.server.logs import (
     BadRequest,
     check_name,
@@ -195,7 +195,7 @@ async def _pods(request: web.Request) -> web.Response:
         if ns is not None:
             check_name("namespace", ns)
         labels, fields = _selectors(request, POD_FIELDS)
-    except ValueError as e:
+    except BadRequest as e:
         return status(400, "BadRequest", str(e))
     pods: dict[tuple[str, str], list[StreamInfo]] = {}
     for info in request.app[REGISTRY_KEY].snapshot():
@@ -223,7 +223,7 @@ async def _namespaces(request: web.Request) -> web.Response:
     """Namespaces that hold a registered stream (`kubectl get ns`)."""
     try:
         labels, fields = _selectors(request, NAMESPACE_FIELDS)
-    except ValueError as e:
+    except BadRequest as e:
         return status(400, "BadRequest", str(e))
     names = sorted({i.key.namespace for i in request.app[REGISTRY_KEY].snapshot()})
     items = []
@@ -265,7 +265,7 @@ async def _pod_log(request: web.Request) -> web.StreamResponse:
                               f"{pod}", name=pod)
             info = found[0]
         options = parse_read_options(query)
-    except ValueError as e:  # BadRequest and invalid patterns
+    except BadRequest as e:  # bad parameters, names and patterns
         return status(400, "BadRequest", str(e), name=pod)
     return await serve_kubelet_style(request, info, options, handler="pod_log")
 

@@ -21,7 +21,7 @@ import os
 
 from aiohttp import web
 
-from logvold.server.app import CONFIG_KEY, EXECUTOR_KEY, HANDLER_KEY
+from logvold.server.keys import CONFIG_KEY, EXECUTOR_KEY, HANDLER_KEY
 from logvold.server.kubeapi import serve_kubelet_style
 from logvold.server.logs import BadRequest, check_name, lookup, parse_read_options
 from logvold.server.nodelog_files import FileQueryError, listing_html, open_in_log_dir

@@ -8,7 +8,6 @@ import contextlib
 import logging
 import os
 import re
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +21,8 @@ from multidict import MultiMapping
 from logvold.changes import StreamChanges
 from logvold.core.layout import STATE_DIR_NAME, segments_of, state_file_name
 from logvold.core.streams import DEFAULT_NAMESPACE, StreamInfo, StreamKey
+from logvold.core.values import GO_FALSE, GO_TRUE
+from logvold.errors import BadRequest as BadRequest
 from logvold.fileio.reader import (
     MAX_PATTERN_LENGTH,
     FileRegion,
@@ -31,11 +32,11 @@ from logvold.fileio.reader import (
     compile_pattern,
     parse_rfc3339_ns,
 )
-from logvold.fileio.reader_dir import Refused, StreamDir, log_refusal
-from logvold.fileio.safedir import SafeDir, UnsafeFile, open_stream_dir
+from logvold.fileio.reader_dir import Refused, log_refusal
+from logvold.fileio.safedir import UnsafeFile, open_stream_dir
 from logvold.metrics import Metrics
 from logvold.server.access import Peer, forbid, may_read_files, peer_of
-from logvold.server.app import (
+from logvold.server.keys import (
     CHANGES_KEY,
     EXECUTOR_KEY,
     HANDLER_KEY,
@@ -44,6 +45,7 @@ from logvold.server.app import (
     SHUTDOWN_KEY,
 )
 from logvold.server.limits import request_limits
+from logvold.server.stream_list import BadListParam, page_of, parse_page
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +54,13 @@ NODE_LOG_QUERY_PARAMS = ("query", "pattern", "sinceTime", "untilTime", "tailLine
 MAX_TAIL_LINES = 10_000_000
 MAX_SECONDS = 100 * 365 * 86400
 _NAME_RE = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_.]{0,252}")
-_BOOL = {"1": True, "t": True, "T": True, "true": True, "TRUE": True, "True": True,
-         "0": False, "f": False, "F": False, "false": False, "FALSE": False, "False": False}
+_BOOL = {**dict.fromkeys(GO_TRUE, True), **dict.fromkeys(GO_FALSE, False)}  # Go's ParseBool
 POLL_INTERVAL_S = 0.05
 MAX_IDLE_S = 1.0
 FALLBACK_S = 2.0
 """With change notices: the longest a caught-up follower sleeps without one."""
 GONE_RECHECK_S = 0.25
 """... while its active file is missing (the reader decides after a grace time)."""
-
-
-class BadRequest(ValueError):
-    """A client parameter that cannot be used; the message is the 400 reason."""
 
 
 # ---- parameters ---------------------------------------------------------------------
@@ -131,7 +128,10 @@ def parse_read_options(query: MultiMapping[str], *, now_ns: int | None = None) -
     if pattern is not None:
         if len(pattern) > MAX_PATTERN_LENGTH:
             raise BadRequest(f"pattern longer than {MAX_PATTERN_LENGTH} characters")
-        compile_pattern(pattern)  # ValueError with the reason
+        try:
+            compile_pattern(pattern)
+        except ValueError as e:  # the RE2 engine's reason
+            raise BadRequest(f"invalid pattern: {e}") from e
         pattern = pattern or None
     return ReadOptions(
         tail_events=_int(query, "tailLines", 0, MAX_TAIL_LINES),
@@ -428,70 +428,22 @@ async def _logs_root(request: web.Request) -> web.StreamResponse:
         limits = request_limits(request.app)
         async with contextlib.nullcontext() if limits is None else limits.heavy_read():
             return await nodelog.handle_node_log_query(request)
+    try:
+        size, after = parse_page(_one(request.query, "limit"), _one(request.query, "continue"))
+    except (BadListParam, BadRequest) as exc:
+        raise web.HTTPBadRequest(text=f"{exc}\n") from None
     executor = request.app[EXECUTOR_KEY]
     streams = request.app[REGISTRY_KEY].snapshot()
     peer = peer_of(request)
     refused = refusal_counter(request.app[METRICS_KEY])
-    listing = await asyncio.get_running_loop().run_in_executor(
-        executor, lambda: [describe(i, refused) for i in streams
-                           if stream_access(peer, i) is None])
-    return web.json_response({"kind": "StreamList", "items": listing})
-
-
-MAX_LISTED_SEGMENT_FILES = 1000
-"""Segment paths listed per stream (the newest); counts and bytes still cover them all."""
-
-
-def describe(info: StreamInfo, refused: Refused = log_refusal) -> dict[str, Any]:
-    """One stream of the listing: names, policy summary, annotations, sizes, and where its
-    files are on disk (paths as logvold sees them: the host's, where volumes are mounted at
-    their host paths as in the DaemonSet and the systemd unit). Sizes come from lstat
-    through the pinned stream directory: only regular files count, and a directory reached
-    through a symlink lists nothing."""
-    p = info.policy
-    files = StreamDir(info, refused)
-    try:
-        segments = segments_of(info.base, sorted(files.names()))
-        sd = files.directory()
-        segment_bytes = active_size = active_alloc = 0
-        listed: list[dict[str, Any]] = []
-        for index, seg in enumerate(segments):
-            st = _regular(sd, seg.filename)
-            if st is None:
-                continue
-            segment_bytes += st.st_size
-            if index >= len(segments) - MAX_LISTED_SEGMENT_FILES:
-                listed.append({"path": str(Path(info.directory) / seg.filename),
-                               "bytes": st.st_size})
-        if (st := _regular(sd, info.base)) is not None:
-            active_size, active_alloc = st.st_size, st.st_blocks * 512
-    finally:
-        files.close()
-    return {
-        "namespace": info.key.namespace, "pod": info.key.pod, "container": info.key.container,
-        "volume": info.volume, "source": info.source, "podUID": info.pod_uid,
-        "file": info.base,
-        "policy": {"format": p.format, "rotate": p.rotate, "maxSize": p.max_size_bytes,
-                   "maxFiles": p.max_files, "maxAgeSeconds": p.max_age_s,
-                   "maxTotalSize": p.max_total_size_bytes, "compress": p.compress,
-                   "strategy": p.strategy},
-        "annotations": dict(info.annotations),
-        "activeFile": {"path": str(info.active_path), "apparentBytes": active_size,
-                       "allocatedBytes": active_alloc},
-        "segments": {"count": len(segments), "bytes": segment_bytes,
-                     "compressed": sum(1 for s in segments if s.compression),
-                     "newestClosed": segments[-1].stamp.isoformat() if segments else None,
-                     "files": listed},
-    }
-
-
-def _regular(sd: SafeDir | None, name: str) -> os.stat_result | None:
-    """lstat of a regular file `name` in `sd`; None for anything else or missing."""
-    try:
-        st = sd.lstat(name) if sd is not None else None
-    except OSError:
-        return None
-    return st if st is not None and stat.S_ISREG(st.st_mode) else None
+    page = await asyncio.get_running_loop().run_in_executor(
+        executor, lambda: page_of(streams, visible=lambda i: stream_access(peer, i) is None,
+                                  size=size, after=after, refused=refused))
+    metadata: dict[str, Any] = {"total": page.total, "truncated": page.next_after is not None}
+    if page.next_after is not None:
+        metadata["continue"] = str(page.next_after)
+    return web.json_response({"kind": "StreamList", "metadata": metadata,
+                              "items": page.items})
 
 
 def add_routes(app: web.Application) -> None:

@@ -17,6 +17,9 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from logvold.errors import DeadlineExceeded as DeadlineExceeded
+from logvold.errors import FileQueryError as FileQueryError
+
 BLOCK_BYTES = 64 * 2**10
 """Read size forwards and backwards."""
 MAX_LINE_BYTES = 2**20
@@ -97,18 +100,6 @@ class LineMatcher:
         buf = b"\n".join(lines) + b"\n"
         spans = list(self.spans(buf))
         return [buf[s:e] for s, e in spans], bool(spans) and spans[-1][1] == len(buf) - 1
-
-
-class FileQueryError(Exception):
-    """A log file that cannot be served; `missing` tells "not there" from other refusals."""
-
-    def __init__(self, message: str, *, missing: bool = False) -> None:
-        super().__init__(message)
-        self.missing = missing
-
-
-class DeadlineExceeded(Exception):
-    """The query's deadline passed while reading a file."""
 
 
 @dataclass(frozen=True)

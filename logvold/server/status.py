@@ -23,8 +23,8 @@ from aiohttp import web
 
 from logvold import __version__
 from logvold.core.streams import StreamInfo
-from logvold.server.app import CONFIG_KEY, EXECUTOR_KEY, METRICS_KEY, REGISTRY_KEY
-from logvold.server.logs import describe
+from logvold.server.keys import CONFIG_KEY, EXECUTOR_KEY, METRICS_KEY, REGISTRY_KEY
+from logvold.server.stream_list import describe_many
 
 _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
         "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
@@ -68,7 +68,7 @@ def _disk(path: Path) -> tuple[int, int] | None:
 def _gather(infos: list[StreamInfo], budgets: dict[str, int],
             paths: dict[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Rows of the stream and volume tables (a worker thread: it lists directories)."""
-    rows = [describe(i) for i in infos[:MAX_ROWS]]
+    rows = describe_many(infos[:MAX_ROWS])
     volumes: dict[str, dict[str, Any]] = {}
     for info, row in zip(infos, rows, strict=False):
         on_disk = row["segments"]["bytes"] + row["activeFile"]["allocatedBytes"]

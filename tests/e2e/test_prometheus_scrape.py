@@ -130,6 +130,8 @@ def test_prometheus_scrapes_alerts_and_every_panel_has_data(tmp_path: Path) -> N
     (volume / "old.log").write_bytes(b"x\n" * 10)
     (volume / ".logvold").mkdir()
     (volume / ".logvold" / "old.log.state.json").write_text("{not json")  # an I/O error
+    scratch = tmp_path / "scratch"  # a volume without containers: its stream-cap gauge
+    scratch.mkdir()
     kubelet = tmp_path / "kubelet"
     port = free_port()
     cfg = tmp_path / "cfg.yaml"
@@ -149,6 +151,8 @@ volumes:
       - name: old
       - name: reopen
         policy: {{logs: {{strategy: rename, reopen: {{signal: HUP, pidFile: /nonexistent/x.pid}}}}}}
+  - name: scratch
+    path: {json.dumps(str(scratch))}
 """
         cfg.write_text(good)
         with running(["--config", str(cfg)], tmp_path / "daemon.log") as daemon:

@@ -103,6 +103,36 @@ def test_listing(server: RunningServer) -> None:
     assert web["policy"]["format"] == "cri" and web["volume"] == "logs"
     assert web["segments"]["count"] == 3 and web["segments"]["compressed"] == 2
     assert web["activeFile"]["apparentBytes"] > web["activeFile"]["allocatedBytes"]  # punched
+    assert json.loads(body)["metadata"] == {"total": len(items), "truncated": False}
+
+
+def test_listing_pages_with_a_continue_token(server: RunningServer) -> None:
+    _, whole, _ = get(server.base + "/logs/")
+    every = [(i["namespace"], i["pod"], i["container"]) for i in json.loads(whole)["items"]]
+    assert every == sorted(every) and len(every) >= 3
+    seen: list[tuple[str, str, str]] = []
+    query = "limit=2"
+    for _ in range(len(every)):
+        status, body, _ = get(server.base + "/logs/?" + query)
+        assert status == 200
+        page = json.loads(body)
+        assert len(page["items"]) <= 2 and page["metadata"]["total"] == len(every)
+        seen += [(i["namespace"], i["pod"], i["container"]) for i in page["items"]]
+        if not page["metadata"]["truncated"]:
+            assert "continue" not in page["metadata"]
+            break
+        query = "limit=2&continue=" + page["metadata"]["continue"]
+    assert seen == every
+
+
+@pytest.mark.parametrize(("query", "reason"), [
+    ("limit=0", b"limit must be"), ("limit=5001", b"limit must be"), ("limit=x", b"limit"),
+    ("continue=a/b", b"continue must be"), ("limit=1&limit=2", b"more than once"),
+])
+def test_listing_bad_page_params_are_400(server: RunningServer, query: str,
+                                         reason: bytes) -> None:
+    status, body, _ = get(server.base + "/logs/?" + query)
+    assert status == 400 and reason in body, body
 
 
 @pytest.mark.parametrize(("path", "code", "reason"), [

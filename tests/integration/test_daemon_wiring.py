@@ -20,6 +20,7 @@ from logvold.core.streams import StreamInfo, StreamKey
 from logvold.daemon import Daemon, ServeOptions
 from logvold.errors import ConfigError, ConfigProblem
 from logvold.metrics import Metrics
+from logvold.workers import StepRequest
 
 
 @dataclass
@@ -239,9 +240,7 @@ async def _test_symlink_in_place_of_active_file_is_never_followed(
     key = StreamKey("default", "v", "a")
     assert running.daemon.workers is not None
     calls_before = len(running.fakes.calls("a"))
-    running.daemon.workers.submit(
-        key, __import__("logvold.workers").workers.StepRequest(check=True, retention=True)
-    )
+    running.daemon.workers.submit(key, StepRequest(check=True, retention=True))
     await running.daemon.wait_idle()
     assert len(running.fakes.calls("a")) == calls_before  # the rotator was not called
     assert (

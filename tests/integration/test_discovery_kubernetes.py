@@ -382,3 +382,47 @@ def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
         delays = {backoff.delay_s(failures) for _ in range(200)}
         assert all(ceiling / 2 <= d <= ceiling for d in delays), (failures, delays)
         assert len(delays) > 100  # jittered, so restarted nodes do not stampede the API
+
+
+def _over_cap(metrics: Metrics, volume: str) -> float | None:
+    return metrics.registry.get_sample_value("logvold_streams_over_cap", {"volume": volume})
+
+
+def test_a_pod_over_the_stream_cap_gets_one_warning_event(
+    api: FakeKubeApi,
+    discovery: PodDiscovery,
+    registry: StreamRegistry,
+    metrics: Metrics,
+    tmp_path: Path,
+) -> None:
+    discovery.max_streams_per_volume = 3
+    names = tuple(f"c{i}" for i in range(6))
+    many = "logs:\n" + "".join(f"  {n}: {{}}\n" for n in names)
+    pod = api.add_pod(make_pod("wide", node=NODE, annotation=many, containers=names,
+                               uid="uid-wide"))
+    api.add_pod(make_pod("good", node=NODE, annotation=GOOD))
+    discovery.start()
+    assert discovery.wait_synced(10)
+    # The first three by container name are managed; the others are refused.
+    assert _keys(registry) == {"default/good/app", "default/wide/c0", "default/wide/c1",
+                               "default/wide/c2"}
+    assert api.wait_for(lambda: len(api.events()) == 1)
+    event = api.events()[0]
+    assert event["reason"] == "TooManyLogStreams" and event["type"] == "Warning"
+    assert event["involvedObject"]["uid"] == "uid-wide"
+    assert "volume logs: 3 refused (c3, c4, c5)" in event["message"]
+    assert_valid_object(event, tmp_path)
+    assert _over_cap(metrics, "default/wide/logs") == 3
+    # A status update with the same annotation is not reported again.
+    api.update_pod({**pod, "status": {"phase": "Running", "podIP": "10.0.0.7"}})
+    api.update_pod(make_pod("good", node=NODE, annotation=GOOD + "    maxFiles: 2\n"))
+    assert api.wait_for(lambda: registry.get(StreamKey("default", "good", "app")) is not None
+                        and registry.get(StreamKey("default", "good", "app"))
+                        .policy.max_files == 2)  # type: ignore[union-attr]
+    assert len(api.events()) == 1
+    # Within the cap again: the series goes away, no new Event.
+    api.update_pod(make_pod("wide", node=NODE, annotation="logs:\n  c0: {}\n", containers=names,
+                            uid="uid-wide"))
+    assert api.wait_for(lambda: _over_cap(metrics, "default/wide/logs") is None)
+    assert api.wait_for(lambda: "default/wide/c1" not in _keys(registry))
+    assert len(api.events()) == 1

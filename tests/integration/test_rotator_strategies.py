@@ -18,6 +18,7 @@ from logvold.core.policy import ReopenAction
 from logvold.fileio.rotator import StreamRotator
 from logvold.fileio.state import load_state, state_path
 from logvold.metrics import Metrics
+from logvold.runner.reopen import run_reopen_action
 from tests.integration.rotator_kit import (
     ROOT,
     leftovers,
@@ -90,6 +91,7 @@ def test_rename_with_reopen_is_lossless(tmp_path: Path, how: str) -> None:
                      strategy="punch" if how == "forced-fallback" else "rename", reopen=reopen)
     metrics = Metrics()
     rot = StreamRotator(info, metrics, punch_supported=False if how == "forced-fallback" else None)
+    rot.reopener = run_reopen_action
     strategies = _rotate_while(proc, rot)
     # A SIGHUP that lands while the writer's interpreter shuts down (handlers reset) kills it
     # after its last write: harmless here.

@@ -62,26 +62,28 @@ def _is_type_checking(test: ast.expr) -> bool:
     )
 
 
-def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
-    """Every node except those inside `if TYPE_CHECKING:` bodies."""
+def _runtime_nodes(tree: ast.AST, *, type_checking: bool = False) -> list[ast.AST]:
+    """Every node except those inside `if TYPE_CHECKING:` bodies (unless type_checking)."""
     nodes: list[ast.AST] = []
     stack: list[ast.AST] = [tree]
     while stack:
         node = stack.pop()
         nodes.append(node)
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
+        if isinstance(node, ast.If) and _is_type_checking(node.test) and not type_checking:
             stack.extend(node.orelse)
             continue
         stack.extend(ast.iter_child_nodes(node))
     return nodes
 
 
-def imports_of(path: Path) -> list[Import]:
-    """The runtime imports of one module, relative imports resolved."""
+def imports_of(path: Path, *, type_checking: bool = False) -> list[Import]:
+    """The runtime imports of one module (with type_checking, also those under
+    `if TYPE_CHECKING:`), relative imports resolved."""
     name = _module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: list[Import] = []
-    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    for node in _runtime_nodes(tree, type_checking=type_checking):
         if isinstance(node, ast.Import):
             found.extend(Import(alias.name, node.lineno) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -151,6 +153,70 @@ def test_config_file_is_the_only_yaml_importer() -> None:
         _module_name(p) for p in MODULES if any(_within(i.module, ("yaml",)) for i in imports_of(p))
     }
     assert importers == {"logvold.config_file"}
+
+
+def import_cycles() -> list[list[str]]:
+    """Groups of logvold modules that import each other, directly or through others
+    (lazy imports and `if TYPE_CHECKING:` imports count: a cycle is a design knot
+    even when Python tolerates it)."""
+    graph = {
+        _module_name(p): {
+            i.module for i in imports_of(p, type_checking=True) if _within(i.module, ("logvold",))
+        }
+        for p in MODULES
+    }
+    order: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        order[v] = low[v] = len(order)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w == v or w not in graph:
+                continue
+            if w not in order:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], order[w])
+        if low[v] == order[v]:
+            group: list[str] = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in order:
+            visit(v)
+    return cycles
+
+
+def test_file_io_layer_runs_no_processes_and_sends_no_signals() -> None:
+    """The reopen action (a signal or a command) is the runner's, injected as a Reopener."""
+    found = []
+    for path in MODULES:
+        if not _module_name(path).startswith("logvold.fileio"):
+            continue
+        for imp in imports_of(path):
+            if _within(imp.module, ("subprocess", "signal", "multiprocessing")):
+                found.append(f"{path.name}:{imp.line} imports {imp.module}")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr in ("kill", "killpg", "system"):
+                found.append(f"{path.name}:{node.lineno} uses .{node.attr}")
+    assert found == []
+
+
+def test_no_import_cycles() -> None:
+    assert import_cycles() == []
 
 
 @pytest.mark.parametrize(

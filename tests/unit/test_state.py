@@ -79,7 +79,8 @@ def test_only_recent_segment_records_are_kept(tmp_path: Path) -> None:
     (b"\xff\xfe", "not valid JSON"),
     (b"[]", "malformed"),
     (b'{"version": 2}', "unsupported version"),
-    (b'{"version": 1, "device": 1, "inode": 2, "committed_offset": -5, "collapsed_bytes": 0}',
+    (b'{"version": 1, "device": 1, "inode": 2, '
+     b'"committed_offset": -5, "collapsed_bytes": 0}',
      "committed_offset must be a non-negative integer"),
     (b'{"version": 1, "device": 1, "inode": 2, "committed_offset": 5, "collapsed_bytes": 9}',
      "collapsed_bytes exceeds"),

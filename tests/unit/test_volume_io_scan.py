@@ -52,7 +52,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("fileio/rotating_writer.py", "os.replace"): "logvold's own spare file and segments",
     ("fileio/rotating_writer.py", ".unlink"): "logvold's own segments and spare file",
     ("fileio/rotating_writer.py", ".stat"): "logvold's own segments",
-    ("fileio/rotator.py", ".read_text"):
+    ("runner/reopen.py", ".open"):
         "the reopen action's pid file: operator config only (pods may not set `reopen`)",
     ("fileio/stream_files.py", ".iterdir"): "open_writers scans /proc, not a volume",
     ("fileio/stream_files.py", ".read_text"): "open_writers reads /proc/<pid>/fdinfo",
