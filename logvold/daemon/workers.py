@@ -71,6 +71,7 @@ class StoppableRotator(Protocol):
 
     abandon_copy: Callable[[], bool]
     abandon_compress: Callable[[], bool]
+    stop_pieces: Callable[[], bool]
 
     def quiesce(self) -> None: ...
 
@@ -117,6 +118,8 @@ class StepOutcome:
     """The rotator's RotationResult when `rotated` (for the daemon's info line)."""
     retention: Any = None
     """The rotator's RetentionResult when retention ran."""
+    more: bool = False
+    """The rotation stopped at its per-step limits with backlog left: queue it again."""
 
 
 @dataclass(eq=False)
@@ -354,6 +357,11 @@ class StreamWorkers:
                 self._on_outcome(slot.info, outcome)
             if slot.info.policy.compress != "none" and not slot.removed:
                 self._submit_compress(slot)
+            if outcome.more and not slot.removed and not self._closing:
+                # Behind every step already queued on the pool: a huge backlog is cut a
+                # bounded step at a time while other streams keep rotating.
+                more = StepRequest(reason=outcome.reason)
+                slot.queued = more if slot.queued is None else slot.queued.merge(more)
         if slot.queued is not None and not slot.removed and not self._closing:
             queued, slot.queued = slot.queued, None
             self.submit(slot.info.key, queued)
@@ -410,6 +418,7 @@ class StreamWorkers:
             if isinstance(rotator, StoppableRotator):
                 rotator.abandon_copy = self._past_stop_deadline
                 rotator.abandon_compress = self._stopping
+                rotator.stop_pieces = self._stopping
         return slot.rotator
 
     def _stopping(self) -> bool:
@@ -444,7 +453,8 @@ class StreamWorkers:
                 retention = rotator.enforce_retention(
                     extra_budget_bytes=None if share is None else max(share, 1))
             slot.trigger = size_trigger(slot.info)
-            return StepOutcome(reason, rotation is not None, latency, rotation, retention)
+            more = bool(getattr(rotation, "more_work", False))
+            return StepOutcome(reason, rotation is not None, latency, rotation, retention, more)
 
     def _compress(self, slot: _Slot) -> None:
         # Under the stream's lock: retention must not delete a segment being compressed.

@@ -34,7 +34,8 @@ _STREAM = ("namespace", "pod", "container")
 #: `error` values of logvold_rotation_failures_total (workers map anything else to "internal").
 ROTATION_ERRORS = ("io", "not-regular", "reopen", "unsafe", "internal")
 #: `reason` values of logvold_truncations_total.
-TRUNCATION_REASONS = ("maxAge", "maxFiles", "maxTotalSize", "budget", "writer", "retention")
+TRUNCATION_REASONS = ("maxAge", "maxFiles", "maxTotalSize", "budget", "writer", "retention",
+                      "hole")
 #: `reason` values of logvold_bytes_freed_total.
 FREED_REASONS = ("rotate", "delete", "trim", "truncate")
 #: `result` values of logvold_config_reloads_total.

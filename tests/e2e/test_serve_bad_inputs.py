@@ -60,7 +60,8 @@ def test_bad_inputs_are_logged_counted_and_survived(tmp_path: Path) -> None:
     # away while it runs is logged, counted and survived.
     missing.mkdir()
     with running(["--config", str(cfg)], tmp_path / "daemon.log") as daemon:
-        wait_for(lambda: segments(vol, "victim.log") == 1, 10, "victim.log rotated")
+        # ~34 KB at maxSize 16Ki: cut into several maxSize segments at once.
+        wait_for(lambda: segments(vol, "victim.log") >= 2, 10, "victim.log rotated")
         shutil.rmtree(missing)  # with the .logvold/lock the daemon keeps in it
         # planted symlink, dir.log, non-UTF-8 name, the vanished volume
         wait_for(lambda: metric(port, "logvold_watch_errors_total", {"source": "static"}) >= 4,
@@ -76,12 +77,16 @@ def test_bad_inputs_are_logged_counted_and_survived(tmp_path: Path) -> None:
         # A writer that truncates its own file and starts again.
         good = vol / "good.log"
         good.write_bytes(events(0, 300))
-        wait_for(lambda: segments(vol, "good.log") >= 1, 10, "good.log rotated")
+        # Cut in several maxSize segments: wait until all of them are there.
+        wait_for(lambda: b"".join(stream_bytes(vol, "good.log")[0]) == events(0, 300), 10,
+                 "good.log rotated")
+        first_cut = segments(vol, "good.log")
         with good.open("r+b") as f:
             f.truncate(0)
         with good.open("ab") as f:
             f.write(events(300, 300))
-        wait_for(lambda: segments(vol, "good.log") >= 2, 10, "rotation after the truncation")
+        wait_for(lambda: segments(vol, "good.log") > first_cut, 10,
+                 "rotation after the truncation")
         wait_for(lambda: metric(port, "logvold_truncations_total",
                                 {"container": "good", "reason": "writer"}) >= 1,
                  10, "the writer's truncation counted")
@@ -106,5 +111,5 @@ def test_bad_inputs_are_logged_counted_and_survived(tmp_path: Path) -> None:
         assert f.read() == events(0, 500)
     # good.log: everything written after the truncation is there exactly once.
     segs, live = stream_bytes(vol, "good.log")
-    report = verify(split_raw([b"".join(segs[1:]) + live]), expected=range(300, 600))
+    report = verify(split_raw([b"".join(segs[first_cut:]) + live]), expected=range(300, 600))
     assert report.ok and report.seen == 300, report.summary()
