@@ -17,7 +17,7 @@ from logvold.core.pieces import FREE_SPACE_RESERVE, MAX_PIECES_PER_STEP
 from logvold.errors import StreamError
 from logvold.fileio.rotator import StreamRotator
 from logvold.fileio.state import StreamState, load_state, save_state
-from logvold.metrics import Metrics
+from logvold.telemetry.metrics import Metrics
 from tests.integration.rotator_kit import leftovers, make_info, start_writer, whole_stream
 from tests.support.events import event_stream, split_raw, verify
 
