@@ -25,9 +25,9 @@ What it rewrites (.py, .md, .toml, .yaml, .cfg, .service, Dockerfile, scripts):
 dotted names in strings (monkeypatch targets, `python -m logvold.X`, entry points
 `logvold.X:main`), `__import__("logvold.X").X.attr`, and file paths
 (`logvold/X.py`, and paths relative to the package such as "daemon.py" in tests).
-It installs tests/unit/test_layers.py from scripts/relayout_test_layers.py and
-regenerates the module map of ARCHITECTURE.md from each module's first docstring
-paragraph (`--map-only` does only that, on any layout).
+The layers test (tests/unit/test_layers.py) was installed by the first run; the script
+reads the layer of each package from it, and regenerates the module map of
+ARCHITECTURE.md from each module's first docstring paragraph (`--map-only` does only that, on any layout).
 
 Stdlib only; uses git (git mv keeps history) and, for import order, ruff from
 .venv if present.
@@ -103,7 +103,7 @@ TEXT_SUFFIXES = {".py", ".md", ".toml", ".yaml", ".yml", ".cfg", ".ini", ".txt",
 TEXT_NAMES = {"Dockerfile", "test", "Makefile", "MANIFEST.in"}
 SKIP_DIRS = {".git", ".venv", "node_modules", "__pycache__", ".mypy_cache", ".ruff_cache",
              ".pytest_cache", ".hypothesis", "build", "dist"}
-LAYERS_TEMPLATE = Path("scripts/relayout_test_layers.py")
+LAYERS_TEMPLATE = Path("tests/unit/test_layers.py")  # installed: the test is its own template
 LAYERS_TEST = Path("tests/unit/test_layers.py")
 FORMAT_CHECK = ".venv/bin/ruff format --check logvold tests benchmarks"
 
@@ -362,6 +362,8 @@ def install_layers_test(root: Path) -> None:
     template = root / LAYERS_TEMPLATE
     if not template.is_file():
         raise RelayoutError(f"{template} is missing")
+    if template.resolve() == (root / LAYERS_TEST).resolve():
+        return
     (root / LAYERS_TEST).write_text(template.read_text(encoding="utf-8"), encoding="utf-8")
 
 
