@@ -27,7 +27,8 @@ dotted names in strings (monkeypatch targets, `python -m logvold.X`, entry point
 (`logvold/X.py`, and paths relative to the package such as "daemon.py" in tests).
 The layers test (tests/unit/test_layers.py) was installed by the first run; the script
 reads the layer of each package from it, and regenerates the module map of
-ARCHITECTURE.md from each module's first docstring paragraph (`--map-only` does only that, on any layout).
+ARCHITECTURE.md from each module's first docstring paragraph (`--map-only` does only
+that, on any layout).
 
 Stdlib only; uses git (git mv keeps history) and, for import order, ruff from
 .venv if present.
