@@ -53,6 +53,7 @@ class Row:
 
 # ---- running a tool ------------------------------------------------------------------
 
+
 def _vm_hwm_kib(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -63,8 +64,9 @@ def _vm_hwm_kib(pid: int) -> int:
     return 0
 
 
-def run_pipeline(src: Path, argv: list[str] | None, *, stdout: Path | None = None,
-                 cwd: Path | None = None) -> tuple[float, int]:
+def run_pipeline(
+    src: Path, argv: list[str] | None, *, stdout: Path | None = None, cwd: Path | None = None
+) -> tuple[float, int]:
     """`cat src | argv` (argv None: `cat src >> stdout`); wall seconds until the tool has
     exited, and the tool's peak RSS (VmHWM sampled every 10 ms)."""
     t0 = time.perf_counter()
@@ -81,8 +83,9 @@ def run_pipeline(src: Path, argv: list[str] | None, *, stdout: Path | None = Non
         return time.perf_counter() - t0, peak
     cat = subprocess.Popen(["cat", str(src)], stdout=subprocess.PIPE)
     assert cat.stdout is not None
-    tool = subprocess.Popen(argv, stdin=cat.stdout, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, cwd=cwd)
+    tool = subprocess.Popen(
+        argv, stdin=cat.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd
+    )
     cat.stdout.close()
     peak = 0
     while tool.poll() is None:
@@ -97,6 +100,7 @@ def run_pipeline(src: Path, argv: list[str] | None, *, stdout: Path | None = Non
 
 
 # ---- checking the output -------------------------------------------------------------
+
 
 def check(pieces: list[tuple[Path, int]], total_events: int, row: Row) -> None:
     """pieces: (file, start offset) oldest first. Counts lost / duplicated / split."""
@@ -129,8 +133,9 @@ def check(pieces: list[tuple[Path, int]], total_events: int, row: Row) -> None:
 def numbered(directory: Path, pattern: str) -> list[Path]:
     """Files whose names match `pattern` with one integer group, by that number."""
     rx = re.compile(pattern)
-    found = [(int(m.group(1)), directory / n) for n in os.listdir(directory)
-             if (m := rx.fullmatch(n))]
+    found = [
+        (int(m.group(1)), directory / n) for n in os.listdir(directory) if (m := rx.fullmatch(n))
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -142,8 +147,10 @@ def daemontools_pieces(directory: Path) -> list[tuple[Path, int]]:
 
 # ---- the rows ------------------------------------------------------------------------
 
-def bench_all(src: Path, work: Path, total_events: int, rotate: int,
-              logvold: str, pace: float) -> list[Row]:
+
+def bench_all(
+    src: Path, work: Path, total_events: int, rotate: int, logvold: str, pace: float
+) -> list[Row]:
     rows: list[Row] = []
 
     def fresh(name: str) -> Path:
@@ -162,9 +169,13 @@ def bench_all(src: Path, work: Path, total_events: int, rotate: int,
     d = fresh("logvold-run")
     row = Row(f"`logvold run -log-file-size={rotate}`")
     row.seconds, row.peak_rss_kib = run_runner(
-        [logvold, "run", f"-log-file={d / 'app.log'}", f"-log-file-size={rotate}"], src)
-    check([(d / s.filename, 0) for s in segments_of("app.log", os.listdir(d))]
-          + [(d / "app.log", 0)], total_events, row)
+        [logvold, "run", f"-log-file={d / 'app.log'}", f"-log-file-size={rotate}"], src
+    )
+    check(
+        [(d / s.filename, 0) for s in segments_of("app.log", os.listdir(d))] + [(d / "app.log", 0)],
+        total_events,
+        row,
+    )
     rows.append(row)
 
     klr = shutil.which("kube-log-runner")
@@ -174,7 +185,8 @@ def bench_all(src: Path, work: Path, total_events: int, rotate: int,
         row = Row("kube-log-runner (rotation by size)")
         try:
             row.seconds, row.peak_rss_kib = run_runner(
-                [klr, f"-log-file={d / 'app.log'}", f"-log-file-size={rotate}"], src)
+                [klr, f"-log-file={d / 'app.log'}", f"-log-file-size={rotate}"], src
+            )
             pieces = sorted(p for p in d.iterdir() if p.name != "app.log")
             check([(p, 0) for p in pieces] + [(d / "app.log", 0)], total_events, row)
         except (RuntimeError, OSError) as e:
@@ -183,16 +195,17 @@ def bench_all(src: Path, work: Path, total_events: int, rotate: int,
     else:
         rows.append(Row("kube-log-runner", note="not on PATH (skipped)"))
 
-    line_tools: list[tuple[str, Callable[[Path], list[str]],
-                           Callable[[Path], list[tuple[Path, int]]]]] = [
-        ("multilog", lambda d: ["multilog", f"s{rotate}", "n100000", str(d)],
-         daemontools_pieces),
-        ("s6-log", lambda d: ["s6-log", "-b", "n100000", f"s{rotate}", str(d)],
-         daemontools_pieces),
+    line_tools: list[
+        tuple[str, Callable[[Path], list[str]], Callable[[Path], list[tuple[Path, int]]]]
+    ] = [
+        ("multilog", lambda d: ["multilog", f"s{rotate}", "n100000", str(d)], daemontools_pieces),
+        ("s6-log", lambda d: ["s6-log", "-b", "n100000", f"s{rotate}", str(d)], daemontools_pieces),
         ("svlogd", lambda d: ["svlogd", str(d)], daemontools_pieces),
-        ("rotatelogs", lambda d: ["rotatelogs", "-n", "100000", str(d / "app.log"),
-                                  f"{rotate // 1024}K"],
-         lambda d: [(d / "app.log", 0)] + [(p, 0) for p in numbered(d, r"app\.log\.(\d+)")]),
+        (
+            "rotatelogs",
+            lambda d: ["rotatelogs", "-n", "100000", str(d / "app.log"), f"{rotate // 1024}K"],
+            lambda d: [(d / "app.log", 0)] + [(p, 0) for p in numbered(d, r"app\.log\.(\d+)")],
+        ),
     ]
     for name, argv_of, pieces_of in line_tools:
         if shutil.which(name) is None:
@@ -252,30 +265,32 @@ def run_runner(argv: list[str], src: Path) -> tuple[float, int]:
     return time.perf_counter() - t0, peak
 
 
-def bench_copytruncate(src: Path, d: Path, total_events: int, rotate: int,
-                       pace: float) -> Row:
+def bench_copytruncate(src: Path, d: Path, total_events: int, rotate: int, pace: float) -> Row:
     """A writer appending while `logrotate` (copytruncate, size) runs in a tight loop."""
-    row = Row(f"logrotate copytruncate in a loop (size {rotate // 1024} KiB), "
-              f"{_writer_name(pace)}")
+    row = Row(f"logrotate copytruncate in a loop (size {rotate // 1024} KiB), {_writer_name(pace)}")
     if shutil.which("logrotate") is None:
         row.note = "not installed (skipped)"
         return row
     log = d / "app.log"
     log.touch()
     conf = d / "logrotate.conf"
-    conf.write_text(f"{log} {{\n  size {rotate}\n  copytruncate\n  rotate 100000\n"
-                    "  start 1\n  nocompress\n  missingok\n}\n")
+    conf.write_text(
+        f"{log} {{\n  size {rotate}\n  copytruncate\n  rotate 100000\n"
+        "  start 1\n  nocompress\n  missingok\n}\n"
+    )
     state = d / "logrotate.state"
     runs = 0
     t0 = time.perf_counter()
     writer = subprocess.Popen(writer_argv(src, log, pace))
     while writer.poll() is None:
-        subprocess.run(["logrotate", "-s", str(state), str(conf)], check=False,
-                       stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["logrotate", "-s", str(state), str(conf)], check=False, stderr=subprocess.DEVNULL
+        )
         runs += 1
     row.seconds = time.perf_counter() - t0
-    subprocess.run(["logrotate", "-s", str(state), str(conf)], check=False,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(
+        ["logrotate", "-s", str(state), str(conf)], check=False, stderr=subprocess.DEVNULL
+    )
     rotated = numbered(d, r"app\.log\.(\d+)")
     # logrotate shifts: app.log.1 is the newest rotated file.
     check([(p, 0) for p in reversed(rotated)] + [(log, 0)], total_events, row)
@@ -287,8 +302,9 @@ def _writer_name(pace: float) -> str:
     return f"writer paced at {pace / 1e6:.0f} MB/s" if pace > 0 else "writer `cat >> file`"
 
 
-def bench_daemon(src: Path, d: Path, total_events: int, rotate: int, logvold: str,
-                 pace: float) -> Row:
+def bench_daemon(
+    src: Path, d: Path, total_events: int, rotate: int, logvold: str, pace: float
+) -> Row:
     """`logvold serve` (punch) rotating while a foreign writer appends; throughput is the
     writer's; RSS is the daemon's; checked after the daemon has settled and stopped."""
     from logvold.fileio.state import load_state
@@ -298,14 +314,18 @@ def bench_daemon(src: Path, d: Path, total_events: int, rotate: int, logvold: st
     (vol / "app.log").touch()
     cfg = d / "cfg.yaml"
     port = _free_port()
-    cfg.write_text(f'server: {{listen: "127.0.0.1:{port}"}}\nrescanInterval: 1s\n'
-                   f"defaults: {{maxSize: {rotate}, maxFiles: 0}}\n"
-                   f"volumes:\n  - name: v\n    pod: p\n    path: {json.dumps(str(vol))}\n")
-    row = Row(f"`logvold serve` (punch, maxSize {rotate // 1024} KiB), foreign "
-              f"{_writer_name(pace)}")
+    cfg.write_text(
+        f'server: {{listen: "127.0.0.1:{port}"}}\nrescanInterval: 1s\n'
+        f"defaults: {{maxSize: {rotate}, maxFiles: 0}}\n"
+        f"volumes:\n  - name: v\n    pod: p\n    path: {json.dumps(str(vol))}\n"
+    )
+    row = Row(
+        f"`logvold serve` (punch, maxSize {rotate // 1024} KiB), foreign {_writer_name(pace)}"
+    )
     log = (d / "daemon.log").open("wb")
-    daemon = subprocess.Popen([logvold, "serve", "--config", str(cfg), "--log-level", "warning"],
-                              stdout=log, stderr=log)
+    daemon = subprocess.Popen(
+        [logvold, "serve", "--config", str(cfg), "--log-level", "warning"], stdout=log, stderr=log
+    )
     peak = 0
     try:
         _wait_http(port, daemon)
@@ -330,8 +350,12 @@ def bench_daemon(src: Path, d: Path, total_events: int, rotate: int, logvold: st
         log.close()
     st = load_state(vol, "app.log")
     start = st.physical_committed if st is not None else 0
-    check([(vol / s.filename, 0) for s in segments_of("app.log", os.listdir(vol))]
-          + [(vol / "app.log", start)], total_events, row)
+    check(
+        [(vol / s.filename, 0) for s in segments_of("app.log", os.listdir(vol))]
+        + [(vol / "app.log", start)],
+        total_events,
+        row,
+    )
     row.peak_rss_kib = peak
     return row
 
@@ -361,11 +385,20 @@ def _wait_http(port: int, proc: subprocess.Popen[bytes]) -> None:
 
 # ---- report --------------------------------------------------------------------------
 
+
 def machine() -> str:
-    mem = next((line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                if line.startswith("MemTotal:")), "?")
-    return (f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-            f"{int(mem) // 1024} MiB RAM, Linux {platform.release()}")
+    mem = next(
+        (
+            line.split()[1]
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal:")
+        ),
+        "?",
+    )
+    return (
+        f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+        f"{int(mem) // 1024} MiB RAM, Linux {platform.release()}"
+    )
 
 
 def filesystem(path: Path) -> str:
@@ -376,24 +409,42 @@ def filesystem(path: Path) -> str:
 
 def table(rows: list[Row], size: int) -> str:
     cat = rows[0].seconds
-    lines = ["| tool | MB/s | ratio to `cat >> file` | peak RSS (MiB) | files | events lost "
-             "| duplicated | split | note |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| tool | MB/s | ratio to `cat >> file` | peak RSS (MiB) | files | events lost "
+        "| duplicated | split | note |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         if r.lost is None:
             lines.append(f"| {r.tool} | - | - | - | - | - | - | - | {r.note} |")
             continue
-        lines.append(f"| {r.tool} | {size / r.seconds / 1e6:.0f} | {cat / r.seconds:.2f} | "
-                     f"{r.peak_rss_kib / 1024:.1f} | {r.files} | {r.lost} | {r.duplicated} | "
-                     f"{r.split} | {r.note} |")
+        lines.append(
+            f"| {r.tool} | {size / r.seconds / 1e6:.0f} | {cat / r.seconds:.2f} | "
+            f"{r.peak_rss_kib / 1024:.1f} | {r.files} | {r.lost} | {r.duplicated} | "
+            f"{r.split} | {r.note} |"
+        )
     return "\n".join(lines)
 
 
 def reader_figures(size_mib: int, followers: int) -> str:
     """benchmarks/reader.py's own table (it times logvold against GNU tail and grep)."""
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.reader", "--size", f"{size_mib}MiB",
-         "--followers", str(followers), "--follow-seconds", "5"],
-        capture_output=True, text=True, cwd=REPO, check=False)
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.reader",
+            "--size",
+            f"{size_mib}MiB",
+            "--followers",
+            str(followers),
+            "--follow-seconds",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
     if done.returncode:
         return f"benchmarks/reader.py failed ({done.returncode}):\n\n```\n{done.stderr[-1500:]}```"
     rows = [line.split(" | ") for line in done.stdout.strip().splitlines()]
@@ -409,9 +460,13 @@ def main() -> int:
     p.add_argument("--dir", default="/tmp/logvold-bench-compare")
     p.add_argument("--reader-size-mib", type=int, default=256)
     p.add_argument("--followers", type=int, default=20)
-    p.add_argument("--pace-mbps", type=float, default=16.0,
-                   help="rate of the paced foreign writer (rows where rotation happens "
-                        "during the write: copytruncate and logvold serve)")
+    p.add_argument(
+        "--pace-mbps",
+        type=float,
+        default=16.0,
+        help="rate of the paced foreign writer (rows where rotation happens "
+        "during the write: copytruncate and logvold serve)",
+    )
     args = p.parse_args()
     rotate = parse_size(args.rotate_size)
     work = Path(args.dir)
@@ -430,12 +485,16 @@ def main() -> int:
             shutil.rmtree(work / name, ignore_errors=True)
     reader = reader_figures(args.reader_size_mib, args.followers)
     print(f"Run {started} on {machine()}, filesystem {filesystem(work)}.\n")
-    print(f"Command: `.venv/bin/python -m benchmarks.compare --size-mib {args.size_mib} "
-          f"--rotate-size {args.rotate_size} --reader-size-mib {args.reader_size_mib} "
-          f"--followers {args.followers} --pace-mbps {args.pace_mbps:g}`\n")
-    print(f"Stream: {size / 2**20:.0f} MiB, {total_events} newline-terminated events "
-          f"(`E#<seq> <crc32> <payload>`, 20-600 byte payloads), rotation every "
-          f"{rotate // 1024} KiB, one run each.\n")
+    print(
+        f"Command: `.venv/bin/python -m benchmarks.compare --size-mib {args.size_mib} "
+        f"--rotate-size {args.rotate_size} --reader-size-mib {args.reader_size_mib} "
+        f"--followers {args.followers} --pace-mbps {args.pace_mbps:g}`\n"
+    )
+    print(
+        f"Stream: {size / 2**20:.0f} MiB, {total_events} newline-terminated events "
+        f"(`E#<seq> <crc32> <payload>`, 20-600 byte payloads), rotation every "
+        f"{rotate // 1024} KiB, one run each.\n"
+    )
     print(table(rows, size))
     print()
     print(reader)

@@ -68,15 +68,20 @@ class Row:
     ok: bool | None = None
 
 
-def idle_and_latency(work: Path, streams: int, idle_s: float, samples: int,
-                     rows: list[Row]) -> None:
+def idle_and_latency(
+    work: Path, streams: int, idle_s: float, samples: int, rows: list[Row]
+) -> None:
     vol = work / "idle"
     vol.mkdir()
     for i in range(streams):
         (vol / f"c{i:04d}.log").write_bytes(b"".join(event_stream(3, seed=i, delimiter=DELIM)))
     port = free_port()
-    cfg = write_config(work / "idle.yaml", vol, listen=f"127.0.0.1:{port}",
-                       policy={"maxSize": "64Ki", "maxFiles": 3, "delimiter": "\n\n"})
+    cfg = write_config(
+        work / "idle.yaml",
+        vol,
+        listen=f"127.0.0.1:{port}",
+        policy={"maxSize": "64Ki", "maxFiles": 3, "delimiter": "\n\n"},
+    )
     daemon = Daemon(["--config", str(cfg)], work / "idle.log")
     try:
         started = time.monotonic()
@@ -92,10 +97,22 @@ def idle_and_latency(work: Path, streams: int, idle_s: float, samples: int,
             peak = max(peak, rss_bytes(pid))
         cpu_pct = 100 * (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
         rows.append(Row(f"(a) startup with {streams} streams", f"{startup_s:.1f} s"))
-        rows.append(Row(f"(a) idle CPU, {streams} streams, {idle_s:.0f} s", f"{cpu_pct:.2f} %",
-                        "< 1 %", cpu_pct < 1))
-        rows.append(Row(f"(a) peak RSS, {streams} streams", f"{peak / 2**20:.1f} MB",
-                        "< 80 MB", peak < 80 * 2**20))
+        rows.append(
+            Row(
+                f"(a) idle CPU, {streams} streams, {idle_s:.0f} s",
+                f"{cpu_pct:.2f} %",
+                "< 1 %",
+                cpu_pct < 1,
+            )
+        )
+        rows.append(
+            Row(
+                f"(a) peak RSS, {streams} streams",
+                f"{peak / 2**20:.1f} MB",
+                "< 80 MB",
+                peak < 80 * 2**20,
+            )
+        )
 
         # (b) one stream written past maxSize, the other streams idle.
         active = vol / "c0000.log"
@@ -122,8 +139,14 @@ def idle_and_latency(work: Path, streams: int, idle_s: float, samples: int,
         p50 = statistics.median(latencies)
         p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
         rows.append(Row(f"(b) rotation latency p50 ({samples} rotations)", f"{p50 * 1000:.0f} ms"))
-        rows.append(Row(f"(b) rotation latency p99 ({samples} rotations)", f"{p99 * 1000:.0f} ms",
-                        "< 1 s", p99 < 1.0))
+        rows.append(
+            Row(
+                f"(b) rotation latency p99 ({samples} rotations)",
+                f"{p99 * 1000:.0f} ms",
+                "< 1 s",
+                p99 < 1.0,
+            )
+        )
         rows.append(Row("(b) rotation latency max", f"{latencies[-1] * 1000:.0f} ms"))
         assert daemon.stop() == 0, daemon.log_text()
     finally:
@@ -135,7 +158,7 @@ def logrotate_numbered(directory: Path, base: str) -> list[bytes]:
     """logrotate's `base.N` files, oldest (highest N) first."""
     numbered = []
     for name in os.listdir(directory):
-        suffix = name[len(base) + 1:]
+        suffix = name[len(base) + 1 :]
         if name.startswith(base + ".") and suffix.isdigit():
             numbered.append((int(suffix), (directory / name).read_bytes()))
     return [data for _, data in sorted(numbered, reverse=True)]
@@ -150,11 +173,17 @@ def compare_logrotate(work: Path, count: int, rate: float, mode: str, rows: list
     lr_dir.mkdir()
     lv_dir.mkdir()
     conf = work / f"logrotate-{mode}.conf"
-    conf.write_text(f"{lr_dir}/app.log {{\n  size 64k\n  rotate 100000\n  copytruncate\n"
-                    "  missingok\n  nocompress\n}\n")
+    conf.write_text(
+        f"{lr_dir}/app.log {{\n  size 64k\n  rotate 100000\n  copytruncate\n"
+        "  missingok\n  nocompress\n}\n"
+    )
     port = free_port()
-    cfg = write_config(work / f"logvold-{mode}.yaml", lv_dir, listen=f"127.0.0.1:{port}",
-                       policy={"maxSize": "64Ki", "maxFiles": 0, "delimiter": "\n\n"})
+    cfg = write_config(
+        work / f"logvold-{mode}.yaml",
+        lv_dir,
+        listen=f"127.0.0.1:{port}",
+        policy={"maxSize": "64Ki", "maxFiles": 0, "delimiter": "\n\n"},
+    )
     daemon = Daemon(["--config", str(cfg)], work / f"cmp-{mode}.log")
     try:
         daemon.wait_serving(60)
@@ -164,8 +193,11 @@ def compare_logrotate(work: Path, count: int, rate: float, mode: str, rows: list
         runs = 0
         while w_lr.poll() is None:
             # logrotate is normally run from cron; here as often as it can go.
-            subprocess.run(["logrotate", "-s", str(work / f"lr-{mode}.state"), str(conf)],
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["logrotate", "-s", str(work / f"lr-{mode}.state"), str(conf)],
+                check=True,
+                capture_output=True,
+            )
             runs += 1
             time.sleep(0.05)
         w_lv.wait(120)
@@ -177,14 +209,20 @@ def compare_logrotate(work: Path, count: int, rate: float, mode: str, rows: list
     lr_parts = [*logrotate_numbered(lr_dir, "app.log"), (lr_dir / "app.log").read_bytes()]
     lr_data = b"".join(p.replace(b"\0", b"") for p in lr_parts)  # an offset writer leaves NULs
     lv_segments, lv_live = stream_bytes(lv_dir, "app.log")
-    for name, data, nrot in (("logrotate copytruncate", lr_data, len(lr_parts) - 1),
-                             ("logvold punch", b"".join(lv_segments) + lv_live, int(rotations))):
+    for name, data, nrot in (
+        ("logrotate copytruncate", lr_data, len(lr_parts) - 1),
+        ("logvold punch", b"".join(lv_segments) + lv_live, int(rotations)),
+    ):
         report = verify(split_raw([data], DELIM), expected=range(count))
-        rows.append(Row(f"(c) {name}, {mode} writer: lost / dup / split of {count}",
-                        f"{len(report.lost)} / {len(report.duplicated)} / {len(report.corrupt)}"
-                        f"  ({nrot} rotations)",
-                        "0 / 0 / 0" if name.startswith("logvold") else "",
-                        report.ok if name.startswith("logvold") else None))
+        rows.append(
+            Row(
+                f"(c) {name}, {mode} writer: lost / dup / split of {count}",
+                f"{len(report.lost)} / {len(report.duplicated)} / {len(report.corrupt)}"
+                f"  ({nrot} rotations)",
+                "0 / 0 / 0" if name.startswith("logvold") else "",
+                report.ok if name.startswith("logvold") else None,
+            )
+        )
     rows.append(Row(f"(c) logrotate runs during the {mode} comparison", str(runs)))
 
 
@@ -192,9 +230,19 @@ def kill_loop(work: Path, kills: int, rows: list[Row]) -> None:
     vol = work / "kill"
     vol.mkdir()
     port = free_port()
-    cfg = write_config(work / "kill.yaml", vol, listen=f"127.0.0.1:{port}", rescan="1s",
-                       policy={"maxSize": "64Ki", "maxFiles": 0, "compress": "gzip",
-                               "delayCompress": False, "delimiter": "\n\n"})
+    cfg = write_config(
+        work / "kill.yaml",
+        vol,
+        listen=f"127.0.0.1:{port}",
+        rescan="1s",
+        policy={
+            "maxSize": "64Ki",
+            "maxFiles": 0,
+            "compress": "gzip",
+            "delayCompress": False,
+            "delimiter": "\n\n",
+        },
+    )
     rng = random.Random(7)
     w = writer(vol / "app.log", count=10**8, rate=60)
     mid_step = 0
@@ -217,11 +265,16 @@ def kill_loop(work: Path, kills: int, rows: list[Row]) -> None:
     data = b"".join(segs) + live
     data = data[: data.rfind(DELIM) + len(DELIM)]
     report = verify(split_raw([data], DELIM))
-    rows.append(Row(f"(d) kill -9 loop: {kills} kills in {time.monotonic() - t0:.0f} s "
-                    f"({mid_step} mid-step)",
-                    f"{report.seen} events, {len(report.lost)} lost, "
-                    f"{len(report.duplicated)} dup, {len(report.corrupt)} split",
-                    "0 / 0 / 0", report.ok and report.first_seq == 0))
+    rows.append(
+        Row(
+            f"(d) kill -9 loop: {kills} kills in {time.monotonic() - t0:.0f} s "
+            f"({mid_step} mid-step)",
+            f"{report.seen} events, {len(report.lost)} lost, "
+            f"{len(report.duplicated)} dup, {len(report.corrupt)} split",
+            "0 / 0 / 0",
+            report.ok and report.first_seq == 0,
+        )
+    )
 
 
 def main() -> int:

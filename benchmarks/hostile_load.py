@@ -54,7 +54,11 @@ class Daemon:
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "logvold", "serve", "--config", str(config)],
-                stdout=out, stderr=out, env=env, preexec_fn=limit)
+                stdout=out,
+                stderr=out,
+                env=env,
+                preexec_fn=limit,
+            )
         deadline = time.monotonic() + 60
         while "logvold serving" not in log.read_text(errors="replace"):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -103,11 +107,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def config(path: Path, volume: Path, port: int, limits: str = "",
-           policy: str = "{maxSize: 0}") -> Path:
-    path.write_text(f"server:\n  listen: 127.0.0.1:{port}\n  limits: {{{limits}}}\n"
-                    f"defaults: {policy}\nvolumes:\n  - name: v\n    pod: p\n"
-                    f"    path: {volume}\n")
+def config(
+    path: Path, volume: Path, port: int, limits: str = "", policy: str = "{maxSize: 0}"
+) -> Path:
+    path.write_text(
+        f"server:\n  listen: 127.0.0.1:{port}\n  limits: {{{limits}}}\n"
+        f"defaults: {policy}\nvolumes:\n  - name: v\n    pod: p\n"
+        f"    path: {volume}\n"
+    )
     return path
 
 
@@ -149,9 +156,13 @@ def slowloris(work: Path) -> Row:
             s.close()
         grown = log.stat().st_size - log_before
     latencies.sort()
-    return Row("slowloris: 1,100 half-open connections, fd limit 1024", f"{cpu:.0f}",
-               mib(rss), str(fds),
-               f"/healthz {ok}/10 ok, median {latencies[5] * 1000:.0f} ms; own log +{grown} B")
+    return Row(
+        "slowloris: 1,100 half-open connections, fd limit 1024",
+        f"{cpu:.0f}",
+        mib(rss),
+        str(fds),
+        f"/healthz {ok}/10 ok, median {latencies[5] * 1000:.0f} ms; own log +{grown} B",
+    )
 
 
 def followers(work: Path, limits: str, label: str) -> Row:
@@ -160,13 +171,16 @@ def followers(work: Path, limits: str, label: str) -> Row:
     for k in range(10):
         (volume / f"s{k}.log").write_bytes(b"hello\n")
     port = free_port()
-    with daemon(config(work / f"f{len(limits)}.yaml", volume, port, limits),
-                work / f"follow-{len(limits)}.log") as d:
+    with daemon(
+        config(work / f"f{len(limits)}.yaml", volume, port, limits),
+        work / f"follow-{len(limits)}.log",
+    ) as d:
         held, codes = [], {}
         for i in range(1000):
             s = socket.create_connection(("127.0.0.1", port), timeout=30)
-            s.sendall(f"GET /logs/default/p/s{i % 10}?follow=true HTTP/1.1\r\nHost: x\r\n\r\n"
-                      .encode())
+            s.sendall(
+                f"GET /logs/default/p/s{i % 10}?follow=true HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            )
             head = b""
             while b"\r\n\r\n" not in head:
                 chunk = s.recv(4096)
@@ -185,8 +199,13 @@ def followers(work: Path, limits: str, label: str) -> Row:
         for s in held:
             s.close()
     summary = ", ".join(f"{n}x {c}" for c, n in sorted(codes.items()))
-    return Row(f"1,000 followers, 10 streams ({label}), idle 10 s", f"{cpu:.0f}", mib(rss),
-               str(fds), summary)
+    return Row(
+        f"1,000 followers, 10 streams ({label}), idle 10 s",
+        f"{cpu:.0f}",
+        mib(rss),
+        str(fds),
+        summary,
+    )
 
 
 def tail_cmd(path: Path, n: int) -> tuple[float, float, int, int]:
@@ -217,20 +236,31 @@ def huge_tail(work: Path) -> list[Row]:
     rows = []
     with daemon(config(work / "tail.yaml", volume, port), work / "tail.log") as d:
         for name, n, path, label in (
-                ("short", 10_000_000, short, f"tailLines=10,000,000, 20 MiB of {count:,} "
-                                             "11-byte events"),
-                ("run", 1, run, "tailLines=1, 30 MiB raw run without a delimiter")):
+            (
+                "short",
+                10_000_000,
+                short,
+                f"tailLines=10,000,000, 20 MiB of {count:,} 11-byte events",
+            ),
+            ("run", 1, run, "tailLines=1, 30 MiB raw run without a delimiter"),
+        ):
             hwm0, c0, t0 = d.kb("VmHWM"), d.cpu_s(), time.monotonic()
             code, body = get(f"http://127.0.0.1:{port}/logs/default/p/{name}?tailLines={n}")
             wall = time.monotonic() - t0
             cpu, growth = d.cpu_s() - c0, d.kb("VmHWM") - hwm0
             pw, pc, prss, pbytes = tail_cmd(path, n)
-            rows.append(Row(label, f"{cpu:.2f} s", f"+{mib(growth)} (peak growth)",
-                            str(d.fds()),
-                            f"HTTP {code}, {len(body):,} B in {wall:.2f} s",
-                            f"`tail -n {n}`: {pbytes:,} B in {pw:.2f} s, CPU {pc:.2f} s, "
-                            f"RSS {mib(prss)} MiB",
-                            f"{wall / max(pw, 1e-3):.1f}x wall"))
+            rows.append(
+                Row(
+                    label,
+                    f"{cpu:.2f} s",
+                    f"+{mib(growth)} (peak growth)",
+                    str(d.fds()),
+                    f"HTTP {code}, {len(body):,} B in {wall:.2f} s",
+                    f"`tail -n {n}`: {pbytes:,} B in {pw:.2f} s, CPU {pc:.2f} s, "
+                    f"RSS {mib(prss)} MiB",
+                    f"{wall / max(pw, 1e-3):.1f}x wall",
+                )
+            )
     return rows
 
 
@@ -240,20 +270,26 @@ def main(argv: list[str] | None = None) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
     work = Path(tempfile.mkdtemp(prefix="logvold-hostile-"))
     try:
-        rows = [slowloris(work),
-                followers(work, "", "default limits: 256 global, 32 per stream"),
-                followers(work, "maxFollowers: 1000, maxFollowersPerStream: 1000",
-                          "limits raised to 1000"),
-                *huge_tail(work)]
+        rows = [
+            slowloris(work),
+            followers(work, "", "default limits: 256 global, 32 per stream"),
+            followers(
+                work, "maxFollowers: 1000, maxFollowersPerStream: 1000", "limits raised to 1000"
+            ),
+            *huge_tail(work),
+        ]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} "
-          f"CPUs, Linux {os.uname().release}, Python {sys.version.split()[0]}.\n")
+    print(
+        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} "
+        f"CPUs, Linux {os.uname().release}, Python {sys.version.split()[0]}.\n"
+    )
     print("| scenario | daemon CPU | daemon RSS MiB | daemon fds | outcome | `tail -n` | ratio |")
     print("|---|---:|---:|---:|---|---|---:|")
     for r in rows:
-        print(f"| {r.scenario} | {r.cpu} | {r.rss} | {r.fds} | {r.outcome} | {r.peer} | "
-              f"{r.ratio} |")
+        print(
+            f"| {r.scenario} | {r.cpu} | {r.rss} | {r.fds} | {r.outcome} | {r.peer} | {r.ratio} |"
+        )
     return 0
 
 

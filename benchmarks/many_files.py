@@ -117,13 +117,18 @@ def run(label: str, work: Path, flood: Path, files: int) -> Run:
         "defaults: {maxSize: 64Ki, maxFiles: 0}\n"
         "volumes:\n"
         f"  - {{name: flood, path: {json.dumps(str(flood))}}}\n"
-        f"  - {{name: app, path: {json.dumps(str(app))}}}\n")
+        f"  - {{name: app, path: {json.dumps(str(app))}}}\n"
+    )
     log = work / f"{label}.log"
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     start = time.monotonic()
     with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "logvold", "serve", "--config", str(cfg)],
-                                stdout=out, stderr=out, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "logvold", "serve", "--config", str(cfg)],
+            stdout=out,
+            stderr=out,
+            env=env,
+        )
     try:
         while "logvold serving" not in log.read_text(errors="replace"):
             if proc.poll() is not None or time.monotonic() - start > 600:
@@ -134,8 +139,20 @@ def run(label: str, work: Path, flood: Path, files: int) -> Run:
         # The other volume's writer starts now: 3000 events (~500 KiB) cross 64 KiB at once.
         written = time.monotonic()
         writer = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.writer", "--path", str(app / "app.log"),
-             "--count", str(EVENTS), "--delimiter", "\\n"], cwd=ROOT, env=env)
+            [
+                sys.executable,
+                "-m",
+                "tests.support.writer",
+                "--path",
+                str(app / "app.log"),
+                "--count",
+                str(EVENTS),
+                "--delimiter",
+                "\\n",
+            ],
+            cwd=ROOT,
+            env=env,
+        )
         while not any(".log.2" in n for n in os.listdir(app)):
             if time.monotonic() - written > 600:
                 raise RuntimeError("no rotation within 600 s")
@@ -155,15 +172,27 @@ def run(label: str, work: Path, flood: Path, files: int) -> Run:
     finally:
         proc.terminate()
         proc.wait(60)
-    return Run(label, ready, cpu_ready, cpu_settled, first_rotation,
-               statistics.median(times) * 1000, items, hwm, over)
+    return Run(
+        label,
+        ready,
+        cpu_ready,
+        cpu_settled,
+        first_rotation,
+        statistics.median(times) * 1000,
+        items,
+        hwm,
+        over,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--files", type=int, nargs="+", default=[100_000, 99_000])
-    p.add_argument("--dir", default="/dev/shm" if os.access("/dev/shm", os.W_OK) else None,
-                   help="where the flood directory is made (default /dev/shm: a tmpfs)")
+    p.add_argument(
+        "--dir",
+        default="/dev/shm" if os.access("/dev/shm", os.W_OK) else None,
+        help="where the flood directory is made (default /dev/shm: a tmpfs)",
+    )
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="logvold-many-", dir=args.dir))
     runs: list[tuple[int, Run, tuple[float, float, int], float]] = []
@@ -185,25 +214,33 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kept {work}")
     where = args.dir or "the tmp dir"
     for count, _, (ls_wall, ls_cpu, entries), made_s in runs:
-        print(f"- {count} files created in {made_s:.1f} s under {where}; `ls -f | wc -l`: "
-              f"{entries} entries, {ls_wall * 1000:.0f} ms wall, {ls_cpu:.2f} CPU-s")
+        print(
+            f"- {count} files created in {made_s:.1f} s under {where}; `ls -f | wc -l`: "
+            f"{entries} entries, {ls_wall * 1000:.0f} ms wall, {ls_cpu:.2f} CPU-s"
+        )
     print()
-    print("| flood volume | ready s | CPU-s at ready | CPU-s +5 s after rotation | "
-          "other volume's first rotation s | GET /logs/ ms (items) | VmHWM MiB | "
-          "over_cap gauge |")
+    print(
+        "| flood volume | ready s | CPU-s at ready | CPU-s +5 s after rotation | "
+        "other volume's first rotation s | GET /logs/ ms (items) | VmHWM MiB | "
+        "over_cap gauge |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, r in [("empty", baseline), *((f"{c} *.log", r) for c, r, _, _ in runs)]:
-        print(f"| {name} | {r.ready_s:.1f} | {r.cpu_ready_s:.2f} | {r.cpu_settled_s:.2f} | "
-              f"{r.first_rotation_s:.2f} | {r.list_ms:.0f} ({r.list_items}) | "
-              f"{r.hwm_mib:.0f} | {r.over_cap} |")
+        print(
+            f"| {name} | {r.ready_s:.1f} | {r.cpu_ready_s:.2f} | {r.cpu_settled_s:.2f} | "
+            f"{r.first_rotation_s:.2f} | {r.list_ms:.0f} ({r.list_items}) | "
+            f"{r.hwm_mib:.0f} | {r.over_cap} |"
+        )
     print()
     for count, r, (ls_wall, ls_cpu, _), _ in runs:
-        print(f"- {count}: GET /logs/ {r.list_ms / max(ls_wall * 1000, 0.001):.1f}x the wall "
-              f"time of `ls -f | wc -l`; daemon CPU until ready "
-              f"{r.cpu_ready_s / max(ls_cpu, 0.001):.0f}x its CPU "
-              f"(+{r.cpu_ready_s - baseline.cpu_ready_s:.2f} CPU-s over the empty volume); "
-              f"other volume's first rotation {r.first_rotation_s:.2f} s "
-              f"(empty: {baseline.first_rotation_s:.2f} s)")
+        print(
+            f"- {count}: GET /logs/ {r.list_ms / max(ls_wall * 1000, 0.001):.1f}x the wall "
+            f"time of `ls -f | wc -l`; daemon CPU until ready "
+            f"{r.cpu_ready_s / max(ls_cpu, 0.001):.0f}x its CPU "
+            f"(+{r.cpu_ready_s - baseline.cpu_ready_s:.2f} CPU-s over the empty volume); "
+            f"other volume's first rotation {r.first_rotation_s:.2f} s "
+            f"(empty: {baseline.first_rotation_s:.2f} s)"
+        )
     return 0
 
 

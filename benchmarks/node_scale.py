@@ -93,11 +93,16 @@ def usage(pid: int) -> Usage:
     return Usage(cpu, rss, threads, len(os.listdir(f"/proc/{pid}/fd")))
 
 
-def write_config(path: Path, volumes: list[tuple[str, Path]], port: int,
-                 policy: dict[str, Any]) -> None:
-    lines = [f"server: {{listen: \"127.0.0.1:{port}\"}}",
-             "defaults: " + json.dumps(policy), "rescanInterval: 60s", "logLevel: warning",
-             "volumes:"]
+def write_config(
+    path: Path, volumes: list[tuple[str, Path]], port: int, policy: dict[str, Any]
+) -> None:
+    lines = [
+        f'server: {{listen: "127.0.0.1:{port}"}}',
+        "defaults: " + json.dumps(policy),
+        "rescanInterval: 60s",
+        "logLevel: warning",
+        "volumes:",
+    ]
     for name, directory in volumes:
         lines.append(f"  - name: {name}\n    path: {json.dumps(str(directory))}")
     path.write_text("\n".join(lines) + "\n")
@@ -107,8 +112,13 @@ def write_config(path: Path, volumes: list[tuple[str, Path]], port: int,
 def daemon(tree: Path, config: Path, port: int, log: Path) -> Any:
     env = dict(os.environ, PYTHONPATH=str(tree))
     with log.open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "logvold", "serve", "--config",
-                                 str(config)], cwd=tree, env=env, stdout=err, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "logvold", "serve", "--config", str(config)],
+            cwd=tree,
+            env=env,
+            stdout=err,
+            stderr=err,
+        )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -117,8 +127,7 @@ def daemon(tree: Path, config: Path, port: int, log: Path) -> Any:
                     break
             except OSError as exc:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"daemon did not start: {log.read_text()[-2000:]}") from exc
+                    raise RuntimeError(f"daemon did not start: {log.read_text()[-2000:]}") from exc
                 time.sleep(0.1)
         yield proc
     finally:
@@ -138,8 +147,9 @@ def cpu_over(pid: int, window: float) -> tuple[float, Usage]:
     return (after.cpu_s - before.cpu_s) / (time.monotonic() - t0), after
 
 
-def make_streams(work: Path, pods: int, containers: int) -> tuple[list[tuple[str, Path]],
-                                                                  list[Path]]:
+def make_streams(
+    work: Path, pods: int, containers: int
+) -> tuple[list[tuple[str, Path]], list[Path]]:
     volumes = []
     files = []
     for p in range(pods):
@@ -159,6 +169,7 @@ def row(name: str, value: str, note: str = "") -> None:
 
 # -- scenarios --------------------------------------------------------------------------
 
+
 def scenario_streams(tree: Path, work: Path, window: float) -> None:
     volumes, files = make_streams(work / "s", 110, 5)
     port = free_port()
@@ -173,9 +184,12 @@ def scenario_streams(tree: Path, work: Path, window: float) -> None:
         finally:
             writer.kill()
             writer.wait()
-    row("550 streams x 10 lines/s: daemon CPU-s/s", f"{cpu:.3f}",
+    row(
+        "550 streams x 10 lines/s: daemon CPU-s/s",
+        f"{cpu:.3f}",
         f"writer {wcpu:.3f}; RSS {u.rss_kib / 1024:.0f} MiB, {u.fds} fds, {u.threads} threads;"
-        " target <= 0.10")
+        " target <= 0.10",
+    )
 
 
 def scenario_idle(tree: Path, work: Path, window: float) -> None:
@@ -185,13 +199,19 @@ def scenario_idle(tree: Path, work: Path, window: float) -> None:
     with daemon(tree, work / "i.yaml", port, work / "i.log") as proc:
         time.sleep(3)
         cpu, u = cpu_over(proc.pid, window)
-    row("1,000 idle streams: daemon CPU-s/s", f"{cpu:.4f}",
-        f"RSS {u.rss_kib / 1024:.0f} MiB, {u.fds} fds, {u.threads} threads; target <= 0.01")
+    row(
+        "1,000 idle streams: daemon CPU-s/s",
+        f"{cpu:.4f}",
+        f"RSS {u.rss_kib / 1024:.0f} MiB, {u.fds} fds, {u.threads} threads; target <= 0.01",
+    )
 
 
 def _segments(d: Path, base: str) -> list[Path]:
-    return [d / n for n in os.listdir(d) if n.startswith(base + ".") and n[len(base) + 1:][:1]
-            .isdigit()]
+    return [
+        d / n
+        for n in os.listdir(d)
+        if n.startswith(base + ".") and n[len(base) + 1 :][:1].isdigit()
+    ]
 
 
 def scenario_rotation(tree: Path, work: Path, window: float) -> None:
@@ -200,8 +220,9 @@ def scenario_rotation(tree: Path, work: Path, window: float) -> None:
     (d / "app.log").write_bytes(b"")
     port = free_port()
     max_size = 256 * 1024
-    write_config(work / "r.yaml", [("r", d)], port, {"maxSize": "256Ki", "format": "raw",
-                                                       "maxFiles": 0})
+    write_config(
+        work / "r.yaml", [("r", d)], port, {"maxSize": "256Ki", "format": "raw", "maxFiles": 0}
+    )
     line = b"x" * 1023 + b"\n"
     latencies = []
     with daemon(tree, work / "r.yaml", port, work / "r.log"):
@@ -220,16 +241,19 @@ def scenario_rotation(tree: Path, work: Path, window: float) -> None:
         finally:
             os.close(fd)
     latencies.sort()
-    row("rotation latency, write crossing maxSize -> segment (20x)",
+    row(
+        "rotation latency, write crossing maxSize -> segment (20x)",
         f"p50 {statistics.median(latencies) * 1000:.1f} ms",
-        f"p99/max {latencies[-1] * 1000:.1f} ms")
+        f"p99/max {latencies[-1] * 1000:.1f} ms",
+    )
     # Max segment / maxSize at 4 MB/s, maxSize 1Mi.
     d2 = work / "r2"
     d2.mkdir()
     (d2 / "app.log").write_bytes(b"")
     port = free_port()
-    write_config(work / "r2.yaml", [("r2", d2)], port, {"maxSize": "1Mi", "format": "raw",
-                                                         "maxFiles": 0})
+    write_config(
+        work / "r2.yaml", [("r2", d2)], port, {"maxSize": "1Mi", "format": "raw", "maxFiles": 0}
+    )
     with daemon(tree, work / "r2.yaml", port, work / "r2.log"):
         fd = os.open(d2 / "app.log", os.O_WRONLY | os.O_APPEND)
         chunk = line * 64  # 64 KiB
@@ -246,12 +270,16 @@ def scenario_rotation(tree: Path, work: Path, window: float) -> None:
         time.sleep(2)
     sizes = [p.stat().st_size for p in _segments(d2, "app.log")]
     biggest = max(sizes, default=0)
-    row("max segment / maxSize, 4 MB/s, maxSize 1Mi", f"{biggest / 2**20:.2f}x",
-        f"{len(sizes)} segments")
+    row(
+        "max segment / maxSize, 4 MB/s, maxSize 1Mi",
+        f"{biggest / 2**20:.2f}x",
+        f"{len(sizes)} segments",
+    )
 
 
-async def _followers(base: str, keys: list[str], ready: asyncio.Event, stop: asyncio.Event,
-                     latencies: list[float]) -> None:
+async def _followers(
+    base: str, keys: list[str], ready: asyncio.Event, stop: asyncio.Event, latencies: list[float]
+) -> None:
     timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as s:
@@ -293,16 +321,19 @@ def scenario_followers(tree: Path, work: Path, window: float) -> None:
     keys = [f"{f.parent.name}/{f.stem}" for f in files]
     with daemon(tree, work / "f.yaml", port, work / "f.log") as proc:
         for n in (50, 200):
+
             async def run(n: int = n) -> tuple[float, list[float]]:
                 ready, stop = asyncio.Event(), asyncio.Event()
                 latencies: list[float] = []
-                task = asyncio.create_task(_followers(f"http://127.0.0.1:{port}", keys[:n],
-                                                      ready, stop, latencies))
+                task = asyncio.create_task(
+                    _followers(f"http://127.0.0.1:{port}", keys[:n], ready, stop, latencies)
+                )
                 await asyncio.wait_for(ready.wait(), 60)
                 await asyncio.sleep(2)
                 cpu, _ = await asyncio.to_thread(cpu_over, proc.pid, window)
-                writer = subprocess.Popen([sys.executable, "-c", WRITER, "1.0",
-                                           *map(str, files[:n])])
+                writer = subprocess.Popen(
+                    [sys.executable, "-c", WRITER, "1.0", *map(str, files[:n])]
+                )
                 await asyncio.sleep(min(window, 15))
                 writer.kill()
                 writer.wait()
@@ -315,10 +346,16 @@ def scenario_followers(tree: Path, work: Path, window: float) -> None:
             lat.sort()
             p50 = statistics.median(lat) * 1000 if lat else float("nan")
             p99 = lat[int(len(lat) * 0.99)] * 1000 if lat else float("nan")
-            row(f"{n} followers idle: daemon CPU", f"{cpu * 100:.2f} % of a core",
-                "target <= 2 % (200)")
-            row(f"{n} followers, 1 line/s each: delivery latency",
-                f"p50 {p50:.1f} ms, p99 {p99:.1f} ms", f"{len(lat)} deliveries; target p99 < 100")
+            row(
+                f"{n} followers idle: daemon CPU",
+                f"{cpu * 100:.2f} % of a core",
+                "target <= 2 % (200)",
+            )
+            row(
+                f"{n} followers, 1 line/s each: delivery latency",
+                f"p50 {p50:.1f} ms, p99 {p99:.1f} ms",
+                f"{len(lat)} deliveries; target p99 < 100",
+            )
 
 
 def _timed_curl(urls: list[str]) -> float:
@@ -335,9 +372,13 @@ def _make_whole(d: Path, size: int, segments: int) -> int:
     from logvold.core.streams import StreamInfo, StreamKey
     from logvold.fileio.rotator import StreamRotator
 
-    info = StreamInfo(key=StreamKey("default", "w", "app"), directory=d, base="app.log",
-                      volume="w", policy=LogPolicy(max_size_bytes=0, max_files=0,
-                                                   strategy="rename"))
+    info = StreamInfo(
+        key=StreamKey("default", "w", "app"),
+        directory=d,
+        base="app.log",
+        volume="w",
+        policy=LogPolicy(max_size_bytes=0, max_files=0, strategy="rename"),
+    )
     rot = StreamRotator(info)
     logging.getLogger("logvold").setLevel(logging.ERROR)  # rename without reopen: intended
     line = b"%-199s\n" % b"2026-11-30T12:00:00.000000000Z some event payload of a raw stream"
@@ -363,24 +404,42 @@ def scenario_whole(tree: Path, work: Path, window: float) -> None:
     d.mkdir()
     total = _make_whole(d, 256 * 2**20, 16)
     port = free_port()
-    write_config(work / "w.yaml", [("w", d)], port, {"maxSize": "0", "format": "raw",
-                                                       "maxFiles": 0, "strategy": "rename"})
+    write_config(
+        work / "w.yaml",
+        [("w", d)],
+        port,
+        {"maxSize": "0", "format": "raw", "maxFiles": 0, "strategy": "rename"},
+    )
     files = sorted(p.name for p in d.iterdir() if p.is_file() and p.name != "app.log")
     files.append("app.log")
     with daemon(tree, work / "w.yaml", port, work / "w.log"):
         url = f"http://127.0.0.1:{port}/logs/default/w/app"
         ours = min(_timed_curl([url]) for _ in range(3))
     results = {"logvold": ours}
-    for name, cmd in (("busybox httpd", ["busybox", "httpd", "-f", "-p", "{port}", "-h",
-                                         str(d)]),
-                      ("python -m http.server", [sys.executable, "-m", "http.server",
-                                                 "{port}", "--bind", "127.0.0.1",
-                                                 "--directory", str(d)])):
+    for name, cmd in (
+        ("busybox httpd", ["busybox", "httpd", "-f", "-p", "{port}", "-h", str(d)]),
+        (
+            "python -m http.server",
+            [
+                sys.executable,
+                "-m",
+                "http.server",
+                "{port}",
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+                str(d),
+            ],
+        ),
+    ):
         if shutil.which(cmd[0]) is None:
             continue
         p2 = free_port()
-        server = subprocess.Popen([c.replace("{port}", str(p2)) for c in cmd],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [c.replace("{port}", str(p2)) for c in cmd],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             for _ in range(100):
                 try:
@@ -397,18 +456,30 @@ def scenario_whole(tree: Path, work: Path, window: float) -> None:
     for name, secs in results.items():
         # Same bytes: logvold's throughput relative to the tool's is its time over ours.
         note = "" if name == "logvold" else f"logvold throughput = {secs / ours:.2f}x"
-        row(f"whole stream {mib:.0f} MiB: {name}", f"{secs * 1000:.0f} ms "
-            f"({mib / secs:.0f} MiB/s)", note)
+        row(
+            f"whole stream {mib:.0f} MiB: {name}",
+            f"{secs * 1000:.0f} ms ({mib / secs:.0f} MiB/s)",
+            note,
+        )
 
 
-SCENARIOS = {"streams": scenario_streams, "idle": scenario_idle, "rotation": scenario_rotation,
-             "followers": scenario_followers, "whole": scenario_whole}
+SCENARIOS = {
+    "streams": scenario_streams,
+    "idle": scenario_idle,
+    "rotation": scenario_rotation,
+    "followers": scenario_followers,
+    "whole": scenario_whole,
+}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tree", type=Path, default=ROOT,
-                   help="source tree whose logvold is run (default: this checkout)")
+    p.add_argument(
+        "--tree",
+        type=Path,
+        default=ROOT,
+        help="source tree whose logvold is run (default: this checkout)",
+    )
     p.add_argument("--window", type=float, default=20.0, help="measuring window, seconds")
     p.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
     args = p.parse_args()

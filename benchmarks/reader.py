@@ -45,8 +45,9 @@ def generate(directory: Path, size: int, segments: int) -> tuple[StreamInfo, int
     directory.mkdir(parents=True, exist_ok=True)
     rng = random.Random(1)
     alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;-_=+/"
-    payloads = ["".join(rng.choice(alphabet) for _ in range(rng.randint(120, 260)))
-                for _ in range(997)]
+    payloads = [
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(120, 260))) for _ in range(997)
+    ]
     per_file = size // (segments + 1)
     seq = 0
     for k in range(segments + 1):
@@ -59,8 +60,7 @@ def generate(directory: Path, size: int, segments: int) -> tuple[StreamInfo, int
                 ns = T0 * 1_000_000_000 + seq * STEP_NS
                 s, frac = divmod(ns, 1_000_000_000)
                 if s != sec:
-                    sec, sec_text = s, datetime.fromtimestamp(s, UTC).strftime(
-                        "%Y-%m-%dT%H:%M:%S")
+                    sec, sec_text = s, datetime.fromtimestamp(s, UTC).strftime("%Y-%m-%dT%H:%M:%S")
                 msg = payloads[seq % 997]
                 if seq % NEEDLE_EVERY == 0:
                     msg = f"NEEDLE-{seq} {msg}"
@@ -75,12 +75,18 @@ def generate(directory: Path, size: int, segments: int) -> tuple[StreamInfo, int
         if k < segments:
             last = T0 + (seq - 1) * STEP_NS // 1_000_000_000
             stamp = datetime.fromtimestamp(last, UTC).strftime("%Y%m%d-%H%M%S")
-            path.rename(directory / f"app.log.{stamp}.{k + 1:04d}" if k else
-                        directory / f"app.log.{stamp}")
+            path.rename(
+                directory / f"app.log.{stamp}.{k + 1:04d}" if k else directory / f"app.log.{stamp}"
+            )
         else:
             path.rename(directory / "app.log")
-    info = StreamInfo(key=StreamKey("default", "bench", "app"), directory=directory,
-                      base="app.log", policy=LogPolicy(format="cri"), volume="bench")
+    info = StreamInfo(
+        key=StreamKey("default", "bench", "app"),
+        directory=directory,
+        base="app.log",
+        policy=LogPolicy(format="cri"),
+        volume="bench",
+    )
     return info, seq, sum(p.stat().st_size for p in directory.iterdir())
 
 
@@ -113,9 +119,11 @@ def bench_follow(directory: Path, followers: int, duration_s: float) -> tuple[fl
     stream_dir.mkdir()
     active = stream_dir / "app.log"
     active.touch()
-    server = subprocess.Popen([sys.executable, "-m", "benchmarks.reader", "--serve",
-                               str(stream_dir)], stdout=subprocess.PIPE,
-                              cwd=Path(__file__).resolve().parents[1])
+    server = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.reader", "--serve", str(stream_dir)],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     try:
         assert server.stdout is not None
         port = int(server.stdout.readline())
@@ -133,10 +141,10 @@ def bench_follow(directory: Path, followers: int, duration_s: float) -> tuple[fl
                 time.sleep(0.01)
             os.close(fd)
 
-        async def follower(session: aiohttp.ClientSession, ready: asyncio.Event,
-                           counter: list[int]) -> None:
-            async with session.get(f"http://127.0.0.1:{port}/logs/default/f/app?follow=true"
-                                   ) as r:
+        async def follower(
+            session: aiohttp.ClientSession, ready: asyncio.Event, counter: list[int]
+        ) -> None:
+            async with session.get(f"http://127.0.0.1:{port}/logs/default/f/app?follow=true") as r:
                 counter[0] += 1
                 if counter[0] == followers:
                     ready.set()
@@ -156,8 +164,9 @@ def bench_follow(directory: Path, followers: int, duration_s: float) -> tuple[fl
             counter = [0]
             conn = aiohttp.TCPConnector(limit=0)
             async with aiohttp.ClientSession(connector=conn) as session:
-                tasks = [asyncio.create_task(follower(session, ready, counter))
-                         for _ in range(followers)]
+                tasks = [
+                    asyncio.create_task(follower(session, ready, counter)) for _ in range(followers)
+                ]
                 await asyncio.wait_for(ready.wait(), 30)
                 await asyncio.sleep(0.5)
                 thread = threading.Thread(target=writer)
@@ -175,8 +184,7 @@ def bench_follow(directory: Path, followers: int, duration_s: float) -> tuple[fl
         server.terminate()
         server.wait(10)
     latencies.sort()
-    return (statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1],
-            len(latencies))
+    return (statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1], len(latencies))
 
 
 def serve(stream_dir: Path) -> None:
@@ -188,10 +196,18 @@ def serve(stream_dir: Path) -> None:
 
     async def run() -> None:
         registry = StreamRegistry()
-        registry.put(StreamInfo(key=StreamKey("default", "f", "app"), directory=stream_dir,
-                                base="app.log", policy=LogPolicy(), volume="bench"))
-        app = build_app(config=default_config(), registry=registry, metrics=Metrics(),
-                        is_ready=lambda: True)
+        registry.put(
+            StreamInfo(
+                key=StreamKey("default", "f", "app"),
+                directory=stream_dir,
+                base="app.log",
+                policy=LogPolicy(),
+                volume="bench",
+            )
+        )
+        app = build_app(
+            config=default_config(), registry=registry, metrics=Metrics(), is_ready=lambda: True
+        )
         runner = await start_server(app, "127.0.0.1:0")
         print(runner.addresses[0][1], flush=True)
         await asyncio.Event().wait()
@@ -217,26 +233,46 @@ def main() -> int:
     try:
         t0 = time.perf_counter()
         info, lines, total = generate(work / "stream", size, args.segments)
-        print(f"generated {total / 2**20:.0f} MiB, {lines} lines, {args.segments} segments "
-              f"+ active in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        print(
+            f"generated {total / 2**20:.0f} MiB, {lines} lines, {args.segments} segments "
+            f"+ active in {time.perf_counter() - t0:.1f}s",
+            file=sys.stderr,
+        )
         active = info.active_path
 
         ours = best_of(5, lambda: read_all(info, tail_events=100))
-        gnu = best_of(5, lambda: subprocess.run(["tail", "-n", "100", str(active)],
-                                                capture_output=True, check=True))
+        gnu = best_of(
+            5,
+            lambda: subprocess.run(
+                ["tail", "-n", "100", str(active)], capture_output=True, check=True
+            ),
+        )
         assert read_all(info, tail_events=100).count(b"\n") == 100
-        rows.append(("tailLines=100", f"{ours * 1000:.1f} ms", f"tail -n 100: {gnu * 1000:.1f} ms",
-                     f"{ours / gnu:.2f}x (target <= 2x)"))
+        rows.append(
+            (
+                "tailLines=100",
+                f"{ours * 1000:.1f} ms",
+                f"tail -n 100: {gnu * 1000:.1f} ms",
+                f"{ours / gnu:.2f}x (target <= 2x)",
+            )
+        )
 
         mid_ns = T0 * 1_000_000_000 + (lines // 2) * STEP_NS
         since_ttfb = best_of(5, lambda: first_chunk(info, since_ns=mid_ns))
         late_ns = T0 * 1_000_000_000 + (lines - 2000) * STEP_NS
         since_tail = best_of(5, lambda: read_all(info, since_ns=late_ns))
         assert read_all(info, since_ns=late_ns).count(b"\n") == 2000
-        rows.append(("sinceTime (middle), first byte", f"{since_ttfb * 1000:.1f} ms", "-",
-                     "target < 50 ms"))
-        rows.append(("sinceTime (last 2000 events), all", f"{since_tail * 1000:.1f} ms", "-",
-                     "target < 50 ms"))
+        rows.append(
+            ("sinceTime (middle), first byte", f"{since_ttfb * 1000:.1f} ms", "-", "target < 50 ms")
+        )
+        rows.append(
+            (
+                "sinceTime (last 2000 events), all",
+                f"{since_tail * 1000:.1f} ms",
+                "-",
+                "target < 50 ms",
+            )
+        )
 
         files = sorted(str(x) for x in info.directory.iterdir() if x.name.startswith("app.log"))
         t = time.perf_counter()
@@ -247,20 +283,37 @@ def main() -> int:
         ours_s = time.perf_counter() - t
         hits = sum(int(line.rsplit(b":", 1)[1]) for line in grep.stdout.splitlines())
         assert got.count(b"\n") == hits, (got.count(b"\n"), hits)
-        rows.append((f"pattern over {total / 2**20:.0f} MiB ({hits} hits)",
-                     f"{ours_s:.2f} s ({total / ours_s / 2**20:.0f} MiB/s)",
-                     f"grep -c: {grep_s:.2f} s", f"{grep_s / ours_s:.2f}x (target >= 0.5x)"))
+        rows.append(
+            (
+                f"pattern over {total / 2**20:.0f} MiB ({hits} hits)",
+                f"{ours_s:.2f} s ({total / ours_s / 2**20:.0f} MiB/s)",
+                f"grep -c: {grep_s:.2f} s",
+                f"{grep_s / ours_s:.2f}x (target >= 0.5x)",
+            )
+        )
 
         t = time.perf_counter()
         got = read_all(info, pattern="NEEDLE-[0-9]+", tail_events=10)
         tail_pattern_s = time.perf_counter() - t
         assert got.count(b"\n") == min(10, hits)
-        rows.append(("tailLines=10 + pattern (backwards, RE2 regions)",
-                     f"{tail_pattern_s * 1000:.0f} ms", "-", "-"))
+        rows.append(
+            (
+                "tailLines=10 + pattern (backwards, RE2 regions)",
+                f"{tail_pattern_s * 1000:.0f} ms",
+                "-",
+                "-",
+            )
+        )
 
         p50, p99, n = bench_follow(work, args.followers, args.follow_seconds)
-        rows.append((f"follow latency, {args.followers} followers ({n} deliveries)",
-                     f"p50 {p50:.1f} ms", f"p99 {p99:.1f} ms", "target p99 < 100 ms"))
+        rows.append(
+            (
+                f"follow latency, {args.followers} followers ({n} deliveries)",
+                f"p50 {p50:.1f} ms",
+                f"p99 {p99:.1f} ms",
+                "target p99 < 100 ms",
+            )
+        )
     finally:
         if not args.dir:
             shutil.rmtree(work, ignore_errors=True)

@@ -28,9 +28,14 @@ from tests.integration.rotator_kit import ROOT, leftovers, make_info, start_writ
 from tests.support.events import split_raw, verify
 
 DELIM = b"\n\n"
-POLICY: dict[str, object] = dict(max_size_bytes=32 * 1024, max_files=0,
-                                 max_total_size_bytes=1024 * 1024, delimiter=DELIM,
-                                 compress="gzip", collapse="auto")
+POLICY: dict[str, object] = dict(
+    max_size_bytes=32 * 1024,
+    max_files=0,
+    max_total_size_bytes=1024 * 1024,
+    delimiter=DELIM,
+    compress="gzip",
+    collapse="auto",
+)
 COLLAPSE_MIN = 16 * 1024
 
 
@@ -79,8 +84,9 @@ def child(directory: Path, seed: int) -> None:
 
 
 def _check(directory: Path, stats: CrashStats) -> None:
-    report = verify(split_raw([whole_stream(directory, delimiter=DELIM)], DELIM),
-                    allow_missing_prefix=True)
+    report = verify(
+        split_raw([whole_stream(directory, delimiter=DELIM)], DELIM), allow_missing_prefix=True
+    )
     stats.events = report.seen
     stats.written = max(stats.written, (report.last_seq or -1) + 1)
     stats.lost += len(report.lost)
@@ -99,20 +105,37 @@ def _check(directory: Path, stats: CrashStats) -> None:
     stats.apparent = st.st_size
 
 
-def run(kills: int, *, mode: str = "append", seed: int = 1, directory: Path | None = None,
-        max_delay_s: float = 0.15) -> CrashStats:
+def run(
+    kills: int,
+    *,
+    mode: str = "append",
+    seed: int = 1,
+    directory: Path | None = None,
+    max_delay_s: float = 0.15,
+) -> CrashStats:
     """`kills` SIGKILLs of a rotating child with a live `mode` writer; verify after each."""
     rng = random.Random(seed)
     stats = CrashStats(mode)
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         d = Path(tmp)
-        writer = start_writer(d / "app.log", mode=mode, count=10**8, rate=400, max_chunk=8192,
-                              seed=seed)
+        writer = start_writer(
+            d / "app.log", mode=mode, count=10**8, rate=400, max_chunk=8192, seed=seed
+        )
         try:
             for i in range(kills):
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "benchmarks.rotator_crash", "--child", str(d),
-                     "--seed", str(seed * 1000 + i)], cwd=ROOT, stdout=subprocess.PIPE)
+                    [
+                        sys.executable,
+                        "-m",
+                        "benchmarks.rotator_crash",
+                        "--child",
+                        str(d),
+                        "--seed",
+                        str(seed * 1000 + i),
+                    ],
+                    cwd=ROOT,
+                    stdout=subprocess.PIPE,
+                )
                 assert proc.stdout is not None
                 proc.stdout.readline()  # "ready": recovery in the child is done
                 time.sleep(rng.random() * max_delay_s)
@@ -127,8 +150,9 @@ def run(kills: int, *, mode: str = "append", seed: int = 1, directory: Path | No
                 if intent is not None:
                     op = str(intent.get("op"))
                     stats.recovered_intents[op] = stats.recovered_intents.get(op, 0) + 1
-                StreamRotator(make_info(d, **POLICY), None,
-                              collapse_min_bytes=COLLAPSE_MIN).recover()
+                StreamRotator(
+                    make_info(d, **POLICY), None, collapse_min_bytes=COLLAPSE_MIN
+                ).recover()
                 _check(d, stats)
         finally:
             writer.kill()
@@ -158,14 +182,18 @@ def main() -> int:
         t0 = time.monotonic()
         s = run(args.kills // 2, mode=mode, seed=args.seed, max_delay_s=0.4)
         rows.append((s, time.monotonic() - t0))
-    print(f"{'writer':8} {'kills':>5} {'rotations':>9} {'collapses':>9} {'written':>7} "
-          f"{'kept':>6} {'lost':>4} {'dup':>4} {'split':>5} {'alloc':>6} {'maxalloc':>8} "
-          f"{'apparent':>10} {'recovered intents':>20} {'secs':>5}")
+    print(
+        f"{'writer':8} {'kills':>5} {'rotations':>9} {'collapses':>9} {'written':>7} "
+        f"{'kept':>6} {'lost':>4} {'dup':>4} {'split':>5} {'alloc':>6} {'maxalloc':>8} "
+        f"{'apparent':>10} {'recovered intents':>20} {'secs':>5}"
+    )
     for s, secs in rows:
         intents = ",".join(f"{k}:{v}" for k, v in sorted(s.recovered_intents.items())) or "-"
-        print(f"{s.mode:8} {s.kills:5} {s.rotations:9} {s.collapses:9} {s.written:7} "
-              f"{s.events:6} {s.lost:4} {s.dup:4} {s.split:5} {s.allocated:6} "
-              f"{s.max_allocated:8} {s.apparent:10} {intents:>20} {secs:5.1f}")
+        print(
+            f"{s.mode:8} {s.kills:5} {s.rotations:9} {s.collapses:9} {s.written:7} "
+            f"{s.events:6} {s.lost:4} {s.dup:4} {s.split:5} {s.allocated:6} "
+            f"{s.max_allocated:8} {s.apparent:10} {intents:>20} {secs:5.1f}"
+        )
         for f in s.failures[:5]:
             print("  FAIL", f)
     return 0 if all(s.ok for s, _ in rows) else 1

@@ -58,7 +58,7 @@ def _write_at_rate(path: Path, data: bytes, rate: float) -> None:
             delay = start + off / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            os.write(fd, data[off:off + 16384])
+            os.write(fd, data[off : off + 16384])
     finally:
         os.close(fd)
 
@@ -72,14 +72,19 @@ def _segments(d: Path) -> list[Path]:
     return [p for p in d.iterdir() if p.name.startswith("app.log.")]
 
 
-def bound_row(tree: Path, work: Path, rate_mb: int, label: str, max_size: int,
-              seconds: float) -> None:
+def bound_row(
+    tree: Path, work: Path, rate_mb: int, label: str, max_size: int, seconds: float
+) -> None:
     d = work / f"b-{rate_mb}-{label}"
     d.mkdir()
     (d / "app.log").write_bytes(b"")
     port = free_port()
-    write_config(work / f"{d.name}.yaml", [("b", d)], port,
-                 {"maxSize": label, "format": "raw", "delimiter": "\n\n", "maxFiles": 0})
+    write_config(
+        work / f"{d.name}.yaml",
+        [("b", d)],
+        port,
+        {"maxSize": label, "format": "raw", "delimiter": "\n\n", "maxFiles": 0},
+    )
     rate = rate_mb * 1e6
     data, count = _events(int(max(rate * seconds, 2.5 * max_size)), seed=rate_mb)
     with daemon(tree, work / f"{d.name}.yaml", port, work / f"{d.name}.log") as proc:
@@ -90,17 +95,20 @@ def bound_row(tree: Path, work: Path, rate_mb: int, label: str, max_size: int,
         w.join()
         wrote_s = time.monotonic() - t0
         deadline = time.monotonic() + 60
-        while (d / "app.log").stat().st_size - _committed(d) >= max_size \
-                and time.monotonic() < deadline:
+        while (d / "app.log").stat().st_size - _committed(
+            d
+        ) >= max_size and time.monotonic() < deadline:
             time.sleep(0.05)
         after = usage(proc.pid)
     sizes = [p.stat().st_size for p in _segments(d)]
     report = verify(split_raw([whole_stream(d)], DELIM))
     biggest = max(sizes, default=0)
-    print(f"| {rate_mb} MB/s | {label} | {len(data) / 2**20:.1f} MiB | {len(sizes)} | "
-          f"{biggest / max_size:.2f} | {len(report.lost)} / {len(report.duplicated)} / "
-          f"{len(report.corrupt)} | {report.seen}/{count} | "
-          f"{(after.cpu_s - before.cpu_s) / wrote_s:.2f} |")
+    print(
+        f"| {rate_mb} MB/s | {label} | {len(data) / 2**20:.1f} MiB | {len(sizes)} | "
+        f"{biggest / max_size:.2f} | {len(report.lost)} / {len(report.duplicated)} / "
+        f"{len(report.corrupt)} | {report.seen}/{count} | "
+        f"{(after.cpu_s - before.cpu_s) / wrote_s:.2f} |"
+    )
 
 
 def _timed(cmd: list[str] | str, shell: bool = False) -> float:
@@ -111,8 +119,10 @@ def _timed(cmd: list[str] | str, shell: bool = False) -> float:
 
 def throughput(work: Path, backlog_mib: int) -> None:
     data, count = _events(backlog_mib * 2**20, seed=99)
-    print("\n| what | bytes | seconds | MiB/s | vs cp | vs cat | per piece |\n"
-          "|---|---|---|---|---|---|---|")
+    print(
+        "\n| what | bytes | seconds | MiB/s | vs cp | vs cat | per piece |\n"
+        "|---|---|---|---|---|---|---|"
+    )
     src = work / "src.log"
     src.write_bytes(data)
     os.sync()
@@ -121,19 +131,25 @@ def throughput(work: Path, backlog_mib: int) -> None:
     sync_s = _timed(f"cp {src} {work / 'cps.out'} && sync -f {work / 'cps.out'}", shell=True)
     mib = len(data) / 2**20
     print(f"| cp | {mib:.0f} MiB | {cp_s:.2f} | {mib / cp_s:.0f} | 1.00 | {cat_s / cp_s:.2f} |")
-    print(f"| cat > | {mib:.0f} MiB | {cat_s:.2f} | {mib / cat_s:.0f} | {cp_s / cat_s:.2f} "
-          f"| 1.00 |")
-    print(f"| cp && sync -f (durable, as the rotator) | {mib:.0f} MiB | {sync_s:.2f} | "
-          f"{mib / sync_s:.0f} | {cp_s / sync_s:.3f} | {cat_s / sync_s:.3f} |")
+    print(
+        f"| cat > | {mib:.0f} MiB | {cat_s:.2f} | {mib / cat_s:.0f} | {cp_s / cat_s:.2f} | 1.00 |"
+    )
+    print(
+        f"| cp && sync -f (durable, as the rotator) | {mib:.0f} MiB | {sync_s:.2f} | "
+        f"{mib / sync_s:.0f} | {cp_s / sync_s:.3f} | {cat_s / sync_s:.3f} |"
+    )
     for label, max_size in (("64Ki", 64 * 1024), ("1Mi", 2**20), ("10Mi", 10 * 2**20)):
         d = work / f"t-{label}"
         d.mkdir()
         (d / "app.log").write_bytes(data)
         os.sync()
-        info = StreamInfo(key=StreamKey("default", "bench", "app"), directory=d,
-                          base="app.log", volume="bench",
-                          policy=LogPolicy(max_size_bytes=max_size, max_files=0,
-                                           delimiter=DELIM))
+        info = StreamInfo(
+            key=StreamKey("default", "bench", "app"),
+            directory=d,
+            base="app.log",
+            volume="bench",
+            policy=LogPolicy(max_size_bytes=max_size, max_files=0, delimiter=DELIM),
+        )
         rot = StreamRotator(info, None)
         t0 = time.monotonic()
         steps = pieces = 0
@@ -143,10 +159,12 @@ def throughput(work: Path, backlog_mib: int) -> None:
         secs = time.monotonic() - t0
         report = verify(split_raw([whole_stream(d)], DELIM))
         ok = "ok" if report.ok and report.seen == count else report.summary()
-        print(f"| rotator, maxSize {label}: {pieces} pieces in {steps} steps ({ok}) | "
-              f"{mib:.0f} MiB | {secs:.2f} | {mib / secs:.0f} | {cp_s / secs:.3f} | "
-              f"{cat_s / secs:.3f} | {pieces / secs:.0f} pieces/s, "
-              f"{secs / max(pieces, 1) * 1000:.1f} ms each |")
+        print(
+            f"| rotator, maxSize {label}: {pieces} pieces in {steps} steps ({ok}) | "
+            f"{mib:.0f} MiB | {secs:.2f} | {mib / secs:.0f} | {cp_s / secs:.3f} | "
+            f"{cat_s / secs:.3f} | {pieces / secs:.0f} pieces/s, "
+            f"{secs / max(pieces, 1) * 1000:.1f} ms each |"
+        )
 
 
 def main() -> int:
@@ -160,8 +178,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="logvold-bench-bound-", dir="/var/tmp") as tmp:
         work = Path(tmp)
         if not args.skip_bound:
-            print("| writer | maxSize | written | segments | max segment / maxSize | "
-                  "lost / dup / split | events seen | daemon CPU s/s |")
+            print(
+                "| writer | maxSize | written | segments | max segment / maxSize | "
+                "lost / dup / split | events seen | daemon CPU s/s |"
+            )
             print("|---|---|---|---|---|---|---|---|")
             for label, max_size in SIZES:
                 for rate in RATES_MB_S:

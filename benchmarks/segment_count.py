@@ -66,24 +66,33 @@ def main() -> None:
             dfd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 counted = count_segment(dfd, seg.name, size, policy)
-                t_count = _best(functools.partial(count_segment, dfd, seg.name, size, policy),
-                                args.repeat)
+                t_count = _best(
+                    functools.partial(count_segment, dfd, seg.name, size, policy), args.repeat
+                )
             finally:
                 os.close(dfd)
-            wc = subprocess.run(["wc", "-l", str(seg)], capture_output=True, text=True,
-                                check=True)
-            t_wc = _best(functools.partial(subprocess.run, ["wc", "-l", str(seg)], check=True,
-                                           capture_output=True), args.repeat)
-            t_cp = _best(functools.partial(subprocess.run, ["cp", str(seg), str(work / "copy")],
-                                           check=True), args.repeat)
+            wc = subprocess.run(["wc", "-l", str(seg)], capture_output=True, text=True, check=True)
+            t_wc = _best(
+                functools.partial(
+                    subprocess.run, ["wc", "-l", str(seg)], check=True, capture_output=True
+                ),
+                args.repeat,
+            )
+            t_cp = _best(
+                functools.partial(subprocess.run, ["cp", str(seg), str(work / "copy")], check=True),
+                args.repeat,
+            )
             assert counted.events == int(wc.stdout.split()[0]), (counted, wc.stdout)
             mb = size / 1e6
-            rows.append((fmt, mb, counted.events, mb / t_count, mb / t_wc, mb / t_cp,
-                         t_count / t_cp))
+            rows.append(
+                (fmt, mb, counted.events, mb / t_count, mb / t_wc, mb / t_cp, t_count / t_cp)
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"{'format':<10}{'MB':>8}{'events':>10}{'count MB/s':>12}{'wc -l MB/s':>12}"
-          f"{'cp MB/s':>10}{'count/cp':>10}")
+    print(
+        f"{'format':<10}{'MB':>8}{'events':>10}{'count MB/s':>12}{'wc -l MB/s':>12}"
+        f"{'cp MB/s':>10}{'count/cp':>10}"
+    )
     for fmt, mb, n, c, w, cp, ratio in rows:
         print(f"{fmt:<10}{mb:>8.1f}{n:>10}{c:>12.0f}{w:>12.0f}{cp:>10.0f}{ratio:>10.2f}")
     print(f"(best of {args.repeat}; warm page cache)")

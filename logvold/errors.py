@@ -62,8 +62,9 @@ class StreamError(LogvoldError):
     """A log stream that cannot be read, rotated or written."""
 
 
-RefusalKind = Literal["symlink", "not-regular", "not-directory", "hardlink", "outside",
-                      "too-big", "too-many"]
+RefusalKind = Literal[
+    "symlink", "not-regular", "not-directory", "hardlink", "outside", "too-big", "too-many"
+]
 
 
 class UnsafeFile(StreamError):
@@ -73,8 +74,9 @@ class UnsafeFile(StreamError):
     `kind` is the metric label (`logvold_unsafe_files_refused_total{kind}`).
     """
 
-    def __init__(self, message: str, *, kind: RefusalKind, path: str | None = None,
-                 op: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, kind: RefusalKind, path: str | None = None, op: str | None = None
+    ) -> None:
         super().__init__(message, path=path, op=op)
         self.kind: RefusalKind = kind
 

@@ -78,7 +78,8 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
         "--insecure", action="store_true", help="do not verify logvold's TLS certificate"
     )
     parser.add_argument(
-        "--socket", metavar="PATH",
+        "--socket",
+        metavar="PATH",
         help="talk to logvold over its unix socket (server.socket.path) instead of --url: "
         "you read what your user could open",
     )
@@ -99,9 +100,12 @@ def _logs_parser() -> _Parser:
     p.add_argument("--pattern", metavar="RE", help="only events matching this RE2 pattern")
     p.add_argument("--limit-bytes", type=int, metavar="N", help="stop after N bytes")
     p.add_argument("--stream", choices=("stdout", "stderr", "All"), help="cri/json-file streams")
-    p.add_argument("--where", action="store_true",
-                   help="print the stream's files on the node instead (segments oldest first, "
-                   "then the active file); needs the listing's permission (nodes/proxy)")
+    p.add_argument(
+        "--where",
+        action="store_true",
+        help="print the stream's files on the node instead (segments oldest first, "
+        "then the active file); needs the listing's permission (nodes/proxy)",
+    )
     _add_connection_options(p)
     return p
 
@@ -164,13 +168,21 @@ def logs_request(argv: Sequence[str], environ: Mapping[str, str]) -> Request:
         if value is not None and value < 0:
             raise UsageError(f"--{option.replace('_', '-')} must not be negative")
     if args.where:
-        reading = [f"--{name.replace('_', '-')}" for name in _READ_OPTIONS
-                   if getattr(args, name) not in (None, False)]
+        reading = [
+            f"--{name.replace('_', '-')}"
+            for name in _READ_OPTIONS
+            if getattr(args, name) not in (None, False)
+        ]
         if reading:
             raise UsageError(f"--where prints file paths: it takes no {', '.join(reading)}")
-        return Request(url=_base_url(args.url) + "/logs/", token=_token(args.token, environ),
-                       follow=False, cafile=args.cacert, insecure=args.insecure,
-                       where=(parts[0], parts[1], parts[2]))
+        return Request(
+            url=_base_url(args.url) + "/logs/",
+            token=_token(args.token, environ),
+            follow=False,
+            cafile=args.cacert,
+            insecure=args.insecure,
+            where=(parts[0], parts[1], parts[2]),
+        )
     params: list[tuple[str, str]] = []
     if args.follow:
         params.append(("follow", "true"))
@@ -204,8 +216,16 @@ def logs_request(argv: Sequence[str], environ: Mapping[str, str]) -> Request:
     )
 
 
-_READ_OPTIONS = ("follow", "tail", "since", "since_time", "timestamps", "pattern",
-                 "limit_bytes", "stream")
+_READ_OPTIONS = (
+    "follow",
+    "tail",
+    "since",
+    "since_time",
+    "timestamps",
+    "pattern",
+    "limit_bytes",
+    "stream",
+)
 
 
 def print_where(request: Request, out: IO[bytes]) -> None:
@@ -232,8 +252,10 @@ def print_where(request: Request, out: IO[bytes]) -> None:
             out.write(os.fsencode(path) + b"\n")
         out.flush()
         return
-    raise ClientError(f"no stream {namespace}/{pod}/{container} at {_origin(request.url)}; "
-                      "`curl .../logs/` lists them")
+    raise ClientError(
+        f"no stream {namespace}/{pod}/{container} at {_origin(request.url)}; "
+        "`curl .../logs/` lists them"
+    )
 
 
 def query_request(
@@ -327,19 +349,22 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def _unix_get(path: str, url: str, headers: dict[str, str],
-              timeout: float | None) -> HTTPResponse:
+def _unix_get(path: str, url: str, headers: dict[str, str], timeout: float | None) -> HTTPResponse:
     """GET the path and query of `url` over the unix socket at `path`; an HTTP error
     status raises urllib's HTTPError, as urlopen would."""
     parts = urllib.parse.urlsplit(url)
     conn = _UnixConnection(path, timeout)
     # Connection: close lets http.client drop its socket once the body is read.
-    conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""),
-                 headers={**headers, "Connection": "close"})
+    conn.request(
+        "GET",
+        parts.path + (f"?{parts.query}" if parts.query else ""),
+        headers={**headers, "Connection": "close"},
+    )
     response = conn.getresponse()
     if response.status >= 400:
-        raise urllib.error.HTTPError(url, response.status, response.reason,
-                                     response.headers, response)
+        raise urllib.error.HTTPError(
+            url, response.status, response.reason, response.headers, response
+        )
     return response
 
 

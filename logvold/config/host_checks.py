@@ -26,8 +26,13 @@ UNIT_ENV = "LOGVOLD_SYSTEMD_UNIT"
 """Path of the unit file to check against, instead of searching; "" = no unit. For tests
 and for checking a unit before installing it."""
 UNIT_NAME = "logvold.service"
-UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
-             "/usr/lib/systemd/system", "/lib/systemd/system")
+UNIT_DIRS = (
+    "/etc/systemd/system",
+    "/run/systemd/system",
+    "/usr/local/lib/systemd/system",
+    "/usr/lib/systemd/system",
+    "/lib/systemd/system",
+)
 """Where systemd looks for system units, highest priority first (systemd.unit(5))."""
 _MAX_UNIT_BYTES = 1 << 20
 _MAX_DROP_INS = 256
@@ -56,12 +61,18 @@ class UnitSandbox:
         rules += [(p, "ReadOnlyPaths=") for p in self.read_only_paths]
         rules += [(p, "InaccessiblePaths=") for p in self.inaccessible_paths]
         if self.protect_home not in ("no", "false"):
-            rules += [(p, f"ProtectHome={self.protect_home}") for p in ("/home", "/root",
-                                                                       "/run/user")]
-        base = {"strict": ("/",), "full": ("/usr", "/boot", "/efi", "/etc"),
-                "yes": ("/usr", "/boot", "/efi"), "true": ("/usr", "/boot", "/efi")}
-        rules += [(p, f"ProtectSystem={self.protect_system}")
-                  for p in base.get(self.protect_system, ())]
+            rules += [
+                (p, f"ProtectHome={self.protect_home}") for p in ("/home", "/root", "/run/user")
+            ]
+        base = {
+            "strict": ("/",),
+            "full": ("/usr", "/boot", "/efi", "/etc"),
+            "yes": ("/usr", "/boot", "/efi"),
+            "true": ("/usr", "/boot", "/efi"),
+        }
+        rules += [
+            (p, f"ProtectSystem={self.protect_system}") for p in base.get(self.protect_system, ())
+        ]
         # The most specific path wins, as systemd applies nested mounts last.
         matching = [(len(p), verdict) for p, verdict in rules if _under(path, (p,))]
         if not matching:
@@ -131,8 +142,12 @@ def read_unit_sandbox(unit: Path, *, search_drop_ins: bool = True) -> UnitSandbo
             else:
                 settings[key] = []  # an empty assignment resets a list
     rw = list(settings.get("ReadWritePaths", []))
-    for key, root in (("StateDirectory", "/var/lib"), ("LogsDirectory", "/var/log"),
-                      ("CacheDirectory", "/var/cache"), ("RuntimeDirectory", "/run")):
+    for key, root in (
+        ("StateDirectory", "/var/lib"),
+        ("LogsDirectory", "/var/log"),
+        ("CacheDirectory", "/var/cache"),
+        ("RuntimeDirectory", "/run"),
+    ):
         rw += [f"{root}/{name.partition(':')[0]}" for name in settings.get(key, [])]
     protect = (settings.get("ProtectSystem") or ["no"])[0].strip().lower()
     return UnitSandbox(
@@ -193,9 +208,14 @@ def _words(value: str) -> list[str]:
     return [w.lstrip("-+") for w in words if w.lstrip("-+").startswith("/")]
 
 
-def host_problems(config: Config, *, lines: Mapping[KeyPath, int] | None = None,
-                  unit: UnitSandbox | None = None, created: Sequence[str] = (),
-                  previous: Config | None = None) -> list[ConfigProblem]:
+def host_problems(
+    config: Config,
+    *,
+    lines: Mapping[KeyPath, int] | None = None,
+    unit: UnitSandbox | None = None,
+    created: Sequence[str] = (),
+    previous: Config | None = None,
+) -> list[ConfigProblem]:
     """What would stop `config` from working on this host; [] if nothing.
 
     `created`: volume names the daemon creates itself (the built-in `local` volume).
@@ -217,29 +237,37 @@ def host_problems(config: Config, *, lines: Mapping[KeyPath, int] | None = None,
             continue
         if volume.name not in created:
             if not os.path.lexists(path):
-                add(key, f"{path} does not exist; create it (mkdir -p {path}) or correct the "
-                         "path")
+                add(key, f"{path} does not exist; create it (mkdir -p {path}) or correct the path")
             elif not Path(path).is_dir():
-                add(key, f"{path} is not a directory; a volume is the directory that holds "
-                         "the log files")
+                add(
+                    key,
+                    f"{path} is not a directory; a volume is the directory that holds "
+                    "the log files",
+                )
         if unit is not None:
             _unit_problem(unit, os.path.realpath(path), key, add)
-    k8s_unchanged = previous is not None and previous.kubernetes.enabled and (
-        previous.kubernetes.kubelet_root == config.kubernetes.kubelet_root)
+    k8s_unchanged = (
+        previous is not None
+        and previous.kubernetes.enabled
+        and (previous.kubernetes.kubelet_root == config.kubernetes.kubelet_root)
+    )
     if unit is not None and config.kubernetes.enabled and not k8s_unchanged:
         pods = str(Path(config.kubernetes.kubelet_root) / "pods")
         _unit_problem(unit, os.path.realpath(pods), ("kubernetes", "kubeletRoot"), add)
     return problems
 
 
-def _unit_problem(unit: UnitSandbox, path: str, key: KeyPath,
-                  add: Callable[[KeyPath, str], None]) -> None:
+def _unit_problem(
+    unit: UnitSandbox, path: str, key: KeyPath, add: Callable[[KeyPath, str], None]
+) -> None:
     why = unit.why_not_writable(path)
     if why is None:
         return
     if why.startswith("PrivateTmp"):
         fix = "move the volume out of /tmp and /var/tmp"
     else:
-        fix = (f"allow it with a drop-in: `systemctl edit {Path(unit.unit_file).name}`, "
-               f"then under [Service] add ReadWritePaths={path}")
+        fix = (
+            f"allow it with a drop-in: `systemctl edit {Path(unit.unit_file).name}`, "
+            f"then under [Service] add ReadWritePaths={path}"
+        )
     add(key, f"{path} is not writable under the systemd unit {unit.unit_file} ({why}); {fix}")

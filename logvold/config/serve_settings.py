@@ -47,8 +47,10 @@ def load_effective_config(options: ServeOptions) -> Config:
         config = load_config(options.config_path)
         if options.logs_dir is not None:
             if config.volumes:
-                raise UsageError("--logs-dir only applies when the config defines no volumes; "
-                                 "edit the volume paths in the config instead")
+                raise UsageError(
+                    "--logs-dir only applies when the config defines no volumes; "
+                    "edit the volume paths in the config instead"
+                )
             config = replace(config, volumes=(VolumeSpec(name="local", path=options.logs_dir),))
     if options.listen is not None:
         config = replace(config, server=replace(config.server, listen=options.listen))
@@ -74,11 +76,13 @@ def check_runtime(config: Config) -> None:
     except UsageError as exc:
         problems.append(ConfigProblem(config.source, None, "server.listen", str(exc)))
     if config.log_format not in FORMATS:
-        problems.append(ConfigProblem(config.source, None, "logFormat",
-                                      f"must be one of {', '.join(FORMATS)}"))
+        problems.append(
+            ConfigProblem(config.source, None, "logFormat", f"must be one of {', '.join(FORMATS)}")
+        )
     if config.log_level.lower() not in LEVELS:
-        problems.append(ConfigProblem(config.source, None, "logLevel",
-                                      f"must be one of {', '.join(LEVELS)}"))
+        problems.append(
+            ConfigProblem(config.source, None, "logLevel", f"must be one of {', '.join(LEVELS)}")
+        )
     if problems:
         raise ConfigError(problems)
 
@@ -88,9 +92,13 @@ def creates_local_volume(options: ServeOptions) -> bool:
     return options.config_path is None or options.logs_dir is not None
 
 
-def check_host(config: Config, options: ServeOptions,
-               environ: Mapping[str, str] | None = None, *,
-               previous: Config | None = None) -> None:
+def check_host(
+    config: Config,
+    options: ServeOptions,
+    environ: Mapping[str, str] | None = None,
+    *,
+    previous: Config | None = None,
+) -> None:
     """ConfigError with what stops `config` from working on this host (a missing volume
     path, one the systemd unit this process runs as cannot write): the same words
     `logvold check-config` prints as warnings. On a reload (`previous`), only what the
@@ -105,8 +113,7 @@ def check_host(config: Config, options: ServeOptions,
         except ConfigError:
             lines = None  # changed under us since it was loaded: report without lines
     created = ("local",) if creates_local_volume(options) else ()
-    problems = host_problems(config, lines=lines, unit=unit, created=created,
-                             previous=previous)
+    problems = host_problems(config, lines=lines, unit=unit, created=created, previous=previous)
     if problems:
         raise ConfigError(problems)
 

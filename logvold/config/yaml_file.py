@@ -85,8 +85,9 @@ def _managed_directories(volume: VolumeSpec, defaults: LogPolicy) -> list[str]:
     return [volume.path] + [str(Path(volume.path, d)) for d in sorted(subdirs) if d]
 
 
-def same_directory_problems(config: Config, lines: dict[KeyPath, int],
-                            filename: str) -> list[ConfigProblem]:
+def same_directory_problems(
+    config: Config, lines: dict[KeyPath, int], filename: str
+) -> list[ConfigProblem]:
     """Volumes that reach one directory twice, compared by (st_dev, st_ino) of the
     directory their path resolves to: a second path through a symlink, a bind mount or
     `..` names the same files, and two managers of one directory lose and duplicate
@@ -109,11 +110,16 @@ def same_directory_problems(config: Config, lines: dict[KeyPath, int],
                 other, other_dir = first[ident]
                 key: KeyPath = ("volumes", index, "path")
                 line = lines.get(key, lines.get(("volumes", index)))
-                problems.append(ConfigProblem(
-                    filename, line, format_key(key),
-                    f"{directory} is the same directory as {other_dir} of volumes[{other}] "
-                    f"(device {ident[0]}, inode {ident[1]}); two volumes would rotate the "
-                    "same files"))
+                problems.append(
+                    ConfigProblem(
+                        filename,
+                        line,
+                        format_key(key),
+                        f"{directory} is the same directory as {other_dir} of volumes[{other}] "
+                        f"(device {ident[0]}, inode {ident[1]}); two volumes would rotate the "
+                        "same files",
+                    )
+                )
                 reported = True
         for ident, directory in mine.items():
             first.setdefault(ident, (index, directory))
@@ -270,15 +276,19 @@ def dump_config(config: Config) -> str:
         "mode": config.server.auth,
         "cacheTTL": _duration_value(config.server.auth_cache_ttl_s),
     }
-    server["socket"] = {"path": config.server.socket_path,
-                        "mode": f"{config.server.socket_mode:04o}",
-                        "group": config.server.socket_group}
+    server["socket"] = {
+        "path": config.server.socket_path,
+        "mode": f"{config.server.socket_mode:04o}",
+        "group": config.server.socket_group,
+    }
     lim = config.server.limits
-    server["limits"] = {"headerTimeout": _duration_value(lim.header_timeout_s),
-                        "maxConnections": lim.max_connections,
-                        "maxFollowers": lim.max_followers,
-                        "maxFollowersPerStream": lim.max_followers_per_stream,
-                        "maxHeavyReads": lim.max_heavy_reads}
+    server["limits"] = {
+        "headerTimeout": _duration_value(lim.header_timeout_s),
+        "maxConnections": lim.max_connections,
+        "maxFollowers": lim.max_followers,
+        "maxFollowersPerStream": lim.max_followers_per_stream,
+        "maxHeavyReads": lim.max_heavy_reads,
+    }
     k8s = config.kubernetes
     nlq = config.node_log_query
     tree: dict[str, Any] = {
@@ -505,9 +515,11 @@ def _warn_about_host(config: Config, text: str, filename: str) -> None:
         sys.stderr.write(f"warning: {problem}\n")
     if problems:
         count = len(problems)
-        sys.stderr.write(f"check-config: {count} warning{'s' if count != 1 else ''} for this "
-                         "host: `logvold serve` here refuses to start until "
-                         f"{'they are' if count != 1 else 'it is'} fixed\n")
+        sys.stderr.write(
+            f"check-config: {count} warning{'s' if count != 1 else ''} for this "
+            "host: `logvold serve` here refuses to start until "
+            f"{'they are' if count != 1 else 'it is'} fixed\n"
+        )
 
 
 def config_summary(config: Config) -> str:

@@ -63,8 +63,9 @@ class Piece:
         return self.end - self.start
 
 
-def piece_cap(max_size: int, free_bytes: int | None = None,
-              reserve: int = FREE_SPACE_RESERVE) -> int:
+def piece_cap(
+    max_size: int, free_bytes: int | None = None, reserve: int = FREE_SPACE_RESERVE
+) -> int:
     """The largest piece to cut now: maxSize (UNBOUNDED_PIECE_BYTES without one), lowered to
     the free space minus `reserve` when that is known and positive. With no room at all the
     cap stays maxSize: the copy then fails with ENOSPC before anything is committed and is
@@ -76,8 +77,9 @@ def piece_cap(max_size: int, free_bytes: int | None = None,
     return cap
 
 
-def iter_pieces(start: int, end: int, cap: int, last_at_most: BoundarySearch,
-                first_after: BoundarySearch) -> Iterator[Piece]:
+def iter_pieces(
+    start: int, end: int, cap: int, last_at_most: BoundarySearch, first_after: BoundarySearch
+) -> Iterator[Piece]:
     """Pieces covering [start, last boundary <= end), lazily, in file order.
 
     `last_at_most(lo, hi)`: the last event end in (lo, hi]; `first_after(lo, hi)`: the
@@ -101,9 +103,16 @@ def iter_pieces(start: int, end: int, cap: int, last_at_most: BoundarySearch,
         pos = b
 
 
-def plan_pieces(start: int, end: int, cap: int, last_at_most: BoundarySearch,
-                first_after: BoundarySearch, *, max_pieces: int = MAX_PIECES_PER_STEP,
-                max_bytes: int = MAX_BYTES_PER_STEP) -> tuple[list[Piece], bool]:
+def plan_pieces(
+    start: int,
+    end: int,
+    cap: int,
+    last_at_most: BoundarySearch,
+    first_after: BoundarySearch,
+    *,
+    max_pieces: int = MAX_PIECES_PER_STEP,
+    max_bytes: int = MAX_BYTES_PER_STEP,
+) -> tuple[list[Piece], bool]:
     """The pieces one step cuts, and whether more remain after them.
 
     At most `max_pieces` pieces and, past the first piece, at most `max_bytes` bytes in

@@ -214,12 +214,18 @@ def pod_labels(pod: Mapping[str, Any]) -> dict[str, str]:
     labels = (pod.get("metadata") or {}).get("labels") or {}
     if not isinstance(labels, Mapping):
         return {}
-    return {k: v for k, v in list(labels.items())[:MAX_POD_LABELS]
-            if isinstance(k, str) and isinstance(v, str) and len(k) <= 317 and len(v) <= 63}
+    return {
+        k: v
+        for k, v in list(labels.items())[:MAX_POD_LABELS]
+        if isinstance(k, str) and isinstance(v, str) and len(k) <= 317 and len(v) <= 63
+    }
 
 
 def stream_infos(
-    pod: PodRef, specs: Sequence[PodStreamSpec], *, kubelet_root: str,
+    pod: PodRef,
+    specs: Sequence[PodStreamSpec],
+    *,
+    kubelet_root: str,
     labels: Mapping[str, str] | None = None,
 ) -> tuple[StreamInfo, ...]:
     """The registry entries of a pod's accepted specs."""

@@ -33,6 +33,8 @@ def period_seconds(rotate: Rotate) -> int | None:
     if rotate.endswith("s") and rotate[:-1].isdigit():
         return int(rotate[:-1])
     return None
+
+
 Compress = Literal["none", "gzip", "zstd"]
 Format = Literal["raw", "cri", "json-file"]
 Strategy = Literal["punch", "rename", "copytruncate"]
@@ -682,8 +684,9 @@ class _Reader:
             auth_path = (*path, "auth")
             auth = self.mapping(entries["auth"], auth_path, ("mode", "cacheTTL")) or {}
             if "mode" in auth:
-                mode = self.choice(auth["mode"], (*auth_path, "mode"),
-                               ("local", "none", "kubernetes"))
+                mode = self.choice(
+                    auth["mode"], (*auth_path, "mode"), ("local", "none", "kubernetes")
+                )
                 if mode is not _INVALID:
                     changes["auth"] = mode
             if "cacheTTL" in auth:
@@ -703,19 +706,25 @@ class _Reader:
             text = self.string(entries["path"], (*path, "path"))
             if isinstance(text, str):
                 if text and not posixpath.isabs(text):
-                    self.problem((*path, "path"), f"must be an absolute path, got "
-                                                  f"{describe_value(text)}")
+                    self.problem(
+                        (*path, "path"), f"must be an absolute path, got {describe_value(text)}"
+                    )
                 else:
                     changes["socket_path"] = text
         if "mode" in entries:
             mode = entries["mode"]
             text = mode if isinstance(mode, str) else None
             if text is None or not re.fullmatch(r"0?[0-7]{3}", text):
-                self.problem((*path, "mode"), "expected octal permission bits as a quoted string"
-                                              f' such as "0660", got {describe_value(mode)}')
+                self.problem(
+                    (*path, "mode"),
+                    "expected octal permission bits as a quoted string"
+                    f' such as "0660", got {describe_value(mode)}',
+                )
             elif int(text, 8) & ~0o660:
-                self.problem((*path, "mode"), f"only read/write bits for owner and group "
-                                              f"(at most 0660), got {text}")
+                self.problem(
+                    (*path, "mode"),
+                    f"only read/write bits for owner and group (at most 0660), got {text}",
+                )
             else:
                 changes["socket_mode"] = int(text, 8)
         if "group" in entries:
@@ -725,10 +734,13 @@ class _Reader:
         return changes
 
     def server_limits(self, value: object, path: KeyPath) -> ServerLimits:
-        keys = {"headerTimeout": "header_timeout_s", "maxConnections": "max_connections",
-                "maxFollowers": "max_followers",
-                "maxFollowersPerStream": "max_followers_per_stream",
-                "maxHeavyReads": "max_heavy_reads"}
+        keys = {
+            "headerTimeout": "header_timeout_s",
+            "maxConnections": "max_connections",
+            "maxFollowers": "max_followers",
+            "maxFollowersPerStream": "max_followers_per_stream",
+            "maxHeavyReads": "max_heavy_reads",
+        }
         entries = self.mapping(value, path, tuple(keys)) or {}
         changes: dict[str, Any] = {}
         for key, item in entries.items():
@@ -816,9 +828,18 @@ class _Reader:
 
     def volume(self, value: object, path: KeyPath, defaults: LogPolicy) -> VolumeSpec | None:
         entries = self.mapping(
-            value, path,
-            ("name", "path", "pod", "namespace", "maxTotalSize", "maxStreams", "containers",
-             "labels")
+            value,
+            path,
+            (
+                "name",
+                "path",
+                "pod",
+                "namespace",
+                "maxTotalSize",
+                "maxStreams",
+                "containers",
+                "labels",
+            ),
         )
         if entries is None:
             return None
@@ -843,8 +864,9 @@ class _Reader:
                 entries["maxTotalSize"], (*path, "maxTotalSize")
             )
         if "maxStreams" in entries:
-            fields["max_streams"] = self.stream_cap(entries["maxStreams"], (*path, "maxStreams"),
-                                                   lowest=0)
+            fields["max_streams"] = self.stream_cap(
+                entries["maxStreams"], (*path, "maxStreams"), lowest=0
+            )
         if "containers" in entries:
             fields["containers"] = self.containers(
                 entries["containers"], (*path, "containers"), defaults

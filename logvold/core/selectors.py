@@ -19,8 +19,10 @@ from logvold.errors import SelectorError as SelectorError
 
 MAX_SELECTOR_LENGTH = 4096
 MAX_REQUIREMENTS = 64
-_KEY_RE = re.compile(r"(?:[A-Za-z0-9][-A-Za-z0-9_.]{0,252}/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}"
-                     r"[A-Za-z0-9])?")
+_KEY_RE = re.compile(
+    r"(?:[A-Za-z0-9][-A-Za-z0-9_.]{0,252}/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}"
+    r"[A-Za-z0-9])?"
+)
 _VALUE_RE = re.compile(r"(?:[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 
 
@@ -81,16 +83,19 @@ def _split_top_level(text: str) -> list[str]:
 
 def _check_key(key: str) -> str:
     if not _KEY_RE.fullmatch(key):
-        raise SelectorError(f"invalid label key {key[:64]!r}: a qualified name like "
-                            "app or example.com/tier")
+        raise SelectorError(
+            f"invalid label key {key[:64]!r}: a qualified name like app or example.com/tier"
+        )
     return key
 
 
 def _check_value(value: str) -> str:
     if not _VALUE_RE.fullmatch(value):
-        raise SelectorError(f"invalid label value {value[:64]!r}: at most 63 characters of "
-                            "letters, digits, '-', '_' and '.', starting and ending with an "
-                            "alphanumeric")
+        raise SelectorError(
+            f"invalid label value {value[:64]!r}: at most 63 characters of "
+            "letters, digits, '-', '_' and '.', starting and ending with an "
+            "alphanumeric"
+        )
     return value
 
 
@@ -124,8 +129,11 @@ def parse_label_selector(text: str) -> LabelSelector:
                     raise SelectorError(f"{key}{op}{value[:32]}: {op} needs an integer")
                 reqs.append(Requirement(_check_key(key), "gt" if op == ">" else "lt", (value,)))
             else:
-                reqs.append(Requirement(_check_key(key), "!=" if op == "!=" else "=",
-                                        (_check_value(value),)))
+                reqs.append(
+                    Requirement(
+                        _check_key(key), "!=" if op == "!=" else "=", (_check_value(value),)
+                    )
+                )
             continue
         bare = part.strip()
         if bare.startswith("!"):
@@ -162,10 +170,11 @@ def parse_field_selector(text: str, supported: tuple[str, ...]) -> FieldSelector
     for part in parts:
         m = re.fullmatch(r"\s*([A-Za-z0-9_.]+)\s*(==|!=|=)(.*)", part, re.S)
         if not m:
-            raise SelectorError(f"invalid field selector term {part[:64]!r}: want field=value "
-                                "or field!=value")
+            raise SelectorError(
+                f"invalid field selector term {part[:64]!r}: want field=value or field!=value"
+            )
         field, op, value = m.group(1), m.group(2), _unescape(m.group(3).strip())
         if field not in supported:
-            raise SelectorError(f'field label not supported: {field}')
+            raise SelectorError(f"field label not supported: {field}")
         terms.append((field, "!=" if op == "!=" else "=", value))
     return FieldSelector(tuple(terms))

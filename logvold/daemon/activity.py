@@ -31,8 +31,13 @@ class _Pending:
 class ActivityLog:
     """Rate-limited info lines per (stream, kind); one instance per daemon, loop thread only."""
 
-    def __init__(self, logger: logging.Logger, *, interval_s: float = DEFAULT_INTERVAL_S,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        interval_s: float = DEFAULT_INTERVAL_S,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._log = logger
         self._interval_s = interval_s
         self._monotonic = monotonic
@@ -62,9 +67,16 @@ class ActivityLog:
         fields: dict[str, object] = {"stream": stream, "why": ",".join(reasons) or "-"}
         if trimmed:
             fields["trimmed_segment"] = trimmed
-        self._event("truncated", stream, fields, {
-            "deleted_segments": len(deleted), "dropped_active_bytes": dropped,
-            "freed_bytes": int(getattr(retention, "bytes_freed", 0) or 0)})
+        self._event(
+            "truncated",
+            stream,
+            fields,
+            {
+                "deleted_segments": len(deleted),
+                "dropped_active_bytes": dropped,
+                "freed_bytes": int(getattr(retention, "bytes_freed", 0) or 0),
+            },
+        )
 
     def forget(self, stream: str) -> None:
         """The stream is gone: report what was still pending, then drop its entries."""
@@ -88,8 +100,9 @@ class ActivityLog:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def _event(self, kind: str, stream: str, fields: dict[str, object],
-               amounts: dict[str, int]) -> None:
+    def _event(
+        self, kind: str, stream: str, fields: dict[str, object], amounts: dict[str, int]
+    ) -> None:
         now = self._monotonic()
         key = (stream, kind)
         pending = self._pending.get(key)
@@ -105,7 +118,10 @@ class ActivityLog:
         self._pending[key] = _Pending(last_logged=now)
 
     def _summary(self, stream: str, kind: str, pending: _Pending) -> None:
-        self._log.info("stream %s (summary)", kind, extra={
-            "stream": stream, "times": pending.count, **pending.totals})
+        self._log.info(
+            "stream %s (summary)",
+            kind,
+            extra={"stream": stream, "times": pending.count, **pending.totals},
+        )
         pending.count = 0
         pending.totals = {}

@@ -61,8 +61,14 @@ def zone(name: str) -> tzinfo:
 class TriggerScheduler(Generic[K]):
     """Per-stream trigger state: dirty marks from hints and the next period boundary."""
 
-    def __init__(self, clock: Callable[[], datetime], monotonic: Callable[[], float], *,
-                 hint_delay_s: float = 0.05, min_check_interval_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], datetime],
+        monotonic: Callable[[], float],
+        *,
+        hint_delay_s: float = 0.05,
+        min_check_interval_s: float = 0.5,
+    ) -> None:
         """`hint_delay_s`: batch hints arriving together; `min_check_interval_s`: a stream
         written continuously is checked at most this often (size triggers fire within it)."""
         self._clock = clock
@@ -155,5 +161,6 @@ class TriggerScheduler(Generic[K]):
 
     def _ready_at(self, entry: _Entry) -> float:
         assert entry.dirty_since is not None
-        return max(entry.dirty_since + self._hint_delay_s,
-                   entry.last_check + self._min_check_interval_s)
+        return max(
+            entry.dirty_since + self._hint_delay_s, entry.last_check + self._min_check_interval_s
+        )

@@ -67,12 +67,10 @@ CONFIG_DEBOUNCE_S = 0.3
 """A config file written in several steps is read once, after the last one."""
 
 
-
 def _default_rotator_factory() -> RotatorFactory:
     from logvold.fileio.rotator import StreamRotator
 
-    def make(info: StreamInfo, metrics: Metrics | None,
-             clock: Callable[[], datetime]) -> Any:
+    def make(info: StreamInfo, metrics: Metrics | None, clock: Callable[[], datetime]) -> Any:
         from logvold.runner.reopen import run_reopen_action
 
         rotator = StreamRotator(info, metrics, clock)
@@ -85,10 +83,16 @@ def _default_rotator_factory() -> RotatorFactory:
 class Daemon:
     """The serve daemon as named steps a test can call: start(), run(), stop()."""
 
-    def __init__(self, config: Config, options: ServeOptions | None = None, *,
-                 metrics: Metrics | None = None, clock: Callable[[], datetime] = utcnow,
-                 rotator_factory: RotatorFactory | None = None,
-                 load_config: Callable[[ServeOptions], Config] = load_effective_config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        options: ServeOptions | None = None,
+        *,
+        metrics: Metrics | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        rotator_factory: RotatorFactory | None = None,
+        load_config: Callable[[ServeOptions], Config] = load_effective_config,
+    ) -> None:
         self.config = config
         self.options = options or ServeOptions()
         self.metrics = metrics or Metrics()
@@ -102,8 +106,11 @@ class Daemon:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.workers: StreamWorkers | None = None
         self.scheduler: TriggerScheduler[StreamKey] = TriggerScheduler(
-            clock, time.monotonic, hint_delay_s=self.options.hint_delay_s,
-            min_check_interval_s=self.options.min_check_interval_s)
+            clock,
+            time.monotonic,
+            hint_delay_s=self.options.hint_delay_s,
+            min_check_interval_s=self.options.min_check_interval_s,
+        )
         self.watcher: DirectoryWatcher | None = None
         self.changes = StreamChanges()
         """Per-stream change notices for followers: every hint about a stream and every
@@ -150,11 +157,16 @@ class Daemon:
         """Wire everything, run the first full reconcile, start the HTTP server."""
         loop = self._loop = asyncio.get_running_loop()
         self.workers = StreamWorkers(
-            loop, self._rotator_factory or _default_rotator_factory(), self.metrics, self.clock,
+            loop,
+            self._rotator_factory or _default_rotator_factory(),
+            self.metrics,
+            self.clock,
             rotation_workers=self.options.rotation_workers,
             compression_workers=self.options.compression_workers,
-            on_rotated=self._on_rotated, on_step=self.changes.notify,
-            on_outcome=self._on_outcome)
+            on_rotated=self._on_rotated,
+            on_step=self.changes.notify,
+            on_outcome=self._on_outcome,
+        )
         self._prepare_default_volume(self.config)
         # Before any stream is managed: a directory another logvold manages stops the
         # start (exit 1) instead of two managers losing and duplicating its events.
@@ -163,8 +175,9 @@ class Daemon:
         self.source.set_config(self.config)
         self._config_digest = self._read_config_digest()
         if watch:
-            self.watcher = DirectoryWatcher(loop, self._on_hint, self._relevance(),
-                                            on_error=self._watch_error)
+            self.watcher = DirectoryWatcher(
+                loop, self._on_hint, self._relevance(), on_error=self._watch_error
+            )
             self.watcher.start()
         await self._reconcile(full=True)
         if self.config.kubernetes.enabled:
@@ -174,9 +187,11 @@ class Daemon:
         self._ready = True
         self._started = True
         self.notifier.ready(f"serving {len(self.workers)} streams")
-        fields: dict[str, object] = {"streams": len(self.workers),
-                                     "volumes": len(self.config.volumes),
-                                     "config": self.config.source}
+        fields: dict[str, object] = {
+            "streams": len(self.workers),
+            "volumes": len(self.config.volumes),
+            "config": self.config.source,
+        }
         if self.options.serve_http:
             log.info("logvold serving", extra={**fields, "listen": self.config.server.listen})
         else:
@@ -254,8 +269,10 @@ class Daemon:
         if self._tasks and now - self._heartbeat > stall_s:
             return f"event loop stalled: no heartbeat for {now - self._heartbeat:.0f}s"
         if self._reconcile_since is not None and now - self._reconcile_since > stall_s:
-            return (f"reconcile stuck: a pass has run for {now - self._reconcile_since:.0f}s "
-                    "(a volume scan or the survey does not return)")
+            return (
+                f"reconcile stuck: a pass has run for {now - self._reconcile_since:.0f}s "
+                "(a volume scan or the survey does not return)"
+            )
         idle_s = now - self._reconcile_done
         if self._tasks and idle_s > self.config.rescan_interval_s + stall_s:
             return f"reconcile loop stalled: no pass finished for {idle_s:.0f}s"
@@ -312,7 +329,9 @@ class Daemon:
             if full:
                 next_full = time.monotonic() + self.config.rescan_interval_s
                 if self._config_digest is not None and self._read_config_digest() not in (
-                        None, self._config_digest):
+                    None,
+                    self._config_digest,
+                ):
                     self.request_reload()  # safety net for a missed file event
             await self._reconcile(full=full)
 
@@ -367,10 +386,14 @@ class Daemon:
         infos = self.workers.infos()
         config = self.config
         survey = await asyncio.to_thread(
-            survey_streams, infos, now=self.clock(),
+            survey_streams,
+            infos,
+            now=self.clock(),
             shares={i.key: self.workers.budget_share(i.key) for i in infos},
             volume_budgets={v.name: v.max_total_size_bytes for v in config.volumes},
-            node_budget_bytes=config.node_max_total_size_bytes, with_budgets=with_budgets)
+            node_budget_bytes=config.node_max_total_size_bytes,
+            with_budgets=with_budgets,
+        )
         if survey.shares is not None:
             self._apply_budget_shares(infos, survey)
         unstarted, self._unstarted = self._unstarted, set()
@@ -379,8 +402,10 @@ class Daemon:
             # stream with neither costs no step (1,000 idle streams stay cheap).
             first = key in unstarted
             if check.retention or check.size_due or first:
-                self.workers.submit(key, StepRequest(check=check.size_due or first,
-                                                     retention=check.retention or first))
+                self.workers.submit(
+                    key,
+                    StepRequest(check=check.size_due or first, retention=check.retention or first),
+                )
         self.activity.flush()
         self.reconciles += 1
         self.metrics.streams.set(len(self.workers))
@@ -392,11 +417,20 @@ class Daemon:
             old = self.workers.budget_share(info.key)
             self.workers.set_budget_share(info.key, share)
             usage = survey.usages.get(info.key)
-            if share is not None and usage is not None and share < usage.total_bytes and (
-                    old is None or share < old):
-                log.info("disk budget trims stream", extra={
-                    "stream": str(info.key), "keep_bytes": share,
-                    "used_bytes": usage.total_bytes})
+            if (
+                share is not None
+                and usage is not None
+                and share < usage.total_bytes
+                and (old is None or share < old)
+            ):
+                log.info(
+                    "disk budget trims stream",
+                    extra={
+                        "stream": str(info.key),
+                        "keep_bytes": share,
+                        "used_bytes": usage.total_bytes,
+                    },
+                )
 
     def _on_outcome(self, info: StreamInfo, outcome: StepOutcome) -> None:
         if outcome.rotated:
@@ -405,8 +439,9 @@ class Daemon:
             self.activity.truncated(str(info.key), outcome.retention)
 
     def _on_rotated(self, info: StreamInfo, outcome: StepOutcome) -> None:
-        volume_budget = next((v.max_total_size_bytes for v in self.config.volumes
-                              if v.name == info.volume), 0)
+        volume_budget = next(
+            (v.max_total_size_bytes for v in self.config.volumes if v.name == info.volume), 0
+        )
         if volume_budget > 0 or self.config.node_max_total_size_bytes > 0:
             self._budget_pass = True  # shares move as streams grow: recompute soon
             self._rescan.set()
@@ -453,9 +488,16 @@ class Daemon:
             self.scheduler.set_stream(info.key, info.policy)
             if action == "added":
                 p = info.policy
-                log.info("stream added", extra={
-                    "stream": str(info.key), "path": str(info.active_path),
-                    "source": info.source, "format": p.format, "strategy": p.strategy})
+                log.info(
+                    "stream added",
+                    extra={
+                        "stream": str(info.key),
+                        "path": str(info.active_path),
+                        "source": info.source,
+                        "format": p.format,
+                        "strategy": p.strategy,
+                    },
+                )
             else:
                 log.info("stream policy updated", extra={"stream": str(info.key)})
             if self._under_budget(info):
@@ -531,8 +573,11 @@ class Daemon:
         assert self.workers is not None
         for key in list(self.workers):
             info = self.workers.info(key)
-            if info is not None and not self.locks.holds(_stream_owner(key)) \
-                    and not self._lock_stream(info):
+            if (
+                info is not None
+                and not self.locks.holds(_stream_owner(key))
+                and not self._lock_stream(info)
+            ):
                 self.workers.remove(key)
                 self.scheduler.remove(key)
 
@@ -540,19 +585,29 @@ class Daemon:
         """A discovered stream whose pod went away: cut its last whole events into a
         segment and keep serving it, marked terminated, until maxAge passes or its
         directory goes (the kubelet deletes emptyDirs). False: remove it now."""
-        if (info.source == "static" or info.source.endswith(TERMINATED_SUFFIX)
-                or self._stop.is_set() or not info.directory.is_dir()):
+        if (
+            info.source == "static"
+            or info.source.endswith(TERMINATED_SUFFIX)
+            or self._stop.is_set()
+            or not info.directory.is_dir()
+        ):
             return False
         assert self.workers is not None
         max_age_s = info.policy.max_age_s
         self._terminated[info.key] = time.monotonic() + max_age_s if max_age_s > 0 else math.inf
         self._path_index[str(info.active_path)] = info.key
         self.workers.submit(info.key, StepRequest(reason="final", retention=True))
-        self.registry.put(dataclasses.replace(
-            info, source=info.source + TERMINATED_SUFFIX,
-            annotations={**info.annotations, "logvold.io/terminated": self.clock().isoformat()}))
-        log.info("stream finalised; served until maxAge or until its files go",
-                 extra={"stream": str(info.key), "maxAge": max_age_s or "unlimited"})
+        self.registry.put(
+            dataclasses.replace(
+                info,
+                source=info.source + TERMINATED_SUFFIX,
+                annotations={**info.annotations, "logvold.io/terminated": self.clock().isoformat()},
+            )
+        )
+        log.info(
+            "stream finalised; served until maxAge or until its files go",
+            extra={"stream": str(info.key), "maxAge": max_age_s or "unlimited"},
+        )
         return True
 
     def _expire_terminated(self) -> None:
@@ -568,7 +623,8 @@ class Daemon:
 
     def _under_budget(self, info: StreamInfo) -> bool:
         return self.config.node_max_total_size_bytes > 0 or any(
-            v.name == info.volume and v.max_total_size_bytes > 0 for v in self.config.volumes)
+            v.name == info.volume and v.max_total_size_bytes > 0 for v in self.config.volumes
+        )
 
     def _volume_root(self, info: StreamInfo) -> Path | None:
         """The stream's safety root: its own volume directory (for a discovered stream the
@@ -591,14 +647,20 @@ class Daemon:
             if hint.kind == "modified":
                 return hint.path in active or hint.path in self._config_watch_paths
             name = hint.path.rpartition("/")[2]
-            return (hint.path in active or name.endswith(".log")
-                    or hint.path in self._config_watch_paths or name == "..data")
+            return (
+                hint.path in active
+                or name.endswith(".log")
+                or hint.path in self._config_watch_paths
+                or name == "..data"
+            )
+
         return relevant
 
     def _on_hint(self, hint: Hint) -> None:
         key = self._path_index.get(hint.path)
         if hint.path in self._config_watch_paths or (
-                hint.kind == "changed" and hint.path.rpartition("/")[2] == "..data"):
+            hint.kind == "changed" and hint.path.rpartition("/")[2] == "..data"
+        ):
             if not self._config_check_pending and self._loop is not None:
                 # An editor writing in place shows a half-written file for a moment.
                 self._config_check_pending = True
@@ -611,8 +673,7 @@ class Daemon:
             # trigger noted after the last step), so writes far below the limit cost
             # nothing more. Period boundaries come from the scheduler's clock.
             assert self.workers is not None
-            if key is not None and self.workers.size_due(key) and self.scheduler.mark_dirty(
-                    key):
+            if key is not None and self.workers.size_due(key) and self.scheduler.mark_dirty(key):
                 self._wake.set()
             return
         if key is not None and self.scheduler.mark_dirty(key):
@@ -651,8 +712,11 @@ class Daemon:
         if self.watcher is None:
             return
         assert self.workers is not None
-        others = {i.directory for i in (self.workers.info(k) for k in self.workers)
-                  if i is not None and i.source != "static"}
+        others = {
+            i.directory
+            for i in (self.workers.info(k) for k in self.workers)
+            if i is not None and i.source != "static"
+        }
         wanted = [d for d in sorted(set(dirs) | others) if d.is_dir()]
         config_dir = self._config_dir()
         if config_dir is not None:
@@ -661,8 +725,9 @@ class Daemon:
         problems = {f"{path}: {exc.strerror or exc}" for path, exc in failed.items()}
         for problem in sorted(problems - self._watch_problems):
             self.metrics.watch_errors.labels("inotify").inc()
-            log.warning("cannot watch directory; relying on the periodic rescan",
-                        extra={"problem": problem})
+            log.warning(
+                "cannot watch directory; relying on the periodic rescan", extra={"problem": problem}
+            )
         self._watch_problems = problems
 
     # -- config -----------------------------------------------------------------------
@@ -690,16 +755,19 @@ class Daemon:
             check_runtime(new)
             self._lock_volumes(new)
             await asyncio.to_thread(
-                functools.partial(check_host, new, self.options, previous=self.config))
+                functools.partial(check_host, new, self.options, previous=self.config)
+            )
         except (ConfigError, UsageError, DirectoryLocked) as exc:
             self.reloads_failed += 1
             self.metrics.reloads.labels("error").inc()
             self._config_digest = digest  # do not retry the same bad content every rescan
-            problems = [str(p) for p in exc.problems] if isinstance(exc, ConfigError) else [
-                str(exc)]
-            log.error("config reload rejected; the previous config stays in effect",
-                      extra={"config": self.options.config_path or "-",
-                             "problems": "; ".join(problems)})
+            problems = (
+                [str(p) for p in exc.problems] if isinstance(exc, ConfigError) else [str(exc)]
+            )
+            log.error(
+                "config reload rejected; the previous config stays in effect",
+                extra={"config": self.options.config_path or "-", "problems": "; ".join(problems)},
+            )
             return False
         old = self.config
         self.config = new
@@ -718,10 +786,13 @@ class Daemon:
             if new.kubernetes.enabled:
                 await self._start_discovery(new)
         elif self.discovery is not None and (new.defaults, new.max_streams_per_volume) != (
-                old.defaults, old.max_streams_per_volume):
+            old.defaults,
+            old.max_streams_per_volume,
+        ):
             self.discovery.update_defaults(new.defaults, new.max_streams_per_volume)
-        if self.options.serve_http and (new.server != old.server
-                                        or new.node_log_query != old.node_log_query):
+        if self.options.serve_http and (
+            new.server != old.server or new.node_log_query != old.node_log_query
+        ):
             await self._restart_server(old, new)
         self.reloads_ok += 1
         self.metrics.reloads.labels("success").inc()
@@ -737,8 +808,10 @@ class Daemon:
                 try:
                     Path(volume.path).mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
-                    log.warning("cannot create the logs directory",
-                                extra={"path": volume.path, "error": exc.strerror})
+                    log.warning(
+                        "cannot create the logs directory",
+                        extra={"path": volume.path, "error": exc.strerror},
+                    )
 
     # -- discovery --------------------------------------------------------------------
 
@@ -746,29 +819,42 @@ class Daemon:
         """Pods of this node feed the same registry as the static volumes."""
         from logvold.sources.kubernetes import PodDiscovery
 
-        discovery = PodDiscovery(config.kubernetes, self.registry, self.metrics, config.defaults,
-                                 max_streams_per_volume=config.max_streams_per_volume)
+        discovery = PodDiscovery(
+            config.kubernetes,
+            self.registry,
+            self.metrics,
+            config.defaults,
+            max_streams_per_volume=config.max_streams_per_volume,
+        )
         await asyncio.to_thread(discovery.start)  # loads credentials: LogvoldError if none
         self.discovery = discovery
         if not await asyncio.to_thread(discovery.wait_synced, DISCOVERY_SYNC_TIMEOUT_S):
-            log.warning("pods not listed yet; streams appear as the list arrives",
-                        extra={"node": discovery.node_name})
+            log.warning(
+                "pods not listed yet; streams appear as the list arrives",
+                extra={"node": discovery.node_name},
+            )
 
     # -- HTTP -------------------------------------------------------------------------
 
     async def _start_server(self, config: Config) -> None:
         from logvold.server.app import build_app, start_server
 
-        app = build_app(config=config, registry=self.registry, metrics=self.metrics,
-                        is_ready=self.is_ready, changes=self.changes, is_live=self.liveness)
+        app = build_app(
+            config=config,
+            registry=self.registry,
+            metrics=self.metrics,
+            is_ready=self.is_ready,
+            changes=self.changes,
+            is_live=self.liveness,
+        )
         if config.server.auth == "kubernetes":
             app.middlewares.append(_kubernetes_auth(config))
         try:
-            self._runner = await start_server(app, config.server.listen,
-                                              ssl_context=ssl_context(config))
+            self._runner = await start_server(
+                app, config.server.listen, ssl_context=ssl_context(config)
+            )
         except OSError as exc:
-            raise LogvoldError(listen_error(config.server.listen, exc),
-                               op="listen") from exc
+            raise LogvoldError(listen_error(config.server.listen, exc), op="listen") from exc
         _log_server_safety(config)
 
     async def _restart_server(self, old: Config, new: Config) -> None:
@@ -778,8 +864,10 @@ class Daemon:
         try:
             await self._start_server(new)
         except (OSError, LogvoldError) as exc:
-            log.error("cannot start the HTTP server with the new config; restoring the old "
-                      "listener", extra={"listen": new.server.listen, "error": str(exc)})
+            log.error(
+                "cannot start the HTTP server with the new config; restoring the old listener",
+                extra={"listen": new.server.listen, "error": str(exc)},
+            )
             await self._start_server(old)
 
 
@@ -791,19 +879,29 @@ def _log_server_safety(config: Config) -> None:
     server = config.server
     limits = effective_limits(server.limits)
     if server.auth == "local" and has_root_file_access():
-        log.warning("no server.auth configured and logvold reads with root's file access: TCP "
-                    "clients are served only files any local user could open; use the unix "
-                    "socket or server.auth (docs/SECURITY.md)",
-                    extra={"listen": server.listen, "socket": server.socket_path or "-"})
+        log.warning(
+            "no server.auth configured and logvold reads with root's file access: TCP "
+            "clients are served only files any local user could open; use the unix "
+            "socket or server.auth (docs/SECURITY.md)",
+            extra={"listen": server.listen, "socket": server.socket_path or "-"},
+        )
     elif server.auth == "none" and not _is_loopback(server.listen):
-        log.warning("server.auth none on a non-loopback address: anyone who can connect "
-                    "reads every log", extra={"listen": server.listen})
-    log.info("server limits", extra={
-        "auth": server.auth, "socket": server.socket_path or "-",
-        "header_timeout_s": limits.header_timeout_s,
-        "max_connections": limits.max_connections, "max_followers": limits.max_followers,
-        "max_followers_per_stream": limits.max_followers_per_stream,
-        "max_heavy_reads": limits.max_heavy_reads})
+        log.warning(
+            "server.auth none on a non-loopback address: anyone who can connect reads every log",
+            extra={"listen": server.listen},
+        )
+    log.info(
+        "server limits",
+        extra={
+            "auth": server.auth,
+            "socket": server.socket_path or "-",
+            "header_timeout_s": limits.header_timeout_s,
+            "max_connections": limits.max_connections,
+            "max_followers": limits.max_followers,
+            "max_followers_per_stream": limits.max_followers_per_stream,
+            "max_heavy_reads": limits.max_heavy_reads,
+        },
+    )
 
 
 def _is_loopback(listen: str) -> bool:
@@ -823,6 +921,8 @@ def raise_nofile_limit() -> tuple[int, int]:
     except (OSError, ValueError):
         return soft, soft
     return soft, hard
+
+
 def _stream_owner(key: StreamKey) -> str:
     return f"stream:{key}"
 
@@ -837,20 +937,28 @@ def _volume_lock_targets(config: Config) -> dict[str, tuple[Path, Path]]:
             directory = root / policy.sub_dir if policy.sub_dir else root
             targets[f"volume:{volume.name}:{directory}"] = (root, directory)
     return targets
+
+
 def listen_error(listen: str, exc: OSError) -> str:
     """What went wrong binding the API's address, and what to do about it."""
     reason = exc.strerror or str(exc)
     if exc.errno == errno.EADDRINUSE:
         _, _, port = listen.rpartition(":")
-        return (f"cannot listen on {listen}: address already in use; another process (maybe "
-                f"another logvold) holds it: find it with `ss -ltnp 'sport = :{port}'`, or "
-                "set server.listen (--listen) to a free port")
+        return (
+            f"cannot listen on {listen}: address already in use; another process (maybe "
+            f"another logvold) holds it: find it with `ss -ltnp 'sport = :{port}'`, or "
+            "set server.listen (--listen) to a free port"
+        )
     if exc.errno == errno.EADDRNOTAVAIL:
-        return (f"cannot listen on {listen}: {reason}; the host has no such address: use "
-                "127.0.0.1, 0.0.0.0 or one of its own addresses in server.listen (--listen)")
+        return (
+            f"cannot listen on {listen}: {reason}; the host has no such address: use "
+            "127.0.0.1, 0.0.0.0 or one of its own addresses in server.listen (--listen)"
+        )
     if exc.errno == errno.EACCES:
-        return (f"cannot listen on {listen}: {reason}; ports below 1024 need "
-                "CAP_NET_BIND_SERVICE: use a port >= 1024 in server.listen (--listen)")
+        return (
+            f"cannot listen on {listen}: {reason}; ports below 1024 need "
+            "CAP_NET_BIND_SERVICE: use a port >= 1024 in server.listen (--listen)"
+        )
     return f"cannot listen on {listen}: {reason}; check server.listen (--listen)"
 
 
@@ -865,8 +973,10 @@ def _kubernetes_auth(config: Config) -> Any:
     from logvold.sources.kube_api import KubernetesApi, make_api_client, resolve_node_name
 
     return make_auth_middleware(
-        config.server, lambda: KubernetesApi(make_api_client(config.kubernetes)),
-        node_name=resolve_node_name(config.kubernetes.node_name))
+        config.server,
+        lambda: KubernetesApi(make_api_client(config.kubernetes)),
+        node_name=resolve_node_name(config.kubernetes.node_name),
+    )
 
 
 async def _wait_event(event: asyncio.Event, timeout_s: float) -> None:
@@ -885,23 +995,42 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="logvold serve",
         description="Rotate, truncate and serve the logging volumes of this node. Without "
-                    "--config, one volume `local` at ./logs (created if missing) is managed "
-                    "with the default policy and the API listens on 127.0.0.1:8642.")
+        "--config, one volume `local` at ./logs (created if missing) is managed "
+        "with the default policy and the API listens on 127.0.0.1:8642.",
+    )
     p.add_argument("--config", metavar="FILE", help="YAML config file (see config.example.yaml)")
     p.add_argument("--listen", metavar="HOST:PORT", help="override server.listen")
-    p.add_argument("--logs-dir", metavar="DIR",
-                   help="path of the default volume `local` (default ./logs)")
+    p.add_argument(
+        "--logs-dir", metavar="DIR", help="path of the default volume `local` (default ./logs)"
+    )
     p.add_argument("--log-format", choices=FORMATS, help="format of logvold's own log lines")
-    p.add_argument("--log-level", choices=sorted(set(LEVELS) - {"warn"}),
-                   help="level of logvold's own log lines")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the effective config and exit")
-    p.add_argument("--once", action="store_true",
-                   help="one reconcile pass (rotate, enforce retention, compress), then exit")
-    p.add_argument("--rotation-workers", type=int, default=4, metavar="N",
-                   help="threads for rotation and retention steps (default 4)")
-    p.add_argument("--compression-workers", type=int, default=2, metavar="N",
-                   help="threads for compressing closed segments (default 2)")
+    p.add_argument(
+        "--log-level",
+        choices=sorted(set(LEVELS) - {"warn"}),
+        help="level of logvold's own log lines",
+    )
+    p.add_argument(
+        "--print-config", action="store_true", help="print the effective config and exit"
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="one reconcile pass (rotate, enforce retention, compress), then exit",
+    )
+    p.add_argument(
+        "--rotation-workers",
+        type=int,
+        default=4,
+        metavar="N",
+        help="threads for rotation and retention steps (default 4)",
+    )
+    p.add_argument(
+        "--compression-workers",
+        type=int,
+        default=2,
+        metavar="N",
+        help="threads for compressing closed segments (default 2)",
+    )
     return p
 
 
@@ -930,10 +1059,16 @@ def main_serve(argv: Sequence[str]) -> int:
     except UsageError as exc:
         sys.stderr.write(f"logvold serve: error: {exc}\n")
         return 2
-    options = ServeOptions(config_path=args.config, listen=args.listen, logs_dir=args.logs_dir,
-                           log_format=args.log_format, log_level=args.log_level,
-                           serve_http=not args.once, rotation_workers=args.rotation_workers,
-                           compression_workers=args.compression_workers)
+    options = ServeOptions(
+        config_path=args.config,
+        listen=args.listen,
+        logs_dir=args.logs_dir,
+        log_format=args.log_format,
+        log_level=args.log_level,
+        serve_http=not args.once,
+        rotation_workers=args.rotation_workers,
+        compression_workers=args.compression_workers,
+    )
     try:
         config = load_effective_config(options)
         parse_listen(config.server.listen)
@@ -941,8 +1076,7 @@ def main_serve(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             sys.stderr.write(f"{problem}\n")
-        sys.stderr.write(f"logvold serve: {len(exc.problems)} config problem(s); nothing "
-                         "started\n")
+        sys.stderr.write(f"logvold serve: {len(exc.problems)} config problem(s); nothing started\n")
         return 2
     except (UsageError, LogvoldError) as exc:
         sys.stderr.write(f"logvold serve: error: {exc}\n")
@@ -957,13 +1091,21 @@ def main_serve(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             sys.stderr.write(f"{problem}\n")
-        sys.stderr.write(f"logvold serve: {len(exc.problems)} problem(s) on this host; nothing "
-                         "started (`logvold check-config FILE` shows the same)\n")
+        sys.stderr.write(
+            f"logvold serve: {len(exc.problems)} problem(s) on this host; nothing "
+            "started (`logvold check-config FILE` shows the same)\n"
+        )
         return 2
     configure_logging(config.log_format, config.log_level)
     old_soft, soft = raise_nofile_limit()
-    log.info("file descriptor limit", extra={"soft": soft, "was": old_soft,
-                                             "hard": resource.getrlimit(resource.RLIMIT_NOFILE)[1]})
+    log.info(
+        "file descriptor limit",
+        extra={
+            "soft": soft,
+            "was": old_soft,
+            "hard": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+        },
+    )
     daemon = Daemon(config, options)
     try:
         return asyncio.run(_serve(daemon, once=args.once))
@@ -983,9 +1125,11 @@ async def _serve(daemon: Daemon, *, once: bool) -> int:
     if once:
         return await daemon.run_once()
     loop = asyncio.get_running_loop()
-    for signum, action in ((signal.SIGTERM, daemon.request_stop),
-                           (signal.SIGINT, daemon.request_stop),
-                           (signal.SIGHUP, daemon.request_reload)):
+    for signum, action in (
+        (signal.SIGTERM, daemon.request_stop),
+        (signal.SIGINT, daemon.request_stop),
+        (signal.SIGHUP, daemon.request_reload),
+    ):
         loop.add_signal_handler(signum, action)
     try:
         try:

@@ -41,9 +41,15 @@ def budget_share_arg(share: int | None) -> int | None:
     return None if share is None else max(share, 1)
 
 
-def survey_streams(infos: Sequence[StreamInfo], *, now: datetime,
-                   shares: Mapping[StreamKey, int | None], volume_budgets: Mapping[str, int],
-                   node_budget_bytes: int, with_budgets: bool) -> Survey:
+def survey_streams(
+    infos: Sequence[StreamInfo],
+    *,
+    now: datetime,
+    shares: Mapping[StreamKey, int | None],
+    volume_budgets: Mapping[str, int],
+    node_budget_bytes: int,
+    with_budgets: bool,
+) -> Survey:
     """Usage, budget shares (when `with_budgets`) and due work of every stream in `infos`.
 
     A directory that cannot be listed, or that is refused (a symlinked component, more
@@ -61,25 +67,38 @@ def survey_streams(infos: Sequence[StreamInfo], *, now: datetime,
                     usages[info.key] = stream_usage(d, info.base, groups.get(info.base, []))
         except (OSError, StreamError):
             continue
-    new_shares = (stream_budget_shares(infos, usages, now, volume_budgets, node_budget_bytes)
-                  if with_budgets else None)
+    new_shares = (
+        stream_budget_shares(infos, usages, now, volume_budgets, node_budget_bytes)
+        if with_budgets
+        else None
+    )
     current = new_shares if new_shares is not None else shares
     checks: dict[StreamKey, StreamCheck] = {}
     for info in infos:
         usage = usages.get(info.key)
         if usage is None:
             continue
-        plan = plan_retention(usage.segments, usage.active_live_bytes, info.policy, now,
-                              extra_budget_bytes=budget_share_arg(current.get(info.key)))
+        plan = plan_retention(
+            usage.segments,
+            usage.active_live_bytes,
+            info.policy,
+            now,
+            extra_budget_bytes=budget_share_arg(current.get(info.key)),
+        )
         max_size = info.policy.max_size_bytes
-        checks[info.key] = StreamCheck(retention=not plan.empty,
-                                       size_due=0 < max_size <= usage.active_live_bytes)
+        checks[info.key] = StreamCheck(
+            retention=not plan.empty, size_due=0 < max_size <= usage.active_live_bytes
+        )
     return Survey(checks, usages, new_shares)
 
 
-def stream_budget_shares(infos: Sequence[StreamInfo], usages: Mapping[StreamKey, StreamUsage],
-                         now: datetime, volume_budgets: Mapping[str, int],
-                         node_budget_bytes: int) -> dict[StreamKey, int]:
+def stream_budget_shares(
+    infos: Sequence[StreamInfo],
+    usages: Mapping[StreamKey, StreamUsage],
+    now: datetime,
+    volume_budgets: Mapping[str, int],
+    node_budget_bytes: int,
+) -> dict[StreamKey, int]:
     """Bytes each stream under a volume or node budget may keep (oldest data goes first
     across streams); streams under no budget are absent."""
     pieces: dict[str, list[UsagePiece[StreamKey]]] = {}

@@ -104,9 +104,12 @@ class StepRequest:
 
     def merge(self, other: StepRequest) -> StepRequest:
         hints = [h for h in (self.hint_at, other.hint_at) if h is not None]
-        return StepRequest(check=self.check or other.check, reason=self.reason or other.reason,
-                           retention=self.retention or other.retention,
-                           hint_at=min(hints) if hints else None)
+        return StepRequest(
+            check=self.check or other.check,
+            reason=self.reason or other.reason,
+            retention=self.retention or other.retention,
+            hint_at=min(hints) if hints else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,12 +165,19 @@ committed offset, a block of preallocation)."""
 class StreamWorkers:
     """The streams the daemon manages and the steps running on them."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, rotator_factory: RotatorFactory,
-                 metrics: Metrics | None, clock: Callable[[], datetime], *,
-                 rotation_workers: int = 4, compression_workers: int = 2,
-                 on_rotated: Callable[[StreamInfo, StepOutcome], None] | None = None,
-                 on_step: Callable[[StreamKey], None] | None = None,
-                 on_outcome: Callable[[StreamInfo, StepOutcome], None] | None = None) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        rotator_factory: RotatorFactory,
+        metrics: Metrics | None,
+        clock: Callable[[], datetime],
+        *,
+        rotation_workers: int = 4,
+        compression_workers: int = 2,
+        on_rotated: Callable[[StreamInfo, StepOutcome], None] | None = None,
+        on_step: Callable[[StreamKey], None] | None = None,
+        on_outcome: Callable[[StreamInfo, StepOutcome], None] | None = None,
+    ) -> None:
         """`on_step(key)`: on the loop after every finished step and compression (the
         files may have changed: followers are woken with it)."""
         self._loop = loop
@@ -267,13 +277,17 @@ class StreamWorkers:
             return True
         shrank, slot.seen_size = st.st_size < slot.seen_size, st.st_size
         max_size = slot.info.policy.max_size_bytes
-        return ((st.st_dev, st.st_ino) != trigger[:2] or st.st_size >= trigger[2]
-                # The writer truncated its file (`> app.log`): the committed offset no
-                # longer holds. Seen by the size going down, or, when the truncation and
-                # the rewrite fell in one batch of hints, by more blocks allocated than a
-                # punched file's live part can hold (with room for preallocation).
-                or shrank or st.st_size < trigger[2] - max_size
-                or st.st_blocks * 512 >= 2 * max_size + _ALLOC_SLACK_BYTES)
+        return (
+            (st.st_dev, st.st_ino) != trigger[:2]
+            or st.st_size >= trigger[2]
+            # The writer truncated its file (`> app.log`): the committed offset no
+            # longer holds. Seen by the size going down, or, when the truncation and
+            # the rewrite fell in one batch of hints, by more blocks allocated than a
+            # punched file's live part can hold (with room for preallocation).
+            or shrank
+            or st.st_size < trigger[2] - max_size
+            or st.st_blocks * 512 >= 2 * max_size + _ALLOC_SLACK_BYTES
+        )
 
     def submit(self, key: StreamKey, request: StepRequest) -> bool:
         """Run `request` on the stream at its volume's next turn, or right after its step
@@ -391,18 +405,24 @@ class StreamWorkers:
         if self._metrics is not None and isinstance(exc, UnsafeFile):
             k = slot.info.key
             self._metrics.unsafe_refused.labels(exc.kind).inc()
-            self._metrics.rotation_failures.labels(k.namespace, k.pod, k.container,
-                                                   "unsafe").inc()
+            self._metrics.rotation_failures.labels(k.namespace, k.pod, k.container, "unsafe").inc()
         elif self._metrics is not None and not isinstance(exc, StreamError):
             k = slot.info.key
-            self._metrics.rotation_failures.labels(k.namespace, k.pod, k.container,
-                                                   "internal").inc()  # a closed label set
+            self._metrics.rotation_failures.labels(
+                k.namespace, k.pod, k.container, "internal"
+            ).inc()  # a closed label set
         signature = f"{what}:{kind}:{exc}"
         if slot.failing != signature:  # log once per distinct failure, not per retry
             slot.failing = signature
-            log.warning("%s failed; retried on the next trigger", what,
-                        extra={"stream": str(slot.info.key), "path": str(slot.info.active_path),
-                               "error": f"{kind}: {exc}"})
+            log.warning(
+                "%s failed; retried on the next trigger",
+                what,
+                extra={
+                    "stream": str(slot.info.key),
+                    "path": str(slot.info.active_path),
+                    "error": f"{kind}: {exc}",
+                },
+            )
 
     def _recovered_ok(self, slot: _Slot) -> None:
         if slot.failing is not None:
@@ -451,7 +471,8 @@ class StreamWorkers:
             if rotation is not None or request.retention:
                 share = slot.budget_share
                 retention = rotator.enforce_retention(
-                    extra_budget_bytes=None if share is None else max(share, 1))
+                    extra_budget_bytes=None if share is None else max(share, 1)
+                )
             slot.trigger = size_trigger(slot.info)
             more = bool(getattr(rotation, "more_work", False))
             return StepOutcome(reason, rotation is not None, latency, rotation, retention, more)
@@ -464,7 +485,8 @@ class StreamWorkers:
                 return
             check_safe(slot.info, slot.volume_root)
             self._rotator(slot).compress_pending(
-                extra_budget_bytes=budget_share_arg(slot.budget_share))
+                extra_budget_bytes=budget_share_arg(slot.budget_share)
+            )
 
     # -- shutdown ----------------------------------------------------------------------
 
@@ -503,8 +525,11 @@ class StreamWorkers:
                 try:
                     rotator.quiesce()
                 except (OSError, StreamError) as exc:
-                    log.warning("cannot settle the stream at stop: %s", exc,
-                                extra={"stream": str(slot.info.key)})
+                    log.warning(
+                        "cannot settle the stream at stop: %s",
+                        exc,
+                        extra={"stream": str(slot.info.key)},
+                    )
 
 
 def _volume_group(info: StreamInfo) -> tuple[str, str]:
@@ -553,11 +578,14 @@ def check_safe(info: StreamInfo, volume_root: Path | None) -> None:
                 continue
             where = str(d.path / name)
             if stat.S_ISLNK(st.st_mode):
-                raise UnsafeFile(f"{where} is a symlink; not followed", kind="symlink",
-                                 path=where)
+                raise UnsafeFile(f"{where} is a symlink; not followed", kind="symlink", path=where)
             if want_dir and not stat.S_ISDIR(st.st_mode):
-                raise UnsafeFile(f"{where} is not a directory; not touched",
-                                 kind="not-directory", path=where)
+                raise UnsafeFile(
+                    f"{where} is not a directory; not touched", kind="not-directory", path=where
+                )
             if not want_dir and not stat.S_ISREG(st.st_mode):
-                raise UnsafeFile(f"{where} is not a regular file; not touched (replace it "
-                                 "with a regular file)", kind="not-regular", path=where)
+                raise UnsafeFile(
+                    f"{where} is not a regular file; not touched (replace it with a regular file)",
+                    kind="not-regular",
+                    path=where,
+                )

@@ -45,8 +45,14 @@ def compress_segment(path: str, algorithm: Algorithm, *, level: int | None = Non
     return None if out is None else str(p.parent / out)
 
 
-def compress_in(d: SafeDir, filename: str, algorithm: Algorithm, *, level: int | None = None,
-                should_stop: Callable[[], bool] | None = None) -> str | None:
+def compress_in(
+    d: SafeDir,
+    filename: str,
+    algorithm: Algorithm,
+    *,
+    level: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> str | None:
     """Replace the closed segment `filename` of directory `d` by its compressed form;
     return the new file name.
 
@@ -67,8 +73,9 @@ def compress_in(d: SafeDir, filename: str, algorithm: Algorithm, *, level: int |
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise StreamError(f"cannot read segment {where}: {exc.strerror}", path=where,
-                          op="compress") from exc
+        raise StreamError(
+            f"cannot read segment {where}: {exc.strerror}", path=where, op="compress"
+        ) from exc
     try:
         try:
             fd = d.create_exclusive(tmp, 0o600)
@@ -91,16 +98,25 @@ def compress_in(d: SafeDir, filename: str, algorithm: Algorithm, *, level: int |
         with contextlib.suppress(OSError):
             d.unlink(tmp)  # gone already once renamed
         if isinstance(exc, OSError):
-            raise StreamError(f"cannot compress segment {where} with {algorithm}: "
-                              f"{exc.strerror or exc}; the plain segment is kept", path=where,
-                              op="compress") from exc
+            raise StreamError(
+                f"cannot compress segment {where} with {algorithm}: "
+                f"{exc.strerror or exc}; the plain segment is kept",
+                path=where,
+                op="compress",
+            ) from exc
         raise
     return final
 
 
-def _compress_fd(src: int, dst: int, algorithm: Algorithm, level: int | None,
-                 st: os.stat_result, should_stop: Callable[[], bool] | None,
-                 where: str) -> None:
+def _compress_fd(
+    src: int,
+    dst: int,
+    algorithm: Algorithm,
+    level: int | None,
+    st: os.stat_result,
+    should_stop: Callable[[], bool] | None,
+    where: str,
+) -> None:
     """Compress `src` (its first st_size bytes) into `dst` block by block: bounded memory,
     stoppable between blocks. A source that shrank meanwhile is an I/O error."""
     comp: Any
@@ -115,7 +131,10 @@ def _compress_fd(src: int, dst: int, algorithm: Algorithm, level: int | None,
         if should_stop is not None and should_stop():
             raise CompressionInterrupted(
                 f"compression of {where} abandoned: logvold is stopping; the plain segment "
-                "is kept and compressed after the next start", path=where, op="compress")
+                "is kept and compressed after the next start",
+                path=where,
+                op="compress",
+            )
         chunk = os.pread(src, min(_BLOCK, st.st_size - offset), offset)
         if not chunk:
             raise OSError(errno.EIO, f"{where} shrank while it was compressed")
@@ -127,4 +146,4 @@ def _compress_fd(src: int, dst: int, algorithm: Algorithm, level: int | None,
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]

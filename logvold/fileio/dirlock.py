@@ -66,7 +66,9 @@ def _locked_file(state_dir: SafeDir, directory: Path) -> int:
             pid = holder if holder.isdigit() else "unknown"
             raise DirectoryLocked(
                 f"{directory} is managed by another logvold (pid {pid}); stop it first",
-                path=str(directory), op="lock directory") from None
+                path=str(directory),
+                op="lock directory",
+            ) from None
         except BaseException:
             os.close(fd)
             raise
@@ -77,8 +79,11 @@ def _locked_file(state_dir: SafeDir, directory: Path) -> int:
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             return fd
         os.close(fd)
-    raise DirectoryLocked(f"{directory}: its lock file keeps being replaced; not managed",
-                          path=str(directory), op="lock directory")
+    raise DirectoryLocked(
+        f"{directory}: its lock file keeps being replaced; not managed",
+        path=str(directory),
+        op="lock directory",
+    )
 
 
 def _open_lock_file(state_dir: SafeDir) -> int:

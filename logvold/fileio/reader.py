@@ -66,8 +66,17 @@ from logvold.fileio.reader_events import (
 from logvold.fileio.safedir import SafeDir
 from logvold.fileio.state import StreamState
 
-__all__ = ["CHUNK_BYTES", "MAX_PATTERN_LENGTH", "FileRegion", "ReadOptions", "StreamFilter",
-           "StreamReader", "compile_pattern", "format_rfc3339_ns", "parse_rfc3339_ns"]
+__all__ = [
+    "CHUNK_BYTES",
+    "MAX_PATTERN_LENGTH",
+    "FileRegion",
+    "ReadOptions",
+    "StreamFilter",
+    "StreamReader",
+    "compile_pattern",
+    "format_rfc3339_ns",
+    "parse_rfc3339_ns",
+]
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +130,7 @@ def compile_pattern(pattern: str) -> Any:
 
 
 # ---- the reader ---------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class _Source:
@@ -187,21 +197,31 @@ class StreamReader:
         # A raw event is a record: cut at maxEventSize like the writers' framing, so a run
         # without a delimiter is served (and tailed) in maxEventSize pieces. A CRI or
         # json-file record is one line; only a line longer than this is cut.
-        self.max_record = (policy.max_event_size_bytes if self.fmt == "raw"
-                           else max(_MAX_RECORD_FLOOR, 2 * policy.max_event_size_bytes))
+        self.max_record = (
+            policy.max_event_size_bytes
+            if self.fmt == "raw"
+            else max(_MAX_RECORD_FLOOR, 2 * policy.max_event_size_bytes)
+        )
         self.matcher = compile_pattern(self.options.pattern) if self.options.pattern else None
         # Scanning whole blocks for the pattern finds every event whose message matches
         # when a message is a contiguous substring of the file (raw, CRI F lines) and the
         # pattern has no anchors that mean something else inside a block.
         pattern = self.options.pattern or ""
-        self._prefilter = (self.matcher is not None and self.fmt in ("raw", "cri")
-                           and not any(c in pattern for c in ("^", "$", "\\A", "\\z")))
+        self._prefilter = (
+            self.matcher is not None
+            and self.fmt in ("raw", "cri")
+            and not any(c in pattern for c in ("^", "$", "\\A", "\\z"))
+        )
         self._tail = self.delimiter
-        self._by_time = self.fmt != "raw" and (self.options.since_ns is not None
-                                               or self.options.until_ns is not None)
+        self._by_time = self.fmt != "raw" and (
+            self.options.since_ns is not None or self.options.until_ns is not None
+        )
         o = self.options
-        self.passthrough = self.fmt == "raw" and self.matcher is None and all(
-            v is None for v in (o.tail_events, o.since_ns, o.until_ns, o.limit_bytes))
+        self.passthrough = (
+            self.fmt == "raw"
+            and self.matcher is None
+            and all(v is None for v in (o.tail_events, o.since_ns, o.until_ns, o.limit_bytes))
+        )
         """raw, whole stream, no filter: the output is the file bytes of whole events, so
         blocks go out as they are read (no per-event split) and plain segments as
         FileRegion. (timestamps and stream do not apply to raw.)"""
@@ -379,8 +399,12 @@ class StreamReader:
         """raw: a source opened (previous segment closed) after untilTime holds nothing older."""
         u = self.options.until_ns
         prev = sources[i - 1].name if i > 0 else None
-        return (u is not None and self.fmt == "raw" and prev is not None
-                and calendar.timegm(prev.stamp.utctimetuple()) * 1_000_000_000 > u)
+        return (
+            u is not None
+            and self.fmt == "raw"
+            and prev is not None
+            and calendar.timegm(prev.stamp.utctimetuple()) * 1_000_000_000 > u
+        )
 
     def _until_passed_now(self) -> bool:
         """Following with untilTime: once the clock passed it, nothing newer can qualify."""
@@ -395,8 +419,14 @@ class StreamReader:
         seg_fd, compression = opened
         fd = None if compression else seg_fd
         offset = start.offset or 0
-        if (fd is not None and self.regions and self.passthrough and not offset
-                and not start.skip and start.planned is None):
+        if (
+            fd is not None
+            and self.regions
+            and self.passthrough
+            and not offset
+            and not start.skip
+            and start.planned is None
+        ):
             try:
                 size = self._whole_size(fd)
             except OSError:
@@ -414,8 +444,12 @@ class StreamReader:
         assembler = Assembler(self.fmt, start.skip if offset >= cut else frozenset())
         if offset < cut:
             offset = cut  # the start itself was trimmed away: from the first event left
-            log.warning("%s/%s: events before %d were removed before they were read",
-                        self.directory, src.name.stem, cut)
+            log.warning(
+                "%s/%s: events before %d were removed before they were read",
+                self.directory,
+                src.name.stem,
+                cut,
+            )
         splitter = Splitter(self.delimiter, offset, self.max_record)
         if fd is not None:
             try:
@@ -424,8 +458,9 @@ class StreamReader:
             finally:
                 os.close(fd)
         else:
-            yield from self._feed(skip_bytes(read_compressed(seg_fd, compression), offset - cut),
-                                  splitter, assembler)
+            yield from self._feed(
+                skip_bytes(read_compressed(seg_fd, compression), offset - cut), splitter, assembler
+            )
 
     def _whole_size(self, fd: int) -> int | None:
         """The segment's size if it ends with the (one-byte) delimiter, so all of it is
@@ -437,8 +472,7 @@ class StreamReader:
             return None
         return size
 
-    def _cut_since_planned(self, stem: str, fd: int | None,
-                           planned: tuple[int, int] | None) -> int:
+    def _cut_since_planned(self, stem: str, fd: int | None, planned: tuple[int, int] | None) -> int:
         """Bytes retention trimmed off a plain segment's head since it was planned on (a
         trim replaces the file, so its inode tells; the end of a segment never moves)."""
         if planned is None:
@@ -461,8 +495,9 @@ class StreamReader:
                 return r.logical_end - r.logical_start
         return None
 
-    def _feed(self, chunks: Iterator[bytes], splitter: Splitter,
-              assembler: Assembler) -> Iterator[Event]:
+    def _feed(
+        self, chunks: Iterator[bytes], splitter: Splitter, assembler: Assembler
+    ) -> Iterator[Event]:
         for chunk in chunks:
             block, base = splitter.feed_block(chunk)
             yield from self.block_events(block, base, assembler)
@@ -476,8 +511,12 @@ class StreamReader:
             yield Block(block, None, None, base, base + len(block))
             return
         d = self.delimiter
-        if (self._prefilter and not assembler.pending and not assembler.skip
-                and (self.fmt == "raw" or CRI_PARTIAL.search(block) is None)):
+        if (
+            self._prefilter
+            and not assembler.pending
+            and not assembler.skip
+            and (self.fmt == "raw" or CRI_PARTIAL.search(block) is None)
+        ):
             assert self.matcher is not None
             search = self.matcher.search
             pos = 0
@@ -521,8 +560,13 @@ class StreamReader:
         if o.since_ns is not None and self.fmt != "raw":
             src = sources[first]
             if src.active:
-                return self._since_start_plain(first, active.fd, active.physical_start,
-                                               active.physical_size(), active.collapsed)
+                return self._since_start_plain(
+                    first,
+                    active.fd,
+                    active.physical_start,
+                    active.physical_size(),
+                    active.collapsed,
+                )
             assert src.name is not None
             if not src.name.compression:
                 opened = self.files.open_segment(src.name.stem)
@@ -562,14 +606,21 @@ class StreamReader:
         st = os.fstat(fd)
         if st.st_mtime_ns >= self.options.since_ns:
             return _Start(index)  # segment granularity: the whole live part
-        end = last_boundary_backward(lambda off, n: os.pread(fd, n, off), active.physical_start,
-                                     st.st_size, "raw", self.delimiter, 2**62)
+        end = last_boundary_backward(
+            lambda off, n: os.pread(fd, n, off),
+            active.physical_start,
+            st.st_size,
+            "raw",
+            self.delimiter,
+            2**62,
+        )
         if end is None:
             return _Start(index)
         return _Start(index, end + active.collapsed)
 
-    def _since_start_plain(self, index: int, fd: int | None, lo: int, hi: int,
-                           shift: int) -> _Start:
+    def _since_start_plain(
+        self, index: int, fd: int | None, lo: int, hi: int, shift: int
+    ) -> _Start:
         """Binary search on line times for the first line at or after `since`, then a
         start where no stream is mid-event. Returns a logical offset."""
         assert self.options.since_ns is not None
@@ -673,23 +724,31 @@ class StreamReader:
                 break
         return frozenset(dirty)
 
-    def _tail_start(self, sources: list[_Source], first: int, active: ActiveCursor,
-                    n: int) -> _Start:
+    def _tail_start(
+        self, sources: list[_Source], first: int, active: ActiveCursor, n: int
+    ) -> _Start:
         """Walk back from the newest source until n passing events are found. Only counts
         and offsets are kept: memory does not grow with n (tailLines=10000000 is one int)."""
         if n <= 0:  # nothing old; with follow, what comes next
             end = active.physical_start
             if active.fd is not None:
-                for _, _, rec_end in reverse_records(active.fd, active.physical_start,
-                                                      active.physical_size(), self.delimiter,
-                                                      self.max_record):
+                for _, _, rec_end in reverse_records(
+                    active.fd,
+                    active.physical_start,
+                    active.physical_size(),
+                    self.delimiter,
+                    self.max_record,
+                ):
                     end = rec_end
                     break
-            skip = (self._dirty_streams(active.fd, active.physical_start, end)
-                    if active.fd is not None and self.fmt != "raw" and end > 0
-                    else frozenset())
-            return _Start(len(sources) - 1, end + active.collapsed, skip,
-                          min_end=end + active.collapsed + 1)
+            skip = (
+                self._dirty_streams(active.fd, active.physical_start, end)
+                if active.fd is not None and self.fmt != "raw" and end > 0
+                else frozenset()
+            )
+            return _Start(
+                len(sources) - 1, end + active.collapsed, skip, min_end=end + active.collapsed + 1
+            )
         needed = n
         for i in range(len(sources) - 1, first - 1, -1):
             src = sources[i]
@@ -697,16 +756,20 @@ class StreamReader:
             if src.active:
                 if active.fd is None:
                     continue
-                found = self._tail_plain(active.fd, active.physical_start,
-                                         active.physical_size(), needed, active.collapsed)
+                found = self._tail_plain(
+                    active.fd,
+                    active.physical_start,
+                    active.physical_size(),
+                    needed,
+                    active.collapsed,
+                )
                 planned = None
             else:
                 found, planned = self._tail_segment(src, needed)
             if found is None:
                 continue
             if found.count >= needed:
-                return _Start(i, found.start, found.skip, min_end=found.min_end,
-                              planned=planned)
+                return _Start(i, found.start, found.skip, min_end=found.min_end, planned=planned)
             needed -= found.count
         return _Start(first)
 
@@ -721,8 +784,9 @@ class StreamReader:
             return _TailFound(0, lo + shift, hi + shift)
         # Events of another stream may be open at `start` (CRI/json-file partial lines):
         # forward reading from there drops their fragments instead of serving a piece.
-        skip = (self._dirty_streams(fd, lo, start) if self.fmt != "raw" and start > lo
-                else frozenset())
+        skip = (
+            self._dirty_streams(fd, lo, start) if self.fmt != "raw" and start > lo else frozenset()
+        )
         return _TailFound(count, start + shift, min_end + shift, skip)
 
     def _tail_plain_exact(self, fd: int, lo: int, hi: int, needed: int) -> tuple[int, int, int]:
@@ -740,8 +804,9 @@ class StreamReader:
                 break
         return count, min_start, min_end
 
-    def _tail_plain_scan(self, fd: int, lo: int, hi: int,
-                         needed: int) -> tuple[int, int, int] | None:
+    def _tail_plain_scan(
+        self, fd: int, lo: int, hi: int, needed: int
+    ) -> tuple[int, int, int] | None:
         """tail with a pattern, backwards a region (~1 MiB of whole records) at a time:
         RE2 skips regions without a match at C speed; only regions with one are parsed.
         None (use the exact scan) when a CRI partial line or a giant record shows up."""
@@ -761,7 +826,7 @@ class StreamReader:
                 if k2 < 0 or k2 + len(d) >= len(block):
                     return None
                 cut = k2 + len(d)
-                if self.fmt == "cri" and not parse_cri(block[k + len(d):cut]).complete:
+                if self.fmt == "cri" and not parse_cri(block[k + len(d) : cut]).complete:
                     return None
             region = memoryview(block)[cut:]
             if self.fmt == "cri" and CRI_PARTIAL.search(region) is not None:
@@ -778,8 +843,9 @@ class StreamReader:
             pos = start
         return count, min_start, min_end
 
-    def _tail_segment(self, src: _Source, needed: int
-                      ) -> tuple[_TailFound | None, tuple[int, int] | None]:
+    def _tail_segment(
+        self, src: _Source, needed: int
+    ) -> tuple[_TailFound | None, tuple[int, int] | None]:
         """The tail found in a segment, and the (inode, size) of a plain one."""
         assert src.name is not None
         opened = self.files.open_segment(src.name.stem)
@@ -803,14 +869,15 @@ class StreamReader:
         last `needed` (start, end) pairs when that is small, else count in a first pass
         and find the Nth newest in a second (memory stays bounded either way). Each pass
         reads a dup of the caller's fd from offset 0 (read_compressed closes what it gets)."""
+
         def passing() -> Iterator[Event]:
             fd = os.dup(seg_fd)
             os.lseek(fd, 0, os.SEEK_SET)
             splitter = Splitter(self.delimiter, 0, self.max_record)
-            for ev in self._feed(read_compressed(fd, compression), splitter,
-                                 Assembler(self.fmt)):
+            for ev in self._feed(read_compressed(fd, compression), splitter, Assembler(self.fmt)):
                 if self._passes(ev):
                     yield ev
+
         if needed <= _TAIL_RING_MAX:
             last: deque[tuple[int, int]] = deque(maxlen=needed)
             for ev in passing():

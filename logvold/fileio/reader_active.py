@@ -91,12 +91,15 @@ class ActiveCursor:
             return
         st = os.fstat(fd)
         self.ino, self.dev = st.st_ino, st.st_dev
-        if (state is not None and state.inode == st.st_ino and state.device == st.st_dev
-                and state.physical_committed > st.st_size):
+        if (
+            state is not None
+            and state.inode == st.st_ino
+            and state.device == st.st_dev
+            and state.physical_committed > st.st_size
+        ):
             # Truncated behind the rotator's back: this state describes bytes that are no
             # longer there. Read the file as it is until the rotator writes a new state.
-            log.warning("%s is shorter than its committed offset; ignoring its state",
-                        self.path)
+            log.warning("%s is shorter than its committed offset; ignoring its state", self.path)
             self.stale_state = state
             state = None
         if state is not None and state.inode == st.st_ino and state.device == st.st_dev:
@@ -195,8 +198,12 @@ class ActiveCursor:
             self.busy_since = now
         if now - self.busy_since < self.r.busy_limit_s:
             return False
-        log.warning("%s: a rotation step marker stayed pending for %.0f s; the read ends at "
-                    "the committed offset", self.path, now - self.busy_since)
+        log.warning(
+            "%s: a rotation step marker stayed pending for %.0f s; the read ends at "
+            "the committed offset",
+            self.path,
+            now - self.busy_since,
+        )
         return True
 
     def _step(self) -> Generator[Event, None, Literal["data", "eof", "busy"]]:
@@ -204,8 +211,11 @@ class ActiveCursor:
         is in flight; look again after a poll)."""
         assert self.fd is not None
         st = self._matching_state()
-        if st is not None and st.intent is not None and st.intent.get("op") in (
-                "punch", "collapse", "copytruncate"):
+        if (
+            st is not None
+            and st.intent is not None
+            and st.intent.get("op") in ("punch", "collapse", "copytruncate")
+        ):
             if st.intent.get("op") == "copytruncate":
                 self.truncation = dict(st.intent)
             return "busy"
@@ -230,8 +240,11 @@ class ActiveCursor:
             yield from self._after_truncation()
             return "data"
         # Only what is there: a 1 MiB buffer per poll would be an mmap/munmap each time.
-        data = os.pread(self.fd, min(READ_BYTES, size - physical), physical) \
-            if physical < size else b""
+        data = (
+            os.pread(self.fd, min(READ_BYTES, size - physical), physical)
+            if physical < size
+            else b""
+        )
         self.read_full = len(data) == READ_BYTES
         if not data:
             return "eof"
@@ -260,8 +273,12 @@ class ActiveCursor:
             fd = None if compression else seg_fd
             start = self._placed_start(rec, fd)
             if start > self.splitter.consumed:
-                log.warning("%s: events %d..%d were removed before a follower read them",
-                            self.path, self.splitter.consumed, start)
+                log.warning(
+                    "%s: events %d..%d were removed before a follower read them",
+                    self.path,
+                    self.splitter.consumed,
+                    start,
+                )
                 self.splitter.reset(start)
                 self.assembler.reset()
             skip = self.splitter.consumed - start
@@ -287,17 +304,25 @@ class ActiveCursor:
         """Where the segment's bytes begin now: retention may have trimmed its head since
         `rec` was read."""
         held = self.r.held_bytes(rec.stem, fd)
-        return rec.logical_start if held is None else max(rec.logical_start,
-                                                          rec.logical_end - held)
+        return rec.logical_start if held is None else max(rec.logical_start, rec.logical_end - held)
 
     def _after_truncation(self) -> Iterator[Event]:
         """Read what the copytruncate copied (if we saw its intent), then start over at 0."""
         t, self.truncation = self.truncation, None
         emitted = self.splitter.emitted
-        if t is not None and isinstance(t.get("stem"), str) and isinstance(t.get("start"), int) \
-                and isinstance(t.get("end"), int) and t["start"] <= emitted < t["end"]:
-            copied = StreamState(device=self.dev, inode=self.ino, committed_offset=t["end"],
-                                 segments=(SegmentRecord(t["stem"], t["start"], t["end"]),))
+        if (
+            t is not None
+            and isinstance(t.get("stem"), str)
+            and isinstance(t.get("start"), int)
+            and isinstance(t.get("end"), int)
+            and t["start"] <= emitted < t["end"]
+        ):
+            copied = StreamState(
+                device=self.dev,
+                inode=self.ino,
+                committed_offset=t["end"],
+                segments=(SegmentRecord(t["stem"], t["start"], t["end"]),),
+            )
             yield from self._from_segments(copied, emitted)
         elif (copy := self._copy_of_what_was_read(emitted)) is not None:
             yield from self._from_segments(copy, emitted)
@@ -317,7 +342,7 @@ class ActiveCursor:
         lo = max(end - len(tail), st.committed_offset if st is not None else 0)
         if lo >= end:
             return False  # all of it is committed (maybe punched): nothing to compare
-        return os.pread(self.fd, end - lo, lo - collapsed) != tail[len(tail) - (end - lo):]
+        return os.pread(self.fd, end - lo, lo - collapsed) != tail[len(tail) - (end - lo) :]
 
     def _copy_of_what_was_read(self, emitted: int) -> StreamState | None:
         """The newest plain segment, if it holds the file as it was before the truncation
@@ -338,8 +363,12 @@ class ActiveCursor:
                 return None
         finally:
             os.close(fd)
-        return StreamState(device=self.dev, inode=self.ino, committed_offset=size,
-                           segments=(SegmentRecord(stem, 0, size),))
+        return StreamState(
+            device=self.dev,
+            inode=self.ino,
+            committed_offset=size,
+            segments=(SegmentRecord(stem, 0, size),),
+        )
 
     def _rotated(self) -> bool:
         return self.r.files.active_id() != (self.ino, self.dev)

@@ -186,13 +186,15 @@ class StreamDir:
             self.refused(e)
             raise StateError(str(e), path=where, op="load state") from e
         except OSError as e:
-            raise StateError(f"cannot read state file {where}: {e.strerror}", path=where,
-                             op="load state") from e
+            raise StateError(
+                f"cannot read state file {where}: {e.strerror}", path=where, op="load state"
+            ) from e
         try:
             return _from_json(json.loads(raw))
         except (ValueError, UnicodeDecodeError, KeyError, TypeError, RecursionError) as e:
-            raise StateError(f"state file {where} is not a valid state ({e})", path=where,
-                             op="load state") from e
+            raise StateError(
+                f"state file {where} is not a valid state ({e})", path=where, op="load state"
+            ) from e
 
 
 def _lstat(sd: SafeDir, name: str, *, missing_ok: bool = True) -> os.stat_result | None:

@@ -52,8 +52,13 @@ def parse_rfc3339_ns(text: bytes) -> int | None:
     rest = text[19:]
     if rest[-1:] in (b"Z", b"z"):
         frac, offset = rest[:-1], 0
-    elif len(rest) >= 6 and rest[-6:-5] in (b"+", b"-") and rest[-3:-2] == b":" \
-            and rest[-5:-3].isdigit() and rest[-2:].isdigit():
+    elif (
+        len(rest) >= 6
+        and rest[-6:-5] in (b"+", b"-")
+        and rest[-3:-2] == b":"
+        and rest[-5:-3].isdigit()
+        and rest[-2:].isdigit()
+    ):
         frac = rest[:-6]
         offset = (int(rest[-5:-3]) * 60 + int(rest[-2:])) * 60
         if rest[-6:-5] == b"+":
@@ -77,6 +82,7 @@ def format_rfc3339_ns(ns: int) -> str:
 
 # ---- records and events -----------------------------------------------------------------
 
+
 class Event:
     """One whole event, ready to filter and format.
 
@@ -87,8 +93,9 @@ class Event:
 
     __slots__ = ("_ts", "end", "message", "start", "stream", "ts_raw")
 
-    def __init__(self, message: bytes, ts_raw: bytes | None, stream: str | None, start: int,
-                 end: int) -> None:
+    def __init__(
+        self, message: bytes, ts_raw: bytes | None, stream: str | None, start: int, end: int
+    ) -> None:
         self.message = message
         self.ts_raw = ts_raw
         self.stream = stream
@@ -207,8 +214,9 @@ class Splitter:
         return list(records_of(block, base, self.delimiter, self.max_record))
 
 
-def records_of(block: bytes, base: int, d: bytes,
-               max_len: int | None = None) -> Iterator[tuple[bytes, int]]:
+def records_of(
+    block: bytes, base: int, d: bytes, max_len: int | None = None
+) -> Iterator[tuple[bytes, int]]:
     """(record, end offset) of a block of whole records (a cut one may end it). With
     `max_len`, a record longer than that is cut every max_len bytes from its start."""
     parts = block.split(d)
@@ -230,7 +238,7 @@ def records_of(block: bytes, base: int, d: bytes,
 
 def _pieces(record: bytes, start: int, max_len: int) -> Iterator[tuple[bytes, int]]:
     for at in range(0, len(record), max_len):
-        piece = record[at:at + max_len]
+        piece = record[at : at + max_len]
         yield piece, start + at + len(piece)
 
 
@@ -274,6 +282,7 @@ class Assembler:
 
 # ---- files --------------------------------------------------------------------------
 
+
 def read_compressed(fd: int, compression: str) -> Iterator[bytes]:
     """Decompressed bytes of a segment (an fd the caller opened through `StreamDir`,
     closed here) in bounded chunks (streaming, never whole). The fd is owned by a file
@@ -303,8 +312,9 @@ def pread_all(fd: int, start: int, end: int) -> Iterator[bytes]:
         yield data
 
 
-def reverse_records(fd: int, lo: int, hi: int, delimiter: bytes,
-                     max_record: int) -> Iterator[tuple[bytes, int, int]]:
+def reverse_records(
+    fd: int, lo: int, hi: int, delimiter: bytes, max_record: int
+) -> Iterator[tuple[bytes, int, int]]:
     """Whole records in [lo, hi) from the end backwards: (record, start, end).
 
     Bytes after the last delimiter (an incomplete record) are skipped; `lo` is a
@@ -345,7 +355,7 @@ def reverse_records(fd: int, lo: int, hi: int, delimiter: bytes,
             if end - k - dl > m:
                 yield from _reverse_pieces(fd, pos + k + dl, pos + end, m)
             else:
-                yield buf[k + dl:end], pos + k + dl, pos + end
+                yield buf[k + dl : end], pos + k + dl, pos + end
             end = k + dl
         carry = buf[:end]
         if len(carry) > m:  # a record longer than m: find where it starts, cut it there
@@ -371,8 +381,7 @@ def _run_start(fd: int, lo: int, pos: int, d: bytes) -> int:
     return lo
 
 
-def _reverse_pieces(fd: int, start: int, end: int,
-                    m: int) -> Iterator[tuple[bytes, int, int]]:
+def _reverse_pieces(fd: int, start: int, end: int, m: int) -> Iterator[tuple[bytes, int, int]]:
     """The pieces of the record [start, end) cut every m bytes, newest first."""
     cut = start + (end - start - 1) // m * m
     while end > start:
@@ -380,8 +389,9 @@ def _reverse_pieces(fd: int, start: int, end: int,
         end, cut = cut, cut - m
 
 
-def reverse_events(fd: int, lo: int, hi: int, fmt: str, delimiter: bytes,
-                    max_record: int) -> Iterator[Event]:
+def reverse_events(
+    fd: int, lo: int, hi: int, fmt: str, delimiter: bytes, max_record: int
+) -> Iterator[Event]:
     """Whole events of [lo, hi) in descending end order; `lo` is a clean boundary."""
     records = reverse_records(fd, lo, hi, delimiter, max_record)
     if fmt == "raw":

@@ -58,8 +58,12 @@ class Refusals:
             gone = {k for k in self._refusing if k[0] == op} - ep.seen
             if gone:
                 self._refusing -= gone
-                log.info("stream %s: %s no longer refused: %s", self._key, op,
-                         ", ".join(sorted(k[2] for k in gone)))
+                log.info(
+                    "stream %s: %s no longer refused: %s",
+                    self._key,
+                    op,
+                    ", ".join(sorted(k[2] for k in gone)),
+                )
 
     def refuse(self, e: UnsafeFile, what: str | None = None) -> None:
         """Count `e`; log it unless this operation already met it in this episode.

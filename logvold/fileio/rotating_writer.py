@@ -45,7 +45,6 @@ _PEEK_BYTES = 16 * 1024
 """Read size while a cut waits for the next event end (splice resumes after it)."""
 
 
-
 @dataclass(frozen=True, kw_only=True)
 class RotatedSegment:
     """A segment the writer just closed."""

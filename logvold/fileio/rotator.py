@@ -204,18 +204,25 @@ class _Run:
     more: bool = False
     failed: bool = False
 
-    def result(self, reason: str, strategy: str, *, collapsed: int = 0,
-               lost: int = 0) -> RotationResult:
+    def result(
+        self, reason: str, strategy: str, *, collapsed: int = 0, lost: int = 0
+    ) -> RotationResult:
         first = self.cuts[0] if self.cuts else None
         last = self.cuts[-1] if self.cuts else None
         return RotationResult(
-            reason=reason, strategy=strategy, segment=last.segment if last else "",
+            reason=reason,
+            strategy=strategy,
+            segment=last.segment if last else "",
             logical_start=first.logical_start if first else 0,
             logical_end=last.logical_end if last else 0,
-            bytes_freed=sum(c.bytes_freed for c in self.cuts), collapsed_bytes=collapsed,
-            lost_bytes=lost, last_write_ns=last.last_write_ns if last else 0,
-            cuts=tuple(self.cuts), more_work=self.more, hole_bytes=self.holes)
-
+            bytes_freed=sum(c.bytes_freed for c in self.cuts),
+            collapsed_bytes=collapsed,
+            lost_bytes=lost,
+            last_write_ns=last.last_write_ns if last else 0,
+            cuts=tuple(self.cuts),
+            more_work=self.more,
+            hole_bytes=self.holes,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -274,9 +281,15 @@ class StreamRotator:
     shifts extents, so it is batched); None = min(64 MiB, 4 * maxSize).
     """
 
-    def __init__(self, info: StreamInfo, metrics: Metrics | None = None,
-                 clock: Callable[[], datetime] = utcnow, *, punch_supported: bool | None = None,
-                 collapse_min_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        info: StreamInfo,
+        metrics: Metrics | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        *,
+        punch_supported: bool | None = None,
+        collapse_min_bytes: int | None = None,
+    ) -> None:
         plain_name(info.base)
         self.info = info
         self.policy = info.policy
@@ -286,8 +299,13 @@ class StreamRotator:
         self._punch_ok = punch_supported
         self._collapse_ok = True
         mx = self.policy.max_size_bytes
-        self._collapse_min = (collapse_min_bytes if collapse_min_bytes is not None
-                              else min(64 * 2**20, 4 * mx) if mx > 0 else 64 * 2**20)
+        self._collapse_min = (
+            collapse_min_bytes
+            if collapse_min_bytes is not None
+            else min(64 * 2**20, 4 * mx)
+            if mx > 0
+            else 64 * 2**20
+        )
         self._state: StreamState | None = None
         self._recovered = False
         self._anchor: datetime | None = None
@@ -335,8 +353,11 @@ class StreamRotator:
             pass
         except OSError as e:
             self._io_error("recover", e)
-            raise StreamError(f"cannot recover stream {self.info.key} in {self.directory}: "
-                              f"{e.strerror}", path=str(self.info.active_path), op="recover") from e
+            raise StreamError(
+                f"cannot recover stream {self.info.key} in {self.directory}: {e.strerror}",
+                path=str(self.info.active_path),
+                op="recover",
+            ) from e
         self._recovered = True
 
     def rotate(self, reason: str) -> RotationResult | None:
@@ -375,8 +396,9 @@ class StreamRotator:
             cuts = result.cuts or ((result,) if result.segment else ())
             if self.metrics:
                 if cuts:
-                    self.metrics.rotations.labels(*self._labels, reason,
-                                                  result.strategy).inc(len(cuts))
+                    self.metrics.rotations.labels(*self._labels, reason, result.strategy).inc(
+                        len(cuts)
+                    )
                 if result.bytes_freed:
                     self.metrics.bytes_freed.labels(*self._labels, "rotate").inc(result.bytes_freed)
             for cut in cuts:
@@ -391,13 +413,15 @@ class StreamRotator:
         with contextlib.suppress(OSError, StreamError), self._opened() as d:
             stamp_last_write(d, result.segment, result.last_write_ns)
             if self.metrics:
-                n = count_segment(d, result.segment, result.logical_end - result.logical_start,
-                                  self.policy)
-                self.metrics.observe_written(*self._labels, nbytes=n.nbytes, events=n.events,
-                                            split=n.split)
+                n = count_segment(
+                    d, result.segment, result.logical_end - result.logical_start, self.policy
+                )
+                self.metrics.observe_written(
+                    *self._labels, nbytes=n.nbytes, events=n.events, split=n.split
+                )
 
     def needs_rotation(self) -> str | None:
-        """"size" | "period" | None, from stat() calls only."""
+        """ "size" | "period" | None, from stat() calls only."""
         try:
             if not self._recovered:
                 self.recover()
@@ -461,8 +485,12 @@ class StreamRotator:
                     if self.policy.strategy == "rename" and sf.open_writers(st.st_dev, st.st_ino):
                         continue
                     try:
-                        out = compress_in(d, name.filename, self.policy.compress,
-                                          should_stop=self.abandon_compress)
+                        out = compress_in(
+                            d,
+                            name.filename,
+                            self.policy.compress,
+                            should_stop=self.abandon_compress,
+                        )
                     except UnsafeFile as e:
                         self._refuse(e, "compress")
                         continue
@@ -487,8 +515,12 @@ class StreamRotator:
         No state change: `_replaced` and the rebuild take zeroed bytes for committed ones, so
         a crash on either side of the punch leaves a file the next start recognises."""
         s = self._state
-        if (s is None or s.intent is not None or self.policy.strategy != "punch"
-                or self._punch_ok is not True):
+        if (
+            s is None
+            or s.intent is not None
+            or self.policy.strategy != "punch"
+            or self._punch_ok is not True
+        ):
             return
         try:
             with self._episode("stop"), self._opened() as d:
@@ -498,7 +530,8 @@ class StreamRotator:
                 fd, st = opened
                 try:
                     if (st.st_dev, st.st_ino) != (s.device, s.inode) or self._current(
-                            d, fd, st) is not s:
+                        d, fd, st
+                    ) is not s:
                         return
                     p = s.physical_committed
                     lo = sf.align_down(p, self._block(st))
@@ -510,8 +543,9 @@ class StreamRotator:
             pass
         except OSError as e:
             self._io_error("stop", e)
-            log.warning("stream %s: could not zero the committed tail at stop: %s",
-                        self.info.key, e)
+            log.warning(
+                "stream %s: could not zero the committed tail at stop: %s", self.info.key, e
+            )
 
     # ------------------------------------------------------------------ refusals
 
@@ -556,13 +590,18 @@ class StreamRotator:
         try:
             if why == "missing" and not _punched_head(opened.fd, opened.st):
                 return None
-            state = rebuild_state(d, opened.fd, opened.st, self.info.base,
-                                  self.policy.format, self.policy.delimiter)
+            state = rebuild_state(
+                d, opened.fd, opened.st, self.info.base, self.policy.format, self.policy.delimiter
+            )
         finally:
             os.close(opened.fd)
         self._save(state)
-        log.warning("stream %s: %s state rebuilt from the files: committed physical offset %d",
-                    self.info.key, why, state.committed_offset)
+        log.warning(
+            "stream %s: %s state rebuilt from the files: committed physical offset %d",
+            self.info.key,
+            why,
+            state.committed_offset,
+        )
         return state
 
     def _save(self, state: StreamState) -> StreamState:
@@ -583,13 +622,21 @@ class StreamRotator:
         s = self._state
         if s is None or (s.device, s.inode) != (st.st_dev, st.st_ino):
             if s is not None:
-                log.info("stream %s: new active file (inode %d), starting at offset 0",
-                         self.info.key, st.st_ino)
+                log.info(
+                    "stream %s: new active file (inode %d), starting at offset 0",
+                    self.info.key,
+                    st.st_ino,
+                )
             return StreamState(device=st.st_dev, inode=st.st_ino)
         if st.st_size < s.physical_committed or self._replaced(d, fd, st, s):
-            log.warning("stream %s: the writer truncated or replaced %s (%d bytes, committed "
-                        "%d): starting again at 0", self.info.key, self.info.base, st.st_size,
-                        s.physical_committed)
+            log.warning(
+                "stream %s: the writer truncated or replaced %s (%d bytes, committed "
+                "%d): starting again at 0",
+                self.info.key,
+                self.info.base,
+                st.st_size,
+                s.physical_committed,
+            )
             if self.metrics:
                 self.metrics.truncations.labels(*self._labels, "writer").inc()
             return StreamState(device=st.st_dev, inode=st.st_ino)
@@ -644,8 +691,11 @@ class StreamRotator:
     def _io_error(self, op: str, e: BaseException) -> None:
         if self.metrics:
             cause = e if isinstance(e, OSError) else e.__cause__
-            code = errno.errorcode.get(cause.errno or 0, "EIO") if isinstance(cause, OSError) \
+            code = (
+                errno.errorcode.get(cause.errno or 0, "EIO")
+                if isinstance(cause, OSError)
                 else "EINVAL"
+            )
             self.metrics.io_errors.labels(op, code).inc()
 
     def _fail(self, e: OSError | StateError, op: str) -> NoReturn:
@@ -653,8 +703,11 @@ class StreamRotator:
         if self.metrics:
             self.metrics.rotation_failures.labels(*self._labels, "io").inc()
         what = e.strerror if isinstance(e, OSError) else str(e)
-        raise StreamError(f"stream {self.info.key}: {op} failed: {what}; retried later",
-                          path=str(self.info.active_path), op=op) from e
+        raise StreamError(
+            f"stream {self.info.key}: {op} failed: {what}; retried later",
+            path=str(self.info.active_path),
+            op=op,
+        ) from e
 
     def _block(self, st: os.stat_result) -> int:
         return max(st.st_blksize, 512)
@@ -664,8 +717,11 @@ class StreamRotator:
             assert self._dir is not None, "probed within an operation"
             self._punch_ok = sf.punch_supported(self._dir)
             if not self._punch_ok:
-                log.warning("stream %s: PUNCH_HOLE unsupported in %s: falling back to rename",
-                            self.info.key, self.directory)
+                log.warning(
+                    "stream %s: PUNCH_HOLE unsupported in %s: falling back to rename",
+                    self.info.key,
+                    self.directory,
+                )
         return self._punch_ok
 
     def _reader(self, fd: int) -> Callable[[int, int], bytes]:
@@ -676,8 +732,14 @@ class StreamRotator:
         if end <= start:
             return None
         try:
-            b = last_boundary_backward(self._reader(fd), start, end, self.policy.format,
-                                       self.policy.delimiter, self.policy.max_event_size_bytes)
+            b = last_boundary_backward(
+                self._reader(fd),
+                start,
+                end,
+                self.policy.format,
+                self.policy.delimiter,
+                self.policy.max_event_size_bytes,
+            )
         except ValueError:  # short read: the writer truncated meanwhile; the next call sees it
             return None
         return b if b is not None and b > start else None
@@ -685,8 +747,9 @@ class StreamRotator:
     def _first_boundary_at_or_after(self, fd: int, start: int, target: int, end: int) -> int | None:
         """First event end >= target reading forward from boundary `start` (bounded reads);
         the last end before `end` when none is >= target; None when there is none."""
-        framer = make_framer(self.policy.format, self.policy.delimiter,
-                             self.policy.max_event_size_bytes)
+        framer = make_framer(
+            self.policy.format, self.policy.delimiter, self.policy.max_event_size_bytes
+        )
         last: int | None = None
         pos = start
         while pos < end:
@@ -713,8 +776,17 @@ class StreamRotator:
             existing += segments_of(self.info.base, [r.stem for r in self._state.segments])
         return next_segment_name(self.info.base, self.clock(), existing)
 
-    def _write_segment(self, d: SafeDir, src_fd: int, stem: str, offset: int, length: int,
-                       like: os.stat_result, *, sync_dir: bool = True) -> None:
+    def _write_segment(
+        self,
+        d: SafeDir,
+        src_fd: int,
+        stem: str,
+        offset: int,
+        length: int,
+        like: os.stat_result,
+        *,
+        sync_dir: bool = True,
+    ) -> None:
         """[offset, offset+length) of the active file into `<stem>` via `<stem>.tmp`
         (`sync_dir=False`: the caller fsyncs the directory once for several segments)."""
         tmp = plain_name(stem + ".tmp")
@@ -742,9 +814,12 @@ class StreamRotator:
         with contextlib.suppress(OSError, StateError):
             self._save(state.with_(intent=None))
         self._io_error("rotate-copy", e)
-        raise StreamError(f"stream {self.info.key}: cannot write segment {stem}: {e.strerror}; "
-                          "nothing was committed, the rotation is retried",
-                          path=str(self.directory / stem), op="rotate") from e
+        raise StreamError(
+            f"stream {self.info.key}: cannot write segment {stem}: {e.strerror}; "
+            "nothing was committed, the rotation is retried",
+            path=str(self.directory / stem),
+            op="rotate",
+        ) from e
 
     def _punch(self, fd: int, st: os.stat_result, start: int, end: int) -> int:
         """Punch the block-aligned part of physical [align_down(start), align_down(end)).
@@ -764,12 +839,18 @@ class StreamRotator:
             self._io_error("punch", e)
             if e.errno in (errno.EOPNOTSUPP, errno.ENOSYS):
                 self._punch_ok = False
-                log.warning("stream %s: PUNCH_HOLE refused (%s): later rotations rename",
-                            self.info.key, e.strerror)
+                log.warning(
+                    "stream %s: PUNCH_HOLE refused (%s): later rotations rename",
+                    self.info.key,
+                    e.strerror,
+                )
             else:
                 self._punch_from_zero = True
-                log.warning("stream %s: PUNCH_HOLE failed (%s): retried at the next rotation",
-                            self.info.key, e.strerror)
+                log.warning(
+                    "stream %s: PUNCH_HOLE failed (%s): retried at the next rotation",
+                    self.info.key,
+                    e.strerror,
+                )
             return 0
         self._punch_from_zero = False
         return hi - lo
@@ -780,8 +861,11 @@ class StreamRotator:
         stem = plain_name(str(intent.get("stem")))
         names = segments_of(self.info.base, [stem])
         if not names or names[0].compression:
-            raise UnsafeFile(f"state intent names {stem!r}, not a segment of {self.info.base}",
-                             kind="outside", path=str(self.directory / stem))
+            raise UnsafeFile(
+                f"state intent names {stem!r}, not a segment of {self.info.base}",
+                kind="outside",
+                path=str(self.directory / stem),
+            )
         return stem
 
     def _records(self, state: StreamState, rec: SegmentRecord) -> tuple[SegmentRecord, ...]:
@@ -789,8 +873,9 @@ class StreamRotator:
 
     # ------------------------------------------------------------------ rotation
 
-    def _rotate(self, d: SafeDir, fd: int, st: os.stat_result,
-                reason: str) -> RotationResult | None:
+    def _rotate(
+        self, d: SafeDir, fd: int, st: os.stat_result, reason: str
+    ) -> RotationResult | None:
         state = self._current(d, fd, st)
         strategy = self.policy.strategy
         if strategy == "punch" and not self._punch_supported():
@@ -805,16 +890,18 @@ class StreamRotator:
             return self._rotate_rename(d, fd, state, reason)
         return self._rotate_copytruncate(d, fd, state, reason)
 
-    def _rotate_punch(self, d: SafeDir, fd: int, state: StreamState,
-                      reason: str) -> RotationResult | None:
+    def _rotate_punch(
+        self, d: SafeDir, fd: int, state: StreamState, reason: str
+    ) -> RotationResult | None:
         state, run = self._cut_backlog(d, fd, state, reason, "punch")
         if not run.cuts and not run.holes:
             return None
         collapsed = self._maybe_collapse(fd, state)
         return run.result(reason, "punch", collapsed=collapsed)
 
-    def _cut_backlog(self, d: SafeDir, fd: int, state: StreamState, reason: str,
-                     strategy: str) -> tuple[StreamState, _Run]:
+    def _cut_backlog(
+        self, d: SafeDir, fd: int, state: StreamState, reason: str, strategy: str
+    ) -> tuple[StreamState, _Run]:
         """Cut [committed, last boundary) into maxSize pieces (core/pieces.py), each one
         written, committed and (punch) punched before the next: a crash or an abandoned
         copy leaves every earlier piece committed and at most one intent to settle.
@@ -845,8 +932,9 @@ class StreamRotator:
             room = MAX_BYTES_PER_STEP
             if strategy == "copytruncate" and free is not None and free > FREE_SPACE_RESERVE:
                 room = min(room, free - FREE_SPACE_RESERVE)
-            pieces = iter_pieces(p, hole, cap, self._last_at_most(fd, hole, st.st_size),
-                                 self._first_after(fd))
+            pieces = iter_pieces(
+                p, hole, cap, self._last_at_most(fd, hole, st.st_size), self._first_after(fd)
+            )
             # punch commits a batch of pieces with one intent (fewer fsyncs); the batch is
             # punched only after its commit, so it must fit in the free space as a whole.
             batch_pieces = BATCH_PIECES if strategy == "punch" else 1
@@ -857,10 +945,12 @@ class StreamRotator:
             for piece in pieces:
                 queued = sum(b.size for b in batch)
                 if (run.cuts or batch) and (
-                        len(run.cuts) + len(batch) >= MAX_PIECES_PER_STEP
-                        or run.copied + queued + piece.size > room
-                        or time.monotonic() - run.started >= MAX_SECONDS_PER_STEP
-                        or self.stop_pieces() or self.abandon_copy()):
+                    len(run.cuts) + len(batch) >= MAX_PIECES_PER_STEP
+                    or run.copied + queued + piece.size > room
+                    or time.monotonic() - run.started >= MAX_SECONDS_PER_STEP
+                    or self.stop_pieces()
+                    or self.abandon_copy()
+                ):
                     run.more = True
                     break
                 if batch and (len(batch) >= batch_pieces or queued + piece.size > batch_room):
@@ -879,8 +969,17 @@ class StreamRotator:
             run.more = True
         return state, run
 
-    def _cut_batch(self, d: SafeDir, fd: int, state: StreamState, st: os.stat_result,
-                   batch: list[Piece], reason: str, strategy: str, run: _Run) -> StreamState:
+    def _cut_batch(
+        self,
+        d: SafeDir,
+        fd: int,
+        state: StreamState,
+        st: os.stat_result,
+        batch: list[Piece],
+        reason: str,
+        strategy: str,
+        run: _Run,
+    ) -> StreamState:
         """Cut `batch` (consecutive pieces), recording the cuts in `run`. A failure after
         the first piece leaves the pieces before it committed and sets `run.failed`; at
         the first piece it raises StreamError (nothing committed), as a single cut did."""
@@ -900,8 +999,16 @@ class StreamRotator:
             run.failed = True
             return self._state if self._state is not None else state
 
-    def _cut_pieces(self, d: SafeDir, fd: int, state: StreamState, st: os.stat_result,
-                    batch: list[Piece], reason: str, run: _Run) -> StreamState:
+    def _cut_pieces(
+        self,
+        d: SafeDir,
+        fd: int,
+        state: StreamState,
+        st: os.stat_result,
+        batch: list[Piece],
+        reason: str,
+        run: _Run,
+    ) -> StreamState:
         """Several punch pieces under ONE intent `{op: pieces, pieces: [[stem, start,
         end], ...]}`: each segment written (tmp, fsync, rename), one directory fsync, one
         commit of them all, one punch. Recovery keeps the longest prefix of pieces whose
@@ -915,8 +1022,7 @@ class StreamRotator:
         for piece in batch:
             self._last_name = name = self._segment_name(d, self._last_name)
             plan.append((name.stem, piece.start + shift, piece.end + shift))
-        self._save(state.with_(intent={"op": "pieces",
-                                       "pieces": [list(item) for item in plan]}))
+        self._save(state.with_(intent={"op": "pieces", "pieces": [list(item) for item in plan]}))
         done = 0
         error: OSError | None = None
         for (stem, _start, _end), piece in zip(plan, batch, strict=True):
@@ -932,29 +1038,53 @@ class StreamRotator:
         d.fsync()
         committed = state
         for stem, start, end in plan[:done]:
-            committed = committed.with_(segments=self._records(committed, SegmentRecord(
-                stem, start, end, _previous_cut_ns(committed, start), st.st_mtime_ns)))
+            committed = committed.with_(
+                segments=self._records(
+                    committed,
+                    SegmentRecord(
+                        stem, start, end, _previous_cut_ns(committed, start), st.st_mtime_ns
+                    ),
+                )
+            )
         state = self._save(committed.with_(committed_offset=plan[done - 1][2], intent=None))
         freed = self._punch(fd, st, p, batch[done - 1].end)
         for i, ((stem, start, end), piece) in enumerate(zip(plan[:done], batch, strict=False)):
-            run.cuts.append(RotationResult(
-                reason=reason, strategy="punch", segment=stem, logical_start=start,
-                logical_end=end, bytes_freed=freed if i == done - 1 else 0,
-                last_write_ns=st.st_mtime_ns))
+            run.cuts.append(
+                RotationResult(
+                    reason=reason,
+                    strategy="punch",
+                    segment=stem,
+                    logical_start=start,
+                    logical_end=end,
+                    bytes_freed=freed if i == done - 1 else 0,
+                    last_write_ns=st.st_mtime_ns,
+                )
+            )
             run.copied += piece.size
         if error is not None:
             for stem, _start, _end in plan[done:]:
                 with contextlib.suppress(OSError):
                     d.unlink(stem + ".tmp")
             self._io_error("rotate-copy", error)
-            raise StreamError(f"stream {self.info.key}: cannot write segment {plan[done][0]}: "
-                              f"{error.strerror}; the pieces before it are committed, the "
-                              "rest is retried", path=str(self.directory / plan[done][0]),
-                              op="rotate") from error
+            raise StreamError(
+                f"stream {self.info.key}: cannot write segment {plan[done][0]}: "
+                f"{error.strerror}; the pieces before it are committed, the "
+                "rest is retried",
+                path=str(self.directory / plan[done][0]),
+                op="rotate",
+            ) from error
         return state
 
-    def _cut_piece(self, d: SafeDir, fd: int, state: StreamState, st: os.stat_result,
-                   piece: Piece, reason: str, strategy: str) -> tuple[StreamState, RotationResult]:
+    def _cut_piece(
+        self,
+        d: SafeDir,
+        fd: int,
+        state: StreamState,
+        st: os.stat_result,
+        piece: Piece,
+        reason: str,
+        strategy: str,
+    ) -> tuple[StreamState, RotationResult]:
         """One piece as one segment, exactly like a whole rotation used to be: intent,
         copy (tmp, fsync, rename, dir fsync), commit, then (punch) the punch."""
         p = state.physical_committed
@@ -962,11 +1092,15 @@ class StreamRotator:
         self._last_name = name = self._segment_name(d, self._last_name)
         start, end = state.committed_offset, state.committed_offset + piece.size
         if strategy == "punch":
-            intent: dict[str, Any] = {"op": "punch", "stem": name.stem, "start": start,
-                                      "end": end}
+            intent: dict[str, Any] = {"op": "punch", "stem": name.stem, "start": start, "end": end}
         else:
-            intent = {"op": "copytruncate", "stem": name.stem, "start": start, "end": end,
-                      "physical_end": piece.end}
+            intent = {
+                "op": "copytruncate",
+                "stem": name.stem,
+                "start": start,
+                "end": end,
+                "physical_end": piece.end,
+            }
         self._save(state.with_(intent=intent))
         try:
             self._write_segment(d, fd, name.stem, p, piece.size, st)
@@ -974,27 +1108,47 @@ class StreamRotator:
             self._abort(d, state, name.stem, e)
         freed = 0
         if strategy == "punch":
-            state = self._save(state.with_(
-                committed_offset=end, intent=None,
-                segments=self._records(state, SegmentRecord(
-                    name.stem, start, end, _previous_cut_ns(state, start), st.st_mtime_ns))))
+            state = self._save(
+                state.with_(
+                    committed_offset=end,
+                    intent=None,
+                    segments=self._records(
+                        state,
+                        SegmentRecord(
+                            name.stem, start, end, _previous_cut_ns(state, start), st.st_mtime_ns
+                        ),
+                    ),
+                )
+            )
             freed = self._punch(fd, st, p, piece.end)
         else:
             state = self._save(state.with_(committed_offset=end, intent=None))
-        return state, RotationResult(reason=reason, strategy=strategy, segment=name.stem,
-                                     logical_start=start, logical_end=end, bytes_freed=freed,
-                                     last_write_ns=st.st_mtime_ns)
+        return state, RotationResult(
+            reason=reason,
+            strategy=strategy,
+            segment=name.stem,
+            logical_start=start,
+            logical_end=end,
+            bytes_freed=freed,
+            last_write_ns=st.st_mtime_ns,
+        )
 
-    def _drop_hole(self, fd: int, st: os.stat_result, state: StreamState, p: int, data: int,
-                   *, punch: bool) -> StreamState:
+    def _drop_hole(
+        self, fd: int, st: os.stat_result, state: StreamState, p: int, data: int, *, punch: bool
+    ) -> StreamState:
         """[p, data) is a hole: never written by an appending writer, so not events (a
         hostile truncate-extend, a writer seeking past its end). Committed without a
         segment and without reading it; punch frees the committed block before it."""
         if "hole" not in self._warned:
             self._warned.add("hole")
-            log.warning("stream %s: %s has a hole of %d bytes at offset %d: skipped, not "
-                        "copied (holes are not events)", self.info.key, self.info.base,
-                        data - p, p)
+            log.warning(
+                "stream %s: %s has a hole of %d bytes at offset %d: skipped, not "
+                "copied (holes are not events)",
+                self.info.key,
+                self.info.base,
+                data - p,
+                p,
+            )
         state = self._save(state.with_(committed_offset=state.committed_offset + data - p))
         if punch:
             self._punch(fd, st, p, data)
@@ -1013,10 +1167,12 @@ class StreamRotator:
 
     def _last_at_most(self, fd: int, hole: int, size: int) -> Callable[[int, int], int | None]:
         """Framing's last boundary in (lo, hi]; the start of a hole is a boundary too."""
+
         def search(lo: int, hi: int) -> int | None:
             if hi == hole < size:
                 return hole
             return self._last_boundary(fd, lo, hi)
+
         return search
 
     def _first_after(self, fd: int) -> Callable[[int, int], int | None]:
@@ -1038,16 +1194,20 @@ class StreamRotator:
         try:
             # [0, length) must be a hole so that recovery can tell (SEEK_DATA) if it ran.
             sf.punch_hole(fd, 0, length)
-            self._save(state.with_(intent={"op": "collapse", "length": length,
-                                           "collapsed_before": before}))
+            self._save(
+                state.with_(intent={"op": "collapse", "length": length, "collapsed_before": before})
+            )
             try:
                 sf.collapse_range(fd, 0, length)
             except OSError as e:
                 self._save(state.with_(intent=None))
                 if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                     self._collapse_ok = False
-                    log.warning("stream %s: COLLAPSE_RANGE refused (%s): the file keeps its "
-                                "apparent size", self.info.key, e.strerror)
+                    log.warning(
+                        "stream %s: COLLAPSE_RANGE refused (%s): the file keeps its apparent size",
+                        self.info.key,
+                        e.strerror,
+                    )
                     return 0
                 raise
             self._save(state.with_(collapsed_bytes=before + length, intent=None))
@@ -1059,14 +1219,18 @@ class StreamRotator:
         log.debug("stream %s: collapsed %d bytes", self.info.key, length)
         return length
 
-    def _rotate_rename(self, d: SafeDir, fd: int, state: StreamState,
-                       reason: str) -> RotationResult | None:
+    def _rotate_rename(
+        self, d: SafeDir, fd: int, state: StreamState, reason: str
+    ) -> RotationResult | None:
         st = os.fstat(fd)
         if st.st_size <= state.physical_committed:
             return None
         name = self._segment_name(d)
-        self._save(state.with_(intent={"op": "rename", "stem": name.stem,
-                                       "device": st.st_dev, "inode": st.st_ino}))
+        self._save(
+            state.with_(
+                intent={"op": "rename", "stem": name.stem, "device": st.st_dev, "inode": st.st_ino}
+            )
+        )
         try:
             d.rename(self.info.base, name.stem)
             d.fsync()
@@ -1075,10 +1239,13 @@ class StreamRotator:
                 self._save(state.with_(intent=None))
             raise
         self._finish_rename(d, st)
-        return RotationResult(reason=reason, strategy="rename", segment=name.stem,
-                              logical_start=state.committed_offset,
-                              logical_end=state.committed_offset + st.st_size
-                              - state.physical_committed)
+        return RotationResult(
+            reason=reason,
+            strategy="rename",
+            segment=name.stem,
+            logical_start=state.committed_offset,
+            logical_end=state.committed_offset + st.st_size - state.physical_committed,
+        )
 
     def _finish_rename(self, d: SafeDir, old: os.stat_result) -> None:
         """After the rename: an empty active file like the old one, fresh state, reopen."""
@@ -1103,21 +1270,29 @@ class StreamRotator:
         if action is None:
             if "no-reopen" not in self._warned:
                 self._warned.add("no-reopen")
-                log.warning("stream %s: rename without a reopen action: a writer that does not "
-                            "reopen by itself keeps writing the renamed segment", self.info.key)
+                log.warning(
+                    "stream %s: rename without a reopen action: a writer that does not "
+                    "reopen by itself keeps writing the renamed segment",
+                    self.info.key,
+                )
             return
         try:
             if self.reopener is None:
                 raise ReopenFailed("this rotator has no reopener", op="reopen")
             self.reopener(action, str(self.info.key))
         except (ReopenFailed, OSError) as e:
-            log.warning("stream %s: reopen action failed: %s; the writer keeps writing the "
-                        "renamed segment until it reopens", self.info.key, e)
+            log.warning(
+                "stream %s: reopen action failed: %s; the writer keeps writing the "
+                "renamed segment until it reopens",
+                self.info.key,
+                e,
+            )
             if self.metrics:
                 self.metrics.rotation_failures.labels(*self._labels, "reopen").inc()
 
-    def _rotate_copytruncate(self, d: SafeDir, fd: int, state: StreamState,
-                             reason: str) -> RotationResult | None:
+    def _rotate_copytruncate(
+        self, d: SafeDir, fd: int, state: StreamState, reason: str
+    ) -> RotationResult | None:
         """Copy the backlog in pieces (each committed with its own intent), then truncate
         once every whole event is copied; a step cut short (limits, free space) leaves the
         committed offset past its pieces and the next step goes on from there."""
@@ -1131,9 +1306,12 @@ class StreamRotator:
             os.ftruncate(fd, 0)
             self._save(StreamState(device=st.st_dev, inode=st.st_ino))
             if lost > 0:
-                log.warning("stream %s: copytruncate lost %d bytes written during the copy; "
-                            "use strategy punch where the filesystem supports it",
-                            self.info.key, lost)
+                log.warning(
+                    "stream %s: copytruncate lost %d bytes written during the copy; "
+                    "use strategy punch where the filesystem supports it",
+                    self.info.key,
+                    lost,
+                )
                 if self.metrics:
                     self.metrics.lost_bytes.labels(*self._labels).inc(lost)
         return run.result(reason, "copytruncate", lost=max(lost, 0))
@@ -1175,14 +1353,19 @@ class StreamRotator:
             freed += n
         dropped = 0
         if plan.active_bytes_to_drop > 0:
-            dropped, n = self._drop_active(d, plan.active_bytes_to_drop,
-                                           plan.budget_reason or "maxTotalSize")
+            dropped, n = self._drop_active(
+                d, plan.active_bytes_to_drop, plan.budget_reason or "maxTotalSize"
+            )
             freed += n
         self._update_gauges()
-        return RetentionResult(deleted=tuple(deleted), reasons=dict(plan.reasons),
-                               dropped_active_bytes=dropped, trimmed_segment=trimmed,
-                               bytes_freed=freed,
-                               compress_pending=tuple(n.filename for n in plan.compress))
+        return RetentionResult(
+            deleted=tuple(deleted),
+            reasons=dict(plan.reasons),
+            dropped_active_bytes=dropped,
+            trimmed_segment=trimmed,
+            bytes_freed=freed,
+            compress_pending=tuple(n.filename for n in plan.compress),
+        )
 
     def _without_trim_if_full(self, d: SafeDir, plan: RetentionPlan) -> RetentionPlan:
         """A trim copies the kept part of a segment: on a volume without room for that copy
@@ -1193,14 +1376,26 @@ class StreamRotator:
             return plan
         st = d.lstat(name.filename)
         free = self._free_bytes(d)
-        if st is None or free is None or st.st_size - plan.trim_segment_bytes \
-                + FREE_SPACE_RESERVE <= free:
+        if (
+            st is None
+            or free is None
+            or st.st_size - plan.trim_segment_bytes + FREE_SPACE_RESERVE <= free
+        ):
             return plan
         why = plan.budget_reason or "maxTotalSize"
-        log.info("stream %s: no room to trim %s (%d bytes free): deleted whole",
-                 self.info.key, name.filename, free)
-        return dataclasses.replace(plan, delete=(*plan.delete, name), trim_segment=None,
-                                   trim_segment_bytes=0, reasons={**plan.reasons, name.stem: why})
+        log.info(
+            "stream %s: no room to trim %s (%d bytes free): deleted whole",
+            self.info.key,
+            name.filename,
+            free,
+        )
+        return dataclasses.replace(
+            plan,
+            delete=(*plan.delete, name),
+            trim_segment=None,
+            trim_segment_bytes=0,
+            reasons={**plan.reasons, name.stem: why},
+        )
 
     def _trim_segment(self, d: SafeDir, name: SegmentName, nbytes: int) -> tuple[str | None, int]:
         """Drop at least `nbytes` of a plain segment's head, up to an event boundary.
@@ -1222,8 +1417,9 @@ class StreamRotator:
                 return None, 0
             s = self._state
             if s is not None:
-                s = self._save(s.with_(intent={"op": "trim", "stem": name.stem,
-                                               "size": st.st_size - cut}))
+                s = self._save(
+                    s.with_(intent={"op": "trim", "stem": name.stem, "size": st.st_size - cut})
+                )
             trim = name.stem + ".trim"  # complete copy, then atomically over the segment
             self._write_segment(d, fd, trim, cut, st.st_size - cut, st)
         finally:
@@ -1240,9 +1436,14 @@ class StreamRotator:
     @staticmethod
     def _trimmed_records(state: StreamState, stem: str, size: int) -> StreamState:
         """The record of `stem` placed to hold the last `size` bytes before its end."""
-        return state.with_(segments=tuple(
-            r._replace(logical_start=max(r.logical_start, r.logical_end - size))
-            if r.stem == stem else r for r in state.segments))
+        return state.with_(
+            segments=tuple(
+                r._replace(logical_start=max(r.logical_start, r.logical_end - size))
+                if r.stem == stem
+                else r
+                for r in state.segments
+            )
+        )
 
     def _drop_active(self, d: SafeDir, nbytes: int, why: str) -> tuple[int, int]:
         """Advance the committed offset past the oldest whole events (>= nbytes), no segment."""
@@ -1280,7 +1481,8 @@ class StreamRotator:
             active = sf.allocated_bytes(st) if st is not None and stat.S_ISREG(st.st_mode) else 0
             self.metrics.segments.labels(*self._labels).set(len(segs))
             self.metrics.disk_usage.labels(*self._labels).set(
-                active + sum(e.allocated_bytes for e in segs))
+                active + sum(e.allocated_bytes for e in segs)
+            )
 
     # ------------------------------------------------------------------ recovery
 
@@ -1344,10 +1546,19 @@ class StreamRotator:
         stem = self._intent_stem(intent)
         start, end = int(intent["start"]), int(intent["end"])
         seg = d.lstat(stem)
-        if (seg is not None and stat.S_ISREG(seg.st_mode) and seg.st_size == end - start
-                and state.committed_offset == start):
-            self._save(state.with_(committed_offset=end, intent=None,
-                                   segments=self._records(state, SegmentRecord(stem, start, end))))
+        if (
+            seg is not None
+            and stat.S_ISREG(seg.st_mode)
+            and seg.st_size == end - start
+            and state.committed_offset == start
+        ):
+            self._save(
+                state.with_(
+                    committed_offset=end,
+                    intent=None,
+                    segments=self._records(state, SegmentRecord(stem, start, end)),
+                )
+            )
             log.info("stream %s: committed segment %s found after a crash", self.info.key, stem)
             return
         if seg is not None and stat.S_ISREG(seg.st_mode):
@@ -1370,10 +1581,16 @@ class StreamRotator:
                 break  # a forged or damaged intent: nothing more is committed from it
             seg = d.lstat(stem)
             regular = seg is not None and stat.S_ISREG(seg.st_mode)
-            if whole and regular and start == committed and seg is not None \
-                    and seg.st_size == end - start:
-                segments = segments.with_(segments=self._records(segments,
-                                                                 SegmentRecord(stem, start, end)))
+            if (
+                whole
+                and regular
+                and start == committed
+                and seg is not None
+                and seg.st_size == end - start
+            ):
+                segments = segments.with_(
+                    segments=self._records(segments, SegmentRecord(stem, start, end))
+                )
                 committed = end
                 continue
             whole = False
@@ -1381,8 +1598,11 @@ class StreamRotator:
                 d.unlink(stem)
         d.fsync()
         if committed != state.committed_offset:
-            log.info("stream %s: committed %d bytes of pieces found after a crash",
-                     self.info.key, committed - state.committed_offset)
+            log.info(
+                "stream %s: committed %d bytes of pieces found after a crash",
+                self.info.key,
+                committed - state.committed_offset,
+            )
         self._save(segments.with_(committed_offset=committed, intent=None))
 
     def _recover_collapse(self, d: SafeDir, state: StreamState, intent: Mapping[str, Any]) -> None:
@@ -1411,8 +1631,11 @@ class StreamRotator:
         stem = self._intent_stem(intent)
         seg = d.lstat(stem)
         active = d.lstat(self.info.base)
-        if seg is not None and (seg.st_dev, seg.st_ino) == (intent["device"], intent["inode"]) \
-                and (active is None or active.st_ino != seg.st_ino):
+        if (
+            seg is not None
+            and (seg.st_dev, seg.st_ino) == (intent["device"], intent["inode"])
+            and (active is None or active.st_ino != seg.st_ino)
+        ):
             self._finish_rename(d, seg)
         else:
             self._save(state.with_(intent=None))
@@ -1426,8 +1649,9 @@ class StreamRotator:
             state = self._trimmed_records(state, stem, size)
         self._save(state.with_(intent=None))
 
-    def _recover_copytruncate(self, d: SafeDir, state: StreamState,
-                              intent: Mapping[str, Any]) -> None:
+    def _recover_copytruncate(
+        self, d: SafeDir, state: StreamState, intent: Mapping[str, Any]
+    ) -> None:
         stem = self._intent_stem(intent)
         seg = d.lstat(stem)
         active = d.lstat(self.info.base)

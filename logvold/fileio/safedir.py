@@ -50,15 +50,24 @@ def relative_parts(root: Path, directory: Path) -> tuple[str, ...]:
     try:
         rel = PurePosixPath(directory).relative_to(PurePosixPath(root))
     except ValueError as e:
-        raise UnsafeFile(f"{directory} is not inside its volume {root}; not touched",
-                         kind="outside", path=str(directory)) from e
+        raise UnsafeFile(
+            f"{directory} is not inside its volume {root}; not touched",
+            kind="outside",
+            path=str(directory),
+        ) from e
     parts = tuple(p for p in rel.parts if p != ".")
     if any(p == ".." for p in parts):
-        raise UnsafeFile(f"{directory} leaves its volume {root} through '..'; not touched",
-                         kind="outside", path=str(directory))
+        raise UnsafeFile(
+            f"{directory} leaves its volume {root} through '..'; not touched",
+            kind="outside",
+            path=str(directory),
+        )
     if len(parts) > MAX_DEPTH:
-        raise UnsafeFile(f"{directory} is more than {MAX_DEPTH} levels below {root}",
-                         kind="too-many", path=str(directory))
+        raise UnsafeFile(
+            f"{directory} is more than {MAX_DEPTH} levels below {root}",
+            kind="too-many",
+            path=str(directory),
+        )
     return parts
 
 
@@ -91,8 +100,9 @@ class SafeDir:
         try:
             fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except NotADirectoryError as e:
-            raise UnsafeFile(f"volume {root} is not a directory", kind="not-directory",
-                             path=str(root)) from e
+            raise UnsafeFile(
+                f"volume {root} is not a directory", kind="not-directory", path=str(root)
+            ) from e
         return cls(fd, Path(root))
 
     @classmethod
@@ -128,10 +138,12 @@ class SafeDir:
                 raise
             st = self.lstat(name)  # O_DIRECTORY | O_NOFOLLOW says ENOTDIR for a symlink too
             if e.errno == errno.ELOOP or (st is not None and stat.S_ISLNK(st.st_mode)):
-                raise UnsafeFile(f"{where} is a symlink; not followed", kind="symlink",
-                                 path=str(where)) from e
-            raise UnsafeFile(f"{where} is not a directory; not touched",
-                             kind="not-directory", path=str(where)) from e
+                raise UnsafeFile(
+                    f"{where} is a symlink; not followed", kind="symlink", path=str(where)
+                ) from e
+            raise UnsafeFile(
+                f"{where} is not a directory; not touched", kind="not-directory", path=str(where)
+            ) from e
         return SafeDir(fd, where)
 
     def close(self) -> None:
@@ -142,8 +154,12 @@ class SafeDir:
     def __enter__(self) -> SafeDir:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     # -- looking ---------------------------------------------------------------------------
@@ -162,8 +178,11 @@ class SafeDir:
         with os.scandir(self.fd) as entries:
             for entry in entries:
                 if len(out) >= limit:
-                    raise UnsafeFile(f"{self.path} holds more than {limit} entries; "
-                                     "not listed", kind="too-many", path=str(self.path))
+                    raise UnsafeFile(
+                        f"{self.path} holds more than {limit} entries; not listed",
+                        kind="too-many",
+                        path=str(self.path),
+                    )
                 out.append(entry.name)
         return out
 
@@ -175,8 +194,9 @@ class SafeDir:
 
     # -- opening files ---------------------------------------------------------------------
 
-    def open_file(self, name: str, flags: int = os.O_RDONLY, *,
-                  allow_links: bool = False) -> OpenedFile:
+    def open_file(
+        self, name: str, flags: int = os.O_RDONLY, *, allow_links: bool = False
+    ) -> OpenedFile:
         """Open an existing regular file with O_NOFOLLOW | O_NONBLOCK and check it.
 
         Refused (UnsafeFile): a symlink, anything not a regular file (checked with lstat
@@ -195,11 +215,15 @@ class SafeDir:
             fd = os.open(name, flags | FILE_FLAGS, dir_fd=self.fd)
         except OSError as e:
             if e.errno == errno.ELOOP:
-                raise UnsafeFile(f"{where} is a symlink; not followed", kind="symlink",
-                                 path=str(where)) from e
+                raise UnsafeFile(
+                    f"{where} is a symlink; not followed", kind="symlink", path=str(where)
+                ) from e
             if e.errno in (errno.ENXIO, errno.EISDIR, errno.ENODEV):
-                raise UnsafeFile(f"{where} is not a regular file; not touched",
-                                 kind="not-regular", path=str(where)) from e
+                raise UnsafeFile(
+                    f"{where} is not a regular file; not touched",
+                    kind="not-regular",
+                    path=str(where),
+                ) from e
             raise
         try:
             fst = os.fstat(fd)
@@ -209,8 +233,9 @@ class SafeDir:
             raise
         return OpenedFile(fd, fst)
 
-    def create_exclusive(self, name: str, mode: int = 0o600, *,
-                         flags: int = os.O_WRONLY, replace: bool = True) -> int:
+    def create_exclusive(
+        self, name: str, mode: int = 0o600, *, flags: int = os.O_WRONLY, replace: bool = True
+    ) -> int:
         """Create `name` anew (O_CREAT | O_EXCL | O_NOFOLLOW): never opens what is there.
 
         A leftover of that name (a crashed step's temp file, or a symlink a pod planted to
@@ -221,17 +246,20 @@ class SafeDir:
         plain_name(name)
         for attempt in (1, 2):
             try:
-                return os.open(name, flags | os.O_CREAT | os.O_EXCL | FILE_FLAGS, mode,
-                               dir_fd=self.fd)
+                return os.open(
+                    name, flags | os.O_CREAT | os.O_EXCL | FILE_FLAGS, mode, dir_fd=self.fd
+                )
             except FileExistsError:
                 if attempt == 2 or not replace:
                     raise
                 try:
                     self.unlink(name)
                 except IsADirectoryError as e:
-                    raise UnsafeFile(f"{self.path / name} is a directory; cannot create a "
-                                     "file there", kind="not-regular",
-                                     path=str(self.path / name)) from e
+                    raise UnsafeFile(
+                        f"{self.path / name} is a directory; cannot create a file there",
+                        kind="not-regular",
+                        path=str(self.path / name),
+                    ) from e
         raise AssertionError("unreachable")
 
     def anonymous_file(self, mode: int = 0o600) -> int:
@@ -255,15 +283,21 @@ class SafeDir:
         opened = self.open_file(name)
         try:
             if opened.st.st_size > cap_bytes:
-                raise UnsafeFile(f"{self.path / name} is {opened.st.st_size} bytes, more than "
-                                 f"the {cap_bytes} a valid one can hold", kind="too-big",
-                                 path=str(self.path / name))
+                raise UnsafeFile(
+                    f"{self.path / name} is {opened.st.st_size} bytes, more than "
+                    f"the {cap_bytes} a valid one can hold",
+                    kind="too-big",
+                    path=str(self.path / name),
+                )
             data = os.pread(opened.fd, cap_bytes + 1, 0)
         finally:
             os.close(opened.fd)
         if len(data) > cap_bytes:
-            raise UnsafeFile(f"{self.path / name} grew past {cap_bytes} bytes while read",
-                             kind="too-big", path=str(self.path / name))
+            raise UnsafeFile(
+                f"{self.path / name} grew past {cap_bytes} bytes while read",
+                kind="too-big",
+                path=str(self.path / name),
+            )
         return data
 
     def write_atomically(self, name: str, data: bytes, mode: int = 0o644) -> None:
@@ -274,7 +308,7 @@ class SafeDir:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -312,12 +346,18 @@ def _check_regular(st: os.stat_result, where: Path, allow_links: bool) -> None:
     if stat.S_ISLNK(st.st_mode):
         raise UnsafeFile(f"{where} is a symlink; not followed", kind="symlink", path=str(where))
     if not stat.S_ISREG(st.st_mode):
-        raise UnsafeFile(f"{where} is not a regular file (mode {stat.filemode(st.st_mode)}); "
-                         "not touched", kind="not-regular", path=str(where))
+        raise UnsafeFile(
+            f"{where} is not a regular file (mode {stat.filemode(st.st_mode)}); not touched",
+            kind="not-regular",
+            path=str(where),
+        )
     if not allow_links and st.st_nlink != 1:
-        raise UnsafeFile(f"{where} has {st.st_nlink} hard links; not touched (a link to a "
-                         "file elsewhere would be changed or served too)", kind="hardlink",
-                         path=str(where))
+        raise UnsafeFile(
+            f"{where} has {st.st_nlink} hard links; not touched (a link to a "
+            "file elsewhere would be changed or served too)",
+            kind="hardlink",
+            path=str(where),
+        )
 
 
 def stream_root(info: StreamInfo) -> Path:

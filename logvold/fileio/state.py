@@ -77,9 +77,16 @@ class StreamState:
             "committed_offset": self.committed_offset,
             "collapsed_bytes": self.collapsed_bytes,
             "segments": [
-                {"stem": s.stem, "logical_start": s.logical_start, "logical_end": s.logical_end,
-                 **({"first_write_ns": s.first_write_ns, "last_write_ns": s.last_write_ns}
-                    if s.last_write_ns else {})}
+                {
+                    "stem": s.stem,
+                    "logical_start": s.logical_start,
+                    "logical_end": s.logical_end,
+                    **(
+                        {"first_write_ns": s.first_write_ns, "last_write_ns": s.last_write_ns}
+                        if s.last_write_ns
+                        else {}
+                    ),
+                }
                 for s in self.segments[-MAX_SEGMENT_RECORDS:]
             ],
             "intent": dict(self.intent) if self.intent is not None else None,
@@ -119,32 +126,47 @@ def load_state_in(d: SafeDir, base: str) -> StreamState | None:
     except UnsafeFile:
         raise
     except OSError as e:
-        raise StateError(f"cannot open {d.path / STATE_DIR_NAME}: {e.strerror}; check "
-                         "permissions", path=str(path), op="load state") from e
+        raise StateError(
+            f"cannot open {d.path / STATE_DIR_NAME}: {e.strerror}; check permissions",
+            path=str(path),
+            op="load state",
+        ) from e
     with sd:
         try:
             raw = sd.read_capped(state_file_name(base), STATE_CAP_BYTES)
         except FileNotFoundError:
             return None
         except UnsafeFile as e:
-            raise StateError(f"state file {path} refused ({e}); logvold rebuilds it from the "
-                             "active file and its newest segment", path=str(path),
-                             op="load state") from e
+            raise StateError(
+                f"state file {path} refused ({e}); logvold rebuilds it from the "
+                "active file and its newest segment",
+                path=str(path),
+                op="load state",
+            ) from e
         except OSError as e:
-            raise StateError(f"cannot read state file {path}: {e.strerror}; check "
-                             "permissions", path=str(path), op="load state") from e
+            raise StateError(
+                f"cannot read state file {path}: {e.strerror}; check permissions",
+                path=str(path),
+                op="load state",
+            ) from e
     try:
         tree = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
-        raise StateError(f"state file {path} is not valid JSON ({e}); logvold rebuilds it "
-                         "from the active file and its newest segment", path=str(path),
-                         op="load state") from e
+        raise StateError(
+            f"state file {path} is not valid JSON ({e}); logvold rebuilds it "
+            "from the active file and its newest segment",
+            path=str(path),
+            op="load state",
+        ) from e
     try:
         return _from_json(tree)
     except (KeyError, TypeError, ValueError) as e:
-        raise StateError(f"state file {path} is malformed ({e}); logvold rebuilds it from the "
-                         "active file and its newest segment", path=str(path),
-                         op="load state") from e
+        raise StateError(
+            f"state file {path} is malformed ({e}); logvold rebuilds it from the "
+            "active file and its newest segment",
+            path=str(path),
+            op="load state",
+        ) from e
 
 
 def _int(tree: Mapping[str, Any], key: str) -> int:
@@ -166,9 +188,13 @@ def _from_json(tree: Any) -> StreamState:
     for item in records:
         if not isinstance(item, dict) or not isinstance(item.get("stem"), str):
             raise TypeError(f"bad segment record {item!r}")
-        rec = SegmentRecord(item["stem"], _int(item, "logical_start"), _int(item, "logical_end"),
-                            _int(item, "first_write_ns") if "first_write_ns" in item else 0,
-                            _int(item, "last_write_ns") if "last_write_ns" in item else 0)
+        rec = SegmentRecord(
+            item["stem"],
+            _int(item, "logical_start"),
+            _int(item, "logical_end"),
+            _int(item, "first_write_ns") if "first_write_ns" in item else 0,
+            _int(item, "last_write_ns") if "last_write_ns" in item else 0,
+        )
         if rec.logical_end < rec.logical_start:
             raise ValueError(f"segment record {rec.stem} ends before it starts")
         segments.append(rec)
@@ -193,8 +219,9 @@ def save_state(directory: Path | str, base: str, state: StreamState) -> None:
     try:
         d = SafeDir.open_root(Path(directory))
     except OSError as e:
-        raise StateError(f"cannot save state in {directory}: {e.strerror}", path=str(directory),
-                         op="save state") from e
+        raise StateError(
+            f"cannot save state in {directory}: {e.strerror}", path=str(directory), op="save state"
+        ) from e
     with d:
         save_state_in(d, base, state)
 
@@ -213,13 +240,19 @@ def save_state_in(d: SafeDir, base: str, state: StreamState) -> None:
     except UnsafeFile:
         raise
     except OSError as e:
-        raise StateError(f"cannot save state file {path}: {e.strerror}; free space or fix "
-                         "permissions, the rotation is retried", path=str(path),
-                         op="save state") from e
+        raise StateError(
+            f"cannot save state file {path}: {e.strerror}; free space or fix "
+            "permissions, the rotation is retried",
+            path=str(path),
+            op="save state",
+        ) from e
 
 
 def remove_state(directory: Path | str, base: str) -> None:
     """Delete the state of `base` (its stream is gone); missing is fine."""
-    with contextlib.suppress(FileNotFoundError), SafeDir.open_root(Path(directory)) as d, \
-            d.subdir(STATE_DIR_NAME) as sd:
+    with (
+        contextlib.suppress(FileNotFoundError),
+        SafeDir.open_root(Path(directory)) as d,
+        d.subdir(STATE_DIR_NAME) as sd,
+    ):
         sd.unlink(state_file_name(base))

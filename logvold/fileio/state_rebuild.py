@@ -22,8 +22,9 @@ _READ_CHUNK = 2**20
 MAX_TAIL_DECOMPRESSED = 4 * 2**30
 
 
-def rebuild_state(d: SafeDir, fd: int, st: os.stat_result, base: str, fmt: str,
-                  delimiter: bytes) -> StreamState:
+def rebuild_state(
+    d: SafeDir, fd: int, st: os.stat_result, base: str, fmt: str, delimiter: bytes
+) -> StreamState:
     """The committed offset of active file `fd` (in directory `d`) whose state is lost.
 
     Candidates are the first data byte D (SEEK_DATA, then past NUL bytes: a clean stop

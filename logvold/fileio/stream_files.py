@@ -67,8 +67,9 @@ class SegmentEntry:
     allocated_bytes: int
 
 
-def list_segments(d: SafeDir, base: str, *,
-                  on_refused: Callable[[UnsafeFile], None] | None = None) -> list[SegmentEntry]:
+def list_segments(
+    d: SafeDir, base: str, *, on_refused: Callable[[UnsafeFile], None] | None = None
+) -> list[SegmentEntry]:
     """Regular-file segments of `base`, oldest first. A symlink, FIFO, socket or directory
     under a segment name is left out (and reported to `on_refused`) before plain and
     compressed names are paired, so a symlink planted at a compressed segment's plain
@@ -84,16 +85,28 @@ def list_segments(d: SafeDir, base: str, *,
             stats[filename] = st
         elif on_refused is not None:
             kind: RefusalKind = "symlink" if stat.S_ISLNK(st.st_mode) else "not-regular"
-            on_refused(UnsafeFile(f"{d.path / filename} is not a regular file "
-                                  f"({stat.filemode(st.st_mode)}); not a segment",
-                                  kind=kind, path=str(d.path / filename)))
-    return [SegmentEntry(name, stats[name.filename].st_size,
-                         allocated_bytes(stats[name.filename]))
-            for name in segments_of(base, stats)]
+            on_refused(
+                UnsafeFile(
+                    f"{d.path / filename} is not a regular file "
+                    f"({stat.filemode(st.st_mode)}); not a segment",
+                    kind=kind,
+                    path=str(d.path / filename),
+                )
+            )
+    return [
+        SegmentEntry(name, stats[name.filename].st_size, allocated_bytes(stats[name.filename]))
+        for name in segments_of(base, stats)
+    ]
 
 
-def copy_range(src_fd: int, dst_fd: int, offset: int, length: int, *,
-               should_stop: Callable[[], bool] | None = None) -> None:
+def copy_range(
+    src_fd: int,
+    dst_fd: int,
+    offset: int,
+    length: int,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+) -> None:
     """Copy [offset, offset+length) of src to the current end of dst, in the kernel.
 
     Memory stays bounded; falls back to pread/write where copy_file_range is refused.
@@ -119,7 +132,7 @@ def copy_range(src_fd: int, dst_fd: int, offset: int, length: int, *,
             n = len(data)
             view = memoryview(data)
             while view:
-                view = view[os.write(dst_fd, view):]
+                view = view[os.write(dst_fd, view) :]
         if n == 0:
             raise OSError(errno.EIO, f"source ended early: {length - done} bytes missing")
         done += n

@@ -95,7 +95,7 @@ FLAGS: tuple[FlagSpec, ...] = (
         default="Never",
         check=_rotate,
         usage="also rotate the log file when each `period` starts: Hourly, Daily, Never or a "
-              "fixed period such as 15m (UTC)",
+        "fixed period such as 15m (UTC)",
     ),
     FlagSpec(
         name="max-files",

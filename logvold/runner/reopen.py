@@ -30,11 +30,20 @@ def run_reopen_action(action: ReopenAction, stream: str) -> None:
             name = action.signal.upper()
             os.kill(pid, signal.Signals[name if name.startswith("SIG") else "SIG" + name])
         elif action.command:
-            done = subprocess.run(list(action.command), timeout=COMMAND_TIMEOUT_S, check=False,
-                                  stdin=subprocess.DEVNULL, capture_output=True)
+            done = subprocess.run(
+                list(action.command),
+                timeout=COMMAND_TIMEOUT_S,
+                check=False,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+            )
             if done.returncode:
-                log.warning("stream %s: reopen command %s exited %d: %s", stream,
-                            action.command[0], done.returncode,
-                            done.stderr[-500:].decode(errors="replace"))
+                log.warning(
+                    "stream %s: reopen command %s exited %d: %s",
+                    stream,
+                    action.command[0],
+                    done.returncode,
+                    done.stderr[-500:].decode(errors="replace"),
+                )
     except (OSError, ValueError, KeyError, IndexError, subprocess.SubprocessError) as e:
         raise ReopenFailed(f"reopen action failed: {e}", op="reopen") from e

@@ -39,8 +39,10 @@ from logvold.core.policy import ServerConfig
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CAP_DAC_OVERRIDE = 1
 _CAP_DAC_READ_SEARCH = 2
-_HOW_TO = ("use the unix socket (`logvold logs --socket PATH`, server.socket.path) as a user "
-           "who can read it, or configure server.auth (docs/SECURITY.md)")
+_HOW_TO = (
+    "use the unix socket (`logvold logs --socket PATH`, server.socket.path) as a user "
+    "who can read it, or configure server.auth (docs/SECURITY.md)"
+)
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ def _hex_address(host: str, port: int) -> bytes:
     """An address as /proc/net/tcp{,6} prints it: each 32-bit word in host byte order."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     raw = socket.inet_pton(family, host.split("%")[0])
-    words = [raw[i:i + 4] for i in range(0, len(raw), 4)]
+    words = [raw[i : i + 4] for i in range(0, len(raw), 4)]
     text = "".join(f"{struct.unpack('=I', w)[0]:08X}" for w in words)
     return f"{text}:{port:04X}".encode()
 
@@ -119,8 +121,7 @@ def tcp_peer_uid(sockname: tuple[Any, ...], peername: tuple[Any, ...]) -> int | 
     if peer_host.startswith("::ffff:") and "." in peer_host:
         # An IPv4 client of a dual-stack listener: its own socket is in the IPv4 table.
         peer_host, local_host = peer_host[7:], local_host.removeprefix("::ffff:")
-    key = (_hex_address(peer_host, peername[1]) + b" "
-           + _hex_address(local_host, sockname[1]))
+    key = _hex_address(peer_host, peername[1]) + b" " + _hex_address(local_host, sockname[1])
     table = "/proc/net/tcp6" if ":" in peer_host else "/proc/net/tcp"
     try:
         data = Path(table).read_bytes()
@@ -129,7 +130,7 @@ def tcp_peer_uid(sockname: tuple[Any, ...], peername: tuple[Any, ...]) -> int | 
     at = data.find(b": " + key + b" ")
     if at < 0:
         return None
-    fields = data[at:data.find(b"\n", at)].split()
+    fields = data[at : data.find(b"\n", at)].split()
     try:
         return int(fields[7])  # ": local rem st tx:rx tr:when retrnsmt uid"
     except (IndexError, ValueError):
@@ -154,8 +155,7 @@ def tcp_peer(sockname: tuple[Any, ...], peername: tuple[Any, ...]) -> Peer:
     return Peer(trusted=False, uid=uid, gids=_user_groups(uid))
 
 
-def make_access_middleware(server: ServerConfig, *,
-                           privileged: bool | None = None) -> Middleware:
+def make_access_middleware(server: ServerConfig, *, privileged: bool | None = None) -> Middleware:
     """Sets PEER_KEY on every request: who it reads as (see the module docstring)."""
     if privileged is None:
         privileged = has_root_file_access()
@@ -270,6 +270,8 @@ def may_read_files(peer: Peer, directory: Path, names: list[str]) -> str | None:
 
 def forbid(request: web.Request, what: str, problem: str) -> web.HTTPForbidden:
     """The 403 of a file the client could not open itself, saying how to read it."""
-    return web.HTTPForbidden(text=f"{what}: {problem}; with server.auth local (the default) a "
-                                  f"daemon with root's file access serves {peer_of(request).via}"
-                                  f" clients only files they could open themselves: {_HOW_TO}\n")
+    return web.HTTPForbidden(
+        text=f"{what}: {problem}; with server.auth local (the default) a "
+        f"daemon with root's file access serves {peer_of(request).via}"
+        f" clients only files they could open themselves: {_HOW_TO}\n"
+    )

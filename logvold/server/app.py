@@ -102,16 +102,31 @@ def _wants_json(request: web.Request) -> bool:
     return "application/json" in request.headers.get("Accept", "")
 
 
-_REASONS = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed",
-            406: "NotAcceptable", 413: "RequestEntityTooLarge", 501: "NotImplemented"}
+_REASONS = {
+    400: "BadRequest",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    406: "NotAcceptable",
+    413: "RequestEntityTooLarge",
+    501: "NotImplemented",
+}
 
 
 def _status_json(code: int, reason: str, message: str) -> web.Response:
     """An error as a Kubernetes `Status`, the shape kubectl decodes."""
-    return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {},
-                              "status": "Failure", "message": message.strip(),
-                              "reason": _REASONS.get(code, reason.replace(" ", "")),
-                              "code": code}, status=code)
+    return web.json_response(
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message.strip(),
+            "reason": _REASONS.get(code, reason.replace(" ", "")),
+            "code": code,
+        },
+        status=code,
+    )
 
 
 async def _observe_latency(request: web.Request, response: web.StreamResponse) -> None:
@@ -119,7 +134,8 @@ async def _observe_latency(request: web.Request, response: web.StreamResponse) -
     t0 = request.get(_T0_KEY)
     if t0 is not None:
         request.app[METRICS_KEY].http_seconds.labels(handler_name(request)).observe(
-            time.monotonic() - t0)
+            time.monotonic() - t0
+        )
 
 
 async def _metrics_handler(request: web.Request) -> web.Response:
@@ -156,10 +172,15 @@ async def _on_cleanup(app: web.Application) -> None:
     app[EXECUTOR_KEY].shutdown(wait=True, cancel_futures=True)
 
 
-def build_app(*, config: Config, registry: StreamRegistry, metrics: Metrics,
-              is_ready: Callable[[], bool],
-              changes: StreamChanges | None = None,
-              is_live: LiveCheck | None = None) -> web.Application:
+def build_app(
+    *,
+    config: Config,
+    registry: StreamRegistry,
+    metrics: Metrics,
+    is_ready: Callable[[], bool],
+    changes: StreamChanges | None = None,
+    is_live: LiveCheck | None = None,
+) -> web.Application:
     """The whole HTTP API over `registry`; nothing runs until start_server().
     `changes`: the daemon's per-stream change notices (None: followers poll)."""
     from logvold.server import kubeapi, kubelet_paths, logs, status
@@ -172,16 +193,18 @@ def build_app(*, config: Config, registry: StreamRegistry, metrics: Metrics,
     )
 
     access = make_access_middleware(config.server)
-    app = web.Application(middlewares=[request_started, _errors_and_metrics, access],
-                          client_max_size=64 * 1024)
+    app = web.Application(
+        middlewares=[request_started, _errors_and_metrics, access], client_max_size=64 * 1024
+    )
     app[LIMITS_KEY] = RequestLimits(effective_limits(config.server.limits), metrics)
     app[CONFIG_KEY] = config
     app[REGISTRY_KEY] = registry
     app[METRICS_KEY] = metrics
     app[READY_KEY] = is_ready
     app[LIVE_KEY] = is_live or (lambda: None)
-    app[EXECUTOR_KEY] = ThreadPoolExecutor(max_workers=READER_THREADS,
-                                           thread_name_prefix="logvold-reader")
+    app[EXECUTOR_KEY] = ThreadPoolExecutor(
+        max_workers=READER_THREADS, thread_name_prefix="logvold-reader"
+    )
     app[SHUTDOWN_KEY] = threading.Event()
     if changes is not None:
         app[CHANGES_KEY] = changes
@@ -207,8 +230,9 @@ def build_app(*, config: Config, registry: StreamRegistry, metrics: Metrics,
     return app
 
 
-async def start_server(app: web.Application, listen: str, *,
-                       ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
+async def start_server(
+    app: web.Application, listen: str, *, ssl_context: ssl.SSLContext | None = None
+) -> web.AppRunner:
     """Bind `listen` (HOST:PORT; port 0 picks a free one) and the config's unix socket (if
     any) and serve; returns the runner.
 
@@ -224,13 +248,22 @@ async def start_server(app: web.Application, listen: str, *,
     quiet_accept_errors(asyncio.get_running_loop(), app[METRICS_KEY])
     # aiohttp's keep-alive timer is armed at connect and after each response and is not
     # reset by partial data: a connection that does not finish its headers in time closes.
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0,
-                           handler_cancellation=True,
-                           keepalive_timeout=limits.limits.header_timeout_s)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=2.0,
+        handler_cancellation=True,
+        keepalive_timeout=limits.limits.header_timeout_s,
+    )
     await runner.setup()
     try:
-        site = LimitedSite(runner, host=host.strip("[]") or None, port=int(port),
-                           ssl_context=ssl_context, limits=limits)
+        site = LimitedSite(
+            runner,
+            host=host.strip("[]") or None,
+            port=int(port),
+            ssl_context=ssl_context,
+            limits=limits,
+        )
         await site.start()
         if server.socket_path:
             sock = bind_unix_socket(server.socket_path, server.socket_mode, server.socket_group)
@@ -253,16 +286,18 @@ def bind_unix_socket(path: str, mode: int, group: str) -> socket.socket:
         pass
     else:
         if not stat.S_ISSOCK(st.st_mode):
-            raise LogvoldError(f"server.socket.path {path} exists and is not a socket",
-                               path=path, op="listen")
+            raise LogvoldError(
+                f"server.socket.path {path} exists and is not a socket", path=path, op="listen"
+            )
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(path)
         except OSError:
             target.unlink()  # stale: nobody listens any more
         else:
-            raise LogvoldError(f"server.socket.path {path}: another process listens on it",
-                               path=path, op="listen")
+            raise LogvoldError(
+                f"server.socket.path {path}: another process listens on it", path=path, op="listen"
+            )
         finally:
             probe.close()
     gid = -1
@@ -270,8 +305,10 @@ def bind_unix_socket(path: str, mode: int, group: str) -> socket.socket:
         try:
             gid = grp.getgrnam(group).gr_gid
         except KeyError:
-            raise LogvoldError(f"server.socket.group {group!r}: no such group", op="listen",
-                               ) from None
+            raise LogvoldError(
+                f"server.socket.group {group!r}: no such group",
+                op="listen",
+            ) from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)

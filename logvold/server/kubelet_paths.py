@@ -35,18 +35,22 @@ async def _container_logs(request: web.Request) -> web.StreamResponse:
         check_name("node", m["node"])
     info = lookup(request, m["namespace"], m["pod"], m["container"])
     if request.query.get("previous", "false").lower() in ("true", "1", "t"):
-        raise BadRequest("previous is not supported: logvold keeps one stream per container "
-                         "name, across restarts")
-    return await serve_kubelet_style(request, info, parse_read_options(request.query),
-                                     handler="container_logs")
+        raise BadRequest(
+            "previous is not supported: logvold keeps one stream per container "
+            "name, across restarts"
+        )
+    return await serve_kubelet_style(
+        request, info, parse_read_options(request.query), handler="container_logs"
+    )
 
 
 def _read_chunk(fd: int) -> bytes:
     return os.read(fd, _FILE_CHUNK)
 
 
-async def serve_node_file(request: web.Request, name: str, *,
-                          files_only: bool = False) -> web.StreamResponse:
+async def serve_node_file(
+    request: web.Request, name: str, *, files_only: bool = False
+) -> web.StreamResponse:
     """A file (or a listing of a directory) under the node log directory, never outside."""
     cfg = request.app[CONFIG_KEY].node_log_query
     if not cfg.enabled:
@@ -63,15 +67,17 @@ async def serve_node_file(request: web.Request, name: str, *,
         raise web.HTTPForbidden(text=f"{e}\n") from e
     if opened.is_dir and files_only:
         os.close(opened.fd)
-        raise web.HTTPNotFound(text=f"{name[:64]!r} is a directory; listed at "
-                                    "/api/v1/nodes/<node>/proxy/logs/\n")
+        raise web.HTTPNotFound(
+            text=f"{name[:64]!r} is a directory; listed at /api/v1/nodes/<node>/proxy/logs/\n"
+        )
     if opened.is_dir:
         if not request.path.endswith("/"):  # relative links need the slash, like Go's
             raise web.HTTPMovedPermanently(request.path + "/")
         page = await loop.run_in_executor(executor, listing_html, opened.fd)
         return web.Response(body=page, content_type="text/html", charset="utf-8")
-    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8",
-                                           "X-Content-Type-Options": "nosniff"})
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/plain; charset=utf-8", "X-Content-Type-Options": "nosniff"}
+    )
     try:
         await response.prepare(request)
         while True:  # bounded reads; the file may grow: what is there when each read runs
@@ -92,8 +98,10 @@ async def _node_file(request: web.Request) -> web.StreamResponse:
         return await serve_node_file(request, m["file"])
     name = m["file"]
     if "/" in name or name in (".", ".."):  # one segment names one file, nothing else
-        raise web.HTTPNotFound(text=f"no file {name[:64]!r}; directories and deeper files "
-                                    "are served at /api/v1/nodes/<node>/proxy/logs/\n")
+        raise web.HTTPNotFound(
+            text=f"no file {name[:64]!r}; directories and deeper files "
+            "are served at /api/v1/nodes/<node>/proxy/logs/\n"
+        )
     return await serve_node_file(request, name, files_only=True)
 
 
@@ -113,12 +121,20 @@ async def _node_logs_root(request: web.Request) -> web.StreamResponse:
 
 def add_routes(app: web.Application) -> None:
     r = app.router
-    r.add_get("/containerLogs/{namespace}/{pod}/{container}", _container_logs,
-              name="container_logs", allow_head=False)
+    r.add_get(
+        "/containerLogs/{namespace}/{pod}/{container}",
+        _container_logs,
+        name="container_logs",
+        allow_head=False,
+    )
     r.add_get("/logs/{file}", _node_file, name="node_file")
     proxy = "/api/v1/nodes/{node}/proxy"
-    r.add_get(proxy + "/containerLogs/{namespace}/{pod}/{container}", _container_logs,
-              name="node_proxy_container_logs", allow_head=False)
+    r.add_get(
+        proxy + "/containerLogs/{namespace}/{pod}/{container}",
+        _container_logs,
+        name="node_proxy_container_logs",
+        allow_head=False,
+    )
     r.add_get(proxy + "/logs/", _node_logs_root, name="node_proxy_logs")
     r.add_get(proxy + "/logs", _node_logs_root, name="node_proxy_logs_noslash")
     r.add_get(proxy + "/logs/{file:.+}", _node_file, name="node_proxy_file")

@@ -95,20 +95,30 @@ class RequestLimits:
 
     def connected(self, handler: Any) -> None:
         if len(self.waiting) > 2 * self.limits.max_connections:  # drop closed ones
-            self.waiting = {h: None for h in self.waiting
-                            if h.transport is not None and not h.transport.is_closing()}
+            self.waiting = {
+                h: None
+                for h in self.waiting
+                if h.transport is not None and not h.transport.is_closing()
+            }
         self.waiting[handler] = None
 
     @contextlib.asynccontextmanager
     async def follower(self, key: StreamKey) -> AsyncIterator[None]:
         lim = self.limits
         if self.followers >= lim.max_followers:
-            raise self.refuse("followers", 503, f"too many followers ({lim.max_followers}, "
-                              "server.limits.maxFollowers); retry later")
+            raise self.refuse(
+                "followers",
+                503,
+                f"too many followers ({lim.max_followers}, "
+                "server.limits.maxFollowers); retry later",
+            )
         if self.per_stream.get(key, 0) >= lim.max_followers_per_stream:
-            raise self.refuse("stream_followers", 429,
-                              f"too many followers of {key} ({lim.max_followers_per_stream}, "
-                              "server.limits.maxFollowersPerStream); retry later")
+            raise self.refuse(
+                "stream_followers",
+                429,
+                f"too many followers of {key} ({lim.max_followers_per_stream}, "
+                "server.limits.maxFollowersPerStream); retry later",
+            )
         self.followers += 1
         self.per_stream[key] = self.per_stream.get(key, 0) + 1
         try:
@@ -125,9 +135,12 @@ class RequestLimits:
     async def heavy_read(self) -> AsyncIterator[None]:
         lim = self.limits
         if self.heavy >= lim.max_heavy_reads:
-            raise self.refuse("heavy_reads", 429,
-                              f"too many concurrent reads ({lim.max_heavy_reads}, "
-                              "server.limits.maxHeavyReads); retry shortly")
+            raise self.refuse(
+                "heavy_reads",
+                429,
+                f"too many concurrent reads ({lim.max_heavy_reads}, "
+                "server.limits.maxHeavyReads); retry shortly",
+            )
         self.heavy += 1
         try:
             yield
@@ -159,10 +172,11 @@ class _Refused(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-                        b"Retry-After: 1\r\nConnection: close\r\n"
-                        b"Content-Length: " + str(len(self.BODY)).encode() + b"\r\n\r\n"
-                        + self.BODY)
+        transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+            b"Retry-After: 1\r\nConnection: close\r\n"
+            b"Content-Length: " + str(len(self.BODY)).encode() + b"\r\n\r\n" + self.BODY
+        )
         # Closing at once with unread request bytes would send a RST that can destroy the
         # 503 in flight; give the client a moment to read it.
         self.timer = asyncio.get_running_loop().call_later(_REFUSE_LINGER_S, transport.abort)
@@ -186,9 +200,16 @@ class LimitedSite(web.BaseSite):
     """A listener whose protocol factory refuses connections beyond `max_connections`
     (counted over every site of the runner: TCP and the unix socket share the cap)."""
 
-    def __init__(self, runner: web.BaseRunner, *, limits: RequestLimits,
-                 host: str | None = None, port: int = 0, sock: socket.socket | None = None,
-                 ssl_context: Any = None) -> None:
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        *,
+        limits: RequestLimits,
+        host: str | None = None,
+        port: int = 0,
+        sock: socket.socket | None = None,
+        ssl_context: Any = None,
+    ) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=_BACKLOG)
         self._host, self._port, self._sock = host, port, sock
         self._limits = limits
@@ -204,7 +225,8 @@ class LimitedSite(web.BaseSite):
         assert server is not None
         limits = self._limits
         if len(server.connections) >= limits.limits.max_connections and (
-                not limits.evict_waiting()):
+            not limits.evict_waiting()
+        ):
             limits.metrics.http_refused.labels("connections").inc()
             return _Refused()
         handler = server()
@@ -216,12 +238,18 @@ class LimitedSite(web.BaseSite):
         loop = asyncio.get_running_loop()
         factory: Callable[[], asyncio.BaseProtocol] = self._factory
         if self._sock is not None:
-            self._server = await loop.create_server(factory, sock=self._sock,
-                                                    ssl=self._ssl_context, backlog=_BACKLOG)
+            self._server = await loop.create_server(
+                factory, sock=self._sock, ssl=self._ssl_context, backlog=_BACKLOG
+            )
         else:
-            self._server = await loop.create_server(factory, self._host, self._port,
-                                                    ssl=self._ssl_context, backlog=_BACKLOG,
-                                                    reuse_address=True)
+            self._server = await loop.create_server(
+                factory,
+                self._host,
+                self._port,
+                ssl=self._ssl_context,
+                backlog=_BACKLOG,
+                reuse_address=True,
+            )
 
 
 def quiet_accept_errors(loop: asyncio.AbstractEventLoop, metrics: Metrics) -> None:
@@ -236,9 +264,11 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop, metrics: Metrics) -> No
             now = time.monotonic()
             if now - last[0] >= _ACCEPT_ERROR_LOG_EVERY_S:
                 last[0] = now
-                log.error("cannot accept connections: %s (out of file descriptors? see "
-                          "server.limits.maxConnections and LimitNOFILE)",
-                          context.get("exception"))
+                log.error(
+                    "cannot accept connections: %s (out of file descriptors? see "
+                    "server.limits.maxConnections and LimitNOFILE)",
+                    context.get("exception"),
+                )
             return
         if previous is not None:
             previous(loop, context)

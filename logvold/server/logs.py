@@ -65,6 +65,7 @@ GONE_RECHECK_S = 0.25
 
 # ---- parameters ---------------------------------------------------------------------
 
+
 def _one(query: MultiMapping[str], name: str) -> str | None:
     values = query.getall(name, [])
     if len(values) > 1:
@@ -99,8 +100,9 @@ def _time(query: MultiMapping[str], name: str) -> int | None:
         return None
     ns = parse_rfc3339_ns(text.encode("utf-8", "replace")) if len(text) <= 64 else None
     if ns is None:
-        raise BadRequest(f"{name} must be an RFC3339 time like 2026-11-23T12:00:00Z, "
-                         f"got {text[:64]!r}")
+        raise BadRequest(
+            f"{name} must be an RFC3339 time like 2026-11-23T12:00:00Z, got {text[:64]!r}"
+        )
     return ns
 
 
@@ -135,10 +137,12 @@ def parse_read_options(query: MultiMapping[str], *, now_ns: int | None = None) -
         pattern = pattern or None
     return ReadOptions(
         tail_events=_int(query, "tailLines", 0, MAX_TAIL_LINES),
-        since_ns=since_ns, until_ns=until_ns,
+        since_ns=since_ns,
+        until_ns=until_ns,
         limit_bytes=_int(query, "limitBytes", 1, 2**62),
         timestamps=_bool(query, "timestamps"),
-        stream=stream, pattern=pattern,
+        stream=stream,
+        pattern=pattern,
         follow=_bool(query, "follow"),
     )
 
@@ -163,8 +167,10 @@ def check_readable(info: StreamInfo, refused: Refused = log_refusal) -> None:
     except UnsafeFile as e:
         refused(e)
         what = "active file" if e.path == str(info.active_path) else "directory"
-        raise web.HTTPForbidden(text=f"stream {info.key}: the {what} is not a regular file "
-                                     f"inside its volume ({e.kind}); not served\n") from e
+        raise web.HTTPForbidden(
+            text=f"stream {info.key}: the {what} is not a regular file "
+            f"inside its volume ({e.kind}); not served\n"
+        ) from e
     except OSError as e:
         raise web.HTTPForbidden(text=f"stream {info.key} is not readable: {e.strerror}\n") from e
 
@@ -178,6 +184,7 @@ def refusal_counter(metrics: Metrics) -> Refused:
     """Counts a refused file (`logvold_unsafe_files_refused_total{kind}`) and logs it,
     once a minute per file and kind: a client repeating a request that hits a planted
     symlink must not flood the log."""
+
     def refused(exc: UnsafeFile) -> None:
         metrics.unsafe_refused.labels(exc.kind).inc()
         key, now = (exc.path or "-", exc.kind), time.monotonic()
@@ -187,12 +194,16 @@ def refusal_counter(metrics: Metrics) -> Refused:
             if len(_refusals_logged) > 10_000:
                 _refusals_logged.clear()
             _refusals_logged[key] = now
-        log.warning("file in a volume refused; not served",
-                    extra={"path": exc.path or "-", "kind": exc.kind, "reason": str(exc)})
+        log.warning(
+            "file in a volume refused; not served",
+            extra={"path": exc.path or "-", "kind": exc.kind, "reason": str(exc)},
+        )
+
     return refused
 
 
 # ---- streaming ------------------------------------------------------------------------
+
 
 @dataclass
 class _Stepper:
@@ -221,8 +232,11 @@ def _signature(info: StreamInfo) -> Signature:
     mtime. Taken in the event loop (three stat calls) so idle followers cost no thread."""
     out: list[int] = []
     directory = Path(info.directory)
-    for path in (info.active_path, directory / STATE_DIR_NAME / state_file_name(info.base),
-                 directory):
+    for path in (
+        info.active_path,
+        directory / STATE_DIR_NAME / state_file_name(info.base),
+        directory,
+    ):
         try:
             st = path.lstat()
         except OSError:
@@ -232,8 +246,9 @@ def _signature(info: StreamInfo) -> Signature:
     return tuple(out)
 
 
-async def _wait_for_change(reader: StreamReader, seen: object,
-                           stop: Callable[[], bool], changes: StreamChanges | None) -> None:
+async def _wait_for_change(
+    reader: StreamReader, seen: object, stop: Callable[[], bool], changes: StreamChanges | None
+) -> None:
     """Until the stream changed since `seen` (taken before the step that found nothing
     new, so no append is missed), the reader must stop, or a fallback time passed.
 
@@ -255,8 +270,9 @@ async def _wait_for_change(reader: StreamReader, seen: object,
             return
 
 
-async def _send_region(request: web.Request, response: web.StreamResponse,
-                       region: FileRegion) -> None:
+async def _send_region(
+    request: web.Request, response: web.StreamResponse, region: FileRegion
+) -> None:
     """sendfile(2) whole events straight from a plain segment: no copy through Python,
     no per-event split. In a chunked response the region is framed as one chunk (the
     headers went out at prepare(), so the transport carries the body in order)."""
@@ -278,9 +294,14 @@ def _client_gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
-async def stream_reader(request: web.Request, reader: StreamReader, *, handler: str,
-                        content_type: str = "text/plain",
-                        byte_limit: int | None = None) -> web.StreamResponse:
+async def stream_reader(
+    request: web.Request,
+    reader: StreamReader,
+    *,
+    handler: str,
+    content_type: str = "text/plain",
+    byte_limit: int | None = None,
+) -> web.StreamResponse:
     """Send what `reader` yields, chunk by chunk, until it ends, the client leaves or the
     server shuts down. Errors after the headers went out end the body early (logged).
     `byte_limit`: stop after that many bytes, even mid-event (the kubelet's limitBytes)."""
@@ -310,9 +331,13 @@ async def stream_reader(request: web.Request, reader: StreamReader, *, handler: 
     except PermissionError as e:
         stepper.close()
         raise web.HTTPForbidden(text=f"stream {key}: {e.strerror}\n") from e
-    response = web.StreamResponse(headers={"Content-Type": f"{content_type}; charset=utf-8",
-                                           "Cache-Control": "no-cache",
-                                           "X-Content-Type-Options": "nosniff"})
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": f"{content_type}; charset=utf-8",
+            "Cache-Control": "no-cache",
+            "X-Content-Type-Options": "nosniff",
+        }
+    )
     await response.prepare(request)
     follow = reader.options.follow
     if follow:
@@ -367,6 +392,7 @@ async def stream_reader(request: web.Request, reader: StreamReader, *, handler: 
 
 # ---- handlers -------------------------------------------------------------------------
 
+
 def lookup(request: web.Request, namespace: str, pod: str, container: str) -> StreamInfo:
     for kind, value in (("namespace", namespace), ("pod", pod), ("container", container)):
         check_name(kind, value)
@@ -389,33 +415,50 @@ def stream_access(peer: Peer, info: StreamInfo) -> str | None:
     return may_read_files(peer, Path(info.directory), files)
 
 
-async def serve_stream(request: web.Request, info: StreamInfo, options: ReadOptions,
-                       *, handler: str, byte_limit: int | None = None) -> web.StreamResponse:
+async def serve_stream(
+    request: web.Request,
+    info: StreamInfo,
+    options: ReadOptions,
+    *,
+    handler: str,
+    byte_limit: int | None = None,
+) -> web.StreamResponse:
     refused = refusal_counter(request.app[METRICS_KEY])
     await asyncio.get_running_loop().run_in_executor(
-        request.app[EXECUTOR_KEY], check_readable, info, refused)
+        request.app[EXECUTOR_KEY], check_readable, info, refused
+    )
     peer = peer_of(request)
     if not peer.trusted:
         problem = await asyncio.get_running_loop().run_in_executor(
-            request.app[EXECUTOR_KEY], stream_access, peer, info)
+            request.app[EXECUTOR_KEY], stream_access, peer, info
+        )
         if problem is not None:
             raise forbid(request, f"stream {info.key}", problem)
     limits = request_limits(request.app)
-    slot = (contextlib.nullcontext() if limits is None
-            else limits.follower(info.key) if options.follow else limits.heavy_read())
+    slot = (
+        contextlib.nullcontext()
+        if limits is None
+        else limits.follower(info.key)
+        if options.follow
+        else limits.heavy_read()
+    )
     async with slot:
         # regions: whole plain segments of an unfiltered raw read go out by sendfile
         # (not under the kubelet's byte limit, which cuts inside a segment).
-        reader = StreamReader(info, options, poll_interval_s=POLL_INTERVAL_S,
-                              regions=byte_limit is None, on_refused=refused)
+        reader = StreamReader(
+            info,
+            options,
+            poll_interval_s=POLL_INTERVAL_S,
+            regions=byte_limit is None,
+            on_refused=refused,
+        )
         return await stream_reader(request, reader, handler=handler, byte_limit=byte_limit)
 
 
 async def _container_logs(request: web.Request) -> web.StreamResponse:
     m = request.match_info
     info = lookup(request, m.get("namespace", DEFAULT_NAMESPACE), m["pod"], m["container"])
-    return await serve_stream(request, info, parse_read_options(request.query),
-                              handler="logs")
+    return await serve_stream(request, info, parse_read_options(request.query), handler="logs")
 
 
 async def _logs_root(request: web.Request) -> web.StreamResponse:
@@ -437,20 +480,28 @@ async def _logs_root(request: web.Request) -> web.StreamResponse:
     peer = peer_of(request)
     refused = refusal_counter(request.app[METRICS_KEY])
     page = await asyncio.get_running_loop().run_in_executor(
-        executor, lambda: page_of(streams, visible=lambda i: stream_access(peer, i) is None,
-                                  size=size, after=after, refused=refused))
+        executor,
+        lambda: page_of(
+            streams,
+            visible=lambda i: stream_access(peer, i) is None,
+            size=size,
+            after=after,
+            refused=refused,
+        ),
+    )
     metadata: dict[str, Any] = {"total": page.total, "truncated": page.next_after is not None}
     if page.next_after is not None:
         metadata["continue"] = str(page.next_after)
-    return web.json_response({"kind": "StreamList", "metadata": metadata,
-                              "items": page.items})
+    return web.json_response({"kind": "StreamList", "metadata": metadata, "items": page.items})
 
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/logs/", _logs_root, name="logs_list")
     app.router.add_get("/logs", _logs_root, name="logs_list_noslash")
     # No HEAD: a HEAD of follow=true would hold a connection open for no body.
-    app.router.add_get("/logs/{namespace}/{pod}/{container}", _container_logs, name="logs",
-                       allow_head=False)
-    app.router.add_get("/logs/{pod}/{container}", _container_logs, name="logs_default_ns",
-                       allow_head=False)
+    app.router.add_get(
+        "/logs/{namespace}/{pod}/{container}", _container_logs, name="logs", allow_head=False
+    )
+    app.router.add_get(
+        "/logs/{pod}/{container}", _container_logs, name="logs_default_ns", allow_head=False
+    )

@@ -26,10 +26,16 @@ from logvold.core.streams import StreamInfo
 from logvold.server.keys import CONFIG_KEY, EXECUTOR_KEY, METRICS_KEY, REGISTRY_KEY
 from logvold.server.stream_list import describe_many
 
-_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-_HEADERS = {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff",
-            "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+_HEADERS = {
+    "Content-Security-Policy": _CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+}
 MAX_ROWS = 5000
 """Streams shown (a node rarely has more; the page stays a bounded size)."""
 
@@ -51,8 +57,9 @@ def _size(n: float) -> str:
 def _logs_path(info: StreamInfo) -> str:
     """Relative URL of the stream (works under /api/v1/nodes/<node>/proxy/ too)."""
     k = info.key
-    return "logs/" + "/".join(urllib.parse.quote(p, safe="") for p in
-                              (k.namespace, k.pod, k.container))
+    return "logs/" + "/".join(
+        urllib.parse.quote(p, safe="") for p in (k.namespace, k.pod, k.container)
+    )
 
 
 def _disk(path: Path) -> tuple[int, int] | None:
@@ -65,18 +72,25 @@ def _disk(path: Path) -> tuple[int, int] | None:
     return size - st.f_bfree * st.f_frsize, size
 
 
-def _gather(infos: list[StreamInfo], budgets: dict[str, int],
-            paths: dict[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _gather(
+    infos: list[StreamInfo], budgets: dict[str, int], paths: dict[str, str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Rows of the stream and volume tables (a worker thread: it lists directories)."""
     rows = describe_many(infos[:MAX_ROWS])
     volumes: dict[str, dict[str, Any]] = {}
     for info, row in zip(infos, rows, strict=False):
         on_disk = row["segments"]["bytes"] + row["activeFile"]["allocatedBytes"]
         row["onDisk"] = on_disk
-        v = volumes.setdefault(info.volume, {"name": info.volume, "streams": 0, "bytes": 0,
-                                             "budget": budgets.get(info.volume, 0),
-                                             "dir": Path(paths.get(info.volume) or
-                                                         info.directory)})
+        v = volumes.setdefault(
+            info.volume,
+            {
+                "name": info.volume,
+                "streams": 0,
+                "bytes": 0,
+                "budget": budgets.get(info.volume, 0),
+                "dir": Path(paths.get(info.volume) or info.directory),
+            },
+        )
         v["streams"] += 1
         v["bytes"] += on_disk
     for v in volumes.values():
@@ -88,34 +102,41 @@ def _bar(used: float, total: float) -> str:
     if total <= 0:
         return ""
     pct = min(100, round(100 * used / total))
-    return (f'<span class="bar" title="{pct}%"><span class="fill p{pct // 10 * 10}">'
-            f'</span></span> {pct}%')
+    return (
+        f'<span class="bar" title="{pct}%"><span class="fill p{pct // 10 * 10}">'
+        f"</span></span> {pct}%"
+    )
 
 
-def _stream_rows(rows: list[dict[str, Any]], infos: list[StreamInfo],
-                 totals: dict[tuple[str, str, str], dict[str, float]]) -> str:
+def _stream_rows(
+    rows: list[dict[str, Any]],
+    infos: list[StreamInfo],
+    totals: dict[tuple[str, str, str], dict[str, float]],
+) -> str:
     out = []
     for info, row in zip(infos, rows, strict=False):
         p = row["policy"]
         t = totals.get((row["namespace"], row["pod"], row["container"]), {})
         budget = p["maxTotalSize"]
-        policy = (f'{p["format"]}, {p["strategy"]}, rotate {p["rotate"]}, '
-                  f'maxSize {_size(p["maxSize"])}, maxFiles {p["maxFiles"]}'
-                  + (f', compress {p["compress"]}' if p["compress"] != "none" else ""))
+        policy = (
+            f"{p['format']}, {p['strategy']}, rotate {p['rotate']}, "
+            f"maxSize {_size(p['maxSize'])}, maxFiles {p['maxFiles']}"
+            + (f", compress {p['compress']}" if p["compress"] != "none" else "")
+        )
         fails = int(t.get("failures", 0))
-        newest = (row["segments"]["newestClosed"] or "-").replace("T", " ").replace(
-            "+00:00", "Z")
+        newest = (row["segments"]["newestClosed"] or "-").replace("T", " ").replace("+00:00", "Z")
         out.append(
-            f'<tr><td>{_e(row["namespace"])}</td><td>{_e(row["pod"])}</td>'
+            f"<tr><td>{_e(row['namespace'])}</td><td>{_e(row['pod'])}</td>"
             f'<td>{_e(row["container"])}</td><td class="policy">{_e(policy)}</td>'
             f'<td class="num">{_e(row["segments"]["count"])}</td>'
             f'<td class="num">{_e(_size(row["onDisk"]))}'
-            f'{" / " + _e(_size(budget)) + " " + _bar(row["onDisk"], budget) if budget else ""}'
+            f"{' / ' + _e(_size(budget)) + ' ' + _bar(row['onDisk'], budget) if budget else ''}"
             f'</td><td class="num">{int(t.get("rotations", 0))}</td>'
             f'<td class="time">{_e(newest)}</td>'
             f'<td class="num{" bad" if fails else ""}">{fails}</td>'
             f'<td><button type="button" data-tail="{_e(_logs_path(info))}">tail</button>'
-            f'</td></tr>')
+            f"</td></tr>"
+        )
     return "\n".join(out)
 
 
@@ -123,11 +144,13 @@ def _volume_rows(volumes: list[dict[str, Any]]) -> str:
     out = []
     for v in volumes:
         disk = v["disk"]
-        fs = f'{_size(disk[0])} / {_size(disk[1])} {_bar(*disk)}' if disk else "unknown"
-        budget = f'{_size(v["budget"])} {_bar(v["bytes"], v["budget"])}' if v["budget"] else "-"
-        out.append(f'<tr><td>{_e(v["name"])}</td><td class="num">{v["streams"]}</td>'
-                   f'<td class="num">{_e(_size(v["bytes"]))}</td><td>{budget}</td>'
-                   f'<td>{fs}</td></tr>')
+        fs = f"{_size(disk[0])} / {_size(disk[1])} {_bar(*disk)}" if disk else "unknown"
+        budget = f"{_size(v['budget'])} {_bar(v['bytes'], v['budget'])}" if v["budget"] else "-"
+        out.append(
+            f'<tr><td>{_e(v["name"])}</td><td class="num">{v["streams"]}</td>'
+            f'<td class="num">{_e(_size(v["bytes"]))}</td><td>{budget}</td>'
+            f"<td>{fs}</td></tr>"
+        )
     return "\n".join(out)
 
 
@@ -138,10 +161,12 @@ async def _status(request: web.Request) -> web.Response:
     budgets = {v.name: v.max_total_size_bytes for v in config.volumes}
     paths = {v.name: v.path for v in config.volumes}
     rows, volumes = await asyncio.get_running_loop().run_in_executor(
-        app[EXECUTOR_KEY], _gather, infos, budgets, paths)
+        app[EXECUTOR_KEY], _gather, infos, budgets, paths
+    )
     totals = app[METRICS_KEY].stream_totals()
     options = "\n".join(
-        f'<option value="{_e(_logs_path(i))}">{_e(i.key)}</option>' for i in infos[:MAX_ROWS])
+        f'<option value="{_e(_logs_path(i))}">{_e(i.key)}</option>' for i in infos[:MAX_ROWS]
+    )
     node = config.kubernetes.node_name or os.environ.get("NODE_NAME", "") or os.uname().nodename
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -176,8 +201,7 @@ async def _status(request: web.Request) -> web.Response:
 <script src="status.js"></script>
 </body></html>
 """
-    return web.Response(text=page, content_type="text/html", charset="utf-8",
-                        headers=_HEADERS)
+    return web.Response(text=page, content_type="text/html", charset="utf-8", headers=_HEADERS)
 
 
 _JS = """\
@@ -273,17 +297,14 @@ button { font: inherit; padding: .1em .6em; }
 
 
 async def _js(request: web.Request) -> web.Response:
-    return web.Response(text=_JS, content_type="text/javascript", charset="utf-8",
-                        headers=_HEADERS)
+    return web.Response(text=_JS, content_type="text/javascript", charset="utf-8", headers=_HEADERS)
 
 
 async def _css(request: web.Request) -> web.Response:
-    return web.Response(text=_CSS, content_type="text/css", charset="utf-8",
-                        headers=_HEADERS)
+    return web.Response(text=_CSS, content_type="text/css", charset="utf-8", headers=_HEADERS)
 
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/", _status, name="status")
     app.router.add_get("/status.js", _js, name="status_js")
     app.router.add_get("/status.css", _css, name="status_css")
-

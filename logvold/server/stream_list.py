@@ -47,34 +47,44 @@ def parse_page(limit: str | None, token: str | None) -> tuple[int, StreamKey | N
     size = DEFAULT_PAGE
     if limit is not None:
         if not (limit.isascii() and limit.isdigit() and len(limit) <= 6) or not (
-                1 <= int(limit) <= MAX_PAGE):
+            1 <= int(limit) <= MAX_PAGE
+        ):
             raise BadListParam(f"limit must be a whole number from 1 to {MAX_PAGE}")
         size = int(limit)
     after = None
     if token is not None:
         parts = token.split("/")
         if len(token) > 1024 or len(parts) != 3 or not all(parts):
-            raise BadListParam("continue must be the token of a previous page "
-                               "(namespace/pod/container)")
+            raise BadListParam(
+                "continue must be the token of a previous page (namespace/pod/container)"
+            )
         after = StreamKey(*parts)
     return size, after
 
 
-def page_of(infos: Iterable[StreamInfo], *, visible: Callable[[StreamInfo], bool], size: int,
-            after: StreamKey | None, refused: Refused = log_refusal) -> Page:
+def page_of(
+    infos: Iterable[StreamInfo],
+    *,
+    visible: Callable[[StreamInfo], bool],
+    size: int,
+    after: StreamKey | None,
+    refused: Refused = log_refusal,
+) -> Page:
     """The `size` streams after `after` (in key order) that `visible` lets the client see."""
     shown = sorted((i for i in infos if visible(i)), key=lambda i: i.key)
     start = 0
     if after is not None:
         start = next((n for n, i in enumerate(shown) if i.key > after), len(shown))
-    chosen = shown[start:start + size]
+    chosen = shown[start : start + size]
     more = start + size < len(shown)
-    return Page(describe_many(chosen, refused), chosen[-1].key if more and chosen else None,
-                len(shown))
+    return Page(
+        describe_many(chosen, refused), chosen[-1].key if more and chosen else None, len(shown)
+    )
 
 
-def describe_many(infos: Sequence[StreamInfo],
-                  refused: Refused = log_refusal) -> list[dict[str, Any]]:
+def describe_many(
+    infos: Sequence[StreamInfo], refused: Refused = log_refusal
+) -> list[dict[str, Any]]:
     """`describe` of every stream, in the given order, listing each directory once."""
     by_dir: dict[tuple[Path, Path], list[int]] = {}
     for n, info in enumerate(infos):
@@ -146,20 +156,36 @@ def _describe(info: StreamInfo, sd: SafeDir | None, names: list[str]) -> dict[st
     if (st := _regular(sd, info.base)) is not None:
         active_size, active_alloc = st.st_size, st.st_blocks * 512
     return {
-        "namespace": info.key.namespace, "pod": info.key.pod, "container": info.key.container,
-        "volume": info.volume, "source": info.source, "podUID": info.pod_uid,
+        "namespace": info.key.namespace,
+        "pod": info.key.pod,
+        "container": info.key.container,
+        "volume": info.volume,
+        "source": info.source,
+        "podUID": info.pod_uid,
         "file": info.base,
-        "policy": {"format": p.format, "rotate": p.rotate, "maxSize": p.max_size_bytes,
-                   "maxFiles": p.max_files, "maxAgeSeconds": p.max_age_s,
-                   "maxTotalSize": p.max_total_size_bytes, "compress": p.compress,
-                   "strategy": p.strategy},
+        "policy": {
+            "format": p.format,
+            "rotate": p.rotate,
+            "maxSize": p.max_size_bytes,
+            "maxFiles": p.max_files,
+            "maxAgeSeconds": p.max_age_s,
+            "maxTotalSize": p.max_total_size_bytes,
+            "compress": p.compress,
+            "strategy": p.strategy,
+        },
         "annotations": dict(info.annotations),
-        "activeFile": {"path": str(info.active_path), "apparentBytes": active_size,
-                       "allocatedBytes": active_alloc},
-        "segments": {"count": len(segments), "bytes": segment_bytes,
-                     "compressed": sum(1 for s in segments if s.compression),
-                     "newestClosed": segments[-1].stamp.isoformat() if segments else None,
-                     "files": listed},
+        "activeFile": {
+            "path": str(info.active_path),
+            "apparentBytes": active_size,
+            "allocatedBytes": active_alloc,
+        },
+        "segments": {
+            "count": len(segments),
+            "bytes": segment_bytes,
+            "compressed": sum(1 for s in segments if s.compression),
+            "newestClosed": segments[-1].stamp.isoformat() if segments else None,
+            "files": listed,
+        },
     }
 
 

@@ -70,8 +70,9 @@ class Backoff:
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
-def cap_pod_streams(streams: Sequence[StreamInfo], cap: int
-                    ) -> tuple[list[StreamInfo], dict[str, list[str]]]:
+def cap_pod_streams(
+    streams: Sequence[StreamInfo], cap: int
+) -> tuple[list[StreamInfo], dict[str, list[str]]]:
     """The streams kept under `cap` per pod volume (first by container name, so the choice
     is stable), and volume -> refused container names."""
     kept: list[StreamInfo] = []
@@ -187,8 +188,9 @@ class PodDiscovery:
     def wait_synced(self, timeout_s: float) -> bool:
         return self.synced.wait(timeout_s)
 
-    def update_defaults(self, defaults: LogPolicy, max_streams_per_volume: int | None = None
-                        ) -> None:
+    def update_defaults(
+        self, defaults: LogPolicy, max_streams_per_volume: int | None = None
+    ) -> None:
         """New node defaults or stream cap (a config reload): every pod's policy is
         recomputed from a fresh list; streams whose policy changes are "updated"."""
         self.defaults = defaults
@@ -361,15 +363,20 @@ class PodDiscovery:
             self._remove_stream(key, uid)
         capped = self._report_cap(result, record, over)
         if new_keys or capped[0] is not None:
-            self._pods[uid] = _PodRecord(ref=result.pod, keys=frozenset(new_keys),
-                                         capped_annotation=capped[0], capped_volumes=capped[1])
+            self._pods[uid] = _PodRecord(
+                ref=result.pod,
+                keys=frozenset(new_keys),
+                capped_annotation=capped[0],
+                capped_volumes=capped[1],
+            )
         else:
             self._pods.pop(uid, None)
         if record and record.rejected_annotation is not None:
             log.info("pod %s: annotation %s accepted again", result.pod, self.config.annotation_key)
 
-    def _report_cap(self, result: PodStreams, record: _PodRecord | None,
-                    over: Mapping[str, list[str]]) -> tuple[str | None, frozenset[str]]:
+    def _report_cap(
+        self, result: PodStreams, record: _PodRecord | None, over: Mapping[str, list[str]]
+    ) -> tuple[str | None, frozenset[str]]:
         """Log, count and post a Warning Event once per annotation text that declares more
         streams in a volume than the cap; (that text or None, the gauge series set)."""
         pod = result.pod
@@ -378,18 +385,23 @@ class PodDiscovery:
             for gone in (record.capped_volumes if record else frozenset()) - series:
                 self.metrics.streams_over_cap.remove(gone)
             for volume, refused in over.items():
-                self.metrics.streams_over_cap.labels(
-                    f"{pod.namespace}/{pod.name}/{volume}").set(len(refused))
+                self.metrics.streams_over_cap.labels(f"{pod.namespace}/{pod.name}/{volume}").set(
+                    len(refused)
+                )
         if not over:
             return None, series
         if record is not None and record.capped_annotation == result.annotation:
             return result.annotation, series
         cap = self.max_streams_per_volume
-        details = "; ".join(f"volume {v}: {len(r)} refused ({', '.join(r[:5])}"
-                            f"{', ...' if len(r) > 5 else ''})" for v, r in sorted(over.items()))
-        message = (f"{self.config.annotation_key} declares more than {cap} streams in a volume "
-                   f"(maxStreamsPerVolume); the first {cap} by container name are managed: "
-                   f"{details}")
+        details = "; ".join(
+            f"volume {v}: {len(r)} refused ({', '.join(r[:5])}{', ...' if len(r) > 5 else ''})"
+            for v, r in sorted(over.items())
+        )
+        message = (
+            f"{self.config.annotation_key} declares more than {cap} streams in a volume "
+            f"(maxStreamsPerVolume); the first {cap} by container name are managed: "
+            f"{details}"
+        )
         log.warning("pod %s: %s", pod, message)
         if self._event_recorder is not None:
             try:

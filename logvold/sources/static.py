@@ -71,8 +71,9 @@ class _Candidates:
     """The directory holds more than MAX_NAMES entries: the pass stopped there."""
 
 
-def _list_candidates(sd: SafeDir, existing: set[str], cap: int, volume: str,
-                     report: ScanReport) -> _Candidates:
+def _list_candidates(
+    sd: SafeDir, existing: set[str], cap: int, volume: str, report: ScanReport
+) -> _Candidates:
     """One pass over at most MAX_NAMES entries, keeping O(cap) names: the `*.log` names and
     segment bases, split into those already managed and the smallest new ones. No stat:
     100,000 planted files cost one readdir pass, not 100,000 lstats."""
@@ -85,8 +86,11 @@ def _list_candidates(sd: SafeDir, existing: set[str], cap: int, volume: str,
             break
         if name.endswith(".log") and len(name) > 4:
             base = name
-        elif ".log." in name and (m := _SEGMENT_BASE_RE.match(name)) and parse_segment_name(
-                m.group(1), name) is not None:
+        elif (
+            ".log." in name
+            and (m := _SEGMENT_BASE_RE.match(name))
+            and parse_segment_name(m.group(1), name) is not None
+        ):
             base = m.group(1)  # segments outlive their active file: still a stream
         else:
             continue
@@ -94,8 +98,9 @@ def _list_candidates(sd: SafeDir, existing: set[str], cap: int, volume: str,
             non_utf8 += 1
             if non_utf8 <= MAX_NAME_PROBLEMS:
                 shown = os.fsencode(name).decode("utf-8", "backslashreplace")
-                report.problems.append(f"volume {volume}: skipping non-UTF-8 file name "
-                                       f"'{shown}' in {sd.path}")
+                report.problems.append(
+                    f"volume {volume}: skipping non-UTF-8 file name '{shown}' in {sd.path}"
+                )
             continue
         if base == name:
             found.active_count += 1
@@ -104,8 +109,10 @@ def _list_candidates(sd: SafeDir, existing: set[str], cap: int, volume: str,
         else:
             new.add(base)
     if non_utf8 > MAX_NAME_PROBLEMS:
-        report.problems.append(f"volume {volume}: {non_utf8 - MAX_NAME_PROBLEMS} more non-UTF-8 "
-                               f"file names in {sd.path} skipped")
+        report.problems.append(
+            f"volume {volume}: {non_utf8 - MAX_NAME_PROBLEMS} more non-UTF-8 "
+            f"file names in {sd.path} skipped"
+        )
     found.new = new.result()
     return found
 
@@ -239,16 +246,20 @@ class StaticSource:
         directory; one log line per episode and volume."""
         for name, directory in sorted(report.crowded.items()):
             if directory is not None and name not in self._crowded:
-                log.warning("volume directory holds more than %d entries: its streams are not "
-                            "rotated (each listing would be refused) until it holds fewer",
-                            MAX_NAMES, extra={"volume": name, "path": str(directory),
-                                              "source": SOURCE})
+                log.warning(
+                    "volume directory holds more than %d entries: its streams are not "
+                    "rotated (each listing would be refused) until it holds fewer",
+                    MAX_NAMES,
+                    extra={"volume": name, "path": str(directory), "source": SOURCE},
+                )
                 if self._metrics is not None:
                     self._metrics.unsafe_refused.labels("too-many").inc()
                 self._crowded[name] = directory
             elif directory is None and name in self._crowded:
-                log.info("volume directory listable again; its streams are rotated",
-                         extra={"volume": name, "source": SOURCE})
+                log.info(
+                    "volume directory listable again; its streams are rotated",
+                    extra={"volume": name, "source": SOURCE},
+                )
                 del self._crowded[name]
         self._crowded_dirs = frozenset(self._crowded.values())
 
@@ -257,7 +268,8 @@ class StaticSource:
         OVER_CAP_RESCAN_S: a pod churning 100,000 names must not buy a listing per event
         (the periodic full scan still lists it)."""
         return volume.name in self._over_cap and (
-            time.monotonic() - self._listed_at.get(volume.name, -math.inf) < OVER_CAP_RESCAN_S)
+            time.monotonic() - self._listed_at.get(volume.name, -math.inf) < OVER_CAP_RESCAN_S
+        )
 
     def _report_caps(self, report: ScanReport) -> None:
         """One log line when a volume goes over its cap and one when it is back under
@@ -266,14 +278,25 @@ class StaticSource:
             if self._metrics is not None:
                 self._metrics.streams_over_cap.labels(name).set(over)
             if over > 0 and name not in self._over_cap:
-                log.warning("volume holds more *.log files than its stream cap; managing the "
-                            "first %d (managed ones keep their place, new ones in name order), "
-                            "refusing %d until it is back under the cap (maxStreams)", cap, over,
-                            extra={"volume": name, "max_streams": cap, "log_files": seen,
-                                   "refused": over, "source": SOURCE})
+                log.warning(
+                    "volume holds more *.log files than its stream cap; managing the "
+                    "first %d (managed ones keep their place, new ones in name order), "
+                    "refusing %d until it is back under the cap (maxStreams)",
+                    cap,
+                    over,
+                    extra={
+                        "volume": name,
+                        "max_streams": cap,
+                        "log_files": seen,
+                        "refused": over,
+                        "source": SOURCE,
+                    },
+                )
             elif over == 0 and name in self._over_cap:
-                log.info("volume back under its stream cap", extra={
-                    "volume": name, "max_streams": cap, "log_files": seen, "source": SOURCE})
+                log.info(
+                    "volume back under its stream cap",
+                    extra={"volume": name, "max_streams": cap, "log_files": seen, "source": SOURCE},
+                )
             if over > 0:
                 self._over_cap[name] = over
             else:
@@ -285,8 +308,13 @@ class StaticSource:
             return [c.policy for c in volume.containers]
         return [self._config.defaults]
 
-    def _scan_volume(self, config: Config, volume: VolumeSpec,
-                     found: dict[StreamKey, StreamInfo], report: ScanReport) -> bool:
+    def _scan_volume(
+        self,
+        config: Config,
+        volume: VolumeSpec,
+        found: dict[StreamKey, StreamInfo],
+        report: ScanReport,
+    ) -> bool:
         root = Path(volume.path)
         pod = volume.pod or volume.name
         try:
@@ -294,14 +322,15 @@ class StaticSource:
                 next(probe.iter_names(), None)  # readable
         except (OSError, UnsafeFile) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "Not a directory"
-            report.problems.append(f"volume {volume.name}: cannot read {root}: "
-                                   f"{reason or exc}")
+            report.problems.append(f"volume {volume.name}: cannot read {root}: {reason or exc}")
             return False
 
         def add(info: StreamInfo) -> None:
             if info.key in found:
-                report.problems.append(f"volume {volume.name}: stream {info.key} is already "
-                                       f"defined by volume {found[info.key].volume}; ignored")
+                report.problems.append(
+                    f"volume {volume.name}: stream {info.key} is already "
+                    f"defined by volume {found[info.key].volume}; ignored"
+                )
                 return
             found[info.key] = info
 
@@ -312,11 +341,14 @@ class StaticSource:
                 if directory is None:
                     continue
                 if "/" in base or base in (".", "..") or not _is_utf8(base):
-                    report.problems.append(f"volume {volume.name}: container {container.name}: "
-                                           f"file {base!r} must be a plain file name")
+                    report.problems.append(
+                        f"volume {volume.name}: container {container.name}: "
+                        f"file {base!r} must be a plain file name"
+                    )
                     continue
-                add(self._info(volume, pod, container.name, directory, base, container.policy,
-                               root))
+                add(
+                    self._info(volume, pod, container.name, directory, base, container.policy, root)
+                )
             return True
 
         policy = config.defaults
@@ -330,8 +362,9 @@ class StaticSource:
                 listing = _list_candidates(sd, existing, cap, volume.name, report)
                 # Managed ones first, then new names in name order; refused ones leave
                 # their place to the next, so at most 3 * cap + 8 lstats per scan.
-                ordered = choose_streams(listing.existing, listing.new,
-                                         len(listing.existing) + len(listing.new))
+                ordered = choose_streams(
+                    listing.existing, listing.new, len(listing.existing) + len(listing.new)
+                )
                 accepted: list[str] = []
                 refused_unsafe = with_active = 0
                 for base in ordered:
@@ -341,9 +374,12 @@ class StaticSource:
                     if st is not None and not stat.S_ISREG(st.st_mode):
                         link = stat.S_ISLNK(st.st_mode)
                         kind = "symlink" if link else "directory or special file"
-                        self._refused(report, f"volume {volume.name}: {directory / base} is a "
-                                      f"{kind}, not a regular file; not managed",
-                                      "symlink" if link else "not-regular")
+                        self._refused(
+                            report,
+                            f"volume {volume.name}: {directory / base} is a "
+                            f"{kind}, not a regular file; not managed",
+                            "symlink" if link else "not-regular",
+                        )
                         refused_unsafe += 1
                         continue
                     # None: only segments (or a file that just vanished: gone next scan).
@@ -361,8 +397,9 @@ class StaticSource:
             self._refused(report, f"volume {volume.name}: {exc}; not managed", exc.kind)
             return True
         except OSError as exc:
-            report.problems.append(f"volume {volume.name}: cannot read {directory}: "
-                                   f"{exc.strerror or exc}")
+            report.problems.append(
+                f"volume {volume.name}: cannot read {directory}: {exc.strerror or exc}"
+            )
             return False
         over = max(0, listing.active_count - with_active - refused_unsafe)
         report.over_cap[volume.name] = (over, cap, listing.active_count)
@@ -371,8 +408,9 @@ class StaticSource:
             add(self._info(volume, pod, base[:-4], directory, base, policy, root))
         return True
 
-    def _stream_dir(self, volume: VolumeSpec, root: Path, policy: LogPolicy,
-                    report: ScanReport) -> Path | None:
+    def _stream_dir(
+        self, volume: VolumeSpec, root: Path, policy: LogPolicy, report: ScanReport
+    ) -> Path | None:
         directory = root / policy.sub_dir if policy.sub_dir else root
         if not policy.sub_dir:
             return directory
@@ -381,8 +419,12 @@ class StaticSource:
                 raise UnsafeFile("absolute", kind="outside")
             sd = open_inside(directory, root)
         except UnsafeFile as exc:
-            self._refused(report, f"volume {volume.name}: subDir {policy.sub_dir!r} leaves the "
-                          f"volume ({exc.kind}); not managed", exc.kind)
+            self._refused(
+                report,
+                f"volume {volume.name}: subDir {policy.sub_dir!r} leaves the "
+                f"volume ({exc.kind}); not managed",
+                exc.kind,
+            )
             return None
         except OSError:
             return directory  # unreadable: the listing reports it
@@ -396,12 +438,26 @@ class StaticSource:
         report.refused[problem] = kind
 
     @staticmethod
-    def _info(volume: VolumeSpec, pod: str, container: str, directory: Path, base: str,
-              policy: LogPolicy, root: Path) -> StreamInfo:
-        return StreamInfo(key=StreamKey(volume.namespace, pod, container), directory=directory,
-                          base=base, policy=policy, volume=volume.name, source=SOURCE,
-                          annotations=dict(policy.annotations), root=root,
-                          labels=dict(volume.labels))
+    def _info(
+        volume: VolumeSpec,
+        pod: str,
+        container: str,
+        directory: Path,
+        base: str,
+        policy: LogPolicy,
+        root: Path,
+    ) -> StreamInfo:
+        return StreamInfo(
+            key=StreamKey(volume.namespace, pod, container),
+            directory=directory,
+            base=base,
+            policy=policy,
+            volume=volume.name,
+            source=SOURCE,
+            annotations=dict(policy.annotations),
+            root=root,
+            labels=dict(volume.labels),
+        )
 
     def _report_problems(self, report: ScanReport, scanned: set[str]) -> None:
         problems = report.problems
@@ -414,6 +470,8 @@ class StaticSource:
                     if problem in report.refused:
                         self._metrics.unsafe_refused.labels(report.refused[problem]).inc()
         # Forget problems that went away, so they are logged again if they come back.
-        self._known_problems = {p for p in self._known_problems
-                                if p in current or not any(p.startswith(f"volume {v}:")
-                                                           for v in scanned)} | current
+        self._known_problems = {
+            p
+            for p in self._known_problems
+            if p in current or not any(p.startswith(f"volume {v}:") for v in scanned)
+        } | current

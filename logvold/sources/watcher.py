@@ -45,9 +45,18 @@ READ_BYTES = 256 * 1024
 at most MAX_READS_PER_BATCH times, so one batch is bounded."""
 MAX_READS_PER_BATCH = 16
 
-WATCH_MASK = (flags.MODIFY | flags.CREATE | flags.DELETE | flags.MOVED_FROM | flags.MOVED_TO
-              | flags.DELETE_SELF | flags.MOVE_SELF | flags.ONLYDIR | flags.DONT_FOLLOW
-              | flags.EXCL_UNLINK)
+WATCH_MASK = (
+    flags.MODIFY
+    | flags.CREATE
+    | flags.DELETE
+    | flags.MOVED_FROM
+    | flags.MOVED_TO
+    | flags.DELETE_SELF
+    | flags.MOVE_SELF
+    | flags.ONLYDIR
+    | flags.DONT_FOLLOW
+    | flags.EXCL_UNLINK
+)
 _CHANGED = flags.CREATE | flags.DELETE | flags.MOVED_FROM | flags.MOVED_TO
 _SELF = flags.DELETE_SELF | flags.MOVE_SELF
 
@@ -68,10 +77,15 @@ class DirectoryWatcher:
     """Watches a changing set of directories (non-recursively) and hands hints, batched,
     to `sink` on the event loop's thread."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sink: Callable[[Hint], None],
-                 relevant: Relevance = lambda hint: True,
-                 on_error: Callable[[str, BaseException], None] | None = None, *,
-                 batch_s: float = BATCH_S) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sink: Callable[[Hint], None],
+        relevant: Relevance = lambda hint: True,
+        on_error: Callable[[str, BaseException], None] | None = None,
+        *,
+        batch_s: float = BATCH_S,
+    ) -> None:
         self._loop = loop
         self._sink = sink
         self._relevant = relevant
@@ -198,8 +212,12 @@ class DirectoryWatcher:
     def _hints_of(self, wd: int, mask: int, name: str, out: dict[Hint, None]) -> None:
         if mask & flags.Q_OVERFLOW:
             if self._on_error is not None:
-                self._on_error("", OverflowError(
-                    "inotify queue overflowed; events were lost until the next rescan"))
+                self._on_error(
+                    "",
+                    OverflowError(
+                        "inotify queue overflowed; events were lost until the next rescan"
+                    ),
+                )
             return
         if mask & flags.IGNORED:  # the kernel removed the watch (directory deleted)
             for path in self._wds.pop(wd, []):

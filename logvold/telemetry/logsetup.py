@@ -12,19 +12,28 @@ import sys
 from datetime import UTC, datetime
 from typing import TextIO
 
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-          "warn": logging.WARNING, "error": logging.ERROR}
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+}
 FORMATS = ("logfmt", "json")
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message", "asctime", "taskName"}
+    "message",
+    "asctime",
+    "taskName",
+}
 _HANDLER_NAME = "logvold-structured"
 
 
 def _fields(record: logging.LogRecord) -> dict[str, object]:
     out: dict[str, object] = {
-        "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        "time": datetime.fromtimestamp(record.created, UTC)
+        .isoformat(timespec="milliseconds")
         .replace("+00:00", "Z"),
         "level": record.levelname.lower(),
         "logger": record.name,
@@ -45,8 +54,9 @@ def _logfmt_value(value: object) -> str:
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     if text and not any(c in text for c in ' ="\\\n\t') and text.isprintable():
         return text
-    escaped = (text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-               .replace("\t", "\\t"))
+    escaped = (
+        text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+    )
     return f'"{escaped}"'
 
 
@@ -61,9 +71,12 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line with the same keys as logfmt."""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = {k: v if isinstance(v, int | float | bool | None) else
-                  str(v).encode("utf-8", "backslashreplace").decode("utf-8")
-                  for k, v in _fields(record).items()}
+        fields = {
+            k: v
+            if isinstance(v, int | float | bool | None)
+            else str(v).encode("utf-8", "backslashreplace").decode("utf-8")
+            for k, v in _fields(record).items()
+        }
         return json.dumps(fields, ensure_ascii=False)
 
 

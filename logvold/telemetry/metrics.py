@@ -34,8 +34,7 @@ _STREAM = ("namespace", "pod", "container")
 #: `error` values of logvold_rotation_failures_total (workers map anything else to "internal").
 ROTATION_ERRORS = ("io", "not-regular", "reopen", "unsafe", "internal")
 #: `reason` values of logvold_truncations_total.
-TRUNCATION_REASONS = ("maxAge", "maxFiles", "maxTotalSize", "budget", "writer", "retention",
-                      "hole")
+TRUNCATION_REASONS = ("maxAge", "maxFiles", "maxTotalSize", "budget", "writer", "retention", "hole")
 #: `reason` values of logvold_bytes_freed_total.
 FREED_REASONS = ("rotate", "delete", "trim", "truncate")
 #: `result` values of logvold_config_reloads_total.
@@ -47,11 +46,24 @@ COMPRESSION_ALGORITHMS = ("gzip", "zstd")
 #: `handler` values of logvold_bytes_served_total / logvold_events_served_total.
 SERVING_HANDLERS = ("logs", "pod_log", "container_logs", "nodelog")
 #: `kind` values of logvold_unsafe_files_refused_total (fileio.safedir.RefusalKind).
-REFUSAL_KINDS = ("symlink", "not-regular", "not-directory", "hardlink", "outside", "too-big",
-                 "too-many")
+REFUSAL_KINDS = (
+    "symlink",
+    "not-regular",
+    "not-directory",
+    "hardlink",
+    "outside",
+    "too-big",
+    "too-many",
+)
 #: `reason` values of logvold_http_refused_total (server.limits).
-HTTP_REFUSAL_REASONS = ("connections", "idle_evicted", "followers", "stream_followers",
-                        "heavy_reads", "accept_error")
+HTTP_REFUSAL_REASONS = (
+    "connections",
+    "idle_evicted",
+    "followers",
+    "stream_followers",
+    "heavy_reads",
+    "accept_error",
+)
 #: HTTP code recorded when the client hung up before the response ended (nginx's 499).
 CLIENT_CLOSED_REQUEST = 499
 
@@ -206,19 +218,30 @@ class Metrics:
 
     def _per_stream(self) -> tuple[tuple[Counter | Gauge, tuple[str, ...]], ...]:
         """Every metric labelled by stream, with its label names in declaration order."""
-        return ((self.bytes_written, _STREAM), (self.events_written, _STREAM),
-                (self.events_split, _STREAM), (self.lost_bytes, _STREAM),
-                (self.segments, _STREAM), (self.disk_usage, _STREAM),
-                (self.rotations, (*_STREAM, "reason", "strategy")),
-                (self.rotation_failures, (*_STREAM, "error")),
-                (self.truncations, (*_STREAM, "reason")),
-                (self.bytes_freed, (*_STREAM, "reason")))
+        return (
+            (self.bytes_written, _STREAM),
+            (self.events_written, _STREAM),
+            (self.events_split, _STREAM),
+            (self.lost_bytes, _STREAM),
+            (self.segments, _STREAM),
+            (self.disk_usage, _STREAM),
+            (self.rotations, (*_STREAM, "reason", "strategy")),
+            (self.rotation_failures, (*_STREAM, "error")),
+            (self.truncations, (*_STREAM, "reason")),
+            (self.bytes_freed, (*_STREAM, "reason")),
+        )
 
     def add_stream(self, namespace: str, pod: str, container: str) -> None:
         """Create a new stream's counted series at 0 (idempotent: existing values stay)."""
         key = (namespace, pod, container)
-        for metric in (self.bytes_written, self.events_written, self.events_split,
-                       self.lost_bytes, self.segments, self.disk_usage):
+        for metric in (
+            self.bytes_written,
+            self.events_written,
+            self.events_split,
+            self.lost_bytes,
+            self.segments,
+            self.disk_usage,
+        ):
             metric.labels(*key)
         for error in ROTATION_ERRORS:
             self.rotation_failures.labels(*key, error)
@@ -233,8 +256,9 @@ class Metrics:
                 if values[:3] == key:
                     metric.remove(*values)
 
-    def observe_written(self, namespace: str, pod: str, container: str, *, nbytes: int,
-                        events: int, split: int) -> None:
+    def observe_written(
+        self, namespace: str, pod: str, container: str, *, nbytes: int, events: int, split: int
+    ) -> None:
         """Bytes and whole events a writer put into a stream (a foreign writer's are seen
         when a rotation cuts them), and events cut at maxEventSize."""
         key = (namespace, pod, container)
@@ -250,8 +274,11 @@ class Metrics:
                 for sample in family.samples:
                     if not sample.name.endswith("_total"):
                         continue
-                    key = (sample.labels.get("namespace", ""), sample.labels.get("pod", ""),
-                           sample.labels.get("container", ""))
+                    key = (
+                        sample.labels.get("namespace", ""),
+                        sample.labels.get("pod", ""),
+                        sample.labels.get("container", ""),
+                    )
                     totals = out.setdefault(key, {"rotations": 0.0, "failures": 0.0})
                     totals[name] += sample.value
         return out
@@ -268,4 +295,3 @@ def _label_sets(metric: Counter | Gauge, names: tuple[str, ...]) -> Iterable[tup
         for sample in family.samples:
             seen.add(tuple(sample.labels.get(n, "") for n in names))
     return seen
-

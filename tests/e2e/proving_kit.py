@@ -35,6 +35,7 @@ MAX_TAIL = 10_000_000
 
 # ---- the daemon -----------------------------------------------------------------------
 
+
 class ServeProcess:
     """One lifetime of `logvold serve` (stdout+stderr to a file)."""
 
@@ -43,9 +44,22 @@ class ServeProcess:
         self._log = log_path.open("ab")
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "logvold", "serve", "--config", str(config),
-             "--log-format", "json", *extra],
-            stdout=self._log, stderr=self._log, env=env, cwd=ROOT)
+            [
+                sys.executable,
+                "-m",
+                "logvold",
+                "serve",
+                "--config",
+                str(config),
+                "--log-format",
+                "json",
+                *extra,
+            ],
+            stdout=self._log,
+            stderr=self._log,
+            env=env,
+            cwd=ROOT,
+        )
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -54,8 +68,9 @@ class ServeProcess:
         deadline = time.monotonic() + timeout_s
         while "logvold serving" not in self.log_text():
             if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited {self.proc.returncode}:\n"
-                                     f"{self.log_text()[-3000:]}")
+                raise AssertionError(
+                    f"daemon exited {self.proc.returncode}:\n{self.log_text()[-3000:]}"
+                )
             if time.monotonic() > deadline:
                 raise AssertionError(f"daemon not serving after {timeout_s} s")
             time.sleep(0.02)
@@ -90,13 +105,18 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
-def metric_sum(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
-               **labels: str) -> float:
-    return sum(v for (n, lab), v in samples.items()
-               if n == name and all(dict(lab).get(k) == x for k, x in labels.items()))
+def metric_sum(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return sum(
+        v
+        for (n, lab), v in samples.items()
+        if n == name and all(dict(lab).get(k) == x for k, x in labels.items())
+    )
 
 
 # ---- followers ------------------------------------------------------------------------
+
 
 @dataclass
 class Session:
@@ -127,8 +147,9 @@ class FollowerReport:
     """Reconnects whose tail did not reach back to the last event seen (retried)."""
 
 
-async def follow_one(url: str, fmt: str, report: FollowerReport, tail_lines: int,
-                     stop: asyncio.Event) -> None:
+async def follow_one(
+    url: str, fmt: str, report: FollowerReport, tail_lines: int, stop: asyncio.Event
+) -> None:
     import aiohttp
 
     sep = b"\n\n" if fmt == "raw" else b"\n"
@@ -180,8 +201,7 @@ class _Retry(Exception):
 
 def _no_overlap(body: bytes, report: FollowerReport, k: int) -> bool:
     seq = parse_event(body)
-    return (report.last_seen >= 0 and seq is not None and seq > report.last_seen + 1
-            and k < MAX_TAIL)
+    return report.last_seen >= 0 and seq is not None and seq > report.last_seen + 1 and k < MAX_TAIL
 
 
 def _take(body: bytes, session: Session, report: FollowerReport) -> None:
@@ -227,12 +247,30 @@ def _write_json(path: Path, value: Any) -> None:
     tmp.replace(path)
 
 
-def start_followers(url: str, fmt: str, n: int, tail_lines: int,
-                    out: Path) -> subprocess.Popen[bytes]:
+def start_followers(
+    url: str, fmt: str, n: int, tail_lines: int, out: Path
+) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.e2e.proving_kit", "follow", "--url", url, "--format", fmt,
-         "-n", str(n), "--tail-lines", str(tail_lines), "--out", str(out)], env=env, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "tests.e2e.proving_kit",
+            "follow",
+            "--url",
+            url,
+            "--format",
+            fmt,
+            "-n",
+            str(n),
+            "--tail-lines",
+            str(tail_lines),
+            "--out",
+            str(out),
+        ],
+        env=env,
+        cwd=ROOT,
+    )
 
 
 def read_progress(out: Path) -> list[int]:

@@ -36,8 +36,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(predicate: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition",
-             interval_s: float = 0.02) -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout_s: float = 10.0,
+    what: str = "condition",
+    interval_s: float = 0.02,
+) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
         value = predicate()
@@ -52,14 +56,26 @@ def policy_yaml(policy: dict[str, Any]) -> str:
     return "{" + ", ".join(f"{k}: {json.dumps(v)}" for k, v in policy.items()) + "}"
 
 
-def write_config(path: Path, volume: Path, *, listen: str, policy: dict[str, Any] | None = None,
-                 extra: str = "", rescan: str = "30s", containers: list[str] | None = None,
-                 volume_extra: str = "") -> Path:
+def write_config(
+    path: Path,
+    volume: Path,
+    *,
+    listen: str,
+    policy: dict[str, Any] | None = None,
+    extra: str = "",
+    rescan: str = "30s",
+    containers: list[str] | None = None,
+    volume_extra: str = "",
+) -> Path:
     """A config with one volume `v` (pod `p`): every *.log, or the named containers."""
     defaults = policy_yaml(policy or {})
-    lines = [f"server: {{listen: {json.dumps(listen)}}}", f"defaults: {defaults}",
-             f"rescanInterval: {rescan}", "volumes:",
-             f"  - name: v\n    pod: p\n    path: {json.dumps(str(volume))}{volume_extra}"]
+    lines = [
+        f"server: {{listen: {json.dumps(listen)}}}",
+        f"defaults: {defaults}",
+        f"rescanInterval: {rescan}",
+        "volumes:",
+        f"  - name: v\n    pod: p\n    path: {json.dumps(str(volume))}{volume_extra}",
+    ]
     if containers:
         lines.append("    containers:")
         lines += [f"      - name: {c}" for c in containers]
@@ -75,8 +91,13 @@ class Daemon:
         self.log_path = log_path
         self._log = log_path.open("ab")
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([sys.executable, "-m", "logvold", "serve", *args],
-                                     cwd=cwd, stdout=self._log, stderr=self._log, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "logvold", "serve", *args],
+            cwd=cwd,
+            stdout=self._log,
+            stderr=self._log,
+            env=env,
+        )
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -86,6 +107,7 @@ class Daemon:
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log_text()}")
             return "logvold serving" in self.log_text()
+
         wait_for(ready, timeout_s, "the daemon to serve")
 
     def signal(self, signum: int) -> None:
@@ -142,8 +164,9 @@ def metric(port: int, name: str, labels: dict[str, str] | None = None) -> float:
     total = 0.0
     for family in text_string_to_metric_families(body.decode()):
         for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v
-                                           for k, v in (labels or {}).items()):
+            if sample.name == name and all(
+                sample.labels.get(k) == v for k, v in (labels or {}).items()
+            ):
                 total += float(sample.value)
     return total
 
@@ -159,8 +182,9 @@ def read_segment(path: Path) -> bytes:
 
 def stream_bytes(directory: Path, base: str) -> tuple[list[bytes], bytes]:
     """(segment contents oldest first, live part of the active file)."""
-    segments = [read_segment(directory / s.filename)
-                for s in segments_of(base, os.listdir(directory))]
+    segments = [
+        read_segment(directory / s.filename) for s in segments_of(base, os.listdir(directory))
+    ]
     active = directory / base
     live = b""
     if active.exists():
@@ -175,11 +199,40 @@ def stream_bytes(directory: Path, base: str) -> tuple[list[bytes], bytes]:
     return segments, live
 
 
-def writer(path: Path, *, count: int, rate: float = 0.0, mode: str = "append",
-           delimiter: str = "\\n\\n", max_chunk: int = 8192, seed: int = 1,
-           start: int = 0) -> subprocess.Popen[bytes]:
+def writer(
+    path: Path,
+    *,
+    count: int,
+    rate: float = 0.0,
+    mode: str = "append",
+    delimiter: str = "\\n\\n",
+    max_chunk: int = 8192,
+    seed: int = 1,
+    start: int = 0,
+) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.support.writer", "--path", str(path), "--mode", mode,
-         "--count", str(count), "--delimiter", delimiter, "--max-chunk", str(max_chunk),
-         "--rate", str(rate), "--seed", str(seed), "--start", str(start)], env=env, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "tests.support.writer",
+            "--path",
+            str(path),
+            "--mode",
+            mode,
+            "--count",
+            str(count),
+            "--delimiter",
+            delimiter,
+            "--max-chunk",
+            str(max_chunk),
+            "--rate",
+            str(rate),
+            "--seed",
+            str(seed),
+            "--start",
+            str(start),
+        ],
+        env=env,
+        cwd=ROOT,
+    )

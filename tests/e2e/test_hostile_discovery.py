@@ -66,8 +66,9 @@ class Canary:
 def _get(url: str, token: str | None = None, timeout_s: float = 30) -> tuple[int, bytes]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                    timeout=timeout_s) as resp:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers), timeout=timeout_s
+        ) as resp:
             return int(resp.status), resp.read()
     except urllib.error.HTTPError as err:
         return err.code, err.read()
@@ -109,8 +110,10 @@ class Served(Daemon):
 
 # -- discovery: a symlinked subDir ---------------------------------------------------------
 
+
 def test_symlinked_subdir_of_a_pod_reaches_neither_host_logs_nor_another_pod(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     kubelet = tmp_path / "kubelet"
     empty_dir = "volumes/kubernetes.io~empty-dir/logs"
     victim_dir = kubelet / "pods/uid-victim" / empty_dir
@@ -118,8 +121,10 @@ def test_symlinked_subdir_of_a_pod_reaches_neither_host_logs_nor_another_pod(
     attacker_dir = kubelet / "pods/uid-attacker" / empty_dir
     attacker_dir.mkdir(parents=True)
     var_log = tmp_path / "var-log"
-    canaries = [Canary(var_log / "syslog.log", SECRET + b" syslog\n" + b"".join(event_stream(30))),
-                Canary(var_log / "syslog.log.20200101-000000", SECRET + b" rotated\n")]
+    canaries = [
+        Canary(var_log / "syslog.log", SECRET + b" syslog\n" + b"".join(event_stream(30))),
+        Canary(var_log / "syslog.log.20200101-000000", SECRET + b" rotated\n"),
+    ]
     (attacker_dir / "y").symlink_to(var_log)  # planted by the pod in its own volume
     (attacker_dir / "z").symlink_to(victim_dir)
     port = free_port()
@@ -144,41 +149,62 @@ def test_symlinked_subdir_of_a_pod_reaches_neither_host_logs_nor_another_pod(
             return False, "only your own namespace"
 
         api.state.allow = allow
-        api.add_pod(make_pod("victim", node=NODE, namespace="team-b", uid="uid-victim",
-                             annotation="logs:\n  app: {maxSize: 8Ki, maxFiles: 0, "
-                                        "delimiter: '\\n\\n'}\n"))
-        api.add_pod(make_pod("attacker", node=NODE, namespace="team-a", uid="uid-attacker",
-                             containers=("syslog", "app"),
-                             annotation="logs:\n"
-                                        "  syslog: {subDir: y, maxSize: 1Ki}\n"
-                                        "  app: {subDir: z, maxSize: 1Ki, maxFiles: 1}\n"))
+        api.add_pod(
+            make_pod(
+                "victim",
+                node=NODE,
+                namespace="team-b",
+                uid="uid-victim",
+                annotation="logs:\n  app: {maxSize: 8Ki, maxFiles: 0, delimiter: '\\n\\n'}\n",
+            )
+        )
+        api.add_pod(
+            make_pod(
+                "attacker",
+                node=NODE,
+                namespace="team-a",
+                uid="uid-attacker",
+                containers=("syslog", "app"),
+                annotation="logs:\n"
+                "  syslog: {subDir: y, maxSize: 1Ki}\n"
+                "  app: {subDir: z, maxSize: 1Ki, maxFiles: 1}\n",
+            )
+        )
         cfg = tmp_path / "cfg.yaml"
-        cfg.write_text(f"server: {{listen: '127.0.0.1:{port}', auth: {{mode: kubernetes}}}}\n"
-                       "rescanInterval: 1s\n"
-                       f"kubernetes: {{enabled: true, nodeName: {NODE}, "
-                       f"kubeletRoot: {json.dumps(str(kubelet))}, "
-                       f"kubeconfig: {json.dumps(str(kubeconfig))}}}\n")
+        cfg.write_text(
+            f"server: {{listen: '127.0.0.1:{port}', auth: {{mode: kubernetes}}}}\n"
+            "rescanInterval: 1s\n"
+            f"kubernetes: {{enabled: true, nodeName: {NODE}, "
+            f"kubeletRoot: {json.dumps(str(kubelet))}, "
+            f"kubeconfig: {json.dumps(str(kubeconfig))}}}\n"
+        )
         daemon = Served(["--config", str(cfg)], tmp_path / "daemon.log", port)
         try:
             base = daemon.base
-            wait_for(lambda: scrape("logvold_unsafe_files_refused_total",
-                                    {"kind": "symlink"}) >= 2, 20, "both subDirs refused")
+            wait_for(
+                lambda: scrape("logvold_unsafe_files_refused_total", {"kind": "symlink"}) >= 2,
+                20,
+                "both subDirs refused",
+            )
             # The registry knows three streams; only the victim's is managed (rotated).
             wait_for(lambda: scrape("logvold_streams") == 1, 10, "one managed stream")
             proc = writer(victim_dir / "app.log", count=count, rate=100, max_chunk=2048)
             for container in ("syslog", "app"):
                 for query in ("", "?follow=true", "?tailLines=10"):
-                    code, body = _get(f"{base}/logs/team-a/attacker/{container}{query}",
-                                      "attacker-token")
+                    code, body = _get(
+                        f"{base}/logs/team-a/attacker/{container}{query}", "attacker-token"
+                    )
                     assert code == 403, (container, query, code, body)
                     assert SECRET not in body and b"E#" not in body
                     assert str(tmp_path).encode() not in body
             code, _ = _get(f"{base}/logs/team-b/victim/app", "attacker-token")
             assert code == 403  # the SubjectAccessReview says no
             assert proc.wait(120) == 0
-            wait_for(lambda: len([n for n in os.listdir(victim_dir)
-                                  if n.startswith("app.log.")]) >= 2,
-                     30, "the victim's rotations under its own policy")
+            wait_for(
+                lambda: len([n for n in os.listdir(victim_dir) if n.startswith("app.log.")]) >= 2,
+                30,
+                "the victim's rotations under its own policy",
+            )
             code, body = _get(f"{base}/logs/team-b/victim/app", "victim-token")
             assert code == 200
             _exactly_once(body, count)
@@ -197,32 +223,50 @@ def test_symlinked_subdir_of_a_pod_reaches_neither_host_logs_nor_another_pod(
 
 # -- two managers on one directory -------------------------------------------------------
 
+
 def test_a_second_daemon_on_the_same_directory_refuses_and_the_first_keeps_every_event(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     volume = tmp_path / "vol"
     volume.mkdir()
     (tmp_path / "alias").symlink_to(volume)
     port, port2 = free_port(), free_port()
     count = 3000
-    cfg = write_config(tmp_path / "a.yaml", volume, listen=f"127.0.0.1:{port}",
-                       policy={"maxSize": "16Ki", "maxFiles": 0, "delimiter": "\n\n"},
-                       rescan="1s")
-    cfg2 = write_config(tmp_path / "b.yaml", tmp_path / "alias", listen=f"127.0.0.1:{port2}",
-                        policy={"maxSize": "4Ki", "maxFiles": 1, "delimiter": "\n\n"})
+    cfg = write_config(
+        tmp_path / "a.yaml",
+        volume,
+        listen=f"127.0.0.1:{port}",
+        policy={"maxSize": "16Ki", "maxFiles": 0, "delimiter": "\n\n"},
+        rescan="1s",
+    )
+    cfg2 = write_config(
+        tmp_path / "b.yaml",
+        tmp_path / "alias",
+        listen=f"127.0.0.1:{port2}",
+        policy={"maxSize": "4Ki", "maxFiles": 1, "delimiter": "\n\n"},
+    )
     first = Served(["--config", str(cfg)], tmp_path / "first.log", port)
     try:
         proc = writer(volume / "app.log", count=count, rate=400, max_chunk=4096)
         wait_for(lambda: metric(port, "logvold_rotations_total") >= 1, 60, "a rotation")
-        for args in (["--config", str(cfg2)], ["--config", str(cfg2), "--once"],
-                     ["--config", str(cfg), "--once", "--listen", f"127.0.0.1:{port2}"],
-                     ["--logs-dir", str(volume), "--listen", f"127.0.0.1:{port2}"]):
-            second = subprocess.run([sys.executable, "-m", "logvold", "serve", *args],
-                                    capture_output=True, timeout=60, cwd=ROOT,
-                                    env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        for args in (
+            ["--config", str(cfg2)],
+            ["--config", str(cfg2), "--once"],
+            ["--config", str(cfg), "--once", "--listen", f"127.0.0.1:{port2}"],
+            ["--logs-dir", str(volume), "--listen", f"127.0.0.1:{port2}"],
+        ):
+            second = subprocess.run(
+                [sys.executable, "-m", "logvold", "serve", *args],
+                capture_output=True,
+                timeout=60,
+                cwd=ROOT,
+                env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            )
             err = second.stderr.decode()
             assert second.returncode == 1, (args, err)
-            assert (f"is managed by another logvold (pid {first.proc.pid}); stop it first"
-                    in err), err
+            assert f"is managed by another logvold (pid {first.proc.pid}); stop it first" in err, (
+                err
+            )
         assert proc.wait(120) == 0
         wait_for(lambda: metric(port, "logvold_rotations_total") >= 5, 60, "rotations")
         _, body = http_get(f"{first.base}/logs/default/p/app", 30)
@@ -234,43 +278,64 @@ def test_a_second_daemon_on_the_same_directory_refuses_and_the_first_keeps_every
         if first.proc.poll() is None:
             first.kill()
     # Stopped: the lock is free again and a `--once` runs.
-    once = subprocess.run([sys.executable, "-m", "logvold", "serve", "--config", str(cfg2),
-                           "--once"], capture_output=True, timeout=60, cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    once = subprocess.run(
+        [sys.executable, "-m", "logvold", "serve", "--config", str(cfg2), "--once"],
+        capture_output=True,
+        timeout=60,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     assert once.returncode == 0, once.stderr.decode()
 
 
 # -- one directory reached twice through a symlinked volume path ---------------------------
 
+
 def test_a_volume_reached_twice_is_rejected_by_check_config_start_and_reload(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     volume = tmp_path / "vol"
     volume.mkdir()
     (tmp_path / "alias").symlink_to(volume)
     events = b"".join(event_stream(50, delimiter=b"\n\n"))
     (volume / "app.log").write_bytes(events)
     port = free_port()
-    good = write_config(tmp_path / "cfg.yaml", volume, listen=f"127.0.0.1:{port}",
-                        policy={"delimiter": "\n\n"})
-    bad_text = good.read_text() + (f"  - name: w\n    pod: q\n"
-                                   f"    path: {json.dumps(str(tmp_path / 'alias'))}\n")
+    good = write_config(
+        tmp_path / "cfg.yaml", volume, listen=f"127.0.0.1:{port}", policy={"delimiter": "\n\n"}
+    )
+    bad_text = good.read_text() + (
+        f"  - name: w\n    pod: q\n    path: {json.dumps(str(tmp_path / 'alias'))}\n"
+    )
     bad = tmp_path / "bad.yaml"
     bad.write_text(bad_text)
     line = bad_text.splitlines().index(f"    path: {json.dumps(str(tmp_path / 'alias'))}") + 1
-    check = subprocess.run([sys.executable, "-m", "logvold", "check-config", str(bad)],
-                           capture_output=True, timeout=60, cwd=ROOT)
+    check = subprocess.run(
+        [sys.executable, "-m", "logvold", "check-config", str(bad)],
+        capture_output=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert check.returncode == 1
-    assert f"{bad}:{line}: volumes[1].path: {tmp_path / 'alias'} is the same directory as" \
+    assert (
+        f"{bad}:{line}: volumes[1].path: {tmp_path / 'alias'} is the same directory as"
         in check.stderr.decode()
-    start = subprocess.run([sys.executable, "-m", "logvold", "serve", "--config", str(bad)],
-                           capture_output=True, timeout=60, cwd=ROOT)
+    )
+    start = subprocess.run(
+        [sys.executable, "-m", "logvold", "serve", "--config", str(bad)],
+        capture_output=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert start.returncode == 2 and b"is the same directory as" in start.stderr
     daemon = Served(["--config", str(good)], tmp_path / "daemon.log", port)
     try:
         good.write_text(bad_text)  # the same file, now naming the directory twice
         daemon.signal(signal.SIGHUP)
-        wait_for(lambda: metric(port, "logvold_config_reloads_total",
-                                {"result": "error"}) >= 1, 20, "the reload rejected")
+        wait_for(
+            lambda: metric(port, "logvold_config_reloads_total", {"result": "error"}) >= 1,
+            20,
+            "the reload rejected",
+        )
         assert "is the same directory as" in daemon.log_text()
         assert metric(port, "logvold_streams") == 1
         code, body = http_get(f"{daemon.base}/logs/default/p/app")
@@ -283,6 +348,7 @@ def test_a_volume_reached_twice_is_rejected_by_check_config_start_and_reload(
 
 
 # -- followers ---------------------------------------------------------------------------
+
 
 class _Follower(threading.Thread):
     """A follow=true client reading chunks as they come (bounded: a replay is caught)."""
@@ -308,13 +374,16 @@ class _Follower(threading.Thread):
             self.error = e
 
 
-def test_writer_truncating_its_file_under_a_follower_gets_new_events_once(
-        tmp_path: Path) -> None:
+def test_writer_truncating_its_file_under_a_follower_gets_new_events_once(tmp_path: Path) -> None:
     volume = tmp_path / "vol"
     volume.mkdir()
     port = free_port()
-    cfg = write_config(tmp_path / "cfg.yaml", volume, listen=f"127.0.0.1:{port}",
-                       policy={"maxSize": "16Ki", "maxFiles": 0, "delimiter": "\n\n"})
+    cfg = write_config(
+        tmp_path / "cfg.yaml",
+        volume,
+        listen=f"127.0.0.1:{port}",
+        policy={"maxSize": "16Ki", "maxFiles": 0, "delimiter": "\n\n"},
+    )
     daemon = Served(["--config", str(cfg)], tmp_path / "daemon.log", port)
     try:
         first = 600
@@ -322,21 +391,49 @@ def test_writer_truncating_its_file_under_a_follower_gets_new_events_once(
         wait_for(lambda: metric(port, "logvold_rotations_total") >= 1, 30, "a rotation")
         follower = _Follower(f"{daemon.base}/logs/default/p/app?follow=true")
         follower.start()
-        wait_for(lambda: verify(split_raw([bytes(follower.data)], b"\n\n")).seen == first,
-                 30, "the follower caught up")
+        wait_for(
+            lambda: verify(split_raw([bytes(follower.data)], b"\n\n")).seen == first,
+            30,
+            "the follower caught up",
+        )
         # The application restarts with `> app.log`: O_TRUNC, then its new events.
         second = 300
-        assert writer(volume / "app.log", count=second, start=first, seed=2, mode="truncate",
-                      rate=500, max_chunk=4096).wait(120) == 0
-        wait_for(lambda: verify(split_raw([bytes(follower.data)], b"\n\n")).seen
-                 >= first + second, 30, "the new events followed")
+        assert (
+            writer(
+                volume / "app.log",
+                count=second,
+                start=first,
+                seed=2,
+                mode="truncate",
+                rate=500,
+                max_chunk=4096,
+            ).wait(120)
+            == 0
+        )
+        wait_for(
+            lambda: verify(split_raw([bytes(follower.data)], b"\n\n")).seen >= first + second,
+            30,
+            "the new events followed",
+        )
         # More rotations of the new generation, and more events: still each once.
         third = 400
-        assert writer(volume / "app.log", count=third, start=first + second, seed=3,
-                      rate=500, max_chunk=4096).wait(120) == 0
+        assert (
+            writer(
+                volume / "app.log",
+                count=third,
+                start=first + second,
+                seed=3,
+                rate=500,
+                max_chunk=4096,
+            ).wait(120)
+            == 0
+        )
         total = first + second + third
-        wait_for(lambda: verify(split_raw([bytes(follower.data)], b"\n\n")).seen >= total,
-                 30, "every event followed")
+        wait_for(
+            lambda: verify(split_raw([bytes(follower.data)], b"\n\n")).seen >= total,
+            30,
+            "every event followed",
+        )
         follower.done.set()
         assert follower.error is None
         _exactly_once(bytes(follower.data), total)
@@ -351,15 +448,22 @@ def test_a_read_without_follow_ends_while_a_step_marker_stays_pending(tmp_path: 
     volume = tmp_path / "vol"
     volume.mkdir()
     port = free_port()
-    cfg = write_config(tmp_path / "cfg.yaml", volume, listen=f"127.0.0.1:{port}",
-                       policy={"maxSize": "16Ki", "maxFiles": 0, "delimiter": "\n\n"})
+    cfg = write_config(
+        tmp_path / "cfg.yaml",
+        volume,
+        listen=f"127.0.0.1:{port}",
+        policy={"maxSize": "16Ki", "maxFiles": 0, "delimiter": "\n\n"},
+    )
     daemon = Served(["--config", str(cfg)], tmp_path / "daemon.log", port)
     try:
         count = 500
         assert writer(volume / "app.log", count=count, rate=500, max_chunk=4096).wait(120) == 0
         wait_for(lambda: metric(port, "logvold_rotations_total") >= 1, 30, "a rotation")
-        wait_for(lambda: _get(f"{daemon.base}/logs/default/p/app")[1].count(b"E#") == count,
-                 30, "every event served")
+        wait_for(
+            lambda: _get(f"{daemon.base}/logs/default/p/app")[1].count(b"E#") == count,
+            30,
+            "every event served",
+        )
         # A step marker left behind (as a crash would): the daemon does not run a step
         # on an idle stream, so it stays pending.
         state_file = volume / ".logvold" / "app.log.state.json"

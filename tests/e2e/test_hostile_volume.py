@@ -52,8 +52,9 @@ pytestmark = pytest.mark.slow
 def config_for(tmp_path: Path, vol: Path, port: int, **policy: object) -> Path:
     base: dict[str, object] = {"maxSize": "32Ki", "maxFiles": 0, "delimiter": "\n\n"}
     base.update(policy)
-    return write_config(tmp_path / "cfg.yaml", vol, listen=f"127.0.0.1:{port}", policy=base,
-                        rescan="2s")
+    return write_config(
+        tmp_path / "cfg.yaml", vol, listen=f"127.0.0.1:{port}", policy=base, rescan="2s"
+    )
 
 
 def ready(port: int) -> bool:
@@ -77,8 +78,9 @@ def assert_exactly_once(vol: Path, count: int, *, via_state: bool = True) -> Non
     data = complete(files_view(vol, via_state=via_state), DELIM)
     report = verify(split_raw([data], DELIM))
     assert report.ok, report.summary()
-    assert (report.first_seq, report.last_seq, report.seen) == (0, count - 1, count), \
+    assert (report.first_seq, report.last_seq, report.seen) == (0, count - 1, count), (
         report.summary()
+    )
     assert nul_bytes_in_segments(vol) == 0
 
 
@@ -129,7 +131,8 @@ class Planter(threading.Thread):
 
 @pytest.mark.parametrize("compress", ["gzip", "zstd"])
 def test_symlinks_planted_at_every_temp_and_segment_name_while_rotating(
-        tmp_path: Path, compress: str) -> None:
+    tmp_path: Path, compress: str
+) -> None:
     vol = tmp_path / "vol"
     vol.mkdir()
     canary = Canary.make(tmp_path / "outside")
@@ -142,8 +145,11 @@ def test_symlinks_planted_at_every_temp_and_segment_name_while_rotating(
         w = writer(vol / "app.log", count=count, rate=30)
         assert w.wait(120) == 0
         wait_for(lambda: len(regular_segments(vol)) >= 4, 30, "rotations")
-        wait_for(lambda: metric(port, "logvold_compressions_total", {"algorithm": compress}) >= 2,
-                 30, "compressions")
+        wait_for(
+            lambda: metric(port, "logvold_compressions_total", {"algorithm": compress}) >= 2,
+            30,
+            "compressions",
+        )
         planter.done.set()
         planter.join(10)
         assert ready(port)
@@ -173,13 +179,19 @@ def test_fifo_socket_directory_segments_and_a_swapped_state_dir(tmp_path: Path) 
     count = 3000
     with running(["--config", str(config)], tmp_path / "daemon.log") as daemon:
         w = writer(vol / "app.log", count=count, rate=20)
-        wait_for(lambda: (vol / ".logvold").is_dir() and len(regular_segments(vol)) >= 2, 60,
-                 "first rotations")
+        wait_for(
+            lambda: (vol / ".logvold").is_dir() and len(regular_segments(vol)) >= 2,
+            60,
+            "first rotations",
+        )
         aside = tmp_path / "state-aside"
         (vol / ".logvold").rename(aside)
         (vol / ".logvold").symlink_to(outside_dir)
-        wait_for(lambda: metric(port, REFUSED, {"kind": "symlink"}) >= 2, 30,
-                 "the swapped .logvold refused")
+        wait_for(
+            lambda: metric(port, REFUSED, {"kind": "symlink"}) >= 2,
+            30,
+            "the swapped .logvold refused",
+        )
         assert ready(port)
         (vol / ".logvold").unlink()
         aside.rename(vol / ".logvold")
@@ -201,11 +213,11 @@ def test_hard_linked_active_file_is_not_punched_or_copied(tmp_path: Path) -> Non
     canary = Canary.make(tmp_path / "outside", size=256 * 1024)
     os.link(canary.path, vol / "app.log")
     port = free_port()
-    config = config_for(tmp_path, vol, port, maxSize="16Ki", maxTotalSize="32Ki",
-                        delimiter="\n")
+    config = config_for(tmp_path, vol, port, maxSize="16Ki", maxTotalSize="32Ki", delimiter="\n")
     with running(["--config", str(config)], tmp_path / "daemon.log") as daemon:
-        wait_for(lambda: metric(port, REFUSED, {"kind": "hardlink"}) >= 1, 30,
-                 "the hard link refused")
+        wait_for(
+            lambda: metric(port, REFUSED, {"kind": "hardlink"}) >= 1, 30, "the hard link refused"
+        )
         assert ready(port)
         stop_within_deadline(daemon)
     canary.assert_unchanged()
@@ -261,8 +273,14 @@ def test_a_deleted_state_file_is_rebuilt_not_recopied(tmp_path: Path) -> None:
     state_path(vol, "app.log").unlink()
     with running(["--config", str(config)], tmp_path / "daemon2.log") as daemon:
         assert writer(vol / "app.log", count=1000, start=2000, seed=2).wait(60) == 0
-        wait_for(lambda: (load_state(vol, "app.log") or _Never).committed_offset
-                 > (vol / "app.log").stat().st_size - 32 * 1024, 30, "rotations after restart")
+        wait_for(
+            lambda: (
+                (load_state(vol, "app.log") or _Never).committed_offset
+                > (vol / "app.log").stat().st_size - 32 * 1024
+            ),
+            30,
+            "rotations after restart",
+        )
         stop_within_deadline(daemon)
     assert nul_bytes_in_segments(vol) == 0
     data = complete(files_view(vol, via_state=True), DELIM)
@@ -276,7 +294,8 @@ class _Never:
 
 
 def test_sigterm_right_after_a_fast_writer_leaves_every_event_once_in_the_files(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """A writer as fast as it goes (~16 MB/s here), SIGTERM as it ends: the stop finishes
     the step in flight and zeroes the committed tail, so the files themselves (not only
     logvold's reading of them) hold every event once."""

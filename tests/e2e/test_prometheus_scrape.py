@@ -38,8 +38,7 @@ pytestmark = pytest.mark.slow
 NODE = "node-p"
 RULES = ROOT / "manifests" / "rules" / "logvold.rules.yaml"
 DASHBOARD = ROOT / "manifests" / "grafana-dashboard.json"
-FAILURE_ALERTS = ("LogvoldReloadFailures", "LogvoldInvalidPodAnnotation",
-                  "LogvoldRotationFailures")
+FAILURE_ALERTS = ("LogvoldReloadFailures", "LogvoldInvalidPodAnnotation", "LogvoldRotationFailures")
 
 
 @contextmanager
@@ -49,20 +48,39 @@ def _prometheus(tmp_path: Path, target_port: int) -> Iterator[str]:
         pytest.skip("prometheus is not installed (apt package prometheus)")
     port = free_port()
     cfg = tmp_path / "prometheus.yml"
-    cfg.write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(RULES)],
-        "scrape_configs": [{
-            "job_name": "logvold", "honor_labels": True, "scrape_timeout": "1s",
-            "static_configs": [{"targets": [f"127.0.0.1:{target_port}"],
-                                "labels": {"node": NODE}}]}]}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(RULES)],
+                "scrape_configs": [
+                    {
+                        "job_name": "logvold",
+                        "honor_labels": True,
+                        "scrape_timeout": "1s",
+                        "static_configs": [
+                            {"targets": [f"127.0.0.1:{target_port}"], "labels": {"node": NODE}}
+                        ],
+                    }
+                ],
+            }
+        )
+    )
     log = (tmp_path / "prometheus.log").open("wb")
     proc = subprocess.Popen(
-        [exe, f"--config.file={cfg}", f"--web.listen-address=127.0.0.1:{port}",
-         f"--storage.tsdb.path={tmp_path / 'tsdb'}", "--log.level=warn"],
-        stdout=log, stderr=log)
+        [
+            exe,
+            f"--config.file={cfg}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            "--log.level=warn",
+        ],
+        stdout=log,
+        stderr=log,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
+
         def ready() -> bool:
             assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()
             try:
@@ -101,8 +119,11 @@ def _data_part(expr: str) -> str:
 
 def _dashboard_exprs() -> list[tuple[str, str]]:
     dashboard = json.loads(DASHBOARD.read_text())
-    return [(p["title"], t["expr"].replace("$node", NODE))
-            for p in dashboard["panels"] for t in p.get("targets", [])]
+    return [
+        (p["title"], t["expr"].replace("$node", NODE))
+        for p in dashboard["panels"]
+        for t in p.get("targets", [])
+    ]
 
 
 def _rule_exprs() -> list[tuple[str, str]]:
@@ -161,36 +182,67 @@ volumes:
                 for i in range(40):
                     f.write(b"event %05d %s\n" % (i, b"y" * 1000))
                     f.flush()
-            wait_for(lambda: metric(port, "logvold_events_written_total",
-                                    {"container": "app"}) >= 30, 30, "rotations of app")
+            wait_for(
+                lambda: metric(port, "logvold_events_written_total", {"container": "app"}) >= 30,
+                30,
+                "rotations of app",
+            )
             assert metric(port, "logvold_events_split_total", {"container": "app"}) == 0
             with _prometheus(tmp_path, port) as prom:
                 # The failure counters were scraped at 0 before anything fails.
-                zeros = ('logvold_config_reloads_total{result="error"}',
-                         'logvold_watch_errors_total{source="annotation"}',
-                         'logvold_rotation_failures_total{container="reopen",error="reopen"}')
+                zeros = (
+                    'logvold_config_reloads_total{result="error"}',
+                    'logvold_watch_errors_total{source="annotation"}',
+                    'logvold_rotation_failures_total{container="reopen",error="reopen"}',
+                )
                 for expr in zeros:
-                    wait_for(lambda e=expr: [r for r in _query(prom, e)  # type: ignore[misc]
-                                             if r["value"][1] == "0"],
-                             30, f"{expr} scraped at 0", 0.2)
-                wait_for(lambda: _query(prom, f'count_over_time({zeros[0]}[1m]) >= 2'), 30,
-                         "two scrapes at 0", 0.2)
+                    wait_for(
+                        lambda e=expr: [
+                            r
+                            for r in _query(prom, e)  # type: ignore[misc]
+                            if r["value"][1] == "0"
+                        ],
+                        30,
+                        f"{expr} scraped at 0",
+                        0.2,
+                    )
+                wait_for(
+                    lambda: _query(prom, f"count_over_time({zeros[0]}[1m]) >= 2"),
+                    30,
+                    "two scrapes at 0",
+                    0.2,
+                )
                 _hang_up_follower(port)
                 cfg.write_text(good + "bogus: [\n")  # a rejected reload
                 daemon.signal(signal.SIGHUP)
-                api.add_pod(make_pod("bad", node=NODE, uid="uid-bad",
-                                     annotation="logs: [this is not a mapping\n"))
+                api.add_pod(
+                    make_pod(
+                        "bad", node=NODE, uid="uid-bad", annotation="logs: [this is not a mapping\n"
+                    )
+                )
                 with (volume / "reopen.log").open("ab") as f:  # rename, then reopen fails
                     f.write(b"r" * 5000 + b"\n")
                 pending = wait_for(
-                    lambda: (lambda a: a if all(a.get(n) in ("pending", "firing")
-                                                for n in FAILURE_ALERTS) else None)(
-                        _alerts(prom)), 40, f"{FAILURE_ALERTS} pending", 0.3)
+                    lambda: (
+                        lambda a: (
+                            a
+                            if all(a.get(n) in ("pending", "firing") for n in FAILURE_ALERTS)
+                            else None
+                        )
+                    )(_alerts(prom)),
+                    40,
+                    f"{FAILURE_ALERTS} pending",
+                    0.3,
+                )
                 assert pending["LogvoldRotationFailures"] == "pending"  # `for: 15m`
                 assert "LogvoldDown" not in pending
                 # Everything on the dashboard and under every rule has data.
-                wait_for(lambda: _query(prom, 'logvold_http_requests_total{code="499"}'),
-                         20, "the hang-up recorded as 499", 0.2)
+                wait_for(
+                    lambda: _query(prom, 'logvold_http_requests_total{code="499"}'),
+                    20,
+                    "the hang-up recorded as 499",
+                    0.2,
+                )
                 exprs = [*_dashboard_exprs(), *((a, _data_part(e)) for a, e in _rule_exprs())]
                 assert len(exprs) > 35
 
@@ -204,8 +256,13 @@ volumes:
                 codes = {r["metric"]["code"] for r in _query(prom, "logvold_http_requests_total")}
                 assert not {c for c in codes if c.startswith("5")}, codes
                 assert _query(prom, "process_resident_memory_bytes") and not _query(
-                    prom, '{__name__=~"logvold_.*_created"}')
+                    prom, '{__name__=~"logvold_.*_created"}'
+                )
                 daemon.kill()
-                wait_for(lambda: _alerts(prom).get("LogvoldDown") == "pending", 30,
-                         "LogvoldDown pending", 0.3)
+                wait_for(
+                    lambda: _alerts(prom).get("LogvoldDown") == "pending",
+                    30,
+                    "LogvoldDown pending",
+                    0.3,
+                )
     assert os.path.exists(volume / "app.log")

@@ -82,20 +82,41 @@ class Stream:
         return JSON_MAX_SIZE if self.fmt == "json-file" else MAX_SIZE
 
 
-STREAMS = [Stream(v, p, c, fmt, mode)
-           for v, p, fmt in (("vraw", "praw", "raw"), ("vcri", "pcri", "cri"),
-                             ("vjson", "pjson", "json-file"))
-           for c, mode in (("app", "append"), ("seek", "offset"))]
+STREAMS = [
+    Stream(v, p, c, fmt, mode)
+    for v, p, fmt in (
+        ("vraw", "praw", "raw"),
+        ("vcri", "pcri", "cri"),
+        ("vjson", "pjson", "json-file"),
+    )
+    for c, mode in (("app", "append"), ("seek", "offset"))
+]
 
 
 def policies(raw_compress: str, raw_max_size: str | int = MAX_SIZE) -> dict[str, dict[str, Any]]:
     return {
-        "raw": {"format": "raw", "delimiter": "\n\n", "maxSize": raw_max_size, "maxFiles": 0,
-                "compress": raw_compress, "delayCompress": False},
-        "cri": {"format": "cri", "maxSize": MAX_SIZE, "maxFiles": 0, "compress": "zstd",
-                "rotate": "5s"},  # a short period on top of the size trigger
-        "json-file": {"format": "json-file", "maxSize": JSON_MAX_SIZE, "maxFiles": 0,
-                      "maxTotalSize": BUDGET, "compress": "none"},
+        "raw": {
+            "format": "raw",
+            "delimiter": "\n\n",
+            "maxSize": raw_max_size,
+            "maxFiles": 0,
+            "compress": raw_compress,
+            "delayCompress": False,
+        },
+        "cri": {
+            "format": "cri",
+            "maxSize": MAX_SIZE,
+            "maxFiles": 0,
+            "compress": "zstd",
+            "rotate": "5s",
+        },  # a short period on top of the size trigger
+        "json-file": {
+            "format": "json-file",
+            "maxSize": JSON_MAX_SIZE,
+            "maxFiles": 0,
+            "maxTotalSize": BUDGET,
+            "compress": "none",
+        },
     }
 
 
@@ -103,8 +124,12 @@ def config_text(tmp: Path, port: int, pols: dict[str, dict[str, Any]]) -> str:
     lines = [f'server: {{listen: "127.0.0.1:{port}"}}', "rescanInterval: 1s", "volumes:"]
     for vol in ("vraw", "vcri", "vjson"):
         s = next(x for x in STREAMS if x.volume == vol)
-        lines += [f"  - name: {vol}", f"    pod: {s.pod}",
-                  f"    path: {json.dumps(str(tmp / vol))}", "    containers:"]
+        lines += [
+            f"  - name: {vol}",
+            f"    pod: {s.pod}",
+            f"    path: {json.dumps(str(tmp / vol))}",
+            "    containers:",
+        ]
         for c in (x for x in STREAMS if x.volume == vol):
             logs = ", ".join(f"{k}: {json.dumps(v)}" for k, v in pols[c.fmt].items())
             lines += [f"      - name: {c.container}", f"        policy: {{logs: {{{logs}}}}}"]
@@ -120,11 +145,34 @@ def atomic_write(path: Path, text: str) -> None:
 def start_writer(tmp: Path, s: Stream, seed: int) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.support.format_writer", "--path",
-         str(tmp / s.volume / s.base), "--mode", s.mode, "--format", s.fmt,
-         "--delimiter", "\\n\\n", "--bytes", str(PER_STREAM), "--rate", str(RATE),
-         "--max-chunk", str(MAX_CHUNK), "--seed", str(seed), "--max-len", str(MAX_LEN),
-         "--report", str(tmp / f"writer-{s.volume}-{s.container}.json")], env=env, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "tests.support.format_writer",
+            "--path",
+            str(tmp / s.volume / s.base),
+            "--mode",
+            s.mode,
+            "--format",
+            s.fmt,
+            "--delimiter",
+            "\\n\\n",
+            "--bytes",
+            str(PER_STREAM),
+            "--rate",
+            str(RATE),
+            "--max-chunk",
+            str(MAX_CHUNK),
+            "--seed",
+            str(seed),
+            "--max-len",
+            str(MAX_LEN),
+            "--report",
+            str(tmp / f"writer-{s.volume}-{s.container}.json"),
+        ],
+        env=env,
+        cwd=ROOT,
+    )
 
 
 def stream_events(s: Stream, data: bytes) -> list[bytes]:
@@ -155,31 +203,57 @@ def test_proving_ground(tmp_path: Path) -> None:
     daemon = ServeProcess(cfg, tmp_path / "daemon-0.log")
     try:
         daemon.wait_serving()
-        followers = {s: start_followers(
-            f"http://127.0.0.1:{port}/logs/default/{s.pod}/{s.container}", s.fmt, FOLLOWERS,
-            TAIL_LINES, tmp_path / f"followers-{s.pod}-{s.container}.json") for s in STREAMS}
+        followers = {
+            s: start_followers(
+                f"http://127.0.0.1:{port}/logs/default/{s.pod}/{s.container}",
+                s.fmt,
+                FOLLOWERS,
+                TAIL_LINES,
+                tmp_path / f"followers-{s.pod}-{s.container}.json",
+            )
+            for s in STREAMS
+        }
         for k in range(KILLS):
             target = started + WRITE_S * (k + 1) / (KILLS + 1) + rng.uniform(-1.0, 1.0)
             time.sleep(max(0.0, target - time.monotonic()))
             if k == 2:  # a valid reload with a changed policy: raw streams gzip -> zstd
-                zst_before_reload = sum(p.name.endswith(".zst")
-                                        for p in (tmp_path / "vraw").iterdir())
+                zst_before_reload = sum(
+                    p.name.endswith(".zst") for p in (tmp_path / "vraw").iterdir()
+                )
                 atomic_write(cfg, config_text(tmp_path, port, policies("zstd")))
                 daemon.proc.send_signal(signal.SIGHUP)
-                wait_for(lambda: metric_sum(scrape(port), "logvold_config_reloads_total",
-                                            result="success") >= 1, 15, "the valid reload")
+                wait_for(
+                    lambda: (
+                        metric_sum(scrape(port), "logvold_config_reloads_total", result="success")
+                        >= 1
+                    ),
+                    15,
+                    "the valid reload",
+                )
                 reload_ok += 1
             if k == 3:  # an invalid reload: rejected, the running config kept
                 atomic_write(cfg, config_text(tmp_path, port, policies("zstd", "banana")))
                 daemon.proc.send_signal(signal.SIGHUP)
-                wait_for(lambda: metric_sum(scrape(port), "logvold_config_reloads_total",
-                                            result="error") >= 1, 15, "the rejected reload")
+                wait_for(
+                    lambda: (
+                        metric_sum(scrape(port), "logvold_config_reloads_total", result="error")
+                        >= 1
+                    ),
+                    15,
+                    "the rejected reload",
+                )
                 assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
                 assert daemon.proc.poll() is None
                 reload_error += 1
                 atomic_write(cfg, config_text(tmp_path, port, policies("zstd")))
-                wait_for(lambda: metric_sum(scrape(port), "logvold_config_reloads_total",
-                                            result="success") >= 1, 15, "the restored config")
+                wait_for(
+                    lambda: (
+                        metric_sum(scrape(port), "logvold_config_reloads_total", result="success")
+                        >= 1
+                    ),
+                    15,
+                    "the restored config",
+                )
             samples = scrape(port)
             t0 = time.monotonic()
             code = daemon.kill9()
@@ -191,13 +265,19 @@ def test_proving_ground(tmp_path: Path) -> None:
             daemon.wait_serving()
         for s, w in writers.items():
             assert w.wait(WRITE_S * 3 + 120) == 0, f"writer {s}"
-        reports = {s: json.loads((tmp_path / f"writer-{s.volume}-{s.container}.json")
-                                 .read_text()) for s in STREAMS}
+        reports = {
+            s: json.loads((tmp_path / f"writer-{s.volume}-{s.container}.json").read_text())
+            for s in STREAMS
+        }
 
         # Settle: followers have the last event, retention and compression are done.
         def caught_up() -> bool:
-            return all(read_progress(tmp_path / f"followers-{s.pod}-{s.container}.json")
-                       == [reports[s]["events"] - 1] * FOLLOWERS for s in STREAMS)
+            return all(
+                read_progress(tmp_path / f"followers-{s.pod}-{s.container}.json")
+                == [reports[s]["events"] - 1] * FOLLOWERS
+                for s in STREAMS
+            )
+
         wait_for(caught_up, 120, "followers to receive the last event", interval_s=0.2)
 
         def settled() -> bool:
@@ -219,6 +299,7 @@ def test_proving_ground(tmp_path: Path) -> None:
                     if sum(map(len, seg_bytes)) + len(live) > BUDGET:
                         return False
             return True
+
         wait_for(settled, 60, "retention and compression to settle", interval_s=0.5)
         final = scrape(port)
         lifetimes.append(final)
@@ -256,23 +337,30 @@ def test_proving_ground(tmp_path: Path) -> None:
     # Compressions: every .gz / .zst file on disk was counted, except those a kill hid
     # (compressed after the last scrape of that lifetime), at most one per stream and kill.
     for algo, suffix in (("gzip", ".gz"), ("zstd", ".zst")):
-        on_disk = sum(p.name.endswith(suffix) for v in ("vraw", "vcri", "vjson")
-                      for p in (tmp_path / v).iterdir())
-        counted = sum(metric_sum(m, "logvold_compressions_total", algorithm=algo)
-                      for m in lifetimes)
+        on_disk = sum(
+            p.name.endswith(suffix)
+            for v in ("vraw", "vcri", "vjson")
+            for p in (tmp_path / v).iterdir()
+        )
+        counted = sum(
+            metric_sum(m, "logvold_compressions_total", algorithm=algo) for m in lifetimes
+        )
         assert counted <= on_disk <= counted + 4 * KILLS, (algo, counted, on_disk)
         summary.append(f"compressions {algo}: {on_disk} files, {counted:.0f} counted")
     for m in lifetimes:
         assert metric_sum(m, "logvold_events_split_total") == 0
         assert metric_sum(m, "logvold_copytruncate_lost_bytes_total") == 0
-    print(f"\nproving ground: {total_written / 2**20:.1f} MiB in {len(STREAMS)} streams, "
-          f"{KILLS} kill -9 (scrape->kill {max(kill_gaps_ms):.1f} ms max), "
-          f"reloads ok/error {reload_ok}/{reload_error}, {elapsed:.1f} s")
+    print(
+        f"\nproving ground: {total_written / 2**20:.1f} MiB in {len(STREAMS)} streams, "
+        f"{KILLS} kill -9 (scrape->kill {max(kill_gaps_ms):.1f} ms max), "
+        f"reloads ok/error {reload_ok}/{reload_error}, {elapsed:.1f} s"
+    )
     print("\n".join(summary))
 
 
-def check_stream(tmp: Path, s: Stream, report: dict[str, int],
-                 lifetimes: list[dict[Any, float]]) -> tuple[str, int]:
+def check_stream(
+    tmp: Path, s: Stream, report: dict[str, int], lifetimes: list[dict[Any, float]]
+) -> tuple[str, int]:
     """Checks what is on disk; returns a summary and the first sequence number kept."""
     d = tmp / s.volume
     seg_bytes, live = stream_bytes(d, s.base)
@@ -285,20 +373,26 @@ def check_stream(tmp: Path, s: Stream, report: dict[str, int],
     first = rep.first_seq or 0
     assert rep.seen == events - first
     # Byte accounting (exact): what is kept is exactly events [first, last] as written.
-    sizes_before = sum(len(encode_event(s.fmt, q, 11 + STREAMS.index(s), ts=b"T" * 30,
-                                    max_len=MAX_LEN))
-                       for q in range(first))
+    sizes_before = sum(
+        len(encode_event(s.fmt, q, 11 + STREAMS.index(s), ts=b"T" * 30, max_len=MAX_LEN))
+        for q in range(first)
+    )
     assert len(data) == report["bytes"] - sizes_before, s
     labels = {"pod": s.pod, "container": s.container}
     rotations = sum(metric_sum(m, "logvold_rotations_total", **labels) for m in lifetimes)
-    by_period = sum(metric_sum(m, "logvold_rotations_total", reason="period", **labels)
-                    for m in lifetimes)
+    by_period = sum(
+        metric_sum(m, "logvold_rotations_total", reason="period", **labels) for m in lifetimes
+    )
     if s.fmt == "cri":  # rotate: 5s over a ~30 s run (and size rotations in between)
         assert by_period >= WRITE_S / 5 / 3, (s, by_period)
     else:
         assert by_period == 0, (s, by_period)
-    freed = {why: sum(metric_sum(m, "logvold_bytes_freed_total", reason=why, **labels)
-                      for m in lifetimes) for why in ("rotate", "delete", "trim", "truncate")}
+    freed = {
+        why: sum(
+            metric_sum(m, "logvold_bytes_freed_total", reason=why, **labels) for m in lifetimes
+        )
+        for why in ("rotate", "delete", "trim", "truncate")
+    }
     state = load_state(d, s.base)
     assert state is not None
     committed = state.committed_offset
@@ -322,15 +416,16 @@ def check_stream(tmp: Path, s: Stream, report: dict[str, int],
         written = sum(metric_sum(m, "logvold_bytes_written_total", **labels) for m in lifetimes)
         in_segments = sum(map(len, seg_bytes))
         assert in_segments - slack <= written <= in_segments, (s, written, in_segments)
-        return (f"{s.volume}/{s.container} ({s.fmt}, {s.mode}): {rep.seen} events, "
-                f"{len(data)} bytes exact, {len(segments)} segments / {rotations:.0f} "
-                f"rotations counted ({by_period:.0f} by period), freed {freed['rotate']:.0f} "
-                f"of <= {top}"), first
+        return (
+            f"{s.volume}/{s.container} ({s.fmt}, {s.mode}): {rep.seen} events, "
+            f"{len(data)} bytes exact, {len(segments)} segments / {rotations:.0f} "
+            f"rotations counted ({by_period:.0f} by period), freed {freed['rotate']:.0f} "
+            f"of <= {top}"
+        ), first
     # Truncated stream: only the oldest whole events are gone, and exactly as many as the
     # budget needs: the kept bytes fit, one more (older) event would not.
     assert first > 0, f"{s}: nothing truncated"
-    prev = len(encode_event(s.fmt, first - 1, 11 + STREAMS.index(s), ts=b"T" * 30,
-                                    max_len=MAX_LEN))
+    prev = len(encode_event(s.fmt, first - 1, 11 + STREAMS.index(s), ts=b"T" * 30, max_len=MAX_LEN))
     assert len(data) <= BUDGET < len(data) + prev, (s, len(data), BUDGET, prev)
     removed = report["bytes"] - len(data)
     truncations = sum(metric_sum(m, "logvold_truncations_total", **labels) for m in lifetimes)
@@ -341,10 +436,12 @@ def check_stream(tmp: Path, s: Stream, report: dict[str, int],
     assert gone <= removed + truncations * BLOCK, (s, gone, removed, truncations)
     assert gone >= removed - KILLS * (BUDGET + s.max_size) - BUDGET, (s, gone, removed)
     assert truncations > 0 and rotations > 0
-    return (f"{s.volume}/{s.container} ({s.fmt}, {s.mode}): kept {rep.seen} newest events "
-            f"[{first}, {events - 1}] = {len(data)} bytes <= budget {BUDGET} (next older "
-            f"{prev} would not fit); removed {removed} bytes, freed by retention "
-            f"{gone:.0f} ({truncations:.0f} truncations)"), first
+    return (
+        f"{s.volume}/{s.container} ({s.fmt}, {s.mode}): kept {rep.seen} newest events "
+        f"[{first}, {events - 1}] = {len(data)} bytes <= budget {BUDGET} (next older "
+        f"{prev} would not fit); removed {removed} bytes, freed by retention "
+        f"{gone:.0f} ({truncations:.0f} truncations)"
+    ), first
 
 
 def check_followers(tmp: Path, s: Stream, report: dict[str, int], first_kept: int) -> str:
@@ -382,8 +479,10 @@ def check_followers(tmp: Path, s: Stream, report: dict[str, int], first_kept: in
         sessions += len(f["sessions"])
         probes += f["probes"]
     assert partials <= FOLLOWERS * KILLS
-    return (f"  followers {s.pod}/{s.container}: {len(out)} x last seq {events - 1}, "
-            f"{sessions} sessions, 0 corrupt, 0 dup/out of order, {partials} cut by kills, "
-            f"{skipped} skipped in-session (truncated before read), "
-            f"gap events between sessions {gaps} "
-            f"(truncated away while disconnected), {probes} reconnects retried with a longer tail")
+    return (
+        f"  followers {s.pod}/{s.container}: {len(out)} x last seq {events - 1}, "
+        f"{sessions} sessions, 0 corrupt, 0 dup/out of order, {partials} cut by kills, "
+        f"{skipped} skipped in-session (truncated before read), "
+        f"gap events between sessions {gaps} "
+        f"(truncated away while disconnected), {probes} reconnects retried with a longer tail"
+    )

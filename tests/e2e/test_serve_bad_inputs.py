@@ -43,9 +43,14 @@ def test_bad_inputs_are_logged_counted_and_survived(tmp_path: Path) -> None:
     outside.write_bytes(events(0, 1000))  # ~170 KB: far above maxSize
     outside_bytes = outside.read_bytes()
     missing = tmp_path / "not-there"
-    cfg = write_config(tmp_path / "cfg.yaml", vol, listen=f"127.0.0.1:{port}", rescan="1s",
-                       policy={"maxSize": "16Ki", "maxFiles": 0},
-                       extra=f"  - name: gone\n    path: {missing}\n")
+    cfg = write_config(
+        tmp_path / "cfg.yaml",
+        vol,
+        listen=f"127.0.0.1:{port}",
+        rescan="1s",
+        policy={"maxSize": "16Ki", "maxFiles": 0},
+        extra=f"  - name: gone\n    path: {missing}\n",
+    )
     (vol / "good.log").write_bytes(b"")
     (vol / "victim.log").write_bytes(events(0, 200))
     (vol / "planted.log").symlink_to(outside)
@@ -64,45 +69,73 @@ def test_bad_inputs_are_logged_counted_and_survived(tmp_path: Path) -> None:
         wait_for(lambda: segments(vol, "victim.log") >= 2, 10, "victim.log rotated")
         shutil.rmtree(missing)  # with the .logvold/lock the daemon keeps in it
         # planted symlink, dir.log, non-UTF-8 name, the vanished volume
-        wait_for(lambda: metric(port, "logvold_watch_errors_total", {"source": "static"}) >= 4,
-                 30, "every bad input counted")
+        wait_for(
+            lambda: metric(port, "logvold_watch_errors_total", {"source": "static"}) >= 4,
+            30,
+            "every bad input counted",
+        )
 
         # A managed file replaced by a symlink pointing outside the volume.
         (vol / "victim.log").unlink()
         (vol / "victim.log").symlink_to(outside)
-        wait_for(lambda: metric(port, "logvold_rotation_failures_total",
-                                {"container": "victim", "error": "unsafe"}) >= 1,
-                 10, "the symlinked stream refused")
+        wait_for(
+            lambda: (
+                metric(
+                    port,
+                    "logvold_rotation_failures_total",
+                    {"container": "victim", "error": "unsafe"},
+                )
+                >= 1
+            ),
+            10,
+            "the symlinked stream refused",
+        )
 
         # A writer that truncates its own file and starts again.
         good = vol / "good.log"
         good.write_bytes(events(0, 300))
         # Cut in several maxSize segments: wait until all of them are there.
-        wait_for(lambda: b"".join(stream_bytes(vol, "good.log")[0]) == events(0, 300), 10,
-                 "good.log rotated")
+        wait_for(
+            lambda: b"".join(stream_bytes(vol, "good.log")[0]) == events(0, 300),
+            10,
+            "good.log rotated",
+        )
         first_cut = segments(vol, "good.log")
         with good.open("r+b") as f:
             f.truncate(0)
         with good.open("ab") as f:
             f.write(events(300, 300))
-        wait_for(lambda: segments(vol, "good.log") > first_cut, 10,
-                 "rotation after the truncation")
-        wait_for(lambda: metric(port, "logvold_truncations_total",
-                                {"container": "good", "reason": "writer"}) >= 1,
-                 10, "the writer's truncation counted")
+        wait_for(lambda: segments(vol, "good.log") > first_cut, 10, "rotation after the truncation")
+        wait_for(
+            lambda: (
+                metric(port, "logvold_truncations_total", {"container": "good", "reason": "writer"})
+                >= 1
+            ),
+            10,
+            "the writer's truncation counted",
+        )
 
         # Still alive, still serving, SIGHUP still fine, and nothing outside was touched.
         daemon.signal(signal.SIGHUP)
-        wait_for(lambda: metric(port, "logvold_config_reloads_total",
-                                {"result": "success"}) == 1, 10, "reload")
+        wait_for(
+            lambda: metric(port, "logvold_config_reloads_total", {"result": "success"}) == 1,
+            10,
+            "reload",
+        )
         assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
         assert daemon.proc.poll() is None
         assert daemon.stop() == 0
 
     log = daemon.log_text()
     assert "Traceback" not in log
-    for needle in ("planted.log is a symlink", "dir.log is a directory", "non-UTF-8",
-                   "caf\\\\xe9-latin1.log", "not-there", "victim.log is a symlink"):
+    for needle in (
+        "planted.log is a symlink",
+        "dir.log is a directory",
+        "non-UTF-8",
+        "caf\\\\xe9-latin1.log",
+        "not-there",
+        "victim.log is a symlink",
+    ):
         assert needle in log, needle
     assert outside.read_bytes() == outside_bytes
     assert os.stat(outside).st_blocks * 512 >= len(outside_bytes)  # no hole punched in it

@@ -19,17 +19,26 @@ from tests.support.events import event_stream
 pytestmark = pytest.mark.slow
 
 
-def serve(*args: str, cwd: Path | None = None,
-          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def serve(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
-    return subprocess.run([sys.executable, "-m", "logvold", "serve", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "logvold", "serve", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_builtin_defaults_serve_the_logs_dir_on_loopback(tmp_path: Path) -> None:
     port = free_port()
-    with running(["--listen", f"127.0.0.1:{port}"], tmp_path / "daemon.log",
-                 cwd=tmp_path) as daemon:
+    with running(
+        ["--listen", f"127.0.0.1:{port}"], tmp_path / "daemon.log", cwd=tmp_path
+    ) as daemon:
         assert (tmp_path / "logs").is_dir()  # created when missing
         assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
         wait_for(lambda: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 10, "readyz")
@@ -38,6 +47,7 @@ def test_builtin_defaults_serve_the_logs_dir_on_loopback(tmp_path: Path) -> None
         def listed() -> bool:
             code, body = http_get(f"http://127.0.0.1:{port}/logs/")
             return code == 200 and b'"app"' in body and b'"local"' in body
+
         wait_for(listed, 10, "the new file listed under /logs/")
         code, body = http_get(f"http://127.0.0.1:{port}/logs/default/local/app")
         assert code == 200 and body == b"".join(event_stream(10))
@@ -59,12 +69,14 @@ def test_print_config_shows_the_effective_config(tmp_path: Path) -> None:
 
 def test_bad_config_exits_2_with_every_problem_located(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text("server: {listen: '127.0.0.1:1'}\n"
-                   "defaults:\n"
-                   "  maxSize: huge\n"
-                   "  rotate: Weekly\n"
-                   "volumes:\n"
-                   "  - name: v\n")
+    cfg.write_text(
+        "server: {listen: '127.0.0.1:1'}\n"
+        "defaults:\n"
+        "  maxSize: huge\n"
+        "  rotate: Weekly\n"
+        "volumes:\n"
+        "  - name: v\n"
+    )
     result = serve("--config", str(cfg))
     assert result.returncode == 2
     assert f"{cfg}:3: defaults.maxSize" in result.stderr
@@ -76,9 +88,11 @@ def test_bad_config_exits_2_with_every_problem_located(tmp_path: Path) -> None:
     assert "Traceback" not in missing.stderr
 
 
-@pytest.mark.parametrize("args", [["--listen", "nonsense"], ["--bogus"],
-                                  ["--log-format", "xml"], ["--rotation-workers", "0"]],
-                         ids=["listen", "unknown-flag", "log-format", "workers"])
+@pytest.mark.parametrize(
+    "args",
+    [["--listen", "nonsense"], ["--bogus"], ["--log-format", "xml"], ["--rotation-workers", "0"]],
+    ids=["listen", "unknown-flag", "log-format", "workers"],
+)
 def test_usage_errors_exit_2(args: list[str], tmp_path: Path) -> None:
     result = serve(*args, cwd=tmp_path)
     assert result.returncode == 2
@@ -90,8 +104,12 @@ def test_once_rotates_compresses_and_exits(tmp_path: Path) -> None:
     vol.mkdir()
     data = b"".join(event_stream(2000))
     (vol / "app.log").write_bytes(data)
-    cfg = write_config(tmp_path / "cfg.yaml", vol, listen="127.0.0.1:1",
-                       policy={"maxSize": "64Ki", "compress": "zstd", "delayCompress": False})
+    cfg = write_config(
+        tmp_path / "cfg.yaml",
+        vol,
+        listen="127.0.0.1:1",
+        policy={"maxSize": "64Ki", "compress": "zstd", "delayCompress": False},
+    )
     result = serve("--config", str(cfg), "--once", "--log-format", "json")
     assert result.returncode == 0, result.stderr
     segments = segments_of("app.log", os.listdir(vol))
@@ -139,9 +157,14 @@ def test_serve_refuses_a_missing_volume_with_check_configs_words(tmp_path: Path)
     assert result.returncode == 2
     words = f"volumes[0].path: {missing} does not exist; create it (mkdir -p {missing})"
     assert words in result.stderr and "nothing started" in result.stderr
-    check = subprocess.run([sys.executable, "-m", "logvold", "check-config", str(cfg)],
-                           env=dict(os.environ, PYTHONPATH=str(ROOT), **env),
-                           capture_output=True, text=True, timeout=60, check=False)
+    check = subprocess.run(
+        [sys.executable, "-m", "logvold", "check-config", str(cfg)],
+        env=dict(os.environ, PYTHONPATH=str(ROOT), **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert check.returncode == 0 and check.stdout.startswith("OK: ")
     assert f"warning: {cfg}:" in check.stderr and words in check.stderr
     assert not missing.exists()
@@ -155,10 +178,13 @@ def test_serve_refuses_a_volume_the_systemd_unit_cannot_write(tmp_path: Path) ->
     cfg = write_config(tmp_path / "cfg.yaml", vol, listen="127.0.0.1:1")
     result = serve("--config", str(cfg), "--once", env={"LOGVOLD_SYSTEMD_UNIT": str(unit)})
     assert result.returncode == 2
-    assert (f"{vol} is not writable under the systemd unit {unit} (ProtectSystem=strict makes "
-            f"it read-only); allow it with a drop-in") in result.stderr
+    assert (
+        f"{vol} is not writable under the systemd unit {unit} (ProtectSystem=strict makes "
+        f"it read-only); allow it with a drop-in"
+    ) in result.stderr
     (tmp_path / "logvold.service.d").mkdir()
     (tmp_path / "logvold.service.d" / "volumes.conf").write_text(
-        f"[Service]\nReadWritePaths={vol}\n")
+        f"[Service]\nReadWritePaths={vol}\n"
+    )
     result = serve("--config", str(cfg), "--once", env={"LOGVOLD_SYSTEMD_UNIT": str(unit)})
     assert result.returncode == 0, result.stderr

@@ -37,7 +37,11 @@ class LimitedDaemon:
 
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "logvold", "serve", "--config", str(config)],
-            stdout=self._log, stderr=self._log, env=env, preexec_fn=limit)
+            stdout=self._log,
+            stderr=self._log,
+            env=env,
+            preexec_fn=limit,
+        )
         wait_for(lambda: self._serving(), 30, "the daemon to serve")
 
     def _serving(self) -> bool:
@@ -92,11 +96,14 @@ def _many_fds() -> None:
         pytest.fail("the test needs 2500 file descriptors (raise the hard limit)")
 
 
-def write_config(path: Path, volume: Path, port: int, *, limits: str = "",
-                 policy: str = "{}") -> Path:
-    path.write_text(f"server:\n  listen: 127.0.0.1:{port}\n  limits: {{{limits}}}\n"
-                    f"defaults: {policy}\nrescanInterval: 2s\n"
-                    f"volumes:\n  - name: v\n    pod: p\n    path: {volume}\n")
+def write_config(
+    path: Path, volume: Path, port: int, *, limits: str = "", policy: str = "{}"
+) -> Path:
+    path.write_text(
+        f"server:\n  listen: 127.0.0.1:{port}\n  limits: {{{limits}}}\n"
+        f"defaults: {policy}\nrescanInterval: 2s\n"
+        f"volumes:\n  - name: v\n    pod: p\n    path: {volume}\n"
+    )
     return path
 
 
@@ -134,8 +141,13 @@ def test_slowloris_at_a_1024_fd_limit_keeps_healthz_and_rotation(tmp_path: Path)
     volume.mkdir()
     active = volume / "app.log"
     active.write_bytes(b"")
-    cfg = write_config(tmp_path / "c.yaml", volume, port, limits="headerTimeout: 3s",
-                       policy="{maxSize: 64Ki, maxFiles: 0}")
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        volume,
+        port,
+        limits="headerTimeout: 3s",
+        policy="{maxSize: 64Ki, maxFiles: 0}",
+    )
     with daemon(cfg, tmp_path / "daemon.log", nofile=1024) as d:
         assert "soft=1024" in d.log_text()  # hard 1024: nothing to raise, logged
         half_open = []
@@ -155,8 +167,11 @@ def test_slowloris_at_a_1024_fd_limit_keeps_healthz_and_rotation(tmp_path: Path)
                 f.write(ev)
         wait_for(lambda: segments_of("app.log", os.listdir(volume)), 60, "a rotation")
         # The stalled connections are closed by the header timeout.
-        wait_for(lambda: all(closed_by_peer(s) for s in half_open[-200:]), 60,
-                 "the header timeout to close stalled connections")
+        wait_for(
+            lambda: all(closed_by_peer(s) for s in half_open[-200:]),
+            60,
+            "the header timeout to close stalled connections",
+        )
         for s in half_open:
             s.close()
         assert metric(port, "logvold_http_refused_total", {"reason": "idle_evicted"}) >= 1
@@ -176,8 +191,9 @@ def test_a_thousand_followers_beyond_the_caps_are_refused(tmp_path: Path) -> Non
     volume.mkdir()
     for name in ("a", "b"):
         (volume / f"{name}.log").write_bytes(b"".join(event_stream(3, seed=1)))
-    cfg = write_config(tmp_path / "c.yaml", volume, port,
-                       limits="maxFollowers: 100, maxFollowersPerStream: 60")
+    cfg = write_config(
+        tmp_path / "c.yaml", volume, port, limits="maxFollowers: 100, maxFollowersPerStream: 60"
+    )
     with daemon(cfg, tmp_path / "daemon.log") as d:
         accepted: list[socket.socket] = []
         codes: dict[int, int] = {}
@@ -186,8 +202,9 @@ def test_a_thousand_followers_beyond_the_caps_are_refused(tmp_path: Path) -> Non
         for i in range(1000):
             name = "a" if i < 700 else "b"  # a fills its own cap, then b the global one
             s = connect(port)
-            s.sendall(f"GET /logs/default/p/{name}?follow=true HTTP/1.1\r\nHost: x\r\n\r\n"
-                      .encode())
+            s.sendall(
+                f"GET /logs/default/p/{name}?follow=true HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            )
             code, data = status_of(s)
             codes[code] = codes.get(code, 0) + 1
             if code == 200:
@@ -203,17 +220,19 @@ def test_a_thousand_followers_beyond_the_caps_are_refused(tmp_path: Path) -> Non
         # Bounded: 100 follower connections plus their open files (the active file and the
         # pinned stream and state directories), not 1000 of each.
         assert d.fds() < 100 * 4 + 100, d.fds()
-        refused = (metric(port, "logvold_http_refused_total", {"reason": "followers"})
-                   + metric(port, "logvold_http_refused_total",
-                            {"reason": "stream_followers"}))
+        refused = metric(port, "logvold_http_refused_total", {"reason": "followers"}) + metric(
+            port, "logvold_http_refused_total", {"reason": "stream_followers"}
+        )
         assert refused == 900
         # A follower that leaves frees its slot.
         for s in accepted[:10]:
             s.close()
+
         def one_more() -> bool:
             with connect(port) as s:
                 s.sendall(b"GET /logs/default/p/b?follow=true HTTP/1.1\r\nHost: x\r\n\r\n")
                 return status_of(s)[0] == 200
+
         wait_for(one_more, 30, "a freed follower slot")
         for s in accepted:
             s.close()
@@ -238,9 +257,11 @@ def test_heavy_reads_beyond_the_cap_get_429(tmp_path: Path) -> None:
         assert code == 429 and body.startswith(b"too many concurrent reads (1"), (code, body)
         assert metric(port, "logvold_http_refused_total", {"reason": "heavy_reads"}) == 1
         holder.close()
-        wait_for(lambda: http_get(
-            f"http://127.0.0.1:{port}/logs/default/p/big?tailLines=1")[0] == 200, 30,
-            "the slot to be freed")
+        wait_for(
+            lambda: http_get(f"http://127.0.0.1:{port}/logs/default/p/big?tailLines=1")[0] == 200,
+            30,
+            "the slot to be freed",
+        )
         assert d.stop() == 0
 
 

@@ -32,14 +32,19 @@ def run_once(config: Path, log: Path) -> None:
 
 
 @pytest.mark.parametrize("mode", ["append", "offset"])
-def test_rotation_and_truncation_keep_exactly_the_newest_whole_events(tmp_path: Path,
-                                                                      mode: str) -> None:
+def test_rotation_and_truncation_keep_exactly_the_newest_whole_events(
+    tmp_path: Path, mode: str
+) -> None:
     vol = tmp_path / "vol"
     vol.mkdir()
     port = free_port()
     budget = 256 * 1024
-    config = write_config(tmp_path / "cfg.yaml", vol, listen=f"127.0.0.1:{port}", policy={
-        "maxSize": "64Ki", "maxFiles": 0, "maxTotalSize": budget, "delimiter": "\n\n"})
+    config = write_config(
+        tmp_path / "cfg.yaml",
+        vol,
+        listen=f"127.0.0.1:{port}",
+        policy={"maxSize": "64Ki", "maxFiles": 0, "maxTotalSize": budget, "delimiter": "\n\n"},
+    )
     count = 6000
     with running(["--config", str(config)], tmp_path / "daemon.log") as daemon:
         w = writer(vol / "app.log", count=count, rate=150, mode=mode)
@@ -58,7 +63,7 @@ def test_rotation_and_truncation_keep_exactly_the_newest_whole_events(tmp_path: 
     # Exactly the newest whole events that fit: the kept bytes fit the budget, and
     # one more (older) event would not.
     sizes = [len(e) for e in event_stream(count, seed=1, delimiter=DELIM)]
-    assert len(kept) == sum(sizes[report.first_seq:])
+    assert len(kept) == sum(sizes[report.first_seq :])
     assert len(kept) <= budget < len(kept) + sizes[report.first_seq - 1]
     assert rotations >= 5
 
@@ -68,15 +73,22 @@ def test_compressed_segments_lose_nothing(tmp_path: Path, compress: str) -> None
     vol = tmp_path / "vol"
     vol.mkdir()
     port = free_port()
-    config = write_config(tmp_path / "cfg.yaml", vol, listen=f"127.0.0.1:{port}", policy={
-        "maxSize": "64Ki", "maxFiles": 0, "compress": compress, "delimiter": "\n\n"})
+    config = write_config(
+        tmp_path / "cfg.yaml",
+        vol,
+        listen=f"127.0.0.1:{port}",
+        policy={"maxSize": "64Ki", "maxFiles": 0, "compress": compress, "delimiter": "\n\n"},
+    )
     count = 4000
     with running(["--config", str(config)], tmp_path / "daemon.log") as daemon:
         w = writer(vol / "app.log", count=count, rate=150)
         assert w.wait(120) == 0
         suffix = ".gz" if compress == "gzip" else ".zst"
-        wait_for(lambda: metric(port, "logvold_compressions_total",
-                                {"algorithm": compress}) >= 3, 15, "compressions")
+        wait_for(
+            lambda: metric(port, "logvold_compressions_total", {"algorithm": compress}) >= 3,
+            15,
+            "compressions",
+        )
         daemon.signal(signal.SIGTERM)
         assert daemon.stop() == 0
     assert any(p.name.endswith(suffix) for p in vol.iterdir())

@@ -27,17 +27,28 @@ def test_fifty_sigkills_lose_and_duplicate_nothing(tmp_path: Path) -> None:
     vol = tmp_path / "vol"
     vol.mkdir()
     port = free_port()
-    config = write_config(tmp_path / "cfg.yaml", vol, listen=f"127.0.0.1:{port}", rescan="1s",
-                          policy={"maxSize": "64Ki", "maxFiles": 0, "compress": "gzip",
-                                  "delayCompress": False, "delimiter": "\n\n"})
+    config = write_config(
+        tmp_path / "cfg.yaml",
+        vol,
+        listen=f"127.0.0.1:{port}",
+        rescan="1s",
+        policy={
+            "maxSize": "64Ki",
+            "maxFiles": 0,
+            "compress": "gzip",
+            "delayCompress": False,
+            "delimiter": "\n\n",
+        },
+    )
     rng = random.Random(4)
     w = writer(vol / "app.log", count=10**7, rate=60)
     mid_step = leftovers = 0
     started = time.monotonic()
     try:
         for i in range(KILLS):
-            d = Daemon(["--config", str(config), "--log-level", "warning"],
-                       tmp_path / f"daemon-{i}.log")
+            d = Daemon(
+                ["--config", str(config), "--log-level", "warning"], tmp_path / f"daemon-{i}.log"
+            )
             # Kill somewhere in startup recovery or in the rotate/compress steps after it.
             time.sleep(rng.uniform(0.3, 1.2))
             d.kill()
@@ -85,6 +96,8 @@ def test_fifty_sigkills_lose_and_duplicate_nothing(tmp_path: Path) -> None:
     assert report.last_seq is not None and report.seen == report.last_seq + 1
     gz = [p for p in os.listdir(vol) if p.endswith(".gz")]
     assert len(gz) == len(segments) >= 1
-    print(f"\nkill -9 loop: {KILLS} kills in {kill_loop_s:.1f} s, {mid_step} with a step "
-          f"intent in the state file, {leftovers} with tmp files; {report.seen} events, "
-          f"{len(segments)} segments ({len(gz)} gzipped), 0 lost, 0 duplicated")
+    print(
+        f"\nkill -9 loop: {KILLS} kills in {kill_loop_s:.1f} s, {mid_step} with a step "
+        f"intent in the state file, {leftovers} with tmp files; {report.seen} events, "
+        f"{len(segments)} segments ({len(gz)} gzipped), 0 lost, 0 duplicated"
+    )

@@ -32,15 +32,29 @@ MAX_SIZE = 16 * 1024  # the pod's maxSize: 16Ki
 
 def _logvold_logs(port: int) -> bytes:
     return subprocess.run(
-        [sys.executable, "-m", "logvold", "logs", "default/web/app",
-         "--url", f"http://127.0.0.1:{port}"],
-        check=True, capture_output=True, timeout=30, cwd=ROOT).stdout
+        [
+            sys.executable,
+            "-m",
+            "logvold",
+            "logs",
+            "default/web/app",
+            "--url",
+            f"http://127.0.0.1:{port}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+        cwd=ROOT,
+    ).stdout
 
 
 def _kubectl_logs(port: int) -> bytes:
     return subprocess.run(
         [str(KUBECTL), "--server", f"http://127.0.0.1:{port}", "logs", "web", "-c", "app"],
-        check=True, capture_output=True, timeout=30).stdout
+        check=True,
+        capture_output=True,
+        timeout=30,
+    ).stdout
 
 
 def _live_bytes(directory: Path, after_s: float = 0.0) -> int:
@@ -65,56 +79,91 @@ def test_annotated_pod_streams_are_rotated_served_and_finalised(tmp_path: Path) 
     port = free_port()
     with running_fake_api() as api:
         kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
-        api.add_pod(make_pod("web", node=NODE, uid="uid-web",
-                             annotation="logs:\n  app: {maxSize: 16Ki, maxFiles: 0, "
-                                        "delimiter: '\\n\\n', subDir: app}\n"))
+        api.add_pod(
+            make_pod(
+                "web",
+                node=NODE,
+                uid="uid-web",
+                annotation="logs:\n  app: {maxSize: 16Ki, maxFiles: 0, "
+                "delimiter: '\\n\\n', subDir: app}\n",
+            )
+        )
         pod_dir = kubelet / "pods/uid-web"
         directory = pod_dir / "volumes/kubernetes.io~empty-dir/logs/app"
         directory.mkdir(parents=True)
         cfg = tmp_path / "cfg.yaml"
-        cfg.write_text(f"server: {{listen: '127.0.0.1:{port}'}}\n"
-                       "rescanInterval: 1s\n"
-                       f"kubernetes: {{enabled: true, nodeName: {NODE}, "
-                       f"kubeletRoot: {json.dumps(str(kubelet))}, "
-                       f"kubeconfig: {json.dumps(str(kubeconfig))}}}\n")
+        cfg.write_text(
+            f"server: {{listen: '127.0.0.1:{port}'}}\n"
+            "rescanInterval: 1s\n"
+            f"kubernetes: {{enabled: true, nodeName: {NODE}, "
+            f"kubeletRoot: {json.dumps(str(kubelet))}, "
+            f"kubeconfig: {json.dumps(str(kubeconfig))}}}\n"
+        )
         with running(["--config", str(cfg)], tmp_path / "daemon.log") as daemon:
             wait_for(lambda: metric(port, "logvold_streams") == 1, 60, "the pod's stream")
             proc = writer(directory / "app.log", count=COUNT, rate=400, max_chunk=4096)
             assert proc.wait(60) == 0
-            wait_for(lambda: segments_of("app.log", os.listdir(directory)), 60,
-                     "rotations by the pod's policy")
+            wait_for(
+                lambda: segments_of("app.log", os.listdir(directory)),
+                60,
+                "rotations by the pod's policy",
+            )
             for read in (_logvold_logs, _kubectl_logs):
                 report = verify(split_raw([read(port)], b"\n\n"), expected=range(COUNT))
                 assert report.ok and report.seen == COUNT, (read.__name__, report.summary())
 
             # A tail below maxSize: only the final rotation puts it in a segment.
             assert writer(directory / "app.log", count=20, start=COUNT, seed=2).wait(60) == 0
-            wait_for(lambda: verify(split_raw([_logvold_logs(port)], b"\n\n")).seen == COUNT + 20,
-                     60, "the tail served")
+            wait_for(
+                lambda: verify(split_raw([_logvold_logs(port)], b"\n\n")).seen == COUNT + 20,
+                60,
+                "the tail served",
+            )
+
             # Whatever a size rotation did not take is what the final rotation must cut:
             # settled = below maxSize (no size rotation can still come) and unchanged, with
             # the rotation count, over a second. Generous deadlines: the CPUs may be busy.
             def snapshot() -> tuple[int, float, int]:
-                return (_live_bytes(directory), metric(port, "logvold_rotations_total"),
-                        len(segments_of("app.log", os.listdir(directory))))
+                return (
+                    _live_bytes(directory),
+                    metric(port, "logvold_rotations_total"),
+                    len(segments_of("app.log", os.listdir(directory))),
+                )
 
             def settled() -> bool:
                 before = snapshot()
-                return before[0] < MAX_SIZE and before == (_live_bytes(directory, after_s=1.0),
-                                                           *snapshot()[1:])
+                return before[0] < MAX_SIZE and before == (
+                    _live_bytes(directory, after_s=1.0),
+                    *snapshot()[1:],
+                )
+
             wait_for(settled, 60, "the daemon to settle")
             live_before, _, segments_before = snapshot()
             api.delete_pod("uid-web")
-            wait_for(lambda: any(i["source"] == "kubernetes-terminated" for i in _listing(port)),
-                     60, "the stream marked terminated")
+            wait_for(
+                lambda: any(i["source"] == "kubernetes-terminated" for i in _listing(port)),
+                60,
+                "the stream marked terminated",
+            )
             # The last rotation leaves no whole event behind in the active file; its segment
             # and its count follow the state file's commit, so poll them too.
             new_segments = 1 if live_before else 0
             wait_for(lambda: _live_bytes(directory) == 0, 60, "the final rotation")
-            wait_for(lambda: metric(port, "logvold_rotations_total", {"reason": "final"})
-                     == new_segments, 60, "the final rotation counted")
-            wait_for(lambda: len(segments_of("app.log", os.listdir(directory)))
-                     == segments_before + new_segments, 60, "the final segment listed")
+            wait_for(
+                lambda: (
+                    metric(port, "logvold_rotations_total", {"reason": "final"}) == new_segments
+                ),
+                60,
+                "the final rotation counted",
+            )
+            wait_for(
+                lambda: (
+                    len(segments_of("app.log", os.listdir(directory)))
+                    == segments_before + new_segments
+                ),
+                60,
+                "the final segment listed",
+            )
             report = verify(split_raw([_logvold_logs(port)], b"\n\n"), expected=range(COUNT + 20))
             assert report.ok and report.seen == COUNT + 20, report.summary()
             [item] = _listing(port)

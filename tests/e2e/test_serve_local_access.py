@@ -22,8 +22,9 @@ from tests.support.events import event_stream
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a daemon as root and "
-                                                  "a client as nobody"),
+    pytest.mark.skipif(
+        os.geteuid() != 0, reason="needs root to run a daemon as root and a client as nobody"
+    ),
 ]
 
 SECRET = b"".join(event_stream(5, seed=7))
@@ -64,9 +65,10 @@ def config(base: Path, port: int, volume: Path, varlog: Path, sock: Path, auth: 
     path = base / "config.yaml"
     path.write_text(
         f"server:\n  listen: 127.0.0.1:{port}\n{auth}"
-        f"  socket: {{path: {sock}, mode: \"0660\", group: nogroup}}\n"
+        f'  socket: {{path: {sock}, mode: "0660", group: nogroup}}\n'
         f"volumes:\n  - name: v\n    pod: p\n    path: {volume}\n"
-        f"nodeLogQuery: {{journal: never, logDir: {varlog}}}\n")
+        f"nodeLogQuery: {{journal: never, logDir: {varlog}}}\n"
+    )
     return path
 
 
@@ -76,8 +78,7 @@ def curl_as(user: str, url: str, *, sock: Path | None = None) -> tuple[int, byte
     if sock is not None:
         args += ["--unix-socket", str(sock)]
     prefix = [] if user == "root" else ["runuser", "-u", user, "--"]
-    out = subprocess.run([*prefix, *args, url], capture_output=True, timeout=60,
-                         check=True).stdout
+    out = subprocess.run([*prefix, *args, url], capture_output=True, timeout=60, check=True).stdout
     body, _, code = out.rpartition(b"\n")
     return int(code), body
 
@@ -99,30 +100,34 @@ def test_nobody_cannot_read_root_only_files_over_tcp_or_the_socket() -> None:
                 assert code == 403, (where, code, body)
                 assert b"not readable by uid 65534" in body and SECRET[:20] not in body
                 code, body = curl_as(
-                    "nobody", f"{base_url}/api/v1/namespaces/default/pods/p/log?container=secret",
-                    sock=sock_arg)
+                    "nobody",
+                    f"{base_url}/api/v1/namespaces/default/pods/p/log?container=secret",
+                    sock=sock_arg,
+                )
                 assert code == 403 and SECRET[:20] not in body, (where, code, body)
-                code, body = curl_as("nobody", f"{base_url}/logs/default/p/public?tailLines=5",
-                                     sock=sock_arg)
+                code, body = curl_as(
+                    "nobody", f"{base_url}/logs/default/p/public?tailLines=5", sock=sock_arg
+                )
                 assert (code, body) == (200, PUBLIC), where
                 # The listing shows only what nobody could read.
                 code, body = curl_as("nobody", f"{base_url}/logs/", sock=sock_arg)
                 assert code == 200 and b'"public"' in body and b'"secret"' not in body, where
                 # The node log query over a root-only log directory: the file itself is
                 # 0644, but nobody cannot search the directory.
-                code, body = curl_as("nobody", f"{base_url}/logs/?query=/kubelet.log",
-                                     sock=sock_arg)
+                code, body = curl_as(
+                    "nobody", f"{base_url}/logs/?query=/kubelet.log", sock=sock_arg
+                )
                 assert code == 403 and b"kubelet line" not in body, (where, code, body)
-                code, body = curl_as("nobody", f"{base_url}/logs/?query=kubelet",
-                                     sock=sock_arg)
+                code, body = curl_as("nobody", f"{base_url}/logs/?query=kubelet", sock=sock_arg)
                 assert b"kubelet line" not in body and b"not searchable" in body, (where, body)
                 code, body = curl_as("nobody", f"{base_url}/logs/?query=/", sock=sock_arg)
                 assert code == 403 and b"kubelet.log" not in body, (where, code, body)
                 # Root reads everything, over both.
                 code, body = curl_as("root", f"{base_url}/logs/default/p/secret", sock=sock_arg)
                 assert (code, body) == (200, SECRET), where
-                code, body = curl_as("root", f"{base_url}/logs/?query=kubelet&tailLines=1",
-                                     sock=sock_arg)
+                code, body = curl_as(
+                    "root", f"{base_url}/logs/?query=kubelet&tailLines=1", sock=sock_arg
+                )
                 assert (code, body) == (200, b"kubelet line 2\n"), where
             # Probes and metrics stay open.
             assert curl_as("nobody", f"{tcp}/healthz")[0] == 200

@@ -61,14 +61,21 @@ def status_kb(pid: int, field: str) -> int:
 def serve(config: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     with log_path.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "logvold", "serve", "--config",
-                                 str(config)], stdout=out, stderr=out, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "logvold", "serve", "--config", str(config)],
+            stdout=out,
+            stderr=out,
+            env=env,
+        )
     try:
+
         def ready() -> bool:
             if proc.poll() is not None:
-                raise AssertionError(f"daemon exited {proc.returncode}:\n"
-                                     f"{log_path.read_text(errors='replace')}")
+                raise AssertionError(
+                    f"daemon exited {proc.returncode}:\n{log_path.read_text(errors='replace')}"
+                )
             return "logvold serving" in log_path.read_text(errors="replace")
+
         wait_for(ready, 180, "the daemon to serve")
         yield proc
     finally:
@@ -82,7 +89,8 @@ def serve(config: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 
 def test_a_hundred_thousand_files_cost_bounded_memory_and_starve_nobody(
-        tmp_path: Path, flood_dir: Path) -> None:
+    tmp_path: Path, flood_dir: Path
+) -> None:
     flood = flood_dir / "flood"
     flood.mkdir()
     create_files(flood, FILES)
@@ -97,17 +105,35 @@ def test_a_hundred_thousand_files_cost_bounded_memory_and_starve_nobody(
         "rescanInterval: 2s\n"  # several full reconciles while the test runs
         "volumes:\n"
         f"  - {{name: flood, path: {json.dumps(str(flood))}}}\n"
-        f"  - {{name: app, path: {json.dumps(str(app))}}}\n")
+        f"  - {{name: app, path: {json.dumps(str(app))}}}\n"
+    )
     log_path = tmp_path / "daemon.log"
     with serve(config, log_path) as proc:
         # The other volume's writer: ~500 KiB of events crosses 64 KiB several times.
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         writer = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.writer", "--path", str(app / "app.log"),
-             "--count", str(EVENTS), "--delimiter", "\\n", "--rate", "200"], cwd=ROOT, env=env)
+            [
+                sys.executable,
+                "-m",
+                "tests.support.writer",
+                "--path",
+                str(app / "app.log"),
+                "--count",
+                str(EVENTS),
+                "--delimiter",
+                "\\n",
+                "--rate",
+                "200",
+            ],
+            cwd=ROOT,
+            env=env,
+        )
         try:
-            wait_for(lambda: segments_of("app.log", os.listdir(app)), 120,
-                     "the other volume's stream to rotate")
+            wait_for(
+                lambda: segments_of("app.log", os.listdir(app)),
+                120,
+                "the other volume's stream to rotate",
+            )
             assert writer.wait(120) == 0
         finally:
             if writer.poll() is None:
@@ -122,8 +148,14 @@ def test_a_hundred_thousand_files_cost_bounded_memory_and_starve_nobody(
         # The cap is in the metric (a lower bound when the listing stopped at 100,000
         # entries: the volume also holds `.logvold`) and said once in the log, whatever
         # the number of full reconciles since.
-        wait_for(lambda: "logvold_streams_over_cap" in http_get(
-            f"http://127.0.0.1:{port}/metrics")[1].decode(), 30, "the gauge")
+        wait_for(
+            lambda: (
+                "logvold_streams_over_cap"
+                in http_get(f"http://127.0.0.1:{port}/metrics")[1].decode()
+            ),
+            30,
+            "the gauge",
+        )
         refused = metric(port, "logvold_streams_over_cap", {"volume": "flood"})
         assert FILES - 256 - 1 <= refused <= FILES - 256
         assert metric(port, "logvold_streams_over_cap", {"volume": "app"}) == 0
@@ -131,9 +163,13 @@ def test_a_hundred_thousand_files_cost_bounded_memory_and_starve_nobody(
         # flood volume keeps 256; and the log still says the cap once.
         for gone in ("c0000000", "c0000001"):
             (flood / f"{gone}.log").unlink()
-            wait_for(lambda g=gone: http_get(
-                f"http://127.0.0.1:{port}/logs/default/flood/{g}")[0] == 404, 120,
-                f"stream {gone} to go at a later reconcile")
+            wait_for(
+                lambda g=gone: (
+                    http_get(f"http://127.0.0.1:{port}/logs/default/flood/{g}")[0] == 404
+                ),
+                120,
+                f"stream {gone} to go at a later reconcile",
+            )
         code, body = http_get(f"http://127.0.0.1:{port}/logs/?limit=1000", timeout_s=120)
         assert sum(1 for i in json.loads(body)["items"] if i["volume"] == "flood") == 256
         text = log_path.read_text(errors="replace")

@@ -32,8 +32,9 @@ pytestmark = pytest.mark.slow
 def config_for(tmp_path: Path, vol: Path, port: int, **policy: object) -> Path:
     base: dict[str, object] = {"maxSize": "64Ki", "maxFiles": 0, "delimiter": "\n\n"}
     base.update(policy)
-    return write_config(tmp_path / "cfg.yaml", vol, listen=f"127.0.0.1:{port}", policy=base,
-                        rescan="2s")
+    return write_config(
+        tmp_path / "cfg.yaml", vol, listen=f"127.0.0.1:{port}", policy=base, rescan="2s"
+    )
 
 
 def _vm_hwm_kib(pid: int) -> int:
@@ -48,8 +49,9 @@ def _exactly_once(vol: Path, count: int, start: int = 0) -> None:
     data = whole_stream(vol, delimiter=DELIM)
     report = verify(split_raw([data], DELIM))
     assert report.ok, report.summary()
-    assert (report.first_seq, report.last_seq, report.seen) == (start, start + count - 1,
-                                                                count), report.summary()
+    assert (report.first_seq, report.last_seq, report.seen) == (start, start + count - 1, count), (
+        report.summary()
+    )
     assert nul_bytes_in_segments(vol) == 0
 
 
@@ -79,8 +81,11 @@ def test_a_1tib_sparse_active_file_costs_nothing_and_stops_on_sigterm(tmp_path: 
     with running(["--config", str(config)], tmp_path / "daemon.log") as daemon:
         wait_for(lambda: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 30, "ready")
         assert writer(active, count=1500, start=500).wait(60) == 0
-        wait_for(lambda: metric(port, "logvold_truncations_total", {"reason": "hole"}) >= 1,
-                 60, "the hole skipped")
+        wait_for(
+            lambda: metric(port, "logvold_truncations_total", {"reason": "hole"}) >= 1,
+            60,
+            "the hole skipped",
+        )
         wait_for(lambda: active.stat().st_size - _committed(vol) < 64 * 1024, 60, "cut")
         assert http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200
         hwm = _vm_hwm_kib(daemon.proc.pid)
@@ -93,8 +98,10 @@ def test_a_1tib_sparse_active_file_costs_nothing_and_stops_on_sigterm(tmp_path: 
     _exactly_once(vol, 2000)
     st = active.stat()
     assert st.st_size > 2**40 and st.st_blocks * 512 <= 64 * 1024
-    print(f"\n1 TiB sparse: VmHWM={hwm} KiB, stop {stopped_s:.2f} s, "
-          f"{len(regular_segments(vol))} segments")
+    print(
+        f"\n1 TiB sparse: VmHWM={hwm} KiB, stop {stopped_s:.2f} s, "
+        f"{len(regular_segments(vol))} segments"
+    )
 
 
 def _committed(vol: Path) -> int:
@@ -115,8 +122,9 @@ def test_a_fast_writer_never_makes_a_segment_over_maxsize(tmp_path: Path, max_si
     with running(["--config", str(config)], tmp_path / "daemon.log") as daemon:
         wait_for(lambda: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 30, "ready")
         assert writer(vol / "app.log", count=count, rate=0, max_chunk=65536).wait(180) == 0
-        wait_for(lambda: (vol / "app.log").stat().st_size - _committed(vol) < limit, 60,
-                 "backlog cut")
+        wait_for(
+            lambda: (vol / "app.log").stat().st_size - _committed(vol) < limit, 60, "backlog cut"
+        )
         assert daemon.stop(30) == 0, daemon.log_text()[-3000:]
     segs = regular_segments(vol)
     biggest = max(p.stat().st_size for p in segs)

@@ -41,24 +41,48 @@ def test_status_page_lists_streams_and_tails_live_in_chromium(tmp_path: Path) ->
         f.write(b"".join(events[:300]))
     (volume / "web.log").write_bytes(b"".join(events[300:]))
     port = free_port()
-    cfg = write_config(tmp_path / "cfg.yaml", volume, listen=f"127.0.0.1:{port}",
-                       policy={"maxSize": "8Ki", "maxFiles": 3, "compress": "gzip",
-                               "delayCompress": False, "maxTotalSize": "64Ki"},
-                       rescan="1s", volume_extra="\n    maxTotalSize: 1Mi")
+    cfg = write_config(
+        tmp_path / "cfg.yaml",
+        volume,
+        listen=f"127.0.0.1:{port}",
+        policy={
+            "maxSize": "8Ki",
+            "maxFiles": 3,
+            "compress": "gzip",
+            "delayCompress": False,
+            "maxTotalSize": "64Ki",
+        },
+        rescan="1s",
+        volume_extra="\n    maxTotalSize: 1Mi",
+    )
     shot = Path(os.environ.get("LOGVOLD_STATUS_SCREENSHOT") or tmp_path / "status-page.png")
     with running(["--config", str(cfg)], tmp_path / "daemon.log"), _browser() as pw:
-        wait_for(lambda: metric(port, "logvold_stream_segments",
-                               {"container": "app"}) >= 1, 30, "a segment of app")
+        wait_for(
+            lambda: metric(port, "logvold_stream_segments", {"container": "app"}) >= 1,
+            30,
+            "a segment of app",
+        )
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             problems: list[str] = []
-            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
-                    if m.type in ("error", "warning") else None)
+            page.on(
+                "console",
+                lambda m: (
+                    problems.append(f"console {m.type}: {m.text}")
+                    if m.type in ("error", "warning")
+                    else None
+                ),
+            )
             page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-            page.on("requestfailed", lambda r: problems.append(
-                f"request failed: {r.url} {r.failure}")
-                if "follow=true" not in r.url else None)  # the tail is aborted on close
+            page.on(
+                "requestfailed",
+                lambda r: (
+                    problems.append(f"request failed: {r.url} {r.failure}")
+                    if "follow=true" not in r.url
+                    else None
+                ),
+            )  # the tail is aborted on close
             resp = page.goto(f"http://127.0.0.1:{port}/")
             assert resp is not None and resp.status == 200
             assert "default-src 'none'" in resp.headers["content-security-policy"]
@@ -94,8 +118,14 @@ def test_status_page_lists_streams_and_tails_live_in_chromium(tmp_path: Path) ->
 def test_status_page_escapes_pod_controlled_names(tmp_path: Path) -> None:
     registry = StreamRegistry()
     evil = '<img src=x onerror="alert(1)">'
-    registry.put(build_stream(tmp_path / "s", make_events(5, "raw"), layout=(),
-                              key=StreamKey("ns", f"pod{evil}", f"c'&\"{evil}")))
+    registry.put(
+        build_stream(
+            tmp_path / "s",
+            make_events(5, "raw"),
+            layout=(),
+            key=StreamKey("ns", f"pod{evil}", f"c'&\"{evil}"),
+        )
+    )
     with RunningServer(registry) as srv:
         status, body, headers = get(srv.base + "/")
         status_js, js, js_headers = get(srv.base + "/status.js")

@@ -19,19 +19,49 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_info(directory: Path, base: str = "app.log", **policy: object) -> StreamInfo:
-    return StreamInfo(key=StreamKey("default", "pod", base.removesuffix(".log")),
-                      directory=directory, base=base, policy=LogPolicy(**policy),  # type: ignore[arg-type]
-                      volume="logs")
+    return StreamInfo(
+        key=StreamKey("default", "pod", base.removesuffix(".log")),
+        directory=directory,
+        base=base,
+        policy=LogPolicy(**policy),  # type: ignore[arg-type]
+        volume="logs",
+    )
 
 
-def start_writer(path: Path, *, mode: str = "append", count: int = 10**7, delimiter: str = "\\n\\n",
-                 rate: float = 0.0, max_chunk: int = 8192, seed: int = 1,
-                 extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+def start_writer(
+    path: Path,
+    *,
+    mode: str = "append",
+    count: int = 10**7,
+    delimiter: str = "\\n\\n",
+    rate: float = 0.0,
+    max_chunk: int = 8192,
+    seed: int = 1,
+    extra: tuple[str, ...] = (),
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.support.writer", "--path", str(path), "--mode", mode,
-         "--count", str(count), "--delimiter", delimiter, "--max-chunk", str(max_chunk),
-         "--rate", str(rate), "--seed", str(seed), *extra],
-        cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "tests.support.writer",
+            "--path",
+            str(path),
+            "--mode",
+            mode,
+            "--count",
+            str(count),
+            "--delimiter",
+            delimiter,
+            "--max-chunk",
+            str(max_chunk),
+            "--rate",
+            str(rate),
+            "--seed",
+            str(seed),
+            *extra,
+        ],
+        cwd=ROOT,
+    )
 
 
 def _decompressed(path: Path) -> bytes:

@@ -33,8 +33,11 @@ def rotate_loop(info: StreamInfo, done: threading.Event, counts: dict[str, int])
         finished = done.is_set()
         state = load_state(info.directory, info.base)
         committed = state.committed_offset if state else 0
-        if active.stat().st_size + (state.collapsed_bytes if state else 0) - committed \
-                >= ROTATE_EVERY or finished:
+        if (
+            active.stat().st_size + (state.collapsed_bytes if state else 0) - committed
+            >= ROTATE_EVERY
+            or finished
+        ):
             if rot.rotate("size") is not None:
                 counts["rotations"] += 1
             rot.enforce_retention()
@@ -47,8 +50,10 @@ def rotate_loop(info: StreamInfo, done: threading.Event, counts: dict[str, int])
 async def follow(base: str, n: int) -> bytes:
     data = bytearray()
     timeout = aiohttp.ClientTimeout(total=90)
-    async with aiohttp.ClientSession(timeout=timeout) as s, s.get(
-            base + "/logs/default/writer/app?follow=true") as r:
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as s,
+        s.get(base + "/logs/default/writer/app?follow=true") as r,
+    ):
         assert r.status == 200
         async for chunk in r.content.iter_any():
             data += chunk
@@ -60,25 +65,47 @@ async def follow(base: str, n: int) -> bytes:
 @pytest.mark.slow
 @pytest.mark.parametrize(("compress", "collapse"), [("gzip", "never"), ("zstd", "always")])
 def test_three_followers_get_every_event_once_through_rotations(
-        tmp_path: Path, compress: str, collapse: str) -> None:
-    info = StreamInfo(key=StreamKey("default", "writer", "app"), directory=tmp_path,
-                      base="app.log", volume="logs",
-                      policy=LogPolicy(compress=compress, delay_compress=False,  # type: ignore[arg-type]
-                                       max_files=0, collapse=collapse,  # type: ignore[arg-type]
-                                       max_size_bytes=ROTATE_EVERY))
+    tmp_path: Path, compress: str, collapse: str
+) -> None:
+    info = StreamInfo(
+        key=StreamKey("default", "writer", "app"),
+        directory=tmp_path,
+        base="app.log",
+        volume="logs",
+        policy=LogPolicy(
+            compress=compress,
+            delay_compress=False,  # type: ignore[arg-type]
+            max_files=0,
+            collapse=collapse,  # type: ignore[arg-type]
+            max_size_bytes=ROTATE_EVERY,
+        ),
+    )
     info.active_path.touch()
     registry = StreamRegistry()
     registry.put(info)
     counts = {"rotations": 0, "compressed": 0}
     done = threading.Event()
     with RunningServer(registry) as srv:
+
         async def run_all() -> list[bytes]:
             followers = [asyncio.create_task(follow(srv.base, EVENTS)) for _ in range(3)]
             await asyncio.sleep(0.3)  # followers are attached before the first byte
             writer = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tests.support.writer", "--path", str(info.active_path),
-                "--mode", "append", "--count", str(EVENTS), "--rate", "1500",
-                "--max-chunk", "4096", cwd=ROOT)
+                sys.executable,
+                "-m",
+                "tests.support.writer",
+                "--path",
+                str(info.active_path),
+                "--mode",
+                "append",
+                "--count",
+                str(EVENTS),
+                "--rate",
+                "1500",
+                "--max-chunk",
+                "4096",
+                cwd=ROOT,
+            )
             rotator = threading.Thread(target=rotate_loop, args=(info, done, counts))
             rotator.start()
             try:
@@ -104,6 +131,10 @@ def test_three_followers_get_every_event_once_through_rotations(
 
 def test_writer_module_is_importable() -> None:
     # The follow test needs the writer as a module run from the repository root.
-    done = subprocess.run([sys.executable, "-m", "tests.support.writer", "--count", "2"],
-                          cwd=ROOT, capture_output=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.support.writer", "--count", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    )
     assert verify(split_raw([done.stdout])).seen == 2

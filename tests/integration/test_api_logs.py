@@ -27,23 +27,39 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     (root / "outside").mkdir()
     (root / "outside" / "secret.log").write_bytes(SECRET + b"\n")
     registry = StreamRegistry()
-    registry.put(build_stream(root / "vol" / "cri", make_events(500, "cri", stderr_every=5),
-                              fmt="cri", key=StreamKey("team-a", "web", "app")))
-    registry.put(build_stream(root / "vol" / "raw", make_events(300, "raw"),
-                              key=StreamKey("default", "batch", "worker"),
-                              layout=(("zst", 100), ("plain", 100))))
+    registry.put(
+        build_stream(
+            root / "vol" / "cri",
+            make_events(500, "cri", stderr_every=5),
+            fmt="cri",
+            key=StreamKey("team-a", "web", "app"),
+        )
+    )
+    registry.put(
+        build_stream(
+            root / "vol" / "raw",
+            make_events(300, "raw"),
+            key=StreamKey("default", "batch", "worker"),
+            layout=(("zst", 100), ("plain", 100)),
+        )
+    )
     # A stream whose active file is a symlink planted to point out of the volume, and
     # a symlinked "segment" next to a real one.
     evil = root / "vol" / "evil"
     evil.mkdir(parents=True)
     (evil / "app.log").symlink_to(root / "outside" / "secret.log")
-    registry.put(build_stream(evil, [], key=StreamKey("default", "evil", "app"), layout=(),
-                              base="other.log"))
-    registry.put(build_stream(evil, [], key=StreamKey("default", "evil2", "app"), layout=(),
-                              base="app.log"))
+    registry.put(
+        build_stream(evil, [], key=StreamKey("default", "evil", "app"), layout=(), base="other.log")
+    )
+    registry.put(
+        build_stream(evil, [], key=StreamKey("default", "evil2", "app"), layout=(), base="app.log")
+    )
     seg_dir = root / "vol" / "segs"
-    registry.put(build_stream(seg_dir, make_events(20, "raw"), layout=(),
-                              key=StreamKey("default", "segs", "app")))
+    registry.put(
+        build_stream(
+            seg_dir, make_events(20, "raw"), layout=(), key=StreamKey("default", "segs", "app")
+        )
+    )
     (seg_dir / "app.log.20200101-000000").symlink_to(root / "outside" / "secret.log")
     (seg_dir / "app.log.20200101-000001.gz").symlink_to(root / "outside" / "secret.log")
     with RunningServer(registry) as srv:
@@ -67,18 +83,23 @@ def test_whole_stream_and_default_namespace(server: RunningServer) -> None:
     assert status == 200 and body_seqs(body) == list(range(300))
 
 
-@pytest.mark.parametrize(("query", "expected"), [
-    ("tailLines=3", list(range(497, 500))),
-    ("tailLines=0", []),
-    (f"sinceTime={rfc3339(event_ts(480))}", list(range(480, 500))),
-    (f"sinceTime={rfc3339(event_ts(100))}&untilTime={rfc3339(event_ts(104))}",
-     list(range(100, 105))),
-    ("stream=stderr&tailLines=2", [490, 495]),
-    ("stream=Stdout&tailLines=1", [499]),
-    ("stream=All&tailLines=1", [499]),
-    ("pattern=%23000000012%5B0-4%5D", [120, 121, 122, 123, 124]),
-    ("sinceSeconds=1", []),  # the fixture's events are older than a second
-])
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("tailLines=3", list(range(497, 500))),
+        ("tailLines=0", []),
+        (f"sinceTime={rfc3339(event_ts(480))}", list(range(480, 500))),
+        (
+            f"sinceTime={rfc3339(event_ts(100))}&untilTime={rfc3339(event_ts(104))}",
+            list(range(100, 105)),
+        ),
+        ("stream=stderr&tailLines=2", [490, 495]),
+        ("stream=Stdout&tailLines=1", [499]),
+        ("stream=All&tailLines=1", [499]),
+        ("pattern=%23000000012%5B0-4%5D", [120, 121, 122, 123, 124]),
+        ("sinceSeconds=1", []),  # the fixture's events are older than a second
+    ],
+)
 def test_params(server: RunningServer, query: str, expected: list[int]) -> None:
     status, body, _ = get(f"{server.base}/logs/team-a/web/app?{query}")
     assert status == 200, body
@@ -88,8 +109,9 @@ def test_params(server: RunningServer, query: str, expected: list[int]) -> None:
 def test_timestamps_and_limit_bytes(server: RunningServer) -> None:
     _, body, _ = get(server.base + "/logs/team-a/web/app?tailLines=2&timestamps=true")
     lines = body.splitlines()
-    assert [ln.split(b" ", 1)[0].decode() for ln in lines] == [rfc3339(event_ts(s))
-                                                               for s in (498, 499)]
+    assert [ln.split(b" ", 1)[0].decode() for ln in lines] == [
+        rfc3339(event_ts(s)) for s in (498, 499)
+    ]
     _, full, _ = get(server.base + "/logs/team-a/web/app")
     _, limited, _ = get(server.base + "/logs/team-a/web/app?limitBytes=1000")
     assert 0 < len(limited) <= 1000 and full.startswith(limited) and limited.endswith(b"\n")
@@ -125,55 +147,70 @@ def test_listing_pages_with_a_continue_token(server: RunningServer) -> None:
     assert seen == every
 
 
-@pytest.mark.parametrize(("query", "reason"), [
-    ("limit=0", b"limit must be"), ("limit=5001", b"limit must be"), ("limit=x", b"limit"),
-    ("continue=a/b", b"continue must be"), ("limit=1&limit=2", b"more than once"),
-])
-def test_listing_bad_page_params_are_400(server: RunningServer, query: str,
-                                         reason: bytes) -> None:
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("limit=0", b"limit must be"),
+        ("limit=5001", b"limit must be"),
+        ("limit=x", b"limit"),
+        ("continue=a/b", b"continue must be"),
+        ("limit=1&limit=2", b"more than once"),
+    ],
+)
+def test_listing_bad_page_params_are_400(server: RunningServer, query: str, reason: bytes) -> None:
     status, body, _ = get(server.base + "/logs/?" + query)
     assert status == 400 and reason in body, body
 
 
-@pytest.mark.parametrize(("path", "code", "reason"), [
-    ("/logs/team-a/web/app?tailLines=-1", 400, b"tailLines must be between"),
-    ("/logs/team-a/web/app?tailLines=abc", 400, b"tailLines must be an integer"),
-    ("/logs/team-a/web/app?tailLines=99999999999999999999", 400, b"tailLines"),
-    ("/logs/team-a/web/app?tailLines=1&tailLines=2", 400, b"more than once"),
-    ("/logs/team-a/web/app?sinceSeconds=0", 400, b"sinceSeconds"),
-    ("/logs/team-a/web/app?sinceTime=yesterday", 400, b"RFC3339"),
-    ("/logs/team-a/web/app?sinceTime=2026-01-01T00:00:00Z&sinceSeconds=5", 400, b"at most one"),
-    ("/logs/team-a/web/app?sinceTime=2026-01-02T00:00:00Z&untilTime=2026-01-01T00:00:00Z",
-     400, b"untilTime"),
-    ("/logs/team-a/web/app?limitBytes=0", 400, b"limitBytes"),
-    ("/logs/team-a/web/app?follow=maybe", 400, b"follow must be true or false"),
-    ("/logs/team-a/web/app?stream=stdin", 400, b"stream must be"),
-    ("/logs/team-a/web/app?pattern=%28", 400, b"invalid RE2 pattern"),
-    ("/logs/team-a/web/app?pattern=" + "a" * 1025, 400, b"longer than 1024"),
-    ("/logs/team-a/web/nope", 404, b"no stream team-a/web/nope"),
-    ("/logs/nope/nope", 404, b"no stream default/nope/nope"),
-])
-def test_bad_input_is_4xx_with_reason(server: RunningServer, path: str, code: int,
-                                      reason: bytes) -> None:
+@pytest.mark.parametrize(
+    ("path", "code", "reason"),
+    [
+        ("/logs/team-a/web/app?tailLines=-1", 400, b"tailLines must be between"),
+        ("/logs/team-a/web/app?tailLines=abc", 400, b"tailLines must be an integer"),
+        ("/logs/team-a/web/app?tailLines=99999999999999999999", 400, b"tailLines"),
+        ("/logs/team-a/web/app?tailLines=1&tailLines=2", 400, b"more than once"),
+        ("/logs/team-a/web/app?sinceSeconds=0", 400, b"sinceSeconds"),
+        ("/logs/team-a/web/app?sinceTime=yesterday", 400, b"RFC3339"),
+        ("/logs/team-a/web/app?sinceTime=2026-01-01T00:00:00Z&sinceSeconds=5", 400, b"at most one"),
+        (
+            "/logs/team-a/web/app?sinceTime=2026-01-02T00:00:00Z&untilTime=2026-01-01T00:00:00Z",
+            400,
+            b"untilTime",
+        ),
+        ("/logs/team-a/web/app?limitBytes=0", 400, b"limitBytes"),
+        ("/logs/team-a/web/app?follow=maybe", 400, b"follow must be true or false"),
+        ("/logs/team-a/web/app?stream=stdin", 400, b"stream must be"),
+        ("/logs/team-a/web/app?pattern=%28", 400, b"invalid RE2 pattern"),
+        ("/logs/team-a/web/app?pattern=" + "a" * 1025, 400, b"longer than 1024"),
+        ("/logs/team-a/web/nope", 404, b"no stream team-a/web/nope"),
+        ("/logs/nope/nope", 404, b"no stream default/nope/nope"),
+    ],
+)
+def test_bad_input_is_4xx_with_reason(
+    server: RunningServer, path: str, code: int, reason: bytes
+) -> None:
     status, body, _ = get(server.base + path)
     assert status == code and reason in body, body
 
 
-@pytest.mark.parametrize("path", [
-    "/logs/../../etc/passwd",
-    "/logs/%2e%2e/%2e%2e/outside",
-    "/logs/default/%2e%2e/app",
-    "/logs/default/evil%2F..%2F..%2Foutside/app",
-    "/logs/default/..%2f..%2foutside/secret.log",
-    "/logs/..%252f..%252foutside/secret",
-    "/logs/default/evil/app",
-    "/logs/default/evil2/app",
-    "/logs/default/segs/app",
-    "/logs//outside/secret.log",
-    "/logs/default/evil/app/../../../../outside/secret.log",
-    "/api/v1/namespaces/%2e%2e/pods/evil2/log",
-    "/api/v1/namespaces/default/pods/evil2/log",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/logs/../../etc/passwd",
+        "/logs/%2e%2e/%2e%2e/outside",
+        "/logs/default/%2e%2e/app",
+        "/logs/default/evil%2F..%2F..%2Foutside/app",
+        "/logs/default/..%2f..%2foutside/secret.log",
+        "/logs/..%252f..%252foutside/secret",
+        "/logs/default/evil/app",
+        "/logs/default/evil2/app",
+        "/logs/default/segs/app",
+        "/logs//outside/secret.log",
+        "/logs/default/evil/app/../../../../outside/secret.log",
+        "/api/v1/namespaces/%2e%2e/pods/evil2/log",
+        "/api/v1/namespaces/default/pods/evil2/log",
+    ],
+)
 def test_traversal_never_serves_outside_bytes(server: RunningServer, path: str) -> None:
     status, body, _ = get(server.base + path)
     assert SECRET not in body
@@ -181,7 +218,8 @@ def test_traversal_never_serves_outside_bytes(server: RunningServer, path: str) 
 
 
 def test_symlinked_active_file_is_refused_and_symlinked_segments_skipped(
-        server: RunningServer) -> None:
+    server: RunningServer,
+) -> None:
     status, body, _ = get(server.base + "/logs/default/evil2/app")
     assert status == 403 and b"not a regular file" in body
     status, body, _ = get(server.base + "/logs/default/segs/app")
@@ -196,8 +234,10 @@ def test_follow_streams_new_events_and_stops_on_disconnect(server: RunningServer
 
     async def scenario() -> bytes:
         timeout = aiohttp.ClientTimeout(total=20)
-        async with aiohttp.ClientSession(timeout=timeout) as s, s.get(
-                server.base + "/logs/default/batch/worker?follow=true&tailLines=1") as r:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as s,
+            s.get(server.base + "/logs/default/batch/worker?follow=true&tailLines=1") as r,
+        ):
             assert r.status == 200
             got = await r.content.readuntil(b"\n")
             new = make_events(2, "raw", start=300, seed=9)
@@ -221,8 +261,10 @@ def test_follow_ends_when_stream_is_removed(server: RunningServer, tmp_path: Pat
     server.registry.put(build_stream(tmp_path / "gone", make_events(5, "raw"), layout=(), key=key))
 
     async def scenario() -> bytes:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s, s.get(
-                server.base + "/logs/default/gone/app?follow=true") as r:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s,
+            s.get(server.base + "/logs/default/gone/app?follow=true") as r,
+        ):
             first = await r.content.readuntil(b"\n")
             server.registry.remove(key)
             return first + await r.read()  # ends: the response completes
@@ -267,16 +309,20 @@ def test_no_fd_leak_after_many_requests(server: RunningServer) -> None:
 
 def test_head_of_a_stream_is_not_allowed(server: RunningServer) -> None:
     async def head() -> int:
-        async with aiohttp.ClientSession() as s, s.head(
-                server.base + "/logs/team-a/web/app?follow=true") as r:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.head(server.base + "/logs/team-a/web/app?follow=true") as r,
+        ):
             return r.status
 
     assert asyncio.run(head()) == 405
 
 
 def test_kubectl_style_json_errors_when_json_is_asked_for(server: RunningServer) -> None:
-    status, body, headers = get(server.base + "/logs/team-a/web/app?tailLines=-5",
-                                headers={"Accept": "application/json, */*"})
+    status, body, headers = get(
+        server.base + "/logs/team-a/web/app?tailLines=-5",
+        headers={"Accept": "application/json, */*"},
+    )
     assert status == 400 and headers["Content-Type"].startswith("application/json")
     doc = json.loads(body)
     assert doc["kind"] == "Status" and doc["code"] == 400 and "tailLines" in doc["message"]
@@ -300,16 +346,22 @@ def test_redos_pattern_returns_promptly(server: RunningServer, tmp_path: Path) -
 
 def test_shutdown_with_a_follower_attached_leaks_nothing(tmp_path: Path) -> None:
     import threading
+
     registry = StreamRegistry()
-    registry.put(build_stream(tmp_path / "s", make_events(5, "raw"), layout=(),
-                              key=StreamKey("default", "p", "c")))
+    registry.put(
+        build_stream(
+            tmp_path / "s", make_events(5, "raw"), layout=(), key=StreamKey("default", "p", "c")
+        )
+    )
     threads_before = threading.active_count()
     fds_before = len(os.listdir("/proc/self/fd"))
     srv = RunningServer(registry).__enter__()
 
     async def follow_until_closed() -> bytes:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s, s.get(
-                srv.base + "/logs/default/p/c?follow=true") as r:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s,
+            s.get(srv.base + "/logs/default/p/c?follow=true") as r,
+        ):
             got = await r.content.readuntil(b"\n")
             loop = asyncio.get_running_loop()
             t0 = time.monotonic()

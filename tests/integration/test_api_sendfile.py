@@ -30,8 +30,13 @@ URL = "/logs/default/writer/app"
 
 
 def _info(directory: Path, **policy: Any) -> StreamInfo:
-    return StreamInfo(key=StreamKey("default", "writer", "app"), directory=directory,
-                      base="app.log", volume="logs", policy=LogPolicy(**policy))
+    return StreamInfo(
+        key=StreamKey("default", "writer", "app"),
+        directory=directory,
+        base="app.log",
+        volume="logs",
+        policy=LogPolicy(**policy),
+    )
 
 
 class _RegionSpy:
@@ -56,8 +61,9 @@ async def _get(url: str) -> bytes:
         return await r.read()
 
 
-def test_whole_stream_segments_by_sendfile_exact_events(tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_whole_stream_segments_by_sendfile_exact_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spy = _RegionSpy(monkeypatch)
     info = _info(tmp_path, max_size_bytes=16 * 1024, max_files=0)
     events = list(event_stream(3000, seed=7))
@@ -102,10 +108,10 @@ def rotate_loop(info: StreamInfo, done: threading.Event, counts: dict[str, int])
 @pytest.mark.slow
 @pytest.mark.parametrize("collapse", ["never", "always"])
 def test_whole_stream_reads_under_rotation_are_whole_and_gapless(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, collapse: str) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, collapse: str
+) -> None:
     spy = _RegionSpy(monkeypatch)
-    info = _info(tmp_path, max_size_bytes=32 * 1024, max_files=0,
-                 collapse=collapse)  # type: ignore[arg-type]
+    info = _info(tmp_path, max_size_bytes=32 * 1024, max_files=0, collapse=collapse)  # type: ignore[arg-type]
     info.active_path.touch()
     registry = StreamRegistry()
     registry.put(info)
@@ -113,11 +119,24 @@ def test_whole_stream_reads_under_rotation_are_whole_and_gapless(
     counts = {"rotations": 0}
     done = threading.Event()
     with RunningServer(registry) as srv:
+
         async def run() -> list[bytes]:
             writer = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tests.support.writer", "--path", str(info.active_path),
-                "--mode", "append", "--count", str(total), "--rate", "1500",
-                "--max-chunk", "4096", cwd=ROOT)
+                sys.executable,
+                "-m",
+                "tests.support.writer",
+                "--path",
+                str(info.active_path),
+                "--mode",
+                "append",
+                "--count",
+                str(total),
+                "--rate",
+                "1500",
+                "--max-chunk",
+                "4096",
+                cwd=ROOT,
+            )
             rotator = threading.Thread(target=rotate_loop, args=(info, done, counts))
             rotator.start()
             reads: list[bytes] = []

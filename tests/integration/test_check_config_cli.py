@@ -14,12 +14,16 @@ EXAMPLE = REPO / "config.example.yaml"
 
 
 UNIT = REPO / "packaging" / "systemd" / "logvold.service"
-VOLUME_LINE = next(n for n, line in enumerate(EXAMPLE.read_text().splitlines(), 1)
-                   if line.strip().startswith("path: /var/log/pods-static/web"))
+VOLUME_LINE = next(
+    n
+    for n, line in enumerate(EXAMPLE.read_text().splitlines(), 1)
+    if line.strip().startswith("path: /var/log/pods-static/web")
+)
 
 
-def _check_config(*args: str, stdin: str | None = None,
-                  unit: Path | None = None) -> subprocess.CompletedProcess[str]:
+def _check_config(
+    *args: str, stdin: str | None = None, unit: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     # The unit to judge volumes against is named, so the host's own install does not matter.
     env = {**os.environ, "PYTHONPATH": str(REPO), "LOGVOLD_SYSTEMD_UNIT": str(unit or "")}
     return subprocess.run(
@@ -60,11 +64,12 @@ def test_example_config_is_ok() -> None:
 def test_example_volume_is_outside_the_shipped_units_writable_paths() -> None:
     result = _check_config(str(EXAMPLE), unit=UNIT)
     assert result.returncode == 0 and result.stdout.startswith(f"OK: {EXAMPLE}\n")
-    assert (f"warning: {EXAMPLE}:{VOLUME_LINE}: volumes[0].path: /var/log/pods-static/web is"
-            f" not writable under the systemd unit {UNIT} (ProtectSystem=strict makes it"
-            " read-only); allow it with a drop-in: `systemctl edit logvold.service`, then"
-            " under [Service] add ReadWritePaths=/var/log/pods-static/web"
-            ) in result.stderr.splitlines()
+    assert (
+        f"warning: {EXAMPLE}:{VOLUME_LINE}: volumes[0].path: /var/log/pods-static/web is"
+        f" not writable under the systemd unit {UNIT} (ProtectSystem=strict makes it"
+        " read-only); allow it with a drop-in: `systemctl edit logvold.service`, then"
+        " under [Service] add ReadWritePaths=/var/log/pods-static/web"
+    ) in result.stderr.splitlines()
 
 
 def test_an_existing_volume_inside_the_units_paths_gives_no_warning(tmp_path: Path) -> None:

@@ -409,8 +409,13 @@ def test_where_prints_the_streams_files_on_disk(real_api: tuple[str, Path]) -> N
     from logvold.fileio.rotator import StreamRotator
 
     url, stream_dir = real_api
-    info = StreamInfo(key=StreamKey("team-a", "web-0", "app"), directory=stream_dir,
-                      base="app.log", policy=LogPolicy(), volume="v")
+    info = StreamInfo(
+        key=StreamKey("team-a", "web-0", "app"),
+        directory=stream_dir,
+        base="app.log",
+        policy=LogPolicy(),
+        volume="v",
+    )
     rotator = StreamRotator(info)
     assert rotator.rotate("manual") is not None  # a real segment, cut at an event boundary
     with (stream_dir / "app.log").open("ab") as f:

@@ -84,8 +84,9 @@ class CountingRotator:
 
 @contextlib.asynccontextmanager
 async def daemon_for(config: Config, factory: object = None) -> AsyncIterator[Daemon]:
-    daemon = Daemon(config, ServeOptions(serve_http=True), metrics=Metrics(),
-                    rotator_factory=factory)  # type: ignore[arg-type]
+    daemon = Daemon(
+        config, ServeOptions(serve_http=True), metrics=Metrics(), rotator_factory=factory
+    )  # type: ignore[arg-type]
     await daemon.start()
     task = asyncio.create_task(daemon.run())
     try:
@@ -98,10 +99,12 @@ async def daemon_for(config: Config, factory: object = None) -> AsyncIterator[Da
 
 
 def _config(vol: Path, **policy: object) -> Config:
-    return Config(server=ServerConfig(listen="127.0.0.1:0"),
-                  volumes=(VolumeSpec(name="v", path=str(vol)),),
-                  defaults=LogPolicy(**policy),  # type: ignore[arg-type]
-                  rescan_interval_s=HOUR)
+    return Config(
+        server=ServerConfig(listen="127.0.0.1:0"),
+        volumes=(VolumeSpec(name="v", path=str(vol)),),
+        defaults=LogPolicy(**policy),  # type: ignore[arg-type]
+        rescan_interval_s=HOUR,
+    )
 
 
 @pytest.mark.asyncio
@@ -113,8 +116,9 @@ async def test_writes_below_max_size_cost_no_step_and_crossing_it_fires_one(tmp_
     key = StreamKey("default", "v", "a")
     rotators: list[CountingRotator] = []
 
-    def factory(info: StreamInfo, metrics: Metrics | None,
-                clock: Callable[[], datetime]) -> CountingRotator:
+    def factory(
+        info: StreamInfo, metrics: Metrics | None, clock: Callable[[], datetime]
+    ) -> CountingRotator:
         rotators.append(CountingRotator(info))
         return rotators[-1]
 
@@ -140,8 +144,10 @@ async def test_writes_below_max_size_cost_no_step_and_crossing_it_fires_one(tmp_
 
 async def _follow(url: str, n: int) -> bytes:
     data = bytearray()
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as s, \
-            s.get(url) as r:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as s,
+        s.get(url) as r,
+    ):
         assert r.status == 200
         async for chunk in r.content.iter_any():
             data += chunk
@@ -152,7 +158,8 @@ async def _follow(url: str, n: int) -> bytes:
 
 @pytest.mark.slow
 def test_followers_woken_by_events_get_every_event_once_across_rotations(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The follower's safety-net timeout is an hour: only change notices can wake it.
     monkeypatch.setattr(server_logs, "FALLBACK_S", HOUR)
     events = 6000
@@ -162,8 +169,9 @@ def test_followers_woken_by_events_get_every_event_once_across_rotations(
     active.write_bytes(b"")
 
     async def main() -> tuple[list[bytes], int]:
-        config = _config(vol, max_size_bytes=32 * 1024, max_files=0, compress="gzip",
-                         delay_compress=False)
+        config = _config(
+            vol, max_size_bytes=32 * 1024, max_files=0, compress="gzip", delay_compress=False
+        )
         async with daemon_for(config) as daemon:
             assert daemon._runner is not None
             port = daemon._runner.addresses[0][1]
@@ -171,9 +179,21 @@ def test_followers_woken_by_events_get_every_event_once_across_rotations(
             followers = [asyncio.create_task(_follow(url, events)) for _ in range(3)]
             await until(lambda: daemon.changes.waiting() == 3)
             writer = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tests.support.writer", "--path", str(active),
-                "--mode", "append", "--count", str(events), "--rate", "1000",
-                "--max-chunk", "2048", cwd=ROOT)
+                sys.executable,
+                "-m",
+                "tests.support.writer",
+                "--path",
+                str(active),
+                "--mode",
+                "append",
+                "--count",
+                str(events),
+                "--rate",
+                "1000",
+                "--max-chunk",
+                "2048",
+                cwd=ROOT,
+            )
             assert await writer.wait() == 0
             bodies = await asyncio.wait_for(asyncio.gather(*followers), 120)
             segments = segments_of("app.log", os.listdir(vol))

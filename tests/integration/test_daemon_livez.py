@@ -39,8 +39,11 @@ def _daemon(tmp_path: Path) -> Daemon:
     vol = tmp_path / "vol"
     vol.mkdir()
     (vol / "app.log").write_bytes(b"one\ntwo\n")
-    config = Config(server=ServerConfig(listen="127.0.0.1:0"),
-                    volumes=(VolumeSpec(name="v", path=str(vol)),), rescan_interval_s=0.2)
+    config = Config(
+        server=ServerConfig(listen="127.0.0.1:0"),
+        volumes=(VolumeSpec(name="v", path=str(vol)),),
+        rescan_interval_s=0.2,
+    )
     return Daemon(config, ServeOptions(config_path=None, stall_timeout_s=3.0), metrics=Metrics())
 
 
@@ -56,10 +59,12 @@ async def test_livez_turns_503_while_a_reconcile_pass_is_stuck(tmp_path: Path) -
         release = threading.Event()
         entered = threading.Event()
         real_scan = daemon.source.scan
+
         def stuck_scan(volumes: object) -> object:
             entered.set()
             release.wait(DEADLINE_S * 2)  # a worker thread blocked, as on a hung mount
             return real_scan(volumes)  # type: ignore[arg-type]
+
         daemon.source.scan = stuck_scan  # type: ignore[method-assign]
         body = await _poll_livez(url, 503, "reconcile stuck: a pass has run for ")
         assert entered.is_set()
@@ -83,6 +88,7 @@ async def test_a_stalled_event_loop_leaves_the_probe_unanswered(tmp_path: Path) 
     url = f"http://127.0.0.1:{daemon._runner.addresses[0][1]}/livez"
     outcome: list[str] = []
     sending = threading.Event()
+
     def probe() -> None:  # the kubelet: a GET with a timeout, from outside the loop
         sending.set()
         try:
@@ -90,6 +96,7 @@ async def test_a_stalled_event_loop_leaves_the_probe_unanswered(tmp_path: Path) 
                 outcome.append(str(response.status))
         except (TimeoutError, urllib.error.URLError) as exc:
             outcome.append(f"failed: {exc}")
+
     try:
         assert await _poll_livez(url, 200) == "ok\n"
         prober = threading.Thread(target=probe)

@@ -18,8 +18,9 @@ def watch_errors(metrics: Metrics) -> float:
     return value or 0.0
 
 
-def make(tmp_path: Path, *volumes: VolumeSpec) -> tuple[StaticSource, StreamRegistry, Metrics,
-                                                         list[tuple[str, str]]]:
+def make(
+    tmp_path: Path, *volumes: VolumeSpec
+) -> tuple[StaticSource, StreamRegistry, Metrics, list[tuple[str, str]]]:
     registry = StreamRegistry()
     events: list[tuple[str, str]] = []
     registry.subscribe(lambda action, info: events.append((action, str(info.key))))
@@ -36,12 +37,16 @@ def test_every_log_file_is_a_stream_and_scans_diff(tmp_path: Path) -> None:
     (vol / "sidecar.log").write_bytes(b"")
     (vol / "notes.txt").write_bytes(b"")
     (vol / "old.log.20261123-100000.gz").write_bytes(b"")  # active file gone, segment kept
-    source, registry, _, events = make(tmp_path, VolumeSpec(name="v", path=str(vol), pod="web",
-                                                            namespace="prod"))
+    source, registry, _, events = make(
+        tmp_path, VolumeSpec(name="v", path=str(vol), pod="web", namespace="prod")
+    )
     report = source.scan()
     assert (report.added, report.removed, report.problems) == (3, 0, [])
-    assert [str(i.key) for i in registry.snapshot()] == ["prod/web/app", "prod/web/old",
-                                                         "prod/web/sidecar"]
+    assert [str(i.key) for i in registry.snapshot()] == [
+        "prod/web/app",
+        "prod/web/old",
+        "prod/web/sidecar",
+    ]
     assert registry.get(StreamKey("prod", "web", "app")).active_path == vol / "app.log"  # type: ignore[union-attr]
     (vol / "sidecar.log").unlink()
     (vol / "new.log").write_bytes(b"")
@@ -60,14 +65,30 @@ def test_reload_diff_updates_policy_and_removes_volumes(tmp_path: Path) -> None:
     b.mkdir()
     source, registry, _, events = make(
         tmp_path,
-        VolumeSpec(name="a", path=str(a), containers=(
-            ContainerSpec(name="c1", policy=LogPolicy(max_size_bytes=100)),)),
-        VolumeSpec(name="b", path=str(b), containers=(
-            ContainerSpec(name="c2", file="out.txt", policy=LogPolicy()),)))
+        VolumeSpec(
+            name="a",
+            path=str(a),
+            containers=(ContainerSpec(name="c1", policy=LogPolicy(max_size_bytes=100)),),
+        ),
+        VolumeSpec(
+            name="b",
+            path=str(b),
+            containers=(ContainerSpec(name="c2", file="out.txt", policy=LogPolicy()),),
+        ),
+    )
     source.scan()
     assert len(registry) == 2  # explicit containers are streams before their file exists
-    source.set_config(Config(volumes=(VolumeSpec(name="a", path=str(a), containers=(
-        ContainerSpec(name="c1", policy=LogPolicy(max_size_bytes=200)),)),)))
+    source.set_config(
+        Config(
+            volumes=(
+                VolumeSpec(
+                    name="a",
+                    path=str(a),
+                    containers=(ContainerSpec(name="c1", policy=LogPolicy(max_size_bytes=200)),),
+                ),
+            )
+        )
+    )
     report = source.scan()
     assert (report.added, report.updated, report.removed) == (0, 1, 1)
     info = registry.get(StreamKey("default", "a", "c1"))
@@ -75,8 +96,9 @@ def test_reload_diff_updates_policy_and_removes_volumes(tmp_path: Path) -> None:
     assert ("removed", "default/b/c2") in events
 
 
-def test_bad_inputs_are_skipped_logged_and_counted(tmp_path: Path,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_bad_inputs_are_skipped_logged_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     vol = tmp_path / "vol"
     vol.mkdir()
     outside = tmp_path / "outside.txt"
@@ -87,9 +109,15 @@ def test_bad_inputs_are_skipped_logged_and_counted(tmp_path: Path,
     os.close(os.open(os.fsencode(vol) + b"/bad-\xff\xfe.log", os.O_CREAT | os.O_WRONLY, 0o644))
     missing = tmp_path / "missing"
     source, registry, metrics, _ = make(
-        tmp_path, VolumeSpec(name="v", path=str(vol)), VolumeSpec(name="gone", path=str(missing)),
-        VolumeSpec(name="esc", path=str(vol), containers=(
-            ContainerSpec(name="x", policy=LogPolicy(sub_dir="../..")),)))
+        tmp_path,
+        VolumeSpec(name="v", path=str(vol)),
+        VolumeSpec(name="gone", path=str(missing)),
+        VolumeSpec(
+            name="esc",
+            path=str(vol),
+            containers=(ContainerSpec(name="x", policy=LogPolicy(sub_dir="../..")),),
+        ),
+    )
     report = source.scan()
     assert [i.key.container for i in registry.snapshot()] == ["good"]
     text = "\n".join(report.problems)

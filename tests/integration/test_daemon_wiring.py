@@ -183,7 +183,7 @@ async def _test_new_and_removed_files_are_discovered_without_waiting_for_rescan(
 
 @pytest.mark.asyncio
 async def test_new_and_removed_files_are_discovered_without_waiting_for_rescan(
-    tmp_path: Path
+    tmp_path: Path,
 ) -> None:
     async with running_daemon(tmp_path) as running:
         await _test_new_and_removed_files_are_discovered_without_waiting_for_rescan(running)

@@ -95,13 +95,20 @@ def test_a_symlinked_state_directory_or_subdir_is_refused(tmp_path: Path) -> Non
 
 
 def _discovered(pod_volume: Path, directory: Path, container: str) -> StreamInfo:
-    return StreamInfo(key=StreamKey("team-a", "pod", container), directory=directory,
-                      base="app.log", policy=LogPolicy(), volume="logs", source="kubernetes",
-                      root=pod_volume)
+    return StreamInfo(
+        key=StreamKey("team-a", "pod", container),
+        directory=directory,
+        base="app.log",
+        policy=LogPolicy(),
+        volume="logs",
+        source="kubernetes",
+        root=pod_volume,
+    )
 
 
 def test_the_daemon_locks_static_and_discovered_directories_and_keeps_its_config(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     secret = canary(tmp_path)
     vol = tmp_path / "vol"
     vol.mkdir()
@@ -113,13 +120,20 @@ def test_the_daemon_locks_static_and_discovered_directories_and_keeps_its_config
     other = tmp_path / "other"
     other.mkdir()
     base = Config(volumes=(VolumeSpec(name="v", path=str(vol)),), rescan_interval_s=60.0)
-    bigger = Config(volumes=(VolumeSpec(name="v", path=str(vol)),
-                             VolumeSpec(name="o", path=str(other))), rescan_interval_s=60.0)
+    bigger = Config(
+        volumes=(VolumeSpec(name="v", path=str(vol)), VolumeSpec(name="o", path=str(other))),
+        rescan_interval_s=60.0,
+    )
     fakes = Fakes()
 
     async def scenario() -> None:
-        daemon = Daemon(base, ServeOptions(serve_http=False), metrics=Metrics(),
-                        rotator_factory=fakes.factory, load_config=lambda _: bigger)
+        daemon = Daemon(
+            base,
+            ServeOptions(serve_http=False),
+            metrics=Metrics(),
+            rotator_factory=fakes.factory,
+            load_config=lambda _: bigger,
+        )
         await daemon.start()
         task = asyncio.create_task(daemon.run())
         try:
@@ -136,12 +150,19 @@ def test_the_daemon_locks_static_and_discovered_directories_and_keeps_its_config
             # Its symlinked subDir: never managed, nothing created outside.
             evil = _discovered(pod_volume, pod_volume / "evil", "evil")
             daemon.registry.put(evil)
-            await until(lambda: daemon.metrics.registry.get_sample_value(
-                "logvold_unsafe_files_refused_total", {"kind": "symlink"}) == 1)
+            await until(
+                lambda: (
+                    daemon.metrics.registry.get_sample_value(
+                        "logvold_unsafe_files_refused_total", {"kind": "symlink"}
+                    )
+                    == 1
+                )
+            )
             assert evil.key not in set(workers)
             daemon.registry.remove(good.key)  # the pod went: finalised, still managed
-            await until(lambda: (daemon.registry.get(good.key) or good).source
-                        == "kubernetes-terminated")
+            await until(
+                lambda: (daemon.registry.get(good.key) or good).source == "kubernetes-terminated"
+            )
             with pytest.raises(DirectoryLocked):
                 lock_directory(pod_volume, pod_volume)
             daemon.registry.remove(good.key)  # its maxAge passed: removed for good
@@ -176,16 +197,19 @@ def test_a_config_reaching_one_directory_twice_names_the_file_and_line(tmp_path:
 
     (tmp_path / "x" / "a").mkdir(parents=True)
     (tmp_path / "link").symlink_to(tmp_path / "x")
-    text = (f"volumes:\n"
-            f"  - name: one\n    path: {tmp_path / 'x'}\n"
-            f"    containers: [{{name: app, policy: {{logs: {{subDir: a}}}}}}]\n"
-            f"  - name: two\n    path: {tmp_path / 'link' / 'a'}\n"
-            f"  - name: three\n    path: {tmp_path / 'elsewhere'}\n")
+    text = (
+        f"volumes:\n"
+        f"  - name: one\n    path: {tmp_path / 'x'}\n"
+        f"    containers: [{{name: app, policy: {{logs: {{subDir: a}}}}}}]\n"
+        f"  - name: two\n    path: {tmp_path / 'link' / 'a'}\n"
+        f"  - name: three\n    path: {tmp_path / 'elsewhere'}\n"
+    )
     with pytest.raises(ConfigError) as e:
         load_config_text(text, "cfg.yaml")
     [problem] = e.value.problems
     assert (problem.file, problem.line, problem.key) == ("cfg.yaml", 6, "volumes[1].path")
     assert f"is the same directory as {tmp_path / 'x' / 'a'} of volumes[0]" in problem.message
     # Distinct directories (and paths that do not exist yet) are fine.
-    load_config_text(text.replace(str(tmp_path / "link" / "a"), str(tmp_path / "x" / "b")),
-                     "cfg.yaml")
+    load_config_text(
+        text.replace(str(tmp_path / "link" / "a"), str(tmp_path / "x" / "b")), "cfg.yaml"
+    )

@@ -398,14 +398,19 @@ def test_a_pod_over_the_stream_cap_gets_one_warning_event(
     discovery.max_streams_per_volume = 3
     names = tuple(f"c{i}" for i in range(6))
     many = "logs:\n" + "".join(f"  {n}: {{}}\n" for n in names)
-    pod = api.add_pod(make_pod("wide", node=NODE, annotation=many, containers=names,
-                               uid="uid-wide"))
+    pod = api.add_pod(
+        make_pod("wide", node=NODE, annotation=many, containers=names, uid="uid-wide")
+    )
     api.add_pod(make_pod("good", node=NODE, annotation=GOOD))
     discovery.start()
     assert discovery.wait_synced(10)
     # The first three by container name are managed; the others are refused.
-    assert _keys(registry) == {"default/good/app", "default/wide/c0", "default/wide/c1",
-                               "default/wide/c2"}
+    assert _keys(registry) == {
+        "default/good/app",
+        "default/wide/c0",
+        "default/wide/c1",
+        "default/wide/c2",
+    }
     assert api.wait_for(lambda: len(api.events()) == 1)
     event = api.events()[0]
     assert event["reason"] == "TooManyLogStreams" and event["type"] == "Warning"
@@ -416,13 +421,19 @@ def test_a_pod_over_the_stream_cap_gets_one_warning_event(
     # A status update with the same annotation is not reported again.
     api.update_pod({**pod, "status": {"phase": "Running", "podIP": "10.0.0.7"}})
     api.update_pod(make_pod("good", node=NODE, annotation=GOOD + "    maxFiles: 2\n"))
-    assert api.wait_for(lambda: registry.get(StreamKey("default", "good", "app")) is not None
-                        and registry.get(StreamKey("default", "good", "app"))
-                        .policy.max_files == 2)  # type: ignore[union-attr]
+    assert api.wait_for(
+        lambda: (
+            registry.get(StreamKey("default", "good", "app")) is not None
+            and registry.get(StreamKey("default", "good", "app")).policy.max_files == 2
+        )
+    )  # type: ignore[union-attr]
     assert len(api.events()) == 1
     # Within the cap again: the series goes away, no new Event.
-    api.update_pod(make_pod("wide", node=NODE, annotation="logs:\n  c0: {}\n", containers=names,
-                            uid="uid-wide"))
+    api.update_pod(
+        make_pod(
+            "wide", node=NODE, annotation="logs:\n  c0: {}\n", containers=names, uid="uid-wide"
+        )
+    )
     assert api.wait_for(lambda: _over_cap(metrics, "default/wide/logs") is None)
     assert api.wait_for(lambda: "default/wide/c1" not in _keys(registry))
     assert len(api.events()) == 1

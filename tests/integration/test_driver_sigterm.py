@@ -35,8 +35,17 @@ def test_sigterm_right_after_the_pipes_close_exits_0_with_every_event(
         log = tmp_path / f"r{round_no}.log"
         delimiter = ["delimiter", "\\x1e\\n"] if fmt == "raw" else []
         shim = spawn_like_shim(
-            ["format", fmt, "log-path", str(log), "max-size", "16Ki", "max-file", "1000",
-             *delimiter],
+            [
+                "format",
+                fmt,
+                "log-path",
+                str(log),
+                "max-size",
+                "16Ki",
+                "max-file",
+                "1000",
+                *delimiter,
+            ],
             container_id=f"c{round_no}",
             namespace="default",
         )

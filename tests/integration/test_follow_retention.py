@@ -54,8 +54,9 @@ class Follower:
     problems: list[str] = field(default_factory=list)
 
 
-async def follow(url: str, sep: bytes, f: Follower, rng: random.Random,
-                 done: asyncio.Event) -> None:
+async def follow(
+    url: str, sep: bytes, f: Follower, rng: random.Random, done: asyncio.Event
+) -> None:
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         while not done.is_set():
@@ -100,20 +101,32 @@ def kept_on_disk(info: StreamInfo, sep: bytes) -> list[int]:
     return [s for s in seqs if s is not None]
 
 
-@pytest.mark.parametrize(("fmt", "collapse", "compress"), [
-    ("json-file", "auto", "none"),
-    ("cri", "always", "gzip"),
-    ("raw", "never", "none"),
-])
+@pytest.mark.parametrize(
+    ("fmt", "collapse", "compress"),
+    [
+        ("json-file", "auto", "none"),
+        ("cri", "always", "gzip"),
+        ("raw", "never", "none"),
+    ],
+)
 def test_followers_of_a_budget_truncated_stream_never_step_back(
-        tmp_path: Path, fmt: str, collapse: str, compress: str) -> None:
+    tmp_path: Path, fmt: str, collapse: str, compress: str
+) -> None:
     delimiter = b"\n\n" if fmt == "raw" else b"\n"
     sep = delimiter
-    info = StreamInfo(key=StreamKey("default", "writer", "app"), directory=tmp_path,
-                      base="app.log", volume="logs",
-                      policy=LogPolicy(format=fmt, delimiter=delimiter,  # type: ignore[arg-type]
-                                       max_size_bytes=MAX_SIZE, max_files=0,
-                                       max_total_size_bytes=BUDGET))
+    info = StreamInfo(
+        key=StreamKey("default", "writer", "app"),
+        directory=tmp_path,
+        base="app.log",
+        volume="logs",
+        policy=LogPolicy(
+            format=fmt,
+            delimiter=delimiter,  # type: ignore[arg-type]
+            max_size_bytes=MAX_SIZE,
+            max_files=0,
+            max_total_size_bytes=BUDGET,
+        ),
+    )
     info.active_path.touch()
     registry = StreamRegistry()
     registry.put(info)
@@ -123,12 +136,30 @@ def test_followers_of_a_budget_truncated_stream_never_step_back(
 
     def start_rotator() -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "tests.support.rotate_loop", "--dir", str(tmp_path),
-             "--base", "app.log", "--format", fmt, "--delimiter", delimiter.decode(
-                 "unicode_escape").encode("unicode_escape").decode(),
-             "--max-size", str(MAX_SIZE), "--max-total-size", str(BUDGET),
-             "--compress", compress, "--collapse", collapse],
-            cwd=ROOT, stdout=subprocess.PIPE)
+            [
+                sys.executable,
+                "-m",
+                "tests.support.rotate_loop",
+                "--dir",
+                str(tmp_path),
+                "--base",
+                "app.log",
+                "--format",
+                fmt,
+                "--delimiter",
+                delimiter.decode("unicode_escape").encode("unicode_escape").decode(),
+                "--max-size",
+                str(MAX_SIZE),
+                "--max-total-size",
+                str(BUDGET),
+                "--compress",
+                compress,
+                "--collapse",
+                collapse,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+        )
 
     def collect(proc: subprocess.Popen[bytes]) -> None:
         out, _ = proc.communicate()
@@ -141,13 +172,30 @@ def test_followers_of_a_budget_truncated_stream_never_step_back(
             nonlocal kills
             done = asyncio.Event()
             followers = [Follower(f"f{i}") for i in range(3)]
-            tasks = [asyncio.create_task(follow(url, sep, f, random.Random(i), done))
-                     for i, f in enumerate(followers)]
+            tasks = [
+                asyncio.create_task(follow(url, sep, f, random.Random(i), done))
+                for i, f in enumerate(followers)
+            ]
             writer = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tests.support.format_writer", "--path",
-                str(info.active_path), "--format", fmt, "--mode", "append",
-                "--bytes", str(TOTAL), "--rate", str(RATE), "--max-len", "3000",
-                "--report", str(tmp_path / "report.json"), cwd=ROOT)
+                sys.executable,
+                "-m",
+                "tests.support.format_writer",
+                "--path",
+                str(info.active_path),
+                "--format",
+                fmt,
+                "--mode",
+                "append",
+                "--bytes",
+                str(TOTAL),
+                "--rate",
+                str(RATE),
+                "--max-len",
+                "3000",
+                "--report",
+                str(tmp_path / "report.json"),
+                cwd=ROOT,
+            )
             while writer.returncode is None:
                 rotator = start_rotator()
                 await asyncio.sleep(rng.uniform(0.3, 1.5))
@@ -180,10 +228,15 @@ def test_followers_of_a_budget_truncated_stream_never_step_back(
         assert counts.get("compress", 0) >= 3, counts
     kept = kept_on_disk(info, sep)
     assert kept == list(range(kept[0], last + 1)), "disk keeps a contiguous newest run"
-    print(f"\n{fmt}: {last + 1} events, {kills} kills, steps {counts}, kept "
-          f"[{kept[0]}, {last}]; followers: " + ", ".join(
-              f"{f.name} {f.sessions} sessions, {len(f.problems)} problems, "
-              f"{len(f.missed)} missed (all removed)" for f in followers))
+    print(
+        f"\n{fmt}: {last + 1} events, {kills} kills, steps {counts}, kept "
+        f"[{kept[0]}, {last}]; followers: "
+        + ", ".join(
+            f"{f.name} {f.sessions} sessions, {len(f.problems)} problems, "
+            f"{len(f.missed)} missed (all removed)"
+            for f in followers
+        )
+    )
     for f in followers:
         assert not f.problems, (f.name, f.problems[:5])
         assert f.last_seen == last, (f.name, f.last_seen, last)

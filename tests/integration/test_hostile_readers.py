@@ -61,9 +61,15 @@ def raw(start: int, n: int) -> bytes:
 
 
 def info_at(root: Path, directory: Path, key: StreamKey, **policy: object) -> StreamInfo:
-    return StreamInfo(key=key, directory=directory, base="app.log",
-                      policy=LogPolicy(**policy),  # type: ignore[arg-type]
-                      volume="logs", source="kubernetes", root=root)
+    return StreamInfo(
+        key=key,
+        directory=directory,
+        base="app.log",
+        policy=LogPolicy(**policy),  # type: ignore[arg-type]
+        volume="logs",
+        source="kubernetes",
+        root=root,
+    )
 
 
 def seqs_of(data: bytes, *, tail: bool = False) -> list[int]:
@@ -75,11 +81,13 @@ def seqs_of(data: bytes, *, tail: bool = False) -> list[int]:
     return [s for s in (parse_event(b) for b in bodies) if s is not None]
 
 
-def read_all(info: StreamInfo, refused: list[UnsafeFile] | None = None,
-             **opts: object) -> bytes:
-    reader = StreamReader(info, ReadOptions(**opts),  # type: ignore[arg-type]
-                          poll_interval_s=0.01,
-                          on_refused=(refused.append if refused is not None else print))
+def read_all(info: StreamInfo, refused: list[UnsafeFile] | None = None, **opts: object) -> bytes:
+    reader = StreamReader(
+        info,
+        ReadOptions(**opts),  # type: ignore[arg-type]
+        poll_interval_s=0.01,
+        on_refused=(refused.append if refused is not None else print),
+    )
     return b"".join(reader.read_all())
 
 
@@ -103,8 +111,10 @@ class Node:
 def node(tmp_path: Path) -> Node:
     kubelet = tmp_path / "kubelet"
     var_log = tmp_path / "var-log"
-    canaries = [Canary.plant(var_log / "app.log", SECRET + b" syslog\n" + raw(0, 30)),
-                Canary.plant(var_log / "app.log.20200101-000000", SECRET + b" old\n")]
+    canaries = [
+        Canary.plant(var_log / "app.log", SECRET + b" syslog\n" + raw(0, 30)),
+        Canary.plant(var_log / "app.log.20200101-000000", SECRET + b" old\n"),
+    ]
     n = Node(kubelet, var_log, canaries)
     victim = n.volume("victim-uid")
     victim.mkdir(parents=True)
@@ -115,9 +125,11 @@ def node(tmp_path: Path) -> Node:
 
 # -- the safety root: a symlinked subDir is refused ---------------------------------------
 
+
 @pytest.mark.parametrize("target", ["var-log", "other-pod"])
 def test_symlinked_subdir_of_a_discovered_pod_is_never_read_or_served(
-        node: Node, target: str) -> None:
+    node: Node, target: str
+) -> None:
     root = node.volume("attacker-uid")
     outside = node.var_log if target == "var-log" else node.volume("victim-uid")
     (root / "y").symlink_to(outside)
@@ -149,6 +161,7 @@ def test_symlinked_subdir_of_a_discovered_pod_is_never_read_or_served(
 
 # -- planted files in a real stream ------------------------------------------------------
 
+
 @pytest.fixture
 def planted(tmp_path: Path) -> Iterator[tuple[StreamInfo, Canary, Path]]:
     """A stream rotated by the real rotator (segments, a punched active file), then
@@ -156,8 +169,7 @@ def planted(tmp_path: Path) -> Iterator[tuple[StreamInfo, Canary, Path]]:
     outside = Canary.plant(tmp_path / "outside" / "secret.log", SECRET + b"\n" + raw(900, 5))
     root = tmp_path / "vol"
     root.mkdir()
-    info = info_at(root, root, StreamKey("ns", "pod", "app"), max_size_bytes=4096,
-                   compress="none")
+    info = info_at(root, root, StreamKey("ns", "pod", "app"), max_size_bytes=4096, compress="none")
     rot = StreamRotator(info)
     active = root / "app.log"
     seq = 0
@@ -177,7 +189,8 @@ def planted(tmp_path: Path) -> Iterator[tuple[StreamInfo, Canary, Path]]:
 
 
 def test_symlinked_fifo_and_hardlinked_segments_are_skipped_never_served(
-        planted: tuple[StreamInfo, Canary, Path]) -> None:
+    planted: tuple[StreamInfo, Canary, Path],
+) -> None:
     info, outside, _ = planted
     refused: list[UnsafeFile] = []
     started = time.monotonic()
@@ -258,8 +271,10 @@ def test_oversized_or_symlinked_state_file_is_ignored_not_read(tmp_path: Path) -
 
 # -- followers ----------------------------------------------------------------------------
 
+
 def test_writer_truncating_its_own_file_under_a_follower_is_a_new_generation(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     root = tmp_path / "vol"
     root.mkdir()
     info = info_at(root, root, StreamKey("ns", "pod", "app"), max_size_bytes=4096)
@@ -350,6 +365,7 @@ def test_read_without_follow_ends_while_a_step_marker_stays_pending(tmp_path: Pa
 
 # -- static volumes ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("target", ["outside", "inside"])
 def test_static_symlinked_subdir_is_refused_not_managed(tmp_path: Path, target: str) -> None:
     from logvold.core.policy import Config, ContainerSpec, VolumeSpec
@@ -364,14 +380,28 @@ def test_static_symlinked_subdir_is_refused_not_managed(tmp_path: Path, target: 
     registry = StreamRegistry()
     metrics = Metrics()
     source = StaticSource(registry, metrics)
-    source.set_config(Config(volumes=(
-        VolumeSpec(name="v", path=str(vol), containers=(
-            ContainerSpec(name="app", policy=LogPolicy(sub_dir="y")),)),
-        VolumeSpec(name="w", path=str(vol), pod="w", containers=(
-            ContainerSpec(name="app", policy=LogPolicy(sub_dir="y/deeper")),)))))
+    source.set_config(
+        Config(
+            volumes=(
+                VolumeSpec(
+                    name="v",
+                    path=str(vol),
+                    containers=(ContainerSpec(name="app", policy=LogPolicy(sub_dir="y")),),
+                ),
+                VolumeSpec(
+                    name="w",
+                    path=str(vol),
+                    pod="w",
+                    containers=(ContainerSpec(name="app", policy=LogPolicy(sub_dir="y/deeper")),),
+                ),
+            )
+        )
+    )
     report = source.scan()
     assert registry.snapshot() == []
     assert sum("leaves the volume (symlink)" in p for p in report.problems) == 2
-    assert metrics.registry.get_sample_value("logvold_unsafe_files_refused_total",
-                                             {"kind": "symlink"}) == 2
+    assert (
+        metrics.registry.get_sample_value("logvold_unsafe_files_refused_total", {"kind": "symlink"})
+        == 2
+    )
     outside.unchanged()

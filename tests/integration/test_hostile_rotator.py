@@ -69,8 +69,9 @@ def refused(metrics: Metrics, kind: str) -> float:
     return float(metrics.unsafe_refused.labels(kind)._value.get())
 
 
-def assert_exactly_once(directory: Path, last: int, *, via_state: bool = True,
-                        first: int | None = 0) -> None:
+def assert_exactly_once(
+    directory: Path, last: int, *, via_state: bool = True, first: int | None = 0
+) -> None:
     """Every event [first, last) once, whole, in order (first None: a truncated head)."""
     data = complete(files_view(directory, via_state=via_state), DELIM)
     report = verify(split_raw([data], DELIM), allow_missing_prefix=first is None)
@@ -93,17 +94,20 @@ def canary(tmp_path: Path) -> Canary:
     return Canary.make(tmp_path / "outside")
 
 
-def rotator(vol: Path, metrics: Metrics, clock: Clock | None = None,
-            **policy: Any) -> StreamRotator:
+def rotator(
+    vol: Path, metrics: Metrics, clock: Clock | None = None, **policy: Any
+) -> StreamRotator:
     policy.setdefault("delimiter", DELIM)
     policy.setdefault("collapse", "never")
-    return StreamRotator(make_info(vol, **policy), metrics, clock or Clock(),
-                         collapse_min_bytes=4096)
+    return StreamRotator(
+        make_info(vol, **policy), metrics, clock or Clock(), collapse_min_bytes=4096
+    )
 
 
 @pytest.mark.parametrize("compress", ["gzip", "zstd"])
 def test_symlinks_at_every_temp_and_segment_name_are_replaced_never_followed(
-        vol: Path, canary: Canary, compress: str) -> None:
+    vol: Path, canary: Canary, compress: str
+) -> None:
     metrics = Metrics()
     clock = Clock()
     rot = rotator(vol, metrics, clock, compress=compress, delay_compress=False, max_files=0)
@@ -117,8 +121,10 @@ def test_symlinks_at_every_temp_and_segment_name_are_replaced_never_followed(
         append(vol / "app.log", written, written + 150)
         written += 150
         existing = segments_of("app.log", os.listdir(vol))
-        upcoming = [next_segment_name("app.log", clock.now + timedelta(seconds=k), existing)
-                    for k in (1, 2, 3)]
+        upcoming = [
+            next_segment_name("app.log", clock.now + timedelta(seconds=k), existing)
+            for k in (1, 2, 3)
+        ]
         for name in upcoming:
             for suffix in ("", ".tmp", ".trim", ".trim.tmp", ".gz.tmp", ".zst.tmp"):
                 plant(vol / (name.stem + suffix), "symlink", canary.path)
@@ -142,8 +148,8 @@ def test_symlinks_at_every_temp_and_segment_name_are_replaced_never_followed(
 
 @pytest.mark.parametrize("kind", ["symlink", "fifo", "socket", "directory", "hardlink"])
 def test_segment_swapped_before_compression_is_refused(
-        vol: Path, canary: Canary, kind: str, monkeypatch: pytest.MonkeyPatch,
-        tmp_path: Path) -> None:
+    vol: Path, canary: Canary, kind: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     metrics = Metrics()
     clock = Clock()
     plain = rotator(vol, metrics, clock)
@@ -169,8 +175,11 @@ def test_segment_swapped_before_compression_is_refused(
     monkeypatch.setattr(rotator_mod, "compress_in", swap_then_compress)
     done = rot.compress_pending()
     assert len(done) == 2  # the other two; the swapped one refused, never waited on
-    expected_kind = {"fifo": "not-regular", "socket": "not-regular",
-                     "directory": "not-regular"}.get(kind, kind)
+    expected_kind = {
+        "fifo": "not-regular",
+        "socket": "not-regular",
+        "directory": "not-regular",
+    }.get(kind, kind)
     assert refused(metrics, expected_kind) >= 1
     canary.assert_unchanged()
     assert marker_anywhere(vol, exclude=(swapped[0].name,)) == []
@@ -189,8 +198,8 @@ def test_segment_swapped_before_compression_is_refused(
 
 @pytest.mark.parametrize("kind", ["symlink", "fifo", "socket", "directory", "hardlink"])
 def test_segment_swapped_before_trim_is_refused(
-        vol: Path, canary: Canary, kind: str, monkeypatch: pytest.MonkeyPatch,
-        tmp_path: Path) -> None:
+    vol: Path, canary: Canary, kind: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     metrics = Metrics()
     clock = Clock()
     plain = rotator(vol, metrics, clock)
@@ -214,8 +223,11 @@ def test_segment_swapped_before_trim_is_refused(
     monkeypatch.setattr(StreamRotator, "_trim_segment", swap_then_trim)
     result = rot.enforce_retention()
     assert result.trimmed_segment is None
-    expected_kind = {"fifo": "not-regular", "socket": "not-regular",
-                     "directory": "not-regular"}.get(kind, kind)
+    expected_kind = {
+        "fifo": "not-regular",
+        "socket": "not-regular",
+        "directory": "not-regular",
+    }.get(kind, kind)
     assert refused(metrics, expected_kind) >= 1
     canary.assert_unchanged()
     assert marker_anywhere(vol, exclude=(oldest.name,)) == []
@@ -232,7 +244,8 @@ def test_segment_swapped_before_trim_is_refused(
 
 @pytest.mark.parametrize("at_save", [1, 2], ids=["before-copy", "before-commit"])
 def test_state_dir_swapped_for_a_symlink_mid_rotation(
-        vol: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at_save: int) -> None:
+    vol: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at_save: int
+) -> None:
     """`.logvold` becomes a symlink to an outside directory between two saves of one
     rotation: nothing is written there, the step is refused; once the pod puts it back,
     the interrupted step is settled and every event is kept once."""
@@ -283,12 +296,10 @@ def test_state_dir_symlink_is_refused_at_recovery(vol: Path, tmp_path: Path) -> 
     assert list(vol.glob("app.log.*")) == []
 
 
-def test_hard_linked_active_file_is_neither_punched_nor_copied(
-        vol: Path, canary: Canary) -> None:
+def test_hard_linked_active_file_is_neither_punched_nor_copied(vol: Path, canary: Canary) -> None:
     metrics = Metrics()
     os.link(canary.path, vol / "app.log")
-    rot = rotator(vol, metrics, max_size_bytes=1024, max_total_size_bytes=2048,
-                  delimiter=b"\n")
+    rot = rotator(vol, metrics, max_size_bytes=1024, max_total_size_bytes=2048, delimiter=b"\n")
     assert rot.needs_rotation() is None or rot.rotate("size") is None
     assert rot.rotate("size") is None
     assert rot.enforce_retention().dropped_active_bytes == 0
@@ -322,7 +333,8 @@ def test_a_3gib_sparse_state_file_is_rebuilt_without_reading_it(vol: Path) -> No
 
 @pytest.mark.parametrize("stopped_cleanly", [False, True], ids=["crash", "clean-stop"])
 def test_a_deleted_state_file_is_rebuilt_from_the_segments(
-        vol: Path, stopped_cleanly: bool) -> None:
+    vol: Path, stopped_cleanly: bool
+) -> None:
     """The pod deleted `.logvold/app.log.state.json` of a punched file: the restart
     matches the data after the hole against the newest segment (or skips the zeroed
     tail of a clean stop) and never copies from offset 0: no NULs, no duplicates."""
@@ -353,8 +365,9 @@ def test_a_forged_intent_never_touches_another_file(vol: Path) -> None:
     state = load_state(vol, "app.log")
     assert state is not None
     for stem in ("other.log", "../vol/other.log", "app.log"):
-        save_state(vol, "app.log", state.with_(intent={"op": "punch", "stem": stem,
-                                                       "start": 0, "end": 5}))
+        save_state(
+            vol, "app.log", state.with_(intent={"op": "punch", "stem": stem, "start": 0, "end": 5})
+        )
         rotator(vol, metrics).recover()
         assert (vol / "other.log").read_bytes() == b"another container's log\n"
         assert (vol / "app.log").exists()
@@ -399,8 +412,7 @@ def test_a_stop_past_its_deadline_abandons_the_copy_before_the_commit(vol: Path)
     assert regular_segments(vol) == []
     assert [n for n in os.listdir(vol) if n.endswith(".tmp")] == []
     after = load_state(vol, "app.log")
-    assert after is None or (after.committed_offset == 0 and after.intent is None), (before,
-                                                                                      after)
+    assert after is None or (after.committed_offset == 0 and after.intent is None), (before, after)
     rot.abandon_copy = lambda: False
     assert rot.rotate("size") is not None
     assert_exactly_once(vol, 500)
@@ -408,7 +420,8 @@ def test_a_stop_past_its_deadline_abandons_the_copy_before_the_commit(vol: Path)
 
 @pytest.mark.parametrize("kind", ["symlink", "fifo", "socket", "directory", "hardlink"])
 def test_compress_in_refuses_what_is_not_a_plain_segment(
-        vol: Path, canary: Canary, kind: str) -> None:
+    vol: Path, canary: Canary, kind: str
+) -> None:
     """A FIFO is refused at once (never opened for a blocking read), a symlink never
     followed, a hard link never read; no temp file is left."""
     seg = vol / "app.log.20261130-120000.0000"
@@ -444,8 +457,7 @@ def test_a_planted_directory_at_a_temp_name_is_refused_not_fatal(vol: Path) -> N
     rot = rotator(vol, metrics, clock)
     rot.recover()
     append(vol / "app.log", 0, 300)
-    names = [next_segment_name("app.log", clock.now + timedelta(seconds=k), [])
-             for k in (1, 2, 3)]
+    names = [next_segment_name("app.log", clock.now + timedelta(seconds=k), []) for k in (1, 2, 3)]
     for name in names:
         (vol / (name.stem + ".tmp")).mkdir()
     assert rot.rotate("size") is None

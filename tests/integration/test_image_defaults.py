@@ -14,8 +14,7 @@ import yaml
 from tests.unit.test_dockerfile import INSTRUCTIONS_OF_FILE, stages
 
 
-def test_default_command_runs_on_built_in_defaults_over_a_mounted_logs_dir(
-        tmp_path: Path) -> None:
+def test_default_command_runs_on_built_in_defaults_over_a_mounted_logs_dir(tmp_path: Path) -> None:
     """The image's ENTRYPOINT + CMD, run as the image would (the installed `logvold`), with
     /logs standing for a mounted directory: no config file needed, the file in it is
     managed, and nothing listens beyond loopback by default."""
@@ -28,13 +27,15 @@ def test_default_command_runs_on_built_in_defaults_over_a_mounted_logs_dir(
     (logs / "app.log").write_bytes(b"hello\n")
     argv = [str(Path(sys.executable).with_name(command[0])), *command[1:]]
     argv = [str(logs) if a == "/logs" else a for a in argv]
-    printed = subprocess.run([*argv, "--print-config"], capture_output=True, text=True,
-                             timeout=60, check=False)
+    printed = subprocess.run(
+        [*argv, "--print-config"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert printed.returncode == 0, printed.stderr
     config = yaml.safe_load(printed.stdout)
     assert config["server"]["listen"] == "127.0.0.1:8642"
     assert config["volumes"] == [{"name": "local", "path": str(logs), "namespace": "default"}]
-    once = subprocess.run([*argv, "--once"], capture_output=True, text=True, timeout=60,
-                          check=False)
+    once = subprocess.run(
+        [*argv, "--once"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert once.returncode == 0, once.stderr
     assert "stream added" in once.stderr and str(logs / "app.log") in once.stderr

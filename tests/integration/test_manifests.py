@@ -287,13 +287,14 @@ def test_the_metrics_token_belongs_to_an_account_that_may_read_only_nodes_metric
     secret = _load("metrics-reader-token.yaml")
     account = _load("metrics-reader-serviceaccount.yaml")["metadata"]
     assert secret["type"] == "kubernetes.io/service-account-token"
-    assert secret["metadata"]["annotations"]["kubernetes.io/service-account.name"] == (
-        account["name"])
-    assert secret["metadata"]["namespace"] == _load("servicemonitor.yaml")["metadata"][
-        "namespace"]  # prometheus-operator reads credentials from the monitor's namespace
+    assert (
+        secret["metadata"]["annotations"]["kubernetes.io/service-account.name"] == (account["name"])
+    )
+    assert (
+        secret["metadata"]["namespace"] == _load("servicemonitor.yaml")["metadata"]["namespace"]
+    )  # prometheus-operator reads credentials from the monitor's namespace
     role = _load("metrics-reader-clusterrole.yaml")
-    assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]}]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]}]
     binding = _load("metrics-reader-clusterrolebinding.yaml")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [
@@ -363,8 +364,9 @@ def test_promtool_alert_unit_tests_pass(rules_dir: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
-    tested = set(re.findall(r"alertname: (\w+)",
-                            (MANIFESTS / "tests" / "alerts_test.yaml").read_text()))
+    tested = set(
+        re.findall(r"alertname: (\w+)", (MANIFESTS / "tests" / "alerts_test.yaml").read_text())
+    )
     rules = _load("prometheusrule.yaml")["spec"]["groups"][0]["rules"]
     assert tested == {r["alert"] for r in rules}  # every alert has a unit test
 
@@ -408,6 +410,9 @@ def test_grafana_dashboard_queries_existing_metrics() -> None:
     assert variables == {"datasource", "node"}
     # Every metric family appears on the dashboard (histograms through _bucket/_sum/_count).
     families = {re.sub(r"_(total|bucket|sum|count|info)$", "", n) for n in used}
-    expected = {re.sub(r"_(total|bucket|sum|count|info|created)$", "", n) for n in known
-                if not n.startswith("python_")}  # the platform collector's python_info
+    expected = {
+        re.sub(r"_(total|bucket|sum|count|info|created)$", "", n)
+        for n in known
+        if not n.startswith("python_")
+    }  # the platform collector's python_info
     assert families == expected, sorted(expected - families)

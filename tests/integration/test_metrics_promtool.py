@@ -15,15 +15,28 @@ from tests.support.streams import build_stream, make_events
 
 def test_metrics_scrape_is_promtool_clean(tmp_path: Path) -> None:
     registry = StreamRegistry()
-    registry.put(build_stream(tmp_path / "s", make_events(50, "cri"), fmt="cri", layout=(),
-                              key=StreamKey("default", "web", "app")))
+    registry.put(
+        build_stream(
+            tmp_path / "s",
+            make_events(50, "cri"),
+            fmt="cri",
+            layout=(),
+            key=StreamKey("default", "web", "app"),
+        )
+    )
     with RunningServer(registry) as srv:
-        for path in ("/logs/default/web/app?tailLines=3", "/logs/default/web/app?tailLines=x",
-                     "/logs/default/web/nope", "/api/v1/namespaces/default/pods/web/log",
-                     "/healthz", "/no/such/path"):
+        for path in (
+            "/logs/default/web/app?tailLines=3",
+            "/logs/default/web/app?tailLines=x",
+            "/logs/default/web/nope",
+            "/api/v1/namespaces/default/pods/web/log",
+            "/healthz",
+            "/no/such/path",
+        ):
             get(srv.base + path)
-        status, text, headers = get(srv.base + "/metrics",
-                                    headers={"Accept": "text/plain; version=0.0.4"})
+        status, text, headers = get(
+            srv.base + "/metrics", headers={"Accept": "text/plain; version=0.0.4"}
+        )
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     assert b"# TYPE logvold_http_requests_total counter" in text
     assert b'logvold_http_requests_total{code="404",handler="unmatched"} 1.0' in text
@@ -33,6 +46,7 @@ def test_metrics_scrape_is_promtool_clean(tmp_path: Path) -> None:
     if promtool is None:
         print("SKIP promtool lint: promtool not installed (apt package `prometheus`)")
         pytest.skip("promtool not installed (apt package `prometheus`; .ci/run installs it)")
-    done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
-                          timeout=30, check=False)
+    done = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, timeout=30, check=False
+    )
     assert done.returncode == 0, (done.stdout + done.stderr).decode()

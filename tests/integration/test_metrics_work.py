@@ -25,29 +25,40 @@ from tests.support.streams import build_stream, make_events
 
 def _samples(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     text = metrics.exposition()[0].decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
 
 def _value(metrics: Metrics, name: str, **labels: str) -> float:
-    return sum(v for (n, ls), v in _samples(metrics).items()
-               if n == name and set(labels.items()) <= ls)
+    return sum(
+        v for (n, ls), v in _samples(metrics).items() if n == name and set(labels.items()) <= ls
+    )
 
 
 def test_foreign_writer_bytes_events_and_splits_counted_at_rotation(tmp_path: Path) -> None:
     metrics = Metrics()
-    info = make_info(tmp_path, max_size_bytes=1, max_files=0, max_event_size_bytes=1024,
-                     delimiter=b"\n\n")
+    info = make_info(
+        tmp_path, max_size_bytes=1, max_files=0, max_event_size_bytes=1024, delimiter=b"\n\n"
+    )
     metrics.add_stream("default", "pod", "app")
     rot = StreamRotator(info, metrics)
     rng = random.Random(7)
     # events 25..44 are over maxEventSize (3000-3500 bytes: cut into pieces of <= 1 KiB)
-    written = b"".join(make_event(i, rng, delimiter=b"\n\n",
-                                  **({"min_len": 3000, "max_len": 3500} if 25 <= i < 45 else {}))
-                       for i in range(70))
+    written = b"".join(
+        make_event(
+            i,
+            rng,
+            delimiter=b"\n\n",
+            **({"min_len": 3000, "max_len": 3500} if 25 <= i < 45 else {}),
+        )
+        for i in range(70)
+    )
     with (tmp_path / "app.log").open("ab") as f:
         for i in range(0, len(written), 4096):
-            f.write(written[i:i + 4096])
+            f.write(written[i : i + 4096])
             f.flush()
             rot.rotate("size")
     rot.rotate("size")
@@ -91,9 +102,12 @@ def test_stream_series_start_at_zero_and_go_with_the_stream() -> None:
     metrics.add_stream("ns", "web", "sidecar")
     metrics.rotations.labels("ns", "web", "app", "size", "punch").inc()
     for error in ROTATION_ERRORS:
-        assert ("logvold_rotation_failures_total", frozenset(
-            {("namespace", "ns"), ("pod", "web"), ("container", "app"), ("error", error)})
-            ) in _samples(metrics)
+        assert (
+            "logvold_rotation_failures_total",
+            frozenset(
+                {("namespace", "ns"), ("pod", "web"), ("container", "app"), ("error", error)}
+            ),
+        ) in _samples(metrics)
     assert _value(metrics, "logvold_config_reloads_total", result="error") == 0
     assert ("logvold_config_reloads_total", frozenset({("result", "error")})) in _samples(metrics)
     metrics.remove_stream("ns", "web", "app")
@@ -106,8 +120,15 @@ def test_stream_series_start_at_zero_and_go_with_the_stream() -> None:
 
 def test_follower_hang_up_is_499_never_5xx(tmp_path: Path) -> None:
     registry = StreamRegistry()
-    registry.put(build_stream(tmp_path / "s", make_events(20, "raw"), fmt="raw", layout=(),
-                              key=StreamKey("default", "web", "app")))
+    registry.put(
+        build_stream(
+            tmp_path / "s",
+            make_events(20, "raw"),
+            fmt="raw",
+            layout=(),
+            key=StreamKey("default", "web", "app"),
+        )
+    )
     metrics = Metrics()
     with RunningServer(registry, metrics=metrics) as srv:
         with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
@@ -118,11 +139,17 @@ def test_follower_hang_up_is_499_never_5xx(tmp_path: Path) -> None:
                 assert chunk
                 got += chunk
             assert got.startswith(b"HTTP/1.1 200")
-        wait_for(lambda: _value(metrics, "logvold_http_requests_total", handler="logs",
-                                code="499") == 1, 20, "the hang-up counted as 499")
+        wait_for(
+            lambda: _value(metrics, "logvold_http_requests_total", handler="logs", code="499") == 1,
+            20,
+            "the hang-up counted as 499",
+        )
         wait_for(lambda: _value(metrics, "logvold_followers") == 0, 20, "follower gone")
-        codes = {dict(ls).get("code") for (n, ls) in _samples(metrics)
-                 if n == "logvold_http_requests_total"}
+        codes = {
+            dict(ls).get("code")
+            for (n, ls) in _samples(metrics)
+            if n == "logvold_http_requests_total"
+        }
         assert codes == {"499"}, codes
 
 
@@ -143,16 +170,25 @@ def test_rules_dashboard_and_rule_tests_name_only_label_values_the_code_emits() 
     )
 
     root = Path(__file__).resolve().parents[2] / "manifests"
-    emitted = {"error": set(ROTATION_ERRORS), "result": set(RELOAD_RESULTS),
-               "source": set(WATCH_SOURCES), "algorithm": set(COMPRESSION_ALGORITHMS),
-               "handler": set(SERVING_HANDLERS),
-               "reason": set(TRUNCATION_REASONS) | set(FREED_REASONS), "job": {"logvold"}}
-    texts = [(root / "rules" / "logvold.rules.yaml").read_text(),
-             (root / "prometheusrule.yaml").read_text(),
-             (root / "tests" / "alerts_test.yaml").read_text(),
-             "\n".join(t["expr"] for p in json.loads(
-                 (root / "grafana-dashboard.json").read_text())["panels"]
-                 for t in p.get("targets", []))]
+    emitted = {
+        "error": set(ROTATION_ERRORS),
+        "result": set(RELOAD_RESULTS),
+        "source": set(WATCH_SOURCES),
+        "algorithm": set(COMPRESSION_ALGORITHMS),
+        "handler": set(SERVING_HANDLERS),
+        "reason": set(TRUNCATION_REASONS) | set(FREED_REASONS),
+        "job": {"logvold"},
+    }
+    texts = [
+        (root / "rules" / "logvold.rules.yaml").read_text(),
+        (root / "prometheusrule.yaml").read_text(),
+        (root / "tests" / "alerts_test.yaml").read_text(),
+        "\n".join(
+            t["expr"]
+            for p in json.loads((root / "grafana-dashboard.json").read_text())["panels"]
+            for t in p.get("targets", [])
+        ),
+    ]
     seen = 0
     for text in texts:
         for name, value in re.findall(r'\b(\w+)=~?"([^"$]*)"', text):

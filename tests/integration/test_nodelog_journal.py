@@ -246,13 +246,9 @@ async def test_service_queries_answer_from_the_journal(journal_dir: Path, log_di
         # tailLines passes --pager-end, which journalctl takes as "this boot" unless boot is
         # given: the kubelet answers the same way. boot=-1 reaches the older boot.
         _, _, body = await get(url, "/logs/?query=kubelet&pattern=error&tailLines=4")
-        assert text_lines(body) == expected(
-            select("kubelet.service", boot=BOOT_B, word="error")
-        )
+        assert text_lines(body) == expected(select("kubelet.service", boot=BOOT_B, word="error"))
         _, _, body = await get(url, "/logs/?query=kubelet&pattern=error&tailLines=4&boot=-1")
-        assert text_lines(body) == expected(
-            select("kubelet.service", boot=BOOT_A, word="error")
-        )
+        assert text_lines(body) == expected(select("kubelet.service", boot=BOOT_A, word="error"))
         # Two units interleave in time order; tail counts entries.
         _, _, body = await get(url, "/logs/?query=kubelet&query=containerd.service&tailLines=3")
         assert text_lines(body) == expected(ENTRIES[-3:])
@@ -280,9 +276,7 @@ async def test_gzip_when_the_client_accepts_it(journal_dir: Path, log_dir: Path)
         _, headers, plain = await get(url, "/logs/?query=kubelet&tailLines=3")
         assert "Content-Encoding" not in headers
         assert plain == gzip.decompress(body)
-    served = metrics.registry.get_sample_value(
-        "logvold_bytes_served_total", {"handler": "nodelog"}
-    )
+    served = metrics.registry.get_sample_value("logvold_bytes_served_total", {"handler": "nodelog"})
     assert served == 2 * len(plain)  # log bytes before compression, both answers
 
 
@@ -291,13 +285,9 @@ async def test_kubectl_get_raw_works_unchanged(
     journal_dir: Path, log_dir: Path, tmp_path: Path
 ) -> None:
     async with serve(config(journal_dir, log_dir)) as url:
-        done = await kubectl_raw(
-            url, "/logs/?query=kubelet&pattern=error&tailLines=2", tmp_path
-        )
+        done = await kubectl_raw(url, "/logs/?query=kubelet&pattern=error&tailLines=2", tmp_path)
         assert done.returncode == 0, done.stderr
-        assert done.stdout.splitlines() == expected(
-            select("kubelet.service", word="error")[-2:]
-        )
+        assert done.stdout.splitlines() == expected(select("kubelet.service", word="error")[-2:])
         done = await kubectl_raw(
             url, "/logs/?query=kubelet&sinceTime=2026-11-20T10:00:18Z", tmp_path
         )
@@ -396,9 +386,7 @@ async def test_nothing_outside_the_log_dir_is_served(log_dir: Path, path: str) -
             assert (status, text_lines(body)) == (200, ["log not found for escape"])
         elif path.endswith("query=pipe"):
             assert status == 200
-            assert text_lines(body) == [
-                "error getting log for pipe: 'pipe' is not a regular file"
-            ]
+            assert text_lines(body) == ["error getting log for pipe: 'pipe' is not a regular file"]
         else:
             assert 400 <= status < 500, (status, body)
 
@@ -425,9 +413,7 @@ async def test_byte_cap_ends_with_an_error_line(journal_dir: Path, log_dir: Path
         *data, last = text_lines(body)
         assert last == "error: output truncated at 100 bytes (nodeLogQuery.maxBytes)"
         logged = "".join(line + "\n" for line in data).encode()
-        assert len(logged) <= 100 and (log_dir / "app" / "app.log").read_bytes().startswith(
-            logged
-        )
+        assert len(logged) <= 100 and (log_dir / "app" / "app.log").read_bytes().startswith(logged)
         whole, size = [], 0  # the longest run of whole lines within the cap
         for line in (log_dir / "app" / "app.log").read_bytes().splitlines(keepends=True):
             if size + len(line) > 100:
@@ -450,8 +436,7 @@ async def test_deadline_on_a_huge_file_ends_with_an_error_line(log_dir: Path) ->
         status, _, body = await get(url, "/logs/?query=/huge.log&pattern=line")
         assert status == 200 and time.monotonic() - started < 5
         assert (
-            text_lines(body)[-1]
-            == "error: the query did not finish within 0.3s; output incomplete"
+            text_lines(body)[-1] == "error: the query did not finish within 0.3s; output incomplete"
         )
 
 
@@ -541,9 +526,7 @@ async def test_journal_always_without_journalctl_says_so(
     async with serve(config(None, log_dir, journal="always")) as url:
         status, _, body = await get(url, "/logs/?query=kubelet")
         assert status == 200
-        assert text_lines(body) == [
-            "error: journal output not available (journalctl not found)"
-        ]
+        assert text_lines(body) == ["error: journal output not available (journalctl not found)"]
 
 
 @pytest.mark.asyncio

@@ -18,16 +18,25 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def sdist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sdist")
-    result = subprocess.run([sys.executable, "-m", "build", "--sdist", "--outdir", str(out),
-                             str(ROOT)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "build", "--sdist", "--outdir", str(out), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     (archive,) = out.glob("logvold-*.tar.gz")
     return archive
 
 
 def _tracked(*dirs: str) -> set[str]:
-    result = subprocess.run(["git", "-C", str(ROOT), "ls-files", *dirs], capture_output=True,
-                            text=True, timeout=60, check=True)
+    result = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", *dirs],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return {line for line in result.stdout.splitlines() if (ROOT / line).is_file()}
 
 
@@ -36,7 +45,11 @@ def test_sdist_carries_docs_manifests_packaging_and_the_example_config(sdist: Pa
         top = tar.getnames()[0].split("/")[0]
         names = {n.removeprefix(top + "/") for n in tar.getnames()}
     wanted = _tracked("docs", "manifests", "packaging") | {
-        "config.example.yaml", "LICENSE", "README.md", "Dockerfile"}
+        "config.example.yaml",
+        "LICENSE",
+        "README.md",
+        "Dockerfile",
+    }
     assert wanted <= names, sorted(wanted - names)
     assert "packaging/systemd/logvold.service" in names
     assert "manifests/kustomization.yaml" in names and "docs/run.md" in names

@@ -24,8 +24,9 @@ from tests.support.events import event_stream, split_raw, verify
 @pytest.mark.slow
 @pytest.mark.parametrize("mode, kills", [("append", 30), ("offset", 20)])
 def test_kill_9_loop(tmp_path: Path, mode: str, kills: int) -> None:
-    stats = run(kills, mode=mode, seed=11 if mode == "append" else 12, directory=tmp_path,
-                max_delay_s=0.25)
+    stats = run(
+        kills, mode=mode, seed=11 if mode == "append" else 12, directory=tmp_path, max_delay_s=0.25
+    )
     print(f"\n{stats}")
     assert stats.kills == kills
     assert stats.failures == []
@@ -71,6 +72,7 @@ def crash_at(k: int, after: bool, monkeypatch: pytest.MonkeyPatch) -> Iterator[l
             if me == k and after:
                 raise Crash(name)
             return result
+
         return wrapped
 
     with monkeypatch.context() as m:
@@ -89,8 +91,9 @@ def _append(path: Path, data: bytes) -> None:
 
 @pytest.mark.parametrize("strategy", ["punch", "rename", "copytruncate"])
 @pytest.mark.parametrize("after", [False, True], ids=["before-step", "after-step"])
-def test_crash_at_every_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strategy: str,
-                             after: bool) -> None:
+def test_crash_at_every_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strategy: str, after: bool
+) -> None:
     """Each crash point, then recover(): every event once; then the next rotation succeeds."""
     events = list(event_stream(4000, seed=2, delimiter=b"\n\n"))
     blob = b"".join(events)
@@ -99,8 +102,15 @@ def test_crash_at_every_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, st
     while True:
         d = tmp_path / f"k{k}"
         d.mkdir()
-        info = make_info(d, max_size_bytes=16 * 1024, max_files=0, delimiter=b"\n\n",
-                         max_total_size_bytes=96 * 1024, strategy=strategy, collapse="always")
+        info = make_info(
+            d,
+            max_size_bytes=16 * 1024,
+            max_files=0,
+            delimiter=b"\n\n",
+            max_total_size_bytes=96 * 1024,
+            strategy=strategy,
+            collapse="always",
+        )
         # Two rotations (and a retention pass) over a file with a partial event at its end.
         cut1, cut2 = rng.randint(40_000, 60_000), rng.randint(90_000, 130_000)
         if strategy == "copytruncate":  # it loses a partial tail by design: cut at boundaries
@@ -125,7 +135,10 @@ def test_crash_at_every_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, st
         for rec in state.segments:
             if (d / rec.stem).exists():
                 assert (d / rec.stem).stat().st_size == rec.logical_end - rec.logical_start, (
-                    k, calls, rec)
+                    k,
+                    calls,
+                    rec,
+                )
         report = verify(split_raw([whole_stream(d)], b"\n\n"), allow_missing_prefix=True)
         assert report.ok and report.last_seq is not None, (k, calls, report.summary())
         # After recovery the stream keeps rotating correctly.

@@ -24,8 +24,12 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("needs root to mount a 2 MiB tmpfs")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount tmpfs: {done.stderr.strip()}")
     try:
@@ -76,8 +80,9 @@ def test_enospc_fails_cleanly_then_recovers(small_fs: Path) -> None:
     _check(d, allow_missing_prefix=False)
 
     # A byte budget frees space in place (punch, no copy): rotation works again.
-    tight = make_info(d, max_size_bytes=64 * 1024, max_files=0, delimiter=b"\n\n",
-                      max_total_size_bytes=256 * 1024)
+    tight = make_info(
+        d, max_size_bytes=64 * 1024, max_files=0, delimiter=b"\n\n", max_total_size_bytes=256 * 1024
+    )
     rot = StreamRotator(tight, metrics)
     res = rot.enforce_retention()
     assert res.dropped_active_bytes >= size - 256 * 1024 and res.bytes_freed > 0
@@ -97,8 +102,13 @@ def test_enospc_fails_cleanly_then_recovers(small_fs: Path) -> None:
         f.seek(size - 64 * 1024)
         tail = f.read()
         f.truncate(size - len(tail) + tail.rindex(b"\n\n") + 2)
-    writer = start_writer(d / "app.log", mode="append", count=3000, rate=0,
-                          extra=("--start", str(report.last_seq + 1)))
+    writer = start_writer(
+        d / "app.log",
+        mode="append",
+        count=3000,
+        rate=0,
+        extra=("--start", str(report.last_seq + 1)),
+    )
     assert writer.wait() == 0
     assert rot.rotate("size") is not None
     report = verify(split_raw([whole_stream(d)], b"\n\n"), allow_missing_prefix=True)

@@ -52,14 +52,19 @@ def _check_bound(d: Path, max_size: int, biggest_event: int) -> int:
 
 
 @pytest.mark.parametrize("strategy", ["punch", "copytruncate"])
-def test_a_megabyte_present_at_start_becomes_maxsize_segments(tmp_path: Path,
-                                                              strategy: str) -> None:
+def test_a_megabyte_present_at_start_becomes_maxsize_segments(
+    tmp_path: Path, strategy: str
+) -> None:
     data = _events(8000)
     cut = data.rindex(DELIM, 0, 2**20) + 2
-    _append(tmp_path / "app.log", data[:cut] + data[cut:cut + 100])  # a partial event last
+    _append(tmp_path / "app.log", data[:cut] + data[cut : cut + 100])  # a partial event last
     metrics = Metrics()
-    rot = StreamRotator(make_info(tmp_path, max_size_bytes=64 * 1024, max_files=0,
-                                  delimiter=DELIM, strategy=strategy), metrics)
+    rot = StreamRotator(
+        make_info(
+            tmp_path, max_size_bytes=64 * 1024, max_files=0, delimiter=DELIM, strategy=strategy
+        ),
+        metrics,
+    )
     res = rot.rotate("size")
     assert res is not None and not res.more_work
     segs = _segments(tmp_path)
@@ -67,8 +72,9 @@ def test_a_megabyte_present_at_start_becomes_maxsize_segments(tmp_path: Path,
     assert max(p.stat().st_size for p in segs) <= 64 * 1024
     assert sum(p.stat().st_size for p in segs) == cut
     assert [p.name for p in segs] == [c.segment for c in res.cuts]  # names sort in cut order
-    assert metrics.rotations.labels("default", "pod", "app", "size", strategy)._value.get() \
-        == len(segs)
+    assert metrics.rotations.labels("default", "pod", "app", "size", strategy)._value.get() == len(
+        segs
+    )
     report = verify(split_raw([b"".join(p.read_bytes() for p in segs)], DELIM))
     assert report.ok and (report.first_seq, report.last_seq) == (0, report.seen - 1)
     if strategy == "punch":
@@ -85,8 +91,9 @@ def test_a_step_is_bounded_and_reports_more_work(tmp_path: Path) -> None:
     the next steps go on where it stopped; the daemon's stop ends a step after a piece."""
     data = _events(12000)
     _append(tmp_path / "app.log", data)
-    rot = StreamRotator(make_info(tmp_path, max_size_bytes=4096, max_files=0,
-                                  delimiter=DELIM), None)
+    rot = StreamRotator(
+        make_info(tmp_path, max_size_bytes=4096, max_files=0, delimiter=DELIM), None
+    )
     first = rot.rotate("size")
     assert first is not None and first.more_work and len(first.cuts) == MAX_PIECES_PER_STEP
     rot.stop_pieces = lambda: True  # the daemon is stopping: one piece, then return
@@ -108,8 +115,9 @@ def test_a_fast_writer_never_makes_a_segment_over_maxsize(tmp_path: Path, max_si
     """A writer as fast as it goes (several MB/s) and a rotation loop that comes late: each
     late rotation cuts its backlog in pieces; 0 lost, 0 duplicated, 0 split."""
     count = 60_000
-    rot = StreamRotator(make_info(tmp_path, max_size_bytes=max_size, max_files=0,
-                                  delimiter=DELIM), None)
+    rot = StreamRotator(
+        make_info(tmp_path, max_size_bytes=max_size, max_files=0, delimiter=DELIM), None
+    )
     proc = start_writer(tmp_path / "app.log", count=count, rate=0, max_chunk=65536, seed=3)
     rotations = 0
     while proc.poll() is None:
@@ -126,8 +134,10 @@ def test_a_fast_writer_never_makes_a_segment_over_maxsize(tmp_path: Path, max_si
     assert biggest <= max_size
     written = (tmp_path / "app.log").stat().st_size
     assert len(_segments(tmp_path)) >= max(rotations, written // max_size)
-    print(f"\nmaxSize={max_size} rotations={rotations} segments={len(_segments(tmp_path))} "
-          f"max segment/maxSize={biggest / max_size:.2f} {report.summary()}")
+    print(
+        f"\nmaxSize={max_size} rotations={rotations} segments={len(_segments(tmp_path))} "
+        f"max segment/maxSize={biggest / max_size:.2f} {report.summary()}"
+    )
 
 
 def test_a_1tib_sparse_file_is_skipped_not_read(tmp_path: Path) -> None:
@@ -136,8 +146,9 @@ def test_a_1tib_sparse_file_is_skipped_not_read(tmp_path: Path) -> None:
     no segment holds a NUL byte, and a step returns at once (no minutes of zero reads)."""
     active = tmp_path / "app.log"
     metrics = Metrics()
-    rot = StreamRotator(make_info(tmp_path, max_size_bytes=64 * 1024, max_files=0,
-                                  delimiter=DELIM), metrics)
+    rot = StreamRotator(
+        make_info(tmp_path, max_size_bytes=64 * 1024, max_files=0, delimiter=DELIM), metrics
+    )
     _append(active, _events(1000))
     assert rot.rotate("size") is not None
     _append(active, _events(1000, start=1000))  # a backlog before the hole
@@ -167,8 +178,12 @@ def tmpfs8m(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("needs root to mount an 8 MiB tmpfs")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount tmpfs: {done.stderr.strip()}")
     try:
@@ -184,7 +199,8 @@ def _free(d: Path) -> int:
 
 @pytest.mark.root
 def test_a_backlog_bigger_than_the_free_space_rotates_once_retention_frees_room(
-        tmpfs8m: Path) -> None:
+    tmpfs8m: Path,
+) -> None:
     """8 MiB tmpfs: old segments, then a backlog bigger than what is free, then a filler
     leaving almost nothing. Rotation fails cleanly; retention (maxTotalSize) deletes old
     segments; rotation then proceeds in pieces no bigger than the free space (each punch
@@ -192,8 +208,9 @@ def test_a_backlog_bigger_than_the_free_space_rotates_once_retention_frees_room(
     not delete is there exactly once."""
     d = tmpfs8m
     mx = 2**20
-    info = make_info(d, max_size_bytes=mx, max_files=0, delimiter=DELIM,
-                     max_total_size_bytes=5 * 2**20)
+    info = make_info(
+        d, max_size_bytes=mx, max_files=0, delimiter=DELIM, max_total_size_bytes=5 * 2**20
+    )
     metrics = Metrics()
     rot = StreamRotator(info, metrics)
     w = start_writer(d / "app.log", count=15_000, rate=0, seed=5)
@@ -202,8 +219,7 @@ def test_a_backlog_bigger_than_the_free_space_rotates_once_retention_frees_room(
         pass
     old = _segments(d)
     assert sum(p.stat().st_size for p in old) > 2 * 2**20
-    w = start_writer(d / "app.log", count=15_000, rate=0, seed=5,
-                     extra=("--start", "15000"))
+    w = start_writer(d / "app.log", count=15_000, rate=0, seed=5, extra=("--start", "15000"))
     assert w.wait() == 0
     st = (d / "app.log").stat()
     state = load_state(d, "app.log")
@@ -223,8 +239,9 @@ def test_a_backlog_bigger_than_the_free_space_rotates_once_retention_frees_room(
     res = rot.rotate("size")
     assert res is not None and res.cuts
     # Pieces sized by the free space (minus the reserve), not only by maxSize.
-    assert max(c.logical_end - c.logical_start for c in res.cuts) \
-        <= min(mx, free - FREE_SPACE_RESERVE)
+    assert max(c.logical_end - c.logical_start for c in res.cuts) <= min(
+        mx, free - FREE_SPACE_RESERVE
+    )
     while (res := rot.rotate("size")) is not None and res.cuts:
         pass
     state = load_state(d, "app.log")
@@ -239,7 +256,8 @@ def test_a_backlog_bigger_than_the_free_space_rotates_once_retention_frees_room(
 
 
 def test_a_crash_inside_a_batch_keeps_the_complete_prefix_and_forged_intents_touch_nothing(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """A batch intent whose second segment is missing: the first piece is committed, the
     third (complete, but after the gap) removed; its bytes are still in the active file,
     so every event is there once. A forged batch intent naming another file is dropped."""
@@ -249,14 +267,30 @@ def test_a_crash_inside_a_batch_keeps_the_complete_prefix_and_forged_intents_tou
     rot = StreamRotator(info, None)
     rot.recover()
     ends = [data.rindex(DELIM, 0, k * 60_000) + 2 for k in (1, 2, 3)]
-    names = ["app.log.20261130-120000.0001", "app.log.20261130-120000.0002",
-             "app.log.20261130-120000.0003"]
-    (tmp_path / names[0]).write_bytes(data[:ends[0]])
-    (tmp_path / names[2]).write_bytes(data[ends[1]:ends[2]])
+    names = [
+        "app.log.20261130-120000.0001",
+        "app.log.20261130-120000.0002",
+        "app.log.20261130-120000.0003",
+    ]
+    (tmp_path / names[0]).write_bytes(data[: ends[0]])
+    (tmp_path / names[2]).write_bytes(data[ends[1] : ends[2]])
     st = (tmp_path / "app.log").stat()
-    save_state(tmp_path, "app.log", StreamState(device=st.st_dev, inode=st.st_ino, intent={
-        "op": "pieces", "pieces": [[names[0], 0, ends[0]], [names[1], ends[0], ends[1]],
-                                   [names[2], ends[1], ends[2]]]}))
+    save_state(
+        tmp_path,
+        "app.log",
+        StreamState(
+            device=st.st_dev,
+            inode=st.st_ino,
+            intent={
+                "op": "pieces",
+                "pieces": [
+                    [names[0], 0, ends[0]],
+                    [names[1], ends[0], ends[1]],
+                    [names[2], ends[1], ends[2]],
+                ],
+            },
+        ),
+    )
     StreamRotator(info, None).recover()
     state = load_state(tmp_path, "app.log")
     assert state is not None and state.intent is None and state.committed_offset == ends[0]
@@ -266,8 +300,13 @@ def test_a_crash_inside_a_batch_keeps_the_complete_prefix_and_forged_intents_tou
 
     outside = tmp_path.parent / f"{tmp_path.name}-outside"
     outside.write_bytes(b"keep")
-    save_state(tmp_path, "app.log", state.with_(intent={
-        "op": "pieces", "pieces": [[f"../{outside.name}", ends[0], ends[0] + 4], ["x"]]}))
+    save_state(
+        tmp_path,
+        "app.log",
+        state.with_(
+            intent={"op": "pieces", "pieces": [[f"../{outside.name}", ends[0], ends[0] + 4], ["x"]]}
+        ),
+    )
     StreamRotator(info, None).recover()
     state = load_state(tmp_path, "app.log")
     assert state is not None and state.intent is None and state.committed_offset == ends[0]

@@ -28,11 +28,20 @@ HAVE_COMPRESS = importlib.util.find_spec("logvold.fileio.compress") is not None
 COUNT = 20000
 
 
-def _drive(rot: StreamRotator, writer_done: threading.Event | None = None,
-           proc: object = None) -> dict[str, int]:
+def _drive(
+    rot: StreamRotator, writer_done: threading.Event | None = None, proc: object = None
+) -> dict[str, int]:
     """Rotate (size trigger), enforce retention and compress until the writer ends."""
-    counts = {"rotations": 0, "freed": 0, "collapses": 0, "collapsed": 0, "dropped": 0,
-              "pieces": 0, "cut": 0, "max_piece": 0}
+    counts = {
+        "rotations": 0,
+        "freed": 0,
+        "collapses": 0,
+        "collapsed": 0,
+        "dropped": 0,
+        "pieces": 0,
+        "cut": 0,
+        "max_piece": 0,
+    }
 
     def count(res: RotationResult) -> None:
         counts["rotations"] += 1
@@ -73,11 +82,19 @@ def _drive(rot: StreamRotator, writer_done: threading.Event | None = None,
 @pytest.mark.parametrize("mode", ["append", "offset"])
 def test_punch_with_a_real_writer(tmp_path: Path, mode: str) -> None:
     metrics = Metrics()
-    rot = StreamRotator(make_info(tmp_path, max_size_bytes=64 * 1024, max_files=0,
-                                  max_total_size_bytes=768 * 1024, delimiter=b"\n\n",
-                                  compress="gzip" if HAVE_COMPRESS else "none",
-                                  collapse="auto"),
-                        metrics, collapse_min_bytes=256 * 1024)
+    rot = StreamRotator(
+        make_info(
+            tmp_path,
+            max_size_bytes=64 * 1024,
+            max_files=0,
+            max_total_size_bytes=768 * 1024,
+            delimiter=b"\n\n",
+            compress="gzip" if HAVE_COMPRESS else "none",
+            collapse="auto",
+        ),
+        metrics,
+        collapse_min_bytes=256 * 1024,
+    )
     proc = start_writer(tmp_path / "app.log", mode=mode, count=COUNT, rate=0, max_chunk=8192)
     counts = _drive(rot, proc=proc)
     assert proc.wait() == 0
@@ -101,11 +118,14 @@ def test_punch_with_a_real_writer(tmp_path: Path, mode: str) -> None:
     state = json.loads((tmp_path / ".logvold" / "app.log.state.json").read_text())
     assert state["intent"] is None and state["inode"] == st.st_ino
     assert state["committed_offset"] - state["collapsed_bytes"] <= st.st_size
-    segments = sum(os.path.getsize(tmp_path / n) for n in os.listdir(tmp_path)
-                   if n.startswith("app.log."))
+    segments = sum(
+        os.path.getsize(tmp_path / n) for n in os.listdir(tmp_path) if n.startswith("app.log.")
+    )
     assert segments + st.st_blocks * 512 < 2 * 768 * 1024
-    print(f"\n{mode}: {report.summary()} {counts} apparent={st.st_size} "
-          f"allocated={st.st_blocks * 512} written={written}")
+    print(
+        f"\n{mode}: {report.summary()} {counts} apparent={st.st_size} "
+        f"allocated={st.st_blocks * 512} written={written}"
+    )
 
 
 def _writer_thread(path: Path, lines: list[bytes], done: threading.Event, seed: int) -> None:
@@ -116,7 +136,7 @@ def _writer_thread(path: Path, lines: list[bytes], done: threading.Event, seed: 
         pos = 0
         while pos < len(buf):  # chunks cut lines anywhere, like a real runtime's writes
             n = rng.randint(1, 4096)
-            os.write(fd, buf[pos:pos + n])
+            os.write(fd, buf[pos : pos + n])
             pos += n
             if rng.random() < 0.5:
                 time.sleep(0.002)
@@ -146,11 +166,17 @@ def _json_lines(count: int, rng: random.Random) -> list[bytes]:
         stream = "stdout" if i % 2 else "stderr"
         while len(text) > 60 and rng.random() < 0.5:  # entries without a trailing newline
             cut = rng.randint(1, len(text) - 2)
-            lines.append(json.dumps({"log": text[:cut], "stream": stream,
-                                     "time": "2026-11-23T11:48:00Z"}).encode() + b"\n")
+            lines.append(
+                json.dumps(
+                    {"log": text[:cut], "stream": stream, "time": "2026-11-23T11:48:00Z"}
+                ).encode()
+                + b"\n"
+            )
             text = text[cut:]
-        lines.append(json.dumps({"log": text, "stream": stream,
-                                 "time": "2026-11-23T11:48:00Z"}).encode() + b"\n")
+        lines.append(
+            json.dumps({"log": text, "stream": stream, "time": "2026-11-23T11:48:00Z"}).encode()
+            + b"\n"
+        )
     return lines
 
 
@@ -158,8 +184,11 @@ def _json_lines(count: int, rng: random.Random) -> list[bytes]:
 def test_punch_cuts_only_whole_cri_and_json_events(tmp_path: Path, fmt: str) -> None:
     rng = random.Random(7)
     lines = _cri_lines(6000, rng) if fmt == "cri" else _json_lines(6000, rng)
-    rot = StreamRotator(make_info(tmp_path, max_size_bytes=32 * 1024, max_files=0, format=fmt),
-                        None, collapse_min_bytes=64 * 1024)
+    rot = StreamRotator(
+        make_info(tmp_path, max_size_bytes=32 * 1024, max_files=0, format=fmt),
+        None,
+        collapse_min_bytes=64 * 1024,
+    )
     done = threading.Event()
     t = threading.Thread(target=_writer_thread, args=(tmp_path / "app.log", lines, done, 5))
     t.start()
@@ -185,8 +214,7 @@ def test_punch_cuts_only_whole_cri_and_json_events(tmp_path: Path, fmt: str) -> 
     bodies_by_stream: dict[str, list[bytes]] = {}
     for stream, msg in decode(b"".join(pieces).split(b"\n")):
         bodies_by_stream.setdefault(stream, []).append(msg)
-    merged = sorted((b for v in bodies_by_stream.values() for b in v),
-                    key=lambda b: int(b[2:12]))
+    merged = sorted((b for v in bodies_by_stream.values() for b in v), key=lambda b: int(b[2:12]))
     report = verify(merged, expected=range(6000))
     assert report.ok, report.summary()
 

@@ -59,9 +59,11 @@ def _reopening_writer(tmp_path: Path, count: int) -> tuple[subprocess.Popen[byte
     script = tmp_path.parent / f"{tmp_path.name}-writer.py"
     script.write_text(REOPENING_WRITER)
     pid_file = tmp_path.parent / f"{tmp_path.name}-writer.pid"
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "app.log"),
-                             str(pid_file), str(count)], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "app.log"), str(pid_file), str(count)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     deadline = time.monotonic() + 10
     while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -84,11 +86,21 @@ def test_rename_with_reopen_is_lossless(tmp_path: Path, how: str) -> None:
     count = 8000
     proc, pid_file = _reopening_writer(tmp_path, count)
     pid = pid_file.read_text()
-    reopen = (ReopenAction(signal="HUP", pid_file=str(pid_file)) if how != "command" else
-              ReopenAction(command=(sys.executable, "-c",
-                                    f"import os, signal; os.kill({pid}, signal.SIGHUP)")))
-    info = make_info(tmp_path, max_size_bytes=64 * 1024, max_files=0, delimiter=b"\n\n",
-                     strategy="punch" if how == "forced-fallback" else "rename", reopen=reopen)
+    reopen = (
+        ReopenAction(signal="HUP", pid_file=str(pid_file))
+        if how != "command"
+        else ReopenAction(
+            command=(sys.executable, "-c", f"import os, signal; os.kill({pid}, signal.SIGHUP)")
+        )
+    )
+    info = make_info(
+        tmp_path,
+        max_size_bytes=64 * 1024,
+        max_files=0,
+        delimiter=b"\n\n",
+        strategy="punch" if how == "forced-fallback" else "rename",
+        reopen=reopen,
+    )
     metrics = Metrics()
     rot = StreamRotator(info, metrics, punch_supported=False if how == "forced-fallback" else None)
     rot.reopener = run_reopen_action
@@ -102,14 +114,16 @@ def test_rename_with_reopen_is_lossless(tmp_path: Path, how: str) -> None:
     state = load_state(tmp_path, "app.log")
     assert state is not None and state.inode == (tmp_path / "app.log").stat().st_ino
     assert state.committed_offset == 0 and state.intent is None
-    assert metrics.rotations.labels("default", "pod", "app", "size", "rename")._value.get() \
-        == len(strategies)
+    assert metrics.rotations.labels("default", "pod", "app", "size", "rename")._value.get() == len(
+        strategies
+    )
 
 
 def test_copytruncate_counts_what_it_loses(tmp_path: Path) -> None:
     metrics = Metrics()
-    info = make_info(tmp_path, max_size_bytes=32 * 1024, max_files=0, delimiter=b"\n\n",
-                     strategy="copytruncate")
+    info = make_info(
+        tmp_path, max_size_bytes=32 * 1024, max_files=0, delimiter=b"\n\n", strategy="copytruncate"
+    )
     rot = StreamRotator(info, metrics)
     proc = start_writer(tmp_path / "app.log", mode="append", count=12000, rate=0)
     lost = 0
@@ -137,8 +151,9 @@ def _fill(path: Path, count: int, start: int = 0) -> bytes:
 
 def test_retention_drops_the_oldest_whole_events_of_the_active_file(tmp_path: Path) -> None:
     metrics = Metrics()
-    info = make_info(tmp_path, max_size_bytes=0, max_files=0, delimiter=b"\n\n",
-                     max_total_size_bytes=8 * 1024)
+    info = make_info(
+        tmp_path, max_size_bytes=0, max_files=0, delimiter=b"\n\n", max_total_size_bytes=8 * 1024
+    )
     rot = StreamRotator(info, metrics)
     _fill(tmp_path / "app.log", 400)
     with (tmp_path / "app.log").open("ab") as f:
@@ -158,8 +173,13 @@ def test_retention_drops_the_oldest_whole_events_of_the_active_file(tmp_path: Pa
 
 
 def test_retention_deletes_segments_and_trims_the_oldest_plain_one(tmp_path: Path) -> None:
-    info = make_info(tmp_path, max_size_bytes=4096, max_files=3, delimiter=b"\n\n",
-                     max_total_size_bytes=20 * 1024)
+    info = make_info(
+        tmp_path,
+        max_size_bytes=4096,
+        max_files=3,
+        delimiter=b"\n\n",
+        max_total_size_bytes=20 * 1024,
+    )
     rot = StreamRotator(info, None)
     for i in range(8):
         _fill(tmp_path / "app.log", 40, start=i * 40)
@@ -182,8 +202,9 @@ def test_retention_deletes_segments_and_trims_the_oldest_plain_one(tmp_path: Pat
 
 @pytest.mark.parametrize("rewritten", [50, 300], ids=["shorter", "longer-than-committed"])
 @pytest.mark.parametrize("restart", [False, True], ids=["running", "restarted"])
-def test_writer_truncating_its_file_restarts_at_zero(tmp_path: Path, rewritten: int,
-                                                     restart: bool) -> None:
+def test_writer_truncating_its_file_restarts_at_zero(
+    tmp_path: Path, rewritten: int, restart: bool
+) -> None:
     metrics = Metrics()
     info = make_info(tmp_path, delimiter=b"\n\n")
     rot = StreamRotator(info, metrics)
@@ -200,8 +221,7 @@ def test_writer_truncating_its_file_restarts_at_zero(tmp_path: Path, rewritten: 
     res = rot.rotate("size")
     assert res is not None and res.logical_start == 0
     assert metrics.truncations.labels("default", "pod", "app", "writer")._value.get() == 1
-    report = verify(split_raw([whole_stream(tmp_path)], b"\n\n"),
-                    expected=range(101 + rewritten))
+    report = verify(split_raw([whole_stream(tmp_path)], b"\n\n"), expected=range(101 + rewritten))
     assert report.ok, report.summary()
 
 
@@ -230,12 +250,22 @@ def test_replaced_or_vanished_active_file_is_skipped(tmp_path: Path, replacement
         assert metrics.unsafe_refused.labels(kind)._value.get() >= 1
 
 
-@pytest.mark.parametrize("collapse, compress", [("never", "none"), ("always", "none"),
-                                                ("always", "gzip"), ("never", "zstd")])
-def test_corrupt_state_is_rebuilt_without_duplicates(tmp_path: Path, collapse: str,
-                                                      compress: str) -> None:
-    info = make_info(tmp_path, max_size_bytes=8192, delimiter=b"\n\n", max_files=0,
-                     collapse=collapse, compress=compress, delay_compress=False)
+@pytest.mark.parametrize(
+    "collapse, compress",
+    [("never", "none"), ("always", "none"), ("always", "gzip"), ("never", "zstd")],
+)
+def test_corrupt_state_is_rebuilt_without_duplicates(
+    tmp_path: Path, collapse: str, compress: str
+) -> None:
+    info = make_info(
+        tmp_path,
+        max_size_bytes=8192,
+        delimiter=b"\n\n",
+        max_files=0,
+        collapse=collapse,
+        compress=compress,
+        delay_compress=False,
+    )
     rot = StreamRotator(info, None, collapse_min_bytes=4096)
     for i in range(6):
         _fill(tmp_path / "app.log", 90, start=i * 90)
@@ -263,8 +293,9 @@ def test_period_rotation_trigger() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        rot = StreamRotator(make_info(d, rotate="Hourly", max_size_bytes=0), None,
-                            clock=lambda: now[0])
+        rot = StreamRotator(
+            make_info(d, rotate="Hourly", max_size_bytes=0), None, clock=lambda: now[0]
+        )
         (d / "app.log").write_bytes(b"one\n")
         assert rot.needs_rotation() is None
         now[0] += timedelta(minutes=1)

@@ -34,9 +34,7 @@ while any(pos[fd] < len(data[fd]) for fd in data):
 
 
 @pytest.mark.parametrize("fmt", ["cri", "json-file"])
-def test_chunk_path_keeps_every_multiline_event_across_rotations(
-    tmp_path: Path, fmt: str
-) -> None:
+def test_chunk_path_keeps_every_multiline_event_across_rotations(tmp_path: Path, fmt: str) -> None:
     counts = {"stdout": 2500, "stderr": 1500}
     out = driver_events(counts["stdout"], stream="stdout", seed=11, long_every=400)
     err = driver_events(counts["stderr"], stream="stderr", seed=12, long_every=500)
@@ -59,9 +57,7 @@ def test_chunk_path_keeps_every_multiline_event_across_rotations(
     for name, report in result.reports.items():
         assert report.ok, f"{name}: {report.summary()}"
     # The lines longer than -max-event-size, and only they, were cut into pieces.
-    long_lines = sum(
-        len(line) > MAX_EVENT for stream in (out, err) for line in stream.split(b"\n")
-    )
+    long_lines = sum(len(line) > MAX_EVENT for stream in (out, err) for line in stream.split(b"\n"))
     assert long_lines > 5
     cut_lines = 0
     for name, piece in pieces[:-1]:

@@ -214,8 +214,23 @@ def test_rotation_by_a_fixed_period(tmp_path: Path) -> None:
     """-rotate=1s (no size trigger): a rate-limited writer running ~3.5 s gets a segment
     per second, each cut at an event boundary, every event once."""
     log = tmp_path / "app.log"
-    run([f"-log-file={log}", "-rotate=1s", "-log-file-size=0", "-delimiter=\\n\\n", *WRITER,
-         "--count", "3500", "--rate", "1400", "--max-chunk", "256", "--delimiter", "\\n\\n"])
+    run(
+        [
+            f"-log-file={log}",
+            "-rotate=1s",
+            "-log-file-size=0",
+            "-delimiter=\\n\\n",
+            *WRITER,
+            "--count",
+            "3500",
+            "--rate",
+            "1400",
+            "--max-chunk",
+            "256",
+            "--delimiter",
+            "\\n\\n",
+        ]
+    )
     pieces = stream_pieces(log)
     assert 3 <= len(pieces) - 1 <= 20, [name for name, _ in pieces]  # ~1 per second run
     for name, data in pieces[:-1]:

@@ -110,8 +110,10 @@ def test_unprivileged_daemon_trusts_tcp_clients_and_explicit_modes_too() -> None
     import asyncio
 
     for auth, privileged in (("local", False), ("none", True), ("kubernetes", True)):
-        middleware = make_access_middleware(ServerConfig(auth=auth),  # type: ignore[arg-type]
-                                            privileged=privileged)
+        middleware = make_access_middleware(
+            ServerConfig(auth=auth),  # type: ignore[arg-type]
+            privileged=privileged,
+        )
         asyncio.run(middleware(make_mocked_request("GET", "/logs/"), handler))
     middleware = make_access_middleware(ServerConfig(), privileged=True)
     asyncio.run(middleware(make_mocked_request("GET", "/logs/"), handler))

@@ -34,8 +34,9 @@ async def _bug(request: web.Request) -> web.Response:
 @pytest_asyncio.fixture
 async def server() -> AsyncIterator[tuple[str, Metrics]]:
     metrics = Metrics()
-    app = build_app(config=default_config(), registry=StreamRegistry(), metrics=metrics,
-                    is_ready=lambda: True)
+    app = build_app(
+        config=default_config(), registry=StreamRegistry(), metrics=metrics, is_ready=lambda: True
+    )
     app.router.add_get("/test/bad-request", _bad_request, name="bad_request")
     app.router.add_get("/test/selector", _selector, name="selector")
     app.router.add_get("/test/bug", _bug, name="bug")
@@ -47,9 +48,10 @@ async def server() -> AsyncIterator[tuple[str, Metrics]]:
 
 
 async def _get(url: str, accept: str = "text/plain") -> tuple[int, str]:
-    async with aiohttp.ClientSession() as session, session.get(
-        url, headers={"Accept": accept}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url, headers={"Accept": accept}) as response,
+    ):
         return response.status, await response.text()
 
 
@@ -65,7 +67,8 @@ async def test_bad_request_family_is_a_400_with_its_reason(
 ) -> None:
     base, _ = server
     assert await _get(f"{base}/test/bad-request") == (
-        400, "tailLines must be an integer, got 'x'\n"
+        400,
+        "tailLines must be an integer, got 'x'\n",
     )
     status, body = await _get(f"{base}/test/selector", accept="application/json")
     assert status == 400

@@ -41,14 +41,19 @@ def containers(registry: StreamRegistry) -> list[str]:
     return [i.key.container for i in registry.snapshot()]
 
 
-def test_cap_keeps_first_names_and_reports_once(tmp_path: Path,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_cap_keeps_first_names_and_reports_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     vol = tmp_path / "vol"
     vol.mkdir()
     create(vol, [f"c{i:04d}.log" for i in range(2000)])
-    config = Config(volumes=(VolumeSpec(name="big", path=str(vol)),
-                             VolumeSpec(name="small", path=str(tmp_path / "small"))),
-                    max_streams_per_volume=50)
+    config = Config(
+        volumes=(
+            VolumeSpec(name="big", path=str(vol)),
+            VolumeSpec(name="small", path=str(tmp_path / "small")),
+        ),
+        max_streams_per_volume=50,
+    )
     (tmp_path / "small").mkdir()
     source, registry, metrics = make(config)
     assert over_cap(metrics, "big") == 0 and over_cap(metrics, "small") == 0  # exist at 0
@@ -86,8 +91,9 @@ def test_per_volume_key_overrides_the_node_default(tmp_path: Path) -> None:
     vol = tmp_path / "vol"
     vol.mkdir()
     create(vol, [f"s{i}.log" for i in range(10)])
-    config = Config(volumes=(VolumeSpec(name="v", path=str(vol), max_streams=3),),
-                    max_streams_per_volume=100)
+    config = Config(
+        volumes=(VolumeSpec(name="v", path=str(vol), max_streams=3),), max_streams_per_volume=100
+    )
     source, registry, metrics = make(config)
     source.scan()
     assert len(registry) == 3 and over_cap(metrics, "v") == 7
@@ -99,16 +105,18 @@ def test_refused_symlinks_leave_their_place_to_the_next_name(tmp_path: Path) -> 
     for i in range(3):
         (vol / f"a{i}.log").symlink_to("/etc/passwd")
     create(vol, [f"b{i}.log" for i in range(5)])
-    source, registry, metrics = make(Config(volumes=(VolumeSpec(name="v", path=str(vol)),),
-                                            max_streams_per_volume=4))
+    source, registry, metrics = make(
+        Config(volumes=(VolumeSpec(name="v", path=str(vol)),), max_streams_per_volume=4)
+    )
     report = source.scan()
     assert containers(registry) == ["b0", "b1", "b2", "b3"]
     assert sum(1 for p in report.problems if "symlink" in p) == 3
     assert over_cap(metrics, "v") == 1
 
 
-def test_a_hundred_thousand_names_cost_no_stat_each(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_hundred_thousand_names_cost_no_stat_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     vol = tmp_path / "vol"
     vol.mkdir()
     create(vol, [f"f{i:06d}.log" for i in range(100_000)])
@@ -131,7 +139,8 @@ def test_a_hundred_thousand_names_cost_no_stat_each(tmp_path: Path,
 
 
 def test_file_events_list_an_over_cap_volume_at_most_every_few_seconds(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import logvold.sources.static as static_source
 
     # A long interval, so the test does not depend on how fast the machine is.
@@ -140,8 +149,12 @@ def test_file_events_list_an_over_cap_volume_at_most_every_few_seconds(
     vol.mkdir()
     calm.mkdir()
     create(vol, [f"s{i}.log" for i in range(10)])
-    config = Config(volumes=(VolumeSpec(name="v", path=str(vol), max_streams=3),
-                             VolumeSpec(name="calm", path=str(calm))))
+    config = Config(
+        volumes=(
+            VolumeSpec(name="v", path=str(vol), max_streams=3),
+            VolumeSpec(name="calm", path=str(calm)),
+        )
+    )
     source, registry, _ = make(config)
     source.scan()
     assert containers(registry) == ["s0", "s1", "s2"]

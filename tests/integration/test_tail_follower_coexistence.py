@@ -36,8 +36,9 @@ def test_tail_F_across_100_punch_rotations(tmp_path: Path) -> None:
     out = tmp_path / "tail.out"
     err = tmp_path / "tail.err"
     with out.open("wb") as o, err.open("wb") as e:
-        tail = subprocess.Popen(["tail", "-F", "-c", "+1", "-s", "0.05", str(active)],
-                                stdout=o, stderr=e)
+        tail = subprocess.Popen(
+            ["tail", "-F", "-c", "+1", "-s", "0.05", str(active)], stdout=o, stderr=e
+        )
     rot = StreamRotator(make_info(tmp_path, max_size_bytes=MAX_SIZE, max_files=0))
     assert rot.policy.collapse == "never"  # the default this test is about
     writer = start_writer(active, count=COUNT, rate=400, max_chunk=2048)

@@ -14,8 +14,9 @@ import pytest
 from logvold.sources.watcher import DirectoryWatcher, Hint
 
 
-def _recording_watcher(loop: asyncio.AbstractEventLoop) -> tuple[DirectoryWatcher, list[Hint],
-                                                                  list[BaseException]]:
+def _recording_watcher(
+    loop: asyncio.AbstractEventLoop,
+) -> tuple[DirectoryWatcher, list[Hint], list[BaseException]]:
     hints: list[Hint] = []
     errors: list[BaseException] = []
     watcher = DirectoryWatcher(loop, hints.append, on_error=lambda path, exc: errors.append(exc))
@@ -63,9 +64,9 @@ async def test_500_directories_one_instance_no_thread(tmp_path: Path) -> None:
             with (d / "app.log").open("ab") as f:
                 f.write(b"appended\n")
         wanted = {Hint("modified", f"{d}/app.log") for d in chosen} | {
-            Hint("changed", f"{d}/app.log") for d in chosen}
-        assert await _until(lambda: wanted <= set(hints)), sorted(
-            wanted - set(hints), key=str)[:3]
+            Hint("changed", f"{d}/app.log") for d in chosen
+        }
+        assert await _until(lambda: wanted <= set(hints)), sorted(wanted - set(hints), key=str)[:3]
         assert threading.active_count() == threads_before
         assert errors == []
         # Fewer directories: the others are no longer watched.

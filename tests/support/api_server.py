@@ -20,23 +20,33 @@ T = TypeVar("T")
 
 
 class RunningServer:
-    def __init__(self, registry: StreamRegistry, *, metrics: Metrics | None = None,
-                 is_ready: Callable[[], bool] = lambda: True,
-                 config: Config | None = None) -> None:
+    def __init__(
+        self,
+        registry: StreamRegistry,
+        *,
+        metrics: Metrics | None = None,
+        is_ready: Callable[[], bool] = lambda: True,
+        config: Config | None = None,
+    ) -> None:
         self.registry = registry
         self.config = config or default_config()
         self.metrics = metrics or Metrics()
         self.is_ready = is_ready
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="test-api-server",
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="test-api-server", daemon=True
+        )
         self.runner: web.AppRunner | None = None
         self.port = 0
 
     def __enter__(self) -> RunningServer:
         self.thread.start()
-        app = build_app(config=self.config, registry=self.registry, metrics=self.metrics,
-                        is_ready=lambda: self.is_ready())
+        app = build_app(
+            config=self.config,
+            registry=self.registry,
+            metrics=self.metrics,
+            is_ready=lambda: self.is_ready(),
+        )
         self.runner = self.call(start_server(app, "127.0.0.1:0"))
         self.port = self.runner.addresses[0][1]
         return self
@@ -56,13 +66,16 @@ class RunningServer:
         return f"http://127.0.0.1:{self.port}"
 
 
-async def fetch(url: str, *, headers: dict[str, str] | None = None,
-                timeout: float = 20) -> tuple[int, bytes, dict[str, str]]:
+async def fetch(
+    url: str, *, headers: dict[str, str] | None = None, timeout: float = 20
+) -> tuple[int, bytes, dict[str, str]]:
     """GET without any client-side normalisation of the path (encoded=True)."""
     from yarl import URL
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s, \
-            s.get(URL(url, encoded=True), headers=headers) as r:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s,
+        s.get(URL(url, encoded=True), headers=headers) as r,
+    ):
         return r.status, await r.read(), dict(r.headers)
 
 

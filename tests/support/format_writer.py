@@ -34,12 +34,20 @@ def rfc3339_now() -> bytes:
     """Wall-clock time, RFC3339 with 9 fraction digits (fixed width, like containerd)."""
     ns = time.time_ns()
     secs, frac = divmod(ns, 1_000_000_000)
-    return (datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-            + f".{frac:09d}Z").encode()
+    return (
+        datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{frac:09d}Z"
+    ).encode()
 
 
-def event_body(seq: int, seed: int, *, tag: str = "E", multiline: bool = False,
-               min_len: int = 20, max_len: int = 600) -> tuple[bytes, random.Random]:
+def event_body(
+    seq: int,
+    seed: int,
+    *,
+    tag: str = "E",
+    multiline: bool = False,
+    min_len: int = 20,
+    max_len: int = 600,
+) -> tuple[bytes, random.Random]:
     """`<tag>#<seq> <crc32> <payload>` (no delimiter) and the event's own rng.
 
     Multi-line payloads get a few single newlines, never two in a row and never
@@ -58,11 +66,20 @@ def event_body(seq: int, seed: int, *, tag: str = "E", multiline: bool = False,
     return head + f"{crc:08x} ".encode() + bytes(payload), rng
 
 
-def encode_event(fmt: str, seq: int, seed: int, *, delimiter: bytes = b"\n\n",
-                 tag: str = "E", ts: bytes | None = None, max_len: int = 600) -> bytes:
+def encode_event(
+    fmt: str,
+    seq: int,
+    seed: int,
+    *,
+    delimiter: bytes = b"\n\n",
+    tag: str = "E",
+    ts: bytes | None = None,
+    max_len: int = 600,
+) -> bytes:
     """The bytes of event `seq` as written to the file (size independent of `ts`)."""
-    body, rng = event_body(seq, seed, tag=tag, multiline=fmt == "raw" and delimiter != b"\n",
-                           max_len=max_len)
+    body, rng = event_body(
+        seq, seed, tag=tag, multiline=fmt == "raw" and delimiter != b"\n", max_len=max_len
+    )
     if fmt == "raw":
         return body + delimiter
     ts = ts or rfc3339_now()
@@ -70,7 +87,7 @@ def encode_event(fmt: str, seq: int, seed: int, *, delimiter: bytes = b"\n\n",
     pieces = [body]
     if len(body) > 40 and rng.random() < 0.3:
         cuts = sorted(rng.sample(range(1, len(body)), 2))
-        pieces = [body[: cuts[0]], body[cuts[0]: cuts[1]], body[cuts[1]:]]
+        pieces = [body[: cuts[0]], body[cuts[0] : cuts[1]], body[cuts[1] :]]
     out = bytearray()
     for k, piece in enumerate(pieces):
         last = k == len(pieces) - 1
@@ -78,8 +95,15 @@ def encode_event(fmt: str, seq: int, seed: int, *, delimiter: bytes = b"\n\n",
             out += ts + f" {stream} ".encode() + (b"F " if last else b"P ") + piece + b"\n"
         elif fmt == "json-file":
             text = piece.decode("ascii") + ("\n" if last else "")
-            out += (b'{"log":' + json.dumps(text).encode() + b',"stream":"' + stream.encode()
-                    + b'","time":"' + ts + b'"}\n')
+            out += (
+                b'{"log":'
+                + json.dumps(text).encode()
+                + b',"stream":"'
+                + stream.encode()
+                + b'","time":"'
+                + ts
+                + b'"}\n'
+            )
         else:
             raise ValueError(f"unknown format {fmt!r}")
     return bytes(out)
@@ -112,9 +136,11 @@ def main() -> int:
     buf = bytearray()
     written = events = 0
     while (not args.bytes or written + len(buf) < args.bytes) and (
-            not args.count or events < args.count):
-        buf += encode_event(args.format, events, args.seed, delimiter=delimiter, tag=args.tag,
-                            max_len=args.max_len)
+        not args.count or events < args.count
+    ):
+        buf += encode_event(
+            args.format, events, args.seed, delimiter=delimiter, tag=args.tag, max_len=args.max_len
+        )
         events += 1
         while len(buf) >= args.max_chunk:
             written += _emit(fd, buf, chunk_rng.randint(1, args.max_chunk))

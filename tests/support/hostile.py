@@ -81,8 +81,7 @@ def decompressed(path: Path) -> bytes:
 def regular_segments(directory: Path, base: str = "app.log") -> list[Path]:
     """The stream's segments that are regular files (a planted symlink is not read, and
     does not hide the compressed segment of the same stem)."""
-    regular = [n for n in os.listdir(directory)
-               if stat.S_ISREG((directory / n).lstat().st_mode)]
+    regular = [n for n in os.listdir(directory) if stat.S_ISREG((directory / n).lstat().st_mode)]
     return [directory / name.filename for name in segments_of(base, regular)]
 
 

@@ -38,11 +38,23 @@ def main() -> int:
     p.add_argument("--interval", type=float, default=0.02)
     a = p.parse_args()
     delimiter = a.delimiter.encode().decode("unicode_escape").encode("latin-1")
-    policy = LogPolicy(format=a.format, delimiter=delimiter, max_size_bytes=a.max_size,
-                       max_files=0, max_total_size_bytes=a.max_total_size,
-                       compress=a.compress, delay_compress=False, collapse=a.collapse)
-    info = StreamInfo(key=StreamKey("default", "writer", Path(a.base).stem),
-                      directory=Path(a.dir), base=a.base, volume="logs", policy=policy)
+    policy = LogPolicy(
+        format=a.format,
+        delimiter=delimiter,
+        max_size_bytes=a.max_size,
+        max_files=0,
+        max_total_size_bytes=a.max_total_size,
+        compress=a.compress,
+        delay_compress=False,
+        collapse=a.collapse,
+    )
+    info = StreamInfo(
+        key=StreamKey("default", "writer", Path(a.base).stem),
+        directory=Path(a.dir),
+        base=a.base,
+        volume="logs",
+        policy=policy,
+    )
     rotator = StreamRotator(info)
     rotator.recover()
     _say(op="recovered")
@@ -59,8 +71,12 @@ def main() -> int:
         if rotator.needs_rotation():
             done = rotator.rotate("size")
             if done is not None:
-                _say(op="rotate", segment=done.segment, start=done.logical_start,
-                     end=done.logical_end)
+                _say(
+                    op="rotate",
+                    segment=done.segment,
+                    start=done.logical_start,
+                    end=done.logical_end,
+                )
         for name in rotator.compress_pending():
             _say(op="compress", file=name)
         time.sleep(a.interval)

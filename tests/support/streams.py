@@ -59,29 +59,59 @@ class Ev:
     """Its bytes in the file (raw event, CRI lines with P fragments, json-file entries)."""
 
 
-def make_events(count: int, fmt: str, *, seed: int = 1, delimiter: bytes = b"\n",
-                stderr_every: int = 0, fragments: bool = True, start: int = 0) -> list[Ev]:
+def make_events(
+    count: int,
+    fmt: str,
+    *,
+    seed: int = 1,
+    delimiter: bytes = b"\n",
+    stderr_every: int = 0,
+    fragments: bool = True,
+    start: int = 0,
+) -> list[Ev]:
     rng = random.Random(seed)
     out = []
-    for i, ev in enumerate(event_stream(count, seed=seed, start=start, delimiter=delimiter,
-                                        multiline=False if fmt != "raw" else None)):
+    for i, ev in enumerate(
+        event_stream(
+            count,
+            seed=seed,
+            start=start,
+            delimiter=delimiter,
+            multiline=False if fmt != "raw" else None,
+        )
+    ):
         seq = start + i
         body = ev[: -len(delimiter)]
         stream = "stderr" if stderr_every and seq % stderr_every == 0 else "stdout"
         ts = event_ts(seq)
-        out.append(Ev(seq, body, stream, ts, encode(body, fmt, stream, ts, rng,
-                                                     delimiter=delimiter, fragments=fragments)))
+        out.append(
+            Ev(
+                seq,
+                body,
+                stream,
+                ts,
+                encode(body, fmt, stream, ts, rng, delimiter=delimiter, fragments=fragments),
+            )
+        )
     return out
 
 
-def encode(body: bytes, fmt: str, stream: str, ts: int, rng: random.Random, *,
-           delimiter: bytes = b"\n", fragments: bool = True) -> bytes:
+def encode(
+    body: bytes,
+    fmt: str,
+    stream: str,
+    ts: int,
+    rng: random.Random,
+    *,
+    delimiter: bytes = b"\n",
+    fragments: bool = True,
+) -> bytes:
     if fmt == "raw":
         return body + delimiter
     pieces = [body]
     if fragments and len(body) > 40 and rng.random() < 0.3:
         cut = sorted(rng.sample(range(1, len(body)), 2))
-        pieces = [body[: cut[0]], body[cut[0]: cut[1]], body[cut[1]:]]
+        pieces = [body[: cut[0]], body[cut[0] : cut[1]], body[cut[1] :]]
     lines = []
     for k, piece in enumerate(pieces):
         last = k == len(pieces) - 1
@@ -90,9 +120,11 @@ def encode(body: bytes, fmt: str, stream: str, ts: int, rng: random.Random, *,
             lines.append(f"{rfc3339(ts)} {stream} ".encode() + tag + b" " + piece + b"\n")
         else:
             import json
+
             text = piece.decode() + ("\n" if last else "")
-            lines.append(json.dumps({"log": text, "stream": stream, "time": rfc3339(ts)})
-                         .encode() + b"\n")
+            lines.append(
+                json.dumps({"log": text, "stream": stream, "time": rfc3339(ts)}).encode() + b"\n"
+            )
     return b"".join(lines)
 
 
@@ -100,10 +132,18 @@ def stamp_name(base: str, ns: int) -> str:
     return f"{base}.{datetime.fromtimestamp(ns // 1_000_000_000, UTC):%Y%m%d-%H%M%S}"
 
 
-def build_stream(directory: Path, events: Sequence[Ev], *, fmt: str = "raw",
-                 layout: Sequence[tuple[str, int]] = (("gz", 50), ("zst", 50), ("plain", 50)),
-                 base: str = "app.log", punch: bool = True, delimiter: bytes = b"\n",
-                 key: StreamKey | None = None, trailing: bytes = b"") -> StreamInfo:
+def build_stream(
+    directory: Path,
+    events: Sequence[Ev],
+    *,
+    fmt: str = "raw",
+    layout: Sequence[tuple[str, int]] = (("gz", 50), ("zst", 50), ("plain", 50)),
+    base: str = "app.log",
+    punch: bool = True,
+    delimiter: bytes = b"\n",
+    key: StreamKey | None = None,
+    trailing: bytes = b"",
+) -> StreamInfo:
     """Segments per `layout` ((compression, n events) oldest first), then the rest of
     `events` in the active file. With `punch`, the last segment's bytes also sit at the
     head of the active file, punched out, with a state whose committed offset passes them
@@ -113,7 +153,7 @@ def build_stream(directory: Path, events: Sequence[Ev], *, fmt: str = "raw",
     last_plain = b""
     last_stem = ""
     for compression, n in layout:
-        chunk = events[i: i + n]
+        chunk = events[i : i + n]
         i += n
         data = b"".join(e.encoded for e in chunk)
         stem = stamp_name(base, chunk[-1].ts_ns + 1)
@@ -125,7 +165,8 @@ def build_stream(directory: Path, events: Sequence[Ev], *, fmt: str = "raw",
             c = zstandard.ZstdCompressor()
             half = len(data) // 2
             (directory / (stem + ".zst")).write_bytes(
-                c.compress(data[:half]) + c.compress(data[half:]))
+                c.compress(data[:half]) + c.compress(data[half:])
+            )
         else:
             path.write_bytes(data)
         last_plain, last_stem = data, stem
@@ -141,9 +182,21 @@ def build_stream(directory: Path, events: Sequence[Ev], *, fmt: str = "raw",
         finally:
             os.close(fd)
         st = active.stat()
-        save_state(directory, base, StreamState(
-            device=st.st_dev, inode=st.st_ino, committed_offset=len(head),
-            segments=(SegmentRecord(last_stem, 0, len(head)),)))
+        save_state(
+            directory,
+            base,
+            StreamState(
+                device=st.st_dev,
+                inode=st.st_ino,
+                committed_offset=len(head),
+                segments=(SegmentRecord(last_stem, 0, len(head)),),
+            ),
+        )
     policy = LogPolicy(format=fmt, delimiter=delimiter)  # type: ignore[arg-type]
-    return StreamInfo(key=key or StreamKey("default", "pod", "app"), directory=directory,
-                      base=base, policy=policy, volume="logs")
+    return StreamInfo(
+        key=key or StreamKey("default", "pod", "app"),
+        directory=directory,
+        base=base,
+        policy=policy,
+        volume="logs",
+    )

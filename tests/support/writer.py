@@ -19,8 +19,12 @@ from tests.support.events import chunked, event_stream
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--path", help="file to write; default stdout")
-    p.add_argument("--mode", choices=["append", "offset", "truncate"], default="append",
-                   help="truncate: open with O_TRUNC like a shell's `> file`, then write")
+    p.add_argument(
+        "--mode",
+        choices=["append", "offset", "truncate"],
+        default="append",
+        help="truncate: open with O_TRUNC like a shell's `> file`, then write",
+    )
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--start", type=int, default=0)
     p.add_argument("--seed", type=int, default=1)

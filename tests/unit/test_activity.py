@@ -64,10 +64,16 @@ def test_rotations_are_rate_limited_per_stream(logged: list[logging.LogRecord]) 
         clock.now += 1
     activity.rotated("ns/b/c", Rotation("b.log.0", 0, 7), "period")  # another stream: own line
     assert [(r.getMessage(), r.__dict__["stream"]) for r in logged] == [
-        ("stream rotated", "ns/a/c"), ("stream rotated", "ns/b/c")]
+        ("stream rotated", "ns/a/c"),
+        ("stream rotated", "ns/b/c"),
+    ]
     first = logged[0].__dict__
     assert (first["segment"], first["bytes"], first["reason"], first["strategy"]) == (
-        "a.log.0", 100, "size", "punch")
+        "a.log.0",
+        100,
+        "size",
+        "punch",
+    )
     clock.now += 60
     activity.rotated("ns/a/c", Rotation("a.log.5", 500, 650), "size")
     assert logged[-1].__dict__["suppressed"] == 4
@@ -75,7 +81,8 @@ def test_rotations_are_rate_limited_per_stream(logged: list[logging.LogRecord]) 
 
 
 def test_a_stream_gone_quiet_gets_its_count_at_the_next_flush(
-        logged: list[logging.LogRecord]) -> None:
+    logged: list[logging.LogRecord],
+) -> None:
     clock = Clock()
     activity = ActivityLog(logging.getLogger("test.activity"), interval_s=60, monotonic=clock)
     activity.rotated("ns/a/c", Rotation("s0", 0, 10), "size")
@@ -96,17 +103,26 @@ def test_truncation_lines_say_what_was_removed_and_why(logged: list[logging.LogR
     activity = ActivityLog(logging.getLogger("test.activity"), monotonic=Clock())
     activity.truncated("ns/a/c", Retention())  # retention that did nothing: no line
     assert logged == []
-    activity.truncated("ns/a/c", Retention(deleted=("a.log.1", "a.log.2"),
-                                           reasons={"a.log.1": "maxFiles", "a.log.2": "maxAge"},
-                                           bytes_freed=4096))
+    activity.truncated(
+        "ns/a/c",
+        Retention(
+            deleted=("a.log.1", "a.log.2"),
+            reasons={"a.log.1": "maxFiles", "a.log.2": "maxAge"},
+            bytes_freed=4096,
+        ),
+    )
     (line,) = logged
     assert line.getMessage() == "stream truncated"
-    assert (line.__dict__["deleted_segments"], line.__dict__["why"],
-            line.__dict__["freed_bytes"]) == (2, "maxAge,maxFiles", 4096)
+    assert (
+        line.__dict__["deleted_segments"],
+        line.__dict__["why"],
+        line.__dict__["freed_bytes"],
+    ) == (2, "maxAge,maxFiles", 4096)
 
 
 def test_forget_reports_pending_counts_and_drops_the_stream(
-        logged: list[logging.LogRecord]) -> None:
+    logged: list[logging.LogRecord],
+) -> None:
     activity = ActivityLog(logging.getLogger("test.activity"), monotonic=Clock())
     activity.rotated("ns/a/c", Rotation("s0", 0, 10), "size")
     activity.rotated("ns/a/c", Rotation("s1", 10, 20), "size")

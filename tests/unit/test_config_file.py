@@ -481,8 +481,9 @@ def test_sizes_and_durations_round_trip_through_yaml(num_bytes: int, seconds: fl
 # --- check-config in process ----------------------------------------------------------------------
 
 
-def test_check_config_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_config_ok(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The example's volume moved to a directory that exists, judged by no systemd unit:
     # nothing to warn about on this host (tests/unit/test_host_checks.py has the warnings).
     monkeypatch.setenv("LOGVOLD_SYSTEMD_UNIT", "")

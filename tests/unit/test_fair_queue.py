@@ -90,9 +90,15 @@ class _RecordingRotator:
 def _info(tmp_path: Path, volume: str, name: str) -> StreamInfo:
     directory = tmp_path / volume
     directory.mkdir(exist_ok=True)
-    return StreamInfo(key=StreamKey("default", volume, name), directory=directory,
-                      base=f"{name}.log", policy=LogPolicy(max_size_bytes=0), volume=volume,
-                      source="static", root=directory)
+    return StreamInfo(
+        key=StreamKey("default", volume, name),
+        directory=directory,
+        base=f"{name}.log",
+        policy=LogPolicy(max_size_bytes=0),
+        volume=volume,
+        source="static",
+        root=directory,
+    )
 
 
 @pytest.mark.parametrize("workers", [1, 3])
@@ -105,8 +111,9 @@ def test_a_small_volume_runs_within_one_turn_of_a_big_one(tmp_path: Path, worker
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        pool = StreamWorkers(loop, factory, None, utcnow, rotation_workers=workers,
-                             compression_workers=1)
+        pool = StreamWorkers(
+            loop, factory, None, utcnow, rotation_workers=workers, compression_workers=1
+        )
         big = [_info(tmp_path, "big", f"c{i:03d}") for i in range(300)]
         small = _info(tmp_path, "small", "app")
         for info in [*big, small]:
@@ -135,8 +142,7 @@ def test_requests_to_a_waiting_stream_merge_into_one_step(tmp_path: Path) -> Non
 
     async def scenario() -> int:
         loop = asyncio.get_running_loop()
-        pool = StreamWorkers(loop, factory, None, utcnow, rotation_workers=1,
-                             compression_workers=1)
+        pool = StreamWorkers(loop, factory, None, utcnow, rotation_workers=1, compression_workers=1)
         first, second = _info(tmp_path, "a", "one"), _info(tmp_path, "b", "two")
         for info in (first, second):
             pool.put(info, info.root)

@@ -127,13 +127,19 @@ def test_new_names_always_carry_the_sequence_so_ls_order_is_time_order() -> None
 
 
 def test_old_names_without_a_sequence_still_read_and_sort_first_in_their_second() -> None:
-    names = ["app.log.20261123-114800.0001.gz", "app.log.20261123-114800.gz",
-             "app.log.20261123-114759.zst", "app.log.20261123-114800.0002"]
+    names = [
+        "app.log.20261123-114800.0001.gz",
+        "app.log.20261123-114800.gz",
+        "app.log.20261123-114759.zst",
+        "app.log.20261123-114800.0002",
+    ]
     got = segments_of("app.log", names)
-    assert [s.filename for s in got] == ["app.log.20261123-114759.zst",
-                                          "app.log.20261123-114800.gz",
-                                          "app.log.20261123-114800.0001.gz",
-                                          "app.log.20261123-114800.0002"]
+    assert [s.filename for s in got] == [
+        "app.log.20261123-114759.zst",
+        "app.log.20261123-114800.gz",
+        "app.log.20261123-114800.0001.gz",
+        "app.log.20261123-114800.0002",
+    ]
     assert got[1].seq == 0 and got[1].stem == "app.log.20261123-114800"
     # after an old name of the same second, the next name is numbered after it
     nxt = next_segment_name("app.log", T0, got[:2])

@@ -30,8 +30,10 @@ def capture() -> io.StringIO:
 def test_logfmt_quotes_and_escapes(capture: io.StringIO) -> None:
     configure_logging("logfmt", "info", capture)
     logging.getLogger("logvold.x").info(
-        "rotated %s", "a.log", extra={"stream": "ns/pod/c", "path": 'we ird"\n\udcff.log',
-                                      "bytes": 12})
+        "rotated %s",
+        "a.log",
+        extra={"stream": "ns/pod/c", "path": 'we ird"\n\udcff.log', "bytes": 12},
+    )
     logging.getLogger("logvold.x").debug("hidden")
     line = capture.getvalue()
     assert line.count("\n") == 1

@@ -46,10 +46,15 @@ def _events(sizes: list[int], start: int) -> list[int]:
 
 
 @settings(max_examples=400, deadline=None)
-@given(start=st.integers(0, 10_000), sizes=st.lists(st.integers(1, 3000), max_size=60),
-       tail=st.integers(0, 2000), cap=st.integers(1, 5000))
-def test_pieces_cover_the_whole_events_exactly(start: int, sizes: list[int], tail: int,
-                                               cap: int) -> None:
+@given(
+    start=st.integers(0, 10_000),
+    sizes=st.lists(st.integers(1, 3000), max_size=60),
+    tail=st.integers(0, 2000),
+    cap=st.integers(1, 5000),
+)
+def test_pieces_cover_the_whole_events_exactly(
+    start: int, sizes: list[int], tail: int, cap: int
+) -> None:
     bounds = _events(sizes, start)
     end = (bounds[-1] if bounds else start) + tail  # a partial event may follow
     last, first = _searches(bounds)
@@ -71,17 +76,28 @@ def test_pieces_cover_the_whole_events_exactly(start: int, sizes: list[int], tai
 
 
 @settings(max_examples=200, deadline=None)
-@given(sizes=st.lists(st.integers(1, 500), min_size=1, max_size=80),
-       cap=st.integers(100, 2000), max_pieces=st.integers(1, 10), max_bytes=st.integers(1, 5000))
-def test_plan_respects_the_step_limits_and_always_progresses(sizes: list[int], cap: int,
-                                                             max_pieces: int,
-                                                             max_bytes: int) -> None:
+@given(
+    sizes=st.lists(st.integers(1, 500), min_size=1, max_size=80),
+    cap=st.integers(100, 2000),
+    max_pieces=st.integers(1, 10),
+    max_bytes=st.integers(1, 5000),
+)
+def test_plan_respects_the_step_limits_and_always_progresses(
+    sizes: list[int], cap: int, max_pieces: int, max_bytes: int
+) -> None:
     bounds = _events(sizes, 0)
     last, first = _searches(bounds)
     allp = list(iter_pieces(0, bounds[-1], cap, last, first))  # type: ignore[arg-type]
-    pieces, more = plan_pieces(0, bounds[-1], cap, last, first,  # type: ignore[arg-type]
-                               max_pieces=max_pieces, max_bytes=max_bytes)
-    assert pieces == allp[:len(pieces)] and pieces  # a prefix, never empty
+    pieces, more = plan_pieces(
+        0,
+        bounds[-1],
+        cap,
+        last,
+        first,  # type: ignore[arg-type]
+        max_pieces=max_pieces,
+        max_bytes=max_bytes,
+    )
+    assert pieces == allp[: len(pieces)] and pieces  # a prefix, never empty
     assert len(pieces) <= max_pieces
     assert len(pieces) == 1 or sum(p.size for p in pieces) <= max_bytes
     assert more == (len(pieces) < len(allp))
@@ -93,7 +109,7 @@ def test_a_megabyte_at_64k_is_at_least_16_pieces_on_real_events() -> None:
     ends = event_boundaries_in(data, "raw", b"\n\n")
 
     def last(lo: int, hi: int) -> int | None:
-        b = last_boundary_backward(lambda o, n: data[o:o + n], lo, hi, "raw", b"\n\n")
+        b = last_boundary_backward(lambda o, n: data[o : o + n], lo, hi, "raw", b"\n\n")
         return b if b is not None and b > lo else None
 
     def first(lo: int, hi: int) -> int | None:

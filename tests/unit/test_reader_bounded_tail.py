@@ -38,11 +38,19 @@ def seqs(data: bytes) -> list[int]:
 
 
 @settings(max_examples=200, deadline=None)
-@given(pieces=st.lists(st.tuples(st.integers(0, 40), st.booleans()), max_size=30),
-       m=st.integers(2, 16), chunk=st.integers(1, 23), lo=st.integers(0, 5))
+@given(
+    pieces=st.lists(st.tuples(st.integers(0, 40), st.booleans()), max_size=30),
+    m=st.integers(2, 16),
+    chunk=st.integers(1, 23),
+    lo=st.integers(0, 5),
+)
 def test_cuts_agree_forwards_backwards_and_with_the_writers_framing(
-        tmp_path_factory: pytest.TempPathFactory, pieces: list[tuple[int, bool]], m: int,
-        chunk: int, lo: int) -> None:
+    tmp_path_factory: pytest.TempPathFactory,
+    pieces: list[tuple[int, bool]],
+    m: int,
+    chunk: int,
+    lo: int,
+) -> None:
     data = b"".join(b"x" * n + (b"\n" if delimited else b"") for n, delimited in pieces)
     # The writers' framing is the truth: where events end (cut at m without a delimiter).
     framer = make_framer("raw", b"\n", m)
@@ -51,15 +59,17 @@ def test_cuts_agree_forwards_backwards_and_with_the_writers_framing(
     splitter = Splitter(b"\n", lo, m)
     forward: list[int] = []
     for at in range(0, len(data), chunk):
-        block, base = splitter.feed_block(data[at:at + chunk])
+        block, base = splitter.feed_block(data[at : at + chunk])
         forward += [end - lo for _, end in records_of(block, base, b"\n", m)]
     # Backwards, as tail plans.
     path = tmp_path_factory.mktemp("rev") / "f"
     path.write_bytes(b"?" * lo + data)
     fd = os.open(path, os.O_RDONLY)
     try:
-        backward = [(rec, start - lo, end - lo)
-                    for rec, start, end in reverse_records(fd, lo, lo + len(data), b"\n", m)]
+        backward = [
+            (rec, start - lo, end - lo)
+            for rec, start, end in reverse_records(fd, lo, lo + len(data), b"\n", m)
+        ]
     finally:
         os.close(fd)
     assert forward == truth
@@ -70,8 +80,13 @@ def test_cuts_agree_forwards_backwards_and_with_the_writers_framing(
 
 def _raw_info(directory: Path, max_event_size: int) -> StreamInfo:
     policy = replace(LogPolicy(), format="raw", max_event_size_bytes=max_event_size)
-    return StreamInfo(key=StreamKey("default", "p", "app"), directory=str(directory),
-                      base="app.log", policy=policy, volume="v")
+    return StreamInfo(
+        key=StreamKey("default", "p", "app"),
+        directory=str(directory),
+        base="app.log",
+        policy=policy,
+        volume="v",
+    )
 
 
 def test_tail_of_an_undelimited_run_is_one_max_event_size_piece(tmp_path: Path) -> None:
@@ -86,25 +101,27 @@ def test_tail_of_an_undelimited_run_is_one_max_event_size_piece(tmp_path: Path) 
     finally:
         tracemalloc.stop()
     start = len(b"first event\n")
-    assert got == run[29 * mes:30 * mes]  # the newest whole piece; nothing is pending
+    assert got == run[29 * mes : 30 * mes]  # the newest whole piece; nothing is pending
     assert peak < 16 * mes  # a few pieces in flight, never the 30 MiB run
-    assert read(info, tail_events=3) == run[27 * mes:30 * mes]
+    assert read(info, tail_events=3) == run[27 * mes : 30 * mes]
     (tmp_path / "app.log").write_bytes(b"first event\n" + run + b"tail")
-    assert read(info, tail_events=1) == run[29 * mes:30 * mes]  # "tail" is incomplete
+    assert read(info, tail_events=1) == run[29 * mes : 30 * mes]  # "tail" is incomplete
     whole = read(info)
     assert whole[:start] == b"first event\n" and whole[start:] == run
 
 
 @pytest.mark.parametrize("fmt", ["raw", "cri", "json-file"])
 @pytest.mark.parametrize("n", [1, 7, 149, 151, 260, 1000])
-def test_tail_beyond_the_ring_counts_in_two_passes(tmp_path: Path, fmt: str, n: int,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tail_beyond_the_ring_counts_in_two_passes(
+    tmp_path: Path, fmt: str, n: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Compressed segments with a tail larger than the ring: the two-pass count, with
     interleaved stdout/stderr partial lines (CRI P fragments) across the start."""
     monkeypatch.setattr(reader_module, "_TAIL_RING_MAX", 4)
     events = make_events(400, fmt, stderr_every=3)
-    info = build_stream(tmp_path, events, fmt=fmt,
-                        layout=(("zst", 100), ("gz", 100), ("plain", 50)))
+    info = build_stream(
+        tmp_path, events, fmt=fmt, layout=(("zst", 100), ("gz", 100), ("plain", 50))
+    )
     assert seqs(read(info, tail_events=n)) == list(range(max(0, 400 - n), 400))
     if fmt == "raw":
         return  # raw events carry no stream

@@ -20,16 +20,24 @@ from tests.support.streams import make_events, rfc3339
 
 def info_for(directory: Path, **policy: object) -> StreamInfo:
     directory.mkdir(parents=True, exist_ok=True)
-    return StreamInfo(key=StreamKey("default", "pod", "app"), directory=directory,
-                      base="app.log", policy=LogPolicy(**policy),  # type: ignore[arg-type]
-                      volume="logs")
+    return StreamInfo(
+        key=StreamKey("default", "pod", "app"),
+        directory=directory,
+        base="app.log",
+        policy=LogPolicy(**policy),  # type: ignore[arg-type]
+        volume="logs",
+    )
 
 
 class Follower:
     def __init__(self, info: StreamInfo, **opts: object) -> None:
         self.now = 0.0
-        self.reader = StreamReader(info, ReadOptions(follow=True, **opts),  # type: ignore[arg-type]
-                                   gone_grace_s=1.0, clock=lambda: self.now)
+        self.reader = StreamReader(
+            info,
+            ReadOptions(follow=True, **opts),  # type: ignore[arg-type]
+            gone_grace_s=1.0,
+            clock=lambda: self.now,
+        )
         self.chunks: Iterator[bytes] = self.reader.chunks()
         self.data = bytearray()
         self.ended = False
@@ -140,8 +148,13 @@ def test_partial_event_is_served_once_complete(tmp_path: Path) -> None:
     f = Follower(info)
     assert f.drain().count(b"\n") == 5
     ts, body = rfc3339(evs[5].ts_ns), evs[5].body
-    append(active, [f"{ts} stdout P ".encode() + body[:20] + b"\n",
-                    f"{ts} stderr F ".encode() + b"E#0000000099 interleaved\n"])
+    append(
+        active,
+        [
+            f"{ts} stdout P ".encode() + body[:20] + b"\n",
+            f"{ts} stderr F ".encode() + b"E#0000000099 interleaved\n",
+        ],
+    )
     got = f.drain()
     assert b"#0000000005" not in got and b"interleaved" in got
     append(active, [f"{ts} stdout F ".encode() + body[20:] + b"\n"])
@@ -249,7 +262,8 @@ def _trim_oldest(rot: StreamRotator, directory: Path, fraction: float) -> str:
 
 
 def test_follow_places_a_trimmed_segment_by_its_end_when_the_record_is_stale(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """The rotator trimmed a segment's head and was killed before saving the record's new
     start (its intent still says trim): a follower behind reads what is left, from an
     event boundary, and nothing twice; recovery then brings the record in line."""
@@ -266,8 +280,11 @@ def test_follow_places_a_trimmed_segment_by_its_end_when_the_record_is_stale(
     before = load_state(tmp_path, "app.log")
     assert before is not None
     stem = _trim_oldest(rot, tmp_path, 0.25)
-    save_state(tmp_path, "app.log", before.with_(intent={
-        "op": "trim", "stem": stem, "size": (tmp_path / stem).stat().st_size}))
+    save_state(
+        tmp_path,
+        "app.log",
+        before.with_(intent={"op": "trim", "stem": stem, "size": (tmp_path / stem).stat().st_size}),
+    )
     append(active, raw_events(160, 5))
     f.drain(polls=2)
     seqs = [parse_event(b) for b in split_raw([bytes(f.data)])]  # None: a cut event
@@ -282,7 +299,8 @@ def test_follow_places_a_trimmed_segment_by_its_end_when_the_record_is_stale(
 
 
 def test_tail_planned_in_a_segment_survives_a_trim_before_it_is_read(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """tailLines found its first event in a plain segment; retention trimmed that
     segment's head before the reader opened it: the reader still serves only whole events
     of the tail, in order, from where the trimmed file really starts."""

@@ -35,8 +35,9 @@ def seqs(data: bytes) -> list[int]:
 
 
 @pytest.mark.parametrize("fmt", FMTS)
-def test_whole_stream_across_compressed_segments_and_punched_active(tmp_path: Path,
-                                                                    fmt: str) -> None:
+def test_whole_stream_across_compressed_segments_and_punched_active(
+    tmp_path: Path, fmt: str
+) -> None:
     events = make_events(400, fmt, stderr_every=3)
     info = build_stream(tmp_path, events, fmt=fmt)
     active = tmp_path / "app.log"
@@ -66,16 +67,22 @@ def test_no_state_hole_skips_partial_first_event(tmp_path: Path) -> None:
 @pytest.mark.parametrize("n", [0, 1, 7, 100, 149, 151, 260, 1000])
 def test_tail_across_segment_boundaries(tmp_path: Path, fmt: str, n: int) -> None:
     events = make_events(400, fmt)
-    info = build_stream(tmp_path, events, fmt=fmt,
-                        layout=(("zst", 100), ("gz", 100), ("plain", 50)))
+    info = build_stream(
+        tmp_path, events, fmt=fmt, layout=(("zst", 100), ("gz", 100), ("plain", 50))
+    )
     got = seqs(read(info, tail_events=n))
     assert got == list(range(max(0, 400 - n), 400))
 
 
 def test_trailing_incomplete_event_is_not_served(tmp_path: Path) -> None:
     events = make_events(20, "cri")
-    info = build_stream(tmp_path, events, fmt="cri", layout=(),
-                        trailing=b"2026-11-23T12:00:00.000000000Z stdout P half an event")
+    info = build_stream(
+        tmp_path,
+        events,
+        fmt="cri",
+        layout=(),
+        trailing=b"2026-11-23T12:00:00.000000000Z stdout P half an event",
+    )
     got = seqs(read(info))
     assert got == list(range(20))
     assert seqs(read(info, tail_events=2)) == [18, 19]
@@ -84,8 +91,9 @@ def test_trailing_incomplete_event_is_not_served(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt", ["cri", "json-file"])
 def test_since_until_by_event_time(tmp_path: Path, fmt: str) -> None:
     events = make_events(600, fmt)
-    info = build_stream(tmp_path, events, fmt=fmt,
-                        layout=(("gz", 100), ("plain", 200), ("plain", 100)))
+    info = build_stream(
+        tmp_path, events, fmt=fmt, layout=(("gz", 100), ("plain", 200), ("plain", 100))
+    )
     assert seqs(read(info, since_ns=event_ts(150))) == list(range(150, 600))
     assert seqs(read(info, since_ns=event_ts(450) + 1)) == list(range(451, 600))
     assert seqs(read(info, since_ns=event_ts(150), until_ns=event_ts(420))) == list(range(150, 421))
@@ -130,7 +138,8 @@ def test_stream_filter_and_timestamps(tmp_path: Path, fmt: str) -> None:
     assert stamped[0].startswith(b"2026-11-2") and stamped[0][29:31] == b"Z "
     ts_text, body = stamped[1].split(b" ", 1)
     assert ts_text.decode() == __import__("tests.support.streams", fromlist=["rfc3339"]).rfc3339(
-        event_ts(299))
+        event_ts(299)
+    )
     assert parse_event(body) == 299
 
 
@@ -158,7 +167,7 @@ def test_pattern_anchors_and_matches_across_cri_fragments(tmp_path: Path, fmt: s
     for e in split[:5]:
         first_line = e.encoded.split(b"\n")[0]
         cut = len(first_line.split(b" ", 3)[3])
-        needle = e.body[cut - 3: cut + 3]
+        needle = e.body[cut - 3 : cut + 3]
         assert e.seq in seqs(read(info, pattern=re.escape(needle.decode())))
 
 
@@ -205,6 +214,7 @@ def test_multibyte_delimiter_raw(tmp_path: Path) -> None:
 
 def test_since_inside_an_interleaved_partial_event_never_serves_a_piece(tmp_path: Path) -> None:
     from tests.support.streams import rfc3339
+
     events = make_events(400, "cri", fragments=False)
     lines = [e.encoded for e in events[:300]]
     t = events[299].ts_ns
@@ -237,8 +247,9 @@ def test_hostile_json_file_lines_are_served_as_text_not_errors(tmp_path: Path) -
     info = build_stream(tmp_path, events, fmt="json-file", layout=())
     with (tmp_path / "app.log").open("ab") as f:
         f.write(b"[" * 100_000 + b"\n")  # RecursionError in json
-        f.write(b'{"log":"\\ud800 lone surrogate\\n","stream":"stdout",'
-                b'"time":"2026-11-23T00:00:00Z"}\n')
+        f.write(
+            b'{"log":"\\ud800 lone surrogate\\n","stream":"stdout","time":"2026-11-23T00:00:00Z"}\n'
+        )
         f.write(b'{"log":"\\udc80\\n","stream":"stdout","time":"nonsense"}\n')
     data = read(info)
     lines = data.split(b"\n")
@@ -250,10 +261,11 @@ def test_hostile_json_file_lines_are_served_as_text_not_errors(tmp_path: Path) -
 
 @pytest.mark.parametrize(("fmt", "fragments"), [("raw", False), ("cri", True), ("cri", False)])
 @pytest.mark.parametrize("region", [2048, 4096, 1 << 20])
-def test_tail_with_pattern_scans_regions_backwards(tmp_path: Path, fmt: str, fragments: bool,
-                                                   region: int,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tail_with_pattern_scans_regions_backwards(
+    tmp_path: Path, fmt: str, fragments: bool, region: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from logvold.fileio import reader as reader_mod
+
     monkeypatch.setattr(reader_mod, "TAIL_SCAN_BYTES", region)
     events = make_events(600, fmt, fragments=fragments)
     info = build_stream(tmp_path, events, fmt=fmt, layout=(("plain", 100), ("gz", 100)))

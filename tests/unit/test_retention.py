@@ -249,34 +249,82 @@ KATHMANDU = ZoneInfo("Asia/Kathmandu")  # UTC+5:45: local quarter hours are not 
 @pytest.mark.parametrize(
     ("now", "rotate", "tz", "start_utc", "next_utc"),
     [
-        (datetime(2026, 11, 23, 12, 7, 3, tzinfo=UTC), "900s", UTC,
-         datetime(2026, 11, 23, 12, 0, tzinfo=UTC), datetime(2026, 11, 23, 12, 15, tzinfo=UTC)),
-        (datetime(2026, 11, 23, 12, 15, tzinfo=UTC), "900s", UTC,  # on a boundary
-         datetime(2026, 11, 23, 12, 15, tzinfo=UTC), datetime(2026, 11, 23, 12, 30, tzinfo=UTC)),
-        (datetime(2026, 11, 23, 12, 0, 4, 500000, tzinfo=UTC), "5s", UTC,
-         datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC),
-         datetime(2026, 11, 23, 12, 0, 5, tzinfo=UTC)),
+        (
+            datetime(2026, 11, 23, 12, 7, 3, tzinfo=UTC),
+            "900s",
+            UTC,
+            datetime(2026, 11, 23, 12, 0, tzinfo=UTC),
+            datetime(2026, 11, 23, 12, 15, tzinfo=UTC),
+        ),
+        (
+            datetime(2026, 11, 23, 12, 15, tzinfo=UTC),
+            "900s",
+            UTC,  # on a boundary
+            datetime(2026, 11, 23, 12, 15, tzinfo=UTC),
+            datetime(2026, 11, 23, 12, 30, tzinfo=UTC),
+        ),
+        (
+            datetime(2026, 11, 23, 12, 0, 4, 500000, tzinfo=UTC),
+            "5s",
+            UTC,
+            datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC),
+            datetime(2026, 11, 23, 12, 0, 5, tzinfo=UTC),
+        ),
         # 12:07 UTC is 17:52 in Kathmandu: the local quarter started at 17:45 = 12:00 UTC,
         # and an hourly-length period starts at 17:00 local = 11:15 UTC.
-        (datetime(2026, 11, 23, 12, 7, tzinfo=UTC), "900s", KATHMANDU,
-         datetime(2026, 11, 23, 12, 0, tzinfo=UTC), datetime(2026, 11, 23, 12, 15, tzinfo=UTC)),
-        (datetime(2026, 11, 23, 12, 7, tzinfo=UTC), "3600s", KATHMANDU,
-         datetime(2026, 11, 23, 11, 15, tzinfo=UTC), datetime(2026, 11, 23, 12, 15, tzinfo=UTC)),
+        (
+            datetime(2026, 11, 23, 12, 7, tzinfo=UTC),
+            "900s",
+            KATHMANDU,
+            datetime(2026, 11, 23, 12, 0, tzinfo=UTC),
+            datetime(2026, 11, 23, 12, 15, tzinfo=UTC),
+        ),
+        (
+            datetime(2026, 11, 23, 12, 7, tzinfo=UTC),
+            "3600s",
+            KATHMANDU,
+            datetime(2026, 11, 23, 11, 15, tzinfo=UTC),
+            datetime(2026, 11, 23, 12, 15, tzinfo=UTC),
+        ),
         # A whole day as a period: local midnight, as Daily.
-        (datetime(2026, 11, 23, 12, 7, tzinfo=UTC), "86400s", BERLIN,
-         datetime(2026, 11, 22, 23, 0, tzinfo=UTC), datetime(2026, 11, 23, 23, 0, tzinfo=UTC)),
+        (
+            datetime(2026, 11, 23, 12, 7, tzinfo=UTC),
+            "86400s",
+            BERLIN,
+            datetime(2026, 11, 22, 23, 0, tzinfo=UTC),
+            datetime(2026, 11, 23, 23, 0, tzinfo=UTC),
+        ),
         # DST ends in Berlin at 01:00 UTC on 2026-10-25: 30-minute periods go on every 30
         # minutes of real time across it.
-        (datetime(2026, 10, 25, 0, 50, tzinfo=UTC), "1800s", BERLIN,
-         datetime(2026, 10, 25, 0, 30, tzinfo=UTC), datetime(2026, 10, 25, 1, 0, tzinfo=UTC)),
-        (datetime(2026, 10, 25, 1, 10, tzinfo=UTC), "1800s", BERLIN,
-         datetime(2026, 10, 25, 1, 0, tzinfo=UTC), datetime(2026, 10, 25, 1, 30, tzinfo=UTC)),
+        (
+            datetime(2026, 10, 25, 0, 50, tzinfo=UTC),
+            "1800s",
+            BERLIN,
+            datetime(2026, 10, 25, 0, 30, tzinfo=UTC),
+            datetime(2026, 10, 25, 1, 0, tzinfo=UTC),
+        ),
+        (
+            datetime(2026, 10, 25, 1, 10, tzinfo=UTC),
+            "1800s",
+            BERLIN,
+            datetime(2026, 10, 25, 1, 0, tzinfo=UTC),
+            datetime(2026, 10, 25, 1, 30, tzinfo=UTC),
+        ),
     ],
-    ids=["15m", "15m-on-boundary", "5s", "15m-kathmandu", "1h-kathmandu", "1d-berlin",
-         "30m-dst-before", "30m-dst-after"],
+    ids=[
+        "15m",
+        "15m-on-boundary",
+        "5s",
+        "15m-kathmandu",
+        "1h-kathmandu",
+        "1d-berlin",
+        "30m-dst-before",
+        "30m-dst-after",
+    ],
 )
-def test_fixed_period(now: datetime, rotate: str, tz: ZoneInfo, start_utc: datetime,
-                      next_utc: datetime) -> None:
+def test_fixed_period(
+    now: datetime, rotate: str, tz: ZoneInfo, start_utc: datetime, next_utc: datetime
+) -> None:
     start = period_start(now, rotate, tz)
     boundary = next_period_boundary(now, rotate, tz)
     assert start is not None and boundary is not None

@@ -49,8 +49,9 @@ def test_open_beneath_refuses_a_symlinked_component(volume: Path, outside: Path)
 @pytest.mark.parametrize("directory", ["../outside", "a/../../outside", "/etc"])
 def test_relative_parts_refuses_leaving_the_root(volume: Path, directory: str) -> None:
     with pytest.raises(UnsafeFile) as exc:
-        relative_parts(volume, volume / directory if not directory.startswith("/")
-                       else Path(directory))
+        relative_parts(
+            volume, volume / directory if not directory.startswith("/") else Path(directory)
+        )
     assert exc.value.kind == "outside"
 
 
@@ -66,15 +67,20 @@ def test_open_file_refuses_symlink_fifo_hardlink(volume: Path, outside: Path) ->
                 with pytest.raises(UnsafeFile) as exc:
                     d.open_file(name, flags)
                 kinds[name] = exc.value.kind
-        assert kinds == {"link.log": "symlink", "fifo.log": "not-regular",
-                         "hard.log": "hardlink", "dir.log": "not-regular"}
+        assert kinds == {
+            "link.log": "symlink",
+            "fifo.log": "not-regular",
+            "hard.log": "hardlink",
+            "dir.log": "not-regular",
+        }
         with pytest.raises(FileNotFoundError):
             d.open_file("missing.log")
     _unchanged(outside)
 
 
 def test_create_exclusive_replaces_a_planted_symlink_never_writes_through(
-        volume: Path, outside: Path) -> None:
+    volume: Path, outside: Path
+) -> None:
     (volume / "seg.gz.tmp").symlink_to(outside)
     with SafeDir.open_root(volume) as d:
         fd = d.create_exclusive("seg.gz.tmp", 0o600)
@@ -120,12 +126,24 @@ def test_names_is_bounded(volume: Path) -> None:
 
 def test_open_stream_dir_walks_from_the_volume_root(volume: Path, outside: Path) -> None:
     (volume / "y").symlink_to(outside.parent)
-    info = StreamInfo(key=StreamKey("ns", "pod", "app"), directory=volume / "y", base="app.log",
-                      policy=LogPolicy(), volume="logs", root=volume)
+    info = StreamInfo(
+        key=StreamKey("ns", "pod", "app"),
+        directory=volume / "y",
+        base="app.log",
+        policy=LogPolicy(),
+        volume="logs",
+        root=volume,
+    )
     with pytest.raises(UnsafeFile):
         open_stream_dir(info)
-    ok = StreamInfo(key=StreamKey("ns", "pod", "app"), directory=volume / "sub", base="app.log",
-                    policy=LogPolicy(), volume="logs", root=volume)
+    ok = StreamInfo(
+        key=StreamKey("ns", "pod", "app"),
+        directory=volume / "sub",
+        base="app.log",
+        policy=LogPolicy(),
+        volume="logs",
+        root=volume,
+    )
     with open_stream_dir(ok, create=True) as d:
         assert d.names() == []
     assert (volume / "sub").is_dir()

@@ -35,24 +35,45 @@ def make(start: datetime, **kwargs: float) -> tuple[TriggerScheduler[str], FakeC
 @pytest.mark.parametrize(
     ("rotate", "tz", "start", "boundary"),
     [
-        ("Hourly", "UTC", datetime(2026, 11, 23, 10, 59, 59, tzinfo=UTC),
-         datetime(2026, 11, 23, 11, 0, tzinfo=UTC)),
-        ("Daily", "UTC", datetime(2026, 11, 23, 10, 0, tzinfo=UTC),
-         datetime(2026, 11, 24, 0, 0, tzinfo=UTC)),
+        (
+            "Hourly",
+            "UTC",
+            datetime(2026, 11, 23, 10, 59, 59, tzinfo=UTC),
+            datetime(2026, 11, 23, 11, 0, tzinfo=UTC),
+        ),
+        (
+            "Daily",
+            "UTC",
+            datetime(2026, 11, 23, 10, 0, tzinfo=UTC),
+            datetime(2026, 11, 24, 0, 0, tzinfo=UTC),
+        ),
         # Berlin is UTC+1 in November: local midnight is 23:00 UTC.
-        ("Daily", "Europe/Berlin", datetime(2026, 11, 23, 22, 30, tzinfo=UTC),
-         datetime(2026, 11, 23, 23, 0, tzinfo=UTC)),
+        (
+            "Daily",
+            "Europe/Berlin",
+            datetime(2026, 11, 23, 22, 30, tzinfo=UTC),
+            datetime(2026, 11, 23, 23, 0, tzinfo=UTC),
+        ),
         # Kolkata is UTC+5:30: local hours start at :30 UTC.
-        ("Hourly", "Asia/Kolkata", datetime(2026, 11, 23, 10, 10, tzinfo=UTC),
-         datetime(2026, 11, 23, 10, 30, tzinfo=UTC)),
+        (
+            "Hourly",
+            "Asia/Kolkata",
+            datetime(2026, 11, 23, 10, 10, tzinfo=UTC),
+            datetime(2026, 11, 23, 10, 30, tzinfo=UTC),
+        ),
         # New York springs forward on 2026-03-08: that local day is 23 hours long.
-        ("Daily", "America/New_York", datetime(2026, 3, 8, 6, 0, tzinfo=UTC),
-         datetime(2026, 3, 9, 4, 0, tzinfo=UTC)),
+        (
+            "Daily",
+            "America/New_York",
+            datetime(2026, 3, 8, 6, 0, tzinfo=UTC),
+            datetime(2026, 3, 9, 4, 0, tzinfo=UTC),
+        ),
     ],
     ids=["hourly-utc", "daily-utc", "daily-berlin", "hourly-kolkata", "daily-dst-new-york"],
 )
-def test_period_boundary_fires_exactly_at_the_boundary(rotate: str, tz: str, start: datetime,
-                                                         boundary: datetime) -> None:
+def test_period_boundary_fires_exactly_at_the_boundary(
+    rotate: str, tz: str, start: datetime, boundary: datetime
+) -> None:
     sched, clocks = make(start)
     sched.set_stream("s", LogPolicy(rotate=rotate, timezone=tz))  # type: ignore[arg-type]
     assert sched.next_boundary("s") == boundary
@@ -114,8 +135,9 @@ def test_policy_change_recomputes_boundary() -> None:
 
 
 def test_hints_are_batched_and_rate_limited_per_stream() -> None:
-    sched, clocks = make(datetime(2026, 11, 23, 10, 0, tzinfo=UTC),
-                         hint_delay_s=0.05, min_check_interval_s=0.5)
+    sched, clocks = make(
+        datetime(2026, 11, 23, 10, 0, tzinfo=UTC), hint_delay_s=0.05, min_check_interval_s=0.5
+    )
     sched.set_stream("s", LogPolicy())
     sched.set_stream("idle", LogPolicy())
     assert sched.mark_dirty("s")

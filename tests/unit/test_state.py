@@ -23,9 +23,14 @@ from logvold.fileio.state import (
 
 
 def _state(**kw: object) -> StreamState:
-    base = dict(device=2049, inode=1234, committed_offset=65536, collapsed_bytes=61440,
-                segments=(SegmentRecord("app.log.20261123-114800", 0, 65536),),
-                intent=None)
+    base = dict(
+        device=2049,
+        inode=1234,
+        committed_offset=65536,
+        collapsed_bytes=61440,
+        segments=(SegmentRecord("app.log.20261123-114800", 0, 65536),),
+        intent=None,
+    )
     base.update(kw)
     return StreamState(**base)  # type: ignore[arg-type]
 
@@ -34,11 +39,17 @@ def test_missing_state_is_none(tmp_path: Path) -> None:
     assert load_state(tmp_path, "app.log") is None
 
 
-@pytest.mark.parametrize("state", [
-    _state(),
-    _state(intent={"op": "punch", "stem": "app.log.20261123-114801", "start": 65536, "end": 70000}),
-    _state(committed_offset=0, collapsed_bytes=0, segments=()),
-], ids=["committed", "with-intent", "fresh"])
+@pytest.mark.parametrize(
+    "state",
+    [
+        _state(),
+        _state(
+            intent={"op": "punch", "stem": "app.log.20261123-114801", "start": 65536, "end": 70000}
+        ),
+        _state(committed_offset=0, collapsed_bytes=0, segments=()),
+    ],
+    ids=["committed", "with-intent", "fresh"],
+)
 def test_round_trip(tmp_path: Path, state: StreamState) -> None:
     save_state(tmp_path, "app.log", state)
     assert load_state(tmp_path, "app.log") == state
@@ -49,11 +60,15 @@ def test_round_trip(tmp_path: Path, state: StreamState) -> None:
 def test_file_matches_the_contract(tmp_path: Path) -> None:
     save_state(tmp_path, "app.log", _state())
     tree = json.loads(state_path(tmp_path, "app.log").read_text())
-    assert tree == {"version": 1, "device": 2049, "inode": 1234, "committed_offset": 65536,
-                    "collapsed_bytes": 61440,
-                    "segments": [{"stem": "app.log.20261123-114800", "logical_start": 0,
-                                  "logical_end": 65536}],
-                    "intent": None}
+    assert tree == {
+        "version": 1,
+        "device": 2049,
+        "inode": 1234,
+        "committed_offset": 65536,
+        "collapsed_bytes": 61440,
+        "segments": [{"stem": "app.log.20261123-114800", "logical_start": 0, "logical_end": 65536}],
+        "intent": None,
+    }
     assert _state().physical_committed == 4096
 
 
@@ -74,23 +89,46 @@ def test_only_recent_segment_records_are_kept(tmp_path: Path) -> None:
     assert loaded is not None and loaded.segments == records[-64:]
 
 
-@pytest.mark.parametrize("content, words", [
-    (b"{not json", "not valid JSON"),
-    (b"\xff\xfe", "not valid JSON"),
-    (b"[]", "malformed"),
-    (b'{"version": 2}', "unsupported version"),
-    (b'{"version": 1, "device": 1, "inode": 2, '
-     b'"committed_offset": -5, "collapsed_bytes": 0}',
-     "committed_offset must be a non-negative integer"),
-    (b'{"version": 1, "device": 1, "inode": 2, "committed_offset": 5, "collapsed_bytes": 9}',
-     "collapsed_bytes exceeds"),
-    (b'{"version": 1, "device": 1, "inode": 2, "committed_offset": 5, "collapsed_bytes": 0,'
-     b' "segments": [{"stem": "x", "logical_start": 9, "logical_end": 3}]}', "ends before"),
-    (b'{"version": 1, "device": 1, "inode": 2, "committed_offset": 5, "collapsed_bytes": 0,'
-     b' "intent": {"stem": "x"}}', "bad intent"),
-    (b'{"version": 1, "device": 1, "committed_offset": 5, "collapsed_bytes": 0}', "inode"),
-], ids=["syntax", "binary", "not-object", "version", "negative", "collapsed", "segment",
-        "intent", "missing-key"])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b"{not json", "not valid JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+        (b"[]", "malformed"),
+        (b'{"version": 2}', "unsupported version"),
+        (
+            b'{"version": 1, "device": 1, "inode": 2, '
+            b'"committed_offset": -5, "collapsed_bytes": 0}',
+            "committed_offset must be a non-negative integer",
+        ),
+        (
+            b'{"version": 1, "device": 1, "inode": 2, "committed_offset": 5, "collapsed_bytes": 9}',
+            "collapsed_bytes exceeds",
+        ),
+        (
+            b'{"version": 1, "device": 1, "inode": 2, "committed_offset": 5, "collapsed_bytes": 0,'
+            b' "segments": [{"stem": "x", "logical_start": 9, "logical_end": 3}]}',
+            "ends before",
+        ),
+        (
+            b'{"version": 1, "device": 1, "inode": 2, "committed_offset": 5, "collapsed_bytes": 0,'
+            b' "intent": {"stem": "x"}}',
+            "bad intent",
+        ),
+        (b'{"version": 1, "device": 1, "committed_offset": 5, "collapsed_bytes": 0}', "inode"),
+    ],
+    ids=[
+        "syntax",
+        "binary",
+        "not-object",
+        "version",
+        "negative",
+        "collapsed",
+        "segment",
+        "intent",
+        "missing-key",
+    ],
+)
 def test_corrupt_state_is_a_clear_state_error(tmp_path: Path, content: bytes, words: str) -> None:
     path = state_path(tmp_path, "app.log")
     path.parent.mkdir()
@@ -111,8 +149,10 @@ def test_a_file_or_symlink_at_the_state_dir_is_refused(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     (tmp_path / ".logvold").symlink_to(outside)
-    for call in (lambda: save_state(tmp_path, "app.log", _state()),
-                 lambda: load_state(tmp_path, "app.log")):
+    for call in (
+        lambda: save_state(tmp_path, "app.log", _state()),
+        lambda: load_state(tmp_path, "app.log"),
+    ):
         with pytest.raises(UnsafeFile) as exc:
             call()
         assert exc.value.kind == "symlink"
@@ -132,21 +172,34 @@ def test_an_oversized_state_file_is_corrupt_and_never_read(tmp_path: Path) -> No
 
 
 def test_too_many_segment_records_is_malformed(tmp_path: Path) -> None:
-    records = [{"stem": f"app.log.20261123-1158{i:02d}", "logical_start": i, "logical_end": i}
-               for i in range(MAX_SEGMENT_RECORDS + 1)]
+    records = [
+        {"stem": f"app.log.20261123-1158{i:02d}", "logical_start": i, "logical_end": i}
+        for i in range(MAX_SEGMENT_RECORDS + 1)
+    ]
     path = state_path(tmp_path, "app.log")
     path.parent.mkdir()
-    path.write_text(json.dumps({"version": 1, "device": 1, "inode": 2, "committed_offset": 5,
-                                "collapsed_bytes": 0, "segments": records}))
+    path.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "device": 1,
+                "inode": 2,
+                "committed_offset": 5,
+                "collapsed_bytes": 0,
+                "segments": records,
+            }
+        )
+    )
     with pytest.raises(StateError, match="at most"):
         load_state(tmp_path, "app.log")
 
 
 def test_the_biggest_valid_state_fits_the_cap(tmp_path: Path) -> None:
     stem = "a" * 200 + ".log.20261123-115800.0001"
-    state = _state(segments=tuple(SegmentRecord(stem, 2**62, 2**62)
-                                  for _ in range(MAX_SEGMENT_RECORDS)),
-                   intent={"op": "punch", "stem": stem, "start": 2**62, "end": 2**62})
+    state = _state(
+        segments=tuple(SegmentRecord(stem, 2**62, 2**62) for _ in range(MAX_SEGMENT_RECORDS)),
+        intent={"op": "punch", "stem": stem, "start": 2**62, "end": 2**62},
+    )
     save_state(tmp_path, "app.log", state)
     assert state_path(tmp_path, "app.log").stat().st_size < STATE_CAP_BYTES
     assert load_state(tmp_path, "app.log") == state

@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from logvold.core.stream_caps import SmallestNames, choose_streams
 
 
-@given(st.lists(st.text(alphabet="abcxyz.", min_size=1, max_size=6), max_size=300),
-       st.integers(0, 40))
+@given(
+    st.lists(st.text(alphabet="abcxyz.", min_size=1, max_size=6), max_size=300), st.integers(0, 40)
+)
 def test_smallest_names_matches_sorting_everything(names: list[str], keep: int) -> None:
     collector = SmallestNames(keep)
     for name in names:

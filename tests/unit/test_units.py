@@ -51,14 +51,19 @@ def test_parse_size_accepts(text: str | int, expected: int) -> None:
         pytest.param(-1, "must not be negative", id="negative-int"),
         pytest.param("10Xi", "unknown size suffix 'Xi'", id="unknown-suffix"),
         pytest.param("10mi", "unknown size suffix 'mi'", id="lowercase-binary"),
-        pytest.param("5MB", r"5MB is ambiguous: did you mean 5Mi \(5,242,880 bytes\) or 5M "
-                     r"\(5,000,000 bytes\)\?", id="SI-MB"),
+        pytest.param(
+            "5MB",
+            r"5MB is ambiguous: did you mean 5Mi \(5,242,880 bytes\) or 5M "
+            r"\(5,000,000 bytes\)\?",
+            id="SI-MB",
+        ),
         pytest.param("1GB", r"did you mean 1Gi \(1,073,741,824 bytes\) or 1G ", id="SI-GB"),
         pytest.param("512kB", r"did you mean 512Ki .* or 512k ", id="SI-kB"),
         pytest.param("512KB", r"did you mean 512Ki .* or 512k ", id="SI-KB"),
         pytest.param("2tb", r"did you mean 2Ti .* or 2T ", id="SI-lowercase"),
-        pytest.param("1.5GB", r"did you mean 1.5Gi \(1,610,612,736 bytes\) or 1.5G ",
-                     id="SI-fraction"),
+        pytest.param(
+            "1.5GB", r"did you mean 1.5Gi \(1,610,612,736 bytes\) or 1.5G ", id="SI-fraction"
+        ),
         pytest.param("1.5", "not a whole number of bytes", id="fractional-bytes"),
         pytest.param("0.1Ki", "not a whole number of bytes", id="fractional-kibibyte"),
         pytest.param("", "expected a size", id="empty"),

@@ -99,8 +99,12 @@ def test_which_double_quoted_sources_need_byte_escapes(raw: str, expected: bool)
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("Hourly", "Hourly"), ("daily", "Daily"), ("NEVER", "Never"), ("", "Never"),
-        ("15m", "900s"), ("1h30m", "5400s"),
+        ("Hourly", "Hourly"),
+        ("daily", "Daily"),
+        ("NEVER", "Never"),
+        ("", "Never"),
+        ("15m", "900s"),
+        ("1h30m", "5400s"),
     ],
 )
 def test_run_flags_and_driver_read_rotate_alike(text: str, expected: str) -> None:

@@ -20,22 +20,63 @@ DOOR = "fileio/safedir.py"
 
 #: Module functions that take a path: flagged as `os.open`, `os.path.realpath`, ...
 MODULE_CALLS = {
-    "os": {"open", "rename", "replace", "unlink", "remove", "listdir", "scandir", "stat",
-           "lstat", "mkdir", "makedirs", "rmdir", "link", "symlink", "readlink", "walk",
-           "truncate", "mkfifo"},
+    "os": {
+        "open",
+        "rename",
+        "replace",
+        "unlink",
+        "remove",
+        "listdir",
+        "scandir",
+        "stat",
+        "lstat",
+        "mkdir",
+        "makedirs",
+        "rmdir",
+        "link",
+        "symlink",
+        "readlink",
+        "walk",
+        "truncate",
+        "mkfifo",
+    },
     "os.path": {"realpath", "abspath"},
     "shutil": {"copyfile", "copy", "copy2", "move", "rmtree"},
 }
 #: Methods of pathlib.Path that open, list, resolve or change a file by path (not
 #: `.replace`: str and dataclasses share the name; `os.replace` is caught above).
-PATH_METHODS = {"open", "read_bytes", "read_text", "write_bytes", "write_text", "iterdir",
-                "resolve", "unlink", "rename", "lstat", "stat", "glob", "rglob",
-                "readlink", "symlink_to", "hardlink_to", "mkdir", "rmdir", "touch", "chmod",
-                "samefile"}
+PATH_METHODS = {
+    "open",
+    "read_bytes",
+    "read_text",
+    "write_bytes",
+    "write_text",
+    "iterdir",
+    "resolve",
+    "unlink",
+    "rename",
+    "lstat",
+    "stat",
+    "glob",
+    "rglob",
+    "readlink",
+    "symlink_to",
+    "hardlink_to",
+    "mkdir",
+    "rmdir",
+    "touch",
+    "chmod",
+    "samefile",
+}
 #: Methods that also exist on SafeDir (fd-relative there): fine on a SafeDir receiver.
 SAFEDIR_METHODS = {"lstat", "unlink", "rename"}
-_SAFEDIR_FACTORIES = ("open_stream_dir", "SafeDir.open_root", "SafeDir.open_beneath",
-                      ".subdir", "self._opened")
+_SAFEDIR_FACTORIES = (
+    "open_stream_dir",
+    "SafeDir.open_root",
+    "SafeDir.open_beneath",
+    ".subdir",
+    "self._opened",
+)
 
 #: (module, call) -> why it never reaches a file inside a pod's volume.
 ALLOWED: dict[tuple[str, str], str] = {
@@ -44,31 +85,41 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("daemon/serve.py", ".read_bytes"): "digest of the operator's config file (reload check)",
     ("daemon/serve.py", ".mkdir"): "creates the operator's configured default volume directory",
     ("driver/logger.py", ".mkdir"): "the containerd driver creates its own log directory",
-    ("fileio/rotating_writer.py", "os.open"):
-        "logvold is the writer (`run`, `driver`): its own output files in its own directory",
+    (
+        "fileio/rotating_writer.py",
+        "os.open",
+    ): "logvold is the writer (`run`, `driver`): its own output files in its own directory",
     ("fileio/rotating_writer.py", "os.listdir"): "logvold's own output directory",
     ("fileio/rotating_writer.py", "os.lstat"): "logvold's own output directory",
     ("fileio/rotating_writer.py", "os.rename"): "logvold's own spare file and segments",
     ("fileio/rotating_writer.py", "os.replace"): "logvold's own spare file and segments",
     ("fileio/rotating_writer.py", ".unlink"): "logvold's own segments and spare file",
     ("fileio/rotating_writer.py", ".stat"): "logvold's own segments",
-    ("runner/reopen.py", ".open"):
-        "the reopen action's pid file: operator config only (pods may not set `reopen`)",
+    (
+        "runner/reopen.py",
+        ".open",
+    ): "the reopen action's pid file: operator config only (pods may not set `reopen`)",
     ("fileio/stream_files.py", ".iterdir"): "open_writers scans /proc, not a volume",
     ("fileio/stream_files.py", ".read_text"): "open_writers reads /proc/<pid>/fdinfo",
     ("fileio/stream_files.py", ".readlink"): "open_writers reads /proc/<pid>/fd links",
-    ("fileio/stream_files.py", ".stat"):
-        "open_writers stats /proc/<pid>/fd magic links (compared by device and inode only)",
+    (
+        "fileio/stream_files.py",
+        ".stat",
+    ): "open_writers stats /proc/<pid>/fd magic links (compared by device and inode only)",
     ("config/host_checks.py", ".read_text"): "reads /proc/self/cgroup (which unit runs us)",
     ("config/host_checks.py", ".open"): "reads the installed systemd unit file and its drop-ins",
     ("config/host_checks.py", ".iterdir"): "lists the systemd unit's drop-in directory (bounded)",
-    ("config/host_checks.py", "os.path.realpath"):
-        "the operator's configured volume path vs the unit's ReadWritePaths (no open)",
+    (
+        "config/host_checks.py",
+        "os.path.realpath",
+    ): "the operator's configured volume path vs the unit's ReadWritePaths (no open)",
     ("server/access.py", ".open"): "reads /proc/<pid>/status of the client (its groups)",
     ("server/access.py", ".read_bytes"): "reads /proc/net/tcp{,6} (the client's uid)",
-    ("server/access.py", ".stat"):
-        "permission bits only (may the client read this?); the read itself goes through "
-        "safedir, which refuses symlinked components",
+    (
+        "server/access.py",
+        ".stat",
+    ): "permission bits only (may the client read this?); the read itself goes through "
+    "safedir, which refuses symlinked components",
     ("server/access.py", "os.lstat"): "permission bits only, as above",
     ("server/app.py", ".unlink"): "the operator's configured unix socket path",
     ("server/app.py", ".stat"): "the operator's configured unix socket path",
@@ -76,14 +127,20 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("server/app.py", "os.lstat"): "the operator's configured unix socket path",
     ("server/app.py", ".chmod"): "the operator's configured unix socket path",
     ("server/logs.py", "open()"): "wraps an fd the reader opened through safedir (sendfile)",
-    ("daemon/workers.py", "os.lstat"):
-        "the size hint compares device, inode and size with the trigger a safedir walk "
-        "noted; it only decides whether to schedule a step, which walks again",
-    ("server/logs.py", ".lstat"):
-        "a follower's wake-up signature (identity, size, mtime): nothing is read or served "
-        "through it",
-    ("server/nodelog/files.py", "os.open"):
-        "node log query: its own confinement to logDir (realpath + O_NOFOLLOW, tested)",
+    (
+        "daemon/workers.py",
+        "os.lstat",
+    ): "the size hint compares device, inode and size with the trigger a safedir walk "
+    "noted; it only decides whether to schedule a step, which walks again",
+    (
+        "server/logs.py",
+        ".lstat",
+    ): "a follower's wake-up signature (identity, size, mtime): nothing is read or served "
+    "through it",
+    (
+        "server/nodelog/files.py",
+        "os.open",
+    ): "node log query: its own confinement to logDir (realpath + O_NOFOLLOW, tested)",
     ("server/nodelog/files.py", "os.path.realpath"): "node log query confinement to logDir",
     ("server/nodelog/files.py", "os.scandir"): "node log query listing of logDir",
 }
@@ -112,13 +169,19 @@ def _safedir_names(func: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
         if arg.annotation is not None and "SafeDir" in ast.unparse(arg.annotation):
             names.add(arg.arg)
     for node in ast.walk(func):
-        if isinstance(node, ast.withitem) and _is_safedir_factory(node.context_expr) \
-                and isinstance(node.optional_vars, ast.Name):
+        if (
+            isinstance(node, ast.withitem)
+            and _is_safedir_factory(node.context_expr)
+            and isinstance(node.optional_vars, ast.Name)
+        ):
             names.add(node.optional_vars.id)
         if isinstance(node, ast.Assign) and _is_safedir_factory(node.value):
             names.update(t.id for t in node.targets if isinstance(t, ast.Name))
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) \
-                and "SafeDir" in ast.unparse(node.annotation):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and "SafeDir" in ast.unparse(node.annotation)
+        ):
             names.add(node.target.id)
     return names
 
@@ -128,8 +191,11 @@ def file_calls(source: str) -> Counter[str]:
     tree = ast.parse(source)
     found: Counter[str] = Counter()
     scopes: list[tuple[ast.AST, set[str]]] = [(tree, set())]
-    scopes += [(f, _safedir_names(f)) for f in ast.walk(tree)
-               if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)]
+    scopes += [
+        (f, _safedir_names(f))
+        for f in ast.walk(tree)
+        if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
+    ]
     seen: set[int] = set()
     for scope, safe in reversed(scopes):  # innermost functions first
         for node in ast.walk(scope):
@@ -166,8 +232,16 @@ def bad(path, d: SafeDir):
         sd.unlink("c")
         other.rename("a", "b")
 """
-    assert file_calls(sample) == Counter({"os.open": 1, "open()": 1, ".read_bytes": 1,
-                                          "os.path.realpath": 1, ".unlink": 1, ".rename": 1})
+    assert file_calls(sample) == Counter(
+        {
+            "os.open": 1,
+            "open()": 1,
+            ".read_bytes": 1,
+            "os.path.realpath": 1,
+            ".unlink": 1,
+            ".rename": 1,
+        }
+    )
 
 
 def test_every_file_operation_goes_through_safedir_or_is_allowed() -> None:
@@ -182,8 +256,10 @@ def test_every_file_operation_goes_through_safedir_or_is_allowed() -> None:
             if (module, call) in allowed:
                 used.add((module, call))
             else:
-                problems.append(f"{module}: {call} by path (use fileio.safedir, or add it to "
-                                "ALLOWED with the reason it never reaches a volume file)")
+                problems.append(
+                    f"{module}: {call} by path (use fileio.safedir, or add it to "
+                    "ALLOWED with the reason it never reaches a volume file)"
+                )
     assert problems == [], "\n".join(problems)
     stale = sorted(set(allowed) - used)
     assert stale == [], f"allowlist entries no longer needed: {stale}"

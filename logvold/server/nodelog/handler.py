@@ -240,8 +240,9 @@ async def handle_node_log_query(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": _TEXT})
     if _accepts_gzip(request.headers.get("Accept-Encoding", "")):
         resp.enable_compression(web.ContentCoding.gzip)
-    plan = _Plan(query, explicit.fd if explicit else None, journal_units, file_services,
-                 peer_of(request))
+    plan = _Plan(
+        query, explicit.fd if explicit else None, journal_units, file_services, peer_of(request)
+    )
     try:
         await resp.prepare(request)
     except BaseException:
@@ -302,7 +303,12 @@ async def _stream(
                     await _copy_journal(body, query, plan.journal_units, cfg.journal_directory)
                 if plan.file_services:
                     await _copy_service_files(
-                        body, cfg.log_dir, plan.file_services, query, matcher, deadline,
+                        body,
+                        cfg.log_dir,
+                        plan.file_services,
+                        query,
+                        matcher,
+                        deadline,
                         plan.peer,
                     )
         except (TimeoutError, DeadlineExceeded):
