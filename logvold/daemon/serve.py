@@ -880,9 +880,10 @@ def _log_server_safety(config: Config) -> None:
     limits = effective_limits(server.limits)
     if server.auth == "local" and has_root_file_access():
         log.warning(
-            "no server.auth configured and logvold reads with root's file access: TCP "
-            "clients are served only files any local user could open; use the unix "
-            "socket or server.auth (docs/SECURITY.md)",
+            "no server.auth configured and logvold reads with root's file access: each "
+            "client is served only the files its own user could open (local TCP clients "
+            "by their uid, others only world-readable files); use the unix socket or "
+            "server.auth for more (docs/SECURITY.md)",
             extra={"listen": server.listen, "socket": server.socket_path or "-"},
         )
     elif server.auth == "none" and not _is_loopback(server.listen):
