@@ -22,21 +22,27 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from logvold.core.streams import StreamInfo
 from logvold.fileio.rotator import StreamRotator
 from logvold.fileio.state import load_state
 from tests.integration.rotator_kit import ROOT, leftovers, make_info, start_writer, whole_stream
 from tests.support.events import split_raw, verify
 
 DELIM = b"\n\n"
-POLICY: dict[str, object] = dict(
-    max_size_bytes=32 * 1024,
-    max_files=0,
-    max_total_size_bytes=1024 * 1024,
-    delimiter=DELIM,
-    compress="gzip",
-    collapse="auto",
-)
 COLLAPSE_MIN = 16 * 1024
+
+
+def stream_info(directory: Path) -> StreamInfo:
+    """The stream under test, with the same policy in the child and in every recovery."""
+    return make_info(
+        directory,
+        max_size_bytes=32 * 1024,
+        max_files=0,
+        max_total_size_bytes=1024 * 1024,
+        delimiter=DELIM,
+        compress="gzip",
+        collapse="auto",
+    )
 
 
 @dataclass
@@ -68,7 +74,7 @@ class CrashStats:
 def child(directory: Path, seed: int) -> None:
     """Rotate forever; one line per committed rotation on stdout."""
     rng = random.Random(seed)
-    rot = StreamRotator(make_info(directory, **POLICY), None, collapse_min_bytes=COLLAPSE_MIN)
+    rot = StreamRotator(stream_info(directory), None, collapse_min_bytes=COLLAPSE_MIN)
     rot.recover()
     print("ready", flush=True)
     n = 0
@@ -150,14 +156,12 @@ def run(
                 if intent is not None:
                     op = str(intent.get("op"))
                     stats.recovered_intents[op] = stats.recovered_intents.get(op, 0) + 1
-                StreamRotator(
-                    make_info(d, **POLICY), None, collapse_min_bytes=COLLAPSE_MIN
-                ).recover()
+                StreamRotator(stream_info(d), None, collapse_min_bytes=COLLAPSE_MIN).recover()
                 _check(d, stats)
         finally:
             writer.kill()
             writer.wait()
-        rot = StreamRotator(make_info(d, **POLICY), None, collapse_min_bytes=COLLAPSE_MIN)
+        rot = StreamRotator(stream_info(d), None, collapse_min_bytes=COLLAPSE_MIN)
         rot.recover()
         rot.rotate("final")
         _check(d, stats)

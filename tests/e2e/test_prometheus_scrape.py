@@ -196,12 +196,12 @@ volumes:
                     'logvold_rotation_failures_total{container="reopen",error="reopen"}',
                 )
                 for expr in zeros:
+
+                    def zero_samples(e: str = expr) -> list[dict[str, Any]]:
+                        return [r for r in _query(prom, e) if r["value"][1] == "0"]
+
                     wait_for(
-                        lambda e=expr: [
-                            r
-                            for r in _query(prom, e)  # type: ignore[misc]
-                            if r["value"][1] == "0"
-                        ],
+                        zero_samples,
                         30,
                         f"{expr} scraped at 0",
                         0.2,

@@ -163,10 +163,12 @@ def test_a_hundred_thousand_files_cost_bounded_memory_and_starve_nobody(
         # flood volume keeps 256; and the log still says the cap once.
         for gone in ("c0000000", "c0000001"):
             (flood / f"{gone}.log").unlink()
+
+            def stream_is_gone(g: str = gone) -> bool:
+                return http_get(f"http://127.0.0.1:{port}/logs/default/flood/{g}")[0] == 404
+
             wait_for(
-                lambda g=gone: (
-                    http_get(f"http://127.0.0.1:{port}/logs/default/flood/{g}")[0] == 404
-                ),
+                stream_is_gone,
                 120,
                 f"stream {gone} to go at a later reconcile",
             )

@@ -20,7 +20,7 @@ import pytest
 
 from tests.e2e.serve_support import free_port, running
 from tests.support.events import event_stream
-from tests.support.fake_kube_api import running_fake_api
+from tests.support.fake_kube_api import Json, running_fake_api
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +92,7 @@ def test_bearer_tokens_are_reviewed_by_the_api_server(tmp_path: Path) -> None:
         api.state.tokens["alice-token"] = {"username": "alice", "groups": ["dev"]}
         api.state.tokens["bob-token"] = {"username": "bob", "groups": ["dev"]}
 
-        def allow(spec: dict) -> tuple[bool, str]:
+        def allow(spec: Json) -> tuple[bool, str]:
             attrs = spec.get("resourceAttributes", {})
             if spec.get("user") == "alice" and attrs.get("subresource") == "log":
                 return True, "alice may read logs"

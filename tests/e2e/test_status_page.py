@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -22,15 +24,20 @@ from tests.support.api_server import RunningServer, get
 from tests.support.events import event_stream
 from tests.support.streams import build_stream, make_events
 
+if TYPE_CHECKING:
+    from playwright.sync_api import Playwright
+
 pytestmark = pytest.mark.slow
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-def _browser():  # type: ignore[no-untyped-def]
-    sync_api = pytest.importorskip("playwright.sync_api")
+def _browser() -> AbstractContextManager[Playwright]:
+    pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import sync_playwright
+
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed (apt package chromium)")
-    return sync_api.sync_playwright()
+    return sync_playwright()
 
 
 def test_status_page_lists_streams_and_tails_live_in_chromium(tmp_path: Path) -> None:

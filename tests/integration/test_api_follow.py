@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from logvold.core.policy import LogPolicy
+from logvold.core.policy import Collapse, Compress, LogPolicy
 from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
 from logvold.fileio.rotator import StreamRotator
 from logvold.fileio.state import load_state
@@ -65,7 +65,7 @@ async def follow(base: str, n: int) -> bytes:
 @pytest.mark.slow
 @pytest.mark.parametrize(("compress", "collapse"), [("gzip", "never"), ("zstd", "always")])
 def test_three_followers_get_every_event_once_through_rotations(
-    tmp_path: Path, compress: str, collapse: str
+    tmp_path: Path, compress: Compress, collapse: Collapse
 ) -> None:
     info = StreamInfo(
         key=StreamKey("default", "writer", "app"),
@@ -74,9 +74,9 @@ def test_three_followers_get_every_event_once_through_rotations(
         volume="logs",
         policy=LogPolicy(
             compress=compress,
-            delay_compress=False,  # type: ignore[arg-type]
+            delay_compress=False,
             max_files=0,
-            collapse=collapse,  # type: ignore[arg-type]
+            collapse=collapse,
             max_size_bytes=ROTATE_EVERY,
         ),
     )

@@ -64,7 +64,7 @@ OPERATIONS = [
 
 
 def _value(schema: dict[str, Any]) -> st.SearchStrategy[str]:
-    junk = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+    junk = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40)
     t = schema.get("type")
     if t == "integer":
         lo, hi = schema.get("minimum", -(2**63)), schema.get("maximum", 2**63)

@@ -204,10 +204,10 @@ def test_kubelet_paths(env: Env) -> None:
     )
     listing = _ok(kubectl(env, "get", "--raw", f"/api/v1/nodes/{NODE}/proxy/logs/"))
     assert '<a href="kubelet.log">kubelet.log</a>' in listing and '"sub/"' in listing
-    out = _ok(
+    queried = _ok(
         kubectl(env, "get", "--raw", f"/api/v1/nodes/{NODE}/proxy/logs/?query=kubelet&tailLines=1")
     )
-    assert out == "kubelet line 2\n"
+    assert queried == "kubelet line 2\n"
 
 
 def test_node_files_stay_confined(env: Env) -> None:

@@ -19,6 +19,7 @@ import pytest
 
 from logvold.core.policy import LogPolicy
 from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
+from logvold.fileio.reader import FileRegion
 from logvold.fileio.rotator import StreamRotator
 from logvold.fileio.state import load_state
 from logvold.server import logs as server_logs
@@ -47,7 +48,7 @@ class _RegionSpy:
         self.bytes = 0
         real = server_logs._send_region
 
-        async def spy(request: Any, response: Any, region: server_logs.FileRegion) -> None:
+        async def spy(request: Any, response: Any, region: FileRegion) -> None:
             self.regions += 1
             self.bytes += region.count
             await real(request, response, region)
@@ -111,7 +112,7 @@ def test_whole_stream_reads_under_rotation_are_whole_and_gapless(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, collapse: str
 ) -> None:
     spy = _RegionSpy(monkeypatch)
-    info = _info(tmp_path, max_size_bytes=32 * 1024, max_files=0, collapse=collapse)  # type: ignore[arg-type]
+    info = _info(tmp_path, max_size_bytes=32 * 1024, max_files=0, collapse=collapse)
     info.active_path.touch()
     registry = StreamRegistry()
     registry.put(info)

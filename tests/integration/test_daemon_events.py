@@ -23,10 +23,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from logvold.config.serve_settings import ServeOptions
 from logvold.core.layout import segments_of
 from logvold.core.policy import Config, LogPolicy, ServerConfig, VolumeSpec
 from logvold.core.streams import StreamInfo, StreamKey
-from logvold.daemon.serve import Daemon, ServeOptions
+from logvold.daemon.serve import Daemon
+from logvold.daemon.workers import RotatorFactory
 from logvold.server import logs as server_logs
 from logvold.telemetry.metrics import Metrics
 from tests.support.events import split_raw, verify
@@ -83,10 +85,12 @@ class CountingRotator:
 
 
 @contextlib.asynccontextmanager
-async def daemon_for(config: Config, factory: object = None) -> AsyncIterator[Daemon]:
+async def daemon_for(
+    config: Config, factory: RotatorFactory | None = None
+) -> AsyncIterator[Daemon]:
     daemon = Daemon(
         config, ServeOptions(serve_http=True), metrics=Metrics(), rotator_factory=factory
-    )  # type: ignore[arg-type]
+    )
     await daemon.start()
     task = asyncio.create_task(daemon.run())
     try:
@@ -132,8 +136,12 @@ async def test_writes_below_max_size_cost_no_step_and_crossing_it_fires_one(tmp_
                 seen = daemon.changes.version(key)
                 f.write(b"line %05d\n" % n)
                 f.flush()
+
                 # Each write's inotify event reached the daemon (it bumps the version).
-                await until(lambda seen=seen: daemon.changes.version(key) != seen)
+                def bumped(seen: int = seen) -> bool:
+                    return daemon.changes.version(key) != seen
+
+                await until(bumped)
         await daemon.wait_idle()
         assert rot.calls.count("needs_rotation") == steps_before
         # Crossing maxSize: the write's event is enough (the rescan is an hour away).

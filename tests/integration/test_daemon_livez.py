@@ -9,13 +9,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from logvold.config.serve_settings import ServeOptions
 from logvold.core.policy import Config, ServerConfig, VolumeSpec
-from logvold.daemon.serve import Daemon, ServeOptions
+from logvold.daemon.serve import Daemon
+from logvold.sources.static import ScanReport
 from logvold.telemetry.metrics import Metrics
 
 DEADLINE_S = 60.0  # generous: the machine may be loaded; the stall timeout is 3 s
@@ -60,10 +63,10 @@ async def test_livez_turns_503_while_a_reconcile_pass_is_stuck(tmp_path: Path) -
         entered = threading.Event()
         real_scan = daemon.source.scan
 
-        def stuck_scan(volumes: object) -> object:
+        def stuck_scan(volumes: Iterable[str] | None = None) -> ScanReport:
             entered.set()
             release.wait(DEADLINE_S * 2)  # a worker thread blocked, as on a hung mount
-            return real_scan(volumes)  # type: ignore[arg-type]
+            return real_scan(volumes)
 
         daemon.source.scan = stuck_scan  # type: ignore[method-assign]
         body = await _poll_livez(url, 503, "reconcile stuck: a pass has run for ")

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from logvold.config.serve_settings import ServeOptions
 from logvold.core.layout import segments_of
 from logvold.core.policy import Config, LogPolicy, VolumeSpec
-from logvold.daemon.serve import Daemon, ServeOptions
+from logvold.daemon.serve import Daemon
 from tests.support.events import event_stream, split_raw, verify
 
 
@@ -68,7 +69,7 @@ def test_period_boundary_rotates_once(
     config = Config(
         volumes=(VolumeSpec(name="v", path=str(vol)),),
         defaults=LogPolicy(rotate=rotate, timezone=tz, max_size_bytes=0),
-    )  # type: ignore[arg-type]
+    )
 
     async def scenario() -> None:
         daemon = Daemon(config, ServeOptions(serve_http=False), clock=clock)

@@ -13,13 +13,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
+from logvold.config.serve_settings import ServeOptions
 from logvold.core.policy import Config, LogPolicy, VolumeSpec
 from logvold.core.streams import StreamInfo, StreamKey
-from logvold.daemon.serve import Daemon, ServeOptions
+from logvold.daemon.serve import Daemon
 from logvold.daemon.workers import StepRequest
 from logvold.errors import ConfigError, ConfigProblem
 from logvold.telemetry.metrics import Metrics
@@ -126,7 +127,7 @@ async def running_daemon(tmp_path: Path) -> AsyncIterator[Running]:
         metrics=Metrics(),
         rotator_factory=fakes.factory,
         load_config=load,
-    )  # type: ignore[arg-type]
+    )
     await daemon.start()
     task = asyncio.create_task(daemon.run())
     yield Running(daemon, fakes, vol, configs, task)
@@ -266,7 +267,7 @@ async def _test_budget_share_reaches_retention(tmp_path: Path) -> None:
         config_for(vol, max_size_bytes=0),
         volumes=(VolumeSpec(name="v", path=str(vol), max_total_size_bytes=1000),),
     )
-    daemon = Daemon(config, ServeOptions(serve_http=False), rotator_factory=fakes.factory)  # type: ignore[arg-type]
+    daemon = Daemon(config, ServeOptions(serve_http=False), rotator_factory=fakes.factory)
     await daemon.start(watch=False)
     await daemon.wait_idle()
     await daemon.stop()
@@ -287,10 +288,10 @@ async def _test_a_dying_task_stops_the_daemon_with_exit_1(tmp_path: Path) -> Non
     vol.mkdir()
     daemon = Daemon(
         config_for(vol), ServeOptions(serve_http=False), rotator_factory=Fakes().factory
-    )  # type: ignore[arg-type]
+    )
     await daemon.start(watch=False)
 
-    def boom() -> None:
+    def boom() -> NoReturn:
         raise RuntimeError("scheduler bug")
 
     daemon.scheduler.due = boom  # type: ignore[method-assign]

@@ -421,12 +421,12 @@ def test_a_pod_over_the_stream_cap_gets_one_warning_event(
     # A status update with the same annotation is not reported again.
     api.update_pod({**pod, "status": {"phase": "Running", "podIP": "10.0.0.7"}})
     api.update_pod(make_pod("good", node=NODE, annotation=GOOD + "    maxFiles: 2\n"))
-    assert api.wait_for(
-        lambda: (
-            registry.get(StreamKey("default", "good", "app")) is not None
-            and registry.get(StreamKey("default", "good", "app")).policy.max_files == 2
-        )
-    )  # type: ignore[union-attr]
+
+    def good_keeps_two_files() -> bool:
+        info = registry.get(StreamKey("default", "good", "app"))
+        return info is not None and info.policy.max_files == 2
+
+    assert api.wait_for(good_keeps_two_files)
     assert len(api.events()) == 1
     # Within the cap again: the series goes away, no new Event.
     api.update_pod(

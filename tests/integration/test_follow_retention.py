@@ -29,7 +29,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from logvold.core.policy import LogPolicy
+from logvold.core.policy import Format, LogPolicy
 from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
 from logvold.fileio.reader import ReadOptions, StreamReader
 from tests.support.api_server import RunningServer
@@ -110,7 +110,7 @@ def kept_on_disk(info: StreamInfo, sep: bytes) -> list[int]:
     ],
 )
 def test_followers_of_a_budget_truncated_stream_never_step_back(
-    tmp_path: Path, fmt: str, collapse: str, compress: str
+    tmp_path: Path, fmt: Format, collapse: str, compress: str
 ) -> None:
     delimiter = b"\n\n" if fmt == "raw" else b"\n"
     sep = delimiter
@@ -121,7 +121,7 @@ def test_followers_of_a_budget_truncated_stream_never_step_back(
         volume="logs",
         policy=LogPolicy(
             format=fmt,
-            delimiter=delimiter,  # type: ignore[arg-type]
+            delimiter=delimiter,
             max_size_bytes=MAX_SIZE,
             max_files=0,
             max_total_size_bytes=BUDGET,

@@ -14,7 +14,7 @@ import json
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,11 +82,14 @@ def seqs_of(data: bytes, *, tail: bool = False) -> list[int]:
 
 
 def read_all(info: StreamInfo, refused: list[UnsafeFile] | None = None, **opts: object) -> bytes:
+    on_refused: Callable[[UnsafeFile], None] = print
+    if refused is not None:
+        on_refused = refused.append
     reader = StreamReader(
         info,
         ReadOptions(**opts),  # type: ignore[arg-type]
         poll_interval_s=0.01,
-        on_refused=(refused.append if refused is not None else print),
+        on_refused=on_refused,
     )
     return b"".join(reader.read_all())
 

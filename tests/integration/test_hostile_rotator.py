@@ -28,7 +28,7 @@ from logvold.fileio import rotator as rotator_mod
 from logvold.fileio.compress import compress_in
 from logvold.fileio.rotator import StreamRotator
 from logvold.fileio.safedir import SafeDir, UnsafeFile
-from logvold.fileio.state import load_state, save_state, state_path
+from logvold.fileio.state import load_state, save_state, save_state_in, state_path
 from logvold.telemetry.metrics import Metrics
 from tests.integration.rotator_kit import make_info
 from tests.support.events import event_stream, split_raw, verify
@@ -158,7 +158,7 @@ def test_segment_swapped_before_compression_is_refused(
         assert plain.rotate("size") is not None
     rot = rotator(vol, metrics, clock, compress="gzip", delay_compress=False)
     aside = tmp_path / "aside"
-    real = rotator_mod.compress_in
+    real = compress_in
     swapped: list[Path] = []
 
     def swap_then_compress(d: SafeDir, filename: str, *args: Any, **kw: Any) -> str | None:
@@ -256,7 +256,7 @@ def test_state_dir_swapped_for_a_symlink_mid_rotation(
     append(vol / "app.log", 0, 200)
     assert rot.rotate("size") is not None
     append(vol / "app.log", 200, 400)
-    real = rotator_mod.save_state_in
+    real = save_state_in
     calls = [0]
     real_dir = tmp_path / "real-state-dir"
 

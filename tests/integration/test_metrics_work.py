@@ -46,16 +46,14 @@ def test_foreign_writer_bytes_events_and_splits_counted_at_rotation(tmp_path: Pa
     metrics.add_stream("default", "pod", "app")
     rot = StreamRotator(info, metrics)
     rng = random.Random(7)
+
     # events 25..44 are over maxEventSize (3000-3500 bytes: cut into pieces of <= 1 KiB)
-    written = b"".join(
-        make_event(
-            i,
-            rng,
-            delimiter=b"\n\n",
-            **({"min_len": 3000, "max_len": 3500} if 25 <= i < 45 else {}),
-        )
-        for i in range(70)
-    )
+    def event(i: int) -> bytes:
+        if 25 <= i < 45:
+            return make_event(i, rng, delimiter=b"\n\n", min_len=3000, max_len=3500)
+        return make_event(i, rng, delimiter=b"\n\n")
+
+    written = b"".join(event(i) for i in range(70))
     with (tmp_path / "app.log").open("ab") as f:
         for i in range(0, len(written), 4096):
             f.write(written[i : i + 4096])

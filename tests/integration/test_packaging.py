@@ -73,9 +73,11 @@ def test_sdist_metadata_matches_the_license_file(sdist: Path) -> None:
     assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
     assert "END OF TERMS AND CONDITIONS" in text
     classifiers = meta.get_all("Classifier")
+    project_urls = meta.get_all("Project-URL")
+    assert classifiers is not None and project_urls is not None
     assert "Programming Language :: Python :: 3.11" in classifiers
     assert "Operating System :: POSIX :: Linux" in classifiers
-    urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL"))
+    urls = dict(u.split(", ", 1) for u in project_urls)
     assert set(urls) >= {"Homepage", "Documentation", "Source", "Issues"}
     assert all(u.startswith("https://github.com/logvold/logvold") for u in urls.values())
     assert meta["Requires-Python"] == ">=3.11"

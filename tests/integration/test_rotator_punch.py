@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import random
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -29,7 +30,9 @@ COUNT = 20000
 
 
 def _drive(
-    rot: StreamRotator, writer_done: threading.Event | None = None, proc: object = None
+    rot: StreamRotator,
+    writer_done: threading.Event | None = None,
+    proc: subprocess.Popen[bytes] | None = None,
 ) -> dict[str, int]:
     """Rotate (size trigger), enforce retention and compress until the writer ends."""
     counts = {
@@ -52,7 +55,7 @@ def _drive(
 
     def running() -> bool:
         if proc is not None:
-            return proc.poll() is None  # type: ignore[attr-defined, no-any-return]
+            return proc.poll() is None
         assert writer_done is not None
         return not writer_done.is_set()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from logvold.core.policy import ServerConfig
+from logvold.core.policy import AuthMode, ServerConfig
 from logvold.server.access import (
     TRUSTED,
     Peer,
@@ -98,6 +98,7 @@ def test_unprivileged_daemon_trusts_tcp_clients_and_explicit_modes_too() -> None
     can, so nothing is checked; `none` and `kubernetes` keep today's behaviour."""
     from aiohttp import web
     from aiohttp.test_utils import make_mocked_request  # no server: a middleware's input
+    from aiohttp.typedefs import Middleware
 
     from logvold.server.access import PEER_KEY
 
@@ -109,12 +110,15 @@ def test_unprivileged_daemon_trusts_tcp_clients_and_explicit_modes_too() -> None
 
     import asyncio
 
-    for auth, privileged in (("local", False), ("none", True), ("kubernetes", True)):
-        middleware = make_access_middleware(
-            ServerConfig(auth=auth),  # type: ignore[arg-type]
-            privileged=privileged,
-        )
-        asyncio.run(middleware(make_mocked_request("GET", "/logs/"), handler))
-    middleware = make_access_middleware(ServerConfig(), privileged=True)
-    asyncio.run(middleware(make_mocked_request("GET", "/logs/"), handler))
+    async def through(middleware: Middleware) -> web.StreamResponse:
+        return await middleware(make_mocked_request("GET", "/logs/"), handler)
+
+    cases: tuple[tuple[AuthMode, bool], ...] = (
+        ("local", False),
+        ("none", True),
+        ("kubernetes", True),
+    )
+    for auth, privileged in cases:
+        asyncio.run(through(make_access_middleware(ServerConfig(auth=auth), privileged=privileged)))
+    asyncio.run(through(make_access_middleware(ServerConfig(), privileged=True)))
     assert [p.trusted for p in seen] == [True, True, True, False]

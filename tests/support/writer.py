@@ -86,7 +86,7 @@ def main() -> int:
             _write_all(2, err_ev)
             if delay:
                 time.sleep(delay)
-    return args.exit_code
+    return int(args.exit_code)
 
 
 def _write_all(fd: int, data: bytes) -> None:

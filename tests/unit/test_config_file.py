@@ -365,7 +365,7 @@ def test_dump_lists_only_container_overrides() -> None:
 
 _names = st.from_regex(r"[a-z][a-z0-9-]{0,10}[a-z0-9]", fullmatch=True)
 _text = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\ufeff"),
+    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\ufeff"),
     max_size=12,
 )
 
@@ -375,7 +375,7 @@ def _policies(draw: st.DrawFn) -> LogPolicy:
     fmt = draw(st.sampled_from(["raw", "cri", "json-file"]))
     delimiter = (
         draw(
-            st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=4)
+            st.text(alphabet=st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=4)
         ).encode()
         if fmt == "raw"
         else b"\n"

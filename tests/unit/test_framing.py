@@ -41,7 +41,8 @@ PROPS = settings(
 
 def reference_raw(data: bytes, d: bytes, m: int) -> list[int]:
     """bytes.split semantics event by event, with a cut when an event reaches m bytes."""
-    s, out = 0, []
+    s = 0
+    out: list[int] = []
     while True:
         i = data.find(d, s, s + m)
         if i >= 0:
@@ -168,8 +169,8 @@ def any_streams(draw: st.DrawFn) -> tuple[str, bytes, bytes, int]:
     return fmt, data, b"\n", draw(st.integers(1, 400))
 
 
-def cut_points(draw: st.DrawFn, n: int) -> list[int]:
-    points = sorted(set(draw(st.lists(st.integers(0, n), max_size=12))) | {0, n})
+def cut_points(data: st.DataObject, n: int) -> list[int]:
+    points = sorted(set(data.draw(st.lists(st.integers(0, n), max_size=12))) | {0, n})
     return points
 
 
@@ -310,7 +311,7 @@ def test_make_framer_rejects(kwargs: dict[str, object], message: str) -> None:
 def test_any_chunking_same_boundaries_and_events(data_strategy: st.DataObject) -> None:
     fmt, data, d, m = data_strategy.draw(any_streams())
     expected = reference(data, fmt, d, m)
-    chunks = chunks_of(data, cut_points(data_strategy.draw, len(data)))
+    chunks = chunks_of(data, cut_points(data_strategy, len(data)))
     framer = make_framer(fmt, d, m)
     got: list[int] = []
     for chunk in chunks:
@@ -329,7 +330,7 @@ def test_any_chunking_same_boundaries_and_events(data_strategy: st.DataObject) -
 @given(st.data())
 def test_feed_and_last_boundary_agree(data_strategy: st.DataObject) -> None:
     fmt, data, d, m = data_strategy.draw(any_streams())
-    chunks = chunks_of(data, cut_points(data_strategy.draw, len(data)))
+    chunks = chunks_of(data, cut_points(data_strategy, len(data)))
     slow, fast = make_framer(fmt, d, m), make_framer(fmt, d, m)
     for chunk in chunks:
         ends = slow.feed(chunk)

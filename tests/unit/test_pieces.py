@@ -15,6 +15,7 @@ from logvold.core.framing import event_boundaries_in, last_boundary_backward
 from logvold.core.pieces import (
     FREE_SPACE_RESERVE,
     UNBOUNDED_PIECE_BYTES,
+    BoundarySearch,
     Piece,
     iter_pieces,
     piece_cap,
@@ -23,7 +24,7 @@ from logvold.core.pieces import (
 from tests.support.events import event_stream
 
 
-def _searches(bounds: list[int]) -> tuple[object, object]:
+def _searches(bounds: list[int]) -> tuple[BoundarySearch, BoundarySearch]:
     """Boundary searches over a sorted list of event ends (what framing answers on a file)."""
 
     def last_at_most(lo: int, hi: int) -> int | None:
@@ -58,7 +59,7 @@ def test_pieces_cover_the_whole_events_exactly(
     bounds = _events(sizes, start)
     end = (bounds[-1] if bounds else start) + tail  # a partial event may follow
     last, first = _searches(bounds)
-    pieces = list(iter_pieces(start, end, cap, last, first))  # type: ignore[arg-type]
+    pieces = list(iter_pieces(start, end, cap, last, first))
     covered_to = bounds[-1] if bounds else start
     assert (pieces[0].start if pieces else start) == start
     assert (pieces[-1].end if pieces else start) == covered_to
@@ -87,13 +88,13 @@ def test_plan_respects_the_step_limits_and_always_progresses(
 ) -> None:
     bounds = _events(sizes, 0)
     last, first = _searches(bounds)
-    allp = list(iter_pieces(0, bounds[-1], cap, last, first))  # type: ignore[arg-type]
+    allp = list(iter_pieces(0, bounds[-1], cap, last, first))
     pieces, more = plan_pieces(
         0,
         bounds[-1],
         cap,
         last,
-        first,  # type: ignore[arg-type]
+        first,
         max_pieces=max_pieces,
         max_bytes=max_bytes,
     )
@@ -133,7 +134,7 @@ def test_piece_cap_follows_free_space_and_never_shrinks_to_nothing() -> None:
 def test_bad_input_is_refused() -> None:
     last, first = _searches([10])
     with pytest.raises(ValueError, match="cap"):
-        list(iter_pieces(0, 10, 0, last, first))  # type: ignore[arg-type]
+        list(iter_pieces(0, 10, 0, last, first))
     with pytest.raises(ValueError, match="past the end"):
-        list(iter_pieces(0, 5, 100, lambda lo, hi: 10, first))  # type: ignore[arg-type]
+        list(iter_pieces(0, 5, 100, lambda lo, hi: 10, first))
     assert Piece(3, 10).size == 7

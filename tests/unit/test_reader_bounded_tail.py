@@ -82,7 +82,7 @@ def _raw_info(directory: Path, max_event_size: int) -> StreamInfo:
     policy = replace(LogPolicy(), format="raw", max_event_size_bytes=max_event_size)
     return StreamInfo(
         key=StreamKey("default", "p", "app"),
-        directory=str(directory),
+        directory=directory,
         base="app.log",
         policy=policy,
         volume="v",

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from logvold.core.layout import SegmentName
+from logvold.core.layout import Compression, SegmentName
 from logvold.core.policy import LogPolicy
 from logvold.core.retention import (
     SegmentFile,
@@ -23,10 +23,10 @@ from logvold.core.retention import (
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 
 
-def seg(minutes_ago: int, size: int, compression: str = "") -> SegmentFile:
+def seg(minutes_ago: int, size: int, compression: Compression = "") -> SegmentFile:
     name = SegmentName(
         stamp=NOW - timedelta(minutes=minutes_ago), seq=0, base="app.log", compression=compression
-    )  # type: ignore[arg-type]
+    )
     return SegmentFile(name=name, size_bytes=size)
 
 
@@ -224,7 +224,7 @@ BERLIN = ZoneInfo("Europe/Berlin")
 def test_next_period_boundary(
     now: datetime, rotate: str, tz: ZoneInfo, expected_utc: datetime
 ) -> None:
-    boundary = next_period_boundary(now, rotate, tz)  # type: ignore[arg-type]
+    boundary = next_period_boundary(now, rotate, tz)
     assert boundary is not None
     assert boundary.astimezone(UTC) == expected_utc
     assert boundary > now

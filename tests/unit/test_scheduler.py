@@ -75,7 +75,7 @@ def test_period_boundary_fires_exactly_at_the_boundary(
     rotate: str, tz: str, start: datetime, boundary: datetime
 ) -> None:
     sched, clocks = make(start)
-    sched.set_stream("s", LogPolicy(rotate=rotate, timezone=tz))  # type: ignore[arg-type]
+    sched.set_stream("s", LogPolicy(rotate=rotate, timezone=tz))
     assert sched.next_boundary("s") == boundary
     wait = (boundary - start).total_seconds()
     assert sched.next_wakeup_s() == pytest.approx(min(wait, MAX_SLEEP_S))

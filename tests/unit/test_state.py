@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -149,10 +150,11 @@ def test_a_file_or_symlink_at_the_state_dir_is_refused(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     (tmp_path / ".logvold").symlink_to(outside)
-    for call in (
+    calls: tuple[Callable[[], object], ...] = (
         lambda: save_state(tmp_path, "app.log", _state()),
         lambda: load_state(tmp_path, "app.log"),
-    ):
+    )
+    for call in calls:
         with pytest.raises(UnsafeFile) as exc:
             call()
         assert exc.value.kind == "symlink"

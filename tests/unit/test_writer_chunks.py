@@ -14,13 +14,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from logvold.core.chunk_encoding import ChunkEncoder, long_lines
+from logvold.core.chunk_encoding import ChunkEncoder, LineFormat, long_lines
 from logvold.core.formats import encode_cri_line, encode_json_entry, timestamp_ns
 from logvold.core.layout import segments_of
 from logvold.core.policy import LogPolicy
 from logvold.fileio.rotating_writer import RotatingWriter
 
 T0 = datetime(2026, 11, 23, 11, 58, 0, tzinfo=UTC)
+LINE_FORMATS: tuple[LineFormat, ...] = ("cri", "json-file")
 
 
 class FakeClock:
@@ -183,8 +184,8 @@ def test_one_mebibyte_chunks_of_typical_lines_are_identical(tmp_path: Path) -> N
         size = rng.randint(1 << 18, 1 << 20)
         chunks.append((rng.choice(["stdout", "stderr"]), stream[pos : pos + size], 1000))
         pos += size
-    for fmt in ("cri", "json-file"):
-        policy = LogPolicy(format=fmt, max_size_bytes=100 << 10, max_files=0)  # type: ignore[arg-type]
+    for fmt in LINE_FORMATS:
+        policy = LogPolicy(format=fmt, max_size_bytes=100 << 10, max_files=0)
         results = []
         for name, cls in (("old", PerEventWriter), ("new", RotatingWriter)):
             d = tmp_path / f"{fmt}-{name}"
@@ -200,8 +201,8 @@ def test_encoder_matches_line_encoders(data: bytes) -> None:
     ts = timestamp_ns(T0) + 123_456_789
     end = data.rfind(b"\n") + 1
     lines = data[:end].split(b"\n")[:-1]
-    for fmt in ("cri", "json-file"):
-        head, body = ChunkEncoder(fmt).encode("stderr", ts, data)  # type: ignore[arg-type]
+    for fmt in LINE_FORMATS:
+        head, body = ChunkEncoder(fmt).encode("stderr", ts, data)
         got = head + body[: body.rfind(b"\n") + 1] if lines else b""
         if fmt == "cri":
             want = b"".join(encode_cri_line("stderr", ts, m) for m in lines)
