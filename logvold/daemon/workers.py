@@ -22,6 +22,7 @@ stream far below its limit costs that lstat per batch of writes, nothing else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -464,15 +465,22 @@ class StreamWorkers:
             reason = request.reason or (rotator.needs_rotation() if request.check else None)
             rotation = retention = None
             latency = None
+            share = slot.budget_share
+            extra_budget = None if share is None else max(share, 1)
             if reason is not None:
-                rotation = rotator.rotate(reason)
+                try:
+                    rotation = rotator.rotate(reason)
+                except StreamError:
+                    # A full disk fails the copy (nothing committed, nothing lost); retention
+                    # may free the room the next attempt needs, so it runs now, not only when
+                    # a reconcile happens to ask for it. The failure is still reported.
+                    with contextlib.suppress(StreamError):
+                        rotator.enforce_retention(extra_budget_bytes=extra_budget)
+                    raise
                 if rotation is not None and request.hint_at is not None:
                     latency = time.monotonic() - request.hint_at
             if rotation is not None or request.retention:
-                share = slot.budget_share
-                retention = rotator.enforce_retention(
-                    extra_budget_bytes=None if share is None else max(share, 1)
-                )
+                retention = rotator.enforce_retention(extra_budget_bytes=extra_budget)
             slot.trigger = size_trigger(slot.info)
             more = bool(getattr(rotation, "more_work", False))
             return StepOutcome(reason, rotation is not None, latency, rotation, retention, more)
