@@ -91,7 +91,9 @@ def test_nobody_cannot_read_root_only_files_over_tcp_or_the_socket() -> None:
         cfg = config(base, port, volume, varlog, sock, "")
         with running(["--config", str(cfg)], base / "daemon.log") as daemon:
             wait_for(lambda: http_get(f"{tcp}/readyz")[0] == 200, 20, "readyz")
-            assert "TCP clients are served only files" in daemon.log_text()
+            assert (
+                "each client is served only the files its own user could open" in daemon.log_text()
+            )
             assert oct(sock.stat().st_mode & 0o777) == "0o660"
             for where, sock_arg in (("tcp", None), ("socket", sock)):
                 base_url = tcp if sock_arg is None else "http://localhost"
