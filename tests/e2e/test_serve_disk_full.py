@@ -6,7 +6,6 @@ delete is there exactly once."""
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from logvold.fileio.state import load_state
 from tests.e2e.serve_support import free_port, http_get, running, wait_for, write_config, writer
 from tests.integration.rotator_kit import whole_stream
 from tests.support.events import split_raw, verify
+from tests.support.small_fs import free_bytes, mounted_tmpfs
 
 DELIM = b"\n\n"
 MAX_SIZE = 2**20
@@ -25,27 +25,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.root]
 
 @pytest.fixture
 def tmpfs8m(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount an 8 MiB tmpfs")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs: {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path, "8m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def _free(d: Path) -> int:
-    v = os.statvfs(d)
-    return v.f_bavail * v.f_frsize
 
 
 def _live(d: Path) -> int:
@@ -78,9 +59,9 @@ def test_a_backlog_bigger_than_the_free_space_recovers_by_itself(
     w = writer(vol / "app.log", count=15_000, rate=0, start=15_000)
     assert w.wait(120) == 0
     with (vol / "filler").open("wb") as f:
-        f.write(b"x" * max(_free(vol) - 64 * 1024, 0))
+        f.write(b"x" * max(free_bytes(vol) - 64 * 1024, 0))
     backlog = _live(vol)
-    assert backlog > _free(vol) + 2**20
+    assert backlog > free_bytes(vol) + 2**20
 
     with running(["--config", str(cfg)], tmp_path / "daemon2.log") as daemon:
         # Retention (maxTotalSize) deletes old segments, then rotation proceeds in pieces.

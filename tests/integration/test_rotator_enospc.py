@@ -4,7 +4,6 @@ retention frees space in place without a copy, and the stream then rotates again
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,26 +15,13 @@ from logvold.fileio.state import load_state
 from logvold.telemetry.metrics import Metrics
 from tests.integration.rotator_kit import leftovers, make_info, start_writer, whole_stream
 from tests.support.events import split_raw, verify
+from tests.support.small_fs import mounted_tmpfs
 
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a 2 MiB tmpfs")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs: {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path, "2m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def _segments(d: Path) -> list[str]:

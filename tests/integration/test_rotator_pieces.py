@@ -6,7 +6,6 @@ piece by piece once retention frees room. Every event once, with real writers.""
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from logvold.fileio.state import StreamState, load_state, save_state
 from logvold.telemetry.metrics import Metrics
 from tests.integration.rotator_kit import leftovers, make_info, start_writer, whole_stream
 from tests.support.events import event_stream, split_raw, verify
+from tests.support.small_fs import free_bytes, mounted_tmpfs
 
 DELIM = b"\n\n"
 
@@ -175,27 +175,8 @@ def test_a_1tib_sparse_file_is_skipped_not_read(tmp_path: Path) -> None:
 
 @pytest.fixture
 def tmpfs8m(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount an 8 MiB tmpfs")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs: {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path, "8m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def _free(d: Path) -> int:
-    v = os.statvfs(d)
-    return v.f_bavail * v.f_frsize
 
 
 @pytest.mark.root
@@ -227,15 +208,15 @@ def test_a_backlog_bigger_than_the_free_space_rotates_once_retention_frees_room(
     assert state is not None
     backlog = st.st_size - state.physical_committed
     with (d / "filler").open("wb") as f:  # leave ~64 KiB: less than one maxSize piece
-        f.write(b"x" * max(_free(d) - 64 * 1024, 0))
-    assert backlog > _free(d) + 2**20
+        f.write(b"x" * max(free_bytes(d) - 64 * 1024, 0))
+    assert backlog > free_bytes(d) + 2**20
     with pytest.raises(StreamError):
         rot.rotate("size")
     assert leftovers(d) == []
     # Retention frees room: old segments go (maxTotalSize), the backlog stays.
     ret = rot.enforce_retention()
     assert ret.deleted, (backlog, sum(p.stat().st_size for p in _segments(d)), ret)
-    free = _free(d)
+    free = free_bytes(d)
     assert free < backlog
     res = rot.rotate("size")
     assert res is not None and res.cuts
