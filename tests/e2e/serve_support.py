@@ -210,29 +210,16 @@ def writer(
     seed: int = 1,
     start: int = 0,
 ) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.support.writer",
-            "--path",
-            str(path),
-            "--mode",
-            mode,
-            "--count",
-            str(count),
-            "--delimiter",
-            delimiter,
-            "--max-chunk",
-            str(max_chunk),
-            "--rate",
-            str(rate),
-            "--seed",
-            str(seed),
-            "--start",
-            str(start),
-        ],
-        env=env,
-        cwd=ROOT,
+    """The sequence-numbered event writer (tests/support/writer.py) as a child process."""
+    from tests.integration.rotator_kit import start_writer
+
+    return start_writer(
+        path,
+        mode=mode,
+        count=count,
+        delimiter=delimiter,
+        rate=rate,
+        max_chunk=max_chunk,
+        seed=seed,
+        extra=("--start", str(start)),
     )
