@@ -27,7 +27,7 @@ from logvold.config.serve_settings import ServeOptions
 from logvold.core.layout import segments_of
 from logvold.core.policy import Config, LogPolicy, ServerConfig, VolumeSpec
 from logvold.core.streams import StreamInfo, StreamKey
-from logvold.daemon.serve import Daemon
+from logvold.daemon.lifecycle import Daemon
 from logvold.daemon.workers import RotatorFactory
 from logvold.server import logs as server_logs
 from logvold.telemetry.metrics import Metrics

@@ -17,7 +17,7 @@ import pytest
 
 from logvold.config.serve_settings import ServeOptions
 from logvold.core.policy import Config, ServerConfig, VolumeSpec
-from logvold.daemon.serve import Daemon
+from logvold.daemon.lifecycle import Daemon
 from logvold.sources.static import ScanReport
 from logvold.telemetry.metrics import Metrics
 

@@ -14,7 +14,7 @@ import pytest
 from logvold.config.serve_settings import ServeOptions
 from logvold.core.layout import segments_of
 from logvold.core.policy import Config, LogPolicy, VolumeSpec
-from logvold.daemon.serve import Daemon
+from logvold.daemon.lifecycle import Daemon
 from tests.support.events import event_stream, split_raw, verify
 
 

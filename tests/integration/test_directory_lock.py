@@ -18,7 +18,7 @@ import pytest
 from logvold.config.serve_settings import ServeOptions
 from logvold.core.policy import Config, LogPolicy, VolumeSpec
 from logvold.core.streams import StreamInfo, StreamKey
-from logvold.daemon.serve import Daemon
+from logvold.daemon.lifecycle import Daemon
 from logvold.fileio.dirlock import DirectoryLocked, DirectoryLocks, lock_directory
 from logvold.fileio.safedir import UnsafeFile
 from logvold.telemetry.metrics import Metrics
