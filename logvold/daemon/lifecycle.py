@@ -21,7 +21,8 @@ from typing import Any
 from logvold.core.streams import StreamInfo
 from logvold.daemon.reload import ReloadSteps
 from logvold.daemon.state import LOGGER_NAME
-from logvold.daemon.workers import RotatorFactory, StepRequest, StreamWorkers
+from logvold.daemon.steps import RotatorFactory, StepRequest
+from logvold.daemon.workers import StreamWorkers
 from logvold.sources.watcher import DirectoryWatcher
 from logvold.telemetry.metrics import Metrics
 

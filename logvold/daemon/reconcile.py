@@ -15,9 +15,9 @@ import time
 from logvold.core.streams import StreamInfo
 from logvold.daemon.hints import HintSteps
 from logvold.daemon.state import LOGGER_NAME
+from logvold.daemon.steps import StepOutcome, StepRequest
 from logvold.daemon.streams import StreamSteps
 from logvold.daemon.survey import Survey, survey_streams
-from logvold.daemon.workers import StepOutcome, StepRequest
 
 log = logging.getLogger(LOGGER_NAME)
 

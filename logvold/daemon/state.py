@@ -25,7 +25,8 @@ from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
 from logvold.daemon.activity import ActivityLog
 from logvold.daemon.scheduler import TriggerScheduler
 from logvold.daemon.sdnotify import Notifier
-from logvold.daemon.workers import RotatorFactory, StreamWorkers
+from logvold.daemon.steps import RotatorFactory
+from logvold.daemon.workers import StreamWorkers
 from logvold.fileio.dirlock import DirectoryLocks
 from logvold.sources.changes import StreamChanges
 from logvold.sources.static import StaticSource

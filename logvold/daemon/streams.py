@@ -18,7 +18,7 @@ import time
 from logvold.core.streams import StreamInfo
 from logvold.daemon.locks import DirectoryLockSteps, stream_owner
 from logvold.daemon.state import LOGGER_NAME
-from logvold.daemon.workers import StepRequest
+from logvold.daemon.steps import StepRequest
 
 log = logging.getLogger(LOGGER_NAME)
 

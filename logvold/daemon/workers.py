@@ -6,11 +6,9 @@ its own pool so a long gzip never queues ahead of another stream's rotation.
 Steps wait for a free rotation thread in a round-robin queue across volumes
 (`core.fair_queue`), so a volume with thousands of streams due at once never
 delays another volume's rotation by more than one step per busy volume.
-Before every step the stream directory is walked from its safety root without
-following symlinks (`fileio.safedir`), so a symlinked subDir, active file or
-`.logvold` planted by the pod is refused, never followed. A stop finishes the steps
-in flight (copy, commit, punch) within STOP_TIMEOUT_S, then zeroes each stream's
-committed tail, so the files themselves hold every event once.
+What a step does to its stream (the safety walk first) is `daemon.steps`. A stop
+finishes the steps in flight (copy, commit, punch) within STOP_TIMEOUT_S, then
+zeroes each stream's committed tail, so the files themselves hold every event once.
 
 Size triggers react to writes without a step per write: after every step the
 worker notes the active file's identity and the size at which it would reach
@@ -22,28 +20,30 @@ stream far below its limit costs that lstat per batch of writes, nothing else.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import functools
 import logging
 import os
-import stat
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 from logvold.core.fair_queue import RoundRobinQueue
-from logvold.core.layout import STATE_DIR_NAME
 from logvold.core.streams import StreamInfo, StreamKey
-from logvold.daemon.survey import budget_share_arg
+from logvold.daemon.steps import (
+    Rotator,
+    RotatorFactory,
+    StepOutcome,
+    StepRequest,
+    StoppableRotator,
+    StreamSlot,
+    run_compress,
+    run_step,
+)
 from logvold.errors import StreamError
-from logvold.fileio.safedir import UnsafeFile, open_stream_dir
-from logvold.fileio.state import load_state_in
+from logvold.fileio.safedir import UnsafeFile
 
 if TYPE_CHECKING:
     from logvold.telemetry.metrics import Metrics
@@ -55,30 +55,6 @@ FAILED_RETRY_S = 1.0
 size trigger then, so without it every batch of writes would be a failing step)."""
 
 
-class Rotator(Protocol):
-    """The part of `fileio.rotator.StreamRotator` the daemon drives."""
-
-    def recover(self) -> None: ...
-    def needs_rotation(self) -> str | None: ...
-    def rotate(self, reason: str) -> Any: ...
-    def enforce_retention(self, *, extra_budget_bytes: int | None = None) -> Any: ...
-    def compress_pending(self, extra_budget_bytes: int | None = None) -> Any: ...
-
-
-@runtime_checkable
-class StoppableRotator(Protocol):
-    """A rotator that a stop can hurry (abandon a copy past the deadline, before its
-    commit) and settle (zero the committed tail): `fileio.rotator.StreamRotator`."""
-
-    abandon_copy: Callable[[], bool]
-    abandon_compress: Callable[[], bool]
-    stop_pieces: Callable[[], bool]
-
-    def quiesce(self) -> None: ...
-
-
-RotatorFactory = Callable[[StreamInfo, "Metrics | None", Callable[[], datetime]], Rotator]
-
 #: How long a stop waits for the steps in flight before it abandons a copy (cleanly, before
 #: its commit: nothing is lost or doubled) and exits. A step's commit and punch are never
 #: abandoned. Below the DaemonSet's terminationGracePeriodSeconds and systemd's TimeoutStopSec.
@@ -88,74 +64,6 @@ STOP_TIMEOUT_S = 20.0
 #: directory walk, a 4 KiB read and a punch per stream): 20 + 5 s stays below the 30 s
 #: grace periods.
 QUIESCE_TIMEOUT_S = 5.0
-
-
-@dataclass
-class StepRequest:
-    """What a step should do; several requests for one stream merge into one."""
-
-    check: bool = False
-    """Ask the rotator whether a size or period trigger fired."""
-    reason: str | None = None
-    """Rotate for this reason regardless of `needs_rotation` (e.g. a period boundary)."""
-    retention: bool = False
-    """Enforce retention even if nothing rotated."""
-    hint_at: float | None = None
-    """Monotonic time of the hint that led here, for the trigger-to-rotation latency."""
-
-    def merge(self, other: StepRequest) -> StepRequest:
-        hints = [h for h in (self.hint_at, other.hint_at) if h is not None]
-        return StepRequest(
-            check=self.check or other.check,
-            reason=self.reason or other.reason,
-            retention=self.retention or other.retention,
-            hint_at=min(hints) if hints else None,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class StepOutcome:
-    reason: str | None
-    rotated: bool
-    latency_s: float | None
-    rotation: Any = None
-    """The rotator's RotationResult when `rotated` (for the daemon's info line)."""
-    retention: Any = None
-    """The rotator's RetentionResult when retention ran."""
-    more: bool = False
-    """The rotation stopped at its per-step limits with backlog left: queue it again."""
-
-
-@dataclass(eq=False)
-class _Slot:
-    info: StreamInfo
-    volume_root: Path | None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    rotator: Rotator | None = None
-    recovered: bool = False
-    running: bool = False
-    queued: StepRequest | None = None
-    waiting: StepRequest | None = None
-    """The request of a stream waiting for its turn in the fair queue (not yet running)."""
-    compressing: bool = False
-    compress_again: bool = False
-    removed: bool = False
-    budget_share: int | None = None
-    failing: str | None = None
-    trigger: tuple[int, int, int] | None = None
-    """(device, inode, size) of the active file at which a size check is worth a step;
-    None: unknown (check on the next hint). Written by the step thread, read on the loop."""
-    seen_size: int = 0
-    """Apparent size at the last size check: a smaller one means the writer truncated."""
-    recheck: bool = False
-    """A write was hinted while a step ran: look at the trigger again when it ends."""
-    retry_at: float = 0.0
-    """Monotonic time before which writes do not retry a failed step."""
-    active: str = ""
-    """The active file's path as text, for the per-hint lstat (no pathlib per write)."""
-
-    def __post_init__(self) -> None:
-        self.active = str(self.info.active_path)
 
 
 _ALLOC_SLACK_BYTES = 8192
@@ -196,7 +104,7 @@ class StreamWorkers:
         self._crowded: frozenset[Path] = frozenset()
         """Directories too big to list (see `set_crowded`): no step starts there."""
         self._compression_pool = ThreadPoolExecutor(compression_workers, "logvold-compress")
-        self._slots: dict[StreamKey, _Slot] = {}
+        self._slots: dict[StreamKey, StreamSlot] = {}
         self._inflight: set[asyncio.Future[Any]] = set()
         self._closing = False
         self._stop_deadline: float | None = None
@@ -236,7 +144,7 @@ class StreamWorkers:
     def put(self, info: StreamInfo, volume_root: Path | None) -> None:
         slot = self._slots.get(info.key)
         if slot is None:
-            self._slots[info.key] = _Slot(info=info, volume_root=volume_root)
+            self._slots[info.key] = StreamSlot(info=info, volume_root=volume_root)
             return
         if slot.info != info:
             slot.info = info
@@ -327,7 +235,7 @@ class StreamWorkers:
             self._track(fut)
             fut.add_done_callback(functools.partial(self._step_done, slot))
 
-    def _submit_compress(self, slot: _Slot) -> None:
+    def _submit_compress(self, slot: StreamSlot) -> None:
         if slot.compressing:
             slot.compress_again = True
             return
@@ -340,7 +248,7 @@ class StreamWorkers:
         self._inflight.add(fut)
         fut.add_done_callback(self._inflight.discard)
 
-    def _step_done(self, slot: _Slot, fut: asyncio.Future[StepOutcome]) -> None:
+    def _step_done(self, slot: StreamSlot, fut: asyncio.Future[StepOutcome]) -> None:
         slot.running = False
         self._steps_running -= 1
         try:
@@ -348,7 +256,7 @@ class StreamWorkers:
         finally:
             self._start_turns()
 
-    def _step_finished(self, slot: _Slot, fut: asyncio.Future[StepOutcome]) -> None:
+    def _step_finished(self, slot: StreamSlot, fut: asyncio.Future[StepOutcome]) -> None:
         if self._on_step is not None and not slot.removed:
             self._on_step(slot.info.key)
         if fut.cancelled():
@@ -385,7 +293,7 @@ class StreamWorkers:
             if self.size_due(slot.info.key):
                 self.submit(slot.info.key, StepRequest(check=True, hint_at=time.monotonic()))
 
-    def _compress_done(self, slot: _Slot, fut: asyncio.Future[Any]) -> None:
+    def _compress_done(self, slot: StreamSlot, fut: asyncio.Future[Any]) -> None:
         slot.compressing = False
         if self._on_step is not None and not slot.removed:
             self._on_step(slot.info.key)
@@ -398,7 +306,7 @@ class StreamWorkers:
             slot.compress_again = False
             self._submit_compress(slot)
 
-    def _failed(self, slot: _Slot, what: str, exc: BaseException) -> None:
+    def _failed(self, slot: StreamSlot, what: str, exc: BaseException) -> None:
         self.failures += 1
         slot.retry_at = time.monotonic() + FAILED_RETRY_S
         kind = type(exc).__name__
@@ -425,14 +333,14 @@ class StreamWorkers:
                 },
             )
 
-    def _recovered_ok(self, slot: _Slot) -> None:
+    def _recovered_ok(self, slot: StreamSlot) -> None:
         if slot.failing is not None:
             log.info("stream healthy again", extra={"stream": str(slot.info.key)})
             slot.failing = None
 
     # -- steps (pool threads) ----------------------------------------------------------
 
-    def _rotator(self, slot: _Slot) -> Rotator:
+    def _rotator(self, slot: StreamSlot) -> Rotator:
         if slot.rotator is None:
             rotator = slot.rotator = self._factory(slot.info, self._metrics, self._clock)
             slot.recovered = False
@@ -449,52 +357,11 @@ class StreamWorkers:
         deadline = self._stop_deadline
         return deadline is not None and time.monotonic() >= deadline
 
-    def _step(self, slot: _Slot, request: StepRequest) -> StepOutcome:
-        with slot.lock:
-            if slot.removed:
-                return StepOutcome(None, False, None)
-            slot.trigger = None  # unknown while the step changes the files
-            check_safe(slot.info, slot.volume_root)
-            rotator = self._rotator(slot)
-            if not slot.recovered:
-                rotator.recover()
-                slot.recovered = True
-                # Retention is not forced here: the daemon's reconcile asks for it when the
-                # stream's plan has work, so 1,000 streams start without 1,000 full listings.
-                request = request.merge(StepRequest(check=True))
-            reason = request.reason or (rotator.needs_rotation() if request.check else None)
-            rotation = retention = None
-            latency = None
-            share = slot.budget_share
-            extra_budget = None if share is None else max(share, 1)
-            if reason is not None:
-                try:
-                    rotation = rotator.rotate(reason)
-                except StreamError:
-                    # A full disk fails the copy (nothing committed, nothing lost); retention
-                    # may free the room the next attempt needs, so it runs now, not only when
-                    # a reconcile happens to ask for it. The failure is still reported.
-                    with contextlib.suppress(StreamError):
-                        rotator.enforce_retention(extra_budget_bytes=extra_budget)
-                    raise
-                if rotation is not None and request.hint_at is not None:
-                    latency = time.monotonic() - request.hint_at
-            if rotation is not None or request.retention:
-                retention = rotator.enforce_retention(extra_budget_bytes=extra_budget)
-            slot.trigger = size_trigger(slot.info)
-            more = bool(getattr(rotation, "more_work", False))
-            return StepOutcome(reason, rotation is not None, latency, rotation, retention, more)
+    def _step(self, slot: StreamSlot, request: StepRequest) -> StepOutcome:
+        return run_step(slot, request, self._rotator)
 
-    def _compress(self, slot: _Slot) -> None:
-        # Under the stream's lock: retention must not delete a segment being compressed.
-        # Other streams' rotations never wait: this runs on the compression pool.
-        with slot.lock:
-            if slot.removed:
-                return
-            check_safe(slot.info, slot.volume_root)
-            self._rotator(slot).compress_pending(
-                extra_budget_bytes=budget_share_arg(slot.budget_share)
-            )
+    def _compress(self, slot: StreamSlot) -> None:
+        run_compress(slot, self._rotator)
 
     # -- shutdown ----------------------------------------------------------------------
 
@@ -544,56 +411,3 @@ def _volume_group(info: StreamInfo) -> tuple[str, str]:
     """The fairness group of a stream: its volume (a pod's volume names repeat across
     pods, so the pod's uid is part of it)."""
     return info.pod_uid or "", info.volume
-
-
-def size_trigger(info: StreamInfo) -> tuple[int, int, int] | None:
-    """(device, inode, size) at which the active file's live bytes (past the committed
-    offset in the state file, as the rotator counts them) reach maxSize; None if unknown
-    or the stream has no maxSize. Two small syscalls and a state read, once per step."""
-    max_size = info.policy.max_size_bytes
-    if max_size <= 0:
-        return None
-    try:
-        with open_stream_dir(info) as d:
-            st = d.lstat(info.base)
-            state = load_state_in(d, info.base) if st is not None else None
-    except (OSError, StreamError):
-        return None
-    if st is None:
-        return None
-    committed = 0
-    if state is not None and (state.device, state.inode) == (st.st_dev, st.st_ino):
-        physical = state.physical_committed
-        committed = physical if physical <= st.st_size else 0
-    return st.st_dev, st.st_ino, committed + max_size
-
-
-def check_safe(info: StreamInfo, volume_root: Path | None) -> None:
-    """Raise UnsafeFile unless the stream's directory is reached from its safety root
-    without a symlink, and its active file and `.logvold` (if present) are a regular
-    file and a directory. One walk of fds, no path resolution: what is checked is what
-    the rotator then opens (and it checks again, on its own fds)."""
-    if info.root is None and volume_root is not None:
-        info = dataclasses.replace(info, root=volume_root)
-    try:
-        d = open_stream_dir(info)
-    except FileNotFoundError:
-        return  # not there (yet): nothing to touch
-    with d:
-        for name, want_dir in ((info.base, False), (STATE_DIR_NAME, True)):
-            st = d.lstat(name)
-            if st is None:
-                continue
-            where = str(d.path / name)
-            if stat.S_ISLNK(st.st_mode):
-                raise UnsafeFile(f"{where} is a symlink; not followed", kind="symlink", path=where)
-            if want_dir and not stat.S_ISDIR(st.st_mode):
-                raise UnsafeFile(
-                    f"{where} is not a directory; not touched", kind="not-directory", path=where
-                )
-            if not want_dir and not stat.S_ISREG(st.st_mode):
-                raise UnsafeFile(
-                    f"{where} is not a regular file; not touched (replace it with a regular file)",
-                    kind="not-regular",
-                    path=where,
-                )

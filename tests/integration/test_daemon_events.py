@@ -28,7 +28,7 @@ from logvold.core.layout import segments_of
 from logvold.core.policy import Config, LogPolicy, ServerConfig, VolumeSpec
 from logvold.core.streams import StreamInfo, StreamKey
 from logvold.daemon.lifecycle import Daemon
-from logvold.daemon.workers import RotatorFactory
+from logvold.daemon.steps import RotatorFactory
 from logvold.server import logs as server_logs
 from logvold.telemetry.metrics import Metrics
 from tests.support.events import split_raw, verify

@@ -21,7 +21,7 @@ from logvold.config.serve_settings import ServeOptions
 from logvold.core.policy import Config, LogPolicy, VolumeSpec
 from logvold.core.streams import StreamInfo, StreamKey
 from logvold.daemon.lifecycle import Daemon
-from logvold.daemon.workers import StepRequest
+from logvold.daemon.steps import StepRequest
 from logvold.errors import ConfigError, ConfigProblem
 from logvold.telemetry.metrics import Metrics
 

@@ -474,7 +474,7 @@ def test_worker_check_walks_from_the_safety_root(tmp_path: Path, canary: Canary)
     root: a symlinked subDir, active file or `.logvold` is refused (no realpath)."""
     from dataclasses import replace
 
-    from logvold.daemon.workers import check_safe
+    from logvold.daemon.steps import check_safe
 
     root = tmp_path / "emptydir"
     (root / "sub").mkdir(parents=True)

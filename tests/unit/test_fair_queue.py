@@ -17,7 +17,8 @@ from logvold.core.clock import utcnow
 from logvold.core.fair_queue import RoundRobinQueue
 from logvold.core.policy import LogPolicy
 from logvold.core.streams import StreamInfo, StreamKey
-from logvold.daemon.workers import StepRequest, StreamWorkers
+from logvold.daemon.steps import StepRequest
+from logvold.daemon.workers import StreamWorkers
 
 
 def test_groups_take_turns() -> None:
