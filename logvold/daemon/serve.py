@@ -16,7 +16,7 @@ import resource
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import NoReturn
 
 from logvold.config.serve_settings import (
     ServeOptions,
@@ -50,8 +50,16 @@ def raise_nofile_limit() -> tuple[int, int]:
 # -- command line -------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of exiting: main_serve prints it with the
+    usage line and returns 2 itself."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _parser() -> _Parser:
+    p = _Parser(
         prog="logvold serve",
         description="Rotate, truncate and serve the logging volumes of this node. Without "
         "--config, one volume `local` at ./logs (created if missing) is managed "
@@ -93,28 +101,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-class _ArgumentError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # exit code 2 comes from main_serve, not argparse
-        raise _ArgumentError(message)
-
-
 def main_serve(argv: Sequence[str]) -> int:
     """`logvold serve`: exit 0 ok, 1 runtime failure, 2 config or usage error."""
     parser = _parser()
-    parser.__class__ = _Parser
     try:
         args = parser.parse_args(list(argv))
+    except UsageError as exc:
+        sys.stderr.write(f"{parser.format_usage()}logvold serve: error: {exc}\n")
+        return 2
+    try:
         if args.rotation_workers < 1 or args.compression_workers < 1:
             raise UsageError("--rotation-workers and --compression-workers must be >= 1")
         if args.listen is not None:
             parse_listen(args.listen)
-    except _ArgumentError as exc:
-        sys.stderr.write(f"{parser.format_usage()}logvold serve: error: {exc}\n")
-        return 2
     except UsageError as exc:
         sys.stderr.write(f"logvold serve: error: {exc}\n")
         return 2
