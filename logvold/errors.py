@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 
 class LogvoldError(Exception):
@@ -22,6 +22,28 @@ class LogvoldError(Exception):
 
 class UsageError(LogvoldError):
     """Bad command-line usage: the CLI prints it with usage and exits 2."""
+
+
+class FlagError(UsageError):
+    """A `logvold run` / kube-log-runner command line Go's flag package would reject; the
+    message is Go's wording (`flag provided but not defined: -x`) and the usage follows."""
+
+
+class HelpRequested(LogvoldError):
+    """`-h` / `-help` / `--help` was given and no flag of that name is defined: not a
+    failure (Go's flag.ErrHelp); the CLI prints the usage and exits 0."""
+
+    def __init__(self, message: str = "flag: help requested") -> None:
+        super().__init__(message)
+
+
+class StartError(LogvoldError):
+    """The command given to `logvold run` could not be started (not found on PATH, not
+    executable); `exit_code` is what a shell would return (127 or 126)."""
+
+    def __init__(self, message: str, *, exit_code: int) -> None:
+        super().__init__(message, op="start")
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +124,11 @@ class SelectorError(BadRequest):
     """A label or field selector that does not parse; the message is the 400 reason."""
 
 
+class BadListParam(BadRequest):
+    """A stream listing's `limit` or `continue` that cannot be used; the message is the 400
+    reason and says what to send instead."""
+
+
 class NodeLogQueryError(BadRequest):
     """A node log query the server refuses: `status` is 400 (unparsable) or 406 (invalid)."""
 
@@ -131,6 +158,16 @@ class DeadlineExceeded(LogvoldError):
 
 class ReviewUnavailable(LogvoldError):
     """The API server could not be asked; the request gets a 503."""
+
+
+class ApiStatusError(LogvoldError):
+    """A non-2xx answer of the Kubernetes API server, with its Status object if it sent
+    one; the message carries the server's own reason (e.g. which RBAC rule is missing)."""
+
+    def __init__(self, status: int, message: str, body: Mapping[str, Any] | None = None) -> None:
+        super().__init__(f"API server answered {status}: {message}", op="kubernetes api")
+        self.status = status
+        self.body = dict(body or {})
 
 
 class ClientError(LogvoldError):

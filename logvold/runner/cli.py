@@ -17,7 +17,7 @@ from logvold.core.values import decode_delimiter as _delimiter
 from logvold.core.values import parse_go_bool
 from logvold.core.values import parse_positive_size as _positive_size
 from logvold.core.values import parse_rotate as _rotate
-from logvold.errors import LogvoldError
+from logvold.errors import FlagError, HelpRequested, LogvoldError, StartError
 from logvold.runner import goflags
 from logvold.runner.goflags import FlagSpec
 
@@ -146,10 +146,10 @@ def main_run(argv: Sequence[str], prog: str) -> int:
     usage = goflags.usage(prog, FLAGS)
     try:
         parsed = goflags.parse(FLAGS, argv)
-    except goflags.HelpRequested:
+    except HelpRequested:
         sys.stderr.write(usage)
         return 0
-    except goflags.FlagError as exc:
+    except FlagError as exc:
         sys.stderr.write(f"{exc}\n{usage}")
         return 2
     if not parsed.args:
@@ -171,7 +171,7 @@ def main_run(argv: Sequence[str], prog: str) -> int:
         return 2
     try:
         return process.run(opts)
-    except process.StartError as exc:
+    except StartError as exc:
         sys.stderr.write(f"{prog}: {exc}\n")
         return exc.exit_code
     except LogvoldError as exc:

@@ -12,16 +12,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from logvold.core.values import parse_go_bool
+from logvold.errors import FlagError, HelpRequested
 
 Kind = Literal["bool", "string", "duration", "int", "value"]
-
-
-class FlagError(Exception):
-    """A command line Go's flag package would reject; the message is Go's wording."""
-
-
-class HelpRequested(Exception):
-    """`-h` / `-help` / `--help` was given and no flag of that name is defined."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from logvold.core.policy import LogPolicy
-from logvold.errors import LogvoldError, StreamError
+from logvold.errors import StartError, StreamError
 from logvold.fileio.rotating_writer import RotatingWriter
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
@@ -32,14 +32,6 @@ DRAIN_IDLE_S = 1.0
 """After the child exits, how long a silent pipe still held open (by a grandchild) is waited on."""
 _F_SETPIPE_SZ = 1031
 _POLL_IDLE_MS = 250
-
-
-class StartError(LogvoldError):
-    """The command could not be started; `exit_code` is what a shell would return."""
-
-    def __init__(self, message: str, *, exit_code: int) -> None:
-        super().__init__(message, op="start")
-        self.exit_code = exit_code
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -43,7 +43,7 @@ from logvold.server.keys import (
     SHUTDOWN_KEY,
 )
 from logvold.server.limits import request_limits
-from logvold.server.stream_list import BadListParam, page_of, parse_page
+from logvold.server.stream_list import page_of, parse_page
 from logvold.sources.changes import StreamChanges
 from logvold.telemetry.metrics import Metrics
 
@@ -473,7 +473,7 @@ async def _logs_root(request: web.Request) -> web.StreamResponse:
             return await nodelog.handle_node_log_query(request)
     try:
         size, after = parse_page(_one(request.query, "limit"), _one(request.query, "continue"))
-    except (BadListParam, BadRequest) as exc:
+    except BadRequest as exc:  # BadListParam included
         raise web.HTTPBadRequest(text=f"{exc}\n") from None
     executor = request.app[EXECUTOR_KEY]
     streams = request.app[REGISTRY_KEY].snapshot()

@@ -17,6 +17,7 @@ from typing import Any
 
 from logvold.core.layout import segments_of
 from logvold.core.streams import StreamInfo, StreamKey
+from logvold.errors import BadListParam
 from logvold.fileio.reader_dir import Refused, StreamDir, log_refusal
 from logvold.fileio.safedir import MAX_NAMES, SafeDir, stream_root
 
@@ -26,10 +27,6 @@ DEFAULT_PAGE = 500
 """Streams per page unless `limit` says otherwise: a node's worth in one answer."""
 MAX_PAGE = 5000
 """Largest `limit`: the answer stays a few MB."""
-
-
-class BadListParam(ValueError):
-    """A `limit` or `continue` that cannot be used; the message is the 400 reason."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import kubernetes.client
 import kubernetes.config
 
 from logvold.core.pod_policy import PodRef
-from logvold.errors import LogvoldError
+from logvold.errors import ApiStatusError, LogvoldError
 
 if TYPE_CHECKING:
     from logvold.core.policy import KubernetesConfig
@@ -55,15 +55,6 @@ def make_api_client(config: KubernetesConfig) -> Any:
             op="load kubeconfig",
         ) from exc
     return kubernetes.client.ApiClient(configuration)
-
-
-class ApiStatusError(LogvoldError):
-    """A non-2xx answer of the API server, with its Status object if it sent one."""
-
-    def __init__(self, status: int, message: str, body: Mapping[str, Any] | None = None) -> None:
-        super().__init__(f"API server answered {status}: {message}", op="kubernetes api")
-        self.status = status
-        self.body = dict(body or {})
 
 
 class KubernetesApi:

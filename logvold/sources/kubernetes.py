@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from logvold.core.pod_policy import PodRef, PodStreams
 from logvold.core.streams import StreamInfo, StreamKey
+from logvold.errors import ApiStatusError
 from logvold.sources.annotation import pod_streams
 from logvold.sources.kube_api import (
-    ApiStatusError,
     EventRecorder,
     KubernetesApi,
     KubernetesEventRecorder,
@@ -47,7 +47,6 @@ _LIST_PAGE_SIZE = 500
 __all__ = [
     "INVALID_POLICY_REASON",
     "TOO_MANY_STREAMS_REASON",
-    "ApiStatusError",
     "Backoff",
     "EventRecorder",
     "KubernetesApi",

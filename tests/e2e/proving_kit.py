@@ -289,6 +289,8 @@ def main() -> int:
     p.add_argument("--tail-lines", type=int, default=100_000)
     p.add_argument("--out", required=True)
     a = p.parse_args()
+    # The entry point of a separate follower process (started by the e2e test), not a
+    # test: asyncio.run is how a program runs its loop, so pytest-asyncio has no part here.
     asyncio.run(follow_main(a.url, a.format, a.n, a.tail_lines, Path(a.out)))
     return 0
 

@@ -18,7 +18,7 @@ from logvold.core.policy import Collapse, Compress, LogPolicy
 from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
 from logvold.fileio.rotator import StreamRotator
 from logvold.fileio.state import load_state
-from tests.support.api_server import RunningServer
+from tests.support.api_server import fetch, serving
 from tests.support.events import split_raw, verify
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,9 +62,21 @@ async def follow(base: str, n: int) -> bytes:
     return bytes(data)
 
 
+async def _until_followers(base: str, n: int) -> None:
+    """Poll the server's own follower gauge (generous deadline for a loaded machine)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        _, text, _ = await fetch(base + "/metrics")
+        if f"logvold_followers {n}.0".encode() in text.splitlines():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{n} followers never attached")
+
+
 @pytest.mark.slow
+@pytest.mark.asyncio
 @pytest.mark.parametrize(("compress", "collapse"), [("gzip", "never"), ("zstd", "always")])
-def test_three_followers_get_every_event_once_through_rotations(
+async def test_three_followers_get_every_event_once_through_rotations(
     tmp_path: Path, compress: Compress, collapse: Collapse
 ) -> None:
     info = StreamInfo(
@@ -85,37 +97,34 @@ def test_three_followers_get_every_event_once_through_rotations(
     registry.put(info)
     counts = {"rotations": 0, "compressed": 0}
     done = threading.Event()
-    with RunningServer(registry) as srv:
-
-        async def run_all() -> list[bytes]:
-            followers = [asyncio.create_task(follow(srv.base, EVENTS)) for _ in range(3)]
-            await asyncio.sleep(0.3)  # followers are attached before the first byte
-            writer = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "tests.support.writer",
-                "--path",
-                str(info.active_path),
-                "--mode",
-                "append",
-                "--count",
-                str(EVENTS),
-                "--rate",
-                "1500",
-                "--max-chunk",
-                "4096",
-                cwd=ROOT,
-            )
-            rotator = threading.Thread(target=rotate_loop, args=(info, done, counts))
-            rotator.start()
-            try:
-                assert await writer.wait() == 0
-            finally:
-                done.set()
-                await asyncio.to_thread(rotator.join, 30)
-            return await asyncio.wait_for(asyncio.gather(*followers), 60)
-
-        results = asyncio.run(run_all())
+    async with serving(registry) as srv:
+        followers = [asyncio.create_task(follow(srv.base, EVENTS)) for _ in range(3)]
+        await _until_followers(srv.base, 3)  # attached before the first byte
+        writer = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.support.writer",
+            "--path",
+            str(info.active_path),
+            "--mode",
+            "append",
+            "--count",
+            str(EVENTS),
+            "--rate",
+            "1500",
+            "--max-chunk",
+            "4096",
+            cwd=ROOT,
+        )
+        # The rotator is blocking file work, as in the daemon's worker threads.
+        rotator = threading.Thread(target=rotate_loop, args=(info, done, counts))
+        rotator.start()
+        try:
+            assert await writer.wait() == 0
+        finally:
+            done.set()
+            await asyncio.to_thread(rotator.join, 30)
+        results = await asyncio.wait_for(asyncio.gather(*followers), 60)
     assert counts["rotations"] >= 10 and counts["compressed"] >= 5, counts
     for data in results:
         report = verify(split_raw([data]))

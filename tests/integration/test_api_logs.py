@@ -6,23 +6,28 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+import pytest_asyncio
 
 from logvold.core.streams import StreamKey, StreamRegistry
-from tests.support.api_server import RunningServer, get
+from tests.support.api_server import Served, fetch, serving
 from tests.support.events import parse_event, split_raw, verify
 from tests.support.streams import build_stream, event_ts, make_events, rfc3339
 
 SECRET = b"TOP-SECRET-OUTSIDE-THE-VOLUME"
 
+# One server for the module, on one event loop shared by the fixture and the tests.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Served]:
     root = tmp_path_factory.mktemp("api")
     (root / "outside").mkdir()
     (root / "outside" / "secret.log").write_bytes(SECRET + b"\n")
@@ -62,7 +67,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     )
     (seg_dir / "app.log.20200101-000000").symlink_to(root / "outside" / "secret.log")
     (seg_dir / "app.log.20200101-000001.gz").symlink_to(root / "outside" / "secret.log")
-    with RunningServer(registry) as srv:
+    async with serving(registry) as srv:
         yield srv
 
 
@@ -75,11 +80,11 @@ def body_seqs(data: bytes) -> list[int]:
     return out
 
 
-def test_whole_stream_and_default_namespace(server: RunningServer) -> None:
-    status, body, headers = get(server.base + "/logs/team-a/web/app")
+async def test_whole_stream_and_default_namespace(server: Served) -> None:
+    status, body, headers = await fetch(server.base + "/logs/team-a/web/app")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     assert verify(split_raw([body])).seen == 500 and verify(split_raw([body])).ok
-    status, body, _ = get(server.base + "/logs/batch/worker")
+    status, body, _ = await fetch(server.base + "/logs/batch/worker")
     assert status == 200 and body_seqs(body) == list(range(300))
 
 
@@ -100,25 +105,25 @@ def test_whole_stream_and_default_namespace(server: RunningServer) -> None:
         ("sinceSeconds=1", []),  # the fixture's events are older than a second
     ],
 )
-def test_params(server: RunningServer, query: str, expected: list[int]) -> None:
-    status, body, _ = get(f"{server.base}/logs/team-a/web/app?{query}")
+async def test_params(server: Served, query: str, expected: list[int]) -> None:
+    status, body, _ = await fetch(f"{server.base}/logs/team-a/web/app?{query}")
     assert status == 200, body
     assert body_seqs(body) == expected
 
 
-def test_timestamps_and_limit_bytes(server: RunningServer) -> None:
-    _, body, _ = get(server.base + "/logs/team-a/web/app?tailLines=2&timestamps=true")
+async def test_timestamps_and_limit_bytes(server: Served) -> None:
+    _, body, _ = await fetch(server.base + "/logs/team-a/web/app?tailLines=2&timestamps=true")
     lines = body.splitlines()
     assert [ln.split(b" ", 1)[0].decode() for ln in lines] == [
         rfc3339(event_ts(s)) for s in (498, 499)
     ]
-    _, full, _ = get(server.base + "/logs/team-a/web/app")
-    _, limited, _ = get(server.base + "/logs/team-a/web/app?limitBytes=1000")
+    _, full, _ = await fetch(server.base + "/logs/team-a/web/app")
+    _, limited, _ = await fetch(server.base + "/logs/team-a/web/app?limitBytes=1000")
     assert 0 < len(limited) <= 1000 and full.startswith(limited) and limited.endswith(b"\n")
 
 
-def test_listing(server: RunningServer) -> None:
-    status, body, _ = get(server.base + "/logs/")
+async def test_listing(server: Served) -> None:
+    status, body, _ = await fetch(server.base + "/logs/")
     assert status == 200
     items = {(i["namespace"], i["pod"], i["container"]): i for i in json.loads(body)["items"]}
     web = items[("team-a", "web", "app")]
@@ -128,14 +133,14 @@ def test_listing(server: RunningServer) -> None:
     assert json.loads(body)["metadata"] == {"total": len(items), "truncated": False}
 
 
-def test_listing_pages_with_a_continue_token(server: RunningServer) -> None:
-    _, whole, _ = get(server.base + "/logs/")
+async def test_listing_pages_with_a_continue_token(server: Served) -> None:
+    _, whole, _ = await fetch(server.base + "/logs/")
     every = [(i["namespace"], i["pod"], i["container"]) for i in json.loads(whole)["items"]]
     assert every == sorted(every) and len(every) >= 3
     seen: list[tuple[str, str, str]] = []
     query = "limit=2"
     for _ in range(len(every)):
-        status, body, _ = get(server.base + "/logs/?" + query)
+        status, body, _ = await fetch(server.base + "/logs/?" + query)
         assert status == 200
         page = json.loads(body)
         assert len(page["items"]) <= 2 and page["metadata"]["total"] == len(every)
@@ -157,8 +162,8 @@ def test_listing_pages_with_a_continue_token(server: RunningServer) -> None:
         ("limit=1&limit=2", b"more than once"),
     ],
 )
-def test_listing_bad_page_params_are_400(server: RunningServer, query: str, reason: bytes) -> None:
-    status, body, _ = get(server.base + "/logs/?" + query)
+async def test_listing_bad_page_params_are_400(server: Served, query: str, reason: bytes) -> None:
+    status, body, _ = await fetch(server.base + "/logs/?" + query)
     assert status == 400 and reason in body, body
 
 
@@ -186,10 +191,10 @@ def test_listing_bad_page_params_are_400(server: RunningServer, query: str, reas
         ("/logs/nope/nope", 404, b"no stream default/nope/nope"),
     ],
 )
-def test_bad_input_is_4xx_with_reason(
-    server: RunningServer, path: str, code: int, reason: bytes
+async def test_bad_input_is_4xx_with_reason(
+    server: Served, path: str, code: int, reason: bytes
 ) -> None:
-    status, body, _ = get(server.base + path)
+    status, body, _ = await fetch(server.base + path)
     assert status == code and reason in body, body
 
 
@@ -211,115 +216,108 @@ def test_bad_input_is_4xx_with_reason(
         "/api/v1/namespaces/default/pods/evil2/log",
     ],
 )
-def test_traversal_never_serves_outside_bytes(server: RunningServer, path: str) -> None:
-    status, body, _ = get(server.base + path)
+async def test_traversal_never_serves_outside_bytes(server: Served, path: str) -> None:
+    status, body, _ = await fetch(server.base + path)
     assert SECRET not in body
     assert status < 500
 
 
-def test_symlinked_active_file_is_refused_and_symlinked_segments_skipped(
-    server: RunningServer,
+async def test_symlinked_active_file_is_refused_and_symlinked_segments_skipped(
+    server: Served,
 ) -> None:
-    status, body, _ = get(server.base + "/logs/default/evil2/app")
+    status, body, _ = await fetch(server.base + "/logs/default/evil2/app")
     assert status == 403 and b"not a regular file" in body
-    status, body, _ = get(server.base + "/logs/default/segs/app")
+    status, body, _ = await fetch(server.base + "/logs/default/segs/app")
     assert status == 200 and body_seqs(body) == list(range(20))
 
 
-def test_follow_streams_new_events_and_stops_on_disconnect(server: RunningServer) -> None:
+async def test_follow_streams_new_events_and_stops_on_disconnect(server: Served) -> None:
     registry = server.registry
     info = registry.get(StreamKey("default", "batch", "worker"))
     assert info is not None
-    followers_before = _gauge(server, "logvold_followers")
+    followers_before = await _gauge(server, "logvold_followers")
 
-    async def scenario() -> bytes:
-        timeout = aiohttp.ClientTimeout(total=20)
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as s,
-            s.get(server.base + "/logs/default/batch/worker?follow=true&tailLines=1") as r,
-        ):
-            assert r.status == 200
-            got = await r.content.readuntil(b"\n")
-            new = make_events(2, "raw", start=300, seed=9)
-            with (Path(info.directory) / info.base).open("ab") as f:
-                f.write(b"".join(e.encoded for e in new))
-            got += await r.content.readuntil(b"\n")
-            got += await r.content.readuntil(b"\n")
-            return got
+    timeout = aiohttp.ClientTimeout(total=20)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as s,
+        s.get(server.base + "/logs/default/batch/worker?follow=true&tailLines=1") as r,
+    ):
+        assert r.status == 200
+        got = await r.content.readuntil(b"\n")
+        new = make_events(2, "raw", start=300, seed=9)
+        with (Path(info.directory) / info.base).open("ab") as f:
+            f.write(b"".join(e.encoded for e in new))
+        got += await r.content.readuntil(b"\n")
+        got += await r.content.readuntil(b"\n")
 
-    got = asyncio.run(scenario())
     assert body_seqs(got) == [299, 300, 301]
     for _ in range(100):  # the server notices the disconnect at its next poll
-        if _gauge(server, "logvold_followers") == followers_before:
+        if await _gauge(server, "logvold_followers") == followers_before:
             break
-        asyncio.run(asyncio.sleep(0.05))
-    assert _gauge(server, "logvold_followers") == followers_before
+        await asyncio.sleep(0.05)
+    assert await _gauge(server, "logvold_followers") == followers_before
 
 
-def test_follow_ends_when_stream_is_removed(server: RunningServer, tmp_path: Path) -> None:
+async def test_follow_ends_when_stream_is_removed(server: Served, tmp_path: Path) -> None:
     key = StreamKey("default", "gone", "app")
     server.registry.put(build_stream(tmp_path / "gone", make_events(5, "raw"), layout=(), key=key))
 
-    async def scenario() -> bytes:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s,
-            s.get(server.base + "/logs/default/gone/app?follow=true") as r,
-        ):
-            first = await r.content.readuntil(b"\n")
-            server.registry.remove(key)
-            return first + await r.read()  # ends: the response completes
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s,
+        s.get(server.base + "/logs/default/gone/app?follow=true") as r,
+    ):
+        first = await r.content.readuntil(b"\n")
+        server.registry.remove(key)
+        got = first + await r.read()  # ends: the response completes
 
-    assert body_seqs(asyncio.run(scenario())) == list(range(5))
+    assert body_seqs(got) == list(range(5))
 
 
-def test_metrics_count_requests_by_handler_and_code(server: RunningServer) -> None:
-    get(server.base + "/logs/team-a/web/app?tailLines=x")
-    _, text, _ = get(server.base + "/metrics")
+async def test_metrics_count_requests_by_handler_and_code(server: Served) -> None:
+    await fetch(server.base + "/logs/team-a/web/app?tailLines=x")
+    _, text, _ = await fetch(server.base + "/metrics")
     assert b'logvold_http_requests_total{code="400",handler="logs"}' in text
     assert b'logvold_http_request_duration_seconds_count{handler="logs"}' in text
     assert b'logvold_bytes_served_total{handler="logs"}' in text
 
 
-def test_health(server: RunningServer) -> None:
-    assert get(server.base + "/healthz")[:2] == (200, b"ok\n")
-    assert get(server.base + "/readyz")[0] == 200
+async def test_health(server: Served) -> None:
+    assert (await fetch(server.base + "/healthz"))[:2] == (200, b"ok\n")
+    assert (await fetch(server.base + "/readyz"))[0] == 200
     server.is_ready = lambda: False
     try:
-        assert get(server.base + "/readyz")[0] == 503
+        assert (await fetch(server.base + "/readyz"))[0] == 503
     finally:
         server.is_ready = lambda: True
 
 
-def _gauge(server: RunningServer, name: str) -> float:
-    _, text, _ = get(server.base + "/metrics")
+async def _gauge(server: Served, name: str) -> float:
+    _, text, _ = await fetch(server.base + "/metrics")
     for line in text.decode().splitlines():
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(name)
 
 
-def test_no_fd_leak_after_many_requests(server: RunningServer) -> None:
+async def test_no_fd_leak_after_many_requests(server: Served) -> None:
     before = len(os.listdir("/proc/self/fd"))
     for _ in range(30):
-        get(server.base + "/logs/team-a/web/app?tailLines=5")
-        get(server.base + "/logs/default/batch/worker?limitBytes=100")
-    asyncio.run(asyncio.sleep(0.2))
+        await fetch(server.base + "/logs/team-a/web/app?tailLines=5")
+        await fetch(server.base + "/logs/default/batch/worker?limitBytes=100")
+    await asyncio.sleep(0.2)
     assert len(os.listdir("/proc/self/fd")) <= before + 2
 
 
-def test_head_of_a_stream_is_not_allowed(server: RunningServer) -> None:
-    async def head() -> int:
-        async with (
-            aiohttp.ClientSession() as s,
-            s.head(server.base + "/logs/team-a/web/app?follow=true") as r,
-        ):
-            return r.status
-
-    assert asyncio.run(head()) == 405
+async def test_head_of_a_stream_is_not_allowed(server: Served) -> None:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.head(server.base + "/logs/team-a/web/app?follow=true") as r,
+    ):
+        assert r.status == 405
 
 
-def test_kubectl_style_json_errors_when_json_is_asked_for(server: RunningServer) -> None:
-    status, body, headers = get(
+async def test_kubectl_style_json_errors_when_json_is_asked_for(server: Served) -> None:
+    status, body, headers = await fetch(
         server.base + "/logs/team-a/web/app?tailLines=-5",
         headers={"Accept": "application/json, */*"},
     )
@@ -328,7 +326,7 @@ def test_kubectl_style_json_errors_when_json_is_asked_for(server: RunningServer)
     assert doc["kind"] == "Status" and doc["code"] == 400 and "tailLines" in doc["message"]
 
 
-def test_redos_pattern_returns_promptly(server: RunningServer, tmp_path: Path) -> None:
+async def test_redos_pattern_returns_promptly(server: Served, tmp_path: Path) -> None:
     key = StreamKey("default", "redos", "app")
     info = build_stream(tmp_path / "redos", make_events(20, "raw"), layout=(), key=key)
     with (tmp_path / "redos" / "app.log").open("ab") as f:
@@ -337,16 +335,15 @@ def test_redos_pattern_returns_promptly(server: RunningServer, tmp_path: Path) -
     server.registry.put(info)
     try:
         t0 = time.monotonic()
-        status, body, _ = get(server.base + "/logs/default/redos/app?pattern=%28x%2Bx%2B%29%2By")
+        query = "pattern=%28x%2Bx%2B%29%2By"
+        status, body, _ = await fetch(server.base + "/logs/default/redos/app?" + query)
         assert status == 200 and b"xxxx" not in body
         assert time.monotonic() - t0 < 3.0
     finally:
         server.registry.remove(key)
 
 
-def test_shutdown_with_a_follower_attached_leaks_nothing(tmp_path: Path) -> None:
-    import threading
-
+async def test_shutdown_with_a_follower_attached_leaks_nothing(tmp_path: Path) -> None:
     registry = StreamRegistry()
     registry.put(
         build_stream(
@@ -355,26 +352,24 @@ def test_shutdown_with_a_follower_attached_leaks_nothing(tmp_path: Path) -> None
     )
     threads_before = threading.active_count()
     fds_before = len(os.listdir("/proc/self/fd"))
-    srv = RunningServer(registry).__enter__()
+    server = serving(registry)
+    srv = await server.__aenter__()
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s,
+        s.get(srv.base + "/logs/default/p/c?follow=true") as r,
+    ):
+        got = await r.content.readuntil(b"\n")
+        t0 = time.monotonic()
+        # Shut down while the follower reads: its body must end cleanly, not at a timeout.
+        shutdown = asyncio.create_task(server.__aexit__(None, None, None))
+        got += await r.read()  # the body ended cleanly: the server said goodbye
+        await shutdown
+        assert time.monotonic() - t0 < 5  # the follower ended at shutdown, not at a timeout
 
-    async def follow_until_closed() -> bytes:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s,
-            s.get(srv.base + "/logs/default/p/c?follow=true") as r,
-        ):
-            got = await r.content.readuntil(b"\n")
-            loop = asyncio.get_running_loop()
-            t0 = time.monotonic()
-            await loop.run_in_executor(None, srv.__exit__, None, None, None)
-            assert time.monotonic() - t0 < 5  # the follower ended at shutdown, not at a timeout
-            got += await r.read()  # the body ended cleanly: the server said goodbye
-            return got
-
-    got = asyncio.run(follow_until_closed())
     assert body_seqs(got) == list(range(5))
     for _ in range(50):
         if threading.active_count() <= threads_before:
             break
-        time.sleep(0.05)
+        await asyncio.sleep(0.05)
     assert threading.active_count() <= threads_before
     assert len(os.listdir("/proc/self/fd")) <= fds_before + 1

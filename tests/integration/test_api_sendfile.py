@@ -23,7 +23,7 @@ from logvold.fileio.reader import FileRegion
 from logvold.fileio.rotator import StreamRotator
 from logvold.fileio.state import load_state
 from logvold.server import logs as server_logs
-from tests.support.api_server import RunningServer
+from tests.support.api_server import serving
 from tests.support.events import event_stream, split_raw, verify
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +62,8 @@ async def _get(url: str) -> bytes:
         return await r.read()
 
 
-def test_whole_stream_segments_by_sendfile_exact_events(
+@pytest.mark.asyncio
+async def test_whole_stream_segments_by_sendfile_exact_events(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spy = _RegionSpy(monkeypatch)
@@ -81,9 +82,9 @@ def test_whole_stream_segments_by_sendfile_exact_events(
     assert state is not None and state.committed_offset > 0
     registry = StreamRegistry()
     registry.put(info)
-    with RunningServer(registry) as srv:
-        bodies = [srv.call(_get(srv.base + URL)) for _ in range(2)]
-        filtered = srv.call(_get(srv.base + URL + "?pattern=E%23"))
+    async with serving(registry) as srv:
+        bodies = [await _get(srv.base + URL) for _ in range(2)]
+        filtered = await _get(srv.base + URL + "?pattern=E%23")
     want = b"".join(events)
     for body in bodies:
         assert body == want
@@ -107,8 +108,9 @@ def rotate_loop(info: StreamInfo, done: threading.Event, counts: dict[str, int])
 
 
 @pytest.mark.slow
+@pytest.mark.asyncio
 @pytest.mark.parametrize("collapse", ["never", "always"])
-def test_whole_stream_reads_under_rotation_are_whole_and_gapless(
+async def test_whole_stream_reads_under_rotation_are_whole_and_gapless(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, collapse: str
 ) -> None:
     spy = _RegionSpy(monkeypatch)
@@ -119,41 +121,37 @@ def test_whole_stream_reads_under_rotation_are_whole_and_gapless(
     total = 8000
     counts = {"rotations": 0}
     done = threading.Event()
-    with RunningServer(registry) as srv:
-
-        async def run() -> list[bytes]:
-            writer = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "tests.support.writer",
-                "--path",
-                str(info.active_path),
-                "--mode",
-                "append",
-                "--count",
-                str(total),
-                "--rate",
-                "1500",
-                "--max-chunk",
-                "4096",
-                cwd=ROOT,
-            )
-            rotator = threading.Thread(target=rotate_loop, args=(info, done, counts))
-            rotator.start()
-            reads: list[bytes] = []
-            try:
-                while writer.returncode is None:
-                    reads.append(await _get(srv.base + URL))
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(writer.wait(), 0.05)
-            finally:
-                done.set()
-                await asyncio.to_thread(rotator.join, 30)
-                await writer.wait()
-            reads.append(await _get(srv.base + URL))
-            return reads
-
-        reads = asyncio.run(run())
+    async with serving(registry) as srv:
+        writer = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.support.writer",
+            "--path",
+            str(info.active_path),
+            "--mode",
+            "append",
+            "--count",
+            str(total),
+            "--rate",
+            "1500",
+            "--max-chunk",
+            "4096",
+            cwd=ROOT,
+        )
+        # The rotator is blocking file work, as in the daemon's worker threads.
+        rotator = threading.Thread(target=rotate_loop, args=(info, done, counts))
+        rotator.start()
+        reads: list[bytes] = []
+        try:
+            while writer.returncode is None:
+                reads.append(await _get(srv.base + URL))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(writer.wait(), 0.05)
+        finally:
+            done.set()
+            await asyncio.to_thread(rotator.join, 30)
+            await writer.wait()
+        reads.append(await _get(srv.base + URL))
     assert counts["rotations"] >= 10, counts
     assert spy.regions > 0
     for n, body in enumerate(reads):

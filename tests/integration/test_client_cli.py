@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,19 +77,31 @@ class Recorder:
         return response
 
 
+async def _plain_runner(app: web.Application) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner
+
+
 @contextmanager
-def serving(app: web.Application) -> Iterator[tuple[str, asyncio.AbstractEventLoop]]:
-    """Run `app` on 127.0.0.1 in a thread with its own event loop."""
+def serving(
+    app: web.Application,
+    start: Callable[[web.Application], Awaitable[web.AppRunner]] = _plain_runner,
+) -> Iterator[tuple[str, asyncio.AbstractEventLoop]]:
+    """Run `app` on 127.0.0.1 in a thread with its own event loop.
+
+    A thread on purpose, not pytest-asyncio: `logvold logs` / `logvold query` are blocking
+    clients (called in-process or as subprocesses), so the test thread blocks while they
+    run and a server on the test's own loop would never answer them.
+    """
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     state: dict[str, Any] = {}
 
     def run() -> None:
         asyncio.set_event_loop(loop)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        loop.run_until_complete(site.start())
+        runner = loop.run_until_complete(start(app))
         state["port"] = runner.addresses[0][1]
         ready.set()
         loop.run_forever()
@@ -345,27 +357,8 @@ def real_api(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     )
     config = Config(node_log_query=NodeLogQueryConfig(journal="never", log_dir=str(log_dir)))
     app = build_app(config=config, registry=registry, metrics=Metrics(), is_ready=lambda: True)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    state: dict[str, Any] = {}
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        runner = loop.run_until_complete(start_server(app, "127.0.0.1:0"))
-        state["port"] = runner.addresses[0][1]
-        ready.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    try:
-        yield f"http://127.0.0.1:{state['port']}", stream_dir
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+    with serving(app, lambda app: start_server(app, "127.0.0.1:0")) as (url, _):
+        yield url, stream_dir
 
 
 def test_real_api_logs_whole_stream_tail_and_missing(real_api: tuple[str, Path]) -> None:

@@ -164,8 +164,9 @@ async def _follow(url: str, n: int) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.asyncio
 @pytest.mark.slow
-def test_followers_woken_by_events_get_every_event_once_across_rotations(
+async def test_followers_woken_by_events_get_every_event_once_across_rotations(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The follower's safety-net timeout is an hour: only change notices can wake it.
@@ -207,7 +208,7 @@ def test_followers_woken_by_events_get_every_event_once_across_rotations(
             segments = segments_of("app.log", os.listdir(vol))
             return list(bodies), len(segments)
 
-    bodies, segments = asyncio.run(main())
+    bodies, segments = await main()
     # Rotations happened on size triggers from events alone (~1 MiB at 32 KiB each).
     assert segments >= 5, segments
     for body in bodies:

@@ -58,7 +58,8 @@ async def until(predicate: object, timeout_s: float = 5.0) -> None:
     ],
     ids=["hourly-utc", "daily-berlin", "15m-kathmandu"],
 )
-def test_period_boundary_rotates_once(
+@pytest.mark.asyncio
+async def test_period_boundary_rotates_once(
     tmp_path: Path, rotate: str, tz: str, start: datetime, boundary: datetime
 ) -> None:
     vol = tmp_path / "vol"
@@ -71,42 +72,37 @@ def test_period_boundary_rotates_once(
         defaults=LogPolicy(rotate=rotate, timezone=tz, max_size_bytes=0),
     )
 
-    async def scenario() -> None:
-        daemon = Daemon(config, ServeOptions(serve_http=False), clock=clock)
-        await daemon.start(watch=False)
-        task = asyncio.create_task(daemon.run())
-        await daemon.wait_idle()
-        assert (
-            daemon.scheduler.next_boundary(next(iter(daemon.registry.snapshot())).key) == boundary
+    daemon = Daemon(config, ServeOptions(serve_http=False), clock=clock)
+    await daemon.start(watch=False)
+    task = asyncio.create_task(daemon.run())
+    await daemon.wait_idle()
+    assert daemon.scheduler.next_boundary(next(iter(daemon.registry.snapshot())).key) == boundary
+    assert segments_of("app.log", os.listdir(vol)) == []
+    clock.now = boundary - timedelta(seconds=1)
+    daemon._wake.set()
+    await asyncio.sleep(0.2)
+    await daemon.wait_idle()
+    assert segments_of("app.log", os.listdir(vol)) == []
+    clock.now = boundary + timedelta(milliseconds=5)
+    daemon._wake.set()
+    await until(lambda: len(segments_of("app.log", os.listdir(vol))) == 1)
+    await daemon.wait_idle()
+    assert (
+        daemon.metrics.registry.get_sample_value(
+            "logvold_rotations_total",
+            {
+                "namespace": "default",
+                "pod": "v",
+                "container": "app",
+                "reason": "period",
+                "strategy": "punch",
+            },
         )
-        assert segments_of("app.log", os.listdir(vol)) == []
-        clock.now = boundary - timedelta(seconds=1)
-        daemon._wake.set()
-        await asyncio.sleep(0.2)
-        await daemon.wait_idle()
-        assert segments_of("app.log", os.listdir(vol)) == []
-        clock.now = boundary + timedelta(milliseconds=5)
-        daemon._wake.set()
-        await until(lambda: len(segments_of("app.log", os.listdir(vol))) == 1)
-        await daemon.wait_idle()
-        assert (
-            daemon.metrics.registry.get_sample_value(
-                "logvold_rotations_total",
-                {
-                    "namespace": "default",
-                    "pod": "v",
-                    "container": "app",
-                    "reason": "period",
-                    "strategy": "punch",
-                },
-            )
-            == 1
-        )
-        daemon.request_stop()
-        assert await task == 0
-        await daemon.stop()
-
-    asyncio.run(scenario())
+        == 1
+    )
+    daemon.request_stop()
+    assert await task == 0
+    await daemon.stop()
     seg = segments_of("app.log", os.listdir(vol))[0]
     assert seg.stamp == boundary.replace(microsecond=0)  # named by the (fake) rotation time
     report = verify(split_raw([(vol / seg.filename).read_bytes()]))

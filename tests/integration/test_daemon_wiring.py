@@ -256,7 +256,8 @@ async def test_symlink_in_place_of_active_file_is_never_followed(tmp_path: Path)
         await _test_symlink_in_place_of_active_file_is_never_followed(running, tmp_path)
 
 
-async def _test_budget_share_reaches_retention(tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_budget_share_reaches_retention(tmp_path: Path) -> None:
     vol = tmp_path / "vol"
     vol.mkdir()
     for name, size in (("old", 600), ("new", 600)):
@@ -279,11 +280,8 @@ async def _test_budget_share_reaches_retention(tmp_path: Path) -> None:
     }
 
 
-def test_budget_share_reaches_retention(tmp_path: Path) -> None:
-    asyncio.run(_test_budget_share_reaches_retention(tmp_path))
-
-
-async def _test_a_dying_task_stops_the_daemon_with_exit_1(tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_a_dying_task_stops_the_daemon_with_exit_1(tmp_path: Path) -> None:
     vol = tmp_path / "vol"
     vol.mkdir()
     daemon = Daemon(
@@ -298,7 +296,3 @@ async def _test_a_dying_task_stops_the_daemon_with_exit_1(tmp_path: Path) -> Non
     code = await asyncio.wait_for(daemon.run(), timeout=5)
     await daemon.stop()
     assert code == 1
-
-
-def test_a_dying_task_stops_the_daemon_with_exit_1(tmp_path: Path) -> None:
-    asyncio.run(_test_a_dying_task_stops_the_daemon_with_exit_1(tmp_path))

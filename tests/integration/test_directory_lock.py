@@ -107,7 +107,8 @@ def _discovered(pod_volume: Path, directory: Path, container: str) -> StreamInfo
     )
 
 
-def test_the_daemon_locks_static_and_discovered_directories_and_keeps_its_config(
+@pytest.mark.asyncio
+async def test_the_daemon_locks_static_and_discovered_directories_and_keeps_its_config(
     tmp_path: Path,
 ) -> None:
     secret = canary(tmp_path)
@@ -127,67 +128,64 @@ def test_the_daemon_locks_static_and_discovered_directories_and_keeps_its_config
     )
     fakes = Fakes()
 
-    async def scenario() -> None:
-        daemon = Daemon(
-            base,
-            ServeOptions(serve_http=False),
-            metrics=Metrics(),
-            rotator_factory=fakes.factory,
-            load_config=lambda _: bigger,
-        )
-        await daemon.start()
-        task = asyncio.create_task(daemon.run())
-        try:
-            assert daemon.workers is not None
-            workers = daemon.workers
-            with pytest.raises(DirectoryLocked):
-                lock_directory(vol, vol)
-            # A discovered stream: locked when first managed, released when removed.
-            good = _discovered(pod_volume, pod_volume, "app")
-            daemon.registry.put(good)
-            await until(lambda: good.key in set(workers))
-            with pytest.raises(DirectoryLocked):
-                lock_directory(pod_volume, pod_volume)
-            # Its symlinked subDir: never managed, nothing created outside.
-            evil = _discovered(pod_volume, pod_volume / "evil", "evil")
-            daemon.registry.put(evil)
-            await until(
-                lambda: (
-                    daemon.metrics.registry.get_sample_value(
-                        "logvold_unsafe_files_refused_total", {"kind": "symlink"}
-                    )
-                    == 1
+    daemon = Daemon(
+        base,
+        ServeOptions(serve_http=False),
+        metrics=Metrics(),
+        rotator_factory=fakes.factory,
+        load_config=lambda _: bigger,
+    )
+    await daemon.start()
+    task = asyncio.create_task(daemon.run())
+    try:
+        assert daemon.workers is not None
+        workers = daemon.workers
+        with pytest.raises(DirectoryLocked):
+            lock_directory(vol, vol)
+        # A discovered stream: locked when first managed, released when removed.
+        good = _discovered(pod_volume, pod_volume, "app")
+        daemon.registry.put(good)
+        await until(lambda: good.key in set(workers))
+        with pytest.raises(DirectoryLocked):
+            lock_directory(pod_volume, pod_volume)
+        # Its symlinked subDir: never managed, nothing created outside.
+        evil = _discovered(pod_volume, pod_volume / "evil", "evil")
+        daemon.registry.put(evil)
+        await until(
+            lambda: (
+                daemon.metrics.registry.get_sample_value(
+                    "logvold_unsafe_files_refused_total", {"kind": "symlink"}
                 )
+                == 1
             )
-            assert evil.key not in set(workers)
-            daemon.registry.remove(good.key)  # the pod went: finalised, still managed
-            await until(
-                lambda: (daemon.registry.get(good.key) or good).source == "kubernetes-terminated"
-            )
-            with pytest.raises(DirectoryLocked):
-                lock_directory(pod_volume, pod_volume)
-            daemon.registry.remove(good.key)  # its maxAge passed: removed for good
-            await until(lambda: good.key not in set(workers))
-            os.close(lock_directory(pod_volume, pod_volume).fd)  # released
-            # A reload adding a directory another manager holds is rejected.
-            holder = lock_directory(other, other)
-            try:
-                assert not await daemon.reload()
-                assert daemon.config is base and daemon.reloads_failed == 1
-            finally:
-                os.close(holder.fd)
-            with pytest.raises(DirectoryLocked):
-                lock_directory(vol, vol)  # the old config's locks are still held
-            assert await daemon.reload()
-            with pytest.raises(DirectoryLocked):
-                lock_directory(other, other)
+        )
+        assert evil.key not in set(workers)
+        daemon.registry.remove(good.key)  # the pod went: finalised, still managed
+        await until(
+            lambda: (daemon.registry.get(good.key) or good).source == "kubernetes-terminated"
+        )
+        with pytest.raises(DirectoryLocked):
+            lock_directory(pod_volume, pod_volume)
+        daemon.registry.remove(good.key)  # its maxAge passed: removed for good
+        await until(lambda: good.key not in set(workers))
+        os.close(lock_directory(pod_volume, pod_volume).fd)  # released
+        # A reload adding a directory another manager holds is rejected.
+        holder = lock_directory(other, other)
+        try:
+            assert not await daemon.reload()
+            assert daemon.config is base and daemon.reloads_failed == 1
         finally:
-            daemon.request_stop()
-            assert await task == 0
-            await daemon.stop()
-        os.close(lock_directory(vol, vol).fd)  # stopped: released
-
-    asyncio.run(scenario())
+            os.close(holder.fd)
+        with pytest.raises(DirectoryLocked):
+            lock_directory(vol, vol)  # the old config's locks are still held
+        assert await daemon.reload()
+        with pytest.raises(DirectoryLocked):
+            lock_directory(other, other)
+    finally:
+        daemon.request_stop()
+        assert await task == 0
+        await daemon.stop()
+    os.close(lock_directory(vol, vol).fd)  # stopped: released
     assert sorted(p.name for p in secret.parent.iterdir()) == ["secret"]
     unchanged(secret)
 

@@ -32,7 +32,7 @@ import pytest
 from logvold.core.policy import Format, LogPolicy
 from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
 from logvold.fileio.reader import ReadOptions, StreamReader
-from tests.support.api_server import RunningServer
+from tests.support.api_server import serving
 from tests.support.events import parse_event, split_raw
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,6 +101,7 @@ def kept_on_disk(info: StreamInfo, sep: bytes) -> list[int]:
     return [s for s in seqs if s is not None]
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize(
     ("fmt", "collapse", "compress"),
     [
@@ -109,7 +110,7 @@ def kept_on_disk(info: StreamInfo, sep: bytes) -> list[int]:
         ("raw", "never", "none"),
     ],
 )
-def test_followers_of_a_budget_truncated_stream_never_step_back(
+async def test_followers_of_a_budget_truncated_stream_never_step_back(
     tmp_path: Path, fmt: Format, collapse: str, compress: str
 ) -> None:
     delimiter = b"\n\n" if fmt == "raw" else b"\n"
@@ -165,7 +166,7 @@ def test_followers_of_a_budget_truncated_stream_never_step_back(
         out, _ = proc.communicate()
         steps.extend(json.loads(line) for line in out.splitlines())
 
-    with RunningServer(registry) as srv:
+    async with serving(registry) as srv:
         url = srv.base + "/logs/default/writer/app"
 
         async def run() -> list[Follower]:
@@ -216,7 +217,7 @@ def test_followers_of_a_budget_truncated_stream_never_step_back(
             await asyncio.to_thread(collect, rotator)
             return followers
 
-        followers = asyncio.run(run())
+        followers = await run()
 
     last = json.loads((tmp_path / "report.json").read_text())["events"] - 1
     ops = [s["op"] for s in steps]

@@ -93,7 +93,8 @@ def test_ipv4_client_of_a_dual_stack_listener_is_found_too() -> None:
                 assert tcp_peer_uid(conn.getsockname(), conn.getpeername()) == os.geteuid()
 
 
-def test_unprivileged_daemon_trusts_tcp_clients_and_explicit_modes_too() -> None:
+@pytest.mark.asyncio
+async def test_unprivileged_daemon_trusts_tcp_clients_and_explicit_modes_too() -> None:
     """The README's case: a daemon without root's file access can only read what its user
     can, so nothing is checked; `none` and `kubernetes` keep today's behaviour."""
     from aiohttp import web
@@ -108,8 +109,6 @@ def test_unprivileged_daemon_trusts_tcp_clients_and_explicit_modes_too() -> None
         seen.append(request[PEER_KEY])
         return web.Response()
 
-    import asyncio
-
     async def through(middleware: Middleware) -> web.StreamResponse:
         return await middleware(make_mocked_request("GET", "/logs/"), handler)
 
@@ -119,6 +118,6 @@ def test_unprivileged_daemon_trusts_tcp_clients_and_explicit_modes_too() -> None
         ("kubernetes", True),
     )
     for auth, privileged in cases:
-        asyncio.run(through(make_access_middleware(ServerConfig(auth=auth), privileged=privileged)))
-    asyncio.run(through(make_access_middleware(ServerConfig(), privileged=True)))
+        await through(make_access_middleware(ServerConfig(auth=auth), privileged=privileged))
+    await through(make_access_middleware(ServerConfig(), privileged=True))
     assert [p.trusted for p in seen] == [True, True, True, False]

@@ -6,7 +6,6 @@ aiohttp servers on 127.0.0.1; TLS with a self-signed certificate from openssl.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import ssl
 import subprocess
@@ -116,7 +115,8 @@ def _reviews(api: FakeKubeApi, kind: str) -> list[Json]:
     return [r.body or {} for r in api.requests("POST") if r.path.endswith(kind)]
 
 
-def test_tokens_reviews_and_decisions(api: FakeKubeApi, tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_tokens_reviews_and_decisions(api: FakeKubeApi, tmp_path: Path) -> None:
     config = ServerConfig(auth="kubernetes", auth_cache_ttl_s=60)
     app = _tiny_app(make_auth_middleware(config, _factory(api, tmp_path), node_name=NODE))
 
@@ -158,7 +158,7 @@ def test_tokens_reviews_and_decisions(api: FakeKubeApi, tmp_path: Path) -> None:
             # Discovery: any authenticated user, no SubjectAccessReview.
             assert (await _get(s, f"{base}/api", ALICE))[0] == 200
 
-    asyncio.run(_serve(app, body))
+    await _serve(app, body)
 
     token_reviews = _reviews(api, "tokenreviews")
     # One review per distinct token: answers are cached (negative ones too).
@@ -199,7 +199,8 @@ def test_tokens_reviews_and_decisions(api: FakeKubeApi, tmp_path: Path) -> None:
         assert_valid_object(review, tmp_path)
 
 
-def test_cache_expires_after_the_ttl(api: FakeKubeApi, tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_cache_expires_after_the_ttl(api: FakeKubeApi, tmp_path: Path) -> None:
     now = [1000.0]
     config = ServerConfig(auth="kubernetes", auth_cache_ttl_s=30)
     middleware = make_auth_middleware(
@@ -218,11 +219,12 @@ def test_cache_expires_after_the_ttl(api: FakeKubeApi, tmp_path: Path) -> None:
             assert (await _get(s, f"{base}/logs/team-a/web/app", ALICE))[0] == 401
             assert len(_reviews(api, "tokenreviews")) == 2
 
-    asyncio.run(_serve(_tiny_app(middleware), body))
+    await _serve(_tiny_app(middleware), body)
     assert len(_reviews(api, "subjectaccessreviews")) == 1
 
 
-def test_api_server_down_is_a_503_not_an_open_door(tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_api_server_down_is_a_503_not_an_open_door(tmp_path: Path) -> None:
     with running_fake_api() as gone:
         factory = _factory(gone, tmp_path)
     config = ServerConfig(auth="kubernetes")
@@ -235,10 +237,11 @@ def test_api_server_down_is_a_503_not_an_open_door(tmp_path: Path) -> None:
             assert text.startswith("cannot check access with the Kubernetes API server")
             assert (await _get(s, f"{base}/healthz"))[0] == 200
 
-    asyncio.run(_serve(app, body))
+    await _serve(app, body)
 
 
-def test_auth_none_passes_everything_through() -> None:
+@pytest.mark.asyncio
+async def test_auth_none_passes_everything_through() -> None:
     def factory() -> KubernetesApi:
         raise AssertionError("auth none must not touch the API server")
 
@@ -249,10 +252,11 @@ def test_auth_none_passes_everything_through() -> None:
             assert (await _get(s, f"{base}/logs/ns/pod/c"))[0] == 200
             assert (await _get(s, f"{base}/metrics"))[0] == 200
 
-    asyncio.run(_serve(app, body))
+    await _serve(app, body)
 
 
-def test_real_app_with_the_middleware(api: FakeKubeApi, tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_real_app_with_the_middleware(api: FakeKubeApi, tmp_path: Path) -> None:
     from logvold.server.app import build_app
 
     config = ServerConfig(auth="kubernetes")
@@ -273,7 +277,7 @@ def test_real_app_with_the_middleware(api: FakeKubeApi, tmp_path: Path) -> None:
             assert status == 200
             assert "logvold_build_info" in text
 
-    asyncio.run(_serve(app, body))
+    await _serve(app, body)
 
 
 @pytest.mark.parametrize(
@@ -324,7 +328,8 @@ def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert, key
 
 
-def test_https_with_a_self_signed_certificate(
+@pytest.mark.asyncio
+async def test_https_with_a_self_signed_certificate(
     self_signed: tuple[Path, Path], api: FakeKubeApi, tmp_path: Path
 ) -> None:
     cert, key = self_signed
@@ -356,7 +361,7 @@ def test_https_with_a_self_signed_certificate(
                 async with s.get(f"{plain}/healthz"):
                     pass
 
-    asyncio.run(_serve(app, body, ssl_context=server_ssl))
+    await _serve(app, body, ssl_context=server_ssl)
 
 
 def test_ssl_context_errors_name_the_problem(

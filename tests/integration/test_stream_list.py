@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from logvold.core.streams import StreamKey
-from logvold.server.stream_list import BadListParam, describe_many, page_of, parse_page
+from logvold.errors import BadListParam
+from logvold.server.stream_list import describe_many, page_of, parse_page
 from tests.support.streams import build_stream, make_events
 
 

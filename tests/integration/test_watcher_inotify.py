@@ -148,7 +148,8 @@ async def test_symlinked_directory_is_refused_not_followed(tmp_path: Path) -> No
         watcher.stop()
 
 
-def test_queue_overflow_is_reported(tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_queue_overflow_is_reported(tmp_path: Path) -> None:
     limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
     assert limit <= 200_000, "max_queued_events is too large to overflow in a test"
 
@@ -169,5 +170,5 @@ def test_queue_overflow_is_reported(tmp_path: Path) -> None:
         finally:
             watcher.stop()
 
-    errors = asyncio.run(scenario())
+    errors = await scenario()
     assert any(isinstance(e, OverflowError) for e in errors)

@@ -1,12 +1,22 @@
-"""A real logvold HTTP server (build_app + start_server) on 127.0.0.1, port 0, in a
-thread with its own event loop, plus a small aiohttp client helper for sync tests."""
+"""A real logvold HTTP server (build_app + start_server) on 127.0.0.1, port 0.
+
+`serving()` runs it on the test's own event loop (pytest-asyncio): the shape for async
+tests, which talk to it with `fetch()`. `RunningServer` runs it in a thread with its own
+loop, on purpose: it is for synchronous tests whose client is a subprocess or a blocking
+library (kubectl, promtool, chromium, hypothesis-driven fuzzing) and so cannot share a
+loop with the server; they talk to it with the blocking `get()`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -19,7 +29,48 @@ from logvold.telemetry.metrics import Metrics
 T = TypeVar("T")
 
 
+@dataclass
+class Served:
+    """A server running on the caller's loop; `is_ready` may be swapped by a test."""
+
+    registry: StreamRegistry
+    metrics: Metrics
+    port: int = 0
+    is_ready: Callable[[], bool] = field(default=lambda: True)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@asynccontextmanager
+async def serving(
+    registry: StreamRegistry,
+    *,
+    metrics: Metrics | None = None,
+    config: Config | None = None,
+) -> AsyncIterator[Served]:
+    """Start build_app + start_server on 127.0.0.1:0 on the running loop; clean up on exit."""
+    served = Served(registry=registry, metrics=metrics or Metrics())
+    app = build_app(
+        config=config or default_config(),
+        registry=registry,
+        metrics=served.metrics,
+        is_ready=lambda: served.is_ready(),
+    )
+    runner = await start_server(app, "127.0.0.1:0")
+    served.port = runner.addresses[0][1]
+    try:
+        yield served
+    finally:
+        await runner.cleanup()
+
+
 class RunningServer:
+    """The server in a background thread with its own loop, for synchronous tests whose
+    client (a kubectl/promtool/chromium subprocess, or hypothesis) blocks the test thread:
+    a server on the test's loop would never run while the test waits."""
+
     def __init__(
         self,
         registry: StreamRegistry,
@@ -79,5 +130,17 @@ async def fetch(
         return r.status, await r.read(), dict(r.headers)
 
 
-def get(url: str, **kw: Any) -> tuple[int, bytes, dict[str, str]]:
-    return asyncio.run(fetch(url, **kw))
+def get(
+    url: str, *, headers: dict[str, str] | None = None, timeout: float = 20
+) -> tuple[int, bytes, dict[str, str]]:
+    """A blocking GET for synchronous tests (the server runs in RunningServer's thread):
+    http.client sends the path exactly as given, like fetch(), and runs no event loop."""
+    parts = urlsplit(url)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
+    try:
+        conn.request("GET", target, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, r.read(), dict(r.getheaders())
+    finally:
+        conn.close()

@@ -102,31 +102,31 @@ def _info(tmp_path: Path, volume: str, name: str) -> StreamInfo:
     )
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("workers", [1, 3])
-def test_a_small_volume_runs_within_one_turn_of_a_big_one(tmp_path: Path, workers: int) -> None:
+async def test_a_small_volume_runs_within_one_turn_of_a_big_one(
+    tmp_path: Path, workers: int
+) -> None:
     order: list[str] = []
     gate = threading.Event()
 
     def factory(info: StreamInfo, metrics: Any, clock: Any) -> _RecordingRotator:
         return _RecordingRotator(info, order, gate)
 
-    async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        pool = StreamWorkers(
-            loop, factory, None, utcnow, rotation_workers=workers, compression_workers=1
-        )
-        big = [_info(tmp_path, "big", f"c{i:03d}") for i in range(300)]
-        small = _info(tmp_path, "small", "app")
-        for info in [*big, small]:
-            pool.put(info, info.root)
-        for info in big:
-            pool.submit(info.key, StepRequest(check=True, retention=True))
-        pool.submit(small.key, StepRequest(check=True))
-        gate.set()
-        await pool.drain()
-        await pool.close()
-
-    asyncio.run(scenario())
+    loop = asyncio.get_running_loop()
+    pool = StreamWorkers(
+        loop, factory, None, utcnow, rotation_workers=workers, compression_workers=1
+    )
+    big = [_info(tmp_path, "big", f"c{i:03d}") for i in range(300)]
+    small = _info(tmp_path, "small", "app")
+    for info in [*big, small]:
+        pool.put(info, info.root)
+    for info in big:
+        pool.submit(info.key, StepRequest(check=True, retention=True))
+    pool.submit(small.key, StepRequest(check=True))
+    gate.set()
+    await pool.drain()
+    await pool.close()
     assert len(order) == 301
     # In one FIFO the small volume would run 301st. In turns it starts right after the
     # steps already running and one more of the big volume; with several threads the
@@ -135,25 +135,23 @@ def test_a_small_volume_runs_within_one_turn_of_a_big_one(tmp_path: Path, worker
     assert order.index("small") <= 4 * workers + 1
 
 
-def test_requests_to_a_waiting_stream_merge_into_one_step(tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_requests_to_a_waiting_stream_merge_into_one_step(tmp_path: Path) -> None:
     order: list[str] = []
     gate = threading.Event()
 
     def factory(info: StreamInfo, metrics: Any, clock: datetime | Any) -> _RecordingRotator:
         return _RecordingRotator(info, order, gate)
 
-    async def scenario() -> int:
-        loop = asyncio.get_running_loop()
-        pool = StreamWorkers(loop, factory, None, utcnow, rotation_workers=1, compression_workers=1)
-        first, second = _info(tmp_path, "a", "one"), _info(tmp_path, "b", "two")
-        for info in (first, second):
-            pool.put(info, info.root)
-        pool.submit(first.key, StepRequest(check=True))
-        for _ in range(50):  # second waits for its turn: 50 requests, one step
-            pool.submit(second.key, StepRequest(check=True))
-        gate.set()
-        await pool.drain()
-        await pool.close()
-        return len(order)
-
-    assert asyncio.run(scenario()) == 2
+    loop = asyncio.get_running_loop()
+    pool = StreamWorkers(loop, factory, None, utcnow, rotation_workers=1, compression_workers=1)
+    first, second = _info(tmp_path, "a", "one"), _info(tmp_path, "b", "two")
+    for info in (first, second):
+        pool.put(info, info.root)
+    pool.submit(first.key, StepRequest(check=True))
+    for _ in range(50):  # second waits for its turn: 50 requests, one step
+        pool.submit(second.key, StepRequest(check=True))
+    gate.set()
+    await pool.drain()
+    await pool.close()
+    assert len(order) == 2

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from logvold.errors import FlagError, HelpRequested
 from logvold.runner import goflags
 from logvold.runner.cli import FLAGS
-from logvold.runner.goflags import FlagError, FlagSpec, HelpRequested
+from logvold.runner.goflags import FlagSpec
 
 SPECS = (
     FlagSpec(

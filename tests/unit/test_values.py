@@ -18,7 +18,7 @@ from logvold.core.values import (
     parse_rotate,
 )
 from logvold.driver.args import parse_driver_args
-from logvold.errors import BadRequest
+from logvold.errors import BadRequest, FlagError
 from logvold.runner import cli as runner_cli
 from logvold.runner import goflags
 from logvold.server.logs import parse_read_options
@@ -82,7 +82,7 @@ def test_a_literal_non_ascii_character_is_utf8_everywhere() -> None:
 def test_every_front_end_refuses_the_same_delimiters(text: str, reason: str) -> None:
     with pytest.raises(ValueError, match=re.escape(reason)):
         decode_delimiter(text)
-    with pytest.raises(goflags.FlagError, match=re.escape(reason)):  # in Go's wording
+    with pytest.raises(FlagError, match=re.escape(reason)):  # in Go's wording
         _from_run_flags(text)
     with pytest.raises(ValueError, match=re.escape(reason)):
         _from_driver(text)
