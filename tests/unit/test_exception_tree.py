@@ -29,10 +29,6 @@ PRIVATE_ALLOWED = {
     ("logvold.client.cli", "_HelpShown"): (
         "argparse printed --help; caught in _run, which exits 0"
     ),
-    ("logvold.daemon.serve", "_ArgumentError"): (
-        "argparse's error() for `logvold serve`; caught in main_serve, which prints the"
-        " usage and exits 2"
-    ),
 }
 
 
