@@ -194,6 +194,21 @@ def main() -> int:
     p.add_argument("--rotate-sizes", default="100Ki,1Mi,10Mi")
     p.add_argument("--settle-s", type=float, default=2.0, help="pause after sync between runs")
     p.add_argument(
+        "--inode-settle-s",
+        type=float,
+        default=0.0,
+        help="pause after a run that made (or deleted) many files: ext4 without a journal "
+        "skips inodes freed in the last 30 s, one inode-table lookup each, so the next "
+        "run's file creations pay for the last run's clean-up (31 removes that)",
+    )
+    p.add_argument(
+        "--baseline-src",
+        default="",
+        metavar="DIR",
+        help="another logvold source tree (e.g. `git archive main | tar -x -C DIR`): adds "
+        "its `run` rows, started with PYTHONPATH=DIR, interleaved with this tree's",
+    )
+    p.add_argument(
         "--only",
         default="",
         metavar="WORDS",
@@ -237,6 +252,11 @@ def main() -> int:
         tools.append(
             (f"logvold run -log-file-size={rot}", [logvold, "run", f"-log-file-size={rot}"], True)
         )
+        if args.baseline_src:
+            base = ["env", f"PYTHONPATH={Path(args.baseline_src).resolve()}", logvold, "run"]
+            tools.append(
+                (f"baseline run -log-file-size={rot}", [*base, f"-log-file-size={rot}"], True)
+            )
     fsync_size = "1Mi" if "1Mi" in sizes else sizes[0]
     tools.append(
         (
@@ -250,6 +270,7 @@ def main() -> int:
         keep = [word.strip() for word in args.only.split(",") if word.strip()]
         tools = [t for t in tools if t[1] is None or any(w in t[0] for w in keep)]
     results = {name: Result(name) for name, _, _ in tools}
+    many_files = False
     for rnd in range(args.rounds):
         for name, prefix, events in tools:
             out_dir = work / "out"
@@ -258,7 +279,8 @@ def main() -> int:
             log = out_dir / "app.log"
             # No write-back or discard of the last run's blocks during this one.
             subprocess.run(["sync"], check=True)
-            time.sleep(args.settle_s)
+            time.sleep(max(args.settle_s, args.inode_settle_s if many_files else 0.0))
+            many_files = "-log-file-size" in name
             if prefix is None:
                 elapsed, rss, rc, cpu = run_once(["cat", str(src)], log)
             elif prefix == ["PIPE"]:
