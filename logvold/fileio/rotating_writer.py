@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 STREAMS = ("stdout", "stderr")
 _TAIL_BLOCK = 64 * 1024
+_FIRST_TAIL_BLOCK = 4096
 _PEEK_BYTES = 16 * 1024
 """Read size while a cut waits for the next event end (splice resumes after it)."""
 
@@ -370,14 +371,18 @@ class RotatingWriter:
         lo = max(0, end - self._max_event)
         start = lo
         pos = end
+        # The last event end is usually a few hundred bytes back: read little first
+        # (this runs at every cut after a splice), then more.
+        step = _FIRST_TAIL_BLOCK
         while pos > lo:
-            block_start = max(lo, pos - _TAIL_BLOCK)
+            block_start = max(lo, pos - step)
             block = os.pread(self._fd, min(end, pos + len(d) - 1) - block_start, block_start)
             k = block.rfind(d)
             if k >= 0:
                 start = block_start + k + len(d)
                 break
             pos = block_start
+            step = min(step * 4, _TAIL_BLOCK)
         offset = start
         while offset < end:
             block = os.pread(self._fd, min(_TAIL_BLOCK, end - offset), offset)
