@@ -4,6 +4,11 @@ kube-log-runner when it is on PATH), in one run.
     .venv/bin/python benchmarks/runner.py [--size-mib 1024] [--rounds 3] [--dir /tmp/lvbench]
         [--rotate-sizes 100Ki,1Mi,10Mi]
 
+`--kube-log-runner PATH` names the Go binary (default: `kube-log-runner` on PATH
+unless that is logvold's own alias); its rows get the same integrity counts,
+with its rotated files (`app-YYYYMMDD-HHMMSS.log`) read in name order, and the
+table ends with logvold / kube-log-runner ratios per size.
+
 Each tool moves the same file of checksummed, sequence-numbered events
 (`cat SRC` is the child of both runners); `logvold run` rotates at each of
 --rotate-sizes. Prints MB/s (best and median of the rounds), the ratio to
@@ -20,6 +25,7 @@ import argparse
 import hashlib
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -78,7 +84,9 @@ class Result:
     segments_cut_mid_event: int = 0
 
 
-def run_once(argv: list[str], stdout_path: Path | None) -> tuple[float, int, int, float]:
+def run_once(
+    argv: list[str], stdout_path: Path | None, *, quiet: bool = False
+) -> tuple[float, int, int, float]:
     """Wall seconds, peak RSS (KiB) of the process itself, exit status, its CPU seconds.
 
     The peak is VmHWM sampled from /proc while it runs: getrusage would report
@@ -90,7 +98,8 @@ def run_once(argv: list[str], stdout_path: Path | None) -> tuple[float, int, int
     peak = 0
     try:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out or subprocess.DEVNULL)
+        stderr = subprocess.DEVNULL if quiet else None  # kube-log-runner logs its command line
+        proc = subprocess.Popen(argv, stdout=out or subprocess.DEVNULL, stderr=stderr)
         status_file = Path(f"/proc/{proc.pid}/status")
         while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is None:
             peak = max(peak, _vm_hwm_kib(status_file))
@@ -127,8 +136,19 @@ def output_pieces(log: Path) -> list[Path]:
     return [log.parent / s.filename for s in segments_of(log.name, names)] + [log]
 
 
-def check_output(result: Result, log: Path, source_sha: str, *, events: bool) -> None:
-    pieces = output_pieces(log)
+def klr_pieces(log: Path) -> list[Path]:
+    """kube-log-runner's rotated files, `<stem>-YYYYMMDD-HHMMSS<ext>`, oldest first, then
+    the active file. Its names have one-second resolution: a second rotation within
+    the same second renames over the first (those bytes are gone, counted as lost)."""
+    pattern = re.compile(re.escape(log.stem) + r"-\d{8}-\d{6}" + re.escape(log.suffix) + "$")
+    names = sorted(n for n in os.listdir(log.parent) if pattern.match(n))
+    return [log.parent / n for n in names] + [log]
+
+
+def check_output(
+    result: Result, log: Path, source_sha: str, *, events: bool, klr: bool = False
+) -> None:
+    pieces = klr_pieces(log) if klr else output_pieces(log)
     result.segments = len(pieces) - 1
     digest = hashlib.sha256()
     for piece in pieces:
@@ -173,6 +193,33 @@ def main() -> int:
     p.add_argument("--dir", default="/tmp/logvold-bench-runner")
     p.add_argument("--rotate-sizes", default="100Ki,1Mi,10Mi")
     p.add_argument("--settle-s", type=float, default=2.0, help="pause after sync between runs")
+    p.add_argument(
+        "--inode-settle-s",
+        type=float,
+        default=0.0,
+        help="pause after a run that made (or deleted) many files: ext4 without a journal "
+        "skips inodes freed in the last 30 s, one inode-table lookup each, so the next "
+        "run's file creations pay for the last run's clean-up (31 removes that)",
+    )
+    p.add_argument(
+        "--baseline-src",
+        default="",
+        metavar="DIR",
+        help="another logvold source tree (e.g. `git archive main | tar -x -C DIR`): adds "
+        "its `run` rows, started with PYTHONPATH=DIR, interleaved with this tree's",
+    )
+    p.add_argument(
+        "--only",
+        default="",
+        metavar="WORDS",
+        help="comma-separated words: run only the rows whose name holds one (and `cat >> file`)",
+    )
+    p.add_argument(
+        "--kube-log-runner",
+        default="",
+        metavar="PATH",
+        help="the kube-log-runner binary to compare with (default: on PATH, if it is the Go one)",
+    )
     args = p.parse_args()
     work = Path(args.dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -195,16 +242,21 @@ def main() -> int:
     tools: list[tuple[str, list[str] | None, bool]] = [("cat >> file", None, False)]
     # What one pipe hop alone costs (any runner that frames bytes needs it).
     tools.append(("cat | cat >> file (pipe hop)", ["PIPE"], False))
-    klr = shutil.which("kube-log-runner")
+    klr = args.kube_log_runner or shutil.which("kube-log-runner")
     if klr and Path(klr).resolve().parent == venv_bin.resolve():
         klr = None  # our own alias, not the Go binary
     for rot in sizes:
         if klr:
             tools.append((f"kube-log-runner -log-file-size={rot}",
-                          [klr, f"-log-file-size={rot}"], False))  # fmt: skip
+                          [klr, f"-log-file-size={rot}"], True))  # fmt: skip
         tools.append(
             (f"logvold run -log-file-size={rot}", [logvold, "run", f"-log-file-size={rot}"], True)
         )
+        if args.baseline_src:
+            base = ["env", f"PYTHONPATH={Path(args.baseline_src).resolve()}", logvold, "run"]
+            tools.append(
+                (f"baseline run -log-file-size={rot}", [*base, f"-log-file-size={rot}"], True)
+            )
     fsync_size = "1Mi" if "1Mi" in sizes else sizes[0]
     tools.append(
         (
@@ -214,7 +266,11 @@ def main() -> int:
         )
     )
     tools.append(("logvold run (no rotation: direct)", [logvold, "run"], False))
+    if args.only:
+        keep = [word.strip() for word in args.only.split(",") if word.strip()]
+        tools = [t for t in tools if t[1] is None or any(w in t[0] for w in keep)]
     results = {name: Result(name) for name, _, _ in tools}
+    many_files = False
     for rnd in range(args.rounds):
         for name, prefix, events in tools:
             out_dir = work / "out"
@@ -223,7 +279,8 @@ def main() -> int:
             log = out_dir / "app.log"
             # No write-back or discard of the last run's blocks during this one.
             subprocess.run(["sync"], check=True)
-            time.sleep(args.settle_s)
+            time.sleep(max(args.settle_s, args.inode_settle_s if many_files else 0.0))
+            many_files = "-log-file-size" in name
             if prefix is None:
                 elapsed, rss, rc, cpu = run_once(["cat", str(src)], log)
             elif prefix == ["PIPE"]:
@@ -232,7 +289,7 @@ def main() -> int:
                 cpu = 0.0  # the shell's own CPU, not the copy's: not shown
             else:
                 argv = [*prefix, f"-log-file={log}", "cat", str(src)]
-                elapsed, rss, rc, cpu = run_once(argv, None)
+                elapsed, rss, rc, cpu = run_once(argv, None, quiet=name.startswith("kube"))
             if rc != 0:
                 print(f"{name}: exit status {rc}", file=sys.stderr)
                 return 1
@@ -241,7 +298,7 @@ def main() -> int:
             res.cpu_s.append(cpu)
             res.peak_rss_kib = max(res.peak_rss_kib, rss)
             if rnd == 0:
-                check_output(res, log, source_sha, events=events)
+                check_output(res, log, source_sha, events=events, klr=name.startswith("kube"))
             print(f"round {rnd + 1} {name}: {size / elapsed / 1e6:.0f} MB/s", flush=True)
     shutil.rmtree(work / "out", ignore_errors=True)
 
@@ -275,15 +332,22 @@ def main() -> int:
         )
     if not klr:
         print(
-            "kube-log-runner: not on PATH, no row. It is a Go binary of kubernetes/"
-            "component-base (no release artifact; building it needs the Go toolchain and "
-            "module downloads) - not installable on this machine."
+            "kube-log-runner: not on PATH and no --kube-log-runner, no row. It is a Go "
+            "binary of kubernetes/component-base with no release artifact."
         )
     for rot in sizes:
-        res = results[f"logvold run -log-file-size={rot}"]
+        res = results.get(f"logvold run -log-file-size={rot}")
+        if res is None:
+            continue  # left out by --only
         ratio = statistics.median(results["cat >> file"].seconds) / statistics.median(res.seconds)
         target = "  (target >= 0.5x at 1Mi)" if rot == "1Mi" else ""
-        print(f"logvold run -log-file-size={rot}: {ratio:.2f}x cat >> file (median){target}")
+        line = f"logvold run -log-file-size={rot}: {ratio:.2f}x cat >> file (median){target}"
+        klr_res = results.get(f"kube-log-runner -log-file-size={rot}")
+        if klr_res is not None:
+            theirs = statistics.median(klr_res.seconds)
+            ours = statistics.median(res.seconds)
+            line += f", {theirs / ours:.2f}x kube-log-runner (target >= 1.0)"
+        print(line)
     print_startup(logvold)
     return 0
 

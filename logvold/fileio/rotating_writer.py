@@ -36,11 +36,13 @@ from logvold.core.layout import SegmentName, next_segment_name, segments_of
 from logvold.core.policy import LogPolicy
 from logvold.core.retention import SegmentFile, next_period_boundary, plan_retention
 from logvold.errors import StreamError
+from logvold.fileio.spare_files import SpareFiles
 
 log = logging.getLogger(__name__)
 
 STREAMS = ("stdout", "stderr")
 _TAIL_BLOCK = 64 * 1024
+_FIRST_TAIL_BLOCK = 4096
 _PEEK_BYTES = 16 * 1024
 """Read size while a cut waits for the next event end (splice resumes after it)."""
 
@@ -121,12 +123,9 @@ class RotatingWriter:
         self._regular = True
         self._stale = False  # the framer has not seen the end of the file
         self._held: dict[str, bytearray] = {s: bytearray() for s in STREAMS}
-        # The next active file, made ahead on the maintenance thread: creating an
-        # inode can cost a millisecond, too much for every 1 MiB on the write path.
-        self._spare_path = Path(path).absolute().parent / f".{Path(path).name}.next"
-        self._spare_str = str(self._spare_path)
         self._dir_str = str(self._dir)
-        self._spares: queue.SimpleQueue[int] = queue.SimpleQueue()
+        # The next active files, made ahead on their own thread (spare_files).
+        self._spares: SpareFiles | None = None
         self.rotations = 0
         self.bytes_written = 0
         self._split_base = 0
@@ -142,9 +141,10 @@ class RotatingWriter:
         if not self._regular:
             self._max_size = 0  # a FIFO or device: nothing to rotate
         elif background and (self._retains or self._rotates):
-            self._worker = _Maintenance(self)
+            if self._retains or self._sync_segments:
+                self._worker = _Maintenance(self)
             if self._rotates:
-                self._worker.submit(_SPARE)
+                self._spares = SpareFiles(self.path)
         existing = self._list_segments()
         self._newest = existing[-1] if existing else None
         now = self._clock()
@@ -288,11 +288,10 @@ class RotatingWriter:
             if self._fd >= 0:
                 os.close(self._fd)
             self._fd = -1
+            if self._spares is not None:
+                self._spares.stop()
             if self._worker is not None:
                 self._worker.stop()
-                while not self._spares.empty():
-                    os.close(self._spares.get())
-                self._spare_path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ raw
 
@@ -372,14 +371,18 @@ class RotatingWriter:
         lo = max(0, end - self._max_event)
         start = lo
         pos = end
+        # The last event end is usually a few hundred bytes back: read little first
+        # (this runs at every cut after a splice), then more.
+        step = _FIRST_TAIL_BLOCK
         while pos > lo:
-            block_start = max(lo, pos - _TAIL_BLOCK)
+            block_start = max(lo, pos - step)
             block = os.pread(self._fd, min(end, pos + len(d) - 1) - block_start, block_start)
             k = block.rfind(d)
             if k >= 0:
                 start = block_start + k + len(d)
                 break
             pos = block_start
+            step = min(step * 4, _TAIL_BLOCK)
         offset = start
         while offset < end:
             block = os.pread(self._fd, min(_TAIL_BLOCK, end - offset), offset)
@@ -575,9 +578,14 @@ class RotatingWriter:
         self._next_period = next_period_boundary(now, self.policy.rotate, self._tz)
         self.rotations += 1
         # The framer carries on: the new file starts at the cut, a boundary.
-        if not self._take_spare():
+        # Nothing else to do for the old segment (no fsync, no retention): the spares'
+        # thread closes it, woken once per rotation for both.
+        spares_close = self._spares is not None and not self._sync_segments and not self._retains
+        if not self._take_spare(close_fd=old_fd if spares_close else -1):
             self._open_active(existing_ok=False)
-        if self._worker is not None:
+        if spares_close:
+            pass
+        elif self._worker is not None:
             # Even a bare close can take a file system a millisecond: not on this thread.
             self._worker.submit(old_fd if self._sync_segments else _Close(old_fd))
         elif self._sync_segments:
@@ -619,34 +627,17 @@ class RotatingWriter:
             )
             os.lseek(self._fd, 0, os.SEEK_END)
 
-    def _take_spare(self) -> bool:
-        """Make the pre-made spare the active file; False when there is none."""
-        if self._worker is None:
+    def _take_spare(self, close_fd: int = -1) -> bool:
+        """Make a pre-made spare the active file; False when there is none.
+        `close_fd` is closed in the background either way."""
+        if self._spares is None:
             return False
-        try:
-            fd = self._spares.get_nowait()
-        except queue.Empty:
+        fd = self._spares.take(self.path, close_fd=close_fd)
+        if fd < 0:
             return False
-        try:
-            os.rename(self._spare_str, self.path)  # noqa: PTH104 - a str path, on the hot path
-        except OSError:
-            os.close(fd)
-            return False
-        # Only now, with the spare's name free again, may the next one be made.
-        self._worker.submit(_SPARE)
         self._fd, self._readable, self._regular = fd, True, True
         self._size, self._stale = 0, False
         return True
-
-    def _make_spare(self) -> None:
-        """Create the next active file under its spare name (maintenance thread)."""
-        self._spare_path.unlink(missing_ok=True)  # left by a crash: empty, not data
-        try:
-            fd = os.open(self._spare_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            log.warning("cannot make spare file %s: %s", self._spare_path, exc)
-            return
-        self._spares.put(fd)
 
     def _append(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -721,10 +712,6 @@ def _sync_and_close(fd: int, directory: Path) -> None:
         log.warning("cannot fsync directory %s: %s", directory, exc)
 
 
-_SPARE = object()
-"""Maintenance job: make the next active file ahead of time."""
-
-
 @dataclass(frozen=True)
 class _Close:
     """Maintenance job: close a just-rotated segment's descriptor (no fsync)."""
@@ -743,8 +730,8 @@ class _Maintenance:
         self._thread.start()
 
     def submit(self, job: int | object | None) -> None:
-        """A rotated segment's fd to sync and close (-1: none) or `_Close` it, None
-        (retention only) or _SPARE."""
+        """A rotated segment's fd to sync and close (-1: none) or `_Close` it, or None
+        (retention only)."""
         self._jobs.put(job)
 
     def stop(self) -> None:
@@ -758,8 +745,6 @@ class _Maintenance:
             jobs = [self._jobs.get()]
             while not self._jobs.empty():
                 jobs.append(self._jobs.get())
-            if _SPARE in jobs and not stopping:
-                writer._make_spare()  # first: the next rotation may be waiting for it
             for job in jobs:
                 if job is self._stop:
                     stopping = True

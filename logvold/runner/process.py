@@ -264,10 +264,20 @@ class _Forwarder:
 
 @contextlib.contextmanager
 def _forwarding_signals() -> Iterator[_Forwarder]:
+    """Forward the termination signals while the child runs; ignore them afterwards.
+
+    Never restores the previous (default) handlers: `run` returns only for the
+    process to exit with the child's status, and a SIGTERM landing between a
+    restore and the exit - a supervisor signalling as the child's pipes close -
+    would kill the runner (-15) instead. SIG_IGN, unlike a Python handler, also
+    survives the interpreter's shutdown, which resets Python-level handlers to
+    the default action.
+    """
     forwarder = _Forwarder()
-    previous = {sig: signal.signal(sig, forwarder.handle) for sig in FORWARDED_SIGNALS}
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, forwarder.handle)
     try:
         yield forwarder
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig in FORWARDED_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
