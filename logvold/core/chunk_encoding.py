@@ -19,6 +19,19 @@ from typing import Literal
 
 from logvold.core.formats import encode_cri_line, format_rfc3339nano_bytes
 
+NativeEscaper = Callable[[bytes, bytes], "bytes | None"]
+"""`escape_lines(data, sep)` of the C extension (see `native_escaper`)."""
+
+
+def native_escaper() -> NativeEscaper | None:
+    """The C json-file chunk escaper (logvold/core/_json_lines.c), or None where the
+    package was installed without a C compiler (the pure-Python paths then)."""
+    try:
+        from logvold.core._json_lines import escape_lines
+    except ImportError:
+        return None
+    return escape_lines
+
 LineFormat = Literal["cri", "json-file"]
 
 # The escapes of json.dumps(ensure_ascii=False) for the ASCII bytes it escapes, then
@@ -54,11 +67,17 @@ class ChunkEncoder:
     output line ends at every newline of the body, the places to rotate.
     """
 
-    def __init__(self, fmt: LineFormat, string_encoder: StringEncoder | None = None) -> None:
+    def __init__(
+        self,
+        fmt: LineFormat,
+        string_encoder: StringEncoder | None = None,
+        native: NativeEscaper | None = None,
+    ) -> None:
         if fmt not in ("cri", "json-file"):
             raise ValueError(f"no line encoding for format {fmt!r}")
         self.fmt = fmt
         self._dumps = string_encoder
+        self._native = native
         self._key: tuple[str, int] | None = None
         self._head = b""
         self._sep = b""
@@ -71,6 +90,12 @@ class ChunkEncoder:
             self._frame(stream, ts)
         if self.fmt == "cri":
             return self._head, data.replace(b"\n", self._sep)
+        if self._native is not None:
+            body = self._native(data, self._sep)
+            if body is not None:
+                return _JSON_HEAD, body
+            # not valid UTF-8: the stdlib path writes lone-surrogate escapes
+            return _JSON_HEAD, json_escape(data).replace(b"\n", self._sep)
         if self._dumps is not None and _SENTINEL not in data:
             try:
                 text = data.replace(b"\n", _SENTINEL).decode("utf-8")
