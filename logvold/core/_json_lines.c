@@ -26,9 +26,12 @@
  * lead or continuation byte (validated); 5 an HTML-safe escape \u00XX. */
 static unsigned char kind[256];
 static char short_escape[256];
-/* The escape of each ASCII byte that has one, in an 8-byte slot (one store), and its length. */
-static unsigned char ascii_escape[128][8];
-static unsigned char ascii_escape_len[128];
+/* Bytes written without a branch on their kind: `repl` after a backslash when `two`
+ * (the two-character escapes), else the byte itself (plain ASCII, UTF-8 bytes of an
+ * input validated beforehand). The others (`slow`) take the switch. */
+static unsigned char two[256];
+static unsigned char repl[256];
+static unsigned char slow[256];
 static const char hex[] = "0123456789abcdef";
 
 static void init_tables(void) {
@@ -46,17 +49,10 @@ static void init_tables(void) {
     for (int c = 0x80; c < 0x100; c++)
         kind[c] = 4;
     kind['<'] = kind['>'] = kind['&'] = 5;
-    for (int c = 0; c < 128; c++) {
-        if (kind[c] == 1) {
-            ascii_escape[c][0] = '\\';
-            ascii_escape[c][1] = (unsigned char)short_escape[c];
-            ascii_escape_len[c] = 2;
-        } else if (kind[c] == 2 || kind[c] == 5) {
-            memcpy(ascii_escape[c], "\\u00", 4);
-            ascii_escape[c][4] = (unsigned char)hex[c >> 4];
-            ascii_escape[c][5] = (unsigned char)hex[c & 15];
-            ascii_escape_len[c] = 6;
-        }
+    for (int c = 0; c < 256; c++) {
+        two[c] = kind[c] == 1;
+        repl[c] = two[c] ? (unsigned char)short_escape[c] : (unsigned char)c;
+        slow[c] = kind[c] == 2 || kind[c] == 3 || kind[c] == 5 || c == 0xE2;
     }
 }
 
@@ -90,17 +86,62 @@ static Py_ssize_t utf8_length(const unsigned char *p, const unsigned char *end) 
 }
 
 #if defined(__SSE2__)
-/* Bit i set: byte i of v needs more than a copy. */
+/* Bit i set: byte i of v needs more than a copy (UTF-8 bytes other than 0xE2 need
+ * none once the input is validated). */
 static inline unsigned special_mask(__m128i v) {
-    const __m128i below = _mm_set1_epi8(0x20); /* signed: also catches >= 0x80 */
-    __m128i m = _mm_or_si128(_mm_cmplt_epi8(v, below), _mm_cmpeq_epi8(v, _mm_set1_epi8('"')));
+    const __m128i zero = _mm_setzero_si128();
+    __m128i m = _mm_andnot_si128(_mm_cmplt_epi8(v, zero), _mm_cmplt_epi8(v, _mm_set1_epi8(0x20)));
+    m = _mm_or_si128(m, _mm_cmpeq_epi8(v, _mm_set1_epi8('"')));
     m = _mm_or_si128(m, _mm_cmpeq_epi8(v, _mm_set1_epi8('\\')));
     m = _mm_or_si128(m, _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('<')),
                                      _mm_cmpeq_epi8(v, _mm_set1_epi8('>'))));
     m = _mm_or_si128(m, _mm_cmpeq_epi8(v, _mm_set1_epi8('&')));
+    m = _mm_or_si128(m, _mm_cmpeq_epi8(v, _mm_set1_epi8((char)0xE2)));
+    return (unsigned)_mm_movemask_epi8(m);
+}
+
+/* Bit i set: byte i of v needs the switch (`slow`): a newline, a control byte without
+ * a two-character escape, <, >, &, or 0xE2 (U+2028 / U+2029 start with it). */
+static inline unsigned slow_mask(__m128i v) {
+    const __m128i zero = _mm_setzero_si128();
+    __m128i ctl = _mm_andnot_si128(_mm_cmplt_epi8(v, zero), _mm_cmplt_epi8(v, _mm_set1_epi8(0x20)));
+    __m128i sh = _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('\t')),
+                              _mm_cmpeq_epi8(v, _mm_set1_epi8('\r')));
+    sh = _mm_or_si128(sh, _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('\b')),
+                                       _mm_cmpeq_epi8(v, _mm_set1_epi8('\f'))));
+    __m128i m = _mm_andnot_si128(sh, ctl);
+    m = _mm_or_si128(m, _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('<')),
+                                     _mm_cmpeq_epi8(v, _mm_set1_epi8('>'))));
+    m = _mm_or_si128(m, _mm_cmpeq_epi8(v, _mm_set1_epi8('&')));
+    m = _mm_or_si128(m, _mm_cmpeq_epi8(v, _mm_set1_epi8((char)0xE2)));
     return (unsigned)_mm_movemask_epi8(m);
 }
 #endif
+
+/* Is [p, end) valid UTF-8 (Python's strict decoder: no overlongs, no surrogates)? */
+static int valid_utf8(const unsigned char *p, const unsigned char *end) {
+    while (p < end) {
+#if defined(__SSE2__)
+        if (end - p >= 16) {
+            unsigned m = (unsigned)_mm_movemask_epi8(_mm_loadu_si128((const __m128i *)p));
+            if (m == 0) {
+                p += 16;
+                continue;
+            }
+            p += __builtin_ctz(m);
+        }
+#endif
+        if (*p < 0x80) {
+            p++;
+            continue;
+        }
+        Py_ssize_t n = utf8_length(p, end);
+        if (n == 0)
+            return 0;
+        p += n;
+    }
+    return 1;
+}
 
 #if defined(__SSE2__)
 static inline Py_ssize_t lane_sum(__m128i counts) {
@@ -159,6 +200,50 @@ static Py_ssize_t output_bound(const unsigned char *p, const unsigned char *end,
 /* Headroom past the worst case, for the 16-byte stores of the copy loop. */
 #define SLACK 32
 
+/* Bytes [p, p + n) that are not `slow`, without a branch on each one's kind: a
+ * backslash is written first and overwritten by the byte itself when it needs none. */
+static inline unsigned char *write_fast(unsigned char *o, const unsigned char *p, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = p[i];
+        o[0] = '\\';
+        o[two[c]] = repl[c];
+        o += 1 + two[c];
+    }
+    return o;
+}
+
+/* One `slow` byte (with its UTF-8 sequence when it leads one) at p; returns the output end. */
+static inline unsigned char *write_slow(unsigned char *o, const unsigned char **pp,
+                                        const unsigned char *end, const char *sep,
+                                        Py_ssize_t seplen) {
+    const unsigned char *p = *pp;
+    unsigned char c = *p;
+    if (c == '\n') {
+        memcpy(o, sep, (size_t)seplen);
+        *pp = p + 1;
+        return o + seplen;
+    }
+    if (c == 0xE2) { /* validated: a 3-byte sequence */
+        (void)end;
+        if (p[1] == 0x80 && (p[2] == 0xA8 || p[2] == 0xA9)) {
+            memcpy(o, p[2] == 0xA8 ? "\\u2028" : "\\u2029", 6);
+            o += 6;
+        } else {
+            o[0] = p[0];
+            o[1] = p[1];
+            o[2] = p[2];
+            o += 3;
+        }
+        *pp = p + 3;
+        return o;
+    }
+    memcpy(o, "\\u00", 4); /* control bytes, <, >, & */
+    o[4] = (unsigned char)hex[c >> 4];
+    o[5] = (unsigned char)hex[c & 15];
+    *pp = p + 1;
+    return o + 6;
+}
+
 static PyObject *escape_lines(PyObject *module, PyObject *args) {
     Py_buffer in;
     const char *sep;
@@ -168,6 +253,10 @@ static PyObject *escape_lines(PyObject *module, PyObject *args) {
         return NULL;
     const unsigned char *p = in.buf;
     const unsigned char *end = p + in.len;
+    if (!valid_utf8(p, end)) {
+        PyBuffer_Release(&in);
+        Py_RETURN_NONE;
+    }
     Py_ssize_t cap = output_bound(p, end, seplen) + SLACK;
     PyObject *out = PyBytes_FromStringAndSize(NULL, cap);
     if (out == NULL) {
@@ -175,81 +264,45 @@ static PyObject *escape_lines(PyObject *module, PyObject *args) {
         return NULL;
     }
     unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
-    {
-        while (p < end) {
 #if defined(__SSE2__)
-            /* Copy 16 bytes at a time, stopping at the first that needs more: the
-             * store may run past it (into headroom), the next write overwrites. */
-            if (end - p >= 16) {
-                __m128i v = _mm_loadu_si128((const __m128i *)p);
-                _mm_storeu_si128((__m128i *)o, v);
-                unsigned mask = special_mask(v);
-                if (mask == 0) {
-                    p += 16;
-                    o += 16;
-                    continue;
-                }
-                unsigned k = (unsigned)__builtin_ctz(mask);
-                p += k;
-                o += k;
-            } else if (!kind[*p]) {
-                *o++ = *p++;
-                continue;
-            }
-#else
-            if (!kind[*p]) {
-                *o++ = *p++;
-                continue;
-            }
-#endif
-            unsigned char c = *p;
-            if (c < 0x80 && c != '\n') { /* one 8-byte store, no branch on which */
-                memcpy(o, ascii_escape[c], 8);
-                o += ascii_escape_len[c];
-                p++;
-                continue;
-            }
-            unsigned char k = kind[c];
-            if (k == 4 && c >= 0xC2 && c <= 0xDF && end - p >= 2 && (p[1] & 0xC0) == 0x80) {
-                o[0] = c;
-                o[1] = p[1];
-                o += 2;
-                p += 2;
-                continue;
-            }
-            switch (k) {
-            case 3:
-                memcpy(o, sep, (size_t)seplen);
-                o += seplen;
-                p++;
-                break;
-            case 4: {
-                Py_ssize_t n = utf8_length(p, end);
-                if (n == 0) {
-                    PyBuffer_Release(&in);
-                    Py_DECREF(out);
-                    Py_RETURN_NONE;
-                }
-                if (n == 3 && c == 0xE2 && p[1] == 0x80 && (p[2] == 0xA8 || p[2] == 0xA9)) {
-                    memcpy(o, p[2] == 0xA8 ? "\\u2028" : "\\u2029", 6);
-                    o += 6;
-                } else {
-                    for (Py_ssize_t i = 0; i < n; i++)
-                        o[i] = p[i];
-                    o += n;
-                }
-                p += n;
-                break;
-            }
-            default: /* 2, 5: \u00XX */
-                memcpy(o, "\\u00", 4);
-                o[4] = (unsigned char)hex[c >> 4];
-                o[5] = (unsigned char)hex[c & 15];
-                o += 6;
-                p++;
-                break;
-            }
+    /* 16 bytes at a time; 32 left at least, so the 16-byte loads below stay inside. */
+    while (end - p >= 32) {
+        __m128i v = _mm_loadu_si128((const __m128i *)p);
+        unsigned any = special_mask(v);
+        if (any == 0) { /* plain text: a 16-byte copy */
+            _mm_storeu_si128((__m128i *)o, v);
+            p += 16;
+            o += 16;
+            continue;
         }
+        unsigned m = slow_mask(v);
+        unsigned lim = m ? (unsigned)__builtin_ctz(m) : 16;
+        /* The two-character escapes before the first slow byte, one per set bit: each
+         * run before one is a 16-byte store (the excess is overwritten next). */
+        unsigned t = any & ~m & (unsigned)((1u << lim) - 1);
+        unsigned last = 0;
+        while (t) {
+            unsigned k = (unsigned)__builtin_ctz(t);
+            _mm_storeu_si128((__m128i *)o, _mm_loadu_si128((const __m128i *)(p + last)));
+            o += k - last;
+            o[0] = '\\';
+            o[1] = repl[p[k]];
+            o += 2;
+            last = k + 1;
+            t &= t - 1;
+        }
+        _mm_storeu_si128((__m128i *)o, _mm_loadu_si128((const __m128i *)(p + last)));
+        o += lim - last;
+        p += lim;
+        if (m)
+            o = write_slow(o, &p, end, sep, seplen);
+    }
+#endif
+    while (p < end) {
+        if (slow[*p])
+            o = write_slow(o, &p, end, sep, seplen);
+        else
+            o = write_fast(o, p++, 1);
     }
     Py_ssize_t used = (char *)o - PyBytes_AS_STRING(out);
     PyBuffer_Release(&in);
