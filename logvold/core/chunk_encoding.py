@@ -32,6 +32,7 @@ def native_escaper() -> NativeEscaper | None:
         return None
     return escape_lines
 
+
 LineFormat = Literal["cri", "json-file"]
 
 # The escapes of json.dumps(ensure_ascii=False) for the ASCII bytes it escapes, then
