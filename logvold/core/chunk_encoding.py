@@ -4,9 +4,9 @@ A writer reads up to 1 MiB at a time and stamps everything it read with one time
 as containerd's CRI writer stamps a read. Encoding each line of it in Python costs
 more than the copy itself, so a chunk of whole lines whose messages all fit in one
 line is encoded by a few C-level passes over the whole chunk: `bytes.replace` of the
-newline with "end of this line + head of the next" (cri); for json-file, one pass of
+newline with "end of this line + head of the next" (cri); for json-file, one call of
 the C extension `_json_lines.escape_lines` (UTF-8 check, JSON escapes, newline ->
-separator; about a third of the CPU of the Python paths), or where it is not built,
+separator; about half the CPU of the orjson path), or where it is not built,
 orjson's string escaper over the whole chunk with the newlines swapped for a
 sentinel first; chunks that are not valid UTF-8 take the stdlib path. Everything
 else - a line continuing the previous chunk, lines longer than the line limit,
