@@ -28,7 +28,7 @@ from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from logvold.core.chunk_encoding import ChunkEncoder, long_lines
+from logvold.core.chunk_encoding import ChunkEncoder, long_lines, native_escaper
 from logvold.core.clock import Clock, utcnow
 from logvold.core.formats import encode_cri_line, encode_json_entry, timestamp_ns
 from logvold.core.framing import RawFramer
@@ -108,9 +108,13 @@ class RotatingWriter:
         if policy.format == "cri":
             self._chunks = ChunkEncoder("cri")
         elif policy.format == "json-file":
-            import orjson  # here: only json-file pays for its import at start-up
+            native = native_escaper()
+            if native is not None:
+                self._chunks = ChunkEncoder("json-file", native=native)
+            else:
+                import orjson  # here: only json-file without the C escaper imports it
 
-            self._chunks = ChunkEncoder("json-file", orjson.dumps)
+                self._chunks = ChunkEncoder("json-file", orjson.dumps)
         self._fd = -1
         self._splice_ok = True
         self._readable = False

@@ -54,6 +54,9 @@ def test_sdist_carries_docs_manifests_packaging_and_the_example_config(sdist: Pa
     assert "packaging/systemd/logvold.service" in names
     assert "manifests/kustomization.yaml" in names and "docs/run.md" in names
     assert "logvold/core/units.py" in names
+    # The C escaper's source (built from the sdist; optional) but no built object.
+    assert "logvold/core/_json_lines.c" in names
+    assert not any(n.endswith(".so") for n in names)
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
 
 

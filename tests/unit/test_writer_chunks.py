@@ -10,17 +10,19 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from logvold.core.chunk_encoding import ChunkEncoder, LineFormat, long_lines
+from logvold.core.chunk_encoding import ChunkEncoder, LineFormat, long_lines, native_escaper
 from logvold.core.formats import encode_cri_line, encode_json_entry, timestamp_ns
 from logvold.core.layout import segments_of
 from logvold.core.policy import LogPolicy
 from logvold.fileio.rotating_writer import RotatingWriter
 
 T0 = datetime(2026, 11, 23, 11, 58, 0, tzinfo=UTC)
+NATIVE = native_escaper()
 LINE_FORMATS: tuple[LineFormat, ...] = ("cri", "json-file")
 
 
@@ -91,6 +93,16 @@ class PerEventWriter(RotatingWriter):
         return encode_json_entry(stream, ts, msg + b"\n" if full else msg)
 
 
+class OrjsonWriter(RotatingWriter):
+    """The writer with json-file's pure-Python fast path (orjson), as installed without
+    a C compiler: it must write the same bytes as the C escaper and the oracle."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        if self.policy.format == "json-file":
+            self._chunks = ChunkEncoder("json-file", orjson.dumps)
+
+
 # Bytes that each need their own escape, and the multi-byte ones that do or break UTF-8.
 _PIECES = [
     b"a", b"word ", b'"', b"\\", b"\\n", b"\t", b"\r", b"\x00", b"\x01", b"\x08", b"\x0c",
@@ -159,13 +171,15 @@ def test_chunk_output_is_byte_identical_to_per_event(
         max_event_size_bytes=max_event,
     )
     results = []
-    for name, cls in (("old", PerEventWriter), ("new", RotatingWriter)):
+    writers = (("old", PerEventWriter), ("new", RotatingWriter), ("orjson", OrjsonWriter))
+    for name, cls in writers[: 3 if fmt == "json-file" else 2]:
         d = tmp_path / f"{name}-{os.urandom(4).hex()}"
         d.mkdir()
         results.append(run_writer(cls, d / "app.log", policy, chunks, max_line))
-    old, new = results
-    assert new[0] == old[0]  # every segment and the active file
-    assert new[1:] == old[1:]  # split count, rotations
+    old, *news = results
+    for new in news:
+        assert new[0] == old[0]  # every segment and the active file
+        assert new[1:] == old[1:]  # split count, rotations
 
 
 def test_one_mebibyte_chunks_of_typical_lines_are_identical(tmp_path: Path) -> None:
@@ -195,20 +209,87 @@ def test_one_mebibyte_chunks_of_typical_lines_are_identical(tmp_path: Path) -> N
         assert results[0][2] == results[1][2] > 10
 
 
-@given(data=st.lists(st.sampled_from(_PIECES), max_size=80).map(b"".join))
-@settings(max_examples=300, deadline=None)
+def encoders() -> list[ChunkEncoder]:
+    """Every path: cri; json-file by the stdlib, by orjson and by the C escaper."""
+    assert NATIVE is not None
+    return [
+        ChunkEncoder("cri"),
+        ChunkEncoder("json-file"),
+        ChunkEncoder("json-file", orjson.dumps),
+        ChunkEncoder("json-file", native=NATIVE),
+    ]
+
+
+# Runs of plain bytes that shift the pieces against the C escaper's 16-byte blocks.
+_FILLERS = [b"y" * 15, b"z" * 16, b"w" * 33]
+
+
+@given(data=st.lists(st.sampled_from(_PIECES + _FILLERS), max_size=120).map(b"".join))
+@settings(max_examples=400, deadline=None)
 def test_encoder_matches_line_encoders(data: bytes) -> None:
     ts = timestamp_ns(T0) + 123_456_789
     end = data.rfind(b"\n") + 1
     lines = data[:end].split(b"\n")[:-1]
-    for fmt in LINE_FORMATS:
-        head, body = ChunkEncoder(fmt).encode("stderr", ts, data)
+    for encoder in encoders():
+        fmt = encoder.fmt
+        head, body = encoder.encode("stderr", ts, data)
         got = head + body[: body.rfind(b"\n") + 1] if lines else b""
         if fmt == "cri":
             want = b"".join(encode_cri_line("stderr", ts, m) for m in lines)
         else:
             want = b"".join(encode_json_entry("stderr", ts, m + b"\n") for m in lines)
         assert got == want
+
+
+def test_the_c_escaper_is_built() -> None:
+    """The install (pip install -e, as scripts/test does) compiled it: else every test
+    below would only exercise the pure-Python paths, and the driver would run at them."""
+    assert NATIVE is not None
+
+
+def _json_inside(line: bytes) -> bytes:
+    entry = encode_json_entry("stdout", 0, line)
+    return entry[len(b'{"log":"') : entry.rindex(b'","stream":"')]
+
+
+@given(
+    data=st.one_of(
+        st.binary(max_size=300),
+        st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),
+        st.lists(st.sampled_from(_PIECES + _FILLERS), max_size=120).map(b"".join),
+    ),
+    sep=st.sampled_from([b"", b"|", b'\\n","stream":"stdout"}\n{"log":"', b"S" * 200]),
+)
+@settings(max_examples=1000, deadline=None)
+def test_c_escaper_matches_the_per_event_encoder(data: bytes, sep: bytes) -> None:
+    """Any bytes (invalid UTF-8, surrogates, overlongs, every control byte, DEL, sequences
+    cut at the end), any separator: the per-event encoder's string insides joined by
+    `sep`, or None exactly when the bytes are not valid UTF-8."""
+    assert NATIVE is not None
+    got = NATIVE(data, sep)
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        assert got is None
+        return
+    assert got == sep.join(_json_inside(line) for line in data.split(b"\n"))
+
+
+def test_c_escaper_every_byte_and_long_inputs() -> None:
+    """Each byte value alone and inside long runs (the 16-byte block path), and an
+    output far larger than the input (newlines as long separators)."""
+    assert NATIVE is not None
+    for b in range(0x80):
+        one = bytes([b])
+        for data in (one, b"x" * 40 + one + b"y" * 40, one * 50):
+            assert NATIVE(data, b"<SEP>") == b"<SEP>".join(
+                _json_inside(line) for line in data.split(b"\n")
+            )
+    assert NATIVE(b"\n" * 100_000, b"S" * 100) == b"S" * 10_000_000
+    text = ('caf\u00e9 \u65e5\u672c \U0001f600 \u2028\u2029 <&> "q" \\ \t\n' * 5000).encode()
+    assert NATIVE(text, b"|") == b"|".join(_json_inside(line) for line in text.split(b"\n"))
+    for bad in (b"x" * 100 + b"\xff", b"\xc3" + b"x" * 40, b"x" * 31 + b"\xe2\x80"):
+        assert NATIVE(bad, b"|") is None
 
 
 @given(

@@ -1,0 +1,3 @@
+"""Stub of the C extension logvold/core/_json_lines.c (see there and chunk_encoding.py)."""
+
+def escape_lines(data: bytes, sep: bytes, /) -> bytes | None: ...
