@@ -80,7 +80,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 from zoneinfo import ZoneInfo
 
 from logvold.core.clock import utcnow
@@ -104,6 +104,17 @@ from logvold.core.pieces import (
     piece_cap,
 )
 from logvold.core.retention import RetentionPlan, SegmentFile, period_start, plan_retention
+from logvold.core.steps import (
+    CollapseStep,
+    CopytruncateStep,
+    PieceMark,
+    PiecesStep,
+    PunchStep,
+    RefusedStep,
+    RenameStep,
+    Step,
+    TrimStep,
+)
 from logvold.errors import ReopenFailed, StateError, StreamError
 from logvold.fileio import stream_files as sf
 from logvold.fileio.compress import CompressionInterrupted, compress_in
@@ -855,19 +866,6 @@ class StreamRotator:
         self._punch_from_zero = False
         return hi - lo
 
-    def _intent_stem(self, intent: Mapping[str, Any]) -> str:
-        """The segment an intent names: a forged state file may name any file, but recovery
-        only ever touches a segment name of this stream."""
-        stem = plain_name(str(intent.get("stem")))
-        names = segments_of(self.info.base, [stem])
-        if not names or names[0].compression:
-            raise UnsafeFile(
-                f"state intent names {stem!r}, not a segment of {self.info.base}",
-                kind="outside",
-                path=str(self.directory / stem),
-            )
-        return stem
-
     def _records(self, state: StreamState, rec: SegmentRecord) -> tuple[SegmentRecord, ...]:
         return (*state.segments, rec)[-64:]
 
@@ -1022,7 +1020,7 @@ class StreamRotator:
         for piece in batch:
             self._last_name = name = self._segment_name(d, self._last_name)
             plan.append((name.stem, piece.start + shift, piece.end + shift))
-        self._save(state.with_(intent={"op": "pieces", "pieces": [list(item) for item in plan]}))
+        self._save(state.with_(intent=PiecesStep(pieces=tuple(PieceMark(*i) for i in plan))))
         done = 0
         error: OSError | None = None
         for (stem, _start, _end), piece in zip(plan, batch, strict=True):
@@ -1091,16 +1089,11 @@ class StreamRotator:
         assert piece.start == p, (piece, p)
         self._last_name = name = self._segment_name(d, self._last_name)
         start, end = state.committed_offset, state.committed_offset + piece.size
+        intent: Step
         if strategy == "punch":
-            intent: dict[str, Any] = {"op": "punch", "stem": name.stem, "start": start, "end": end}
+            intent = PunchStep(stem=name.stem, start=start, end=end)
         else:
-            intent = {
-                "op": "copytruncate",
-                "stem": name.stem,
-                "start": start,
-                "end": end,
-                "physical_end": piece.end,
-            }
+            intent = CopytruncateStep(stem=name.stem, start=start, end=end, physical_end=piece.end)
         self._save(state.with_(intent=intent))
         try:
             self._write_segment(d, fd, name.stem, p, piece.size, st)
@@ -1194,9 +1187,7 @@ class StreamRotator:
         try:
             # [0, length) must be a hole so that recovery can tell (SEEK_DATA) if it ran.
             sf.punch_hole(fd, 0, length)
-            self._save(
-                state.with_(intent={"op": "collapse", "length": length, "collapsed_before": before})
-            )
+            self._save(state.with_(intent=CollapseStep(length=length, collapsed_before=before)))
             try:
                 sf.collapse_range(fd, 0, length)
             except OSError as e:
@@ -1227,9 +1218,7 @@ class StreamRotator:
             return None
         name = self._segment_name(d)
         self._save(
-            state.with_(
-                intent={"op": "rename", "stem": name.stem, "device": st.st_dev, "inode": st.st_ino}
-            )
+            state.with_(intent=RenameStep(stem=name.stem, device=st.st_dev, inode=st.st_ino))
         )
         try:
             d.rename(self.info.base, name.stem)
@@ -1417,9 +1406,7 @@ class StreamRotator:
                 return None, 0
             s = self._state
             if s is not None:
-                s = self._save(
-                    s.with_(intent={"op": "trim", "stem": name.stem, "size": st.st_size - cut})
-                )
+                s = self._save(s.with_(intent=TrimStep(stem=name.stem, size=st.st_size - cut)))
             trim = name.stem + ".trim"  # complete copy, then atomically over the segment
             self._write_segment(d, fd, trim, cut, st.st_size - cut, st)
         finally:
@@ -1494,16 +1481,24 @@ class StreamRotator:
             if name.startswith(self.info.base + ".") and name.endswith((".tmp", ".trim")):
                 with contextlib.suppress(OSError):
                     d.unlink(name)
-        if state is not None and state.intent is not None:
-            op = state.intent.get("op")
-            log.info("stream %s: recovering an interrupted %s", self.info.key, op)
-            try:
-                self._recover_intent(d, state, op)
-            except UnsafeFile as e:
-                if e.kind != "outside":
-                    raise
-                self._refuse(e, "state")  # a forged intent: dropped, nothing touched
+        marker = state.intent if state is not None else None
+        if state is not None and marker is not None:
+            if isinstance(marker, RefusedStep):
+                # A forged or damaged marker (core/steps.py validated it at load): refused,
+                # dropped, no file touched.
+                where = self.directory / STATE_DIR_NAME / state_file_name(self.info.base)
+                self._refuse(
+                    UnsafeFile(
+                        f"state file step marker refused: {marker.reason}",
+                        kind="outside",
+                        path=str(where),
+                    ),
+                    "state",
+                )
                 self._save(state.with_(intent=None))
+            else:
+                log.info("stream %s: recovering an interrupted %s", self.info.key, marker.op)
+                self._recover_intent(d, state, marker)
         state = self._state
         try:
             if state is None or self.policy.strategy != "punch" or not self._punch_supported():
@@ -1525,26 +1520,22 @@ class StreamRotator:
         finally:
             os.close(fd)
 
-    def _recover_intent(self, d: SafeDir, state: StreamState, op: object) -> None:
-        assert state.intent is not None
-        if op == "punch":
-            self._recover_punch(d, state, state.intent)
-        elif op == "collapse":
-            self._recover_collapse(d, state, state.intent)
-        elif op == "rename":
-            self._recover_rename(d, state, state.intent)
-        elif op == "copytruncate":
-            self._recover_copytruncate(d, state, state.intent)
-        elif op == "trim":
-            self._recover_trim(d, state, state.intent)
-        elif op == "pieces":
-            self._recover_pieces(d, state, state.intent)
+    def _recover_intent(self, d: SafeDir, state: StreamState, step: Step) -> None:
+        if isinstance(step, PunchStep):
+            self._recover_punch(d, state, step)
+        elif isinstance(step, CollapseStep):
+            self._recover_collapse(d, state, step)
+        elif isinstance(step, RenameStep):
+            self._recover_rename(d, state, step)
+        elif isinstance(step, CopytruncateStep):
+            self._recover_copytruncate(d, state, step)
+        elif isinstance(step, TrimStep):
+            self._recover_trim(d, state, step)
         else:
-            self._save(state.with_(intent=None))
+            self._recover_pieces(d, state, step)
 
-    def _recover_punch(self, d: SafeDir, state: StreamState, intent: Mapping[str, Any]) -> None:
-        stem = self._intent_stem(intent)
-        start, end = int(intent["start"]), int(intent["end"])
+    def _recover_punch(self, d: SafeDir, state: StreamState, intent: PunchStep) -> None:
+        stem, start, end = intent.stem, intent.start, intent.end
         seg = d.lstat(stem)
         if (
             seg is not None
@@ -1566,19 +1557,11 @@ class StreamRotator:
             d.fsync()
         self._save(state.with_(intent=None))
 
-    def _recover_pieces(self, d: SafeDir, state: StreamState, intent: Mapping[str, Any]) -> None:
+    def _recover_pieces(self, d: SafeDir, state: StreamState, intent: PiecesStep) -> None:
         """Commit the longest prefix of the batch whose segments are complete; remove the
         segments after it (their bytes were not punched: the active file still has them)."""
-        items = intent.get("pieces")
-        if not isinstance(items, list):
-            items = []
         committed, segments, whole = state.committed_offset, state, True
-        for item in items[:MAX_PIECES_PER_STEP]:
-            try:
-                stem = self._intent_stem({"stem": item[0]})
-                start, end = int(item[1]), int(item[2])
-            except (TypeError, ValueError, IndexError, KeyError):
-                break  # a forged or damaged intent: nothing more is committed from it
+        for stem, start, end in intent.pieces:
             seg = d.lstat(stem)
             regular = seg is not None and stat.S_ISREG(seg.st_mode)
             if (
@@ -1605,8 +1588,8 @@ class StreamRotator:
             )
         self._save(segments.with_(committed_offset=committed, intent=None))
 
-    def _recover_collapse(self, d: SafeDir, state: StreamState, intent: Mapping[str, Any]) -> None:
-        length, before = int(intent["length"]), int(intent["collapsed_before"])
+    def _recover_collapse(self, d: SafeDir, state: StreamState, intent: CollapseStep) -> None:
+        length, before = intent.length, intent.collapsed_before
         done = False
         opened = self._open_active(d)
         if opened is not None and state.collapsed_bytes == before:
@@ -1627,40 +1610,38 @@ class StreamRotator:
         collapsed = before + length if done else state.collapsed_bytes
         self._save(state.with_(collapsed_bytes=collapsed, intent=None))
 
-    def _recover_rename(self, d: SafeDir, state: StreamState, intent: Mapping[str, Any]) -> None:
-        stem = self._intent_stem(intent)
+    def _recover_rename(self, d: SafeDir, state: StreamState, intent: RenameStep) -> None:
+        stem = intent.stem
         seg = d.lstat(stem)
         active = d.lstat(self.info.base)
         if (
             seg is not None
-            and (seg.st_dev, seg.st_ino) == (intent["device"], intent["inode"])
+            and (seg.st_dev, seg.st_ino) == (intent.device, intent.inode)
             and (active is None or active.st_ino != seg.st_ino)
         ):
             self._finish_rename(d, seg)
         else:
             self._save(state.with_(intent=None))
 
-    def _recover_trim(self, d: SafeDir, state: StreamState, intent: Mapping[str, Any]) -> None:
+    def _recover_trim(self, d: SafeDir, state: StreamState, intent: TrimStep) -> None:
         """The trimmed copy replaced the segment (its size says so) or it did not."""
-        stem = self._intent_stem(intent)
-        size = int(intent["size"])
+        stem, size = intent.stem, intent.size
         seg = d.lstat(stem)
         if seg is not None and stat.S_ISREG(seg.st_mode) and seg.st_size == size:
             state = self._trimmed_records(state, stem, size)
         self._save(state.with_(intent=None))
 
     def _recover_copytruncate(
-        self, d: SafeDir, state: StreamState, intent: Mapping[str, Any]
+        self, d: SafeDir, state: StreamState, intent: CopytruncateStep
     ) -> None:
-        stem = self._intent_stem(intent)
+        stem = intent.stem
         seg = d.lstat(stem)
         active = d.lstat(self.info.base)
         if seg is None or active is None:
             self._save(state.with_(intent=None))
-        elif active.st_size >= int(intent["physical_end"]):
+        elif active.st_size >= intent.physical_end:
             # Copied but not truncated: skip what the segment holds.
-            end = int(intent["end"])
-            self._save(state.with_(committed_offset=end, intent=None))
+            self._save(state.with_(committed_offset=intent.end, intent=None))
         else:
             self._save(StreamState(device=state.device, inode=state.inode))
 
