@@ -24,8 +24,9 @@ import pytest
 
 from logvold.core.layout import next_segment_name, segments_of
 from logvold.errors import StreamError
-from logvold.fileio import rotator as rotator_mod
 from logvold.fileio.compress import compress_in
+from logvold.fileio.rotation import base as rotation_base
+from logvold.fileio.rotation import retention as rotation_retention
 from logvold.fileio.rotator import StreamRotator
 from logvold.fileio.safedir import SafeDir, UnsafeFile
 from logvold.fileio.state import load_state, save_state_in, state_path
@@ -173,7 +174,7 @@ def test_segment_swapped_before_compression_is_refused(
             swapped.append(seg)
         return real(d, filename, *args, **kw)
 
-    monkeypatch.setattr(rotator_mod, "compress_in", swap_then_compress)
+    monkeypatch.setattr(rotation_retention, "compress_in", swap_then_compress)
     done = rot.compress_pending()
     assert len(done) == 2  # the other two; the swapped one refused, never waited on
     expected_kind = {
@@ -191,7 +192,7 @@ def test_segment_swapped_before_compression_is_refused(
     else:
         seg.unlink()
     aside.rename(seg)
-    monkeypatch.setattr(rotator_mod, "compress_in", real)
+    monkeypatch.setattr(rotation_retention, "compress_in", real)
     assert rot.compress_pending() == (seg.name,)
     assert_exactly_once(vol, 600)
     canary.assert_unchanged()
@@ -268,14 +269,14 @@ def test_state_dir_swapped_for_a_symlink_mid_rotation(
             (vol / ".logvold").symlink_to(outside_dir)
         real(*args, **kw)
 
-    monkeypatch.setattr(rotator_mod, "save_state_in", swap_then_save)
+    monkeypatch.setattr(rotation_base, "save_state_in", swap_then_save)
     assert rot.rotate("size") is None
     assert os.listdir(outside_dir) == []
     assert refused(metrics, "symlink") >= 1
     assert rot.needs_rotation() is None or os.listdir(outside_dir) == []
     (vol / ".logvold").unlink()
     real_dir.rename(vol / ".logvold")
-    monkeypatch.setattr(rotator_mod, "save_state_in", real)
+    monkeypatch.setattr(rotation_base, "save_state_in", real)
     append(vol / "app.log", 400, 500)
     rot.rotate("size")
     state = load_state(vol, "app.log")
