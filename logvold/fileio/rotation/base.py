@@ -30,7 +30,13 @@ from logvold.fileio.refusals import Refusals
 from logvold.fileio.reopen import Reopener
 from logvold.fileio.rotation.extents import _punched_head
 from logvold.fileio.safedir import SafeDir, UnsafeFile, open_stream_dir, plain_name
-from logvold.fileio.state import SegmentRecord, StreamState, load_state_in, save_state_in
+from logvold.fileio.state import (
+    MAX_SEGMENT_RECORDS,
+    SegmentRecord,
+    StreamState,
+    load_state_in,
+    save_state_in,
+)
 from logvold.fileio.state_rebuild import rebuild_state
 
 if TYPE_CHECKING:
@@ -417,8 +423,26 @@ class RotatorBase:
         self._punch_from_zero = False
         return hi - lo
 
-    def _records(self, state: StreamState, rec: SegmentRecord) -> tuple[SegmentRecord, ...]:
-        return (*state.segments, rec)[-64:]
+    @staticmethod
+    def _with_piece(
+        state: StreamState, stem: str, start: int, end: int, last_write_ns: int = 0
+    ) -> StreamState:
+        """`state` with segment `stem` (logical [start, end)) committed: its record appended
+        (the newest MAX_SEGMENT_RECORDS kept), the committed offset at `end`, no marker.
+        Not saved. The record's write times: the cut before it and `last_write_ns` (the
+        active file's mtime at this cut); 0 = unknown (a piece found by recovery)."""
+        prev = state.segments[-1] if state.segments else None
+        first = (
+            prev.last_write_ns
+            if last_write_ns and prev is not None and prev.logical_end == start
+            else 0
+        )
+        rec = SegmentRecord(stem, start, end, first, last_write_ns)
+        return state.with_(
+            committed_offset=end,
+            intent=None,
+            segments=(*state.segments, rec)[-MAX_SEGMENT_RECORDS:],
+        )
 
     def _free_bytes(self, d: SafeDir) -> int | None:
         """Bytes an unprivileged writer may still use on the volume (statvfs of the open

@@ -33,7 +33,7 @@ from logvold.fileio.rotation.base import RotatorBase
 from logvold.fileio.rotation.extents import _live_extent
 from logvold.fileio.rotation.results import RotationResult, _Run
 from logvold.fileio.safedir import SafeDir
-from logvold.fileio.state import SegmentRecord, StreamState
+from logvold.fileio.state import StreamState
 
 log = logging.getLogger("logvold.fileio.rotator")  # one logger for the rotator's lines
 
@@ -180,28 +180,12 @@ class Cutting(RotatorBase):
         d.fsync()
         committed = state
         for stem, start, end in plan[:done]:
-            committed = committed.with_(
-                segments=self._records(
-                    committed,
-                    SegmentRecord(
-                        stem, start, end, _previous_cut_ns(committed, start), st.st_mtime_ns
-                    ),
-                )
-            )
-        state = self._save(committed.with_(committed_offset=plan[done - 1][2], intent=None))
+            committed = self._with_piece(committed, stem, start, end, st.st_mtime_ns)
+        state = self._save(committed)
         freed = self._punch(fd, st, p, batch[done - 1].end)
         for i, ((stem, start, end), piece) in enumerate(zip(plan[:done], batch, strict=False)):
-            run.cuts.append(
-                RotationResult(
-                    reason=reason,
-                    strategy="punch",
-                    segment=stem,
-                    logical_start=start,
-                    logical_end=end,
-                    bytes_freed=freed if i == done - 1 else 0,
-                    last_write_ns=st.st_mtime_ns,
-                )
-            )
+            freed_here = freed if i == done - 1 else 0
+            run.cuts.append(_cut(reason, "punch", stem, start, end, freed_here, st))
             run.copied += piece.size
         if error is not None:
             for stem, _start, _end in plan[done:]:
@@ -245,30 +229,11 @@ class Cutting(RotatorBase):
             self._abort(d, state, name.stem, e)
         freed = 0
         if strategy == "punch":
-            state = self._save(
-                state.with_(
-                    committed_offset=end,
-                    intent=None,
-                    segments=self._records(
-                        state,
-                        SegmentRecord(
-                            name.stem, start, end, _previous_cut_ns(state, start), st.st_mtime_ns
-                        ),
-                    ),
-                )
-            )
+            state = self._save(self._with_piece(state, name.stem, start, end, st.st_mtime_ns))
             freed = self._punch(fd, st, p, piece.end)
         else:
             state = self._save(state.with_(committed_offset=end, intent=None))
-        return state, RotationResult(
-            reason=reason,
-            strategy=strategy,
-            segment=name.stem,
-            logical_start=start,
-            logical_end=end,
-            bytes_freed=freed,
-            last_write_ns=st.st_mtime_ns,
-        )
+        return state, _cut(reason, strategy, name.stem, start, end, freed, st)
 
     def _drop_hole(
         self, fd: int, st: os.stat_result, state: StreamState, p: int, data: int, *, punch: bool
@@ -307,7 +272,16 @@ class Cutting(RotatorBase):
         return lambda lo, hi: self._first_boundary_at_or_after(fd, lo, lo + 1, hi)
 
 
-def _previous_cut_ns(state: StreamState, start: int) -> int:
-    """The last write time of the segment cut just before logical `start`, else 0."""
-    prev = state.segments[-1] if state.segments else None
-    return prev.last_write_ns if prev is not None and prev.logical_end == start else 0
+def _cut(
+    reason: str, strategy: str, stem: str, start: int, end: int, freed: int, st: os.stat_result
+) -> RotationResult:
+    """One committed piece: segment `stem` holds logical [start, end); `freed` punched."""
+    return RotationResult(
+        reason=reason,
+        strategy=strategy,
+        segment=stem,
+        logical_start=start,
+        logical_end=end,
+        bytes_freed=freed,
+        last_write_ns=st.st_mtime_ns,
+    )

@@ -19,7 +19,7 @@ from logvold.fileio import stream_files as sf
 from logvold.fileio.rotation.cutting import Cutting
 from logvold.fileio.rotation.results import RotationResult
 from logvold.fileio.safedir import SafeDir
-from logvold.fileio.state import SegmentRecord, StreamState
+from logvold.fileio.state import StreamState
 
 log = logging.getLogger("logvold.fileio.rotator")  # one logger for the rotator's lines
 
@@ -123,13 +123,7 @@ class PunchSteps(Cutting):
             and seg.st_size == end - start
             and state.committed_offset == start
         ):
-            self._save(
-                state.with_(
-                    committed_offset=end,
-                    intent=None,
-                    segments=self._records(state, SegmentRecord(stem, start, end)),
-                )
-            )
+            self._save(self._with_piece(state, stem, start, end))
             log.info("stream %s: committed segment %s found after a crash", self.info.key, stem)
             return
         if seg is not None and stat.S_ISREG(seg.st_mode):
@@ -140,33 +134,30 @@ class PunchSteps(Cutting):
     def _recover_pieces(self, d: SafeDir, state: StreamState, intent: PiecesStep) -> None:
         """Commit the longest prefix of the batch whose segments are complete; remove the
         segments after it (their bytes were not punched: the active file still has them)."""
-        committed, segments, whole = state.committed_offset, state, True
+        segments, whole = state, True
         for stem, start, end in intent.pieces:
             seg = d.lstat(stem)
             regular = seg is not None and stat.S_ISREG(seg.st_mode)
             if (
                 whole
                 and regular
-                and start == committed
+                and start == segments.committed_offset
                 and seg is not None
                 and seg.st_size == end - start
             ):
-                segments = segments.with_(
-                    segments=self._records(segments, SegmentRecord(stem, start, end))
-                )
-                committed = end
+                segments = self._with_piece(segments, stem, start, end)
                 continue
             whole = False
             if regular:
                 d.unlink(stem)
         d.fsync()
-        if committed != state.committed_offset:
+        if segments.committed_offset != state.committed_offset:
             log.info(
                 "stream %s: committed %d bytes of pieces found after a crash",
                 self.info.key,
-                committed - state.committed_offset,
+                segments.committed_offset - state.committed_offset,
             )
-        self._save(segments.with_(committed_offset=committed, intent=None))
+        self._save(segments.with_(intent=None))
 
     def _recover_collapse(self, d: SafeDir, state: StreamState, intent: CollapseStep) -> None:
         length, before = intent.length, intent.collapsed_before
