@@ -27,7 +27,9 @@ Strategies (policy.strategy):
   reopening; bound it with a reopen action and a low maxSize.
 
 Crash safety: every multi-step change writes an intent into the state file
-first, and `recover()` finishes or undoes it, idempotently:
+first, and `recover()` finishes or undoes it, idempotently (the markers are typed
+in core/steps.py; a forged or garbled one is refused and dropped, touching nothing;
+the steps of each strategy are in fileio/rotation/):
 - punch: `{op, stem, start, end}` (logical). `<stem>.tmp` is deleted. A
   renamed `<stem>` of exactly end-start bytes while committed == start is
   committed (roll forward); any other `<stem>` is deleted (roll back, the
