@@ -29,16 +29,16 @@ from logvold.core.steps import (
     Step,
 )
 from logvold.errors import StreamError
-from logvold.fileio.rotation.base import RotatorBase
 from logvold.fileio.rotation.extents import _live_extent
 from logvold.fileio.rotation.results import RotationResult, _Run
+from logvold.fileio.rotation.segments import SegmentOps
 from logvold.fileio.safedir import SafeDir
 from logvold.fileio.state import StreamState
 
 log = logging.getLogger("logvold.fileio.rotator")  # one logger for the rotator's lines
 
 
-class Cutting(RotatorBase):
+class Cutting(SegmentOps):
     """Cutting the backlog into pieces, one segment each (punch and copytruncate)."""
 
     def _cut_backlog(

@@ -12,15 +12,15 @@ import stat
 
 from logvold.core.steps import RenameStep
 from logvold.errors import ReopenFailed, StateError
-from logvold.fileio.rotation.base import RotatorBase
 from logvold.fileio.rotation.results import RotationResult
+from logvold.fileio.rotation.segments import SegmentOps
 from logvold.fileio.safedir import SafeDir
 from logvold.fileio.state import StreamState
 
 log = logging.getLogger("logvold.fileio.rotator")  # one logger for the rotator's lines
 
 
-class RenameSteps(RotatorBase):
+class RenameSteps(SegmentOps):
     """Strategy rename: the active file becomes the segment; the writer reopens."""
 
     def _rotate_rename(
