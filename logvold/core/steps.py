@@ -148,10 +148,9 @@ def _parse(kind: type[Step], tree: Mapping[str, Any], base: str) -> Step:
     extra = set(tree) - names - {"op"}
     missing = names - set(tree)
     if extra or missing:
-        raise _Refused(
-            f"{kind.op} marker keys: missing {sorted(missing)}, unexpected "
-            f"{sorted(str(k)[:32] for k in extra)[:4]}"
-        )
+        wrong = [f"missing {sorted(missing)}"] if missing else []
+        wrong += [f"unexpected {sorted(str(k)[:32] for k in extra)[:4]}"] if extra else []
+        raise _Refused(f"{kind.op} marker keys: {', '.join(wrong)}")
     if kind is PiecesStep:
         return PiecesStep(pieces=_pieces(tree["pieces"], base))
     values: dict[str, Any] = {

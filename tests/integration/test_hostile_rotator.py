@@ -392,6 +392,13 @@ FORGED_MARKERS: dict[str, object] = {
         "end": 2**70,
         "physical_end": 2**70,
     },
+    "garbled-offset": {
+        "op": "punch",
+        "stem": "app.log.20261130-120001.0001",
+        "start": "x",
+        "end": 5,
+    },
+    "missing-key": {"op": "rename", "stem": "app.log.20261130-120001.0001"},
     "collapse-negative": {"op": "collapse", "length": -4096, "collapsed_before": 0},
     "rename-foreign-inode": {"op": "rename", "stem": "../outside/secret", "device": 1, "inode": 2},
     "trim-outside": {"op": "trim", "stem": "/etc/passwd", "size": 0},
