@@ -154,7 +154,7 @@ def run(
                 stats.kills += 1
                 intent = (load_state(d, "app.log") or _NoState).intent
                 if intent is not None:
-                    op = str(intent.get("op"))
+                    op = intent.op
                     stats.recovered_intents[op] = stats.recovered_intents.get(op, 0) + 1
                 StreamRotator(stream_info(d), None, collapse_min_bytes=COLLAPSE_MIN).recover()
                 _check(d, stats)

@@ -9,9 +9,10 @@ import logging
 import os
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from logvold.core.layout import segments_of
+from logvold.core.steps import CollapseStep, CopytruncateStep, PunchStep
 from logvold.fileio.reader_dir import StreamDir
 from logvold.fileio.reader_events import (
     READ_BYTES,
@@ -75,8 +76,8 @@ class ActiveCursor:
         """The last read filled a whole block: more is probably waiting."""
         self.last_bytes: tuple[int, bytes] = (0, b"")
         """The end offset and last bytes of what was read: recognise a copy of them."""
-        self.truncation: dict[str, Any] | None = None
-        """The last copytruncate intent seen: where the bytes before a truncation went."""
+        self.truncation: CopytruncateStep | None = None
+        """The last copytruncate marker seen: where the bytes before a truncation went."""
         self._open(state, fd)
         logical = self.physical_start + self.collapsed
         self.splitter = Splitter(reader.delimiter, logical, reader.max_record)
@@ -211,13 +212,9 @@ class ActiveCursor:
         is in flight; look again after a poll)."""
         assert self.fd is not None
         st = self._matching_state()
-        if (
-            st is not None
-            and st.intent is not None
-            and st.intent.get("op") in ("punch", "collapse", "copytruncate")
-        ):
-            if st.intent.get("op") == "copytruncate":
-                self.truncation = dict(st.intent)
+        if st is not None and isinstance(st.intent, (PunchStep, CollapseStep, CopytruncateStep)):
+            if isinstance(st.intent, CopytruncateStep):
+                self.truncation = st.intent
             return "busy"
         emitted = self.splitter.emitted
         if st is not None and st.committed_offset > emitted:
@@ -310,18 +307,12 @@ class ActiveCursor:
         """Read what the copytruncate copied (if we saw its intent), then start over at 0."""
         t, self.truncation = self.truncation, None
         emitted = self.splitter.emitted
-        if (
-            t is not None
-            and isinstance(t.get("stem"), str)
-            and isinstance(t.get("start"), int)
-            and isinstance(t.get("end"), int)
-            and t["start"] <= emitted < t["end"]
-        ):
+        if t is not None and t.start <= emitted < t.end:
             copied = StreamState(
                 device=self.dev,
                 inode=self.ino,
-                committed_offset=t["end"],
-                segments=(SegmentRecord(t["stem"], t["start"], t["end"]),),
+                committed_offset=t.end,
+                segments=(SegmentRecord(t.stem, t.start, t.end),),
             )
             yield from self._from_segments(copied, emitted)
         elif (copy := self._copy_of_what_was_read(emitted)) is not None:

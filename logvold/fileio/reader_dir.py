@@ -190,7 +190,7 @@ class StreamDir:
                 f"cannot read state file {where}: {e.strerror}", path=where, op="load state"
             ) from e
         try:
-            return _from_json(json.loads(raw))
+            return _from_json(json.loads(raw), self.base)
         except (ValueError, UnicodeDecodeError, KeyError, TypeError, RecursionError) as e:
             raise StateError(
                 f"state file {where} is not a valid state ({e})", path=where, op="load state"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from logvold.core.layout import STATE_DIR_NAME, state_file_name
+from logvold.core.steps import Marker, RefusedStep, step_from_dict, step_to_dict
 from logvold.errors import StateError
 from logvold.fileio.safedir import SafeDir, UnsafeFile
 
@@ -56,9 +57,9 @@ class StreamState:
     """Bytes removed from the file head by COLLAPSE_RANGE; physical = logical - collapsed."""
     segments: tuple[SegmentRecord, ...] = ()
     """Recent segments cut from this inode, oldest first (for followers behind a punch)."""
-    intent: Mapping[str, Any] | None = field(default=None, compare=True)
-    """A step in flight, else None: `{"op": "punch"|"collapse"|"rename"|"copytruncate"|"trim",
-    ...}`."""
+    intent: Marker | None = field(default=None, compare=True)
+    """The marker of a step in flight (core/steps.py), else None. A RefusedStep (a forged or
+    damaged marker read back) is never acted on and saved as None."""
 
     @property
     def physical_committed(self) -> int:
@@ -89,7 +90,11 @@ class StreamState:
                 }
                 for s in self.segments[-MAX_SEGMENT_RECORDS:]
             ],
-            "intent": dict(self.intent) if self.intent is not None else None,
+            "intent": (
+                step_to_dict(self.intent)
+                if self.intent is not None and not isinstance(self.intent, RefusedStep)
+                else None
+            ),
         }
 
 
@@ -159,7 +164,7 @@ def load_state_in(d: SafeDir, base: str) -> StreamState | None:
             op="load state",
         ) from e
     try:
-        return _from_json(tree)
+        return _from_json(tree, base)
     except (KeyError, TypeError, ValueError) as e:
         raise StateError(
             f"state file {path} is malformed ({e}); logvold rebuilds it from the "
@@ -176,7 +181,10 @@ def _int(tree: Mapping[str, Any], key: str) -> int:
     return value
 
 
-def _from_json(tree: Any) -> StreamState:
+def _from_json(tree: Any, base: str) -> StreamState:
+    """The state of active file `base` in JSON value `tree`; KeyError, TypeError or
+    ValueError when it is not one. A marker that is an object with a string `op` but fails
+    validation loads as a RefusedStep (the rest of the state stands)."""
     if not isinstance(tree, dict):
         raise TypeError("top level must be an object")
     if tree.get("version") != STATE_VERSION:
@@ -207,7 +215,7 @@ def _from_json(tree: Any) -> StreamState:
         committed_offset=_int(tree, "committed_offset"),
         collapsed_bytes=_int(tree, "collapsed_bytes"),
         segments=tuple(segments),
-        intent=intent,
+        intent=step_from_dict(intent, base) if intent is not None else None,
     )
     if state.collapsed_bytes > state.committed_offset:
         raise ValueError("collapsed_bytes exceeds committed_offset")

@@ -468,7 +468,12 @@ def test_a_read_without_follow_ends_while_a_step_marker_stays_pending(tmp_path: 
         # on an idle stream, so it stays pending.
         state_file = volume / ".logvold" / "app.log.state.json"
         tree = json.loads(state_file.read_bytes())
-        tree["intent"] = {"op": "punch", "offset": tree["committed_offset"]}
+        tree["intent"] = {  # well formed: a forged one is dropped, not pending
+            "op": "punch",
+            "stem": "app.log.20261130-120000.0001",
+            "start": tree["committed_offset"],
+            "end": tree["committed_offset"] + 100,
+        }
         tmp = state_file.with_name("planted.tmp")
         tmp.write_text(json.dumps(tree))
         tmp.replace(state_file)

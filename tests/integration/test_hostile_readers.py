@@ -348,7 +348,12 @@ def test_read_without_follow_ends_while_a_step_marker_stays_pending(tmp_path: Pa
         f.write(raw(60, 5))
     state_file = root / ".logvold" / "app.log.state.json"
     tree = json.loads(state_file.read_bytes())
-    tree["intent"] = {"op": "punch", "offset": tree["committed_offset"]}
+    tree["intent"] = {  # well formed: a forged one is dropped, not pending
+        "op": "punch",
+        "stem": "app.log.20261130-120000.0001",
+        "start": tree["committed_offset"],
+        "end": tree["committed_offset"] + 100,
+    }
     state_file.write_text(json.dumps(tree))  # a step marker a crash left behind
     reader = StreamReader(info, ReadOptions(), poll_interval_s=0.01, busy_limit_s=1.0)
     started = time.monotonic()

@@ -24,11 +24,12 @@ import pytest
 
 from logvold.core.layout import next_segment_name, segments_of
 from logvold.errors import StreamError
-from logvold.fileio import rotator as rotator_mod
 from logvold.fileio.compress import compress_in
+from logvold.fileio.rotation import base as rotation_base
+from logvold.fileio.rotation import retention as rotation_retention
 from logvold.fileio.rotator import StreamRotator
 from logvold.fileio.safedir import SafeDir, UnsafeFile
-from logvold.fileio.state import load_state, save_state, save_state_in, state_path
+from logvold.fileio.state import load_state, save_state_in, state_path
 from logvold.telemetry.metrics import Metrics
 from tests.integration.rotator_kit import make_info
 from tests.support.events import event_stream, split_raw, verify
@@ -39,6 +40,7 @@ from tests.support.hostile import (
     marker_anywhere,
     nul_bytes_in_segments,
     plant,
+    plant_marker,
     regular_segments,
 )
 
@@ -172,7 +174,7 @@ def test_segment_swapped_before_compression_is_refused(
             swapped.append(seg)
         return real(d, filename, *args, **kw)
 
-    monkeypatch.setattr(rotator_mod, "compress_in", swap_then_compress)
+    monkeypatch.setattr(rotation_retention, "compress_in", swap_then_compress)
     done = rot.compress_pending()
     assert len(done) == 2  # the other two; the swapped one refused, never waited on
     expected_kind = {
@@ -190,7 +192,7 @@ def test_segment_swapped_before_compression_is_refused(
     else:
         seg.unlink()
     aside.rename(seg)
-    monkeypatch.setattr(rotator_mod, "compress_in", real)
+    monkeypatch.setattr(rotation_retention, "compress_in", real)
     assert rot.compress_pending() == (seg.name,)
     assert_exactly_once(vol, 600)
     canary.assert_unchanged()
@@ -267,14 +269,14 @@ def test_state_dir_swapped_for_a_symlink_mid_rotation(
             (vol / ".logvold").symlink_to(outside_dir)
         real(*args, **kw)
 
-    monkeypatch.setattr(rotator_mod, "save_state_in", swap_then_save)
+    monkeypatch.setattr(rotation_base, "save_state_in", swap_then_save)
     assert rot.rotate("size") is None
     assert os.listdir(outside_dir) == []
     assert refused(metrics, "symlink") >= 1
     assert rot.needs_rotation() is None or os.listdir(outside_dir) == []
     (vol / ".logvold").unlink()
     real_dir.rename(vol / ".logvold")
-    monkeypatch.setattr(rotator_mod, "save_state_in", real)
+    monkeypatch.setattr(rotation_base, "save_state_in", real)
     append(vol / "app.log", 400, 500)
     rot.rotate("size")
     state = load_state(vol, "app.log")
@@ -365,9 +367,7 @@ def test_a_forged_intent_never_touches_another_file(vol: Path) -> None:
     state = load_state(vol, "app.log")
     assert state is not None
     for stem in ("other.log", "../vol/other.log", "app.log"):
-        save_state(
-            vol, "app.log", state.with_(intent={"op": "punch", "stem": stem, "start": 0, "end": 5})
-        )
+        plant_marker(vol, "app.log", {"op": "punch", "stem": stem, "start": 0, "end": 5})
         rotator(vol, metrics).recover()
         assert (vol / "other.log").read_bytes() == b"another container's log\n"
         assert (vol / "app.log").exists()
@@ -375,6 +375,68 @@ def test_a_forged_intent_never_touches_another_file(vol: Path) -> None:
         assert loaded is not None and loaded.intent is None
     assert refused(metrics, "outside") >= 3
     assert_exactly_once(vol, 100)
+
+
+FORGED_MARKERS: dict[str, object] = {
+    "outside-stem": {"op": "punch", "stem": "../secret", "start": 0, "end": 5},
+    "string-offset": {
+        "op": "punch",
+        "stem": "app.log.20261130-120001.0001",
+        "start": "0",
+        "end": 5,
+    },
+    "huge-offset": {
+        "op": "copytruncate",
+        "stem": "app.log.20261130-120001.0001",
+        "start": 0,
+        "end": 2**70,
+        "physical_end": 2**70,
+    },
+    "garbled-offset": {
+        "op": "punch",
+        "stem": "app.log.20261130-120001.0001",
+        "start": "x",
+        "end": 5,
+    },
+    "missing-key": {"op": "rename", "stem": "app.log.20261130-120001.0001"},
+    "collapse-negative": {"op": "collapse", "length": -4096, "collapsed_before": 0},
+    "rename-foreign-inode": {"op": "rename", "stem": "../outside/secret", "device": 1, "inode": 2},
+    "trim-outside": {"op": "trim", "stem": "/etc/passwd", "size": 0},
+    "pieces-good-then-forged": {
+        "op": "pieces",
+        "pieces": [["app.log.20261130-120001.0001", 0, 4], ["../outside/secret", 4, 8]],
+    },
+    "pieces-garbage": {"op": "pieces", "pieces": [[None, [], {}]] * 3},
+    "unknown-op": {"op": "unlink", "stem": "app.log.20261130-120001.0001"},
+}
+
+
+@pytest.mark.parametrize("marker", list(FORGED_MARKERS.values()), ids=list(FORGED_MARKERS))
+def test_a_forged_step_marker_is_refused_and_dropped_nothing_touched(
+    vol: Path, canary: Canary, marker: object
+) -> None:
+    """Every forged marker: recovery raises nothing, counts a refusal, drops the marker and
+    keeps the rest of the state (no rebuild); no file outside or inside is touched and the
+    stream goes on, every event once."""
+    metrics = Metrics()
+    rot = rotator(vol, metrics)
+    append(vol / "app.log", 0, 100)
+    assert rot.rotate("size") is not None
+    before = load_state(vol, "app.log")
+    assert before is not None
+    files = sorted(os.listdir(vol))
+    plant_marker(vol, "app.log", marker)
+    again = rotator(vol, metrics)
+    again.recover()
+    after = load_state(vol, "app.log")
+    assert after == before, (before, after)  # the marker dropped, the offsets kept
+    assert refused(metrics, "outside") == 1
+    assert sorted(os.listdir(vol)) == files  # nothing created, removed or moved aside
+    canary.assert_unchanged()
+    append(vol / "app.log", 100, 200)
+    assert again.rotate("size") is not None
+    assert_exactly_once(vol, 200)
+    canary.assert_unchanged()
 
 
 def test_quiesce_leaves_every_event_once_in_the_files_themselves(vol: Path) -> None:

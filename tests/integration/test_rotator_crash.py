@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from benchmarks.rotator_crash import run
-from logvold.fileio import rotator as rotator_mod
 from logvold.fileio import stream_files
+from logvold.fileio.rotation import base as rotation_base
 from logvold.fileio.rotator import StreamRotator
 from logvold.fileio.state import load_state
 from tests.integration.rotator_kit import leftovers, make_info, whole_stream
@@ -41,7 +41,7 @@ class Crash(BaseException):
 
 
 STEPS: list[tuple[Any, str]] = [
-    (rotator_mod, "save_state_in"),
+    (rotation_base, "save_state_in"),
     (stream_files, "copy_range"),
     (os, "rename"),  # the os module the rotator calls: patched for the step only
     (stream_files, "punch_hole"),

@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 
 from logvold.core.pieces import FREE_SPACE_RESERVE, MAX_PIECES_PER_STEP
+from logvold.core.steps import PieceMark, PiecesStep
 from logvold.errors import StreamError
 from logvold.fileio.rotator import StreamRotator
 from logvold.fileio.state import StreamState, load_state, save_state
 from logvold.telemetry.metrics import Metrics
 from tests.integration.rotator_kit import leftovers, make_info, start_writer, whole_stream
 from tests.support.events import event_stream, split_raw, verify
+from tests.support.hostile import plant_marker
 from tests.support.small_fs import free_bytes, mounted_tmpfs
 
 DELIM = b"\n\n"
@@ -263,14 +265,13 @@ def test_a_crash_inside_a_batch_keeps_the_complete_prefix_and_forged_intents_tou
         StreamState(
             device=st.st_dev,
             inode=st.st_ino,
-            intent={
-                "op": "pieces",
-                "pieces": [
-                    [names[0], 0, ends[0]],
-                    [names[1], ends[0], ends[1]],
-                    [names[2], ends[1], ends[2]],
-                ],
-            },
+            intent=PiecesStep(
+                pieces=(
+                    PieceMark(names[0], 0, ends[0]),
+                    PieceMark(names[1], ends[0], ends[1]),
+                    PieceMark(names[2], ends[1], ends[2]),
+                )
+            ),
         ),
     )
     StreamRotator(info, None).recover()
@@ -282,12 +283,10 @@ def test_a_crash_inside_a_batch_keeps_the_complete_prefix_and_forged_intents_tou
 
     outside = tmp_path.parent / f"{tmp_path.name}-outside"
     outside.write_bytes(b"keep")
-    save_state(
+    plant_marker(
         tmp_path,
         "app.log",
-        state.with_(
-            intent={"op": "pieces", "pieces": [[f"../{outside.name}", ends[0], ends[0] + 4], ["x"]]}
-        ),
+        {"op": "pieces", "pieces": [[f"../{outside.name}", ends[0], ends[0] + 4], ["x"]]},
     )
     StreamRotator(info, None).recover()
     state = load_state(tmp_path, "app.log")

@@ -9,6 +9,7 @@ files only, never through a symlink), independently of logvold's reader.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import socket
 import stat
@@ -19,7 +20,7 @@ from pathlib import Path
 import zstandard
 
 from logvold.core.layout import segments_of
-from logvold.fileio.state import load_state
+from logvold.fileio.state import load_state, state_path
 
 MARKER = b"CANARY-ROOT-ONLY-SECRET"
 
@@ -67,6 +68,17 @@ def plant(path: Path, kind: str, target: Path) -> None:
         path.mkdir()
     else:
         raise ValueError(kind)
+
+
+def plant_marker(directory: Path, base: str, intent: object) -> None:
+    """Rewrite the step marker of `base`'s state file with any JSON value, as the pod that
+    owns the volume can (the rest of the state stays as the rotator saved it)."""
+    path = state_path(directory, base)
+    tree = json.loads(path.read_bytes())
+    tree["intent"] = intent
+    tmp = path.with_name("planted.tmp")
+    tmp.write_text(json.dumps(tree))
+    tmp.replace(path)
 
 
 def decompressed(path: Path) -> bytes:

@@ -267,6 +267,7 @@ def test_follow_places_a_trimmed_segment_by_its_end_when_the_record_is_stale(
     """The rotator trimmed a segment's head and was killed before saving the record's new
     start (its intent still says trim): a follower behind reads what is left, from an
     event boundary, and nothing twice; recovery then brings the record in line."""
+    from logvold.core.steps import TrimStep
     from logvold.fileio.state import load_state, save_state
 
     info = info_for(tmp_path, collapse="never")
@@ -283,7 +284,7 @@ def test_follow_places_a_trimmed_segment_by_its_end_when_the_record_is_stale(
     save_state(
         tmp_path,
         "app.log",
-        before.with_(intent={"op": "trim", "stem": stem, "size": (tmp_path / stem).stat().st_size}),
+        before.with_(intent=TrimStep(stem=stem, size=(tmp_path / stem).stat().st_size)),
     )
     append(active, raw_events(160, 5))
     f.drain(polls=2)

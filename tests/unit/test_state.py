@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from logvold.core.steps import PunchStep
 from logvold.errors import StateError
 from logvold.fileio.safedir import UnsafeFile
 from logvold.fileio.state import (
@@ -44,9 +45,7 @@ def test_missing_state_is_none(tmp_path: Path) -> None:
     "state",
     [
         _state(),
-        _state(
-            intent={"op": "punch", "stem": "app.log.20261123-114801", "start": 65536, "end": 70000}
-        ),
+        _state(intent=PunchStep(stem="app.log.20261123-114801", start=65536, end=70000)),
         _state(committed_offset=0, collapsed_bytes=0, segments=()),
     ],
     ids=["committed", "with-intent", "fresh"],
@@ -197,14 +196,15 @@ def test_too_many_segment_records_is_malformed(tmp_path: Path) -> None:
 
 
 def test_the_biggest_valid_state_fits_the_cap(tmp_path: Path) -> None:
-    stem = "a" * 200 + ".log.20261123-115800.0001"
+    base = "a" * 200 + ".log"
+    stem = base + ".20261123-115800.0001"
     state = _state(
         segments=tuple(SegmentRecord(stem, 2**62, 2**62) for _ in range(MAX_SEGMENT_RECORDS)),
-        intent={"op": "punch", "stem": stem, "start": 2**62, "end": 2**62},
+        intent=PunchStep(stem=stem, start=2**62, end=2**62),
     )
-    save_state(tmp_path, "app.log", state)
-    assert state_path(tmp_path, "app.log").stat().st_size < STATE_CAP_BYTES
-    assert load_state(tmp_path, "app.log") == state
+    save_state(tmp_path, base, state)
+    assert state_path(tmp_path, base).stat().st_size < STATE_CAP_BYTES
+    assert load_state(tmp_path, base) == state
 
 
 def test_remove_state(tmp_path: Path) -> None:
