@@ -116,7 +116,7 @@ _KINDS: dict[str, type[Step]] = {
 }
 
 
-class _Refused(ValueError):
+class _ForgedField(ValueError):
     """A marker field failed validation (internal: turned into a RefusedStep)."""
 
 
@@ -139,7 +139,7 @@ def step_from_dict(tree: Mapping[str, Any], base: str) -> Marker:
         return RefusedStep(op=shown, reason=f"unknown step {shown!r}")
     try:
         return _parse(kind, tree, base)
-    except _Refused as e:
+    except _ForgedField as e:
         return RefusedStep(op=shown, reason=str(e))
 
 
@@ -150,7 +150,7 @@ def _parse(kind: type[Step], tree: Mapping[str, Any], base: str) -> Step:
     if extra or missing:
         wrong = [f"missing {sorted(missing)}"] if missing else []
         wrong += [f"unexpected {sorted(str(k)[:32] for k in extra)[:4]}"] if extra else []
-        raise _Refused(f"{kind.op} marker keys: {', '.join(wrong)}")
+        raise _ForgedField(f"{kind.op} marker keys: {', '.join(wrong)}")
     if kind is PiecesStep:
         return PiecesStep(pieces=_pieces(tree["pieces"], base))
     values: dict[str, Any] = {
@@ -160,15 +160,15 @@ def _parse(kind: type[Step], tree: Mapping[str, Any], base: str) -> Step:
     step = kind(**values)
     start, end = values.get("start", 0), values.get("end", 0)
     if end < start:
-        raise _Refused(f"{kind.op} marker ends ({end}) before it starts ({start})")
+        raise _ForgedField(f"{kind.op} marker ends ({end}) before it starts ({start})")
     if isinstance(step, CollapseStep) and step.length == 0:
-        raise _Refused("collapse marker of 0 bytes")
+        raise _ForgedField("collapse marker of 0 bytes")
     return step
 
 
 def _offset(value: object, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < OFFSET_LIMIT:
-        raise _Refused(f"{name} must be an integer in [0, 2**63), got {str(value)[:32]!r}")
+        raise _ForgedField(f"{name} must be an integer in [0, 2**63), got {str(value)[:32]!r}")
     return value
 
 
@@ -176,10 +176,10 @@ def _stem(value: object, base: str) -> str:
     """A plain (uncompressed) segment name of `base`: a forged marker may name any file,
     recovery only ever touches a segment of this stream."""
     if not isinstance(value, str):
-        raise _Refused(f"stem must be a string, got {type(value).__name__}")
+        raise _ForgedField(f"stem must be a string, got {type(value).__name__}")
     name = parse_segment_name(base, value)
     if name is None or name.compression or name.filename != value:
-        raise _Refused(f"marker names {value[:300]!r}, not a segment of {base}")
+        raise _ForgedField(f"marker names {value[:300]!r}, not a segment of {base}")
     return value
 
 
@@ -187,16 +187,16 @@ def _pieces(value: object, base: str) -> tuple[PieceMark, ...]:
     """A non-empty batch of [stem, start, end], each starting where the one before ends,
     every stem named once."""
     if not isinstance(value, list) or not 0 < len(value) <= MAX_PIECES_PER_STEP:
-        raise _Refused(f"pieces must be a list of 1 to {MAX_PIECES_PER_STEP} [stem, start, end]")
+        raise _ForgedField(f"pieces must be a list of 1 to {MAX_PIECES_PER_STEP} [stem, start, end]")
     out: list[PieceMark] = []
     for item in value:
         if not isinstance(item, list) or len(item) != 3:
-            raise _Refused("a piece must be [stem, start, end]")
+            raise _ForgedField("a piece must be [stem, start, end]")
         mark = PieceMark(_stem(item[0], base), _offset(item[1], "start"), _offset(item[2], "end"))
         if mark.end < mark.start:
-            raise _Refused(f"piece {mark.stem} ends before it starts")
+            raise _ForgedField(f"piece {mark.stem} ends before it starts")
         if out and (mark.start != out[-1].end or mark.stem in {p.stem for p in out}):
-            raise _Refused(f"piece {mark.stem} does not follow the one before it")
+            raise _ForgedField(f"piece {mark.stem} does not follow the one before it")
         out.append(mark)
     return tuple(out)
 

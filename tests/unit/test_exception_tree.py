@@ -26,6 +26,10 @@ PRIVATE_ALLOWED = {
     ("logvold.sources.kubernetes", "_Gone"): (
         "a 410 Gone / expired resourceVersion; caught in the watch loop, which relists"
     ),
+    ("logvold.core.steps", "_ForgedField"): (
+        "a forged field of a state file's step marker; caught in step_from_dict, which"
+        " returns a RefusedStep naming the reason"
+    ),
     ("logvold.client.cli", "_HelpShown"): (
         "argparse printed --help; caught in _run, which exits 0"
     ),
