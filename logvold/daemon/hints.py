@@ -12,13 +12,11 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from logvold.daemon.state import LOGGER_NAME, DaemonState
+from logvold.daemon import LOGGER_NAME
+from logvold.daemon.state import DaemonState
 from logvold.sources.watcher import Hint
 
 log = logging.getLogger(LOGGER_NAME)
-
-CONFIG_DEBOUNCE_S = 0.3
-"""A config file written in several steps is read once, after the last one."""
 
 
 class HintSteps(DaemonState):
@@ -26,30 +24,28 @@ class HintSteps(DaemonState):
 
     def _relevance(self) -> Callable[[Hint], bool]:
         # Runs on the loop thread for every hint of a batch: membership tests only.
-        active = self._path_index
+        active = self.streams.active_paths
 
         def relevant(hint: Hint) -> bool:
             if hint.kind == "modified":
-                return hint.path in active or hint.path in self._config_watch_paths
+                return hint.path in active or self.config_watch.is_config(hint.path)
             name = hint.path.rpartition("/")[2]
             return (
                 hint.path in active
                 or name.endswith(".log")
-                or hint.path in self._config_watch_paths
+                or self.config_watch.is_config(hint.path)
                 or name == "..data"
             )
 
         return relevant
 
     def _on_hint(self, hint: Hint) -> None:
-        key = self._path_index.get(hint.path)
-        if hint.path in self._config_watch_paths or (
+        key = self.streams.active_paths.get(hint.path)
+        if self.config_watch.is_config(hint.path) or (
             hint.kind == "changed" and hint.path.rpartition("/")[2] == "..data"
         ):
-            if not self._config_check_pending and self._loop is not None:
-                # An editor writing in place shows a half-written file for a moment.
-                self._config_check_pending = True
-                self._loop.call_later(CONFIG_DEBOUNCE_S, self._check_config_changed)
+            if self._loop is not None:
+                self.config_watch.schedule_check(self._loop)
             return
         if key is not None:
             self.changes.notify(key)  # wakes the stream's followers
@@ -72,11 +68,6 @@ class HintSteps(DaemonState):
         if volumes:
             self._rescan_volumes.update(volumes)
             self._rescan.set()
-
-    def _check_config_changed(self) -> None:
-        self._config_check_pending = False
-        if self._read_config_digest() != self._config_digest:
-            self.request_reload()
 
     def _watch_error(self, path: str, exc: BaseException) -> None:
         self.metrics.watch_errors.labels("inotify").inc()
@@ -103,7 +94,7 @@ class HintSteps(DaemonState):
             if i is not None and i.source != "static"
         }
         wanted = [d for d in sorted(set(dirs) | others) if d.is_dir()]
-        config_dir = self._config_dir()
+        config_dir = self.config_watch.directory()
         if config_dir is not None:
             wanted.append(config_dir)
         failed = self.watcher.set_directories(wanted)

@@ -16,15 +16,22 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from logvold.core.streams import StreamInfo
+from logvold.daemon import LOGGER_NAME
+from logvold.daemon.config_watch import ConfigFileWatch
+from logvold.daemon.http_server import HttpServer
+from logvold.daemon.locks import StreamDirectoryLocks
 from logvold.daemon.reload import ReloadSteps
-from logvold.daemon.state import LOGGER_NAME
 from logvold.daemon.steps import RotatorFactory, StepRequest
+from logvold.daemon.streams import ManagedStreams
 from logvold.daemon.workers import StreamWorkers
 from logvold.sources.watcher import DirectoryWatcher
 from logvold.telemetry.metrics import Metrics
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -50,6 +57,36 @@ class Daemon(ReloadSteps):
 
     Its other steps come from the groups it is built on (daemon/state.py lists them)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.locks = StreamDirectoryLocks(self.metrics)
+        self.config_watch = ConfigFileWatch(self.options.config_path, self.request_reload)
+        self.streams = ManagedStreams(
+            self.registry,
+            self.source,
+            self.locks,
+            self.scheduler,
+            self.changes,
+            self.metrics,
+            self.activity,
+            clock=self.clock,
+            config=lambda: self.config,
+            stopping=self._stop.is_set,
+            request_rescan=self._request_rescan,
+        )
+        self.http = HttpServer(
+            self.registry,
+            self.metrics,
+            self.changes,
+            is_ready=self.is_ready,
+            is_live=self.liveness,
+        )
+
+    @property
+    def _runner(self) -> web.AppRunner | None:
+        """The HTTP listener (tests read its port)."""
+        return self.http.runner
+
     # -- named steps ------------------------------------------------------------------
 
     async def start(self, *, watch: bool = True) -> None:
@@ -66,13 +103,14 @@ class Daemon(ReloadSteps):
             on_step=self.changes.notify,
             on_outcome=self._on_outcome,
         )
+        self.streams.attach(loop, self.workers)
         self._prepare_default_volume(self.config)
         # Before any stream is managed: a directory another logvold manages stops the
         # start (exit 1) instead of two managers losing and duplicating its events.
-        self._lock_volumes(self.config)
-        self.registry.subscribe(self._registry_listener)
+        self.locks.lock_volumes(self.config)
+        self.registry.subscribe(self.streams.listener)
         self.source.set_config(self.config)
-        self._config_digest = self._read_config_digest()
+        self.config_watch.remember(self.config_watch.read())
         if watch:
             self.watcher = DirectoryWatcher(
                 loop, self._on_hint, self._relevance(), on_error=self._watch_error
@@ -82,7 +120,7 @@ class Daemon(ReloadSteps):
         if self.config.kubernetes.enabled:
             await self._start_discovery(self.config)
         if self.options.serve_http:
-            await self._start_server(self.config)
+            await self.http.start(self.config)
         self._ready = True
         self._started = True
         self.notifier.ready(f"serving {len(self.workers)} streams")
@@ -127,9 +165,7 @@ class Daemon(ReloadSteps):
             self.watcher = None
         if self.workers is not None:
             await self.workers.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self.http.close()
         self.locks.release_all()
         if self._started:  # a start that failed says why itself (main_serve: "cannot start")
             log.info("logvold stopped", extra={"failed_task": self._failed_task or "-"})
@@ -196,10 +232,7 @@ class Daemon(ReloadSteps):
             full = self._full_rescan or time.monotonic() >= next_full
             if full:
                 next_full = time.monotonic() + self.config.rescan_interval_s
-                if self._config_digest is not None and self._read_config_digest() not in (
-                    None,
-                    self._config_digest,
-                ):
+                if self.config_watch.changed():
                     self.request_reload()  # safety net for a missed file event
             await self._reconcile(full=full)
 

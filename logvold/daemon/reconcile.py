@@ -13,16 +13,15 @@ import logging
 import time
 
 from logvold.core.streams import StreamInfo
+from logvold.daemon import LOGGER_NAME
 from logvold.daemon.hints import HintSteps
-from logvold.daemon.state import LOGGER_NAME
 from logvold.daemon.steps import StepOutcome, StepRequest
-from logvold.daemon.streams import StreamSteps
 from logvold.daemon.survey import Survey, survey_streams
 
 log = logging.getLogger(LOGGER_NAME)
 
 
-class ReconcileSteps(StreamSteps, HintSteps):
+class ReconcileSteps(HintSteps):
     """Reconcile passes and what a finished step asks of the next one."""
 
     async def _reconcile(self, *, full: bool) -> None:
@@ -42,8 +41,8 @@ class ReconcileSteps(StreamSteps, HintSteps):
         await asyncio.to_thread(self.source.scan, volumes)
         self.workers.set_crowded(self.source.crowded_directories())
         if full:
-            self._expire_terminated()
-            self._relock_streams()
+            self.streams.expire_terminated()
+            self.streams.relock()
         self._refresh_watches()
         with_budgets = self._budget_pass or full
         self._budget_pass = False
@@ -60,7 +59,7 @@ class ReconcileSteps(StreamSteps, HintSteps):
         )
         if survey.shares is not None:
             self._apply_budget_shares(infos, survey)
-        unstarted, self._unstarted = self._unstarted, set()
+        unstarted = self.streams.take_unstarted()
         for key, check in survey.checks.items():
             # The survey's own stat found a missed size trigger or retention work; a
             # stream with neither costs no step (1,000 idle streams stay cheap).
@@ -96,6 +95,12 @@ class ReconcileSteps(StreamSteps, HintSteps):
                     },
                 )
 
+    def _request_rescan(self, budgets: bool) -> None:
+        """A pass soon (debounced); `budgets`: one that recomputes the budget shares."""
+        if budgets:
+            self._budget_pass = True
+        self._rescan.set()
+
     def _on_outcome(self, info: StreamInfo, outcome: StepOutcome) -> None:
         if outcome.rotated:
             self.activity.rotated(str(info.key), outcome.rotation, outcome.reason)
@@ -107,5 +112,4 @@ class ReconcileSteps(StreamSteps, HintSteps):
             (v.max_total_size_bytes for v in self.config.volumes if v.name == info.volume), 0
         )
         if volume_budget > 0 or self.config.node_max_total_size_bytes > 0:
-            self._budget_pass = True  # shares move as streams grow: recompute soon
-            self._rescan.set()
+            self._request_rescan(True)  # shares move as streams grow: recompute soon

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from logvold.config.serve_settings import check_host, check_runtime
-from logvold.daemon.http_server import HttpSteps
+from logvold.daemon import LOGGER_NAME
+from logvold.daemon.http_server import HttpServer
 from logvold.daemon.reconcile import ReconcileSteps
-from logvold.daemon.state import LOGGER_NAME
 from logvold.errors import ConfigError, UsageError
 from logvold.fileio.dirlock import DirectoryLocked
 from logvold.telemetry.logsetup import configure_logging
@@ -32,23 +32,25 @@ DISCOVERY_SYNC_TIMEOUT_S = 10.0
 """How long start-up waits for the first pod list before serving what it has."""
 
 
-class ReloadSteps(ReconcileSteps, HttpSteps):
+class ReloadSteps(ReconcileSteps):
     """Reloading the config, and the parts a config starts: default volume, pod discovery."""
+
+    http: HttpServer
 
     async def reload(self) -> bool:
         """Re-read the config; apply it if valid, else keep the old one (logged, counted)."""
-        digest = self._read_config_digest()
+        digest = self.config_watch.read()
         try:
             new = await asyncio.to_thread(self._load_config, self.options)
             check_runtime(new)
-            self._lock_volumes(new)
+            self.locks.lock_volumes(new)
             await asyncio.to_thread(
                 functools.partial(check_host, new, self.options, previous=self.config)
             )
         except (ConfigError, UsageError, DirectoryLocked) as exc:
             self.reloads_failed += 1
             self.metrics.reloads.labels("error").inc()
-            self._config_digest = digest  # do not retry the same bad content every rescan
+            self.config_watch.remember(digest)  # do not retry the same bad content every rescan
             problems = (
                 [str(p) for p in exc.problems] if isinstance(exc, ConfigError) else [str(exc)]
             )
@@ -59,7 +61,7 @@ class ReloadSteps(ReconcileSteps, HttpSteps):
             return False
         old = self.config
         self.config = new
-        self._config_digest = digest
+        self.config_watch.remember(digest)
         if (new.log_format, new.log_level) != (old.log_format, old.log_level):
             configure_logging(new.log_format, new.log_level)
         self._prepare_default_volume(new)
@@ -81,7 +83,7 @@ class ReloadSteps(ReconcileSteps, HttpSteps):
         if self.options.serve_http and (
             new.server != old.server or new.node_log_query != old.node_log_query
         ):
-            await self._restart_server(old, new)
+            await self.http.restart(old, new)
         self.reloads_ok += 1
         self.metrics.reloads.labels("success").inc()
         log.info("config reloaded", extra={"config": new.source, "streams": len(self.registry)})

@@ -11,42 +11,43 @@ live here too.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from logvold.config.serve_settings import ServeOptions, load_effective_config
 from logvold.core.clock import utcnow
-from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
+from logvold.core.streams import StreamKey, StreamRegistry
+from logvold.daemon import LOGGER_NAME
 from logvold.daemon.activity import ActivityLog
 from logvold.daemon.scheduler import TriggerScheduler
 from logvold.daemon.sdnotify import Notifier
 from logvold.daemon.steps import RotatorFactory
 from logvold.daemon.workers import StreamWorkers
-from logvold.fileio.dirlock import DirectoryLocks
 from logvold.sources.changes import StreamChanges
 from logvold.sources.static import StaticSource
 from logvold.sources.watcher import DirectoryWatcher
 from logvold.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
-    from aiohttp import web
-
     from logvold.core.policy import Config
-
-LOGGER_NAME = "logvold.daemon.serve"
-"""Every module of the daemon logs under this one name: the `logger` field of its lines
-stays what operators filter on, whichever module the line comes from."""
+    from logvold.daemon.config_watch import ConfigFileWatch
+    from logvold.daemon.locks import StreamDirectoryLocks
+    from logvold.daemon.streams import ManagedStreams
 
 log = logging.getLogger(LOGGER_NAME)
 
 
 class DaemonState:
     """The serve daemon's parts and bookkeeping; the step groups subclass it."""
+
+    locks: StreamDirectoryLocks
+    """`.logvold/lock` of every managed directory: one manager per directory."""
+    config_watch: ConfigFileWatch
+    streams: ManagedStreams
+    """The registry's streams as managed ones (locked, stepped, indexed for hints)."""
 
     def __init__(
         self,
@@ -82,7 +83,6 @@ class DaemonState:
         finished step bump its version (the HTTP API's followers sleep on them)."""
         self.discovery: Any = None
         """PodDiscovery when `kubernetes.enabled` (imported only then: it pulls in the client)."""
-        self._runner: web.AppRunner | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
@@ -91,21 +91,11 @@ class DaemonState:
         self._rescan_volumes: set[str] = set()
         self._full_rescan = False
         self._budget_pass = False
-        self._unstarted: set[StreamKey] = set()
-        self._path_index: dict[str, StreamKey] = {}
         self._dir_volumes: dict[str, set[str]] = {}
-        self._config_digest: bytes | None = None
-        self._config_watch_paths: frozenset[str] = frozenset()
-        self._config_check_pending = False
         self._watch_problems: set[str] = set()
-        self._terminated: dict[StreamKey, float] = {}
-        """Streams of pods that went away -> monotonic time to drop them (maxAge)."""
         self._ready = False
         self._started = False
         self._failed_task: str | None = None
-        self.locks = DirectoryLocks()
-        """`.logvold/lock` of every managed directory: one manager per directory."""
-        self._lock_problems: set[str] = set()
         self._heartbeat = time.monotonic()
         """Monotonic time of the event loop's last heartbeat (liveness)."""
         self._reconcile_since: float | None = None
@@ -146,36 +136,3 @@ class DaemonState:
         if self._tasks and idle_s > self.config.rescan_interval_s + stall_s:
             return f"reconcile loop stalled: no pass finished for {idle_s:.0f}s"
         return None
-
-    def _under_budget(self, info: StreamInfo) -> bool:
-        return self.config.node_max_total_size_bytes > 0 or any(
-            v.name == info.volume and v.max_total_size_bytes > 0 for v in self.config.volumes
-        )
-
-    def _volume_root(self, info: StreamInfo) -> Path | None:
-        """The stream's safety root: its own volume directory (for a discovered stream the
-        pod's emptyDir, never the whole kubelet directory, so a subDir symlinked to another
-        pod's volume is refused)."""
-        if info.root is not None:
-            return info.root
-        if info.source != "static":
-            return None
-        for volume in self.config.volumes:
-            if volume.name == info.volume:
-                return Path(volume.path)
-        return None
-
-    def _config_dir(self) -> Path | None:
-        if self.options.config_path is None:
-            return None
-        return Path(self.options.config_path).absolute().parent
-
-    def _read_config_digest(self) -> bytes | None:
-        if self.options.config_path is None:
-            return None
-        path = Path(self.options.config_path).absolute()
-        self._config_watch_paths = frozenset({str(path)})
-        try:
-            return hashlib.sha256(path.read_bytes()).digest()
-        except OSError:
-            return b""
