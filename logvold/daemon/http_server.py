@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from logvold.config.serve_settings import ssl_context
-from logvold.daemon import LOGGER_NAME
+from logvold.daemon.logger import LOGGER_NAME
 from logvold.errors import LogvoldError
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from logvold.core.streams import StreamInfo, StreamKey
-from logvold.daemon import LOGGER_NAME
+from logvold.daemon.logger import LOGGER_NAME
 from logvold.fileio.dirlock import DirectoryLocked, DirectoryLocks
 from logvold.fileio.safedir import UnsafeFile
 

@@ -20,9 +20,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
-from logvold.daemon import LOGGER_NAME
 from logvold.daemon.activity import ActivityLog
 from logvold.daemon.locks import StreamDirectoryLocks, volume_root
+from logvold.daemon.logger import LOGGER_NAME
 from logvold.daemon.scheduler import TriggerScheduler
 from logvold.daemon.steps import StepRequest
 from logvold.daemon.workers import StreamWorkers

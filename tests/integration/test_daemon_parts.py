@@ -16,10 +16,10 @@ import pytest
 
 from logvold.core.policy import Config, LogPolicy, ServerConfig, VolumeSpec
 from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
-from logvold.daemon import LOGGER_NAME
 from logvold.daemon.config_watch import CONFIG_DEBOUNCE_S, ConfigFileWatch
 from logvold.daemon.http_server import HttpServer
 from logvold.daemon.locks import StreamDirectoryLocks
+from logvold.daemon.logger import LOGGER_NAME
 from logvold.fileio.dirlock import DirectoryLocked, lock_directory
 from logvold.sources.changes import StreamChanges
 from logvold.telemetry.metrics import Metrics
