@@ -76,6 +76,10 @@ MOVES: dict[str, str] = {
     "logvold.server.nodelog_files": "logvold.server.nodelog.files",
     "logvold.server.journal": "logvold.server.nodelog.journal",
 }
+# Names of an old module that live elsewhere than the module its file moved to: the
+# old daemon.py became daemon/serve.py (main_serve stays there), and its Daemon class
+# went to daemon/lifecycle.py when serve.py was split (issue #17).
+NAME_MOVES: dict[str, str] = {"logvold.daemon.Daemon": "logvold.daemon.lifecycle"}
 # Packages that disappear; any module left in them moves to the new package
 # under its own name (listed in the output).
 PACKAGE_MOVES: dict[str, str] = {"logvold.discovery": "logvold.sources"}
@@ -223,6 +227,8 @@ def _rewrite_names(text: str, root: Path, moves: dict[str, str], moved_now: set[
     def repl(m: re.Match[str]) -> str:
         old, tail = m.group(1), m.group(2)
         new = all_names[old]
+        if f"{old}{tail}" in NAME_MOVES:  # `logvold.daemon.Daemon` (a monkeypatch target)
+            return f"{NAME_MOVES[old + tail]}{tail}"
         if new.startswith(old + "."):  # shadowing: the old module name is now a package
             children = _children(root, old) | {new.rpartition(".")[2]}
             if tail and tail[1:] in children:
@@ -270,10 +276,24 @@ def _rewrite_from_imports(text: str, moves: dict[str, str]) -> str:
             # `from logvold.daemon import Daemon`: the old module is now a package.
             kids = {target.rpartition(".")[2]} | set(MOVES_CHILDREN.get(node.module, ()))
             if not any(a.name in kids for a in node.names):
-                first = lines[node.lineno - 1]
-                lines[node.lineno - 1] = first.replace(
-                    f"from {node.module} import", f"from {target} import", 1
-                )
+                by_target: dict[str, list[ast.alias]] = {}
+                for a in node.names:
+                    name_target = NAME_MOVES.get(f"{node.module}.{a.name}", target)
+                    by_target.setdefault(name_target, []).append(a)
+                if len(by_target) == 1 and node.end_lineno is not None:
+                    (only,) = by_target
+                    first = lines[node.lineno - 1]
+                    lines[node.lineno - 1] = first.replace(
+                        f"from {node.module} import", f"from {only} import", 1
+                    )
+                elif node.end_lineno is not None:  # e.g. `import Daemon, main_serve`
+                    indent = re.match(r"\s*", lines[node.lineno - 1]).group(0)  # type: ignore[union-attr]
+                    edits.append((node.lineno - 1, node.end_lineno, "".join(
+                        f"{indent}from {module} import " + ", ".join(
+                            a.name + (f" as {a.asname}" if a.asname else "") for a in names
+                        ) + "\n"
+                        for module, names in sorted(by_target.items())
+                    )))
             continue
         moved = [a for a in node.names if f"{node.module}.{a.name}" in moves]
         if not moved or node.end_lineno is None:

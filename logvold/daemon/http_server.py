@@ -9,54 +9,85 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from logvold.config.serve_settings import ssl_context
-from logvold.daemon.state import LOGGER_NAME, DaemonState
+from logvold.daemon.logger import LOGGER_NAME
 from logvold.errors import LogvoldError
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from logvold.core.policy import Config
+    from logvold.core.streams import StreamRegistry
+    from logvold.sources.changes import StreamChanges
+    from logvold.telemetry.metrics import Metrics
 
 log = logging.getLogger(LOGGER_NAME)
 
 
-class HttpSteps(DaemonState):
-    """Starting and restarting the API server on the daemon's registry and metrics."""
+class HttpServer:
+    """The API server on the daemon's registry and metrics: at most one listener at a time.
 
-    async def _start_server(self, config: Config) -> None:
+    It owns the aiohttp runner; the daemon starts it with a config, restarts it when a
+    reload changes the server's part of the config, and closes it at stop."""
+
+    def __init__(
+        self,
+        registry: StreamRegistry,
+        metrics: Metrics,
+        changes: StreamChanges,
+        *,
+        is_ready: Callable[[], bool],
+        is_live: Callable[[], str | None],
+    ) -> None:
+        self._registry = registry
+        self._metrics = metrics
+        self._changes = changes
+        self._is_ready = is_ready
+        self._is_live = is_live
+        self.runner: web.AppRunner | None = None
+        """The running listener (None before start and after close); tests read its port."""
+
+    async def start(self, config: Config) -> None:
+        """Listen on `config.server.listen`; LogvoldError with what to do if binding fails."""
         from logvold.server.app import build_app, start_server
 
         app = build_app(
             config=config,
-            registry=self.registry,
-            metrics=self.metrics,
-            is_ready=self.is_ready,
-            changes=self.changes,
-            is_live=self.liveness,
+            registry=self._registry,
+            metrics=self._metrics,
+            is_ready=self._is_ready,
+            changes=self._changes,
+            is_live=self._is_live,
         )
         if config.server.auth == "kubernetes":
             app.middlewares.append(_kubernetes_auth(config))
         try:
-            self._runner = await start_server(
+            self.runner = await start_server(
                 app, config.server.listen, ssl_context=ssl_context(config)
             )
         except OSError as exc:
             raise LogvoldError(listen_error(config.server.listen, exc), op="listen") from exc
         _log_server_safety(config)
 
-    async def _restart_server(self, old: Config, new: Config) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+    async def restart(self, old: Config, new: Config) -> None:
+        """Swap the listener for one on `new`; if it cannot start, listen on `old` again."""
+        await self.close()
         try:
-            await self._start_server(new)
+            await self.start(new)
         except (OSError, LogvoldError) as exc:
             log.error(
                 "cannot start the HTTP server with the new config; restoring the old listener",
                 extra={"listen": new.server.listen, "error": str(exc)},
             )
-            await self._start_server(old)
+            await self.start(old)
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
 
 
 def _log_server_safety(config: Config) -> None:

@@ -1,4 +1,4 @@
-"""The running daemon's lifecycle: start, the guarded tasks, stop, and `--once`.
+"""The running daemon: its parts wired together, start, the guarded tasks, reload, stop, `--once`.
 
 Composition only: the config makes streams (static source -> registry; pod
 discovery feeds the same registry when `kubernetes.enabled`), hints
@@ -6,30 +6,51 @@ and period boundaries make steps (watcher, scheduler), steps run on bounded
 pools (workers), and the HTTP API serves the registry. The daemon is a set of
 named, guarded tasks: if one dies, all stop and the exit code says so. Signals
 only set events. A periodic full reconcile is the truth; file events are hints.
+
+Each job is a part owning its state (one module each): the directory locks
+(locks.py), the managed streams (streams.py), file hints and the watcher (hints.py),
+reconcile passes (reconcile.py), the config file's watch (config_watch.py), pod
+discovery and the reload checks (reload.py), the HTTP server (http_server.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from logvold.core.streams import StreamInfo
-from logvold.daemon.reload import ReloadSteps
-from logvold.daemon.state import LOGGER_NAME
-from logvold.daemon.steps import RotatorFactory, StepRequest
+from logvold.config.serve_settings import ServeOptions, load_effective_config
+from logvold.core.clock import utcnow
+from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
+from logvold.daemon.activity import ActivityLog
+from logvold.daemon.config_watch import ConfigFileWatch
+from logvold.daemon.hints import FileHints
+from logvold.daemon.http_server import HttpServer
+from logvold.daemon.locks import StreamDirectoryLocks
+from logvold.daemon.logger import LOGGER_NAME
+from logvold.daemon.reconcile import Reconciler, wait_event
+from logvold.daemon.reload import Discovery, load_checked, log_rejected, prepare_default_volume
+from logvold.daemon.scheduler import TriggerScheduler
+from logvold.daemon.sdnotify import Notifier
+from logvold.daemon.steps import RotatorFactory, StepOutcome, StepRequest
+from logvold.daemon.streams import ManagedStreams
 from logvold.daemon.workers import StreamWorkers
-from logvold.sources.watcher import DirectoryWatcher
+from logvold.errors import ConfigError, UsageError
+from logvold.fileio.dirlock import DirectoryLocked
+from logvold.sources.changes import StreamChanges
+from logvold.sources.static import StaticSource
+from logvold.telemetry.logsetup import configure_logging
 from logvold.telemetry.metrics import Metrics
 
-log = logging.getLogger(LOGGER_NAME)
+if TYPE_CHECKING:
+    from aiohttp import web
 
-RESCAN_DEBOUNCE_S = 0.2
-"""Entries appearing together (a pod starting several containers) cost one rescan."""
+    from logvold.core.policy import Config
+
+log = logging.getLogger(LOGGER_NAME)
 
 
 def _default_rotator_factory() -> RotatorFactory:
@@ -45,16 +66,148 @@ def _default_rotator_factory() -> RotatorFactory:
     return make
 
 
-class Daemon(ReloadSteps):
-    """The serve daemon as named steps a test can call: start(), run(), stop().
+class Daemon:
+    """The serve daemon as named steps a test can call: start(), run(), reload(), stop().
 
-    Its other steps come from the groups it is built on (daemon/state.py lists them)."""
+    It holds the config, the lifecycle (tasks, stop/reload requests, readiness,
+    liveness) and the parts, which it wires with callbacks at construction."""
+
+    def __init__(
+        self,
+        config: Config,
+        options: ServeOptions | None = None,
+        *,
+        metrics: Metrics | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        rotator_factory: RotatorFactory | None = None,
+        load_config: Callable[[ServeOptions], Config] = load_effective_config,
+    ) -> None:
+        self.config = config
+        self.options = options or ServeOptions()
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self._rotator_factory = rotator_factory
+        self._load_config = load_config
+        self.notifier = Notifier()
+        """systemd's notify socket (Type=notify unit): a no-op without $NOTIFY_SOCKET."""
+        self.registry = StreamRegistry()
+        self.source = StaticSource(self.registry, self.metrics)
+        self.workers: StreamWorkers | None = None
+        """The step pools (built at start: they need the running loop)."""
+        self.scheduler: TriggerScheduler[StreamKey] = TriggerScheduler(
+            clock,
+            time.monotonic,
+            hint_delay_s=self.options.hint_delay_s,
+            min_check_interval_s=self.options.min_check_interval_s,
+        )
+        self.changes = StreamChanges()
+        """Per-stream change notices for followers: every hint about a stream and every
+        finished step bump its version (the HTTP API's followers sleep on them)."""
+        self.activity = ActivityLog(log)
+        """Rate-limited info lines per stream: rotated, truncated."""
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._ready = False
+        self._started = False
+        self._failed_task: str | None = None
+        self._heartbeat = time.monotonic()
+        """Monotonic time of the event loop's last heartbeat (liveness)."""
+        self.reloads_ok = 0
+        self.reloads_failed = 0
+
+        def current() -> Config:
+            return self.config
+
+        self.locks = StreamDirectoryLocks(self.metrics)
+        """`.logvold/lock` of every managed directory: one manager per directory."""
+        self.config_watch = ConfigFileWatch(self.options.config_path, self.request_reload)
+        self.streams = ManagedStreams(
+            self.registry,
+            self.source,
+            self.locks,
+            self.scheduler,
+            self.changes,
+            self.metrics,
+            self.activity,
+            clock=clock,
+            config=current,
+            stopping=self._stop.is_set,
+            request_rescan=lambda budgets: self.reconciler.request(budgets=budgets),
+        )
+        self.hints = FileHints(
+            self.source,
+            self.streams,
+            self.scheduler,
+            self.changes,
+            self.config_watch,
+            self.metrics,
+            config=current,
+            wake=self._wake.set,
+            rescan=lambda volumes: self.reconciler.request(volumes),
+            rescan_all=lambda: self.reconciler.request(full=True),
+        )
+        self.reconciler = Reconciler(
+            self.source,
+            self.streams,
+            self.metrics,
+            self.activity,
+            clock=clock,
+            config=current,
+            refresh_watches=self.hints.refresh_watches,
+        )
+        self.discovery = Discovery(self.registry, self.metrics)
+        self.http = HttpServer(
+            self.registry,
+            self.metrics,
+            self.changes,
+            is_ready=self.is_ready,
+            is_live=self.liveness,
+        )
+
+    @property
+    def _runner(self) -> web.AppRunner | None:
+        """The HTTP listener (tests read its port)."""
+        return self.http.runner
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    def is_ready(self) -> bool:
+        return self._ready
+
+    def liveness(self) -> str | None:
+        """None while the daemon makes progress; else why not (GET /livez answers 503).
+
+        Stuck means: the event loop missed its heartbeats, a reconcile pass (volume scan,
+        survey: worker threads) has run for `stall_timeout_s`, or none finished for
+        rescanInterval plus that. A full reconcile is the truth the daemon runs on: without
+        it new streams, retention and budgets stop, so a restart is the better outcome.
+        """
+        now = time.monotonic()
+        stall_s = self.options.stall_timeout_s
+        if self._tasks and now - self._heartbeat > stall_s:
+            return f"event loop stalled: no heartbeat for {now - self._heartbeat:.0f}s"
+        since = self.reconciler.running_since
+        if since is not None and now - since > stall_s:
+            return (
+                f"reconcile stuck: a pass has run for {now - since:.0f}s "
+                "(a volume scan or the survey does not return)"
+            )
+        idle_s = now - self.reconciler.last_done
+        if self._tasks and idle_s > self.config.rescan_interval_s + stall_s:
+            return f"reconcile loop stalled: no pass finished for {idle_s:.0f}s"
+        return None
 
     # -- named steps ------------------------------------------------------------------
 
     async def start(self, *, watch: bool = True) -> None:
         """Wire everything, run the first full reconcile, start the HTTP server."""
-        loop = self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         self.workers = StreamWorkers(
             loop,
             self._rotator_factory or _default_rotator_factory(),
@@ -62,27 +215,24 @@ class Daemon(ReloadSteps):
             self.clock,
             rotation_workers=self.options.rotation_workers,
             compression_workers=self.options.compression_workers,
-            on_rotated=self._on_rotated,
+            on_rotated=self.reconciler.on_rotated,
             on_step=self.changes.notify,
             on_outcome=self._on_outcome,
         )
-        self._prepare_default_volume(self.config)
+        self.streams.attach(loop, self.workers)
+        self.reconciler.attach(self.workers)
+        prepare_default_volume(self.config, self.options)
         # Before any stream is managed: a directory another logvold manages stops the
         # start (exit 1) instead of two managers losing and duplicating its events.
-        self._lock_volumes(self.config)
-        self.registry.subscribe(self._registry_listener)
+        self.locks.lock_volumes(self.config)
+        self.registry.subscribe(self.streams.listener)
         self.source.set_config(self.config)
-        self._config_digest = self._read_config_digest()
-        if watch:
-            self.watcher = DirectoryWatcher(
-                loop, self._on_hint, self._relevance(), on_error=self._watch_error
-            )
-            self.watcher.start()
-        await self._reconcile(full=True)
-        if self.config.kubernetes.enabled:
-            await self._start_discovery(self.config)
+        self.config_watch.remember(self.config_watch.read())
+        self.hints.start(loop, self.workers, watch=watch)
+        await self.reconciler.reconcile(full=True)
+        await self.discovery.start(self.config)
         if self.options.serve_http:
-            await self._start_server(self.config)
+            await self.http.start(self.config)
         self._ready = True
         self._started = True
         self.notifier.ready(f"serving {len(self.workers)} streams")
@@ -115,21 +265,45 @@ class Daemon(ReloadSteps):
         self._tasks.clear()
         return 1 if self._failed_task else 0
 
+    async def reload(self) -> bool:
+        """Re-read the config; apply it if valid, else keep the old one (logged, counted)."""
+        digest = self.config_watch.read()
+        try:
+            new = await load_checked(self._load_config, self.options, self.config, self.locks)
+        except (ConfigError, UsageError, DirectoryLocked) as exc:
+            self.reloads_failed += 1
+            self.metrics.reloads.labels("error").inc()
+            self.config_watch.remember(digest)  # do not retry the same bad content every rescan
+            log_rejected(exc, self.options)
+            return False
+        old = self.config
+        self.config = new
+        self.config_watch.remember(digest)
+        if (new.log_format, new.log_level) != (old.log_format, old.log_level):
+            configure_logging(new.log_format, new.log_level)
+        prepare_default_volume(new, self.options)
+        self.source.set_config(new)
+        # Policies of existing streams change through registry "updated" events.
+        await self.reconciler.reconcile(full=True)
+        await self.discovery.apply(old, new)
+        if self.options.serve_http and (
+            new.server != old.server or new.node_log_query != old.node_log_query
+        ):
+            await self.http.restart(old, new)
+        self.reloads_ok += 1
+        self.metrics.reloads.labels("success").inc()
+        log.info("config reloaded", extra={"config": new.source, "streams": len(self.registry)})
+        return True
+
     async def stop(self) -> None:
         """Finish the steps in flight (each writes its state), then close everything."""
         self._ready = False
         self.notifier.stopping()
-        if self.discovery is not None:
-            await asyncio.to_thread(self.discovery.stop)
-            self.discovery = None
-        if self.watcher is not None:
-            self.watcher.stop()  # no thread: it only unregisters its fd from the loop
-            self.watcher = None
+        await self.discovery.stop()
+        self.hints.stop()
         if self.workers is not None:
             await self.workers.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self.http.close()
         self.locks.release_all()
         if self._started:  # a start that failed says why itself (main_serve: "cannot start")
             log.info("logvold stopped", extra={"failed_task": self._failed_task or "-"})
@@ -150,6 +324,12 @@ class Daemon(ReloadSteps):
         """Wait until no step is in flight (tests)."""
         if self.workers is not None:
             await self.workers.drain()
+
+    def _on_outcome(self, info: StreamInfo, outcome: StepOutcome) -> None:
+        if outcome.rotated:
+            self.activity.rotated(str(info.key), outcome.rotation, outcome.reason)
+        if outcome.retention is not None:
+            self.activity.truncated(str(info.key), outcome.retention)
 
     # -- tasks ------------------------------------------------------------------------
 
@@ -174,7 +354,7 @@ class Daemon(ReloadSteps):
             self._dispatch_due()
             timeout = self.scheduler.next_wakeup_s()
             self._wake.clear()
-            await _wait_event(self._wake, max(timeout, 0.01))
+            await wait_event(self._wake, max(timeout, 0.01))
 
     def _dispatch_due(self) -> None:
         assert self.workers is not None
@@ -186,22 +366,11 @@ class Daemon(ReloadSteps):
             self.workers.submit(due.key, request)
 
     async def _reconcile_loop(self) -> None:
-        next_full = time.monotonic() + self.config.rescan_interval_s
-        while not self._stop.is_set():
-            timeout = max(0.0, next_full - time.monotonic())
-            await _wait_event(self._rescan, timeout)
-            if self._rescan.is_set():
-                await asyncio.sleep(RESCAN_DEBOUNCE_S)
-                self._rescan.clear()
-            full = self._full_rescan or time.monotonic() >= next_full
-            if full:
-                next_full = time.monotonic() + self.config.rescan_interval_s
-                if self._config_digest is not None and self._read_config_digest() not in (
-                    None,
-                    self._config_digest,
-                ):
-                    self.request_reload()  # safety net for a missed file event
-            await self._reconcile(full=full)
+        def config_changed() -> None:
+            if self.config_watch.changed():
+                self.request_reload()  # safety net for a missed file event
+
+        await self.reconciler.run(self._stop, config_changed)
 
     async def _reload_loop(self) -> None:
         while not self._stop.is_set():
@@ -216,7 +385,7 @@ class Daemon(ReloadSteps):
     async def _heartbeat_loop(self) -> None:
         while not self._stop.is_set():
             self._heartbeat = time.monotonic()
-            await _wait_event(self._stop, 1.0)
+            await wait_event(self._stop, 1.0)
 
     async def _watchdog_loop(self) -> None:
         """WATCHDOG=1 from the event loop itself: a wedged loop stops the pings and
@@ -225,13 +394,4 @@ class Daemon(ReloadSteps):
         assert interval is not None
         while not self._stop.is_set():
             self.notifier.ping()
-            await _wait_event(self._stop, interval)
-
-
-async def _wait_event(event: asyncio.Event, timeout_s: float) -> None:
-    """Wait until `event` is set or `timeout_s` passed. asyncio.timeout, not wait_for:
-    Python 3.11's wait_for can swallow a cancellation that arrives as the event fires,
-    which would leave a stopping daemon waiting a whole rescan interval."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout_s):
-            await event.wait()
+            await wait_event(self._stop, interval)

@@ -82,7 +82,10 @@ _SAFEDIR_FACTORIES = (
 ALLOWED: dict[tuple[str, str], str] = {
     ("client/cli.py", "os.open"): "the `logvold logs` client CLI writes the user's own output",
     ("config/yaml_file.py", ".read_bytes"): "reads the operator's config file",
-    ("daemon/state.py", ".read_bytes"): "digest of the operator's config file (reload check)",
+    (
+        "daemon/config_watch.py",
+        ".read_bytes",
+    ): "digest of the operator's config file (reload check)",
     ("daemon/reload.py", ".mkdir"): "creates the operator's configured default volume directory",
     ("driver/logger.py", ".mkdir"): "the containerd driver creates its own log directory",
     (
