@@ -1,0 +1,315 @@
+"""Readers that start while a rotation step is in flight: the rotator (real, in its own
+process) has saved the step's intent and done part of it, and then stays there, paused
+(SIGSTOP: a rotator descheduled on a loaded node) or killed (SIGKILL while paused: exactly
+what a crash at that instant leaves until the next start recovers it).
+
+Regression for followers of tests/integration/test_follow_retention.py that stepped back
+(1197 after 1260, 1965 after 2004) on a loaded machine: a follower (re)connecting while
+a kill -9 had left a `pieces` intent behind waited out its snapshot attempts, then served
+the segments already written for the uncommitted step from the listing AND the same bytes
+again from the active file after the committed offset.
+
+Events are the checksummed, sequence-numbered ones of tests.support.format_writer (raw:
+multi-line with a "\\n\\n" delimiter; json-file: entries split in several partial lines).
+Checked for a plain read taken during the pause and for HTTP followers (with and without
+tailLines) attached during it and followed to the last event after the step settles: every
+event whole, each exactly once, in order, none missing but what retention removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from logvold.core.policy import Format, LogPolicy
+from logvold.core.streams import StreamInfo, StreamKey, StreamRegistry
+from logvold.fileio.reader import ReadOptions, StreamReader
+from logvold.fileio.state import StreamState, load_state
+from tests.support.api_server import RunningServer
+from tests.support.events import parse_event, split_raw
+from tests.support.format_writer import encode_event
+
+ROOT = Path(__file__).resolve().parents[2]
+MAX_SIZE = 16 * 1024
+SEED = 5
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+
+@dataclass(frozen=True)
+class Case:
+    fmt: Format
+    at: str
+    nth: int
+    budget: int = 0
+    collapse: str = "never"
+    intent: str = ""
+    """The op of the intent the state file holds while paused."""
+
+
+CASES = {
+    "pieces-first": Case("raw", "segment", 1, intent="pieces"),
+    "pieces-third": Case("json-file", "segment", 3, intent="pieces"),
+    "trim-copy": Case("raw", "trim-copy", 1, budget=4 * MAX_SIZE, intent="trim"),
+    "trim-renamed": Case("json-file", "trim-renamed", 1, budget=4 * MAX_SIZE, intent="trim"),
+    "collapse": Case("json-file", "collapse", 1, collapse="always", intent="collapse"),
+    "collapsed": Case("raw", "collapsed", 1, collapse="always", intent="collapse"),
+}
+
+
+class Stream:
+    """The active file and a writer appending whole events to it in random-sized chunks
+    (so a read may meet a partial event), O_APPEND like a container runtime."""
+
+    def __init__(self, info: StreamInfo, delimiter: bytes) -> None:
+        self.info = info
+        self.delimiter = delimiter
+        self.fd = os.open(info.active_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.rng = random.Random(SEED)
+        self.next_seq = 0
+        self.pending = b""
+        self.ends: list[int] = []
+        """Where each event ends in the bytes written (index = sequence number)."""
+        self.written = 0
+
+    def write(self, nbytes: int) -> None:
+        while len(self.pending) < nbytes:
+            ev = encode_event(
+                self.info.policy.format, self.next_seq, SEED, delimiter=self.delimiter, max_len=700
+            )
+            self.pending += ev
+            self.ends.append((self.ends[-1] if self.ends else 0) + len(ev))
+            self.next_seq += 1
+        cut = self.rng.randint(nbytes // 2, nbytes)
+        self._write(self.pending[:cut])
+        self.pending = self.pending[cut:]
+
+    def _write(self, data: bytes) -> None:
+        os.write(self.fd, data)
+        self.written += len(data)
+
+    def last_whole(self) -> int:
+        """The sequence number of the last event written whole."""
+        return bisect.bisect_right(self.ends, self.written) - 1
+
+    def flush(self) -> int:
+        """Write what is pending (whole events only from here); the last sequence number."""
+        self._write(self.pending)
+        self.pending = b""
+        return self.next_seq - 1
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def rotator(tmp_path: Path, case: Case, *, at: str | None) -> subprocess.Popen[bytes]:
+    args = [
+        sys.executable,
+        "-m",
+        "tests.support.rotate_paused",
+        "--dir",
+        str(tmp_path),
+        "--base",
+        "app.log",
+        "--format",
+        case.fmt,
+        "--delimiter",
+        "\\n\\n" if case.fmt == "raw" else "\\n",
+        "--max-size",
+        str(MAX_SIZE),
+        "--max-total-size",
+        str(case.budget),
+        "--collapse",
+        case.collapse,
+    ]
+    if at is not None:
+        args += ["--at", at, "--nth", str(case.nth)]
+    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL)
+
+
+def stopped(pid: int) -> bool:
+    """Whether the process is stopped (state T in /proc/<pid>/stat)."""
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2] == "T"
+    return False
+
+
+def bodies_of(chunks: Iterator[bytes], sep: bytes) -> list[bytes]:
+    return list(split_raw(chunks, sep))
+
+
+@dataclass
+class Seen:
+    seqs: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    sessions: int = 0
+
+
+async def follow(url: str, sep: bytes, seen: Seen, done: asyncio.Event) -> None:
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None)
+    async with aiohttp.ClientSession(timeout=timeout) as http, http.get(url) as resp:
+        assert resp.status == 200, await resp.text()
+        buf = b""
+        while not done.is_set():
+            try:
+                chunk = await asyncio.wait_for(resp.content.readany(), 0.2)
+            except TimeoutError:
+                continue
+            if not chunk:
+                seen.problems.append("the follow ended")
+                return
+            buf += chunk
+            parts = buf.split(sep)
+            buf = parts.pop()
+            for body in parts:
+                seq = parse_event(body)
+                if seq is None:
+                    seen.problems.append(f"cut event {body[:60]!r}")
+                elif seen.seqs and seq <= seen.seqs[-1]:
+                    seen.problems.append(f"{seq} after {seen.seqs[-1]}")
+                else:
+                    seen.seqs.append(seq)
+
+
+def check_run(name: str, seqs: list[int], last: int, kept_first: int) -> None:
+    """Ascending whole events up to `last`; missing ones only those retention removed."""
+    assert seqs, f"{name}: nothing served"
+    assert seqs[-1] == last, (name, seqs[-1], last)
+    missing = sorted(set(range(seqs[0], last + 1)) - set(seqs))
+    wrongly = [m for m in missing if m >= kept_first]
+    assert not wrongly, (name, "missing", wrongly[:10])
+
+
+@pytest.mark.parametrize("resume", ["continue", "kill"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_readers_during_a_step_in_flight_serve_every_event_once(
+    tmp_path: Path, name: str, resume: str
+) -> None:
+    case = CASES[name]
+    delimiter = b"\n\n" if case.fmt == "raw" else b"\n"
+    info = StreamInfo(
+        key=StreamKey("default", "writer", "app"),
+        directory=tmp_path,
+        base="app.log",
+        volume="logs",
+        policy=LogPolicy(
+            format=case.fmt,
+            delimiter=delimiter,
+            max_size_bytes=MAX_SIZE,
+            max_files=0,
+            max_total_size_bytes=case.budget,
+            collapse=case.collapse,  # type: ignore[arg-type]
+        ),
+    )
+    stream = Stream(info, delimiter)
+    registry = StreamRegistry()
+    registry.put(info)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        # 1. Write while the rotator runs, until it pauses inside the step.
+        paused = rotator(tmp_path, case, at=case.at)
+        procs.append(paused)
+        deadline = time.monotonic() + 60
+        while not stopped(paused.pid):
+            assert paused.poll() is None, f"rotator exited ({paused.returncode})"
+            assert time.monotonic() < deadline, "the rotator never reached the pause point"
+            stream.write(3000)
+            time.sleep(0.01)
+        if resume == "kill":
+            paused.kill()
+            paused.wait(10)
+        state = load_state(tmp_path, "app.log")
+        assert state is not None and state.intent is not None
+        assert state.intent["op"] == case.intent, state.intent
+        written_so_far = stream.last_whole()
+
+        # 2. A plain read now: what it serves is whole, once, in order, with no gap.
+        plain = StreamReader(info, ReadOptions(), busy_limit_s=0.5)
+        seqs = [parse_event(b) for b in bodies_of(plain.read_all(), delimiter)]
+        assert None not in seqs, f"a cut event in a plain read: {seqs.count(None)}"
+        plain_seqs = [s for s in seqs if s is not None]
+        assert plain_seqs and plain_seqs == list(range(plain_seqs[0], plain_seqs[-1] + 1)), (
+            "plain read during the step",
+            _dups_and_gaps(plain_seqs),
+        )
+        assert plain_seqs[-1] == written_so_far, (plain_seqs[-1], written_so_far)
+
+        # 3. Followers attached during the step, then the step settles and more is written.
+        sep = delimiter
+        with RunningServer(registry) as srv:
+            url = srv.base + "/logs/default/writer/app?follow=true"
+
+            async def run() -> tuple[list[Seen], int]:
+                done = asyncio.Event()
+                followers = [Seen(), Seen()]
+                tasks = [
+                    asyncio.create_task(follow(url, sep, followers[0], done)),
+                    asyncio.create_task(follow(url + "&tailLines=5000", sep, followers[1], done)),
+                ]
+                until = time.monotonic() + 60
+                while min(len(f.seqs) for f in followers) == 0 and time.monotonic() < until:
+                    await asyncio.sleep(0.05)
+                if resume == "continue":
+                    paused.send_signal(signal.SIGCONT)
+                else:
+                    procs.append(rotator(tmp_path, case, at=None))  # recovers, then rotates
+                for _ in range(40):
+                    stream.write(4000)
+                    await asyncio.sleep(0.01)
+                last = stream.flush()
+                until = time.monotonic() + 60
+                while time.monotonic() < until and any(
+                    (f.seqs[-1] if f.seqs else -1) < last and not f.problems for f in followers
+                ):
+                    await asyncio.sleep(0.05)
+                done.set()
+                await asyncio.wait_for(asyncio.gather(*tasks), 30)
+                return followers, last
+
+            followers, last = asyncio.run(run())
+        # The rotator settled the step: no intent left behind.
+        settled = _wait_settled(tmp_path)
+        assert settled.intent is None, settled
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+        stream.close()
+    kept = [parse_event(b) for b in bodies_of(StreamReader(info, ReadOptions()).read_all(), sep)]
+    assert None not in kept and kept and kept[-1] == last
+    kept_first = kept[0]
+    assert kept_first is not None
+    for label, f in zip(("follow", "follow+tailLines"), followers, strict=True):
+        assert not f.problems, (label, f.problems[:5], _dups_and_gaps(f.seqs))
+        check_run(label, f.seqs, last, kept_first)
+
+
+def _dups_and_gaps(seqs: list[int]) -> str:
+    back = [(a, b) for a, b in zip(seqs, seqs[1:], strict=False) if b <= a]
+    gaps = [(a, b) for a, b in zip(seqs, seqs[1:], strict=False) if b > a + 1]
+    return f"{len(seqs)} events, steps back {back[:5]}, gaps {gaps[:5]}"
+
+
+def _wait_settled(directory: Path) -> StreamState:
+    deadline = time.monotonic() + 30
+    while True:
+        state = load_state(directory, "app.log")
+        assert state is not None
+        if state.intent is None or time.monotonic() > deadline:
+            return state
+        time.sleep(0.05)
