@@ -63,6 +63,7 @@ from logvold.fileio.reader_events import (
     reverse_records,
     skip_bytes,
 )
+from logvold.fileio.reader_snapshot import SETTLED_OPS, committed_names, settle_collapse
 from logvold.fileio.safedir import SafeDir
 from logvold.fileio.state import StreamState
 
@@ -84,6 +85,8 @@ MAX_PATTERN_LENGTH = 1024
 TAIL_SCAN_BYTES = 1024 * 1024
 """Region size of a backwards tail scan with a pattern (bounded memory)."""
 _MAX_RECORD_FLOOR = 4 * 2**20
+SNAPSHOT_ATTEMPTS = 50
+"""Tries for a snapshot in which no rotation step ran (10 ms apart)."""
 StreamFilter = Literal["All", "stdout", "stderr"]
 
 
@@ -337,19 +340,31 @@ class StreamReader:
     def _snapshot(self) -> tuple[tuple[SegmentName, ...], StreamState | None, int | None]:
         """Segments, state and an fd of the active file seen consistently: no rotation
         in between, so every event is in exactly one of the segments or after the
-        committed offset of the open file."""
-        for attempt in range(50):
+        committed offset of the open file. A step in flight (an intent in the state) is
+        taken as it stands, without the segments it has written so far (reader_snapshot):
+        waiting for it is no answer when its rotator was killed, and serving them from
+        the listing served their events twice. Only a collapse in flight is waited for."""
+        for attempt in range(SNAPSHOT_ATTEMPTS):
+            last = attempt == SNAPSHOT_ATTEMPTS - 1
             before = self.current_state()
             fd = self.files.open_active()
             # No directory (yet, or any more), or one refused: no segments.
             names = _segments_of(self.base, tuple(sorted(self.files.names())))
             after = self.current_state()
-            consistent = before == after and (after is None or after.intent is None)
-            if fd is not None and after is not None and consistent:
+            active_id = None
+            if fd is not None:
                 st = os.fstat(fd)
-                consistent = (st.st_ino, st.st_dev) == (after.inode, after.device)
-            if consistent or attempt == 49:
-                return names, after, fd
+                active_id = (st.st_ino, st.st_dev)
+            consistent = before == after and (
+                after is None or fd is None or active_id == (after.inode, after.device)
+            )
+            op = after.intent.get("op") if after is not None and after.intent is not None else None
+            if fd is not None and after is not None and op == "collapse" and last:
+                after = settle_collapse(after, fd)  # a collapse that stays in flight
+            elif op is not None and op not in SETTLED_OPS:
+                consistent = False
+            if consistent or last:
+                return committed_names(names, after, active_id), after, fd
             if fd is not None:
                 os.close(fd)
             time.sleep(0.01)

@@ -32,7 +32,7 @@ from typing import Any
 
 from logvold.core.policy import LogPolicy
 from logvold.core.streams import StreamInfo, StreamKey
-from logvold.fileio import rotator as rotator_module
+from logvold.fileio import stream_files
 from logvold.fileio.rotator import StreamRotator
 
 POINTS = ("segment", "trim-copy", "trim-renamed", "collapse", "collapsed")
@@ -60,12 +60,14 @@ def _install(point: str, nth: int) -> None:
         write = StreamRotator._write_segment
         want_trim = point == "trim-copy"
 
-        def write_segment(self: StreamRotator, d: Any, fd: int, stem: str, *a: Any, **k: Any) -> None:
+        def write_segment(
+            self: StreamRotator, d: Any, fd: int, stem: str, *a: Any, **k: Any
+        ) -> None:
             write(self, d, fd, stem, *a, **k)
             if stem.endswith(".trim") == want_trim and hit():
                 _pause(point)
 
-        StreamRotator._write_segment = write_segment  # type: ignore[method-assign]
+        StreamRotator._write_segment = write_segment  # type: ignore[method-assign,assignment]
     elif point == "trim-renamed":
         trimmed = StreamRotator._trimmed_records
 
@@ -76,7 +78,7 @@ def _install(point: str, nth: int) -> None:
 
         StreamRotator._trimmed_records = staticmethod(trimmed_records)  # type: ignore[method-assign]
     elif point in ("collapse", "collapsed"):
-        collapse: Callable[[int, int, int], None] = rotator_module.sf.collapse_range
+        collapse: Callable[[int, int, int], None] = stream_files.collapse_range
 
         def collapse_range(fd: int, offset: int, length: int) -> None:
             first = hit()
@@ -86,7 +88,7 @@ def _install(point: str, nth: int) -> None:
             if first and point == "collapsed":
                 _pause(point)
 
-        rotator_module.sf.collapse_range = collapse_range  # type: ignore[assignment]
+        stream_files.collapse_range = collapse_range  # the rotator calls it as sf.collapse_range
     else:
         raise SystemExit(f"unknown point {point!r}; one of {', '.join(POINTS)}")
 
