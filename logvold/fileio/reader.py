@@ -87,6 +87,8 @@ TAIL_SCAN_BYTES = 1024 * 1024
 _MAX_RECORD_FLOOR = 4 * 2**20
 SNAPSHOT_ATTEMPTS = 50
 """Tries for a snapshot in which no rotation step ran (10 ms apart)."""
+REPLANS = 3
+"""Plans of a tail or since start again when a collapse moved the active file under one."""
 StreamFilter = Literal["All", "stdout", "stderr"]
 
 
@@ -133,6 +135,17 @@ def compile_pattern(pattern: str) -> Any:
 
 
 # ---- the reader ---------------------------------------------------------------------
+
+
+def _layout(state: StreamState | None) -> tuple[object, ...]:
+    """What places the active file's bytes: its identity and the bytes collapsed off its
+    head, or the collapse in flight (a state settled by the snapshot keeps its intent)."""
+    if state is None:
+        return ()
+    intent = state.intent
+    if intent is not None and intent.get("op") == "collapse":
+        return (state.inode, state.device, "collapse", intent.get("collapsed_before"))
+    return (state.inode, state.device, state.collapsed_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,6 +391,16 @@ class StreamReader:
         active = ActiveCursor(self, state, fd)
         try:
             start = self._plan_start(sources, active)
+            for _ in range(REPLANS):
+                if not self._collapsed_under_plan(active, state):
+                    break
+                # A tail or since start found in the active file by PHYSICAL offsets of
+                # a layout a collapse has since moved: plan again on the new one.
+                active.close()
+                names, state, fd = self._snapshot()
+                sources = [_Source(n) for n in names] + [_Source(None)]
+                active = ActiveCursor(self, state, fd)
+                start = self._plan_start(sources, active)
             everything = _Start(0)
             for i in range(start.index, len(sources) - 1):
                 if self._opened_after_until(sources, i):
@@ -409,6 +432,14 @@ class StreamReader:
         finally:
             active.close()
             self.files.rewalk()
+
+    def _collapsed_under_plan(self, active: ActiveCursor, planned: StreamState | None) -> bool:
+        """Whether the start was planned by reading the active file (tail, since) and a
+        collapse of that file began or ended since the state it was planned on."""
+        o = self.options
+        if active.fd is None or planned is None or (o.tail_events is None and o.since_ns is None):
+            return False
+        return _layout(self.current_state()) != _layout(planned)
 
     def _opened_after_until(self, sources: list[_Source], i: int) -> bool:
         """raw: a source opened (previous segment closed) after untilTime holds nothing older."""

@@ -38,6 +38,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from logvold.core.policy import LogPolicy
 from logvold.core.streams import StreamInfo, StreamKey
 from logvold.errors import StreamError
+from logvold.fileio import reader as reader_module
 from logvold.fileio import stream_files
 from logvold.fileio.reader import ReadOptions, StreamReader
 from logvold.fileio.rotator import StreamRotator
@@ -49,7 +50,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 MAX_SIZE = 2048
 SEED = 3
-ACTIONS = ("read-before", "read-after", "start-before", "start-after", "crash-before", "crash-after")
+ACTIONS = (
+    "read-before",
+    "read-after",
+    "start-before",
+    "start-after",
+    "crash-before",
+    "crash-after",
+)
 
 
 class Crash(BaseException):
@@ -118,6 +126,56 @@ class Hooks:
             self.active = True
 
 
+class ReaderHooks:
+    """The other direction: a rotator operation runs at the Nth file-system step of a
+    READER (right after it read the state file; between two events of a backwards tail
+    scan), so a step lands between what a reader checked and what it does next."""
+
+    def __init__(self, busy: Callable[[], bool]) -> None:
+        self.busy = busy
+        """True while a rotator operation runs: one rotator per stream, never two at once."""
+        self.armed: tuple[int, Callable[[], None]] | None = None
+        self.calls = 0
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    def install(self) -> None:
+        state = StreamReader.current_state
+        self._saved.append((StreamReader, "current_state", state))
+
+        def current_state(reader: StreamReader) -> Any:
+            result = state(reader)
+            self._tick()
+            return result
+
+        StreamReader.current_state = current_state  # type: ignore[method-assign,assignment]
+        for name in ("reverse_events", "reverse_records"):
+            original = getattr(reader_module, name)
+            self._saved.append((reader_module, name, original))
+            setattr(reader_module, name, self._scan(original))
+
+    def uninstall(self) -> None:
+        for owner, name, original in reversed(self._saved):
+            setattr(owner, name, original)
+        self._saved.clear()
+
+    def _scan(self, original: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+        def scan(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            for item in original(*args, **kwargs):
+                yield item
+                self._tick()
+
+        return scan
+
+    def _tick(self) -> None:
+        if self.armed is None or self.busy():
+            return
+        self.calls += 1
+        at, op = self.armed
+        if self.calls >= at:
+            self.armed = None
+            op()
+
+
 class FollowMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -125,6 +183,9 @@ class FollowMachine(RuleBasedStateMachine):
         self.hooks = Hooks()
         self.hooks.install()
         self.hooks.on_read = self._read_inside
+        self.running = False
+        self.reader_hooks = ReaderHooks(lambda: self.running)
+        self.reader_hooks.install()
         self.followers: list[Follower] = []
         self.fd = -1
         self.rotator: StreamRotator | None = None
@@ -132,6 +193,7 @@ class FollowMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.hooks.uninstall()
+        self.reader_hooks.uninstall()
         for f in self.followers:
             with contextlib.suppress(Exception):
                 f.chunks.close()  # type: ignore[attr-defined]
@@ -187,6 +249,7 @@ class FollowMachine(RuleBasedStateMachine):
 
     def _run(self, op: Callable[[StreamRotator], object], plan: dict[int, str]) -> None:
         self.hooks.plan, self.hooks.calls, self.hooks.active = plan, 0, True
+        self.running = True
         try:
             op(self._rotator())
         except Crash:
@@ -195,7 +258,7 @@ class FollowMachine(RuleBasedStateMachine):
         except StreamError:
             pass  # retriable (e.g. a step that a crash's leftovers made fail): run again
         finally:
-            self.hooks.active = False
+            self.hooks.active = self.running = False
 
     plans = st.dictionaries(st.integers(0, 14), st.sampled_from(ACTIONS), max_size=3)
 
@@ -206,6 +269,18 @@ class FollowMachine(RuleBasedStateMachine):
     @rule(plan=plans)
     def retention(self, plan: dict[int, str]) -> None:
         self._run(lambda r: r.enforce_retention(), plan)
+
+    @rule(at=st.integers(1, 12), op=st.sampled_from(["rotate", "retention"]))
+    def arm_reader_race(self, at: int, op: str) -> None:
+        """The next followers' Nth file-system step runs a whole rotator operation."""
+
+        def run() -> None:
+            if op == "rotate":
+                self._run(lambda r: r.needs_rotation() and r.rotate("size"), {})
+            else:
+                self._run(lambda r: r.enforce_retention(), {})
+
+        self.reader_hooks.armed, self.reader_hooks.calls = (at, run), 0
 
     # -- the followers ----------------------------------------------------------------
 
@@ -267,6 +342,7 @@ class FollowMachine(RuleBasedStateMachine):
         self.pending = b""
         last = self.next_seq - 1
         self.hooks.active = False
+        self.reader_hooks.armed = None
         rotator = StreamRotator(self.info, collapse_min_bytes=MAX_SIZE)
         rotator.recover()
         for _ in range(50):

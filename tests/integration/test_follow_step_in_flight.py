@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -331,3 +332,71 @@ def _wait_settled(directory: Path) -> StreamState:
         if state.intent is None or time.monotonic() > deadline:
             return state
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("tail", "at"), [(200, 1), (400, 150), (600, 300)])
+def test_a_collapse_during_a_tail_scan_of_the_active_file_is_planned_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tail: int, at: int
+) -> None:
+    """tailLines on an O_APPEND stream with collapse: the backwards scan of a large active
+    file reads it by physical offsets; a rotation that cuts, punches and collapses it
+    between two blocks of the scan (run from a wrapper around the reader's scan: a
+    test-only seam, the rotator and the files are real) moved every byte under it. The
+    scan then found too few events in the active file and started the follower hundreds
+    of events early. Now the start is planned again on the new layout: exactly `tail`
+    events, then every new one, each once."""
+    from logvold.fileio.reader_events import reverse_events
+    from logvold.fileio.rotator import StreamRotator
+
+    max_size = 64 * 1024
+    info = StreamInfo(
+        key=StreamKey("default", "writer", "app"),
+        directory=tmp_path,
+        base="app.log",
+        volume="logs",
+        policy=LogPolicy(
+            format="raw",
+            delimiter=b"\n\n",
+            max_size_bytes=max_size,
+            max_files=0,
+            collapse="always",
+        ),
+    )
+    stream = Stream(info, b"\n\n")
+    rot = StreamRotator(info, collapse_min_bytes=max_size)
+    try:
+        stream.write(150_000)
+        assert rot.rotate("size") is not None
+        stream.write(250_000)  # the live part: several 64 KiB scan blocks
+        written = stream.last_whole()
+        scanned = [0]
+
+        def racing_scan(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            for item in reverse_events(*args, **kwargs):
+                yield item
+                scanned[0] += 1
+                if scanned[0] == at:
+                    assert rot.rotate("size") is not None  # cut, punch, collapse
+
+        monkeypatch.setattr("logvold.fileio.reader.reverse_events", racing_scan)
+        reader = StreamReader(info, ReadOptions(follow=True, tail_events=tail), poll_interval_s=0.0)
+        chunks = reader.chunks()
+        out = [next(chunks) for _ in range(200)]
+        monkeypatch.undo()
+        state = load_state(tmp_path, "app.log")
+        assert state is not None and state.collapsed_bytes > 0 and scanned[0] >= at
+        stream.write(20_000)
+        last = stream.flush()
+        idle = 0
+        while idle < 3:  # caught up: three idle steps in a row
+            chunk = next(chunks)
+            idle = 0 if chunk or reader.more_ready else idle + 1
+            reader.more_ready = False
+            out.append(chunk)
+    finally:
+        stream.close()
+    seqs = [parse_event(b) for b in split_raw(out, b"\n\n")]
+    assert None not in seqs
+    assert seqs == list(range(max(0, written - tail + 1), last + 1)), _dups_and_gaps(
+        [s for s in seqs if s is not None]
+    )
