@@ -435,11 +435,18 @@ class StreamReader:
 
     def _collapsed_under_plan(self, active: ActiveCursor, planned: StreamState | None) -> bool:
         """Whether the start was planned by reading the active file (tail, since) and a
-        collapse of that file began or ended since the state it was planned on."""
+        collapse of that file began or ended since the state it was planned on. Planned
+        without a state of this file (before its first rotation), physical offsets were
+        taken for logical ones: wrong once anything is collapsed."""
         o = self.options
-        if active.fd is None or planned is None or (o.tail_events is None and o.since_ns is None):
+        if active.fd is None or (o.tail_events is None and o.since_ns is None):
             return False
-        return _layout(self.current_state()) != _layout(planned)
+        now = self.current_state()
+        if now is None or (now.inode, now.device) != (active.ino, active.dev):
+            return False  # no state, or one of another file: the cursor sorts that out
+        if planned is None or (planned.inode, planned.device) != (now.inode, now.device):
+            return _layout(now) != (now.inode, now.device, 0)
+        return _layout(now) != _layout(planned)
 
     def _opened_after_until(self, sources: list[_Source], i: int) -> bool:
         """raw: a source opened (previous segment closed) after untilTime holds nothing older."""

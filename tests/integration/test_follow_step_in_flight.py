@@ -400,3 +400,88 @@ def test_a_collapse_during_a_tail_scan_of_the_active_file_is_planned_again(
     assert seqs == list(range(max(0, written - tail + 1), last + 1)), _dups_and_gaps(
         [s for s in seqs if s is not None]
     )
+
+
+@pytest.mark.parametrize(
+    ("fmt", "tail", "collapse", "first_rotation"),
+    [
+        ("raw", None, "never", False),
+        ("json-file", 5000, "never", False),
+        ("raw", 5000, "always", False),
+        ("raw", 0, "always", True),
+        ("json-file", 2, "always", True),
+    ],
+)
+def test_a_rotation_between_the_snapshot_and_the_start_loses_and_repeats_nothing(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fmt: Format,
+    tail: int | None,
+    collapse: str,
+    first_rotation: bool,
+) -> None:
+    """A whole rotation (cut, commit, punch, maybe collapse) runs right after a starting
+    follower read the state for its snapshot (from a wrapper around the reader's state
+    read: a test-only seam; rotator and files are real). Found by
+    test_follow_interleavings.py: the cursor then took the hole the punch left at the
+    snapshot's committed offset for lost bytes and jumped past it (the events were in
+    the new segments: lost), and a tail planned before a stream's first rotation took
+    the collapsed file's physical offsets for logical ones (old events and a cut one)."""
+    from logvold.fileio.rotator import StreamRotator
+
+    delimiter = b"\n\n" if fmt == "raw" else b"\n"
+    max_size = 2048
+    info = StreamInfo(
+        key=StreamKey("default", "writer", "app"),
+        directory=tmp_path,
+        base="app.log",
+        volume="logs",
+        policy=LogPolicy(
+            format=fmt,
+            delimiter=delimiter,
+            max_size_bytes=max_size,
+            max_files=0,
+            collapse=collapse,  # type: ignore[arg-type]
+        ),
+    )
+    stream = Stream(info, delimiter)
+    rot = StreamRotator(info, collapse_min_bytes=max_size)
+    try:
+        if not first_rotation:
+            stream.write(4000)
+            assert rot.rotate("size") is not None
+        stream.write(12_000)
+        stream.flush()
+        written = stream.next_seq - 1
+        reads = [0]
+        state_of = StreamReader.current_state
+
+        def racing_state(reader: StreamReader) -> StreamState | None:
+            state = state_of(reader)
+            reads[0] += 1
+            if reads[0] == 2:  # the snapshot's second look: consistent, then this
+                assert rot.rotate("size") is not None
+            return state
+
+        monkeypatch.setattr(StreamReader, "current_state", racing_state)
+        reader = StreamReader(info, ReadOptions(follow=True, tail_events=tail), poll_interval_s=0.0)
+        chunks = reader.chunks()
+        out = [next(chunks)]
+        monkeypatch.undo()
+        state = load_state(tmp_path, "app.log")
+        assert state is not None and reads[0] >= 2
+        assert state.collapsed_bytes > 0 if collapse == "always" else True
+        stream.write(3000)
+        last = stream.flush()
+        idle = 0
+        while idle < 3:
+            chunk = next(chunks)
+            idle = 0 if chunk or reader.more_ready else idle + 1
+            reader.more_ready = False
+            out.append(chunk)
+    finally:
+        stream.close()
+    seqs = [parse_event(b) for b in split_raw(out, delimiter)]
+    assert None not in seqs, "a cut event"
+    first = 0 if tail is None else max(0, written - tail + 1)
+    assert seqs == list(range(first, last + 1)), _dups_and_gaps([s for s in seqs if s is not None])
