@@ -63,6 +63,7 @@ from logvold.fileio.reader_events import (
     reverse_records,
     skip_bytes,
 )
+from logvold.fileio.reader_snapshot import SETTLED_OPS, committed_names, settle_collapse
 from logvold.fileio.safedir import SafeDir
 from logvold.fileio.state import StreamState
 
@@ -84,6 +85,10 @@ MAX_PATTERN_LENGTH = 1024
 TAIL_SCAN_BYTES = 1024 * 1024
 """Region size of a backwards tail scan with a pattern (bounded memory)."""
 _MAX_RECORD_FLOOR = 4 * 2**20
+SNAPSHOT_ATTEMPTS = 50
+"""Tries for a snapshot in which no rotation step ran (10 ms apart)."""
+REPLANS = 3
+"""Plans of a tail or since start again when a collapse moved the active file under one."""
 StreamFilter = Literal["All", "stdout", "stderr"]
 
 
@@ -130,6 +135,17 @@ def compile_pattern(pattern: str) -> Any:
 
 
 # ---- the reader ---------------------------------------------------------------------
+
+
+def _layout(state: StreamState | None) -> tuple[object, ...]:
+    """What places the active file's bytes: its identity and the bytes collapsed off its
+    head, or the collapse in flight (a state settled by the snapshot keeps its intent)."""
+    if state is None:
+        return ()
+    intent = state.intent
+    if intent is not None and intent.get("op") == "collapse":
+        return (state.inode, state.device, "collapse", intent.get("collapsed_before"))
+    return (state.inode, state.device, state.collapsed_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,19 +353,31 @@ class StreamReader:
     def _snapshot(self) -> tuple[tuple[SegmentName, ...], StreamState | None, int | None]:
         """Segments, state and an fd of the active file seen consistently: no rotation
         in between, so every event is in exactly one of the segments or after the
-        committed offset of the open file."""
-        for attempt in range(50):
+        committed offset of the open file. A step in flight (an intent in the state) is
+        taken as it stands, without the segments it has written so far (reader_snapshot):
+        waiting for it is no answer when its rotator was killed, and serving them from
+        the listing served their events twice. Only a collapse in flight is waited for."""
+        for attempt in range(SNAPSHOT_ATTEMPTS):
+            last = attempt == SNAPSHOT_ATTEMPTS - 1
             before = self.current_state()
             fd = self.files.open_active()
             # No directory (yet, or any more), or one refused: no segments.
             names = _segments_of(self.base, tuple(sorted(self.files.names())))
             after = self.current_state()
-            consistent = before == after and (after is None or after.intent is None)
-            if fd is not None and after is not None and consistent:
+            active_id = None
+            if fd is not None:
                 st = os.fstat(fd)
-                consistent = (st.st_ino, st.st_dev) == (after.inode, after.device)
-            if consistent or attempt == 49:
-                return names, after, fd
+                active_id = (st.st_ino, st.st_dev)
+            consistent = before == after and (
+                after is None or fd is None or active_id == (after.inode, after.device)
+            )
+            op = after.intent.get("op") if after is not None and after.intent is not None else None
+            if fd is not None and after is not None and op == "collapse" and last:
+                after = settle_collapse(after, fd)  # a collapse that stays in flight
+            elif op is not None and op not in SETTLED_OPS:
+                consistent = False
+            if consistent or last:
+                return committed_names(names, after, active_id), after, fd
             if fd is not None:
                 os.close(fd)
             time.sleep(0.01)
@@ -363,6 +391,16 @@ class StreamReader:
         active = ActiveCursor(self, state, fd)
         try:
             start = self._plan_start(sources, active)
+            for _ in range(REPLANS):
+                if not self._collapsed_under_plan(active, state):
+                    break
+                # A tail or since start found in the active file by PHYSICAL offsets of
+                # a layout a collapse has since moved: plan again on the new one.
+                active.close()
+                names, state, fd = self._snapshot()
+                sources = [_Source(n) for n in names] + [_Source(None)]
+                active = ActiveCursor(self, state, fd)
+                start = self._plan_start(sources, active)
             everything = _Start(0)
             for i in range(start.index, len(sources) - 1):
                 if self._opened_after_until(sources, i):
@@ -394,6 +432,21 @@ class StreamReader:
         finally:
             active.close()
             self.files.rewalk()
+
+    def _collapsed_under_plan(self, active: ActiveCursor, planned: StreamState | None) -> bool:
+        """Whether the start was planned by reading the active file (tail, since) and a
+        collapse of that file began or ended since the state it was planned on. Planned
+        without a state of this file (before its first rotation), physical offsets were
+        taken for logical ones: wrong once anything is collapsed."""
+        o = self.options
+        if active.fd is None or (o.tail_events is None and o.since_ns is None):
+            return False
+        now = self.current_state()
+        if now is None or (now.inode, now.device) != (active.ino, active.dev):
+            return False  # no state, or one of another file: the cursor sorts that out
+        if planned is None or (planned.inode, planned.device) != (now.inode, now.device):
+            return _layout(now) != (now.inode, now.device, 0)
+        return _layout(now) != _layout(planned)
 
     def _opened_after_until(self, sources: list[_Source], i: int) -> bool:
         """raw: a source opened (previous segment closed) after untilTime holds nothing older."""

@@ -106,6 +106,17 @@ class ActiveCursor:
         if state is not None and state.inode == st.st_ino and state.device == st.st_dev:
             self.collapsed = state.collapsed_bytes
             start = state.physical_committed
+            now = self.r.current_state()
+            if (
+                now is not None
+                and (now.inode, now.device) == (st.st_ino, st.st_dev)
+                and now.committed_offset > state.committed_offset
+            ):
+                # Cut and punched since `state` was read: a hole at `start` now holds
+                # events that are in segments, which the first step reads from there.
+                # Skipping the hole would drop them.
+                self.physical_start = start
+                return
         else:
             self.collapsed = 0
             start = 0
