@@ -187,7 +187,9 @@ def _pieces(value: object, base: str) -> tuple[PieceMark, ...]:
     """A non-empty batch of [stem, start, end], each starting where the one before ends,
     every stem named once."""
     if not isinstance(value, list) or not 0 < len(value) <= MAX_PIECES_PER_STEP:
-        raise _ForgedField(f"pieces must be a list of 1 to {MAX_PIECES_PER_STEP} [stem, start, end]")
+        raise _ForgedField(
+            f"pieces must be a list of 1 to {MAX_PIECES_PER_STEP} [stem, start, end]"
+        )
     out: list[PieceMark] = []
     for item in value:
         if not isinstance(item, list) or len(item) != 3:

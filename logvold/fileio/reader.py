@@ -40,6 +40,7 @@ import re2  # google-re2: linear time, no catastrophic backtracking
 
 from logvold.core.framing import last_boundary_backward
 from logvold.core.layout import SegmentName, segments_of
+from logvold.core.steps import CollapseStep
 from logvold.core.streams import StreamInfo
 from logvold.errors import StateError
 from logvold.fileio.reader_active import ActiveCursor
@@ -63,7 +64,12 @@ from logvold.fileio.reader_events import (
     reverse_records,
     skip_bytes,
 )
-from logvold.fileio.reader_snapshot import SETTLED_OPS, committed_names, settle_collapse
+from logvold.fileio.reader_snapshot import (
+    SETTLED_OPS,
+    committed_names,
+    intent_op,
+    settle_collapse,
+)
 from logvold.fileio.safedir import SafeDir
 from logvold.fileio.state import StreamState
 
@@ -143,8 +149,8 @@ def _layout(state: StreamState | None) -> tuple[object, ...]:
     if state is None:
         return ()
     intent = state.intent
-    if intent is not None and intent.get("op") == "collapse":
-        return (state.inode, state.device, "collapse", intent.get("collapsed_before"))
+    if isinstance(intent, CollapseStep):
+        return (state.inode, state.device, "collapse", intent.collapsed_before)
     return (state.inode, state.device, state.collapsed_bytes)
 
 
@@ -371,7 +377,7 @@ class StreamReader:
             consistent = before == after and (
                 after is None or fd is None or active_id == (after.inode, after.device)
             )
-            op = after.intent.get("op") if after is not None and after.intent is not None else None
+            op = intent_op(after)
             if fd is not None and after is not None and op == "collapse" and last:
                 after = settle_collapse(after, fd)  # a collapse that stays in flight
             elif op is not None and op not in SETTLED_OPS:

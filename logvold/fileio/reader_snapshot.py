@@ -22,34 +22,45 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from logvold.core.layout import SegmentName
+from logvold.core.steps import (
+    CollapseStep,
+    CopytruncateStep,
+    Marker,
+    PiecesStep,
+    PunchStep,
+    RefusedStep,
+    RenameStep,
+)
 from logvold.fileio.state import StreamState
 
 SETTLED_OPS = frozenset({"punch", "pieces", "copytruncate", "trim", "rename"})
 """Intents a snapshot can be taken under (by leaving their segments out)."""
 
 
-def uncommitted_stems(intent: Mapping[str, Any], active_id: tuple[int, int] | None) -> set[str]:
+def uncommitted_stems(intent: Marker, active_id: tuple[int, int] | None) -> set[str]:
     """Segment stems an intent names whose bytes are not committed (still in the active
     file after the committed offset, or, for a rename, still reachable through the open
     fd `active_id` = (st_ino, st_dev) of the renamed inode)."""
-    op = intent.get("op")
-    if op in ("punch", "copytruncate"):
-        stem = intent.get("stem")
-        return {stem} if isinstance(stem, str) else set()
-    if op == "pieces":
-        items = intent.get("pieces")
-        if not isinstance(items, list):
-            return set()
-        return {p[0] for p in items if isinstance(p, list) and p and isinstance(p[0], str)}
-    if op == "rename":
-        stem = intent.get("stem")
-        renamed = (intent.get("inode"), intent.get("device"))
-        return {stem} if isinstance(stem, str) and renamed == active_id else set()
-    return set()  # trim: the segment is committed, either version of it holds its events
+    if isinstance(intent, (PunchStep, CopytruncateStep)):
+        return {intent.stem}
+    if isinstance(intent, PiecesStep):
+        return {p.stem for p in intent.pieces}
+    if isinstance(intent, RenameStep):
+        return {intent.stem} if (intent.inode, intent.device) == active_id else set()
+    # trim: the segment is committed, either version of it holds its events; a refused
+    # (forged) marker names nothing a reader should believe.
+    return set()
+
+
+def intent_op(state: StreamState | None) -> str | None:
+    """The op of the step in flight, None without one; "refused" for a forged marker (a
+    snapshot under it is retried like one under any unsettled step)."""
+    if state is None or state.intent is None:
+        return None
+    return "refused" if isinstance(state.intent, RefusedStep) else state.intent.op
 
 
 def committed_names(
@@ -66,11 +77,9 @@ def settle_collapse(state: StreamState, fd: int) -> StreamState:
     """The layout of a collapse in flight, decided like the rotator's recovery: [0, length)
     was punched before the intent was saved, so data at physical 0 means the collapse ran
     (the committed offset's unpunched block moved there)."""
-    assert state.intent is not None and state.intent.get("op") == "collapse"
-    try:
-        length, before = int(state.intent["length"]), int(state.intent["collapsed_before"])
-    except (KeyError, TypeError, ValueError):
-        return state
+    intent = state.intent
+    assert isinstance(intent, CollapseStep)
+    length, before = intent.length, intent.collapsed_before
     if state.collapsed_bytes != before:
         return state
     try:

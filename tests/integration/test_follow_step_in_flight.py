@@ -237,7 +237,7 @@ def test_readers_during_a_step_in_flight_serve_every_event_once(
             paused.wait(10)
         state = load_state(tmp_path, "app.log")
         assert state is not None and state.intent is not None
-        assert state.intent["op"] in case.intent, state.intent
+        assert state.intent.op in case.intent, state.intent
         written_so_far = stream.last_whole()
 
         # 2. A plain read now: what it serves is whole, once, in order, with no gap.
@@ -248,7 +248,7 @@ def test_readers_during_a_step_in_flight_serve_every_event_once(
             # (the active file's layout is undecided), then ends with what is committed.
             # (No retention in these cases: a logical offset is a byte count written.)
             bisect.bisect_right(stream.ends, state.committed_offset) - 1
-            if state.intent["op"] in ("collapse", "punch")
+            if state.intent.op in ("collapse", "punch")
             else written_so_far,
             written_so_far,
         )
