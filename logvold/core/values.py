@@ -1,5 +1,5 @@
 """One parser per kind of value an operator writes, shared by every front end: the YAML
-config (core.policy), the Go-style flags of `logvold run` / `kube-log-runner`
+config (core.config_tree), the Go-style flags of `logvold run` / `kube-log-runner`
 (runner/cli.py) and the containerd driver's `binary://` pairs (driver/args.py), so one
 spelling means the same thing wherever it is written.
 
