@@ -20,7 +20,7 @@ from typing import Final
 
 from logvold.core.policy import ROTATE_NAMES, ReopenAction
 from logvold.core.units import parse_duration, parse_size
-from logvold.core.values import decode_delimiter, rotate_period
+from logvold.core.values import decode_delimiter, rotate_period, time_zone
 from logvold.errors import ConfigError, ConfigProblem
 
 KeyPath = tuple[str | int, ...]
@@ -287,8 +287,8 @@ class TreeReader:
         if not isinstance(text, str):
             return INVALID
         try:
-            zoneinfo.ZoneInfo(text)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+            time_zone(text)
+        except ValueError:
             hint = _suggest(text, _known_timezones())
             self.problem(
                 path,

@@ -81,7 +81,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
-from zoneinfo import ZoneInfo
 
 from logvold.core.clock import utcnow
 from logvold.core.framing import last_boundary_backward, make_framer
@@ -104,6 +103,7 @@ from logvold.core.pieces import (
     piece_cap,
 )
 from logvold.core.retention import RetentionPlan, SegmentFile, period_start, plan_retention
+from logvold.core.values import time_zone
 from logvold.errors import ReopenFailed, StateError, StreamError
 from logvold.fileio import stream_files as sf
 from logvold.fileio.compress import CompressionInterrupted, compress_in
@@ -437,7 +437,7 @@ class StreamRotator:
                 if self.policy.rotate == "Never" or live <= 0:
                     return None
                 now = self.clock()
-                start = period_start(now, self.policy.rotate, ZoneInfo(self.policy.timezone))
+                start = period_start(now, self.policy.rotate, time_zone(self.policy.timezone))
                 if self._anchor is None:
                     segs = sf.list_segments(d, self.info.base)
                     self._anchor = segs[-1].name.stamp if segs else now
