@@ -79,34 +79,52 @@ def format_rfc3339nano_bytes(ts: datetime | int) -> bytes:
     return format_rfc3339nano(ts).encode("ascii")
 
 
-_DATE_TIME = re.compile(rb"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})")
-_FRACTION_ZONE = re.compile(rb"(?:\.([0-9]+))?(?:Z|([+-])([0-9]{2}):([0-9]{2}))")
+_TIME_PATTERN = (
+    rb"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})"
+    rb"(?:\.([0-9]+))?(?:Z|([+-])([0-9]{2}):([0-9]{2}))"
+)
+"""The RFC3339Nano grammar, shared by the time and the CRI head patterns (one grammar);
+ranges (a real date, hours, offsets) are checked by _seconds_of."""
+_TIME = re.compile(_TIME_PATTERN)
 _seconds_cache: dict[bytes, int] = {}
 _SECONDS_CACHE_MAX = 4096
 
 
 def _epoch_seconds(head: bytes) -> int | None:
-    """Seconds since the epoch of a strict `YYYY-MM-DDTHH:MM:SS` (UTC); None if not one.
+    """Seconds since the epoch of `YYYY-MM-DDTHH:MM:SS` (digits already matched, UTC);
+    None if it is not a real date and time.
 
-    Cached: the lines of a log share their seconds, so a read parses each once.
+    Cached (the caller looks first): the lines of a log share their seconds, so a read
+    checks each once.
     """
-    seconds = _seconds_cache.get(head)
-    if seconds is not None:
-        return seconds
-    m = _DATE_TIME.fullmatch(head)
-    if m is None:
-        return None
-    year, month, day, hour, minute, second = map(int, m.groups())
+    hour, minute, second = int(head[11:13]), int(head[14:16]), int(head[17:19])
     if hour > 23 or minute > 59 or second > 59:  # Go refuses a leap second too
         return None
-    try:
-        days = datetime(year, month, day).toordinal() - _EPOCH_DAYS  # checks Feb 29
+    try:  # checks the month, the day and Feb 29
+        days = datetime(int(head[0:4]), int(head[5:7]), int(head[8:10])).toordinal()
     except ValueError:
         return None
-    seconds = days * 86400 + hour * 3600 + minute * 60 + second
+    seconds = (days - _EPOCH_DAYS) * 86400 + hour * 3600 + minute * 60 + second
     if len(_seconds_cache) >= _SECONDS_CACHE_MAX:
         _seconds_cache.clear()
     _seconds_cache[head] = seconds
+    return seconds
+
+
+def _seconds_of(head: bytes, sign: bytes | None, off_h: bytes, off_m: bytes) -> int | None:
+    """Whole seconds since the epoch (UTC) of the groups of _TIME_PATTERN; None if a
+    range is wrong (the date, the time of day, the offset)."""
+    seconds = _seconds_cache.get(head)
+    if seconds is None:
+        seconds = _epoch_seconds(head)
+        if seconds is None:
+            return None
+    if sign is not None:
+        hours, minutes = int(off_h), int(off_m)
+        if hours > 23 or minutes > 59:
+            return None
+        offset = hours * 3600 + minutes * 60
+        seconds += -offset if sign == b"+" else offset
     return seconds
 
 
@@ -119,21 +137,14 @@ def rfc3339nano_ns(text: bytes) -> int | None:
     number of fraction digits (beyond nine truncated, as Go does), a real date (years
     0001-9999), hours 00-23, offsets within +-23:59.
     """
-    seconds = _epoch_seconds(text[:19])
-    if seconds is None:
-        return None
-    m = _FRACTION_ZONE.fullmatch(text, 19)
+    m = _TIME.fullmatch(text)
     if m is None:
         return None
-    digits, sign, off_h, off_m = m.groups()
-    if sign is not None:
-        hours, minutes = int(off_h), int(off_m)
-        if hours > 23 or minutes > 59:
-            return None
-        offset = hours * 3600 + minutes * 60
-        seconds += -offset if sign == b"+" else offset
-    frac = int(digits[:9].ljust(9, b"0")) if digits else 0
-    return seconds * _NS + frac
+    head, digits, sign, off_h, off_m = m.groups()
+    seconds = _seconds_of(head, sign, off_h, off_m)
+    if seconds is None:
+        return None
+    return seconds * _NS + (int(digits[:9].ljust(9, b"0")) if digits else 0)
 
 
 def parse_rfc3339nano(text: str | bytes) -> int:
@@ -219,41 +230,41 @@ is at most 45): readers and framers look no further, so a longer head is malform
 for all of them alike, and a hostile line costs a bounded look."""
 
 
-def _cri_fields(line: bytes) -> tuple[bytes, Stream, bool, int] | str:
-    """(timestamp text, stream, partial, message start) of a CRI line, or why it is not one."""
+_STREAM_NAMES: dict[bytes, Stream] = {b"stdout": "stdout", b"stderr": "stderr"}
+_CRI_HEAD = re.compile(_TIME_PATTERN + rb" (stdout|stderr) ([^ ]*) ")
+
+
+def split_cri_line(line: bytes) -> tuple[bytes, Stream, bool, int] | None:
+    """(timestamp text, stream, partial, message start) of a CRI line; None if malformed.
+
+    `<RFC3339Nano> <stdout|stderr> <tag> <message>`, the head up to the message within
+    CRI_HEAD_BYTES, so a line's head is enough (the framer keeps no more). The tag is
+    `:`-separated and only its first part counts: `P` = partial, anything else full
+    (the kubelet's reading, forward compatible).
+    """
+    m = _CRI_HEAD.match(line, 0, CRI_HEAD_BYTES)
+    if m is None:
+        return None
+    head, _, sign, off_h, off_m, stream, tag = m.groups()
+    if _seconds_of(head, sign, off_h, off_m) is None:
+        return None
+    partial = tag == b"P" or tag.startswith(b"P:")
+    return line[: m.start(6) - 1], _STREAM_NAMES[stream], partial, m.end()
+
+
+def _cri_problem(line: bytes) -> str:
+    """Why split_cri_line refused `line`, for parse_cri_line's message."""
     sp1 = line.find(b" ", 0, CRI_HEAD_BYTES)
     if sp1 <= 0:
         return "CRI line without a timestamp"
     sp2 = line.find(b" ", sp1 + 1, CRI_HEAD_BYTES)
     if sp2 < 0:
         return "CRI line without a stream"
-    stream_text = line[sp1 + 1 : sp2]
-    if stream_text == b"stdout":
-        stream: Stream = "stdout"
-    elif stream_text == b"stderr":
-        stream = "stderr"
-    else:
-        return f"CRI line with unexpected stream {stream_text[:20]!r}"
-    sp3 = line.find(b" ", sp2 + 1, CRI_HEAD_BYTES)
-    if sp3 < 0:
+    if line[sp1 + 1 : sp2] not in _STREAM_NAMES:
+        return f"CRI line with unexpected stream {line[sp1 + 1 : sp2][:20]!r}"
+    if line.find(b" ", sp2 + 1, CRI_HEAD_BYTES) < 0:
         return f"CRI line without a tag (or a head longer than {CRI_HEAD_BYTES} bytes)"
-    ts_text = line[:sp1]
-    if rfc3339nano_ns(ts_text) is None:
-        return f"CRI line with a time that is not RFC3339Nano: {ts_text[:40]!r}"
-    tag = line[sp2 + 1 : sp3]
-    # The tag is `:`-separated and only its first part counts: `P` = partial, anything
-    # else full (the kubelet's reading, forward compatible).
-    return ts_text, stream, tag == b"P" or tag.startswith(b"P:"), sp3 + 1
-
-
-def split_cri_line(line: bytes) -> tuple[bytes, Stream, bool, int] | None:
-    """(timestamp text, stream, partial, message start) of a CRI line; None if malformed.
-
-    Only the first CRI_HEAD_BYTES bytes are looked at, so a line's head is enough (the
-    framer keeps no more). The same grammar as parse_cri_line, without an exception.
-    """
-    fields = _cri_fields(line)
-    return None if isinstance(fields, str) else fields
+    return f"CRI line with a time that is not RFC3339Nano: {line[:sp1][:40]!r}"
 
 
 def parse_cri_line(line: bytes) -> CriLine:
@@ -263,9 +274,9 @@ def parse_cri_line(line: bytes) -> CriLine:
     full (the kubelet's reading). Raises ValueError saying what is wrong.
     """
     body = line[:-1] if line.endswith(b"\n") else line
-    fields = _cri_fields(body)
-    if isinstance(fields, str):
-        raise ValueError(f"{fields}: {body[:80]!r}")
+    fields = split_cri_line(body)
+    if fields is None:
+        raise ValueError(f"{_cri_problem(body)}: {body[:80]!r}")
     ts_text, stream, partial, at = fields
     return CriLine(parse_rfc3339nano(ts_text), stream, partial, body[at:], ts_text)
 
@@ -381,7 +392,8 @@ def _json_fields(line: bytes) -> tuple[bytes, Stream, bytes] | str:
     if not isinstance(time_text, str):
         return 'json-file entry without a string "time"'
     time_bytes = time_text.encode("utf-8", "replace")
-    if rfc3339nano_ns(time_bytes) is None:
+    m = _TIME.fullmatch(time_bytes)
+    if m is None or _seconds_of(m[1], m[3], m[4], m[5]) is None:
         return f'json-file entry with a "time" that is not RFC3339Nano: {time_text!r:.60}'
     return time_bytes, checked, decode_json_bytes(log)
 

@@ -220,6 +220,7 @@ _STDOUT = 1
 _STDERR = 2
 _PARTIAL = 4
 _STREAM_BITS = {b"stdout": _STDOUT, b"stderr": _STDERR}
+_STREAM_BIT_OF = {"stdout": _STDOUT, "stderr": _STDERR}
 _NEWLINE = re.compile(b"\n")
 
 
@@ -235,7 +236,7 @@ def classify_cri_line(head: bytes | None) -> int:
     fields = split_cri_line(head)
     if fields is None:
         return 0
-    bit = _STREAM_BITS[fields[1].encode()]
+    bit = _STREAM_BIT_OF[fields[1]]
     return bit | _PARTIAL if fields[2] else bit
 
 
@@ -285,7 +286,7 @@ def classify_json_line(line: bytes | None) -> int:
     entry = split_json_entry(line)
     if entry is None:
         return 0
-    bit = _STREAM_BITS[entry[1].encode()]
+    bit = _STREAM_BIT_OF[entry[1]]
     return bit if entry[2].endswith(b"\n") else bit | _PARTIAL
 
 
