@@ -83,8 +83,8 @@ _TIME_PATTERN = (
     rb"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})"
     rb"(?:\.([0-9]+))?(?:Z|([+-])([0-9]{2}):([0-9]{2}))"
 )
-"""The RFC3339Nano grammar, shared by the time and the CRI head patterns (one grammar);
-ranges (a real date, hours, offsets) are checked by _seconds_of."""
+"""The RFC3339Nano grammar of every time read (files, query parameters, flags); ranges
+(a real date, hours, offsets) are checked by _seconds_of."""
 _TIME = re.compile(_TIME_PATTERN)
 _seconds_cache: dict[bytes, int] = {}
 _SECONDS_CACHE_MAX = 4096
@@ -137,6 +137,14 @@ def rfc3339nano_ns(text: bytes) -> int | None:
     number of fraction digits (beyond nine truncated, as Go does), a real date (years
     0001-9999), hours 00-23, offsets within +-23:59.
     """
+    if text[-1:] == b"Z":  # what containerd and dockerd write: a cache look, no regex
+        seconds = _seconds_cache.get(text[:19])
+        if seconds is not None:
+            if len(text) == 20:
+                return seconds * _NS
+            digits = text[20:-1]
+            if text[19:20] == b"." and digits.isdigit():  # bytes.isdigit: ASCII only
+                return seconds * _NS + int(digits[:9].ljust(9, b"0"))
     m = _TIME.fullmatch(text)
     if m is None:
         return None
@@ -145,6 +153,18 @@ def rfc3339nano_ns(text: bytes) -> int | None:
     if seconds is None:
         return None
     return seconds * _NS + (int(digits[:9].ljust(9, b"0")) if digits else 0)
+
+
+def _valid_time(text: bytes) -> bool:
+    """rfc3339nano_ns(text) is not None, without computing the nanoseconds."""
+    if text[-1:] == b"Z" and text[:19] in _seconds_cache:
+        # The cache holds only checked `YYYY-MM-DDTHH:MM:SS`: the fast path accepts a
+        # subset of what the pattern does, and anything else goes to the pattern.
+        digits = text[20:-1]
+        if len(text) == 20 or (text[19:20] == b"." and digits.isdigit()):
+            return True
+    m = _TIME.fullmatch(text)
+    return m is not None and _seconds_of(m[1], m[3], m[4], m[5]) is not None
 
 
 def parse_rfc3339nano(text: str | bytes) -> int:
@@ -230,8 +250,8 @@ is at most 45): readers and framers look no further, so a longer head is malform
 for all of them alike, and a hostile line costs a bounded look."""
 
 
-_STREAM_NAMES: dict[bytes, Stream] = {b"stdout": "stdout", b"stderr": "stderr"}
-_CRI_HEAD = re.compile(_TIME_PATTERN + rb" (stdout|stderr) ([^ ]*) ")
+_STREAM_FIELDS: dict[bytes, Stream] = {b"stdout ": "stdout", b"stderr ": "stderr"}
+_P, _COLON = ord("P"), ord(":")
 
 
 def split_cri_line(line: bytes) -> tuple[bytes, Stream, bool, int] | None:
@@ -240,16 +260,21 @@ def split_cri_line(line: bytes) -> tuple[bytes, Stream, bool, int] | None:
     `<RFC3339Nano> <stdout|stderr> <tag> <message>`, the head up to the message within
     CRI_HEAD_BYTES, so a line's head is enough (the framer keeps no more). The tag is
     `:`-separated and only its first part counts: `P` = partial, anything else full
-    (the kubelet's reading, forward compatible).
+    (the kubelet's reading, forward compatible). Few steps: every line read goes here.
     """
-    m = _CRI_HEAD.match(line, 0, CRI_HEAD_BYTES)
-    if m is None:
+    sp1 = line.find(b" ", 0, CRI_HEAD_BYTES)
+    stream = _STREAM_FIELDS.get(line[sp1 + 1 : sp1 + 8])  # no space at all: never a key
+    if stream is None:
         return None
-    head, _, sign, off_h, off_m, stream, tag = m.groups()
-    if _seconds_of(head, sign, off_h, off_m) is None:
+    tag = sp1 + 8
+    sp3 = line.find(b" ", tag, CRI_HEAD_BYTES)
+    if sp3 < 0:
         return None
-    partial = tag == b"P" or tag.startswith(b"P:")
-    return line[: m.start(6) - 1], _STREAM_NAMES[stream], partial, m.end()
+    ts = line[:sp1]
+    if not _valid_time(ts):
+        return None
+    partial = line[tag] == _P and (sp3 == tag + 1 or line[tag + 1] == _COLON)
+    return ts, stream, partial, sp3 + 1
 
 
 def _cri_problem(line: bytes) -> str:
@@ -260,7 +285,7 @@ def _cri_problem(line: bytes) -> str:
     sp2 = line.find(b" ", sp1 + 1, CRI_HEAD_BYTES)
     if sp2 < 0:
         return "CRI line without a stream"
-    if line[sp1 + 1 : sp2] not in _STREAM_NAMES:
+    if line[sp1 + 1 : sp2] not in (b"stdout", b"stderr"):
         return f"CRI line with unexpected stream {line[sp1 + 1 : sp2][:20]!r}"
     if line.find(b" ", sp2 + 1, CRI_HEAD_BYTES) < 0:
         return f"CRI line without a tag (or a head longer than {CRI_HEAD_BYTES} bytes)"
@@ -392,8 +417,7 @@ def _json_fields(line: bytes) -> tuple[bytes, Stream, bytes] | str:
     if not isinstance(time_text, str):
         return 'json-file entry without a string "time"'
     time_bytes = time_text.encode("utf-8", "replace")
-    m = _TIME.fullmatch(time_bytes)
-    if m is None or _seconds_of(m[1], m[3], m[4], m[5]) is None:
+    if not _valid_time(time_bytes):
         return f'json-file entry with a "time" that is not RFC3339Nano: {time_text!r:.60}'
     return time_bytes, checked, decode_json_bytes(log)
 

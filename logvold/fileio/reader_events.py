@@ -87,14 +87,14 @@ class Line:
 def parse_cri(record: bytes) -> Line:
     """A record as a CRI line (core.formats' grammar); a malformed one is a whole event
     of its own, served as it is (the kubelet would skip it)."""
-    body = record[:-1] if record.endswith(b"\n") else record
-    fields = split_cri_line(body)
+    fields = split_cri_line(record)  # a trailing newline changes nothing: not a space
+    newline = record.endswith(b"\n")
     if fields is None:
-        return Line(None, None, True, body + b"\n")
+        return Line(None, None, True, record if newline else record + b"\n")
     ts, stream, partial, at = fields
     if partial:
-        return Line(ts, stream, False, body[at:])
-    return Line(ts, stream, True, body[at:] + b"\n")
+        return Line(ts, stream, False, record[at:-1] if newline else record[at:])
+    return Line(ts, stream, True, record[at:] if newline else record[at:] + b"\n")
 
 
 def parse_json_file(record: bytes) -> Line:

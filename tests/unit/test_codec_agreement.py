@@ -13,9 +13,12 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from multidict import MultiDict
 
 from logvold.client.cli import parse_time
+from logvold.core import formats
 from logvold.core.formats import (
     CRI_HEAD_BYTES,
     event_timestamp_ns,
@@ -204,3 +207,48 @@ def test_every_reader_of_a_json_file_line_agrees(
     partial = not log.endswith(b"\n")
     assert cls == {"stdout": 1, "stderr": 2}[stream] | (4 if partial else 0)
     assert (served.stream, served.complete, served.message) == (stream, not partial, log)
+
+
+_TIME_PIECES = st.lists(
+    st.sampled_from(
+        [
+            "2026-11-23T11:48:00",
+            "2026-02-29T00:00:00",
+            "2026-11-23T24:00:00",
+            "2026-11-23T11:48",
+            ".",
+            ".5",
+            ".123456789",
+            ".1234567891",
+            "Z",
+            "z",
+            "+02:00",
+            "-24:00",
+            ",5",
+            " ",
+            "0",
+        ]
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_TIME_PIECES)
+def test_the_seconds_cache_never_changes_an_answer(pieces: list[str]) -> None:
+    """The cached fast paths (a known `YYYY-MM-DDTHH:MM:SS`, then `Z`) accept only what
+    the pattern accepts: the answer with an empty cache (pattern only) and with a warm
+    one (fast path) is the same, for the time, a CRI line and a json-file entry."""
+    text = "".join(pieces).encode()
+    line = text + b" stderr P:x m"
+    entry = _entry(log="m", stream="stderr", time=text.decode())
+
+    def answers() -> tuple[object, ...]:
+        return rfc3339nano_ns(text), split_cri_line(line), split_json_entry(entry)
+
+    formats._seconds_cache.clear()
+    cold = answers()
+    for head in (b"2026-11-23T11:48:00", b"2026-02-29T00:00:00", b"2026-11-23T24:00:00"):
+        rfc3339nano_ns(head + b"Z")  # warms the cache with the heads that are valid
+    assert answers() == cold
