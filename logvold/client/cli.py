@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from http.client import HTTPException, HTTPResponse
 from typing import IO, NoReturn
 
+from logvold.core.formats import format_rfc3339nano, rfc3339nano_ns
 from logvold.core.units import parse_duration
 from logvold.errors import ClientError as ClientError
 from logvold.errors import UsageError
@@ -127,21 +128,21 @@ def _query_parser() -> _Parser:
 
 
 def parse_time(text: str, *, now: datetime | None = None, option: str) -> str:
-    """An RFC3339 UTC time from RFC3339 text or a duration back from `now`."""
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        try:
-            seconds = parse_duration(text)
-        except ValueError:
-            raise UsageError(
-                f"{option}: expected an RFC3339 time (2026-11-23T12:00:00Z) or a duration"
-                f" (90s, 6h, 7d), got {text!r}"
-            ) from None
-        when = (now or datetime.now(UTC)) - timedelta(seconds=seconds)
-    if when.tzinfo is None:
+    """An RFC3339Nano UTC time from RFC3339 text (the codec's grammar, as the server reads
+    it, to the nanosecond) or a duration back from `now`."""
+    ns = rfc3339nano_ns(text.encode("ascii", "replace"))
+    if ns is not None:
+        return format_rfc3339nano(ns)
+    if rfc3339nano_ns(text.encode("ascii", "replace") + b"Z") is not None:
         raise UsageError(f"{option}: {text!r} has no time zone; add Z or +HH:MM")
-    return when.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        raise UsageError(
+            f"{option}: expected an RFC3339 time (2026-11-23T12:00:00Z) or a duration"
+            f" (90s, 6h, 7d), got {text!r}"
+        ) from None
+    return format_rfc3339nano((now or datetime.now(UTC)) - timedelta(seconds=seconds))
 
 
 def _token(value: str | None, environ: Mapping[str, str]) -> str | None:

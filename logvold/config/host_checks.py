@@ -19,7 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from logvold.core.policy import Config, KeyPath, format_key
+from logvold.core.config_tree import KeyPath, format_key
+from logvold.core.policy import Config
 from logvold.errors import ConfigProblem
 
 UNIT_ENV = "LOGVOLD_SYSTEMD_UNIT"

@@ -1,6 +1,6 @@
 """Read the YAML config file into a Config, keeping the line of every key for
 messages; dump a Config back as YAML; `logvold check-config`. The only module
-that imports yaml: `core.policy` converts the plain tree this builds.
+that imports yaml: `core.policy_reader` converts the plain tree this builds.
 """
 
 from __future__ import annotations
@@ -14,16 +14,9 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from logvold.core.policy import (
-    Config,
-    KeyPath,
-    LogPolicy,
-    ReopenAction,
-    VolumeSpec,
-    config_from_tree,
-    describe_value,
-    format_key,
-)
+from logvold.core.config_tree import KeyPath, describe_value, format_key
+from logvold.core.policy import Config, LogPolicy, ReopenAction, VolumeSpec
+from logvold.core.policy_reader import config_from_tree
 from logvold.core.units import format_duration, format_size, parse_duration
 from logvold.core.values import needs_byte_escapes
 from logvold.errors import ConfigError, ConfigProblem

@@ -1,12 +1,21 @@
 """CRI log lines and docker json-file entries: encode, parse, and their RFC3339Nano timestamps.
 
-Byte-compatible with what containerd and dockerd write, so a reader can serve
-either, and a writer (`logvold run`/`driver`) can produce them.
+The one codec of the three: every writer, reader, framer and HTTP/CLI path reads and
+writes them here, so one line or time means the same everywhere. Byte-compatible with
+what containerd and dockerd write, so a reader can serve either, and a writer
+(`logvold run`/`driver`) can produce them.
+
+Parsing is as strict as the Go programs on the other side (kubelet, containerd, the
+API server): `T` and `Z` upper case, `.` before the fraction, a valid date, offsets
+within +-23:59. Each parser has a raising form (`parse_*`, the reason in the message)
+and a form for hot loops that answers None (`rfc3339nano_ns`, `split_cri_line`,
+`split_json_entry`); both apply the same grammar.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -37,87 +46,135 @@ def timestamp_ns(ts: datetime | int) -> int:
     return (seconds * 1_000_000 + ts.microsecond - offset.microseconds) * 1000
 
 
+def _date_time_text(seconds: int) -> str:
+    """`YYYY-MM-DDTHH:MM:SS` (UTC) of seconds since the epoch."""
+    days, rem = divmod(seconds, 86400)
+    d = datetime.fromordinal(days + _EPOCH_DAYS)
+    hh, rem = divmod(rem, 3600)
+    mm, ss = divmod(rem, 60)
+    return f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{hh:02d}:{mm:02d}:{ss:02d}"
+
+
 def format_rfc3339nano(ts: datetime | int) -> str:
     """UTC time as Go's time.RFC3339Nano: fraction without trailing zeros, none if zero.
 
     `2026-11-23T11:48:00.1234Z`, `2026-11-23T11:48:00Z` - what containerd and
     dockerd write (for a node whose clock is UTC).
     """
-    ns = timestamp_ns(ts)
-    seconds, frac = divmod(ns, _NS)
-    days, rem = divmod(seconds, 86400)
-    d = datetime.fromordinal(days + _EPOCH_DAYS)
-    hh, rem = divmod(rem, 3600)
-    mm, ss = divmod(rem, 60)
-    text = f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{hh:02d}:{mm:02d}:{ss:02d}"
+    seconds, frac = divmod(timestamp_ns(ts), _NS)
+    text = _date_time_text(seconds)
     if frac:
         text += "." + f"{frac:09d}".rstrip("0")
     return text + "Z"
+
+
+def format_rfc3339nano_fixed(ns: int) -> str:
+    """UTC time with always nine fraction digits: the kubelet's `timestamps=true` prefix
+    (its RFC3339NanoFixed), so the columns of a `kubectl logs --timestamps` line up."""
+    seconds, frac = divmod(ns, _NS)
+    return f"{_date_time_text(seconds)}.{frac:09d}Z"
 
 
 def format_rfc3339nano_bytes(ts: datetime | int) -> bytes:
     return format_rfc3339nano(ts).encode("ascii")
 
 
-_DAYS_IN_MONTH = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_TIME_PATTERN = (
+    rb"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})"
+    rb"(?:\.([0-9]+))?(?:Z|([+-])([0-9]{2}):([0-9]{2}))"
+)
+"""The RFC3339Nano grammar of every time read (files, query parameters, flags); ranges
+(a real date, hours, offsets) are checked by _seconds_of."""
+_TIME = re.compile(_TIME_PATTERN)
+_seconds_cache: dict[bytes, int] = {}
+_SECONDS_CACHE_MAX = 4096
 
 
-def _digits(text: bytes, i: int, n: int) -> int:
-    part = text[i : i + n]
-    if len(part) != n or not part.isdigit():
-        raise ValueError
-    return int(part)
+def _epoch_seconds(head: bytes) -> int | None:
+    """Seconds since the epoch of `YYYY-MM-DDTHH:MM:SS` (digits already matched, UTC);
+    None if it is not a real date and time.
+
+    Cached (the caller looks first): the lines of a log share their seconds, so a read
+    checks each once.
+    """
+    hour, minute, second = int(head[11:13]), int(head[14:16]), int(head[17:19])
+    if hour > 23 or minute > 59 or second > 59:  # Go refuses a leap second too
+        return None
+    try:  # checks the month, the day and Feb 29
+        days = datetime(int(head[0:4]), int(head[5:7]), int(head[8:10])).toordinal()
+    except ValueError:
+        return None
+    seconds = (days - _EPOCH_DAYS) * 86400 + hour * 3600 + minute * 60 + second
+    if len(_seconds_cache) >= _SECONDS_CACHE_MAX:
+        _seconds_cache.clear()
+    _seconds_cache[head] = seconds
+    return seconds
+
+
+def _seconds_of(head: bytes, sign: bytes | None, off_h: bytes, off_m: bytes) -> int | None:
+    """Whole seconds since the epoch (UTC) of the groups of _TIME_PATTERN; None if a
+    range is wrong (the date, the time of day, the offset)."""
+    seconds = _seconds_cache.get(head)
+    if seconds is None:
+        seconds = _epoch_seconds(head)
+        if seconds is None:
+            return None
+    if sign is not None:
+        hours, minutes = int(off_h), int(off_m)
+        if hours > 23 or minutes > 59:
+            return None
+        offset = hours * 3600 + minutes * 60
+        seconds += -offset if sign == b"+" else offset
+    return seconds
+
+
+def rfc3339nano_ns(text: bytes) -> int | None:
+    """Nanoseconds since the epoch of an RFC 3339 time as Go's time.Parse reads
+    RFC3339Nano; None if `text` is not one. The grammar of every timestamp logvold reads.
+
+    `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+hh:mm|-hh:mm)`: ASCII digits, `T` and `Z` upper
+    case (Go and the kubelet refuse `t`/`z`), `.` before the fraction (not `,`), any
+    number of fraction digits (beyond nine truncated, as Go does), a real date (years
+    0001-9999), hours 00-23, offsets within +-23:59.
+    """
+    if text[-1:] == b"Z":  # what containerd and dockerd write: a cache look, no regex
+        seconds = _seconds_cache.get(text[:19])
+        if seconds is not None:
+            if len(text) == 20:
+                return seconds * _NS
+            digits = text[20:-1]
+            if text[19:20] == b"." and digits.isdigit():  # bytes.isdigit: ASCII only
+                return seconds * _NS + int(digits[:9].ljust(9, b"0"))
+    m = _TIME.fullmatch(text)
+    if m is None:
+        return None
+    head, digits, sign, off_h, off_m = m.groups()
+    seconds = _seconds_of(head, sign, off_h, off_m)
+    if seconds is None:
+        return None
+    return seconds * _NS + (int(digits[:9].ljust(9, b"0")) if digits else 0)
+
+
+def _valid_time(text: bytes) -> bool:
+    """rfc3339nano_ns(text) is not None, without computing the nanoseconds."""
+    if text[-1:] == b"Z" and text[:19] in _seconds_cache:
+        # The cache holds only checked `YYYY-MM-DDTHH:MM:SS`: the fast path accepts a
+        # subset of what the pattern does, and anything else goes to the pattern.
+        digits = text[20:-1]
+        if len(text) == 20 or (text[19:20] == b"." and digits.isdigit()):
+            return True
+    m = _TIME.fullmatch(text)
+    return m is not None and _seconds_of(m[1], m[3], m[4], m[5]) is not None
 
 
 def parse_rfc3339nano(text: str | bytes) -> int:
-    """Nanoseconds since the epoch (UTC) from an RFC 3339 timestamp as Go parses RFC3339Nano.
-
-    Accepts `Z`/`z` or a `+hh:mm`/`-hh:mm` offset and any number of fraction
-    digits (beyond nine are truncated, as Go does). Raises ValueError.
-    """
+    """Nanoseconds since the epoch (UTC) of an RFC3339Nano time (see rfc3339nano_ns);
+    ValueError naming the text otherwise."""
     raw = text.encode("ascii", "replace") if isinstance(text, str) else bytes(text)
-    try:
-        year = _digits(raw, 0, 4)
-        month = _digits(raw, 5, 2)
-        day = _digits(raw, 8, 2)
-        hour = _digits(raw, 11, 2)
-        minute = _digits(raw, 14, 2)
-        second = _digits(raw, 17, 2)
-        if raw[4:5] != b"-" or raw[7:8] != b"-" or raw[10:11] not in (b"T", b"t"):
-            raise ValueError
-        if raw[13:14] != b":" or raw[16:17] != b":":
-            raise ValueError
-        i = 19
-        frac_ns = 0
-        if raw[i : i + 1] in (b".", b","):
-            j = i + 1
-            while j < len(raw) and 0x30 <= raw[j] <= 0x39:
-                j += 1
-            digits = raw[i + 1 : j]
-            if not digits:
-                raise ValueError
-            frac_ns = int(digits[:9].ljust(9, b"0"))
-            i = j
-        zone = raw[i:]
-        if zone in (b"Z", b"z"):
-            offset_s = 0
-        elif len(zone) == 6 and zone[0:1] in (b"+", b"-") and zone[3:4] == b":":
-            oh = _digits(zone, 1, 2)
-            om = _digits(zone, 4, 2)
-            if oh > 23 or om > 59:
-                raise ValueError
-            offset_s = (oh * 3600 + om * 60) * (1 if zone[0:1] == b"+" else -1)
-        else:
-            raise ValueError
-        if not (1 <= month <= 12 and 1 <= day <= _DAYS_IN_MONTH[month]):
-            raise ValueError
-        if hour > 23 or minute > 59 or second > 59:
-            raise ValueError
-        days = datetime(year, month, day).toordinal() - _EPOCH_DAYS  # checks Feb 29
-    except ValueError:
-        raise ValueError(f"not an RFC3339Nano timestamp: {text!r:.60}") from None
-    seconds = days * 86400 + hour * 3600 + minute * 60 + second - offset_s
-    return seconds * _NS + frac_ns
+    ns = rfc3339nano_ns(raw)
+    if ns is None:
+        raise ValueError(f"not an RFC3339Nano timestamp: {text!r:.60}")
+    return ns
 
 
 def datetime_from_ns(ns: int) -> datetime:
@@ -187,6 +244,54 @@ def encode_cri_event(
     return b"".join(parts)
 
 
+CRI_HEAD_BYTES = 64
+"""`<timestamp> <stream> <tag> ` must fit in this many bytes of a CRI line (containerd's
+is at most 45): readers and framers look no further, so a longer head is malformed
+for all of them alike, and a hostile line costs a bounded look."""
+
+
+_STREAM_FIELDS: dict[bytes, Stream] = {b"stdout ": "stdout", b"stderr ": "stderr"}
+_P, _COLON = ord("P"), ord(":")
+
+
+def split_cri_line(line: bytes) -> tuple[bytes, Stream, bool, int] | None:
+    """(timestamp text, stream, partial, message start) of a CRI line; None if malformed.
+
+    `<RFC3339Nano> <stdout|stderr> <tag> <message>`, the head up to the message within
+    CRI_HEAD_BYTES, so a line's head is enough (the framer keeps no more). The tag is
+    `:`-separated and only its first part counts: `P` = partial, anything else full
+    (the kubelet's reading, forward compatible). Few steps: every line read goes here.
+    """
+    sp1 = line.find(b" ", 0, CRI_HEAD_BYTES)
+    stream = _STREAM_FIELDS.get(line[sp1 + 1 : sp1 + 8])  # no space at all: never a key
+    if stream is None:
+        return None
+    tag = sp1 + 8
+    sp3 = line.find(b" ", tag, CRI_HEAD_BYTES)
+    if sp3 < 0:
+        return None
+    ts = line[:sp1]
+    if not _valid_time(ts):
+        return None
+    partial = line[tag] == _P and (sp3 == tag + 1 or line[tag + 1] == _COLON)
+    return ts, stream, partial, sp3 + 1
+
+
+def _cri_problem(line: bytes) -> str:
+    """Why split_cri_line refused `line`, for parse_cri_line's message."""
+    sp1 = line.find(b" ", 0, CRI_HEAD_BYTES)
+    if sp1 <= 0:
+        return "CRI line without a timestamp"
+    sp2 = line.find(b" ", sp1 + 1, CRI_HEAD_BYTES)
+    if sp2 < 0:
+        return "CRI line without a stream"
+    if line[sp1 + 1 : sp2] not in (b"stdout", b"stderr"):
+        return f"CRI line with unexpected stream {line[sp1 + 1 : sp2][:20]!r}"
+    if line.find(b" ", sp2 + 1, CRI_HEAD_BYTES) < 0:
+        return f"CRI line without a tag (or a head longer than {CRI_HEAD_BYTES} bytes)"
+    return f"CRI line with a time that is not RFC3339Nano: {line[:sp1][:40]!r}"
+
+
 def parse_cri_line(line: bytes) -> CriLine:
     """Parse `<RFC3339Nano> <stdout|stderr> <tag> <message>` with or without its trailing newline.
 
@@ -194,27 +299,11 @@ def parse_cri_line(line: bytes) -> CriLine:
     full (the kubelet's reading). Raises ValueError saying what is wrong.
     """
     body = line[:-1] if line.endswith(b"\n") else line
-    sp1 = body.find(b" ")
-    if sp1 < 0:
-        raise ValueError(f"CRI line without a timestamp: {body[:80]!r}")
-    ts_text = body[:sp1]
-    sp2 = body.find(b" ", sp1 + 1)
-    if sp2 < 0:
-        raise ValueError(f"CRI line without a stream: {body[:80]!r}")
-    stream_text = body[sp1 + 1 : sp2]
-    if stream_text == b"stdout":
-        stream: Stream = "stdout"
-    elif stream_text == b"stderr":
-        stream = "stderr"
-    else:
-        raise ValueError(f"CRI line with unexpected stream {stream_text[:20]!r}")
-    sp3 = body.find(b" ", sp2 + 1)
-    if sp3 < 0:
-        raise ValueError(f"CRI line without a tag: {body[:80]!r}")
-    tag = body[sp2 + 1 : sp3]
-    ns = parse_rfc3339nano(ts_text)
-    partial = tag.split(b":", 1)[0] == b"P"
-    return CriLine(ns, stream, partial, body[sp3 + 1 :], ts_text)
+    fields = split_cri_line(body)
+    if fields is None:
+        raise ValueError(f"{_cri_problem(body)}: {body[:80]!r}")
+    ts_text, stream, partial, at = fields
+    return CriLine(parse_rfc3339nano(ts_text), stream, partial, body[at:], ts_text)
 
 
 # -- docker json-file -------------------------------------------------------
@@ -306,56 +395,64 @@ def encode_json_event(
     return b"".join(parts)
 
 
-def parse_json_entry(line: bytes) -> JsonFileEntry:
-    """Parse one json-file line (with or without its newline). Raises ValueError."""
+def _json_fields(line: bytes) -> tuple[bytes, Stream, bytes] | str:
+    """(time text, stream, log bytes) of a json-file line, or why it is not one."""
     try:
         entry = json.loads(line)
     except (ValueError, RecursionError) as exc:
-        raise ValueError(f"json-file entry is not valid JSON: {exc}") from None
+        return f"json-file entry is not valid JSON: {exc}"
     if not isinstance(entry, dict):
-        raise ValueError("json-file entry is not a JSON object")
+        return "json-file entry is not a JSON object"
     log = entry.get("log")
     stream = entry.get("stream")
     time_text = entry.get("time")
     if not isinstance(log, str):
-        raise ValueError('json-file entry without a string "log"')
-    if not isinstance(stream, str) or stream not in STREAMS:
-        raise ValueError(f'json-file entry with unexpected "stream" {stream!r:.20}')
+        return 'json-file entry without a string "log"'
+    if stream == "stdout":
+        checked: Stream = "stdout"
+    elif stream == "stderr":
+        checked = "stderr"
+    else:
+        return f'json-file entry with unexpected "stream" {stream!r:.20}'
     if not isinstance(time_text, str):
-        raise ValueError('json-file entry without a string "time"')
-    ns = parse_rfc3339nano(time_text)
-    return JsonFileEntry(ns, _check_stream(stream), decode_json_bytes(log), time_text.encode())
+        return 'json-file entry without a string "time"'
+    time_bytes = time_text.encode("utf-8", "replace")
+    if not _valid_time(time_bytes):
+        return f'json-file entry with a "time" that is not RFC3339Nano: {time_text!r:.60}'
+    return time_bytes, checked, decode_json_bytes(log)
 
 
-# -- cheap timestamp extraction for binary search ----------------------------
+def split_json_entry(line: bytes) -> tuple[bytes, Stream, bytes] | None:
+    """(time text, stream, log bytes) of one json-file line; None if malformed. The same
+    grammar as parse_json_entry (a `log` string, stream stdout or stderr, an RFC3339Nano
+    `time`), without an exception."""
+    fields = _json_fields(line)
+    return None if isinstance(fields, str) else fields
 
-_JSON_TIME_KEY = b'"time":"'
+
+def parse_json_entry(line: bytes) -> JsonFileEntry:
+    """Parse one json-file line (with or without its newline). Raises ValueError."""
+    fields = _json_fields(line)
+    if isinstance(fields, str):
+        raise ValueError(fields)
+    time_text, stream, log = fields
+    return JsonFileEntry(parse_rfc3339nano(time_text), stream, log, time_text)
+
+
+# -- the time of a line -------------------------------------------------------------
 
 
 def event_timestamp_ns(line: bytes, fmt: str) -> int | None:
-    """Timestamp of a CRI line or json-file entry without parsing the rest; None if unknown.
+    """Time of a CRI line or json-file entry (its event's time when it is the first
+    piece); None for a malformed line and for `raw` (no timestamps).
 
-    `raw` has no timestamps (always None). For json-file, the last `"time":"`
-    is used: dockerd writes `time` last, and a key inside a string value would
-    have escaped quotes.
+    A CRI line needs only its first CRI_HEAD_BYTES bytes. The line is checked as a
+    whole, so a line the reader would serve as malformed has no time here either.
     """
     if fmt == "cri":
-        sp = line.find(b" ", 0, 64)
-        if sp <= 0:
-            return None
-        ts = line[:sp]
-    elif fmt == "json-file":
-        k = line.rfind(_JSON_TIME_KEY)
-        if k < 0:
-            return None
-        k += len(_JSON_TIME_KEY)
-        q = line.find(b'"', k, k + 64)
-        if q < 0:
-            return None
-        ts = line[k:q]
-    else:
-        return None
-    try:
-        return parse_rfc3339nano(ts)
-    except ValueError:
-        return None
+        fields = split_cri_line(line)
+        return None if fields is None else rfc3339nano_ns(fields[0])
+    if fmt == "json-file":
+        entry = split_json_entry(line)
+        return None if entry is None else rfc3339nano_ns(entry[0])
+    return None

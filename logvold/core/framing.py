@@ -7,11 +7,12 @@ frame an unbounded stream in bounded memory. See ARCHITECTURE.md "Framing contra
 
 from __future__ import annotations
 
-import json
 import operator
 import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
+
+from logvold.core.formats import CRI_HEAD_BYTES, rfc3339nano_ns, split_cri_line, split_json_entry
 
 DEFAULT_MAX_EVENT_SIZE = 1 << 20
 FORMATS = ("raw", "cri", "json-file")
@@ -219,39 +220,29 @@ _STDOUT = 1
 _STDERR = 2
 _PARTIAL = 4
 _STREAM_BITS = {b"stdout": _STDOUT, b"stderr": _STDERR}
+_STREAM_BIT_OF = {"stdout": _STDOUT, "stderr": _STDERR}
 _NEWLINE = re.compile(b"\n")
-#: Bytes of a CRI line enough to read `<timestamp> <stream> <tag> `.
-CRI_HEAD_BYTES = 64
 
 
 def classify_cri_line(head: bytes | None) -> int:
     """Class of a CRI line from its first CRI_HEAD_BYTES bytes (0 = malformed).
 
-    Like the kubelet, a tag is partial when its first `:`-separated part is `P`;
-    any other tag is a full line. A line without `<ts> <stream> <tag> ` is malformed.
+    The codec's grammar (core.formats.split_cri_line): a valid time, stdout or
+    stderr, a tag whose first `:`-separated part `P` means partial. The reader
+    applies the same grammar, so both agree on where events end.
     """
     if head is None:
         return 0
-    sp1 = head.find(b" ")
-    if sp1 <= 0:
+    fields = split_cri_line(head)
+    if fields is None:
         return 0
-    sp2 = head.find(b" ", sp1 + 1)
-    if sp2 < 0:
-        return 0
-    bit = _STREAM_BITS.get(head[sp1 + 1 : sp2], 0)
-    if not bit:
-        return 0
-    sp3 = head.find(b" ", sp2 + 1)
-    if sp3 < 0:
-        return 0
-    tag = head[sp2 + 1 : sp3]
-    if tag == b"P" or tag.startswith(b"P:"):
-        return bit | _PARTIAL
-    return bit
+    bit = _STREAM_BIT_OF[fields[1]]
+    return bit | _PARTIAL if fields[2] else bit
 
 
 _JSON_PREFIX = b'{"log":"'
 _JSON_STREAM_KEY = b'","stream":"'
+_JSON_TIME_KEY = b',"time":"'
 
 
 def _backslashes_before(data: bytes, i: int, lo: int) -> int:
@@ -265,40 +256,38 @@ def _backslashes_before(data: bytes, i: int, lo: int) -> int:
 def classify_json_line(line: bytes | None) -> int:
     """Class of a whole docker json-file line (0 = malformed or longer than the event limit).
 
-    Fast path for docker's own key order (`{"log":"...","stream":"...",...}`):
+    Fast path for docker's own layout (`{"log":"...","stream":"...","time":"..."}`):
     the first `","stream":"` in a valid line can only follow the end of the log
     string (a quote inside a JSON string is always escaped). The fast path
-    trusts the inside of a line that has dockerd's shape at both ends (so a
-    line truncated by a crash is still malformed); anything else is parsed with
-    json.loads.
+    trusts the inside of the log string of a line that has dockerd's shape at
+    both ends (so a line truncated by a crash is still malformed) and checks the
+    time as the codec does; anything else is parsed by the codec
+    (core.formats.split_json_entry), the reader's grammar.
     """
     if line is None:
         return 0
-    if line.startswith(_JSON_PREFIX) and (line.endswith(b'"}\n') or line.endswith(b'"}')):
-        k = line.find(_JSON_STREAM_KEY, len(_JSON_PREFIX))
+    if line.startswith(_JSON_PREFIX):
+        tail = 3 if line.endswith(b'"}\n') else 2 if line.endswith(b'"}') else 0
+        k = line.find(_JSON_STREAM_KEY, len(_JSON_PREFIX)) if tail else -1
         if k >= 0 and _backslashes_before(line, k, len(_JSON_PREFIX)) % 2 == 0:
             bit = _STREAM_BITS.get(line[k + 12 : k + 18], 0)
-            if bit and line[k + 18 : k + 19] == b'"':
+            t = k + 19 + len(_JSON_TIME_KEY)
+            if (
+                bit
+                and line[k + 18 : t] == b'"' + _JSON_TIME_KEY
+                and rfc3339nano_ns(line[t : len(line) - tail]) is not None
+            ):
                 ends_nl = (
                     k - 2 >= len(_JSON_PREFIX)
                     and line[k - 2 : k] == b"\\n"
                     and _backslashes_before(line, k - 1, len(_JSON_PREFIX)) % 2 == 1
                 )
                 return bit if ends_nl else bit | _PARTIAL
-    try:
-        entry = json.loads(line)
-    except (ValueError, RecursionError):
+    entry = split_json_entry(line)
+    if entry is None:
         return 0
-    if not isinstance(entry, dict):
-        return 0
-    log = entry.get("log")
-    stream = entry.get("stream")
-    if not isinstance(log, str) or not isinstance(stream, str):
-        return 0
-    bit = _STREAM_BITS.get(stream.encode(), 0)
-    if not bit:
-        return 0
-    return bit if log.endswith("\n") else bit | _PARTIAL
+    bit = _STREAM_BIT_OF[entry[1]]
+    return bit if entry[2].endswith(b"\n") else bit | _PARTIAL
 
 
 class LineFramer(_OffsetFramer):

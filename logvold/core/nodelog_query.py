@@ -7,12 +7,12 @@ query that breaks a rule is a 406, each with a reason in the kubelet's field-err
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
+from logvold.core.formats import rfc3339nano_ns
 from logvold.errors import NodeLogQueryError as NodeLogQueryError
 
 MAX_SERVICES = 4
@@ -25,9 +25,6 @@ QUERY_PARAMS = frozenset({"query", "pattern", "sinceTime", "untilTime", "tailLin
 """Parameters that make `GET /logs/` a node log query rather than the stream listing."""
 
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9._:@-]+")
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})",
-)
 _GO_INT = re.compile(r"[+-]?[0-9]+")
 _INT64_MAX = 2**63 - 1
 
@@ -78,26 +75,18 @@ def _first(params: Mapping[str, Sequence[str]], name: str) -> str:
 
 
 def _parse_time(value: str, *, round_up: bool) -> datetime | None:
-    """RFC 3339 as Go's time.Parse(time.RFC3339) reads it; None if it does not parse."""
-    m = _RFC3339.fullmatch(value)
-    if m is None:
+    """RFC 3339 as Go's time.Parse reads it (the codec's grammar); None if it does not parse.
+
+    The journal keeps microseconds: a lower bound rounds up, an upper bound down, so
+    neither takes in an entry outside the asked-for nanosecond range.
+    """
+    ns = rfc3339nano_ns(value.encode("ascii", "replace"))
+    if ns is None:
         return None
-    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
-    fraction, zone = m.group(7) or "", m.group(8)
-    if zone == "Z":
-        tz = UTC
-    else:
-        off_h, off_m = int(zone[1:3]), int(zone[4:6])
-        if off_h > 23 or off_m > 59:
-            return None
-        sign = -1 if zone[0] == "-" else 1
-        tz = timezone(sign * timedelta(hours=off_h, minutes=off_m))
-    nanos = int(fraction.ljust(9, "0")) if fraction else 0
-    micros = math.ceil(nanos / 1000) if round_up else nanos // 1000
+    micros = -(-ns // 1000) if round_up else ns // 1000
     try:
-        parsed = datetime(year, month, day, hour, minute, second, tzinfo=tz)
-        return (parsed + timedelta(microseconds=micros)).astimezone(UTC)
-    except (ValueError, OverflowError):
+        return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+    except OverflowError:  # an offset or a round-up beyond years 1..9999
         return None
 
 

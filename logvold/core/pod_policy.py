@@ -11,14 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from logvold.core.policy import (
-    KeyPath,
-    LineMap,
-    LogPolicy,
-    describe_value,
-    format_key,
-    policy_from_mapping,
-)
+from logvold.core.config_tree import KeyPath, LineMap, describe_value, format_key
+from logvold.core.policy import LogPolicy
+from logvold.core.policy_reader import policy_from_mapping
 from logvold.core.streams import StreamInfo, StreamKey
 from logvold.errors import ConfigError, ConfigProblem
 

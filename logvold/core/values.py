@@ -1,5 +1,5 @@
 """One parser per kind of value an operator writes, shared by every front end: the YAML
-config (core.policy), the Go-style flags of `logvold run` / `kube-log-runner`
+config (core.config_tree), the Go-style flags of `logvold run` / `kube-log-runner`
 (runner/cli.py) and the containerd driver's `binary://` pairs (driver/args.py), so one
 spelling means the same thing wherever it is written.
 
@@ -9,7 +9,10 @@ Stdlib only. Each parser raises ValueError with the reason; the front end says w
 
 from __future__ import annotations
 
+import functools
+import zoneinfo
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, tzinfo
 
 from logvold.core.units import parse_go_duration, parse_size
 
@@ -153,3 +156,22 @@ def parse_positive_size(value: str) -> int:
     if size <= 0:
         raise ValueError("must be more than 0 bytes")
     return size
+
+
+@functools.lru_cache(maxsize=256)  # bounded: names come from pod annotations too
+def time_zone(name: str) -> tzinfo:
+    """The tzinfo of IANA zone `name` (`UTC` without a lookup); ValueError naming the zone.
+
+    The one place a policy's `timezone` becomes a tzinfo: the config check, the
+    scheduler, the rotator and the writer all resolve it here, so a name means the same
+    zone (or the same error) everywhere. Only IANA names: `Z` or an empty name is not
+    a zone (the tz database has `UTC`, `Etc/UTC`, `Zulu`).
+    """
+    if name == "UTC":
+        return UTC
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(
+            f"unknown time zone {name[:80]!r}; use an IANA name such as Europe/Berlin"
+        ) from None

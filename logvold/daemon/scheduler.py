@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from datetime import UTC, datetime, tzinfo
+from datetime import datetime, tzinfo
 from typing import TYPE_CHECKING, Generic, Literal, TypeVar
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from logvold.core.retention import next_period_boundary
+from logvold.core.values import time_zone
 
 if TYPE_CHECKING:
     from logvold.core.policy import LogPolicy
@@ -45,17 +45,6 @@ class _Entry:
     boundary: datetime | None
     dirty_since: float | None = None
     last_check: float = float("-inf")
-
-
-def zone(name: str) -> tzinfo:
-    """The tzinfo of IANA zone `name`; UTC (with a warning) if it is unknown here."""
-    if name in ("", "UTC", "Z"):
-        return UTC
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        log.warning("unknown timezone, using UTC", extra={"timezone": name})
-        return UTC
 
 
 class TriggerScheduler(Generic[K]):
@@ -88,7 +77,7 @@ class TriggerScheduler(Generic[K]):
 
     def set_stream(self, key: K, policy: LogPolicy) -> None:
         """Add a stream or update its policy (recomputing its next boundary)."""
-        tz = zone(policy.timezone)
+        tz = time_zone(policy.timezone)  # checked with the config: ValueError names it
         boundary = next_period_boundary(self._clock(), policy.rotate, tz)
         old = self._entries.get(key)
         entry = _Entry(rotate=policy.rotate, tz=tz, boundary=boundary)

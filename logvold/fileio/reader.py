@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 import re2  # google-re2: linear time, no catastrophic backtracking
 
+from logvold.core.formats import CRI_HEAD_BYTES, event_timestamp_ns, format_rfc3339nano_fixed
 from logvold.core.framing import last_boundary_backward
 from logvold.core.layout import SegmentName, segments_of
 from logvold.core.steps import CollapseStep
@@ -53,10 +54,8 @@ from logvold.fileio.reader_events import (
     Event,
     FileRegion,
     Splitter,
-    format_rfc3339_ns,
     parse_cri,
     parse_json_file,
-    parse_rfc3339_ns,
     pread_all,
     read_compressed,
     records_of,
@@ -81,8 +80,6 @@ __all__ = [
     "StreamFilter",
     "StreamReader",
     "compile_pattern",
-    "format_rfc3339_ns",
-    "parse_rfc3339_ns",
 ]
 
 log = logging.getLogger(__name__)
@@ -332,7 +329,7 @@ class StreamReader:
 
     def _format(self, ev: Event) -> bytes:
         if self.options.timestamps and ev.ts_ns is not None:
-            return format_rfc3339_ns(ev.ts_ns).encode() + b" " + ev.message
+            return format_rfc3339nano_fixed(ev.ts_ns).encode() + b" " + ev.message
         return ev.message
 
     # -- listing ----------------------------------------------------------------------
@@ -730,10 +727,7 @@ class StreamReader:
         return hi
 
     def _ts_of_line(self, line: bytes) -> int | None:
-        if self.fmt == "cri":
-            return parse_rfc3339_ns(line[: line.find(b" ")])
-        raw = parse_json_file(line).ts
-        return parse_rfc3339_ns(raw) if raw else None
+        return event_timestamp_ns(line, self.fmt)
 
     def _next_line_start(self, fd: int, pos: int, hi: int) -> int | None:
         size = 512  # lines are short: read a little first
@@ -750,8 +744,8 @@ class StreamReader:
 
     def _line_ts(self, fd: int, pos: int, hi: int) -> int | None:
         if self.fmt == "cri":
-            head = os.pread(fd, min(64, hi - pos), pos)
-            return parse_rfc3339_ns(head[: max(0, head.find(b" "))])
+            head = os.pread(fd, min(CRI_HEAD_BYTES, hi - pos), pos)
+            return event_timestamp_ns(head.split(b"\n", 1)[0], "cri")  # not the next line's
         nxt = self._next_line_start(fd, pos, hi) or hi
         return self._ts_of_line(os.pread(fd, min(self.max_record, nxt - pos), pos))
 

@@ -1,14 +1,13 @@
-"""Bytes to whole events for the stream reader: timestamps, CRI and json-file lines,
-record splitting, event assembly (P fragments joined), segment files (plain, gzip, zstd)
-and reading records backwards in bounded blocks (kubelet-style tail)."""
+"""Bytes to whole events for the stream reader: records as lines of the codec (CRI and
+json-file, parsed by core.formats), record splitting, event assembly (P fragments
+joined), segment files (plain, gzip, zstd) and reading records backwards in bounded
+blocks (kubelet-style tail)."""
 
 from __future__ import annotations
 
 import gzip
 import heapq
-import json
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -16,7 +15,7 @@ from typing import Any, BinaryIO
 import re2  # google-re2: linear time, no catastrophic backtracking
 import zstandard
 
-from logvold.core.formats import decode_json_bytes, parse_rfc3339nano
+from logvold.core.formats import rfc3339nano_ns, split_cri_line, split_json_entry
 
 CHUNK_BYTES = 64 * 1024
 """Response chunk size, and the block size of backward and search reads."""
@@ -24,60 +23,6 @@ READ_BYTES = 1024 * 1024
 """Forward read size: big enough that a pattern scan runs at RE2 speed, still bounded."""
 CRI_PARTIAL = re2.compile(rb" std(?:out|err) P ")
 """Where a CRI P (partial) line may be; one RE2 pass is faster than two bytes searches."""
-
-
-# ---- timestamps -------------------------------------------------------------------------
-
-_epoch_cache: dict[bytes, int] = {}
-
-
-def parse_rfc3339_ns(text: bytes) -> int | None:
-    """UNIX ns of an RFC3339(Nano) time like `2026-11-23T11:57:17.123456789Z`; None if not one.
-
-    Validation of the date and time is core.formats' (strict, like Go); the seconds of
-    each distinct `YYYY-MM-DDTHH:MM:SS` are cached, since log lines share them.
-    """
-    head = text[:19]
-    secs = _epoch_cache.get(head)
-    if secs is None:
-        if len(text) < 20:
-            return None
-        try:
-            secs = parse_rfc3339nano(head + b"Z") // 1_000_000_000
-        except ValueError:
-            return None
-        if len(_epoch_cache) > 4096:
-            _epoch_cache.clear()
-        _epoch_cache[head] = secs
-    rest = text[19:]
-    if rest[-1:] in (b"Z", b"z"):
-        frac, offset = rest[:-1], 0
-    elif (
-        len(rest) >= 6
-        and rest[-6:-5] in (b"+", b"-")
-        and rest[-3:-2] == b":"
-        and rest[-5:-3].isdigit()
-        and rest[-2:].isdigit()
-    ):
-        frac = rest[:-6]
-        offset = (int(rest[-5:-3]) * 60 + int(rest[-2:])) * 60
-        if rest[-6:-5] == b"+":
-            offset = -offset
-    else:
-        return None
-    frac_ns = 0
-    if frac:
-        digits = frac[1:]
-        if frac[:1] not in (b".", b",") or not digits.isdigit():
-            return None
-        frac_ns = int(digits[:9].ljust(9, b"0"))
-    return (secs + offset) * 1_000_000_000 + frac_ns
-
-
-def format_rfc3339_ns(ns: int) -> str:
-    """Kubelet's timestamp style: UTC, always nine fraction digits."""
-    secs, frac = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
 
 
 # ---- records and events -----------------------------------------------------------------
@@ -106,7 +51,7 @@ class Event:
     @property
     def ts_ns(self) -> int | None:
         if self._ts is False:
-            self._ts = parse_rfc3339_ns(self.ts_raw) if self.ts_raw else None
+            self._ts = rfc3339nano_ns(self.ts_raw) if self.ts_raw else None
         assert not isinstance(self._ts, bool)
         return self._ts
 
@@ -140,32 +85,27 @@ class Line:
 
 
 def parse_cri(record: bytes) -> Line:
-    body = record[:-1] if record.endswith(b"\n") else record
-    parts = body.split(b" ", 3)
-    if len(parts) >= 3 and parts[1] in (b"stdout", b"stderr"):
-        ts = parts[0]
-        if len(ts) >= 20 and ts[4:5] == b"-" and ts[10:11] in (b"T", b"t"):
-            msg = parts[3] if len(parts) == 4 else b""
-            if parts[2].split(b":", 1)[0] == b"P":  # the tag is `:`-separated, like kubelet's
-                return Line(ts, parts[1].decode(), False, msg)
-            return Line(ts, parts[1].decode(), True, msg + b"\n")
-    return Line(None, None, True, body + b"\n")
+    """A record as a CRI line (core.formats' grammar); a malformed one is a whole event
+    of its own, served as it is (the kubelet would skip it)."""
+    fields = split_cri_line(record)  # a trailing newline changes nothing: not a space
+    newline = record.endswith(b"\n")
+    if fields is None:
+        return Line(None, None, True, record if newline else record + b"\n")
+    ts, stream, partial, at = fields
+    if partial:
+        return Line(ts, stream, False, record[at:-1] if newline else record[at:])
+    return Line(ts, stream, True, record[at:] if newline else record[at:] + b"\n")
 
 
 def parse_json_file(record: bytes) -> Line:
-    try:
-        entry = json.loads(record)
-        text = entry["log"]
-        stream = entry.get("stream")
-        ts_text = entry.get("time")
-        if not isinstance(text, str):
-            raise TypeError("log is not a string")
-    except (ValueError, TypeError, KeyError, RecursionError):
+    """A record as a json-file entry (core.formats' grammar); a malformed one is a whole
+    event of its own, served as it is."""
+    entry = split_json_entry(record)
+    if entry is None:
         body = record[:-1] if record.endswith(b"\n") else record
         return Line(None, None, True, body + b"\n")
-    ts = ts_text.encode() if isinstance(ts_text, str) else None
-    msg = decode_json_bytes(text)
-    return Line(ts, stream if isinstance(stream, str) else None, msg.endswith(b"\n"), msg)
+    ts, stream, msg = entry
+    return Line(ts, stream, msg.endswith(b"\n"), msg)
 
 
 class Splitter:

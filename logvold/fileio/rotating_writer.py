@@ -26,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 from logvold.core.chunk_encoding import ChunkEncoder, long_lines, native_escaper
 from logvold.core.clock import Clock, utcnow
@@ -35,6 +34,7 @@ from logvold.core.framing import RawFramer
 from logvold.core.layout import SegmentName, next_segment_name, segments_of
 from logvold.core.policy import LogPolicy
 from logvold.core.retention import SegmentFile, next_period_boundary, plan_retention
+from logvold.core.values import time_zone
 from logvold.errors import StreamError
 from logvold.fileio.spare_files import SpareFiles
 
@@ -94,7 +94,7 @@ class RotatingWriter:
         self._on_rotate = on_rotate
         self._dir = active.parent
         self._base = active.name
-        self._tz: tzinfo = UTC if policy.timezone == "UTC" else ZoneInfo(policy.timezone)
+        self._tz: tzinfo = time_zone(policy.timezone)
         self._max_size = policy.max_size_bytes
         self._max_event = policy.max_event_size_bytes
         # cri / json-file: lines longer than this become P pieces (containerd's CRI

@@ -76,7 +76,6 @@ import logging
 import os
 import stat
 from typing import TYPE_CHECKING
-from zoneinfo import ZoneInfo
 
 from logvold.core.clock import utcnow
 from logvold.core.layout import (
@@ -93,6 +92,7 @@ from logvold.core.steps import (
     Step,
     TrimStep,
 )
+from logvold.core.values import time_zone
 from logvold.errors import StateError, StreamError
 from logvold.fileio import stream_files as sf
 from logvold.fileio.rotation.copytruncate import CopytruncateSteps
@@ -212,7 +212,7 @@ class StreamRotator(RetentionSteps, RenameSteps, CopytruncateSteps):
                 if self.policy.rotate == "Never" or live <= 0:
                     return None
                 now = self.clock()
-                start = period_start(now, self.policy.rotate, ZoneInfo(self.policy.timezone))
+                start = period_start(now, self.policy.rotate, time_zone(self.policy.timezone))
                 if self._anchor is None:
                     segs = sf.list_segments(d, self.info.base)
                     self._anchor = segs[-1].name.stamp if segs else now

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiMapping
 
+from logvold.core.formats import rfc3339nano_ns
 from logvold.core.layout import STATE_DIR_NAME, segments_of, state_file_name
 from logvold.core.streams import DEFAULT_NAMESPACE, StreamInfo, StreamKey
 from logvold.core.values import GO_FALSE, GO_TRUE
@@ -29,7 +30,6 @@ from logvold.fileio.reader import (
     StreamFilter,
     StreamReader,
     compile_pattern,
-    parse_rfc3339_ns,
 )
 from logvold.fileio.reader_dir import Refused, log_refusal
 from logvold.fileio.safedir import UnsafeFile, open_stream_dir
@@ -98,7 +98,7 @@ def _time(query: MultiMapping[str], name: str) -> int | None:
     text = _one(query, name)
     if text is None:
         return None
-    ns = parse_rfc3339_ns(text.encode("utf-8", "replace")) if len(text) <= 64 else None
+    ns = rfc3339nano_ns(text.encode("utf-8", "replace")) if len(text) <= 64 else None
     if ns is None:
         raise BadRequest(
             f"{name} must be an RFC3339 time like 2026-11-23T12:00:00Z, got {text[:64]!r}"

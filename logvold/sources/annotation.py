@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from logvold.config.yaml_file import parse_yaml_tree
+from logvold.core.config_tree import KeyPath
 from logvold.core.pod_policy import PodStreams, evaluate_pod
-from logvold.core.policy import KeyPath, LogPolicy
+from logvold.core.policy import LogPolicy
 
 
 def parse_annotation_tree(text: str, file: str) -> tuple[object, dict[KeyPath, int]]:

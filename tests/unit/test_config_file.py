@@ -18,11 +18,10 @@ from logvold.config.yaml_file import (
     main_check_config,
     parse_yaml_tree,
 )
+from logvold.core.config_tree import KeyPath
 from logvold.core.policy import (
-    POLICY_KEYS,
     Config,
     ContainerSpec,
-    KeyPath,
     KubernetesConfig,
     LogPolicy,
     NodeLogQueryConfig,
@@ -31,6 +30,7 @@ from logvold.core.policy import (
     ServerLimits,
     VolumeSpec,
 )
+from logvold.core.policy_reader import POLICY_KEYS
 from logvold.core.units import format_duration, format_size
 from logvold.errors import ConfigError
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from logvold.core import framing
 from logvold.core.formats import (
+    CRI_HEAD_BYTES,
     encode_cri_event,
     encode_cri_line,
     encode_json_entry,
@@ -403,7 +404,7 @@ def test_oversized_event_is_cut_counted_and_memory_bounded(fmt: str, use_fast_pa
     else:
         data = encode_json_event("stderr", 0, b"z" * 9_000, max_line=300)
     framer = make_framer(fmt, b"\n", m)
-    bound = {"raw": 0, "cri": framing.CRI_HEAD_BYTES, "json-file": m}[fmt]
+    bound = {"raw": 0, "cri": CRI_HEAD_BYTES, "json-file": m}[fmt]
     ends: list[int] = []
     rng = random.Random(4)
     for chunk in chunked([data], rng, max_chunk=700):

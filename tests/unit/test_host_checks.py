@@ -9,7 +9,8 @@ import pytest
 
 from logvold.config.host_checks import UNIT_ENV, find_unit, host_problems, read_unit_sandbox
 from logvold.config.yaml_file import load_config_text, parse_yaml_tree
-from logvold.core.policy import Config, KeyPath
+from logvold.core.config_tree import KeyPath
+from logvold.core.policy import Config
 
 REPO_UNIT = Path(__file__).resolve().parents[2] / "packaging" / "systemd" / "logvold.service"
 

@@ -9,21 +9,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from logvold.core.config_tree import KeyPath, describe_value, format_key
 from logvold.core.policy import (
-    POLICY_KEYS,
     Config,
     ContainerSpec,
-    KeyPath,
     LogPolicy,
     ReopenAction,
     VolumeSpec,
-    config_from_tree,
-    decode_escapes,
     default_config,
-    describe_value,
-    format_key,
-    policy_from_mapping,
 )
+from logvold.core.policy_reader import POLICY_KEYS, config_from_tree, policy_from_mapping
+from logvold.core.values import decode_escapes
 from logvold.errors import ConfigError
 
 POLICY_PATH: KeyPath = ("volumes", 0, "containers", 0, "policy", "logs")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 import pytest
 
 from logvold.core.policy import LogPolicy
-from logvold.daemon.scheduler import MAX_SLEEP_S, Due, TriggerScheduler, zone
+from logvold.daemon.scheduler import MAX_SLEEP_S, Due, TriggerScheduler
 
 
 class FakeClocks:
@@ -165,7 +164,11 @@ def test_period_due_consumes_a_pending_hint() -> None:
     assert sched.due() == []
 
 
-def test_unknown_timezone_falls_back_to_utc(caplog: pytest.LogCaptureFixture) -> None:
-    assert zone("Mars/Olympus_Mons") is UTC
-    assert "unknown timezone" in caplog.text
-    assert zone("Europe/Berlin") == ZoneInfo("Europe/Berlin")
+def test_unknown_timezone_is_refused_naming_it() -> None:
+    # The config check refuses unknown zones first; a policy built in code that slips
+    # one through is refused here too, as the rotator and the writer refuse it (the
+    # scheduler used to fall back to UTC while the rotator failed on the same policy).
+    sched, _ = make(datetime(2026, 11, 23, 10, 0, tzinfo=UTC))
+    with pytest.raises(ValueError, match="unknown time zone 'Mars/Olympus_Mons'"):
+        sched.set_stream("s", LogPolicy(rotate="Daily", timezone="Mars/Olympus_Mons"))
+    assert "s" not in sched

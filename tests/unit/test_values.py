@@ -1,24 +1,32 @@
 """One value, one meaning: the YAML config, the flags of `logvold run` and the driver's
 `binary://` pairs read delimiters and rotation periods through core.values, and the Go
-boolean spellings are the same for flags and HTTP query parameters. Table-driven: every
-row is checked through every front end."""
+boolean spellings are the same for flags and HTTP query parameters; a policy's time zone
+resolves to the same zone (or the same refusal) in the config check, the scheduler and
+the writer. Table-driven: every row is checked through every front end."""
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from multidict import MultiDict
 
 from logvold.config.yaml_file import load_config_text
+from logvold.core.policy import LogPolicy
 from logvold.core.values import (
     decode_delimiter,
     needs_byte_escapes,
     parse_go_bool,
     parse_rotate,
+    time_zone,
 )
+from logvold.daemon.scheduler import TriggerScheduler
 from logvold.driver.args import parse_driver_args
-from logvold.errors import BadRequest, FlagError
+from logvold.errors import BadRequest, ConfigError, FlagError
+from logvold.fileio.rotating_writer import RotatingWriter
 from logvold.runner import cli as runner_cli
 from logvold.runner import goflags
 from logvold.server.logs import parse_read_options
@@ -135,3 +143,49 @@ def test_go_booleans_mean_the_same_in_flags_and_http_parameters(
     assert parse_go_bool(text) is expected
     assert goflags.parse_bool(text) is expected
     assert parse_read_options(query).follow is expected
+
+
+@pytest.mark.parametrize(
+    ("name", "known"),
+    [
+        ("UTC", True),
+        ("Etc/UTC", True),
+        ("Europe/Berlin", True),
+        ("America/Argentina/Buenos_Aires", True),
+        ("Z", False),  # the scheduler used to read "Z" and "" as UTC; no other copy did
+        ("", False),
+        ("Europe/Berln", False),
+        ("../../etc/passwd", False),
+        ("Europe", False),  # a directory of the tz database, not a zone
+        ("Mars/Olympus_Mons", False),
+    ],
+)
+def test_every_consumer_resolves_a_time_zone_alike(name: str, known: bool, tmp_path: Path) -> None:
+    def wall() -> datetime:
+        return datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+
+    policy = LogPolicy(rotate="Daily", timezone=name)
+    scheduler: TriggerScheduler[str] = TriggerScheduler(wall, lambda: 0.0)
+    quoted = '"' + name + '"'
+    if not known:
+        with pytest.raises(ValueError, match=f"unknown time zone {re.escape(repr(name))}"):
+            time_zone(name)
+        with pytest.raises(ValueError, match="unknown time zone"):
+            scheduler.set_stream("s", policy)
+        with pytest.raises(ValueError, match="unknown time zone"):
+            RotatingWriter(str(tmp_path / "a.log"), policy, clock=wall, background=False)
+        with pytest.raises(
+            ConfigError, match=r"defaults\.timezone: (unknown time zone|must not be empty)"
+        ):
+            load_config_text(f"defaults:\n  timezone: {quoted}\n", "c.yaml")
+        return
+    zone = time_zone(name)
+    assert zone is time_zone(name)  # cached: one object per name
+    assert zone is UTC if name == "UTC" else zone == ZoneInfo(name)
+    scheduler.set_stream("s", policy)
+    assert "s" in scheduler
+    writer = RotatingWriter(str(tmp_path / "a.log"), policy, clock=wall, background=False)
+    writer.close()
+    assert (
+        load_config_text(f"defaults:\n  timezone: {quoted}\n", "c.yaml").defaults.timezone == name
+    )
