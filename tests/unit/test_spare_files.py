@@ -85,15 +85,18 @@ def test_a_taken_name_is_refused_not_overwritten(tmp_path: Path) -> None:
 def test_close_fd_is_closed_by_the_thread(tmp_path: Path) -> None:
     active = tmp_path / "app.log"
     old = os.open(tmp_path / "old", os.O_WRONLY | os.O_CREAT, 0o644)
+    old_id = (os.fstat(old).st_dev, os.fstat(old).st_ino)
     spares = SpareFiles(str(active))
     try:
         os.close(_take(spares, str(active), close_fd=old))
         deadline = time.monotonic() + 30
         while True:
             try:
-                os.fstat(old)
+                st = os.fstat(old)
             except OSError:
                 break  # closed
+            if (st.st_dev, st.st_ino) != old_id:
+                break  # closed, and the number already reused by a new spare
             assert time.monotonic() < deadline, "the handed-over descriptor stayed open"
             time.sleep(0.01)
     finally:
