@@ -20,6 +20,7 @@ from logvold.core.formats import (
     encode_cri_line,
     encode_json_entry,
     encode_json_event,
+    rfc3339nano_ns,
 )
 from logvold.core.framing import (
     LineFramer,
@@ -58,13 +59,16 @@ def reference_raw(data: bytes, d: bytes, m: int) -> list[int]:
 def _reference_class(line: bytes, fmt: str, m: int) -> tuple[str, bool] | None:
     """(stream, partial) of a whole line; None if malformed.
 
-    The framer's contract: a cri line needs `<ts> <stream> <tag> ` within its first
-    64 bytes (the timestamp is not validated); a json-file line is any JSON object
-    with a string `log` and `stream` (the time is not validated), at most m bytes.
+    The framer's contract (the one codec's grammar): a cri line needs `<ts> <stream>
+    <tag> ` within its first 64 bytes with an RFC3339Nano `ts`; a json-file line is a
+    JSON object with a string `log`, `stream` stdout or stderr and an RFC3339Nano
+    `time`, at most m bytes. Anything else is malformed: an event of its own.
     """
     if fmt == "cri":
         fields = line[:64].split(b" ", 3)
         if len(fields) < 4 or not fields[0] or fields[1] not in (b"stdout", b"stderr"):
+            return None
+        if rfc3339nano_ns(fields[0]) is None:
             return None
         return fields[1].decode(), fields[2].split(b":")[0] == b"P"
     if len(line) > m:
@@ -76,6 +80,9 @@ def _reference_class(line: bytes, fmt: str, m: int) -> tuple[str, bool] | None:
     if not isinstance(entry, dict) or not isinstance(entry.get("log"), str):
         return None
     if entry.get("stream") not in ("stdout", "stderr"):
+        return None
+    time_text = entry.get("time")
+    if not isinstance(time_text, str) or rfc3339nano_ns(time_text.encode()) is None:
         return None
     return entry["stream"], not entry["log"].endswith("\n")
 
