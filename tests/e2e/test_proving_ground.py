@@ -175,6 +175,19 @@ def start_writer(tmp: Path, s: Stream, seed: int) -> subprocess.Popen[bytes]:
     )
 
 
+def _backlog(tmp: Path, s: Stream) -> int:
+    """Bytes of the active file not yet rotated (from stat and the state file only)."""
+    d = tmp / s.volume
+    try:
+        st = (d / s.base).stat()
+    except FileNotFoundError:
+        return 0
+    state = load_state(d, s.base)
+    if state is None or (state.device, state.inode) != (st.st_dev, st.st_ino):
+        return st.st_size
+    return st.st_size - state.physical_committed
+
+
 def stream_events(s: Stream, data: bytes) -> list[bytes]:
     """Event bodies of a stream's bytes, decoded independently of logvold."""
     if s.fmt == "raw":
@@ -254,6 +267,16 @@ def test_proving_ground(tmp_path: Path) -> None:
                     15,
                     "the restored config",
                 )
+            # The kill instant is random, but not inside a backlog: on a loaded machine the
+            # daemon can fall so far behind that one rotation cuts dozens of pieces, and a
+            # kill then hides them all from the counters (the bounds below assume < 1 hidden
+            # rotation per kill, as on an idle machine). Wait until it has caught up.
+            wait_for(
+                lambda: all(_backlog(tmp_path, s) < 2 * s.max_size for s in STREAMS),
+                WRITE_S * 3 + 120,
+                "the daemon to catch up with the writers before a kill",
+                interval_s=0.1,
+            )
             samples = scrape(port)
             t0 = time.monotonic()
             code = daemon.kill9()
@@ -294,6 +317,8 @@ def test_proving_ground(tmp_path: Path) -> None:
                     return False
                 if s.fmt == "cri" and len(plain) > 1:
                     return False
+                if s.fmt == "cri" and _backlog(tmp_path, s) > 0:
+                    return False  # the tail below maxSize: only the 5 s period cuts it
                 if s.truncated:
                     seg_bytes, live = stream_bytes(d, s.base)
                     if sum(map(len, seg_bytes)) + len(live) > BUDGET:
@@ -383,8 +408,11 @@ def check_stream(
     by_period = sum(
         metric_sum(m, "logvold_rotations_total", reason="period", **labels) for m in lifetimes
     )
-    if s.fmt == "cri":  # rotate: 5s over a ~30 s run (and size rotations in between)
-        assert by_period >= WRITE_S / 5 / 3, (s, by_period)
+    if s.fmt == "cri":
+        # rotate: 5s over a ~30 s run, on top of the size trigger. Under load the size
+        # trigger can win every window while the writers run; the tail they leave (below
+        # maxSize) is cut only by the period, which settled() waited for.
+        assert by_period >= 1, (s, by_period)
     else:
         assert by_period == 0, (s, by_period)
     freed = {
