@@ -229,7 +229,15 @@ def test_proving_ground(tmp_path: Path) -> None:
         for k in range(KILLS):
             target = started + WRITE_S * (k + 1) / (KILLS + 1) + rng.uniform(-1.0, 1.0)
             time.sleep(max(0.0, target - time.monotonic()))
-            if k == 2:  # a valid reload with a changed policy: raw streams gzip -> zstd
+            if k == 0:  # a valid reload with a changed policy: raw streams gzip -> zstd
+                # Early, while the writers have most of their bytes to go (kills wait for
+                # the daemon to catch up, so on a loaded machine a later kill may come after
+                # the writers are done and no raw segment would be made after the reload).
+                wait_for(
+                    lambda: any(p.name.endswith(".gz") for p in (tmp_path / "vraw").iterdir()),
+                    WRITE_S * 3,
+                    "a gzip segment before the reload",
+                )
                 zst_before_reload = sum(
                     p.name.endswith(".zst") for p in (tmp_path / "vraw").iterdir()
                 )
@@ -244,7 +252,12 @@ def test_proving_ground(tmp_path: Path) -> None:
                     "the valid reload",
                 )
                 reload_ok += 1
-            if k == 3:  # an invalid reload: rejected, the running config kept
+                wait_for(
+                    lambda: any(p.name.endswith(".zst") for p in (tmp_path / "vraw").iterdir()),
+                    WRITE_S * 3 + 120,
+                    "a zstd raw segment after the reload",
+                )
+            if k == 1:  # an invalid reload: rejected, the running config kept
                 atomic_write(cfg, config_text(tmp_path, port, policies("zstd", "banana")))
                 daemon.proc.send_signal(signal.SIGHUP)
                 wait_for(
@@ -354,8 +367,8 @@ def test_proving_ground(tmp_path: Path) -> None:
 
     # The reloads: counted, the valid one took effect (zstd segments in vraw after it).
     assert reload_ok == 1 and reload_error == 1
-    assert metric_sum(lifetimes[2], "logvold_config_reloads_total", result="success") >= 1
-    assert metric_sum(lifetimes[3], "logvold_config_reloads_total", result="error") >= 1
+    assert metric_sum(lifetimes[0], "logvold_config_reloads_total", result="success") >= 1
+    assert metric_sum(lifetimes[1], "logvold_config_reloads_total", result="error") >= 1
     zst_raw = sum(p.name.endswith(".zst") for p in (tmp_path / "vraw").iterdir())
     gz_raw = sum(p.name.endswith(".gz") for p in (tmp_path / "vraw").iterdir())
     assert zst_before_reload == 0 and zst_raw > 0 and gz_raw > 0
