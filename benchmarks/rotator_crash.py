@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -118,8 +119,17 @@ def run(
     seed: int = 1,
     directory: Path | None = None,
     max_delay_s: float = 0.15,
+    rotation_first: bool = False,
+    rotation_timeout_s: float = 120.0,
 ) -> CrashStats:
-    """`kills` SIGKILLs of a rotating child with a live `mode` writer; verify after each."""
+    """`kills` SIGKILLs of a rotating child with a live `mode` writer; verify after each.
+
+    With `rotation_first`, every other kill waits (up to `rotation_timeout_s`) until the
+    child has committed a rotation before its random delay starts: on a loaded machine a
+    fixed delay can pass before the child runs at all, and a run with no rotation proves
+    nothing about crashes during one. The other kills keep the plain random instant
+    (right after recovery included).
+    """
     rng = random.Random(seed)
     stats = CrashStats(mode)
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
@@ -128,6 +138,7 @@ def run(
             d / "app.log", mode=mode, count=10**8, rate=400, max_chunk=8192, seed=seed
         )
         try:
+            _wait_for_file(d / "app.log", writer, timeout_s=rotation_timeout_s)
             for i in range(kills):
                 proc = subprocess.Popen(
                     [
@@ -141,13 +152,17 @@ def run(
                     ],
                     cwd=ROOT,
                     stdout=subprocess.PIPE,
+                    bufsize=0,  # unbuffered: select() then sees every line the child printed
                 )
                 assert proc.stdout is not None
                 proc.stdout.readline()  # "ready": recovery in the child is done
+                lines: list[str] = []
+                if rotation_first and i % 2 == 0:
+                    lines.append(_first_rotation(proc, rotation_timeout_s))
                 time.sleep(rng.random() * max_delay_s)
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
-                for line in proc.stdout.read().decode().splitlines():
+                for line in lines + proc.stdout.read().decode().splitlines():
                     stats.rotations += 1
                     stats.collapses += line.split()[1] != "0"
                 proc.stdout.close()
@@ -166,6 +181,33 @@ def run(
         rot.rotate("final")
         _check(d, stats)
     return stats
+
+
+def _wait_for_file(path: Path, writer: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Until the writer has written its first bytes: on a loaded machine its start can take
+    longer than a child's, and every check after a kill reads the active file."""
+    deadline = time.monotonic() + timeout_s
+    while not (path.exists() and path.stat().st_size > 0):
+        if writer.poll() is not None:
+            raise AssertionError(f"writer exited {writer.returncode} before writing")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"writer wrote nothing to {path} within {timeout_s} s")
+        time.sleep(0.05)
+
+
+def _first_rotation(proc: subprocess.Popen[bytes], timeout_s: float) -> str:
+    """The child's first "r ..." line (a committed rotation), waited for with a deadline."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([proc.stdout], [], [], min(left, 1.0))
+        if ready:
+            line = proc.stdout.readline().decode()
+            if not line:
+                raise AssertionError(f"rotating child exited {proc.wait()} before a rotation")
+            return line.strip()
+    proc.kill()
+    raise AssertionError(f"rotating child committed no rotation within {timeout_s} s")
 
 
 class _NoState:

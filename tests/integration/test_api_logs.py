@@ -338,7 +338,7 @@ async def test_redos_pattern_returns_promptly(server: Served, tmp_path: Path) ->
         query = "pattern=%28x%2Bx%2B%29%2By"
         status, body, _ = await fetch(server.base + "/logs/default/redos/app?" + query)
         assert status == 200 and b"xxxx" not in body
-        assert time.monotonic() - t0 < 3.0
+        assert time.monotonic() - t0 < 60  # backtracking would take ~forever; RE2 is linear
     finally:
         server.registry.remove(key)
 
@@ -355,7 +355,7 @@ async def test_shutdown_with_a_follower_attached_leaks_nothing(tmp_path: Path) -
     server = serving(registry)
     srv = await server.__aenter__()
     async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as s,
         s.get(srv.base + "/logs/default/p/c?follow=true") as r,
     ):
         got = await r.content.readuntil(b"\n")
@@ -364,7 +364,8 @@ async def test_shutdown_with_a_follower_attached_leaks_nothing(tmp_path: Path) -
         shutdown = asyncio.create_task(server.__aexit__(None, None, None))
         got += await r.read()  # the body ended cleanly: the server said goodbye
         await shutdown
-        assert time.monotonic() - t0 < 5  # the follower ended at shutdown, not at a timeout
+        # The follower ended at shutdown, not at the client's 120 s timeout.
+        assert time.monotonic() - t0 < 60
 
     assert body_seqs(got) == list(range(5))
     for _ in range(50):

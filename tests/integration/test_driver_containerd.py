@@ -95,11 +95,12 @@ def test_ctr_run_with_binary_log_uri_keeps_every_event(
         "run", "--rm", "--log-uri", f"binary://{DRIVER}?{query}",
         "--mount", f"type=bind,src={data},dst=/data,options=rbind:ro",
         IMAGE_NAME, container_id, "sh", "-c", WORKLOAD,
-        timeout_s=60,
+        timeout_s=180,
     )  # fmt: skip
     elapsed = time.monotonic() - started
     assert done.returncode == 0, f"{done.stderr}\n{containerd.log_tail()}"
-    assert elapsed < 20, f"ctr run took {elapsed:.1f} s"
+    # Generous for a loaded machine; a driver that held the shim would hold ctr to its timeout.
+    assert elapsed < 120, f"ctr run took {elapsed:.1f} s"
 
     # The shim sent SIGTERM on delete; the driver drained and exited, the shim went away.
     deadline = time.monotonic() + 10
@@ -152,7 +153,7 @@ def test_task_killed_and_deleted_while_running_drains_and_exits(
         except FileNotFoundError:
             return []
 
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while not any(line.endswith(b" stdout F written") for line in log_lines()):
         assert time.monotonic() < deadline, "the workload's output never reached the log"
         time.sleep(0.05)
@@ -161,11 +162,11 @@ def test_task_killed_and_deleted_while_running_drains_and_exits(
     started = time.monotonic()
     for step in (("task", "kill", "-s", "SIGKILL", cid), ("task", "delete", cid)):
         while (done := containerd.ctr(*step)).returncode != 0 and "not found" not in done.stderr:
-            assert time.monotonic() - started < 10, done.stderr  # kill races the exit
+            assert time.monotonic() - started < 60, done.stderr  # kill races the exit
             time.sleep(0.05)
     assert containerd.ctr("container", "delete", cid).returncode == 0
     while driver_pids(str(root)):
-        assert time.monotonic() - started < 10, "the driver did not exit on SIGTERM"
+        assert time.monotonic() - started < 60, "the driver did not exit on SIGTERM"
         time.sleep(0.05)
 
     lines = log_lines()

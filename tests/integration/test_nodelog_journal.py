@@ -434,7 +434,7 @@ async def test_deadline_on_a_huge_file_ends_with_an_error_line(log_dir: Path) ->
     async with serve(config(None, log_dir, journal="never", timeout_s=0.3)) as url:
         started = time.monotonic()
         status, _, body = await get(url, "/logs/?query=/huge.log&pattern=line")
-        assert status == 200 and time.monotonic() - started < 5
+        assert status == 200 and time.monotonic() - started < 30  # not the whole file
         assert (
             text_lines(body)[-1] == "error: the query did not finish within 0.3s; output incomplete"
         )
@@ -476,7 +476,8 @@ async def test_deadline_kills_a_silent_journalctl(log_dir: Path, hung_journalctl
     async with serve(config(None, log_dir, journal="always", timeout_s=0.5)) as url:
         started = time.monotonic()
         status, _, body = await get(url, "/logs/?query=kubelet")
-        assert status == 200 and time.monotonic() - started < 5
+        # journalctl sleeps 60 s: the 0.5 s deadline ended the query, not journalctl.
+        assert status == 200 and time.monotonic() - started < 30
         assert text_lines(body) == [
             "error: the query did not finish within 0.5s; output incomplete"
         ]

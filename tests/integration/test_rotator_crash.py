@@ -24,14 +24,22 @@ from tests.support.events import event_stream, split_raw, verify
 @pytest.mark.slow
 @pytest.mark.parametrize("mode, kills", [("append", 30), ("offset", 20)])
 def test_kill_9_loop(tmp_path: Path, mode: str, kills: int) -> None:
+    # rotation_first: half the kills wait until the child has committed a rotation (then
+    # a random delay), so a loaded machine cannot turn the loop into kills before any
+    # rotation started; the other half keep the plain random instant.
     stats = run(
-        kills, mode=mode, seed=11 if mode == "append" else 12, directory=tmp_path, max_delay_s=0.25
+        kills,
+        mode=mode,
+        seed=11 if mode == "append" else 12,
+        directory=tmp_path,
+        max_delay_s=0.25,
+        rotation_first=True,
     )
     print(f"\n{stats}")
     assert stats.kills == kills
     assert stats.failures == []
     assert (stats.lost, stats.dup, stats.split, stats.leftovers) == (0, 0, 0, 0)
-    assert stats.events > 1000 and stats.rotations > 0
+    assert stats.events > 1000 and stats.rotations >= (kills + 1) // 2
     if mode == "append":
         assert stats.collapses > 0
 

@@ -154,7 +154,7 @@ class FakeKubeApi:
         with self.cond:
             return list(self.state.events)
 
-    def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 60.0) -> bool:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if predicate():

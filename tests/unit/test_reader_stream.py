@@ -182,7 +182,7 @@ def test_pattern_validation_and_redos_is_linear(tmp_path: Path) -> None:
         f.write(b"x" * 30_000 + b"!\n")
     t0 = time.monotonic()
     got = read(info, pattern="(x+x+)+y")  # catastrophic for a backtracking engine
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < 60  # backtracking would take ~forever; RE2 is linear
     assert b"xxxxxxxx" not in got
     assert seqs(got) == [e.seq for e in events if re.search(rb"(x+x+)+y", e.body)]
 
