@@ -111,9 +111,15 @@ Step = PunchStep | PiecesStep | CollapseStep | RenameStep | CopytruncateStep | T
 Marker = Step | RefusedStep
 """What a state file's `intent` loads as."""
 
-_KINDS: dict[str, type[Step]] = {
-    k.op: k for k in (PunchStep, PiecesStep, CollapseStep, RenameStep, CopytruncateStep, TrimStep)
-}
+_STEP_TYPES: tuple[type[Step], ...] = (
+    PunchStep,
+    PiecesStep,
+    CollapseStep,
+    RenameStep,
+    CopytruncateStep,
+    TrimStep,
+)
+_KINDS: dict[str, type[Step]] = {k.op: k for k in _STEP_TYPES}
 
 
 class _ForgedField(ValueError):

@@ -223,7 +223,7 @@ class ActiveCursor:
         is in flight; look again after a poll)."""
         assert self.fd is not None
         st = self._matching_state()
-        if st is not None and isinstance(st.intent, (PunchStep, CollapseStep, CopytruncateStep)):
+        if st is not None and isinstance(st.intent, PunchStep | CollapseStep | CopytruncateStep):
             if isinstance(st.intent, CopytruncateStep):
                 self.truncation = st.intent
             return "busy"

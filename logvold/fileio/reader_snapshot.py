@@ -44,7 +44,7 @@ def uncommitted_stems(intent: Marker, active_id: tuple[int, int] | None) -> set[
     """Segment stems an intent names whose bytes are not committed (still in the active
     file after the committed offset, or, for a rename, still reachable through the open
     fd `active_id` = (st_ino, st_dev) of the renamed inode)."""
-    if isinstance(intent, (PunchStep, CopytruncateStep)):
+    if isinstance(intent, PunchStep | CopytruncateStep):
         return {intent.stem}
     if isinstance(intent, PiecesStep):
         return {p.stem for p in intent.pieces}
