@@ -343,6 +343,12 @@ class SafeDir:
 
 
 def _check_regular(st: os.stat_result, where: Path, allow_links: bool) -> None:
+    """Refuse what a pod could use to steer us outside its volume.
+
+    0 links is a file renamed over or removed while we looked it up or after our open (the
+    rotator replaces its state file by an atomic rename while readers open it): its bytes
+    are what the name held a moment ago, and a file with no name links nowhere. Only more
+    than one link is an attack."""
     if stat.S_ISLNK(st.st_mode):
         raise UnsafeFile(f"{where} is a symlink; not followed", kind="symlink", path=str(where))
     if not stat.S_ISREG(st.st_mode):
@@ -351,7 +357,7 @@ def _check_regular(st: os.stat_result, where: Path, allow_links: bool) -> None:
             kind="not-regular",
             path=str(where),
         )
-    if not allow_links and st.st_nlink != 1:
+    if not allow_links and st.st_nlink > 1:
         raise UnsafeFile(
             f"{where} has {st.st_nlink} hard links; not touched (a link to a "
             "file elsewhere would be changed or served too)",
