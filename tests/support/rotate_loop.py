@@ -25,6 +25,28 @@ def _say(**fields: object) -> None:
     sys.stdout.flush()
 
 
+def stream_info(a: argparse.Namespace) -> StreamInfo:
+    """The stream a rotator process manages, from its command line (shared with
+    rotate_paused.py, which has no --compress)."""
+    policy = LogPolicy(
+        format=a.format,
+        delimiter=a.delimiter.encode().decode("unicode_escape").encode("latin-1"),
+        max_size_bytes=a.max_size,
+        max_files=0,
+        max_total_size_bytes=a.max_total_size,
+        compress=getattr(a, "compress", "none"),
+        delay_compress=False,
+        collapse=a.collapse,
+    )
+    return StreamInfo(
+        key=StreamKey("default", "writer", Path(a.base).stem),
+        directory=Path(a.dir),
+        base=a.base,
+        volume="logs",
+        policy=policy,
+    )
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--dir", required=True)
@@ -37,24 +59,7 @@ def main() -> int:
     p.add_argument("--collapse", default="auto")
     p.add_argument("--interval", type=float, default=0.02)
     a = p.parse_args()
-    delimiter = a.delimiter.encode().decode("unicode_escape").encode("latin-1")
-    policy = LogPolicy(
-        format=a.format,
-        delimiter=delimiter,
-        max_size_bytes=a.max_size,
-        max_files=0,
-        max_total_size_bytes=a.max_total_size,
-        compress=a.compress,
-        delay_compress=False,
-        collapse=a.collapse,
-    )
-    info = StreamInfo(
-        key=StreamKey("default", "writer", Path(a.base).stem),
-        directory=Path(a.dir),
-        base=a.base,
-        volume="logs",
-        policy=policy,
-    )
+    info = stream_info(a)
     rotator = StreamRotator(info)
     rotator.recover()
     _say(op="recovered")

@@ -27,13 +27,11 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from logvold.core.policy import LogPolicy
-from logvold.core.streams import StreamInfo, StreamKey
 from logvold.fileio import stream_files
 from logvold.fileio.rotator import StreamRotator
+from tests.support.rotate_loop import stream_info
 
 POINTS = ("segment", "trim-copy", "trim-renamed", "collapse", "collapsed")
 
@@ -108,22 +106,7 @@ def main() -> int:
     a = p.parse_args()
     if a.at:
         _install(a.at, a.nth)
-    policy = LogPolicy(
-        format=a.format,
-        delimiter=a.delimiter.encode().decode("unicode_escape").encode("latin-1"),
-        max_size_bytes=a.max_size,
-        max_files=0,
-        max_total_size_bytes=a.max_total_size,
-        delay_compress=False,
-        collapse=a.collapse,
-    )
-    info = StreamInfo(
-        key=StreamKey("default", "writer", Path(a.base).stem),
-        directory=Path(a.dir),
-        base=a.base,
-        volume="logs",
-        policy=policy,
-    )
+    info = stream_info(a)
     rotator = StreamRotator(info, collapse_min_bytes=a.max_size)
     rotator.recover()
     while True:
