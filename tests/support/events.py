@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 _ALPHABET = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;-_=+/"
-_TO_ALPHABET = bytes(_ALPHABET[b % len(_ALPHABET)] for b in range(256))
+TO_ALPHABET = bytes(_ALPHABET[b % len(_ALPHABET)] for b in range(256))
 """Maps any byte to a payload character (a little uneven; the payload only needs variety)."""
 
 
@@ -38,7 +38,7 @@ def make_event(
     if multiline is None:
         multiline = delimiter != b"\n"
     n = rng.randint(min_len, max_len)
-    payload = bytearray(rng.randbytes(n).translate(_TO_ALPHABET))  # C speed: tests make millions
+    payload = bytearray(rng.randbytes(n).translate(TO_ALPHABET))  # C speed: tests make millions
     if multiline and n > 10:
         for _ in range(rng.randint(1, 4)):
             payload[rng.randrange(1, n - 1)] = 0x0A

@@ -25,8 +25,8 @@ import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 
-_ALPHABET = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;-_=+/"
-_TABLE = bytes(_ALPHABET[i % len(_ALPHABET)] for i in range(256))
+from tests.support.events import TO_ALPHABET
+
 TS_WIDTH = len("2026-11-23T12:00:00.123456789Z")
 
 
@@ -55,7 +55,7 @@ def event_body(
     """
     rng = random.Random(seed * 10**12 + seq)
     n = rng.randint(min_len, max_len)
-    payload = bytearray(rng.randbytes(n).translate(_TABLE))
+    payload = bytearray(rng.randbytes(n).translate(TO_ALPHABET))
     if multiline and n > 10:
         for _ in range(rng.randint(1, 4)):
             pos = rng.randrange(2, n - 2)
