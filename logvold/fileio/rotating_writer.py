@@ -32,7 +32,7 @@ from logvold.core.clock import Clock, utcnow
 from logvold.core.formats import encode_cri_line, encode_json_entry, timestamp_ns
 from logvold.core.framing import RawFramer
 from logvold.core.layout import SegmentName, next_segment_name, segments_of
-from logvold.core.policy import LogPolicy
+from logvold.core.log_policy import LogPolicy
 from logvold.core.retention import SegmentFile, next_period_boundary, plan_retention
 from logvold.core.values import time_zone
 from logvold.errors import StreamError

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
-from logvold.core.policy import LogPolicy
+from logvold.core.log_policy import LogPolicy
 from logvold.errors import StartError, StreamError
 from logvold.fileio.rotating_writer import RotatingWriter
 
