@@ -17,7 +17,6 @@ from __future__ import annotations
 import bisect
 import errno
 import fcntl
-import logging
 import os
 import queue
 import stat
@@ -25,20 +24,24 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from logvold.core.chunk_encoding import ChunkEncoder, long_lines, native_escaper
 from logvold.core.clock import Clock, utcnow
-from logvold.core.formats import encode_cri_line, encode_json_entry, timestamp_ns
-from logvold.core.framing import RawFramer
 from logvold.core.layout import SegmentName, next_segment_name, segments_of
 from logvold.core.log_policy import LogPolicy
-from logvold.core.retention import SegmentFile, next_period_boundary, plan_retention
+from logvold.core.raw_framing import RawFramer
 from logvold.core.values import time_zone
 from logvold.errors import StreamError
 from logvold.fileio.spare_files import SpareFiles
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import logging
+
+    from logvold.core.chunk_encoding import ChunkEncoder
+
+# Imported where used, not here: `logvold run` (raw, no retention) starts without the
+# line encoders (json, formats), the period and retention planner or logging - a few
+# milliseconds of every run's start-up (tests/integration/test_writer_startup.py).
 
 STREAMS = ("stdout", "stderr")
 _TAIL_BLOCK = 64 * 1024
@@ -87,13 +90,12 @@ class RotatingWriter:
     ) -> None:
         if policy.format != "raw" and policy.delimiter != b"\n":
             raise ValueError(f"format {policy.format} frames lines: the delimiter must be \\n")
-        active = Path(path).absolute()
-        self.path = str(active)
+        self.path = os.path.abspath(path)  # noqa: PTH100 - str paths, no pathlib at start-up
         self.policy = policy
         self._clock = clock
         self._on_rotate = on_rotate
-        self._dir = active.parent
-        self._base = active.name
+        directory, _, self._base = self.path.rpartition("/")
+        self._dir = directory or "/"
         self._tz: tzinfo = time_zone(policy.timezone)
         self._max_size = policy.max_size_bytes
         self._max_event = policy.max_event_size_bytes
@@ -106,8 +108,12 @@ class RotatingWriter:
         self._raw = policy.format == "raw"
         self._chunks: ChunkEncoder | None = None
         if policy.format == "cri":
+            from logvold.core.chunk_encoding import ChunkEncoder
+
             self._chunks = ChunkEncoder("cri")
         elif policy.format == "json-file":
+            from logvold.core.chunk_encoding import ChunkEncoder, native_escaper
+
             native = native_escaper()
             if native is not None:
                 self._chunks = ChunkEncoder("json-file", native=native)
@@ -127,7 +133,7 @@ class RotatingWriter:
         self._regular = True
         self._stale = False  # the framer has not seen the end of the file
         self._held: dict[str, bytearray] = {s: bytearray() for s in STREAMS}
-        self._dir_str = str(self._dir)
+        self._dir_str = self._dir
         # The next active files, made ahead on their own thread (spare_files).
         self._spares: SpareFiles | None = None
         self.rotations = 0
@@ -157,9 +163,9 @@ class RotatingWriter:
         elif self._size:
             # A file left by an earlier run: its period is the one it was last written in.
             mtime = datetime.fromtimestamp(os.fstat(self._fd).st_mtime, UTC)
-            self._next_period = next_period_boundary(min(mtime, now), policy.rotate, self._tz)
+            self._next_period = self._period_after(min(mtime, now))
         else:
-            self._next_period = next_period_boundary(now, policy.rotate, self._tz)
+            self._next_period = self._period_after(now)
         if self._regular and existing and self._worker is not None:
             self._worker.submit(None)  # apply retention to what an earlier run left
 
@@ -427,6 +433,8 @@ class RotatingWriter:
             self._lines_per_event(out, stream, data[: first + 1], ts)
             start = first + 1
         if start < end:
+            from logvold.core.chunk_encoding import long_lines  # not for raw
+
             longs = long_lines(data, start, end, self._max_line)
             for long_start, long_end in [*longs, (end, end)]:
                 if start < long_start:
@@ -509,9 +517,13 @@ class RotatingWriter:
             self._cut(self._due)
 
     def _ts(self) -> int:
+        from logvold.core.formats import timestamp_ns  # cri / json-file only
+
         return timestamp_ns(self._clock())
 
     def _encode(self, stream: str, msg: bytes, *, full: bool, ts: int) -> bytes:
+        from logvold.core.formats import encode_cri_line, encode_json_entry  # not for raw
+
         if self.policy.format == "cri":
             # One write() stamps all its lines with one time: format it once, not per
             # line (the same bytes encode_cri_line makes; msg never holds a newline).
@@ -535,7 +547,15 @@ class RotatingWriter:
                 if self._size:
                     self._due = "period"
                 else:
-                    self._next_period = next_period_boundary(now, self.policy.rotate, self._tz)
+                    self._next_period = self._period_after(now)
+
+    def _period_after(self, now: datetime) -> datetime | None:
+        """The next Hourly/Daily/fixed period boundary after `now`; None for Never."""
+        if self.policy.rotate == "Never":
+            return None
+        from logvold.core.retention import next_period_boundary
+
+        return next_period_boundary(now, self.policy.rotate, self._tz)
 
     def _maybe_cut_now(self) -> None:
         if self._due is None:
@@ -579,7 +599,7 @@ class RotatingWriter:
         self._fd = -1
         self._newest = name
         self._due = None
-        self._next_period = next_period_boundary(now, self.policy.rotate, self._tz)
+        self._next_period = self._period_after(now)
         self.rotations += 1
         # The framer carries on: the new file starts at the cut, a boundary.
         # Nothing else to do for the old segment (no fsync, no retention): the spares'
@@ -665,30 +685,35 @@ class RotatingWriter:
 
     def _retention_pass(self) -> None:
         """Apply maxFiles / maxAge and compress: runs on the maintenance thread."""
+        from pathlib import Path
+
+        from logvold.core.retention import SegmentFile, plan_retention
+
+        directory = Path(self._dir)
         segments: list[SegmentFile] = []
         for name in self._list_segments():
             try:
-                size = (self._dir / name.filename).stat().st_size
+                size = (directory / name.filename).stat().st_size
             except FileNotFoundError:
                 continue
             segments.append(SegmentFile(name=name, size_bytes=size))
         plan = plan_retention(segments, self._size, self.policy, self._clock())
         for name in plan.delete:
             try:
-                (self._dir / name.filename).unlink()
-                log.info("removed segment %s (%s)", name.filename, plan.reasons.get(name.stem))
+                (directory / name.filename).unlink()
+                _log().info("removed segment %s (%s)", name.filename, plan.reasons.get(name.stem))
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                log.warning("cannot remove segment %s: %s", name.filename, exc)
+                _log().warning("cannot remove segment %s: %s", name.filename, exc)
         if self.policy.compress != "none":
             from logvold.fileio.compress import compress_segment  # gzip / zstd: only if used
 
             for name in plan.compress:
                 try:
-                    compress_segment(str(self._dir / name.filename), self.policy.compress)
+                    compress_segment(str(directory / name.filename), self.policy.compress)
                 except StreamError as exc:
-                    log.warning("%s", exc)
+                    _log().warning("%s", exc)
 
 
 def _taken(path: str) -> bool:
@@ -699,11 +724,18 @@ def _taken(path: str) -> bool:
     return True
 
 
-def _sync_and_close(fd: int, directory: Path) -> None:
+def _log() -> logging.Logger:
+    """This module's logger; `logging` is imported by the first line written."""
+    import logging
+
+    return logging.getLogger(__name__)
+
+
+def _sync_and_close(fd: int, directory: str) -> None:
     try:
         os.fsync(fd)
     except OSError as exc:
-        log.warning("cannot fsync a closed segment in %s: %s", directory, exc)
+        _log().warning("cannot fsync a closed segment in %s: %s", directory, exc)
     finally:
         os.close(fd)
     try:
@@ -713,7 +745,7 @@ def _sync_and_close(fd: int, directory: Path) -> None:
         finally:
             os.close(dir_fd)
     except OSError as exc:
-        log.warning("cannot fsync directory %s: %s", directory, exc)
+        _log().warning("cannot fsync directory %s: %s", directory, exc)
 
 
 @dataclass(frozen=True)
@@ -762,4 +794,4 @@ class _Maintenance:
                 try:
                     writer._retention_pass()
                 except Exception:  # a bug here must not stop the writer
-                    log.exception("retention pass failed for %s", writer.path)
+                    _log().exception("retention pass failed for %s", writer.path)
