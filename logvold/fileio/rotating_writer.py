@@ -46,8 +46,12 @@ if TYPE_CHECKING:
 STREAMS = ("stdout", "stderr")
 _TAIL_BLOCK = 64 * 1024
 _FIRST_TAIL_BLOCK = 4096
-_PEEK_BYTES = 16 * 1024
-"""Read size while a cut waits for the next event end (splice resumes after it)."""
+_PEEK_BYTES = 4096
+"""First read while a cut waits for the next event end (splice resumes after it); each
+further read for the same cut doubles, up to _PEEK_MAX: a few hundred bytes usually
+finish the event, and every byte read is copied twice where a splice copies it once."""
+_PEEK_MAX = 64 * 1024
+_PIECE_MAX = 16 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,6 +130,8 @@ class RotatingWriter:
         self._readable = False
         self._size = 0
         self._due: str | None = None
+        self._peeks = 0  # reads since the pending cut became due
+        self._delimiter_byte = policy.delimiter if len(policy.delimiter) == 1 else None
         self._closed = False
         self._newest: SegmentName | None = None
         self._next_period: datetime | None = None
@@ -216,7 +222,8 @@ class RotatingWriter:
         """Move up to `max_bytes` from pipe `fd` to the file; 0 at end of input.
 
         Zero-copy (splice) while no trigger can fire inside the chunk; reads
-        and frames the bytes otherwise. Raw format only.
+        and frames the bytes otherwise. Raw format only. An empty non-blocking
+        pipe raises BlockingIOError, having moved nothing.
         """
         self._check_time()
         room = self._max_size - self._size if self._max_size else max_bytes
@@ -230,12 +237,19 @@ class RotatingWriter:
         ):
             # A cut is pending: read just enough to find the next boundary, then the
             # rest of the pipe can be spliced into the new file.
-            data = os.read(fd, max_bytes if self._due is None else min(max_bytes, _PEEK_BYTES))
+            if self._due is None:
+                peek = max_bytes
+            else:
+                peek = min(max_bytes, _PEEK_BYTES << min(self._peeks, 4), _PEEK_MAX)
+            data = os.read(fd, peek)  # a non-blocking pipe's BlockingIOError: nothing moved
+            self._peeks += self._due is not None
             if data:
                 self.write("stdout", data)
             return len(data)
         try:
             moved = os.splice(fd, self._fd, min(max_bytes, room))
+        except BlockingIOError:
+            raise
         except OSError as exc:
             if exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                 self._splice_ok = False  # this file system cannot: nothing moved, read instead
@@ -331,10 +345,28 @@ class RotatingWriter:
                 self._append(part)
                 pos += room
                 continue
+            if self._due is None and self._max_size and self._size >= self._max_size:
+                self._due = "size"
+            d = self._delimiter_byte
+            if d is not None and self._due is not None:
+                # One-byte delimiter: the due event ends at the next delimiter unless
+                # maxEventSize cuts it first. Write up to it, cut, and the rest goes out
+                # in one write by the branches above.
+                if self._framer.pending == 0 and self._size > 0:
+                    self._cut(self._due)
+                    continue
+                k = data.find(d, pos, n)
+                if k >= 0 and self._framer.pending + k + 1 - pos <= self._max_event:
+                    part = data[pos : k + 1]
+                    self._framer.last_boundary(part)
+                    self._append(part)
+                    pos = k + 1
+                    self._cut(self._due)
+                    continue
             piece = data[pos : min(n, pos + piece_len)]
             self._write_framed(piece)
             pos += len(piece)
-            piece_len = min(2 * piece_len, _PEEK_BYTES)
+            piece_len = min(2 * piece_len, _PIECE_MAX)
 
     def _write_framed(self, data: bytes | bytearray) -> None:
         """Write `data` event by event, cutting at the first event end once a trigger is due."""
@@ -384,16 +416,21 @@ class RotatingWriter:
         # The last event end is usually a few hundred bytes back: read little first
         # (this runs at every cut after a splice), then more.
         step = _FIRST_TAIL_BLOCK
+        offset = -1
         while pos > lo:
             block_start = max(lo, pos - step)
             block = os.pread(self._fd, min(end, pos + len(d) - 1) - block_start, block_start)
             k = block.rfind(d)
             if k >= 0:
                 start = block_start + k + len(d)
+                if block_start + len(block) == end:
+                    # The first block (it ends at the end): feed its tail, no second read.
+                    self._framer.feed(block[k + len(d) :])
+                    offset = end
                 break
             pos = block_start
             step = min(step * 4, _TAIL_BLOCK)
-        offset = start
+        offset = start if offset < 0 else offset
         while offset < end:
             block = os.pread(self._fd, min(_TAIL_BLOCK, end - offset), offset)
             if not block:
@@ -562,6 +599,7 @@ class RotatingWriter:
             return
         if self._size == 0:
             self._due = None
+            self._peeks = 0
             return
         if self._raw and self._stale:
             self._resync()
@@ -578,6 +616,7 @@ class RotatingWriter:
         """
         if not self._regular:
             self._due = None
+            self._peeks = 0
             return
         now = self._clock()
         name = next_segment_name(self._base, now, [self._newest] if self._newest else [])
@@ -599,6 +638,7 @@ class RotatingWriter:
         self._fd = -1
         self._newest = name
         self._due = None
+        self._peeks = 0
         self._next_period = self._period_after(now)
         self.rotations += 1
         # The framer carries on: the new file starts at the cut, a boundary.

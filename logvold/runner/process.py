@@ -32,6 +32,9 @@ DRAIN_IDLE_S = 1.0
 """After the child exits, how long a silent pipe still held open (by a grandchild) is waited on."""
 _F_SETPIPE_SZ = 1031
 _POLL_IDLE_MS = 250
+_SPLICE_BURST = 16
+"""Splices in a row without a poll while the pipe stays full (each checks the time
+triggers itself; the flush timer and idle checks wait at most one burst)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,6 +132,9 @@ def pump(
     poller = select.poll()
     for fd in streams:
         poller.register(fd, select.POLLIN)
+        if zero_copy:
+            # Splice until the pipe is empty rather than poll before every splice.
+            os.set_blocking(fd, False)
     open_fds = streams  # shared with the caller: what is closed here leaves it
     flush_every = opts.flush_interval_s
     next_flush = time.monotonic() + flush_every if flush_every else None
@@ -147,7 +153,7 @@ def pump(
         for fd, _events in ready:
             try:
                 if zero_copy:
-                    moved = writer.splice_from(fd, CHUNK_BYTES)
+                    moved = _splice_burst(writer, fd)
                 elif buffer is not None:
                     moved = os.readv(fd, [buffer])
                     if moved and tee_fd is not None:
@@ -166,12 +172,12 @@ def pump(
                 if not write_failed:
                     os.write(2, f"logvold run: {exc}; output is being dropped\n".encode())
                 write_failed = True
-                moved = len(os.read(fd, CHUNK_BYTES)) if zero_copy else 1
+                moved = _drop(fd) if zero_copy else 1
             if moved == 0:
                 poller.unregister(fd)
                 os.close(fd)
                 del open_fds[fd]
-            else:
+            elif moved > 0:
                 last_data = now
         try:
             writer.tick()
@@ -184,6 +190,29 @@ def pump(
             child_gone_at = now
         if child_gone_at is not None and now - max(last_data, child_gone_at) >= DRAIN_IDLE_S:
             break  # the child is gone; a descendant keeps the pipe open but silent
+
+
+def _splice_burst(writer: RotatingWriter, fd: int) -> int:
+    """Splice from non-blocking pipe `fd` until it is empty, at its end or _SPLICE_BURST
+    times: bytes moved, 0 at end of input, -1 when it held nothing (a spurious wake-up)."""
+    total = 0
+    for _ in range(_SPLICE_BURST):
+        try:
+            moved = writer.splice_from(fd, CHUNK_BYTES)
+        except BlockingIOError:
+            break
+        if moved == 0:
+            return total  # the end: the next poll reports it again and it is closed then
+        total += moved
+    return total or -1
+
+
+def _drop(fd: int) -> int:
+    """Read and discard a chunk the file could not take: bytes read, 0 at end, -1 if none."""
+    try:
+        return len(os.read(fd, CHUNK_BYTES))
+    except BlockingIOError:
+        return -1
 
 
 def _tee(fd: int, data: bytes | memoryview) -> int | None:
