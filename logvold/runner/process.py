@@ -20,10 +20,13 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from logvold.core.log_policy import LogPolicy
 from logvold.errors import StartError, StreamError
-from logvold.fileio.rotating_writer import RotatingWriter
+
+if TYPE_CHECKING:
+    from logvold.fileio.rotating_writer import RotatingWriter
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 CHUNK_BYTES = 1 << 20
@@ -63,6 +66,8 @@ def run(opts: RunOptions) -> int:
             child = _spawn(opts.argv, stdout=None, stderr=1 if opts.redirect_stderr else None)
             forwarder.attach(child)
             return _exit_status(_wait(child))
+        from logvold.fileio.rotating_writer import RotatingWriter  # only with a log file
+
         writer = RotatingWriter(opts.log_file, opts.policy, sync_segments=opts.flush_interval_s > 0)
         try:
             return _run_to_file(opts, writer, forwarder)
