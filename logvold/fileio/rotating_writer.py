@@ -656,9 +656,10 @@ class RotatingWriter:
             _sync_and_close(old_fd, self._dir)
         else:
             os.close(old_fd)
-        segment = RotatedSegment(path=seg_path, name=name, size_bytes=size, reason=reason)
         if self._on_rotate is not None:
-            self._on_rotate(segment)
+            self._on_rotate(
+                RotatedSegment(path=seg_path, name=name, size_bytes=size, reason=reason)
+            )
 
     # --------------------------------------------------------------- files
 
