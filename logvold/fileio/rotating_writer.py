@@ -131,6 +131,8 @@ class RotatingWriter:
         self._size = 0
         self._due: str | None = None
         self._peeks = 0  # reads since the pending cut became due
+        self.drained = True
+        """splice_from's last call moved less than it asked for: the pipe is empty now."""
         self._delimiter_byte = policy.delimiter if len(policy.delimiter) == 1 else None
         self._closed = False
         self._newest: SegmentName | None = None
@@ -243,11 +245,13 @@ class RotatingWriter:
                 peek = min(max_bytes, _PEEK_BYTES << min(self._peeks, 4), _PEEK_MAX)
             data = os.read(fd, peek)  # a non-blocking pipe's BlockingIOError: nothing moved
             self._peeks += self._due is not None
+            self.drained = len(data) < peek
             if data:
                 self.write("stdout", data)
             return len(data)
+        asked = min(max_bytes, room)
         try:
-            moved = os.splice(fd, self._fd, min(max_bytes, room))
+            moved = os.splice(fd, self._fd, asked)
         except BlockingIOError:
             raise
         except OSError as exc:
@@ -264,6 +268,7 @@ class RotatingWriter:
             if self._max_size and self._size >= self._max_size:
                 self._due = "size"
                 self._maybe_cut_now()
+        self.drained = moved < asked
         return moved
 
     def rotate(self, reason: str = "manual") -> None:

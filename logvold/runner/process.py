@@ -36,8 +36,8 @@ DRAIN_IDLE_S = 1.0
 _F_SETPIPE_SZ = 1031
 _POLL_IDLE_MS = 250
 _SPLICE_BURST = 16
-"""Splices in a row without a poll while the pipe stays full (each checks the time
-triggers itself; the flush timer and idle checks wait at most one burst)."""
+"""Splices in a row without a poll while each one fills what it asked for (each checks
+the time triggers itself; the flush timer and idle checks wait at most one burst)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -198,8 +198,11 @@ def pump(
 
 
 def _splice_burst(writer: RotatingWriter, fd: int) -> int:
-    """Splice from non-blocking pipe `fd` until it is empty, at its end or _SPLICE_BURST
-    times: bytes moved, 0 at end of input, -1 when it held nothing (a spurious wake-up)."""
+    """Splice from non-blocking pipe `fd` while each call moves all it asked for (the
+    size trigger's splice stops short of a full chunk, and the peek for the event end
+    follows without a poll), up to _SPLICE_BURST times: bytes moved, 0 at end of
+    input, -1 when it held nothing (a spurious wake-up). A call that moved less emptied
+    the pipe: back to poll, not to a splice that fails with EAGAIN."""
     total = 0
     for _ in range(_SPLICE_BURST):
         try:
@@ -209,6 +212,8 @@ def _splice_burst(writer: RotatingWriter, fd: int) -> int:
         if moved == 0:
             return total  # the end: the next poll reports it again and it is closed then
         total += moved
+        if writer.drained:
+            break
     return total or -1
 
 
