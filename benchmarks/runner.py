@@ -4,6 +4,12 @@ kube-log-runner when it is on PATH), in one run.
     .venv/bin/python benchmarks/runner.py [--size-mib 1024] [--rounds 3] [--dir /tmp/lvbench]
         [--rotate-sizes 100Ki,1Mi,10Mi]
 
+`--logvold PATH` runs another install's `logvold` (e.g. a non-editable
+`pip install .` in its own venv: what users run; an editable install's import
+finder adds ~10 ms to every start). Before timing, every logvold source tree used
+is byte-compiled: with PYTHONDONTWRITEBYTECODE set, a tree without __pycache__
+would be compiled again at every start (~40 ms).
+
 `--kube-log-runner PATH` names the Go binary (default: `kube-log-runner` on PATH
 unless that is logvold's own alias); its rows get the same integrity counts,
 with its rotated files (`app-YYYYMMDD-HHMMSS.log`) read in name order, and the
@@ -215,6 +221,12 @@ def main() -> int:
         help="comma-separated words: run only the rows whose name holds one (and `cat >> file`)",
     )
     p.add_argument(
+        "--logvold",
+        default="",
+        metavar="PATH",
+        help="the logvold executable to measure (default: this venv's, an editable install)",
+    )
+    p.add_argument(
         "--kube-log-runner",
         default="",
         metavar="PATH",
@@ -238,6 +250,8 @@ def main() -> int:
 
     venv_bin = Path(sys.executable).parent
     logvold = str(venv_bin / "logvold") if (venv_bin / "logvold").exists() else "logvold"
+    logvold = args.logvold or logvold
+    precompile(logvold, args.baseline_src)
     sizes = [size.strip() for size in args.rotate_sizes.split(",") if size.strip()]
     tools: list[tuple[str, list[str] | None, bool]] = [("cat >> file", None, False)]
     # What one pipe hop alone costs (any runner that frames bytes needs it).
@@ -348,13 +362,48 @@ def main() -> int:
             ours = statistics.median(res.seconds)
             line += f", {theirs / ours:.2f}x kube-log-runner (target >= 1.0)"
         print(line)
-    print_startup(logvold)
+    print(f"logvold: {logvold} ({install_kind(logvold)})")
+    print_startup(logvold, args.baseline_src)
     return 0
 
 
-def print_startup(logvold: str, runs: int = 20) -> None:
+def install_kind(logvold: str) -> str:
+    """`editable` or `non-editable`: whether `logvold`'s interpreter imports this tree."""
+    done = subprocess.run(
+        [*python_of(logvold), "-c", "import logvold; print(logvold.__file__)"],
+        capture_output=True, text=True, check=False, cwd="/",
+    )  # fmt: skip
+    where = done.stdout.strip()
+    return "editable" if where.startswith(str(REPO)) else f"non-editable, {where or '?'}"
+
+
+def python_of(logvold: str) -> list[str]:
+    """The interpreter of a console script (its #! line), else this one."""
+    path = shutil.which(logvold) or logvold
+    try:
+        with open(path, "rb") as f:
+            first = f.readline()
+    except OSError:
+        return [sys.executable]
+    return [first[2:].decode().strip()] if first.startswith(b"#!") else [sys.executable]
+
+
+def precompile(logvold: str, baseline_src: str) -> None:
+    """Byte-compile the logvold trees timed here (the environment may say not to write
+    bytecode, and then every start would compile them again)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    trees = [REPO / "logvold"] + ([Path(baseline_src) / "logvold"] if baseline_src else [])
+    for tree in trees:
+        subprocess.run(
+            [*python_of(logvold), "-m", "compileall", "-q", str(tree)],
+            env=env, check=False, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+
+
+def print_startup(logvold: str, baseline_src: str = "", runs: int = 20) -> None:
     """Median wall time of `logvold run true` (no log file: spawn and wait) and of
-    `logvold run -log-file=F -log-file-size=1Mi true` against `true` alone."""
+    `logvold run -log-file=F -log-file-size=1Mi true` against `true` alone (and the
+    baseline tree's, interleaved, with --baseline-src)."""
     out = Path(os.environ.get("TMPDIR", "/tmp")) / "logvold-bench-startup.log"
     commands = {
         "true": ["true"],
@@ -363,17 +412,23 @@ def print_startup(logvold: str, runs: int = 20) -> None:
             logvold, "run", f"-log-file={out}", "-log-file-size=1Mi", "true",
         ],
     }  # fmt: skip
-    print()
-    print(f"start-up, median of {runs} runs")
-    for name, argv in commands.items():
-        times = []
-        for _ in range(runs):
+    if baseline_src:
+        base = ["env", f"PYTHONPATH={Path(baseline_src).resolve()}", logvold, "run"]
+        commands["baseline run true"] = [*base, "true"]
+        commands["baseline run -log-file -log-file-size=1Mi true"] = [
+            *base, f"-log-file={out}", "-log-file-size=1Mi", "true",
+        ]  # fmt: skip
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(runs):  # interleaved: load changes hit every row alike
+        for name, argv in commands.items():
             t0 = time.perf_counter()
-            subprocess.run(argv, check=True)
-            times.append(time.perf_counter() - t0)
-        print(f"  {name:48} {statistics.median(times) * 1000:7.1f} ms")
+            subprocess.run(argv, check=True, cwd="/")
+            times[name].append(time.perf_counter() - t0)
+    print()
+    print(f"start-up, median of {runs} runs (interleaved)")
+    for name in commands:
+        print(f"  {name:52} {statistics.median(times[name]) * 1000:7.1f} ms")
     out.unlink(missing_ok=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ are sequence 0, before any numbered segment of the same second.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ class SegmentName:
     @property
     def stem(self) -> str:
         """The name without the compression suffix: stable across compression."""
-        name = f"{self.base}.{self.stamp.strftime(_STAMP_FORMAT)}"
+        name = f"{self.base}.{_stamp_text(self.stamp)}"
         if self.seq:
             name += f".{self.seq:0{_SEQ_WIDTH}d}"
         return name
@@ -57,6 +58,13 @@ class SegmentName:
 
     def with_compression(self, compression: Compression) -> SegmentName:
         return SegmentName(stamp=self.stamp, seq=self.seq, base=self.base, compression=compression)
+
+
+@functools.lru_cache(maxsize=64)
+def _stamp_text(stamp: datetime) -> str:
+    """`YYYYmmdd-HHMMSS`: strftime once per second, not per name (a writer cutting
+    100 KiB segments names thousands in a second)."""
+    return stamp.strftime(_STAMP_FORMAT)
 
 
 def parse_segment_name(base: str, filename: str) -> SegmentName | None:

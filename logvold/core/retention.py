@@ -16,10 +16,10 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING
 
 from logvold.core.layout import SegmentName
-from logvold.core.policy import period_seconds
+from logvold.core.log_policy import period_seconds
 
 if TYPE_CHECKING:
-    from logvold.core.policy import LogPolicy, Rotate
+    from logvold.core.log_policy import LogPolicy, Rotate
 
 
 @dataclass(frozen=True, slots=True)

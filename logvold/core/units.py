@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 import re
-from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from decimal import Decimal
 
 #: Largest size that fits an off_t: offsets and fallocate lengths are signed 64-bit.
 MAX_SIZE_BYTES = 2**63 - 1
@@ -28,6 +31,8 @@ def _reject_ambiguous_suffix(number: str, suffix: str, value: object) -> None:
     letter = suffix[0].upper()
     decimal = "k" if letter == "K" else letter
     binary = f"{letter}i"
+    from decimal import Decimal
+
     as_binary = Decimal(number) * _BINARY[binary]
     as_decimal = Decimal(number) * _DECIMAL[letter]
     raise ValueError(
@@ -70,15 +75,21 @@ def parse_size(value: str | int) -> int:
             f"unknown size suffix {suffix!r} in {value!r}; use Ki, Mi, Gi, Ti or k, M, G, T"
         )
     multiplier = _BINARY.get(suffix) or _DECIMAL.get(suffix) or 1
-    try:
-        amount = Decimal(number) * multiplier
-    except InvalidOperation as exc:  # pragma: no cover - the regex admits only numbers
-        raise ValueError(f"expected a size, got {value!r}") from exc
-    if amount != amount.to_integral_value():
-        raise ValueError(f"size {value!r} is not a whole number of bytes")
-    if amount > MAX_SIZE_BYTES:
+    if number.isdigit():  # `10Mi`, `1048576`: exact as an int (no decimal at start-up)
+        size = int(number) * multiplier
+    else:
+        from decimal import Decimal, InvalidOperation
+
+        try:
+            amount = Decimal(number) * multiplier
+        except InvalidOperation as exc:  # pragma: no cover - the regex admits only numbers
+            raise ValueError(f"expected a size, got {value!r}") from exc
+        if amount != amount.to_integral_value():
+            raise ValueError(f"size {value!r} is not a whole number of bytes")
+        size = int(amount) if amount <= MAX_SIZE_BYTES else MAX_SIZE_BYTES + 1
+    if size > MAX_SIZE_BYTES:
         raise ValueError(f"size {value!r} is larger than the largest file offset (8Ei)")
-    return int(amount)
+    return size
 
 
 _DURATION_UNITS = {
@@ -170,4 +181,6 @@ def format_duration(seconds: float) -> str:
     if not seconds:
         return "0s"
     # Positional notation of the shortest repr: parse_duration reads no exponents.
+    from decimal import Decimal
+
     return f"{Decimal(repr(float(seconds))):f}s"

@@ -10,7 +10,6 @@ Stdlib only. Each parser raises ValueError with the reason; the front end says w
 from __future__ import annotations
 
 import functools
-import zoneinfo
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, tzinfo
 
@@ -169,6 +168,8 @@ def time_zone(name: str) -> tzinfo:
     """
     if name == "UTC":
         return UTC
+    import zoneinfo  # here: only a zone other than UTC needs the tz database
+
     try:
         return zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):

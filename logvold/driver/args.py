@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from logvold.core.policy import LogPolicy
+from logvold.core.log_policy import LogPolicy
 from logvold.core.units import parse_size
 from logvold.core.values import choice as _choice
 from logvold.core.values import decode_delimiter as _delimiter

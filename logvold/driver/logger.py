@@ -20,8 +20,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, cast
 
-from logvold.core.framing import RawFramer
-from logvold.core.policy import LogPolicy
+from logvold.core.log_policy import LogPolicy
+from logvold.core.raw_framing import RawFramer
 from logvold.driver.args import KEYS, MAX_LINE_BYTES, DriverOptions, parse_driver_args
 from logvold.errors import LogvoldError, StreamError
 from logvold.fileio.rotating_writer import STREAMS, RotatingWriter

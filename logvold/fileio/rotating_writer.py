@@ -17,7 +17,6 @@ from __future__ import annotations
 import bisect
 import errno
 import fcntl
-import logging
 import os
 import queue
 import stat
@@ -25,26 +24,34 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from logvold.core.chunk_encoding import ChunkEncoder, long_lines, native_escaper
 from logvold.core.clock import Clock, utcnow
-from logvold.core.formats import encode_cri_line, encode_json_entry, timestamp_ns
-from logvold.core.framing import RawFramer
 from logvold.core.layout import SegmentName, next_segment_name, segments_of
-from logvold.core.policy import LogPolicy
-from logvold.core.retention import SegmentFile, next_period_boundary, plan_retention
+from logvold.core.log_policy import LogPolicy
+from logvold.core.raw_framing import RawFramer
 from logvold.core.values import time_zone
 from logvold.errors import StreamError
 from logvold.fileio.spare_files import SpareFiles
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import logging
+
+    from logvold.core.chunk_encoding import ChunkEncoder
+
+# Imported where used, not here: `logvold run` (raw, no retention) starts without the
+# line encoders (json, formats), the period and retention planner or logging - a few
+# milliseconds of every run's start-up (tests/integration/test_writer_startup.py).
 
 STREAMS = ("stdout", "stderr")
 _TAIL_BLOCK = 64 * 1024
 _FIRST_TAIL_BLOCK = 4096
-_PEEK_BYTES = 16 * 1024
-"""Read size while a cut waits for the next event end (splice resumes after it)."""
+_PEEK_BYTES = 4096
+"""First read while a cut waits for the next event end (splice resumes after it); each
+further read for the same cut doubles, up to _PEEK_MAX: a few hundred bytes usually
+finish the event, and every byte read is copied twice where a splice copies it once."""
+_PEEK_MAX = 64 * 1024
+_PIECE_MAX = 16 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,13 +94,12 @@ class RotatingWriter:
     ) -> None:
         if policy.format != "raw" and policy.delimiter != b"\n":
             raise ValueError(f"format {policy.format} frames lines: the delimiter must be \\n")
-        active = Path(path).absolute()
-        self.path = str(active)
+        self.path = os.path.abspath(path)  # noqa: PTH100 - str paths, no pathlib at start-up
         self.policy = policy
         self._clock = clock
         self._on_rotate = on_rotate
-        self._dir = active.parent
-        self._base = active.name
+        directory, _, self._base = self.path.rpartition("/")
+        self._dir = directory or "/"
         self._tz: tzinfo = time_zone(policy.timezone)
         self._max_size = policy.max_size_bytes
         self._max_event = policy.max_event_size_bytes
@@ -106,8 +112,12 @@ class RotatingWriter:
         self._raw = policy.format == "raw"
         self._chunks: ChunkEncoder | None = None
         if policy.format == "cri":
+            from logvold.core.chunk_encoding import ChunkEncoder
+
             self._chunks = ChunkEncoder("cri")
         elif policy.format == "json-file":
+            from logvold.core.chunk_encoding import ChunkEncoder, native_escaper
+
             native = native_escaper()
             if native is not None:
                 self._chunks = ChunkEncoder("json-file", native=native)
@@ -120,6 +130,10 @@ class RotatingWriter:
         self._readable = False
         self._size = 0
         self._due: str | None = None
+        self._peeks = 0  # reads since the pending cut became due
+        self.drained = True
+        """splice_from's last call moved less than it asked for: the pipe is empty now."""
+        self._delimiter_byte = policy.delimiter if len(policy.delimiter) == 1 else None
         self._closed = False
         self._newest: SegmentName | None = None
         self._next_period: datetime | None = None
@@ -127,7 +141,7 @@ class RotatingWriter:
         self._regular = True
         self._stale = False  # the framer has not seen the end of the file
         self._held: dict[str, bytearray] = {s: bytearray() for s in STREAMS}
-        self._dir_str = str(self._dir)
+        self._dir_str = self._dir
         # The next active files, made ahead on their own thread (spare_files).
         self._spares: SpareFiles | None = None
         self.rotations = 0
@@ -157,9 +171,9 @@ class RotatingWriter:
         elif self._size:
             # A file left by an earlier run: its period is the one it was last written in.
             mtime = datetime.fromtimestamp(os.fstat(self._fd).st_mtime, UTC)
-            self._next_period = next_period_boundary(min(mtime, now), policy.rotate, self._tz)
+            self._next_period = self._period_after(min(mtime, now))
         else:
-            self._next_period = next_period_boundary(now, policy.rotate, self._tz)
+            self._next_period = self._period_after(now)
         if self._regular and existing and self._worker is not None:
             self._worker.submit(None)  # apply retention to what an earlier run left
 
@@ -210,7 +224,8 @@ class RotatingWriter:
         """Move up to `max_bytes` from pipe `fd` to the file; 0 at end of input.
 
         Zero-copy (splice) while no trigger can fire inside the chunk; reads
-        and frames the bytes otherwise. Raw format only.
+        and frames the bytes otherwise. Raw format only. An empty non-blocking
+        pipe raises BlockingIOError, having moved nothing.
         """
         self._check_time()
         room = self._max_size - self._size if self._max_size else max_bytes
@@ -224,12 +239,21 @@ class RotatingWriter:
         ):
             # A cut is pending: read just enough to find the next boundary, then the
             # rest of the pipe can be spliced into the new file.
-            data = os.read(fd, max_bytes if self._due is None else min(max_bytes, _PEEK_BYTES))
+            if self._due is None:
+                peek = max_bytes
+            else:
+                peek = min(max_bytes, _PEEK_BYTES << min(self._peeks, 4), _PEEK_MAX)
+            data = os.read(fd, peek)  # a non-blocking pipe's BlockingIOError: nothing moved
+            self._peeks += self._due is not None
+            self.drained = len(data) < peek
             if data:
                 self.write("stdout", data)
             return len(data)
+        asked = min(max_bytes, room)
         try:
-            moved = os.splice(fd, self._fd, min(max_bytes, room))
+            moved = os.splice(fd, self._fd, asked)
+        except BlockingIOError:
+            raise
         except OSError as exc:
             if exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                 self._splice_ok = False  # this file system cannot: nothing moved, read instead
@@ -244,6 +268,7 @@ class RotatingWriter:
             if self._max_size and self._size >= self._max_size:
                 self._due = "size"
                 self._maybe_cut_now()
+        self.drained = moved < asked
         return moved
 
     def rotate(self, reason: str = "manual") -> None:
@@ -325,10 +350,28 @@ class RotatingWriter:
                 self._append(part)
                 pos += room
                 continue
+            if self._due is None and self._max_size and self._size >= self._max_size:
+                self._due = "size"
+            d = self._delimiter_byte
+            if d is not None and self._due is not None:
+                # One-byte delimiter: the due event ends at the next delimiter unless
+                # maxEventSize cuts it first. Write up to it, cut, and the rest goes out
+                # in one write by the branches above.
+                if self._framer.pending == 0 and self._size > 0:
+                    self._cut(self._due)
+                    continue
+                k = data.find(d, pos, n)
+                if k >= 0 and self._framer.pending + k + 1 - pos <= self._max_event:
+                    part = data[pos : k + 1]
+                    self._framer.last_boundary(part)
+                    self._append(part)
+                    pos = k + 1
+                    self._cut(self._due)
+                    continue
             piece = data[pos : min(n, pos + piece_len)]
             self._write_framed(piece)
             pos += len(piece)
-            piece_len = min(2 * piece_len, _PEEK_BYTES)
+            piece_len = min(2 * piece_len, _PIECE_MAX)
 
     def _write_framed(self, data: bytes | bytearray) -> None:
         """Write `data` event by event, cutting at the first event end once a trigger is due."""
@@ -378,16 +421,21 @@ class RotatingWriter:
         # The last event end is usually a few hundred bytes back: read little first
         # (this runs at every cut after a splice), then more.
         step = _FIRST_TAIL_BLOCK
+        offset = -1
         while pos > lo:
             block_start = max(lo, pos - step)
             block = os.pread(self._fd, min(end, pos + len(d) - 1) - block_start, block_start)
             k = block.rfind(d)
             if k >= 0:
                 start = block_start + k + len(d)
+                if block_start + len(block) == end:
+                    # The first block (it ends at the end): feed its tail, no second read.
+                    self._framer.feed(block[k + len(d) :])
+                    offset = end
                 break
             pos = block_start
             step = min(step * 4, _TAIL_BLOCK)
-        offset = start
+        offset = start if offset < 0 else offset
         while offset < end:
             block = os.pread(self._fd, min(_TAIL_BLOCK, end - offset), offset)
             if not block:
@@ -427,6 +475,8 @@ class RotatingWriter:
             self._lines_per_event(out, stream, data[: first + 1], ts)
             start = first + 1
         if start < end:
+            from logvold.core.chunk_encoding import long_lines  # not for raw
+
             longs = long_lines(data, start, end, self._max_line)
             for long_start, long_end in [*longs, (end, end)]:
                 if start < long_start:
@@ -509,9 +559,13 @@ class RotatingWriter:
             self._cut(self._due)
 
     def _ts(self) -> int:
+        from logvold.core.formats import timestamp_ns  # cri / json-file only
+
         return timestamp_ns(self._clock())
 
     def _encode(self, stream: str, msg: bytes, *, full: bool, ts: int) -> bytes:
+        from logvold.core.formats import encode_cri_line, encode_json_entry  # not for raw
+
         if self.policy.format == "cri":
             # One write() stamps all its lines with one time: format it once, not per
             # line (the same bytes encode_cri_line makes; msg never holds a newline).
@@ -535,13 +589,22 @@ class RotatingWriter:
                 if self._size:
                     self._due = "period"
                 else:
-                    self._next_period = next_period_boundary(now, self.policy.rotate, self._tz)
+                    self._next_period = self._period_after(now)
+
+    def _period_after(self, now: datetime) -> datetime | None:
+        """The next Hourly/Daily/fixed period boundary after `now`; None for Never."""
+        if self.policy.rotate == "Never":
+            return None
+        from logvold.core.retention import next_period_boundary
+
+        return next_period_boundary(now, self.policy.rotate, self._tz)
 
     def _maybe_cut_now(self) -> None:
         if self._due is None:
             return
         if self._size == 0:
             self._due = None
+            self._peeks = 0
             return
         if self._raw and self._stale:
             self._resync()
@@ -558,6 +621,7 @@ class RotatingWriter:
         """
         if not self._regular:
             self._due = None
+            self._peeks = 0
             return
         now = self._clock()
         name = next_segment_name(self._base, now, [self._newest] if self._newest else [])
@@ -579,7 +643,8 @@ class RotatingWriter:
         self._fd = -1
         self._newest = name
         self._due = None
-        self._next_period = next_period_boundary(now, self.policy.rotate, self._tz)
+        self._peeks = 0
+        self._next_period = self._period_after(now)
         self.rotations += 1
         # The framer carries on: the new file starts at the cut, a boundary.
         # Nothing else to do for the old segment (no fsync, no retention): the spares'
@@ -596,9 +661,10 @@ class RotatingWriter:
             _sync_and_close(old_fd, self._dir)
         else:
             os.close(old_fd)
-        segment = RotatedSegment(path=seg_path, name=name, size_bytes=size, reason=reason)
         if self._on_rotate is not None:
-            self._on_rotate(segment)
+            self._on_rotate(
+                RotatedSegment(path=seg_path, name=name, size_bytes=size, reason=reason)
+            )
 
     # --------------------------------------------------------------- files
 
@@ -665,30 +731,35 @@ class RotatingWriter:
 
     def _retention_pass(self) -> None:
         """Apply maxFiles / maxAge and compress: runs on the maintenance thread."""
+        from pathlib import Path
+
+        from logvold.core.retention import SegmentFile, plan_retention
+
+        directory = Path(self._dir)
         segments: list[SegmentFile] = []
         for name in self._list_segments():
             try:
-                size = (self._dir / name.filename).stat().st_size
+                size = (directory / name.filename).stat().st_size
             except FileNotFoundError:
                 continue
             segments.append(SegmentFile(name=name, size_bytes=size))
         plan = plan_retention(segments, self._size, self.policy, self._clock())
         for name in plan.delete:
             try:
-                (self._dir / name.filename).unlink()
-                log.info("removed segment %s (%s)", name.filename, plan.reasons.get(name.stem))
+                (directory / name.filename).unlink()
+                _log().info("removed segment %s (%s)", name.filename, plan.reasons.get(name.stem))
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                log.warning("cannot remove segment %s: %s", name.filename, exc)
+                _log().warning("cannot remove segment %s: %s", name.filename, exc)
         if self.policy.compress != "none":
             from logvold.fileio.compress import compress_segment  # gzip / zstd: only if used
 
             for name in plan.compress:
                 try:
-                    compress_segment(str(self._dir / name.filename), self.policy.compress)
+                    compress_segment(str(directory / name.filename), self.policy.compress)
                 except StreamError as exc:
-                    log.warning("%s", exc)
+                    _log().warning("%s", exc)
 
 
 def _taken(path: str) -> bool:
@@ -699,11 +770,18 @@ def _taken(path: str) -> bool:
     return True
 
 
-def _sync_and_close(fd: int, directory: Path) -> None:
+def _log() -> logging.Logger:
+    """This module's logger; `logging` is imported by the first line written."""
+    import logging
+
+    return logging.getLogger(__name__)
+
+
+def _sync_and_close(fd: int, directory: str) -> None:
     try:
         os.fsync(fd)
     except OSError as exc:
-        log.warning("cannot fsync a closed segment in %s: %s", directory, exc)
+        _log().warning("cannot fsync a closed segment in %s: %s", directory, exc)
     finally:
         os.close(fd)
     try:
@@ -713,7 +791,7 @@ def _sync_and_close(fd: int, directory: Path) -> None:
         finally:
             os.close(dir_fd)
     except OSError as exc:
-        log.warning("cannot fsync directory %s: %s", directory, exc)
+        _log().warning("cannot fsync directory %s: %s", directory, exc)
 
 
 @dataclass(frozen=True)
@@ -762,4 +840,4 @@ class _Maintenance:
                 try:
                     writer._retention_pass()
                 except Exception:  # a bug here must not stop the writer
-                    log.exception("retention pass failed for %s", writer.path)
+                    _log().exception("retention pass failed for %s", writer.path)

@@ -16,12 +16,13 @@ hands the segment it just closed to the thread to close: one wake-up per rotatio
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import queue
 import threading
+from typing import TYPE_CHECKING
 
-log = logging.getLogger("logvold.fileio.rotating_writer")
+if TYPE_CHECKING:
+    import logging
 
 DEPTH = 4
 """Files kept ready: absorbs a burst of small segments while the thread catches up."""
@@ -119,7 +120,7 @@ class SpareFiles:
             try:
                 self._ready.put((self._make(slot), slot, self._anonymous))
             except Exception:  # a bug here must not leave the writer waiting
-                log.exception("cannot make a spare file in %s", self._dir)
+                _log().exception("cannot make a spare file in %s", self._dir)
                 self._ready.put((-1, slot, False))
 
     def _make(self, slot: int) -> int:
@@ -129,13 +130,13 @@ class SpareFiles:
                 return os.open(self._dir, flags | os.O_TMPFILE, 0o644)
             except OSError as exc:
                 if exc.errno not in _NO_TMPFILE:
-                    log.warning("cannot make a spare file in %s: %s", self._dir, exc)
+                    _log().warning("cannot make a spare file in %s: %s", self._dir, exc)
                     return -1
                 self._anonymous = False  # this file system cannot: named spares
         try:
             return os.open(self._named(slot), flags | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as exc:
-            log.warning("cannot make spare file %s: %s", self._named(slot), exc)
+            _log().warning("cannot make spare file %s: %s", self._named(slot), exc)
             return -1
 
 
@@ -145,4 +146,11 @@ def _unlink(path: str) -> None:
     except FileNotFoundError:
         pass
     except OSError as exc:
-        log.warning("cannot remove spare file %s: %s", path, exc)
+        _log().warning("cannot remove spare file %s: %s", path, exc)
+
+
+def _log() -> logging.Logger:
+    """The writer's logger; `logging` is imported by the first line written (not at start-up)."""
+    import logging
+
+    return logging.getLogger("logvold.fileio.rotating_writer")

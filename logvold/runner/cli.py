@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from logvold.core.policy import LogPolicy
+from logvold.core.log_policy import LogPolicy
 from logvold.core.units import parse_go_duration, parse_size
 from logvold.core.values import choice as _choice
 from logvold.core.values import decode_delimiter as _delimiter

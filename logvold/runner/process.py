@@ -20,10 +20,13 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from logvold.core.policy import LogPolicy
+from logvold.core.log_policy import LogPolicy
 from logvold.errors import StartError, StreamError
-from logvold.fileio.rotating_writer import RotatingWriter
+
+if TYPE_CHECKING:
+    from logvold.fileio.rotating_writer import RotatingWriter
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 CHUNK_BYTES = 1 << 20
@@ -32,6 +35,9 @@ DRAIN_IDLE_S = 1.0
 """After the child exits, how long a silent pipe still held open (by a grandchild) is waited on."""
 _F_SETPIPE_SZ = 1031
 _POLL_IDLE_MS = 250
+_SPLICE_BURST = 16
+"""Splices in a row without a poll while each one fills what it asked for (each checks
+the time triggers itself; the flush timer and idle checks wait at most one burst)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +66,8 @@ def run(opts: RunOptions) -> int:
             child = _spawn(opts.argv, stdout=None, stderr=1 if opts.redirect_stderr else None)
             forwarder.attach(child)
             return _exit_status(_wait(child))
+        from logvold.fileio.rotating_writer import RotatingWriter  # only with a log file
+
         writer = RotatingWriter(opts.log_file, opts.policy, sync_segments=opts.flush_interval_s > 0)
         try:
             return _run_to_file(opts, writer, forwarder)
@@ -129,6 +137,9 @@ def pump(
     poller = select.poll()
     for fd in streams:
         poller.register(fd, select.POLLIN)
+        if zero_copy:
+            # Splice until the pipe is empty rather than poll before every splice.
+            os.set_blocking(fd, False)
     open_fds = streams  # shared with the caller: what is closed here leaves it
     flush_every = opts.flush_interval_s
     next_flush = time.monotonic() + flush_every if flush_every else None
@@ -147,7 +158,7 @@ def pump(
         for fd, _events in ready:
             try:
                 if zero_copy:
-                    moved = writer.splice_from(fd, CHUNK_BYTES)
+                    moved = _splice_burst(writer, fd)
                 elif buffer is not None:
                     moved = os.readv(fd, [buffer])
                     if moved and tee_fd is not None:
@@ -166,12 +177,12 @@ def pump(
                 if not write_failed:
                     os.write(2, f"logvold run: {exc}; output is being dropped\n".encode())
                 write_failed = True
-                moved = len(os.read(fd, CHUNK_BYTES)) if zero_copy else 1
+                moved = _drop(fd) if zero_copy else 1
             if moved == 0:
                 poller.unregister(fd)
                 os.close(fd)
                 del open_fds[fd]
-            else:
+            elif moved > 0:
                 last_data = now
         try:
             writer.tick()
@@ -184,6 +195,34 @@ def pump(
             child_gone_at = now
         if child_gone_at is not None and now - max(last_data, child_gone_at) >= DRAIN_IDLE_S:
             break  # the child is gone; a descendant keeps the pipe open but silent
+
+
+def _splice_burst(writer: RotatingWriter, fd: int) -> int:
+    """Splice from non-blocking pipe `fd` while each call moves all it asked for (the
+    size trigger's splice stops short of a full chunk, and the peek for the event end
+    follows without a poll), up to _SPLICE_BURST times: bytes moved, 0 at end of
+    input, -1 when it held nothing (a spurious wake-up). A call that moved less emptied
+    the pipe: back to poll, not to a splice that fails with EAGAIN."""
+    total = 0
+    for _ in range(_SPLICE_BURST):
+        try:
+            moved = writer.splice_from(fd, CHUNK_BYTES)
+        except BlockingIOError:
+            break
+        if moved == 0:
+            return total  # the end: the next poll reports it again and it is closed then
+        total += moved
+        if writer.drained:
+            break
+    return total or -1
+
+
+def _drop(fd: int) -> int:
+    """Read and discard a chunk the file could not take: bytes read, 0 at end, -1 if none."""
+    try:
+        return len(os.read(fd, CHUNK_BYTES))
+    except BlockingIOError:
+        return -1
 
 
 def _tee(fd: int, data: bytes | memoryview) -> int | None:

@@ -63,3 +63,62 @@ def test_driver_imports_no_daemon_library(tmp_path: Path, shims: list[Shim]) -> 
     assert "logvold.core._json_lines" in stderr and "orjson" not in names
     assert not names & set(FORBIDDEN), sorted(names & set(FORBIDDEN))
     assert b"event 49" in read_stream(tmp_path / "c.log")[0]
+
+
+# What a raw `logvold run` with a size trigger and no retention leaves out besides the
+# daemon's libraries: the line encoders, the config model, the retention planner and
+# the standard modules only they need. Measured with -S (no site: an editable install's
+# finder imports pathlib and re itself), from the source tree.
+RAW_RUN_FORBIDDEN = (
+    "logging",
+    "pathlib",
+    "zoneinfo",
+    "decimal",
+    "json",
+    "logvold.core.policy",
+    "logvold.core.formats",
+    "logvold.core.framing",
+    "logvold.core.chunk_encoding",
+    "logvold.core.retention",
+    "logvold.fileio.compress",
+)
+
+
+def imported_modules(importtime_stderr: bytes) -> set[str]:
+    """Full module names from `-X importtime` lines."""
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in importtime_stderr.decode(errors="replace").splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+
+
+def test_raw_run_imports_only_the_raw_writer(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-S", "-X", "importtime", "-m", "logvold", "run", f"-log-file={log}",
+         "-log-file-size=1Ki", "sh", "-c", "for i in $(seq 300); do echo line $i; done"],
+        capture_output=True, timeout=60, cwd=repo,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    names = imported_modules(done.stderr)
+    # the parse saw the real imports: the writer and its raw framer were loaded
+    assert {"logvold.fileio.rotating_writer", "logvold.core.raw_framing"} <= names
+    assert not names & set(RAW_RUN_FORBIDDEN), sorted(names & set(RAW_RUN_FORBIDDEN))
+    assert not {n.split(".")[0] for n in names} & set(FORBIDDEN)
+    pieces = [p.read_bytes() for p in tmp_path.iterdir() if p.is_file()]
+    assert len(pieces) > 1 and b"line 300\n" in b"".join(pieces)
+
+
+def test_run_without_a_log_file_imports_no_writer(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-S", "-X", "importtime", "-m", "logvold", "run", "true"],
+        capture_output=True, timeout=60, cwd=repo,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    names = imported_modules(done.stderr)
+    assert "logvold.runner.process" in names
+    assert "logvold.fileio.rotating_writer" not in names
+    assert not names & set(RAW_RUN_FORBIDDEN), sorted(names & set(RAW_RUN_FORBIDDEN))

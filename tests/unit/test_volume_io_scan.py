@@ -93,6 +93,7 @@ ALLOWED: dict[tuple[str, str], str] = {
         "os.open",
     ): "logvold is the writer (`run`, `driver`): its own output files in its own directory",
     ("fileio/rotating_writer.py", "os.listdir"): "logvold's own output directory",
+    ("fileio/rotating_writer.py", "os.path.abspath"): "logvold's own output file (a name only)",
     ("fileio/rotating_writer.py", "os.lstat"): "logvold's own output directory",
     ("fileio/rotating_writer.py", "os.replace"): "logvold's own spare file and segments",
     ("fileio/rotating_writer.py", ".unlink"): "logvold's own segments and spare file",
