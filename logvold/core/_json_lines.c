@@ -253,7 +253,7 @@ static inline unsigned char *write_slow(unsigned char *o, const unsigned char **
 static unsigned char expand_shuffle[256][16];
 static unsigned char expand_backslash[256][16];
 static unsigned char expand_length[256];
-static int use_expand;
+static int use_expand; /* the CPU has SSSE3: escape_ssse3 */
 
 static void init_expand(void) {
     for (int m = 0; m < 256; m++) {
@@ -285,42 +285,112 @@ __attribute__((target("ssse3"))) static unsigned char *expand_half(unsigned char
     return o + expand_length[m];
 }
 
-/* The 16 bytes of v, whose escapes (bits of `mask`) are all two-character ones. */
-__attribute__((target("ssse3"))) static unsigned char *expand16(unsigned char *o, __m128i v,
-                                                                 unsigned mask) {
-    /* The escaped byte's replacement: only \t \r \b \f change (" and \ stay). */
-    __m128i r = v;
-    static const char from[4] = {'\t', '\r', '\b', '\f'};
-    static const char to[4] = {'t', 'r', 'b', 'f'};
-    for (int i = 0; i < 4; i++) {
-        __m128i eq = _mm_cmpeq_epi8(v, _mm_set1_epi8(from[i]));
-        r = _mm_or_si128(_mm_andnot_si128(eq, r), _mm_and_si128(eq, _mm_set1_epi8(to[i])));
+/* The byte classes of the SSSE3 loop, one bit each, found by two 16-entry table
+ * look-ups (low and high nibble, AND-ed): a class is a set of high nibbles times a
+ * set of low nibbles, so a byte's result is exactly its class bit or 0. */
+#define C_SHORTCTL 0x01 /* \b \t \f \r: two characters */
+#define C_CTL0 0x02     /* other bytes 0x00-0x0F, newline included: the switch */
+#define C_CTL1 0x04     /* 0x10-0x1F */
+#define C_QUOTE 0x08    /* " */
+#define C_AMP 0x10      /* & */
+#define C_LTGT 0x20     /* < > */
+#define C_BSL 0x40      /* backslash */
+#define C_E2 0x80       /* the lead byte of U+2028 / U+2029 (and other characters) */
+#define C_SLOW (C_CTL0 | C_CTL1 | C_AMP | C_LTGT | C_E2)
+static unsigned char class_lo[16];
+static unsigned char class_hi[16];
+/* The letter of \b \t \f \r by low nibble (0x08 0x09 0x0C 0x0D). */
+static unsigned char short_letter[16];
+
+static void init_classes(void) {
+    for (int lo = 0; lo < 16; lo++) {
+        int shortctl = lo == 8 || lo == 9 || lo == 12 || lo == 13;
+        class_lo[lo] = (unsigned char)((shortctl ? C_SHORTCTL : C_CTL0) | C_CTL1);
+        short_letter[lo] = (unsigned char)(shortctl ? short_escape[lo] : 0);
     }
-    o = expand_half(o, r, mask & 0xFF);
-    return expand_half(o, _mm_srli_si128(r, 8), (mask >> 8) & 0xFF);
+    class_lo[2] |= C_QUOTE | C_E2;
+    class_lo[6] |= C_AMP;
+    class_lo[12] |= C_LTGT | C_BSL;
+    class_lo[14] |= C_LTGT;
+    class_hi[0] = C_SHORTCTL | C_CTL0;
+    class_hi[1] = C_CTL1;
+    class_hi[2] = C_QUOTE | C_AMP;
+    class_hi[3] = C_LTGT;
+    class_hi[5] = C_BSL;
+    class_hi[14] = C_E2;
+}
+
+/* The main loop on SSSE3: per 16 bytes, one classification (two byte shuffles), a
+ * 16-byte copy when nothing needs escaping, one shuffle per half when only
+ * two-character escapes do; else the escapes one by one up to the first `slow` byte.
+ * Stops with fewer than 32 bytes left (the scalar loop finishes). */
+__attribute__((target("ssse3"))) static unsigned char *
+escape_ssse3(unsigned char *o, const unsigned char **pp, const unsigned char *end,
+             const char *sep, Py_ssize_t seplen) {
+    const unsigned char *p = *pp;
+    const __m128i lo_tbl = _mm_loadu_si128((const __m128i *)class_lo);
+    const __m128i hi_tbl = _mm_loadu_si128((const __m128i *)class_hi);
+    const __m128i letters = _mm_loadu_si128((const __m128i *)short_letter);
+    const __m128i nibble = _mm_set1_epi8(0x0F);
+    const __m128i zero = _mm_setzero_si128();
+    const __m128i slow_bits = _mm_set1_epi8((char)C_SLOW);
+    const __m128i shortctl = _mm_set1_epi8(C_SHORTCTL);
+    while (end - p >= 32) {
+        __m128i v = _mm_loadu_si128((const __m128i *)p);
+        __m128i lo = _mm_and_si128(v, nibble);
+        __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), nibble);
+        __m128i cls = _mm_and_si128(_mm_shuffle_epi8(lo_tbl, lo), _mm_shuffle_epi8(hi_tbl, hi));
+        unsigned any = 0xFFFFu ^ (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(cls, zero));
+        if (any == 0) { /* plain text: a 16-byte copy */
+            _mm_storeu_si128((__m128i *)o, v);
+            p += 16;
+            o += 16;
+            continue;
+        }
+        unsigned m = 0xFFFFu ^ (unsigned)_mm_movemask_epi8(
+                                   _mm_cmpeq_epi8(_mm_and_si128(cls, slow_bits), zero));
+        if (m == 0) {
+            /* Only two-character escapes: \b \t \f \r take their letter, " and \ stay. */
+            __m128i ctl = _mm_cmpeq_epi8(_mm_and_si128(cls, shortctl), shortctl);
+            __m128i r = _mm_or_si128(_mm_andnot_si128(ctl, v),
+                                     _mm_and_si128(ctl, _mm_shuffle_epi8(letters, lo)));
+            o = expand_half(o, r, any & 0xFF);
+            o = expand_half(o, _mm_srli_si128(r, 8), (any >> 8) & 0xFF);
+            p += 16;
+            continue;
+        }
+        unsigned lim = (unsigned)__builtin_ctz(m);
+        /* The two-character escapes before the first slow byte, one per set bit: each
+         * run before one is a 16-byte store (the excess is overwritten next). */
+        unsigned t = any & ~m & (unsigned)((1u << lim) - 1);
+        unsigned last = 0;
+        while (t) {
+            unsigned k = (unsigned)__builtin_ctz(t);
+            _mm_storeu_si128((__m128i *)o, _mm_loadu_si128((const __m128i *)(p + last)));
+            o += k - last;
+            o[0] = '\\';
+            o[1] = repl[p[k]];
+            o += 2;
+            last = k + 1;
+            t &= t - 1;
+        }
+        _mm_storeu_si128((__m128i *)o, _mm_loadu_si128((const __m128i *)(p + last)));
+        o += lim - last;
+        p += lim;
+        o = write_slow(o, &p, end, sep, seplen);
+    }
+    *pp = p;
+    return o;
 }
 #endif
 
-static PyObject *escape_lines(PyObject *module, PyObject *args) {
-    Py_buffer in;
-    const char *sep;
-    Py_ssize_t seplen;
-    (void)module;
-    if (!PyArg_ParseTuple(args, "y*y#:escape_lines", &in, &sep, &seplen))
-        return NULL;
-    const unsigned char *p = in.buf;
-    const unsigned char *end = p + in.len;
-    if (!valid_utf8(p, end)) {
-        PyBuffer_Release(&in);
-        Py_RETURN_NONE;
-    }
-    Py_ssize_t cap = output_bound(p, end, seplen) + SLACK;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, cap);
-    if (out == NULL) {
-        PyBuffer_Release(&in);
-        return NULL;
-    }
-    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
+/* The escapes of [p, end) into o (room for output_bound() + SLACK); returns the end. */
+static unsigned char *escape_body(unsigned char *o, const unsigned char *p,
+                                  const unsigned char *end, const char *sep, Py_ssize_t seplen) {
+#if defined(HAVE_EXPAND)
+    if (use_expand)
+        o = escape_ssse3(o, &p, end, sep, seplen);
+#endif
 #if defined(__SSE2__)
     /* 16 bytes at a time; 32 left at least, so the 16-byte loads below stay inside. */
     while (end - p >= 32) {
@@ -333,13 +403,6 @@ static PyObject *escape_lines(PyObject *module, PyObject *args) {
             continue;
         }
         unsigned m = slow_mask(v);
-#if defined(HAVE_EXPAND)
-        if (m == 0 && use_expand) {
-            o = expand16(o, v, any);
-            p += 16;
-            continue;
-        }
-#endif
         unsigned lim = m ? (unsigned)__builtin_ctz(m) : 16;
         /* The two-character escapes before the first slow byte, one per set bit: each
          * run before one is a 16-byte store (the excess is overwritten next). */
@@ -368,6 +431,41 @@ static PyObject *escape_lines(PyObject *module, PyObject *args) {
         else
             o = write_fast(o, p++, 1);
     }
+    return o;
+}
+
+static PyObject *escape_lines(PyObject *module, PyObject *args) {
+    Py_buffer in;
+    const char *sep;
+    Py_ssize_t seplen;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*y#:escape_lines", &in, &sep, &seplen))
+        return NULL;
+    const unsigned char *p = in.buf;
+    const unsigned char *end = p + in.len;
+    /* Pure C over a buffer we hold (`data` is exported to us, `out` is ours alone
+     * until returned): other threads run meanwhile, e.g. the writer's encoding of the
+     * other half of a chunk, or its writes. */
+    int valid;
+    Py_ssize_t cap = 0;
+    Py_BEGIN_ALLOW_THREADS
+    valid = valid_utf8(p, end);
+    if (valid)
+        cap = output_bound(p, end, seplen) + SLACK;
+    Py_END_ALLOW_THREADS
+    if (!valid) {
+        PyBuffer_Release(&in);
+        Py_RETURN_NONE;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, cap);
+    if (out == NULL) {
+        PyBuffer_Release(&in);
+        return NULL;
+    }
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
+    Py_BEGIN_ALLOW_THREADS
+    o = escape_body(o, p, end, sep, seplen);
+    Py_END_ALLOW_THREADS
     Py_ssize_t used = (char *)o - PyBytes_AS_STRING(out);
     PyBuffer_Release(&in);
     if (_PyBytes_Resize(&out, used) < 0)
@@ -393,6 +491,7 @@ PyMODINIT_FUNC PyInit__json_lines(void) {
     init_tables();
 #if defined(HAVE_EXPAND)
     init_expand();
+    init_classes();
 #endif
     return PyModule_Create(&module_def);
 }
