@@ -22,7 +22,7 @@ from typing import Literal
 
 from logvold.core.formats import encode_cri_line, format_rfc3339nano_bytes
 
-NativeEscaper = Callable[[bytes, bytes], "bytes | None"]
+NativeEscaper = Callable[["bytes | memoryview", bytes], "bytes | None"]
 """`escape_lines(data, sep)` of the C extension (see `native_escaper`)."""
 
 
@@ -86,20 +86,22 @@ class ChunkEncoder:
         self._head = b""
         self._sep = b""
 
-    def encode(self, stream: str, ts: int, data: bytes) -> tuple[bytes, bytes]:
+    def encode(self, stream: str, ts: int, data: bytes | memoryview) -> tuple[bytes, bytes]:
         """(head, body) for `data`'s lines as full events; `data` should end with a
         newline (bytes after the last one are encoded too, after the last head, and
-        must not be written) and be valid UTF-8 for json-file's fast path."""
+        must not be written) and be valid UTF-8 for json-file's fast path. A
+        memoryview is read in place by the C escaper (copied for the other paths)."""
         if self._key != (stream, ts):
             self._frame(stream, ts)
         if self.fmt == "cri":
-            return self._head, data.replace(b"\n", self._sep)
+            return self._head, bytes(data).replace(b"\n", self._sep)
         if self._native is not None:
             body = self._native(data, self._sep)
             if body is not None:
                 return _JSON_HEAD, body
             # not valid UTF-8: the stdlib path writes lone-surrogate escapes
-            return _JSON_HEAD, json_escape(data).replace(b"\n", self._sep)
+            return _JSON_HEAD, json_escape(bytes(data)).replace(b"\n", self._sep)
+        data = bytes(data)  # no copy of a bytes object
         if self._dumps is not None and _SENTINEL not in data:
             try:
                 text = data.replace(b"\n", _SENTINEL).decode("utf-8")
