@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import errno
 import fcntl
+import itertools
 import logging
 import os
 import queue
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
-from logvold.core.chunk_encoding import ChunkEncoder, long_lines, native_escaper
+from logvold.core.chunk_encoding import ChunkEncoder, NativeEscaper, long_lines, native_escaper
 from logvold.core.clock import Clock, utcnow
 from logvold.core.formats import encode_cri_line, encode_json_entry, timestamp_ns
 from logvold.core.framing import RawFramer
@@ -37,6 +38,7 @@ from logvold.core.retention import SegmentFile, next_period_boundary, plan_reten
 from logvold.core.values import time_zone
 from logvold.errors import StreamError
 from logvold.fileio.spare_files import SpareFiles
+from logvold.fileio.split_encoder import SplitEncoder, split_points
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +107,19 @@ class RotatingWriter:
         self._cri_prefix: tuple[bytes, bytes] = (b"", b"")
         self._raw = policy.format == "raw"
         self._chunks: ChunkEncoder | None = None
+        # json-file with the C escaper on 2+ CPUs: big chunks are encoded in pieces,
+        # all but the first on a helper thread (split_encoder), started when needed.
+        self._native: NativeEscaper | None = None
+        self._split = False
+        self._helper: SplitEncoder | None = None
         if policy.format == "cri":
             self._chunks = ChunkEncoder("cri")
         elif policy.format == "json-file":
             native = native_escaper()
             if native is not None:
                 self._chunks = ChunkEncoder("json-file", native=native)
+                self._native = native
+                self._split = len(os.sched_getaffinity(0)) > 1
             else:
                 import orjson  # here: only json-file without the C escaper imports it
 
@@ -296,6 +305,8 @@ class RotatingWriter:
                 self._spares.stop()
             if self._worker is not None:
                 self._worker.stop()
+            if self._helper is not None:
+                self._helper.stop()
 
     # ------------------------------------------------------------------ raw
 
@@ -430,8 +441,7 @@ class RotatingWriter:
             longs = long_lines(data, start, end, self._max_line)
             for long_start, long_end in [*longs, (end, end)]:
                 if start < long_start:
-                    whole = data if (start, long_start) == (0, n) else data[start:long_start]
-                    self._lines_whole(out, stream, whole, ts)
+                    self._lines_whole(out, stream, data, start, long_start, ts)
                 if long_start < long_end:
                     self._lines_per_event(out, stream, data[long_start:long_end], ts)
                 start = long_end
@@ -440,11 +450,36 @@ class RotatingWriter:
         if out:
             self._append(out)
 
-    def _lines_whole(self, out: bytearray, stream: str, lines: bytes, ts: int) -> None:
-        """Write `lines` (whole lines, all short, none continuing a held one) as
-        events, rotating after the event that reaches maxSize like the per-event path."""
+    def _lines_whole(
+        self, out: bytearray, stream: str, data: bytes, start: int, stop: int, ts: int
+    ) -> None:
+        """Write data[start:stop] (whole lines, all short, none continuing a held one)
+        as events, rotating after the event that reaches maxSize like the per-event
+        path. A big json-file chunk (C escaper, 2+ CPUs): its later pieces are encoded
+        on the helper thread while this one writes (the same bytes: whole lines)."""
         assert self._chunks is not None
-        head, body = self._chunks.encode(stream, ts, lines)
+        points = split_points(data, start, stop) if self._split else [start, stop]
+        if len(points) == 2:
+            lines = data if (start, stop) == (0, len(data)) else memoryview(data)[start:stop]
+            self._write_encoded(out, *self._chunks.encode(stream, ts, lines))
+            return
+        if self._helper is None:
+            self._helper = SplitEncoder(ChunkEncoder("json-file", native=self._native).encode)
+        helper = self._helper
+        view = memoryview(data)
+        for a, b in itertools.pairwise(points[1:]):
+            helper.submit(stream, ts, view[a:b])
+        try:
+            # Encoded and written while the helper encodes the next pieces.
+            self._write_encoded(out, *self._chunks.encode(stream, ts, view[start : points[1]]))
+            while helper.pending:
+                self._write_encoded(out, *helper.result())
+        finally:
+            while helper.pending:  # never leave a piece in flight
+                helper.result()
+
+    def _write_encoded(self, out: bytearray, head: bytes, body: bytes) -> None:
+        """Write what ChunkEncoder.encode made (`out` first: it is empty after)."""
         pos = 0
         end = body.rfind(b"\n") + 1
         out += head
