@@ -195,7 +195,8 @@ static inline unsigned char *write_slow(unsigned char *o, const unsigned char **
     return o + 6;
 }
 
-#if defined(__SSE2__) && defined(__GNUC__) && defined(__x86_64__)
+/* LOGVOLD_NO_SSSE3: build without the SSSE3 loop (the tests' way to run the SSE2 one). */
+#if defined(__SSE2__) && defined(__GNUC__) && defined(__x86_64__) && !defined(LOGVOLD_NO_SSSE3)
 #include <tmmintrin.h>
 /* SSSE3 (every x86-64 CPU since about 2008; checked at import): a 16-byte block whose
  * only escapes are two-character ones is written without a branch per escape, each

@@ -38,7 +38,7 @@ from logvold.core.retention import SegmentFile, next_period_boundary, plan_reten
 from logvold.core.values import time_zone
 from logvold.errors import StreamError
 from logvold.fileio.spare_files import SpareFiles
-from logvold.fileio.split_encoder import SplitEncoder, split_points
+from logvold.fileio.split_encoder import PIECE_BYTES, SplitEncoder, split_points
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ class RotatingWriter:
         # all but the first on a helper thread (split_encoder), started when needed.
         self._native: NativeEscaper | None = None
         self._split = False
+        self._piece = PIECE_BYTES
         self._helper: SplitEncoder | None = None
         if policy.format == "cri":
             self._chunks = ChunkEncoder("cri")
@@ -458,7 +459,7 @@ class RotatingWriter:
         path. A big json-file chunk (C escaper, 2+ CPUs): its later pieces are encoded
         on the helper thread while this one writes (the same bytes: whole lines)."""
         assert self._chunks is not None
-        points = split_points(data, start, stop) if self._split else [start, stop]
+        points = split_points(data, start, stop, self._piece) if self._split else [start, stop]
         if len(points) == 2:
             lines = data if (start, stop) == (0, len(data)) else memoryview(data)[start:stop]
             self._write_encoded(out, *self._chunks.encode(stream, ts, lines))

@@ -103,6 +103,32 @@ class OrjsonWriter(RotatingWriter):
             self._chunks = ChunkEncoder("json-file", orjson.dumps)
 
 
+class SmallPiecesWriter(RotatingWriter):
+    """The writer with json-file chunks cut into pieces of ~16 bytes of whole lines, the
+    later ones encoded on the helper thread (split_encoder), also on a 1-CPU runner:
+    many pieces per chunk, size cuts inside and between them."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._split = self._native is not None
+        self._piece = 16
+
+
+class SplitWriter(RotatingWriter):
+    """The writer as on a node with 2+ CPUs (json-file pieces on the helper thread),
+    whatever this runner has; records that the helper ran."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._split = self._native is not None
+        self.helper_used = False
+
+    def close(self) -> None:
+        self.helper_used = self._helper is not None
+        super().close()
+        assert self.helper_used, "no chunk was split: the test would not cover the helper"
+
+
 # Bytes that each need their own escape, and the multi-byte ones that do or break UTF-8.
 _PIECES = [
     b"a", b"word ", b'"', b"\\", b"\\n", b"\t", b"\r", b"\x00", b"\x01", b"\x08", b"\x0c",
@@ -171,8 +197,13 @@ def test_chunk_output_is_byte_identical_to_per_event(
         max_event_size_bytes=max_event,
     )
     results = []
-    writers = (("old", PerEventWriter), ("new", RotatingWriter), ("orjson", OrjsonWriter))
-    for name, cls in writers[: 3 if fmt == "json-file" else 2]:
+    writers = (
+        ("old", PerEventWriter),
+        ("new", RotatingWriter),
+        ("orjson", OrjsonWriter),
+        ("pieces", SmallPiecesWriter),
+    )
+    for name, cls in writers[: 4 if fmt == "json-file" else 2]:
         d = tmp_path / f"{name}-{os.urandom(4).hex()}"
         d.mkdir()
         results.append(run_writer(cls, d / "app.log", policy, chunks, max_line))
@@ -201,12 +232,16 @@ def test_one_mebibyte_chunks_of_typical_lines_are_identical(tmp_path: Path) -> N
     for fmt in LINE_FORMATS:
         policy = LogPolicy(format=fmt, max_size_bytes=100 << 10, max_files=0)
         results = []
-        for name, cls in (("old", PerEventWriter), ("new", RotatingWriter)):
+        writers = [("old", PerEventWriter), ("new", RotatingWriter)]
+        if fmt == "json-file":  # 1 MiB reads: two pieces, the second on the helper
+            writers.append(("pieces", SplitWriter))
+        for name, cls in writers:
             d = tmp_path / f"{fmt}-{name}"
             d.mkdir()
             results.append(run_writer(cls, d / "app.log", policy, chunks, 16 << 10))
-        assert results[0][0] == results[1][0]
-        assert results[0][2] == results[1][2] > 10
+        for new in results[1:]:
+            assert new[0] == results[0][0]
+            assert new[2] == results[0][2] > 10
 
 
 def encoders() -> list[ChunkEncoder]:
@@ -290,6 +325,29 @@ def test_c_escaper_every_byte_and_long_inputs() -> None:
     assert NATIVE(text, b"|") == b"|".join(_json_inside(line) for line in text.split(b"\n"))
     for bad in (b"x" * 100 + b"\xff", b"\xc3" + b"x" * 40, b"x" * 31 + b"\xe2\x80"):
         assert NATIVE(bad, b"|") is None
+
+
+def test_c_escaper_checks_utf8_inside_its_block_loop() -> None:
+    """The SSSE3 loop checks UTF-8 as it escapes: a bad sequence anywhere (in a block,
+    across a block end, in the byte-wise tail, after the output grew) gives None; a
+    good one crossing block ends is copied whole. And the output buffer grows past
+    its first reservation (6x escapes), from a memoryview too."""
+    assert NATIVE is not None
+    good = "\u00e9\u65e5\U0001f600\u2028".encode()  # 2, 3, 4, 3 bytes
+    for shift in range(17):
+        data = b"a" * shift + good * 40 + b'"\n' + good
+        want = b"|".join(_json_inside(line) for line in data.split(b"\n"))
+        assert NATIVE(data, b"|") == want
+        assert NATIVE(memoryview(b"__" + data)[2:], b"|") == want
+        for bad in (b"\xff", b"\xc3(", b"\xe2\x80", b"\xed\xa0\x80", b"\xf0\x9f\x98", b"\x80"):
+            for where in (shift, 1000 + shift, len(data) - 3):
+                spoilt = data[:where] + bad + data[where:]
+                with pytest.raises(UnicodeDecodeError):
+                    spoilt.decode("utf-8")  # the oracle agrees it is not UTF-8
+                assert NATIVE(spoilt, b"|") is None
+    big = b"\x01<\x1f" * 400_000  # 6x: 7.2 MB out of 1.2 MB
+    assert NATIVE(big, b"|") == b"\\u0001\\u003c\\u001f" * 400_000
+    assert NATIVE(b"x" * 500_000 + b"\xff", b"|") is None
 
 
 @given(
