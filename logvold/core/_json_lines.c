@@ -538,11 +538,113 @@ static PyObject *escape_lines(PyObject *module, PyObject *args) {
     return out;
 }
 
+/* Where escape_step() is in its input and output, between calls. */
+typedef struct {
+    const unsigned char *p;
+    const unsigned char *checked; /* UTF-8 checked up to here */
+    size_t used;
+} Progress;
+
+/* Escapes on from `st` into buf[0:cap]: 0 when done, 1 when it needs a buffer of at
+ * least *need bytes (the caller grows it, keeping what is written, and calls again),
+ * -2 when the input is not valid UTF-8. */
+static int escape_step(unsigned char *buf, size_t cap, Progress *st, const unsigned char *end,
+                       const char *sep, Py_ssize_t seplen, size_t *need) {
+    size_t room = STEP_ROOM(seplen) + SLACK;
+    while (end - st->p >= 32) {
+        if (cap < st->used + room) {
+            *need = 2 * cap > st->used + room ? 2 * cap : st->used + room;
+            return 1;
+        }
+        const unsigned char *limit = buf + cap - room;
+        const unsigned char *p = st->p;
+        unsigned char *o = escape_blocks(buf + st->used, &p, end, sep, seplen, limit, &st->checked);
+        if (p == NULL)
+            return -2;
+        st->p = p;
+        st->used = (size_t)(o - buf);
+    }
+    size_t tail = st->used + (size_t)(end - st->p) * (size_t)(seplen > 6 ? seplen : 6) + SLACK;
+    if (cap < tail) {
+        *need = tail;
+        return 1;
+    }
+    if (st->checked < end && !valid_utf8(st->checked > st->p ? st->checked : st->p, end))
+        return -2;
+    st->used = (size_t)(escape_bytes(buf + st->used, st->p, end, sep, seplen) - buf);
+    st->p = end;
+    return 0;
+}
+
+/* escape_lines() into a bytearray the caller keeps between calls: no copy of the
+ * output and no fresh memory per call. Resized to the output; exported (locked
+ * against resizing by others) while it is written without the GIL; BufferError if
+ * a view of it is alive when called. */
+static PyObject *escape_lines_into(PyObject *module, PyObject *args) {
+    Py_buffer in;
+    const char *sep;
+    Py_ssize_t seplen;
+    PyObject *out;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*y#O!:escape_lines_into", &in, &sep, &seplen,
+                          &PyByteArray_Type, &out))
+        return NULL;
+    if (((PyByteArrayObject *)out)->ob_exports > 0) {
+        /* Someone may still read the last output through a view: never overwrite it. */
+        PyBuffer_Release(&in);
+        PyErr_SetString(PyExc_BufferError, "escape_lines_into: `out` is in use by a memoryview");
+        return NULL;
+    }
+    const unsigned char *end = (const unsigned char *)in.buf + in.len;
+    Progress st = {in.buf, in.buf, 0};
+    int done = 0;
+#if defined(HAVE_EXPAND)
+    if (!use_expand)
+#endif
+    {
+        Py_BEGIN_ALLOW_THREADS
+        done = valid_utf8(st.p, end) ? 0 : -2;
+        Py_END_ALLOW_THREADS
+        st.checked = end;
+    }
+    size_t n = (size_t)in.len;
+    size_t need = n + n / 2 + STEP_ROOM(seplen) + 32 * (size_t)(seplen > 6 ? seplen : 6) + SLACK;
+    if (done == 0 && (size_t)PyByteArray_GET_SIZE(out) >= need)
+        need = 0;
+    while (done == 0 || done == 1) {
+        if (need && PyByteArray_Resize(out, (Py_ssize_t)need) < 0) {
+            PyBuffer_Release(&in);
+            return NULL;
+        }
+        Py_buffer ob;
+        if (PyObject_GetBuffer(out, &ob, PyBUF_WRITABLE) < 0) {
+            PyBuffer_Release(&in);
+            return NULL;
+        }
+        need = 0;
+        Py_BEGIN_ALLOW_THREADS
+        done = escape_step(ob.buf, (size_t)ob.len, &st, end, sep, seplen, &need);
+        Py_END_ALLOW_THREADS
+        PyBuffer_Release(&ob);
+        if (done == 0)
+            break;
+    }
+    PyBuffer_Release(&in);
+    if (done == -2)
+        Py_RETURN_NONE;
+    if (PyByteArray_Resize(out, (Py_ssize_t)st.used) < 0)
+        return NULL;
+    return Py_NewRef(out);
+}
+
 static PyMethodDef methods[] = {
     {"escape_lines", escape_lines, METH_VARARGS,
      "escape_lines(data, sep) -> bytes | None: JSON string escapes of UTF-8 `data` "
      "(Go's HTML-safe ones too), each newline replaced by `sep`; None if `data` is not "
      "valid UTF-8."},
+    {"escape_lines_into", escape_lines_into, METH_VARARGS,
+     "escape_lines_into(data, sep, out) -> bytearray | None: escape_lines() written "
+     "into the bytearray `out` (resized to the output; returned), reused between calls."},
     {NULL, NULL, 0, NULL},
 };
 

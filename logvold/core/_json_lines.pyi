@@ -1,3 +1,6 @@
 """Stub of the C extension logvold/core/_json_lines.c (see there and chunk_encoding.py)."""
 
 def escape_lines(data: bytes | memoryview, sep: bytes, /) -> bytes | None: ...
+def escape_lines_into(
+    data: bytes | memoryview, sep: bytes, out: bytearray, /
+) -> bytearray | None: ...

@@ -26,6 +26,10 @@ NativeEscaper = Callable[["bytes | memoryview", bytes], "bytes | None"]
 """`escape_lines(data, sep)` of the C extension (see `native_escaper`)."""
 
 
+NativeEscaperInto = Callable[["bytes | memoryview", bytes, bytearray], "bytearray | None"]
+"""`escape_lines_into(data, sep, out)`: the same bytes written into a reused bytearray."""
+
+
 def native_escaper() -> NativeEscaper | None:
     """The C json-file chunk escaper (logvold/core/_json_lines.c), or None where the
     package was installed without a C compiler (the pure-Python paths then)."""
@@ -34,6 +38,15 @@ def native_escaper() -> NativeEscaper | None:
     except ImportError:
         return None
     return escape_lines
+
+
+def native_escaper_into() -> NativeEscaperInto | None:
+    """`escape_lines_into` of the C extension (see native_escaper), or None."""
+    try:
+        from logvold.core._json_lines import escape_lines_into
+    except ImportError:
+        return None
+    return escape_lines_into
 
 
 LineFormat = Literal["cri", "json-file"]
@@ -76,17 +89,25 @@ class ChunkEncoder:
         fmt: LineFormat,
         string_encoder: StringEncoder | None = None,
         native: NativeEscaper | None = None,
+        native_into: NativeEscaperInto | None = None,
     ) -> None:
+        """`native_into` (with `native`): json-file bodies are written into one
+        bytearray kept by this encoder, so a body is valid only until the next
+        encode() - for a caller that writes each body out before encoding more."""
         if fmt not in ("cri", "json-file"):
             raise ValueError(f"no line encoding for format {fmt!r}")
         self.fmt = fmt
         self._dumps = string_encoder
         self._native = native
+        self._native_into = native_into
+        self._out = bytearray()
         self._key: tuple[str, int] | None = None
         self._head = b""
         self._sep = b""
 
-    def encode(self, stream: str, ts: int, data: bytes | memoryview) -> tuple[bytes, bytes]:
+    def encode(
+        self, stream: str, ts: int, data: bytes | memoryview
+    ) -> tuple[bytes, bytes | bytearray]:
         """(head, body) for `data`'s lines as full events; `data` should end with a
         newline (bytes after the last one are encoded too, after the last head, and
         must not be written) and be valid UTF-8 for json-file's fast path. A
@@ -95,10 +116,21 @@ class ChunkEncoder:
             self._frame(stream, ts)
         if self.fmt == "cri":
             return self._head, bytes(data).replace(b"\n", self._sep)
-        if self._native is not None:
+        if self._native_into is not None:
+            try:
+                into = self._native_into(data, self._sep, self._out)
+            except BufferError:
+                # A view of the last body outlived it (a traceback keeps one after a
+                # failed write): leave that buffer to it and write into a new one.
+                self._out = bytearray()
+                into = self._native_into(data, self._sep, self._out)
+            if into is not None:
+                return _JSON_HEAD, into
+        elif self._native is not None:
             body = self._native(data, self._sep)
             if body is not None:
                 return _JSON_HEAD, body
+        if self._native is not None or self._native_into is not None:
             # not valid UTF-8: the stdlib path writes lone-surrogate escapes
             return _JSON_HEAD, json_escape(bytes(data)).replace(b"\n", self._sep)
         data = bytes(data)  # no copy of a bytes object

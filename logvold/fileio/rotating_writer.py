@@ -28,7 +28,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
-from logvold.core.chunk_encoding import ChunkEncoder, NativeEscaper, long_lines, native_escaper
+from logvold.core.chunk_encoding import (
+    ChunkEncoder,
+    NativeEscaper,
+    long_lines,
+    native_escaper,
+    native_escaper_into,
+)
 from logvold.core.clock import Clock, utcnow
 from logvold.core.formats import encode_cri_line, encode_json_entry, timestamp_ns
 from logvold.core.framing import RawFramer
@@ -118,7 +124,12 @@ class RotatingWriter:
         elif policy.format == "json-file":
             native = native_escaper()
             if native is not None:
-                self._chunks = ChunkEncoder("json-file", native=native)
+                # Each body is written out before the next encode(): one output
+                # buffer for every chunk (not for the helper's pieces: it encodes
+                # the next while this thread writes the last).
+                self._chunks = ChunkEncoder(
+                    "json-file", native=native, native_into=native_escaper_into()
+                )
                 self._native = native
                 self._split = len(os.sched_getaffinity(0)) > 1
             else:
@@ -479,7 +490,7 @@ class RotatingWriter:
             while helper.pending:  # never leave a piece in flight
                 helper.result()
 
-    def _write_encoded(self, out: bytearray, head: bytes, body: bytes) -> None:
+    def _write_encoded(self, out: bytearray, head: bytes, body: bytes | bytearray) -> None:
         """Write what ChunkEncoder.encode made (`out` first: it is empty after)."""
         pos = 0
         end = body.rfind(b"\n") + 1

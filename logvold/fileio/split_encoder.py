@@ -14,7 +14,7 @@ import queue
 import threading
 from collections.abc import Callable
 
-Encode = Callable[[str, int, "bytes | memoryview"], tuple[bytes, bytes]]
+Encode = Callable[[str, int, "bytes | memoryview"], tuple[bytes, "bytes | bytearray"]]
 """`ChunkEncoder.encode` of an encoder the helper owns (its frame cache is not shared)."""
 
 PIECE_BYTES = 512 * 1024
@@ -49,7 +49,9 @@ class SplitEncoder:
         self._jobs: queue.SimpleQueue[tuple[str, int, bytes | memoryview] | None] = (
             queue.SimpleQueue()
         )
-        self._done: queue.SimpleQueue[tuple[bytes, bytes] | BaseException] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[tuple[bytes, bytes | bytearray] | BaseException] = (
+            queue.SimpleQueue()
+        )
         self._pending = 0
         self._thread = threading.Thread(target=self._run, name="logvold-encode", daemon=True)
         self._thread.start()
@@ -64,7 +66,7 @@ class SplitEncoder:
         self._pending += 1
         self._jobs.put((stream, ts, data))
 
-    def result(self) -> tuple[bytes, bytes]:
+    def result(self) -> tuple[bytes, bytes | bytearray]:
         """(head, body) of the oldest piece not taken yet, as `encode` returned them."""
         if not self._pending:
             raise RuntimeError("SplitEncoder: nothing submitted")
