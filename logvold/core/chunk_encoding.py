@@ -6,7 +6,7 @@ more than the copy itself, so a chunk of whole lines whose messages all fit in o
 line is encoded by a few C-level passes over the whole chunk: `bytes.replace` of the
 newline with "end of this line + head of the next" (cri); for json-file, one call of
 the C extension `_json_lines.escape_lines` (UTF-8 check, JSON escapes, newline ->
-separator; about half the CPU of the orjson path), or where it is not built,
+separator; about a quarter of the CPU of the orjson path), or where it is not built,
 orjson's string escaper over the whole chunk with the newlines swapped for a
 sentinel first; chunks that are not valid UTF-8 take the stdlib path. Everything
 else - a line continuing the previous chunk, lines longer than the line limit,
