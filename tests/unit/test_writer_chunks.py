@@ -375,6 +375,7 @@ def test_chunk_encoder_survives_a_view_of_its_last_body() -> None:
         assert bytes(view) == before
         assert later is not body
         assert bytes(later) == NATIVE(data, encoder._sep)
+    assert isinstance(body, bytearray)
     with pytest.raises(BufferError, match="in use"):
         NATIVE_INTO(b"x\n", b"|", body)
 
