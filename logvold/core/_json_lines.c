@@ -507,8 +507,8 @@ static PyObject *escape_lines(PyObject *module, PyObject *args) {
     const unsigned char *p = in.buf;
     const unsigned char *end = p + in.len;
     /* Pure C over buffers we hold (`data` is exported to us, the scratch buffer is
-     * this thread's): other threads run meanwhile, e.g. the writer's encoding of the
-     * other half of a chunk, or its writes. */
+     * this thread's): other threads run meanwhile (the writer's segment and spare-file
+     * threads, a `logvold run` caller's other work). */
     Scratch *sc = pthread_getspecific(scratch_key);
     if (sc == NULL) {
         sc = calloc(1, sizeof *sc);

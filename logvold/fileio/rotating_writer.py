@@ -17,7 +17,6 @@ from __future__ import annotations
 import bisect
 import errno
 import fcntl
-import itertools
 import logging
 import os
 import queue
@@ -30,7 +29,6 @@ from pathlib import Path
 
 from logvold.core.chunk_encoding import (
     ChunkEncoder,
-    NativeEscaper,
     long_lines,
     native_escaper,
     native_escaper_into,
@@ -44,7 +42,6 @@ from logvold.core.retention import SegmentFile, next_period_boundary, plan_reten
 from logvold.core.values import time_zone
 from logvold.errors import StreamError
 from logvold.fileio.spare_files import SpareFiles
-from logvold.fileio.split_encoder import PIECE_BYTES, SplitEncoder, split_points
 
 log = logging.getLogger(__name__)
 
@@ -113,25 +110,16 @@ class RotatingWriter:
         self._cri_prefix: tuple[bytes, bytes] = (b"", b"")
         self._raw = policy.format == "raw"
         self._chunks: ChunkEncoder | None = None
-        # json-file with the C escaper on 2+ CPUs: big chunks are encoded in pieces,
-        # all but the first on a helper thread (split_encoder), started when needed.
-        self._native: NativeEscaper | None = None
-        self._split = False
-        self._piece = PIECE_BYTES
-        self._helper: SplitEncoder | None = None
         if policy.format == "cri":
             self._chunks = ChunkEncoder("cri")
         elif policy.format == "json-file":
             native = native_escaper()
             if native is not None:
                 # Each body is written out before the next encode(): one output
-                # buffer for every chunk (not for the helper's pieces: it encodes
-                # the next while this thread writes the last).
+                # buffer for every chunk.
                 self._chunks = ChunkEncoder(
                     "json-file", native=native, native_into=native_escaper_into()
                 )
-                self._native = native
-                self._split = len(os.sched_getaffinity(0)) > 1
             else:
                 import orjson  # here: only json-file without the C escaper imports it
 
@@ -317,8 +305,6 @@ class RotatingWriter:
                 self._spares.stop()
             if self._worker is not None:
                 self._worker.stop()
-            if self._helper is not None:
-                self._helper.stop()
 
     # ------------------------------------------------------------------ raw
 
@@ -467,31 +453,11 @@ class RotatingWriter:
     ) -> None:
         """Write data[start:stop] (whole lines, all short, none continuing a held one)
         as events, rotating after the event that reaches maxSize like the per-event
-        path. A big json-file chunk (C escaper, 2+ CPUs): its later pieces are encoded
-        on the helper thread while this one writes (the same bytes: whole lines)."""
+        path."""
         assert self._chunks is not None
-        points = split_points(data, start, stop, self._piece) if self._split else [start, stop]
-        if len(points) == 2:
-            lines = data if (start, stop) == (0, len(data)) else memoryview(data)[start:stop]
-            self._write_encoded(out, *self._chunks.encode(stream, ts, lines))
-            return
-        if self._helper is None:
-            self._helper = SplitEncoder(ChunkEncoder("json-file", native=self._native).encode)
-        helper = self._helper
-        view = memoryview(data)
-        for a, b in itertools.pairwise(points[1:]):
-            helper.submit(stream, ts, view[a:b])
-        try:
-            # Encoded and written while the helper encodes the next pieces.
-            self._write_encoded(out, *self._chunks.encode(stream, ts, view[start : points[1]]))
-            while helper.pending:
-                self._write_encoded(out, *helper.result())
-        finally:
-            while helper.pending:  # never leave a piece in flight
-                helper.result()
-
-    def _write_encoded(self, out: bytearray, head: bytes, body: bytes | bytearray) -> None:
-        """Write what ChunkEncoder.encode made (`out` first: it is empty after)."""
+        # A view, not a slice: the C escaper reads it in place (no copy of the chunk).
+        lines = data if (start, stop) == (0, len(data)) else memoryview(data)[start:stop]
+        head, body = self._chunks.encode(stream, ts, lines)
         pos = 0
         end = body.rfind(b"\n") + 1
         out += head
