@@ -198,22 +198,22 @@ def long_lines(data: bytes, start: int, end: int, max_line: int) -> list[tuple[i
     """Lines of `data[start:end]` (whole lines: `start` begins one, `end` follows a
     newline) whose message is longer than `max_line`, as (start, end-after-newline).
 
-    Looks for a newline in each aligned window of (max_line + 2) // 2 bytes: a run of
-    more than max_line bytes without one contains a whole window, so when every
-    window has a newline (the usual case) there is no long line, found in a few
-    hundred C-level `find`s per MiB instead of measuring every line.
+    From each line start j, one `rfind` of a newline within the next max_line + 1
+    bytes: found, every line up to it fits, and the search goes on after it (about
+    max_line bytes on); not found, the line at j is a long one. So a chunk without
+    long lines (the usual case) costs about 64 C-level searches per MiB at the
+    kubelet's 16 KiB line limit, instead of measuring every line.
     """
-    window = (max_line + 2) // 2
     found: list[tuple[int, int]] = []
     j = start
-    while j + window <= end:
-        if data.find(b"\n", j, j + window) >= 0:
-            j += window
+    span = max_line + 1
+    while end - j > span:
+        k = data.rfind(b"\n", j, j + span)
+        if k >= 0:
+            j = k + 1
             continue
-        line_start = data.rfind(b"\n", start, j) + 1 or start
-        nl = data.find(b"\n", j + window, end)
+        nl = data.find(b"\n", j + span, end)
         line_end = nl + 1 if nl >= 0 else end
-        if line_end - 1 - line_start > max_line:
-            found.append((line_start, line_end))
+        found.append((j, line_end))
         j = line_end
     return found
