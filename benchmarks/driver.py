@@ -2,7 +2,7 @@
 `file://` log URI, in one run.
 
     .venv/bin/python benchmarks/driver.py [--size-mib 256] [--rounds 3] [--dir /tmp/lvd-bench]
-        [--pipe-only]
+        [--pipe-only] [--compare-driver before=/path/to/other/.venv/bin/logvold-driver]
 
 Part 1, the driver alone (no containerd): the driver is started exactly as the shim
 starts it (fd 3/4/5, env) and `cat SOURCE` writes into its fd 3 pipe; the plain copy
@@ -89,10 +89,15 @@ def sha256(blocks: Iterator[bytes]) -> str:
 
 
 class RssSampler:
-    """Peak VmHWM of live processes whose argv contains `marker` (the driver of a run)."""
+    """Peak VmHWM of live processes whose argv contains `marker` (the driver of a run),
+    or of the one process `pid` when it is known: reading every process's cmdline
+    takes each one's mmap lock (access_remote_vm) 20 times a second, which cost a
+    driver in a measured run up to 0.1 CPU s of lock spinning; /proc/PID/status does
+    not."""
 
-    def __init__(self, marker: str) -> None:
+    def __init__(self, marker: str, pid: int | None = None) -> None:
         self.marker = marker.encode()
+        self.pid = pid
         self.peak_kib = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -100,11 +105,12 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(0.05):
-            for proc in Path("/proc").iterdir():
+            procs = [Path(f"/proc/{self.pid}")] if self.pid else Path("/proc").iterdir()
+            for proc in procs:
                 if not proc.name.isdigit():
                     continue
                 try:
-                    if self.marker not in (proc / "cmdline").read_bytes():
+                    if not self.pid and self.marker not in (proc / "cmdline").read_bytes():
                         continue
                     for line in (proc / "status").read_text().splitlines():
                         if line.startswith("VmHWM:"):
@@ -163,7 +169,17 @@ def make_typical_source(path: Path, size_bytes: int, *, cjk: bool = False) -> No
             written += len(block)
 
 
-def spawn_driver(argv: list[str], cid: str) -> tuple[subprocess.Popen[bytes], int, int]:
+def _labelled(spec: str) -> tuple[str, Path]:
+    """--compare-driver LABEL=PATH -> (" LABEL", PATH)."""
+    label, sep, path = spec.partition("=")
+    if not sep or not Path(path).is_file():
+        raise SystemExit(f"--compare-driver wants LABEL=PATH to a logvold-driver, not {spec!r}")
+    return f" ({label})", Path(path)
+
+
+def spawn_driver(
+    argv: list[str], cid: str, driver: Path = DRIVER
+) -> tuple[subprocess.Popen[bytes], int, int]:
     """The driver as containerd's shim starts it: (process, stdout pipe's write end,
     ready pipe's read end); its stderr pipe is closed at once (no output there)."""
     out_r, out_w = os.pipe()
@@ -179,7 +195,7 @@ def spawn_driver(argv: list[str], cid: str) -> tuple[subprocess.Popen[bytes], in
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CONTAINER_ID": cid,
            "CONTAINER_NAMESPACE": "bench"}  # fmt: skip
     proc = subprocess.Popen(
-        [str(DRIVER), *argv], env=env, stdin=subprocess.DEVNULL, close_fds=False,
+        [str(driver), *argv], env=env, stdin=subprocess.DEVNULL, close_fds=False,
         preexec_fn=place_fds,
     )  # fmt: skip
     for fd in (out_r, err_r, ready_w, err_w):
@@ -197,10 +213,12 @@ def pipe_part(args: argparse.Namespace, work: Path, src: Path, source_sha: str) 
     """The driver fed by `cat SOURCE` through its fd 3 pipe vs `cat SOURCE | cat > file`."""
     size = src.stat().st_size
     out = work / "pipe-out"
-    names = ["cat SOURCE | cat > file (plain copy)"] + [
-        f"logvold driver format={fmt} max-size={args.max_size}"
-        for fmt in ("raw", "cri", "json-file")
-    ]
+    drivers = [("", DRIVER), *(_labelled(spec) for spec in args.compare_driver)]
+    runs: dict[str, tuple[Path, str]] = {}  # row name -> (driver, format)
+    for fmt in ("raw", "cri", "json-file"):
+        for label, driver in drivers:
+            runs[f"logvold driver{label} format={fmt} max-size={args.max_size}"] = (driver, fmt)
+    names = ["cat SOURCE | cat > file (plain copy)", *runs]
     seconds: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, float] = {}
     rss: dict[str, int] = {}
@@ -221,14 +239,14 @@ def pipe_part(args: argparse.Namespace, work: Path, src: Path, source_sha: str) 
                     identical[name] = copied == source_sha
                     files[name] = 1
                 continue
-            fmt = name.split("format=")[1].split()[0]
+            driver, fmt = runs[name]
             argv = ["root", str(out), "format", fmt, "max-size", args.max_size,
                     "max-file", "100000"]  # fmt: skip
-            proc, pipe_w, ready_r = spawn_driver(argv, f"p{rnd}-{i}")
+            proc, pipe_w, ready_r = spawn_driver(argv, f"p{rnd}-{i}", driver)
             select.select([ready_r], [], [], 30)
             os.close(ready_r)
             cpu_at_ready = cpu_seconds(proc.pid)  # start-up excluded from the CPU column
-            sampler = RssSampler(str(out))
+            sampler = RssSampler(str(out), proc.pid)
             t0 = time.perf_counter()
             subprocess.run(["cat", str(src)], stdout=pipe_w, check=True)
             os.close(pipe_w)  # what the shim does on task delete: close, then SIGTERM
@@ -256,8 +274,9 @@ def pipe_part(args: argparse.Namespace, work: Path, src: Path, source_sha: str) 
         f"Part 1: {size / 2**20:.0f} MiB of typical log lines through fd 3, "
         f"{args.rounds} rounds, {os.cpu_count()} CPUs"
     )
+    width = max(42, *map(len, names))
     header = (
-        f"{'writer':42} {'MB/s best':>9} {'x copy':>6} {'MB/s med':>9} {'x copy':>6} "
+        f"{'writer':{width}} {'MB/s best':>9} {'x copy':>6} {'MB/s med':>9} {'x copy':>6} "
         f"{'CPU s':>6} {'RSS MB':>6} {'files':>5} {'identical':>9}"
     )
     print(header)
@@ -267,13 +286,14 @@ def pipe_part(args: argparse.Namespace, work: Path, src: Path, source_sha: str) 
         cpu_text = f"{cpu[name]:.2f}" if name in cpu else "-"
         rss_text = f"{rss[name] / 1024:.0f}" if rss.get(name) else "-"
         print(
-            f"{name:42} {size / best / 1e6:9.0f} {min(base) / best:6.2f} "
+            f"{name:{width}} {size / best / 1e6:9.0f} {min(base) / best:6.2f} "
             f"{size / med / 1e6:9.0f} {statistics.median(base) / med:6.2f} {cpu_text:>6} "
             f"{rss_text:>6} {files[name]:5d} {'yes' if identical[name] else 'NO':>9}"
         )
-    for name, target in zip(names[1:], (0.9, 0.5, 0.5), strict=True):
+    targets = {"raw": 0.9, "cri": 0.5, "json-file": 0.5}
+    for name, (_driver, fmt) in runs.items():
         ratio = statistics.median(base) / statistics.median(seconds[name])
-        print(f"{name}: {ratio:.2f}x the plain copy (median; target >= {target}x)")
+        print(f"{name}: {ratio:.2f}x the plain copy (median; target >= {targets[fmt]}x)")
     print()
     return all(identical.values())
 
@@ -287,6 +307,11 @@ def main() -> int:
     p.add_argument("--settle-s", type=float, default=1.0, help="pause after sync between runs")
     p.add_argument("--pipe-only", action="store_true", help="skip the containerd part")
     p.add_argument("--cjk", action="store_true", help="CJK words in the source lines too")
+    p.add_argument(
+        "--compare-driver", action="append", default=[], metavar="LABEL=PATH",
+        help="part 1 also runs this logvold-driver (e.g. another checkout's venv), "
+        "interleaved with this one in every round",
+    )  # fmt: skip
     args = p.parse_args()
     work = Path(args.dir)
     data = work / "data"

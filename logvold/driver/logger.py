@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import os
 import signal
 import sys
@@ -107,7 +108,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def main_driver(argv: Sequence[str], *, prog: str = "logvold driver") -> int:
-    """Run the driver protocol; 0 after a clean drain, 2 for bad pairs, 1 if the file fails."""
+    """Run the driver protocol and exit the process: 0 after a clean drain, 2 for bad
+    pairs, 1 if the file fails.
+
+    Exits without the interpreter's teardown (os._exit, after flushing stdout and
+    stderr): the log is closed by then, and tearing down every imported module took
+    ~10 ms - while the shim and `ctr task delete` wait for us to exit."""
+    code = _main_driver(argv, prog=prog)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def _main_driver(argv: Sequence[str], *, prog: str) -> int:
     # First of all, before anything could spawn a process: none of the shim's
     # descriptors may outlive us in a child (an inherited fd 5 hangs `ctr run`).
     inherited = [fd for fd in (STDOUT_FD, STDERR_FD, READY_FD) if _is_open(fd)]
@@ -177,6 +191,10 @@ def run_driver(
     try:
         for fd in streams:
             widen_pipe(fd)
+        # What start-up made lives to the end: out of the collector's sight, so its
+        # occasional full passes walk only what the pump allocates (was ~4% of the
+        # CPU of a json-file stream).
+        gc.freeze()
         ready.signal()
         pump_opts = RunOptions(argv=(), log_file=opts.path, policy=opts.policy)
         # The pump only asks its "child" whether it has exited (poll()).

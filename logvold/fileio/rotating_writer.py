@@ -116,11 +116,19 @@ class RotatingWriter:
 
             self._chunks = ChunkEncoder("cri")
         elif policy.format == "json-file":
-            from logvold.core.chunk_encoding import ChunkEncoder, native_escaper
+            from logvold.core.chunk_encoding import (
+                ChunkEncoder,
+                native_escaper,
+                native_escaper_into,
+            )
 
             native = native_escaper()
             if native is not None:
-                self._chunks = ChunkEncoder("json-file", native=native)
+                # Each body is written out before the next encode(): one output
+                # buffer for every chunk.
+                self._chunks = ChunkEncoder(
+                    "json-file", native=native, native_into=native_escaper_into()
+                )
             else:
                 import orjson  # here: only json-file without the C escaper imports it
 
@@ -480,8 +488,7 @@ class RotatingWriter:
             longs = long_lines(data, start, end, self._max_line)
             for long_start, long_end in [*longs, (end, end)]:
                 if start < long_start:
-                    whole = data if (start, long_start) == (0, n) else data[start:long_start]
-                    self._lines_whole(out, stream, whole, ts)
+                    self._lines_whole(out, stream, data, start, long_start, ts)
                 if long_start < long_end:
                     self._lines_per_event(out, stream, data[long_start:long_end], ts)
                 start = long_end
@@ -490,10 +497,15 @@ class RotatingWriter:
         if out:
             self._append(out)
 
-    def _lines_whole(self, out: bytearray, stream: str, lines: bytes, ts: int) -> None:
-        """Write `lines` (whole lines, all short, none continuing a held one) as
-        events, rotating after the event that reaches maxSize like the per-event path."""
+    def _lines_whole(
+        self, out: bytearray, stream: str, data: bytes, start: int, stop: int, ts: int
+    ) -> None:
+        """Write data[start:stop] (whole lines, all short, none continuing a held one)
+        as events, rotating after the event that reaches maxSize like the per-event
+        path."""
         assert self._chunks is not None
+        # A view, not a slice: the C escaper reads it in place (no copy of the chunk).
+        lines = data if (start, stop) == (0, len(data)) else memoryview(data)[start:stop]
         head, body = self._chunks.encode(stream, ts, lines)
         pos = 0
         end = body.rfind(b"\n") + 1

@@ -1,7 +1,9 @@
-"""The C escaper's portable path (no SSE2: aarch64 nodes, other CPUs) writes the same
-bytes as the per-event encoder. The installed build on x86-64 takes the SSE2/SSSE3
-paths, so this test compiles logvold/core/_json_lines.c again with `-U__SSE2__`
-(real gcc, real module import) and runs the oracle comparison against that build."""
+"""The C escaper's other paths write the same bytes as the per-event encoder: the
+portable one (no SSE2: aarch64 nodes, other CPUs) and the SSE2 one (x86-64 without
+SSSE3, which the installed build picks at run time). The installed build on this
+machine takes the SSSE3 path, so this test compiles logvold/core/_json_lines.c again
+with `-U__SSE2__` and with `-DLOGVOLD_NO_SSSE3` (real gcc, real module import) and
+runs the oracle comparison against those builds."""
 
 from __future__ import annotations
 
@@ -29,14 +31,14 @@ _PIECES = [
 Escaper = Callable[[bytes, bytes], "bytes | None"]
 
 
-@pytest.fixture(scope="module")
-def portable(tmp_path_factory: pytest.TempPathFactory) -> Escaper:
+@pytest.fixture(scope="module", params=["-U__SSE2__", "-DLOGVOLD_NO_SSSE3"])
+def portable(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Escaper:
     gcc = shutil.which("gcc") or shutil.which("cc")
     assert gcc, "a C compiler is needed to build the escaper (scripts/test installs one)"
     out = tmp_path_factory.mktemp("portable") / "_json_lines.so"
     include = sysconfig.get_paths()["include"]
     done = subprocess.run(
-        [gcc, "-O2", "-Wall", "-Werror", "-U__SSE2__", "-shared", "-fPIC", f"-I{include}",
+        [gcc, "-O2", "-Wall", "-Werror", request.param, "-shared", "-fPIC", f"-I{include}",
          str(SOURCE), "-o", str(out)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -72,3 +74,13 @@ def test_portable_build_matches_the_per_event_encoder(
         assert got is None
         return
     assert got == sep.join(_inside(line) for line in data.split(b"\n"))
+
+
+def test_portable_build_long_inputs(portable: Escaper) -> None:
+    """Past the block loops' 32-byte tail and past the first output reservation (6x
+    escapes, long separators): the buffer grows; a bad byte deep inside gives None."""
+    text = ('caf\u00e9 \u2028 <&> "q" \\ \t\x01 \U0001f600\n' * 4000).encode()
+    assert portable(text, b"|") == b"|".join(_inside(line) for line in text.split(b"\n"))
+    assert portable(b"\x01" * 300_000, b"|") == b"\\u0001" * 300_000
+    assert portable(b"\n" * 50_000, b"S" * 100) == b"S" * 5_000_000
+    assert portable(b"x" * 100_000 + b"\xff" + b"y" * 100, b"|") is None

@@ -15,7 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from logvold.core.chunk_encoding import ChunkEncoder, LineFormat, long_lines, native_escaper
+from logvold.core.chunk_encoding import (
+    ChunkEncoder,
+    LineFormat,
+    long_lines,
+    native_escaper,
+    native_escaper_into,
+)
 from logvold.core.formats import encode_cri_line, encode_json_entry, timestamp_ns
 from logvold.core.layout import segments_of
 from logvold.core.policy import LogPolicy
@@ -23,6 +29,7 @@ from logvold.fileio.rotating_writer import RotatingWriter
 
 T0 = datetime(2026, 11, 23, 11, 58, 0, tzinfo=UTC)
 NATIVE = native_escaper()
+NATIVE_INTO = native_escaper_into()
 LINE_FORMATS: tuple[LineFormat, ...] = ("cri", "json-file")
 
 
@@ -217,6 +224,7 @@ def encoders() -> list[ChunkEncoder]:
         ChunkEncoder("json-file"),
         ChunkEncoder("json-file", orjson.dumps),
         ChunkEncoder("json-file", native=NATIVE),
+        ChunkEncoder("json-file", native=NATIVE, native_into=NATIVE_INTO),
     ]
 
 
@@ -290,6 +298,74 @@ def test_c_escaper_every_byte_and_long_inputs() -> None:
     assert NATIVE(text, b"|") == b"|".join(_json_inside(line) for line in text.split(b"\n"))
     for bad in (b"x" * 100 + b"\xff", b"\xc3" + b"x" * 40, b"x" * 31 + b"\xe2\x80"):
         assert NATIVE(bad, b"|") is None
+
+
+@given(
+    datas=st.lists(
+        st.one_of(
+            st.binary(max_size=300),
+            st.lists(st.sampled_from(_PIECES + _FILLERS), max_size=200).map(b"".join),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    sep=st.sampled_from([b"|", b'\\n","stream":"stdout"}\n{"log":"', b"S" * 200]),
+)
+@settings(max_examples=300, deadline=None)
+def test_c_escaper_into_a_reused_bytearray_equals_fresh_bytes(
+    datas: list[bytes], sep: bytes
+) -> None:
+    """escape_lines_into: the same bytes as escape_lines, call after call into one
+    bytearray that grows and shrinks (or None, and the next call still right)."""
+    assert NATIVE is not None and NATIVE_INTO is not None
+    out = bytearray(b"stale bytes from before")
+    for data in datas:
+        got = NATIVE_INTO(data, sep, out)
+        want = NATIVE(data, sep)
+        assert (None if got is None else bytes(got)) == want
+        assert got is None or got is out
+
+
+def test_chunk_encoder_survives_a_view_of_its_last_body() -> None:
+    """A memoryview of the last body still alive (a traceback after a failed write
+    keeps one): the next encode() writes into a new buffer, bigger or smaller, and
+    never over the bytes that view shows."""
+    assert NATIVE is not None and NATIVE_INTO is not None
+    encoder = ChunkEncoder("json-file", native=NATIVE, native_into=NATIVE_INTO)
+    _head, body = encoder.encode("stdout", 5, b"first line\n" * 100)
+    view = memoryview(body)
+    before = bytes(view)
+    for data in (b'"second"\n' * 5000, b"third\n"):
+        _head, later = encoder.encode("stdout", 5, data)
+        assert bytes(view) == before
+        assert later is not body
+        assert bytes(later) == NATIVE(data, encoder._sep)
+    assert isinstance(body, bytearray)
+    with pytest.raises(BufferError, match="in use"):
+        NATIVE_INTO(b"x\n", b"|", body)
+
+
+def test_c_escaper_checks_utf8_inside_its_block_loop() -> None:
+    """The SSSE3 loop checks UTF-8 as it escapes: a bad sequence anywhere (in a block,
+    across a block end, in the byte-wise tail, after the output grew) gives None; a
+    good one crossing block ends is copied whole. And the output buffer grows past
+    its first reservation (6x escapes), from a memoryview too."""
+    assert NATIVE is not None
+    good = "\u00e9\u65e5\U0001f600\u2028".encode()  # 2, 3, 4, 3 bytes
+    for shift in range(17):
+        data = b"a" * shift + good * 40 + b'"\n' + good
+        want = b"|".join(_json_inside(line) for line in data.split(b"\n"))
+        assert NATIVE(data, b"|") == want
+        assert NATIVE(memoryview(b"__" + data)[2:], b"|") == want
+        for bad in (b"\xff", b"\xc3(", b"\xe2\x80", b"\xed\xa0\x80", b"\xf0\x9f\x98", b"\x80"):
+            for where in (shift, 1000 + shift, len(data) - 3):
+                spoilt = data[:where] + bad + data[where:]
+                with pytest.raises(UnicodeDecodeError):
+                    spoilt.decode("utf-8")  # the oracle agrees it is not UTF-8
+                assert NATIVE(spoilt, b"|") is None
+    big = b"\x01<\x1f" * 400_000  # 6x: 7.2 MB out of 1.2 MB
+    assert NATIVE(big, b"|") == b"\\u0001\\u003c\\u001f" * 400_000
+    assert NATIVE(b"x" * 500_000 + b"\xff", b"|") is None
 
 
 @given(
