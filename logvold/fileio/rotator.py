@@ -196,7 +196,8 @@ class StreamRotator(RetentionSteps, RenameSteps, CopytruncateSteps):
                 )
 
     def needs_rotation(self) -> str | None:
-        """ "size" | "period" | None, from stat() calls only."""
+        """ "size" | "period" | None, from stat() calls (and a pread when a truncated file
+        was refilled past the committed offset: _head_refilled)."""
         try:
             if not self._recovered:
                 self.recover()
@@ -206,9 +207,12 @@ class StreamRotator(RetentionSteps, RenameSteps, CopytruncateSteps):
                 st = d.lstat(self.info.base)
                 if st is None or not stat.S_ISREG(st.st_mode):
                     return None
-                live = st.st_size - self._physical_committed_for(st)
+                p = self._physical_committed_for(st)
+                live = st.st_size - p
                 if self.policy.max_size_bytes > 0 and live >= self.policy.max_size_bytes:
                     return "size"
+                if p and self._head_refilled(d, st, p):
+                    return "size"  # rotate() starts the rewritten file again at 0
                 if self.policy.rotate == "Never" or live <= 0:
                     return None
                 now = self.clock()

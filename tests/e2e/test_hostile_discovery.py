@@ -183,11 +183,11 @@ def test_symlinked_subdir_of_a_pod_reaches_neither_host_logs_nor_another_pod(
             base = daemon.base
             wait_for(
                 lambda: scrape("logvold_unsafe_files_refused_total", {"kind": "symlink"}) >= 2,
-                20,
+                60,
                 "both subDirs refused",
             )
             # The registry knows three streams; only the victim's is managed (rotated).
-            wait_for(lambda: scrape("logvold_streams") == 1, 10, "one managed stream")
+            wait_for(lambda: scrape("logvold_streams") == 1, 60, "one managed stream")
             proc = writer(victim_dir / "app.log", count=count, rate=100, max_chunk=2048)
             for container in ("syslog", "app"):
                 for query in ("", "?follow=true", "?tailLines=10"):
@@ -333,7 +333,7 @@ def test_a_volume_reached_twice_is_rejected_by_check_config_start_and_reload(
         daemon.signal(signal.SIGHUP)
         wait_for(
             lambda: metric(port, "logvold_config_reloads_total", {"result": "error"}) >= 1,
-            20,
+            60,
             "the reload rejected",
         )
         assert "is the same directory as" in daemon.log_text()

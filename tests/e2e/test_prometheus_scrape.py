@@ -177,7 +177,7 @@ volumes:
 """
         cfg.write_text(good)
         with running(["--config", str(cfg)], tmp_path / "daemon.log") as daemon:
-            wait_for(lambda: metric(port, "logvold_streams") == 3, 20, "three streams")
+            wait_for(lambda: metric(port, "logvold_streams") == 3, 60, "three streams")
             with (volume / "app.log").open("ab") as f:  # rotations, gzip, retention
                 for i in range(40):
                     f.write(b"event %05d %s\n" % (i, b"y" * 1000))
@@ -239,7 +239,7 @@ volumes:
                 # Everything on the dashboard and under every rule has data.
                 wait_for(
                     lambda: _query(prom, 'logvold_http_requests_total{code="499"}'),
-                    20,
+                    60,
                     "the hang-up recorded as 499",
                     0.2,
                 )
@@ -250,7 +250,7 @@ volumes:
                     return [f"{what}: {expr}" for what, expr in exprs if not _query(prom, expr)]
 
                 try:  # rates need two samples of a series: a few scrapes at most
-                    wait_for(lambda: not without_data(), 20, "data for every expression", 0.5)
+                    wait_for(lambda: not without_data(), 60, "data for every expression", 0.5)
                 except AssertionError:
                     raise AssertionError("no data:\n" + "\n".join(without_data())) from None
                 codes = {r["metric"]["code"] for r in _query(prom, "logvold_http_requests_total")}

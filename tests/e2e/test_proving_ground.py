@@ -248,7 +248,7 @@ def test_proving_ground(tmp_path: Path) -> None:
                         metric_sum(scrape(port), "logvold_config_reloads_total", result="success")
                         >= 1
                     ),
-                    15,
+                    60,
                     "the valid reload",
                 )
                 reload_ok += 1
@@ -265,7 +265,7 @@ def test_proving_ground(tmp_path: Path) -> None:
                         metric_sum(scrape(port), "logvold_config_reloads_total", result="error")
                         >= 1
                     ),
-                    15,
+                    60,
                     "the rejected reload",
                 )
                 assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
@@ -277,7 +277,7 @@ def test_proving_ground(tmp_path: Path) -> None:
                         metric_sum(scrape(port), "logvold_config_reloads_total", result="success")
                         >= 1
                     ),
-                    15,
+                    60,
                     "the restored config",
                 )
             # The kill instant is random, but not inside a backlog: on a loaded machine the

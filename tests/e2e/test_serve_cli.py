@@ -41,14 +41,14 @@ def test_builtin_defaults_serve_the_logs_dir_on_loopback(tmp_path: Path) -> None
     ) as daemon:
         assert (tmp_path / "logs").is_dir()  # created when missing
         assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
-        wait_for(lambda: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 10, "readyz")
+        wait_for(lambda: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 60, "readyz")
         (tmp_path / "logs" / "app.log").write_bytes(b"".join(event_stream(10)))
 
         def listed() -> bool:
             code, body = http_get(f"http://127.0.0.1:{port}/logs/")
             return code == 200 and b'"app"' in body and b'"local"' in body
 
-        wait_for(listed, 10, "the new file listed under /logs/")
+        wait_for(listed, 60, "the new file listed under /logs/")
         code, body = http_get(f"http://127.0.0.1:{port}/logs/default/local/app")
         assert code == 200 and body == b"".join(event_stream(10))
         assert daemon.stop() == 0

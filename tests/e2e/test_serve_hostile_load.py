@@ -281,7 +281,7 @@ def test_huge_tail_lines_in_bounded_daemon_memory(tmp_path: Path) -> None:
     expected = path.read_bytes()
     cfg = write_config(tmp_path / "c.yaml", volume, port, policy="{maxSize: 0}")  # no rotation
     with daemon(cfg, tmp_path / "daemon.log") as d:
-        wait_for(lambda: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 20, "ready")
+        wait_for(lambda: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 60, "ready")
         before = d.status("VmHWM")
         url = f"http://127.0.0.1:{port}/logs/default/p/short?tailLines=10000000"
         code, body = http_get(url, timeout_s=300)

@@ -90,7 +90,7 @@ def test_nobody_cannot_read_root_only_files_over_tcp_or_the_socket() -> None:
         volume, varlog, sock = layout(base)
         cfg = config(base, port, volume, varlog, sock, "")
         with running(["--config", str(cfg)], base / "daemon.log") as daemon:
-            wait_for(lambda: http_get(f"{tcp}/readyz")[0] == 200, 20, "readyz")
+            wait_for(lambda: http_get(f"{tcp}/readyz")[0] == 200, 60, "readyz")
             assert (
                 "each client is served only the files its own user could open" in daemon.log_text()
             )
@@ -148,7 +148,7 @@ def test_logvold_client_over_the_socket_reads_as_its_user() -> None:
         volume, varlog, sock = layout(base)
         cfg = config(base, port, volume, varlog, sock, "")
         with running(["--config", str(cfg)], base / "daemon.log") as daemon:
-            wait_for(sock.exists, 20, "the socket")
+            wait_for(sock.exists, 60, "the socket")
             out = io.BytesIO()
             assert main_logs(["p/secret", "--socket", str(sock)], stdout=out) == 0
             assert out.getvalue() == SECRET
@@ -162,7 +162,7 @@ def test_auth_none_is_an_explicit_acknowledgement() -> None:
         volume, varlog, sock = layout(base)
         cfg = config(base, port, volume, varlog, sock, "  auth: {mode: none}\n")
         with running(["--config", str(cfg)], base / "daemon.log") as daemon:
-            wait_for(lambda: http_get(f"{tcp}/readyz")[0] == 200, 20, "readyz")
+            wait_for(lambda: http_get(f"{tcp}/readyz")[0] == 200, 60, "readyz")
             assert curl_as("nobody", f"{tcp}/logs/default/p/secret") == (200, SECRET)
             # The socket still checks its peers whatever the TCP mode.
             code, _ = curl_as("nobody", "http://localhost/logs/default/p/secret", sock=sock)

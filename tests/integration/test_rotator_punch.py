@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from logvold.fileio.rotator import RotationResult, StreamRotator
+from logvold.fileio.state import load_state
 from logvold.telemetry.metrics import Metrics
 from tests.integration.rotator_kit import (
     leftovers,
@@ -114,7 +115,11 @@ def test_punch_with_a_real_writer(tmp_path: Path, mode: str) -> None:
     assert st.st_blocks * 512 <= 64 * 1024 + 16 * 4096, (st.st_blocks * 512, st.st_size)
     if mode == "append":
         assert counts["collapses"] > 0
-        assert st.st_size == written - counts["collapsed"] < written
+        # Retention's drop of the active head collapses too (under load, when the backlog
+        # passed maxTotalSize before a rotation): the state file keeps the running total.
+        state = load_state(tmp_path, "app.log")
+        assert state is not None and state.collapsed_bytes >= counts["collapsed"]
+        assert st.st_size == written - state.collapsed_bytes < written
     else:
         assert counts["collapses"] == 0 and st.st_size == written
     assert leftovers(tmp_path) == []
@@ -246,3 +251,46 @@ def test_a_recorded_segment_name_is_never_given_again(tmp_path: Path) -> None:
     assert state is not None
     assert [r.stem for r in state.segments] == [first.segment, second.segment]
     assert sorted([first.segment, second.segment]) == [first.segment, second.segment]
+
+
+@pytest.mark.parametrize("refill", ["past-the-committed-offset", "below-it"])
+def test_a_writer_that_truncates_and_refills_its_file_is_rotated_within_maxsize(
+    tmp_path: Path, refill: str
+) -> None:
+    """`cmd > app.log` on a restart: the writer truncates the file the rotator punched up
+    to a large committed offset and writes again. Filled past that offset before the
+    rotator looked, the size alone looks like a small append: without a look at the
+    punched head, nothing would rotate until the file reached offset + maxSize. Every
+    event of both writers must end up in segments, once, and the new file rotated as
+    soon as it is checked."""
+    max_size = 16 * 1024
+    rot = StreamRotator(
+        make_info(tmp_path, max_size_bytes=max_size, max_files=0, delimiter=b"\n\n"), Metrics()
+    )
+    active = tmp_path / "app.log"
+    first = list(event_stream(1000, seed=5, delimiter=b"\n\n"))
+    active.write_bytes(b"".join(first))
+    while rot.needs_rotation() is not None:
+        assert rot.rotate("size") is not None
+    state = load_state(tmp_path, "app.log")
+    assert state is not None and state.committed_offset == sum(map(len, first))
+    # The new writer's output: a little more than the old committed offset, or less.
+    target = state.committed_offset + (
+        max_size // 4 if refill == "past-the-committed-offset" else -max_size * 3
+    )
+    second: list[bytes] = []
+    for event in event_stream(10**6, seed=6, start=1000, delimiter=b"\n\n"):
+        if sum(map(len, second)) + len(event) > target:
+            break
+        second.append(event)
+    with active.open("r+b") as f:
+        f.truncate(0)
+        f.write(b"".join(second))
+    assert rot.needs_rotation() == "size"
+    while rot.needs_rotation() is not None:
+        assert rot.rotate("size") is not None
+    assert active.stat().st_size - load_state(tmp_path, "app.log").physical_committed < max_size  # type: ignore[union-attr]
+    report = verify(
+        split_raw([whole_stream(tmp_path)], b"\n\n"), expected=range(1000 + len(second))
+    )
+    assert report.ok, report.summary()

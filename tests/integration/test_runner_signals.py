@@ -32,7 +32,7 @@ while True:
 """
 
 
-def wait_for(predicate: object, timeout_s: float = 10.0) -> None:
+def wait_for(predicate: object, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():  # type: ignore[operator]
         if time.monotonic() > deadline:

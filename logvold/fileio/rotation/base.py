@@ -83,6 +83,8 @@ class RotatorBase:
         self._state: StreamState | None = None
         self._recovered = False
         self._anchor: datetime | None = None
+        self._refill_checked: tuple[int, int] | None = None
+        """(inode, st_blocks) at the last look for a refilled head that found none."""
         self._warned: set[str] = set()
         self._punch_from_zero = False
         self._dir: SafeDir | None = None
@@ -234,6 +236,33 @@ class RotatorBase:
         finally:
             os.close(opened.fd)
         return here != tail
+
+    def _head_refilled(self, d: SafeDir, st: os.stat_result, p: int) -> bool:
+        """Whether the writer truncated its file and wrote past the committed offset `p`
+        before we looked (`cmd > file` on a restart): the size alone cannot tell, and the
+        file would grow to p + maxSize before a rotation. The punched head [0, p) holds
+        no blocks, so an allocation well beyond the live range hints that it holds data
+        again; the hint (XFS preallocates past EOF) is confirmed by the bytes before `p`
+        (_replaced), at most once per inode and allocation size."""
+        block = self._block(st)
+        head = sf.align_down(p, block)
+        if head < 4 * block or st.st_blocks * 512 <= st.st_size - head + head // 2:
+            return False
+        if self._refill_checked == (st.st_ino, st.st_blocks) or self._state is None:
+            return False
+        opened = self._open_active(d)
+        if opened is None:
+            return False
+        fd, now = opened
+        try:
+            if (now.st_dev, now.st_ino) != (self._state.device, self._state.inode):
+                return False
+            refilled = now.st_size >= p and self._replaced(d, fd, now, self._state)
+        finally:
+            os.close(fd)
+        if not refilled:
+            self._refill_checked = (st.st_ino, st.st_blocks)
+        return refilled
 
     def _open_active(self, d: SafeDir) -> tuple[int, os.stat_result] | None:
         """O_RDWR fd of the active file if it is a regular, singly linked file in the
