@@ -120,7 +120,31 @@ class ActiveCursor:
         else:
             self.collapsed = 0
             start = 0
+            state = None
         self.physical_start = self._skip_hole(start, st.st_size)
+        if self.physical_start != start and self._moved_since(state):
+            # The rotator committed (and punched, or collapsed) after `state` was read and
+            # before the hole was looked for: the hole holds events that are in segments
+            # now, not a gap. Start at `start`; the first step reads them from there.
+            self.physical_start = start
+            self.skip = frozenset()
+
+    def _moved_since(self, state: StreamState | None) -> bool:
+        """Whether this file's state now differs from `state` (None: no state of this
+        file) in what places its bytes. A punch or collapse follows the save of the state
+        that permits it, so reading the state after the hole closes the race."""
+        now = self.r.current_state()
+        if now is None or (now.inode, now.device) != (self.ino, self.dev):
+            return False
+        if now == self.stale_state:
+            return False  # the state this file was truncated behind: not a placement
+        if state is None:
+            return True
+        return (now.committed_offset, now.collapsed_bytes, now.intent) != (
+            state.committed_offset,
+            state.collapsed_bytes,
+            state.intent,
+        )
 
     def _skip_hole(self, start: int, size: int) -> int:
         """Past a punched hole (SEEK_DATA) and any partial event or NULs it leaves."""

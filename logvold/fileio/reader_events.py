@@ -191,7 +191,12 @@ class Assembler:
         self.skip = set(skip)
 
     def reset(self) -> None:
+        """Continue at an event boundary of every stream (a committed offset, a segment's
+        start: the rotator cuts only where no stream is open): nothing is pending, and no
+        stream's next event can have its head before it, so nothing is left to skip. A
+        skip kept past such a jump dropped that stream's next whole event."""
         self.pending.clear()
+        self.skip.clear()
 
     def push(self, record: bytes, start: int, end: int) -> Event | None:
         if self.fmt == "raw":

@@ -1,10 +1,11 @@
 """Followers against the real rotator, interleaved at the rotator's file-system steps.
 
 A hypothesis state machine on real files (ext4/tmpfs under the test's temp directory):
-a writer appends multi-line checksummed events (raw "\\n\\n" or docker json-file entries
-split in partial lines) in chunks that cut events; the real StreamRotator rotates by
-size (punch, pieces, collapse), enforces a byte budget (segment deletes, head trims, drops
-of the active file's head) and restarts after crashes; followers (StreamReader with
+a writer appends multi-line checksummed events (raw "\\n\\n", docker json-file entries
+or cri lines, split in partial lines) in chunks that cut events; the real StreamRotator
+rotates by size (punch, pieces, collapse), enforces a byte budget (segment deletes, head
+trims, drops of the active file's head), compresses segments (gzip/zstd, no delay: the
+plain file renamed away under a follower) and restarts after crashes; followers (StreamReader with
 follow, some with tailLines) start and read at any moment. The interleaving seam is
 below the rotator: its every state save, rename into place, unlink, punch and collapse
 (SafeDir.write_atomically / rename / unlink, stream_files.punch_hole / collapse_range)
@@ -205,11 +206,12 @@ class FollowMachine(RuleBasedStateMachine):
         shutil.rmtree(self.dir, ignore_errors=True)
 
     @initialize(
-        fmt=st.sampled_from(["raw", "json-file"]),
+        fmt=st.sampled_from(["raw", "json-file", "cri"]),
         budget=st.sampled_from([0, 5 * MAX_SIZE]),
         collapse=st.sampled_from(["never", "always"]),
+        compress=st.sampled_from(["none", "gzip", "zstd"]),
     )
-    def setup(self, fmt: str, budget: int, collapse: str) -> None:
+    def setup(self, fmt: str, budget: int, collapse: str, compress: str) -> None:
         self.delimiter = b"\n\n" if fmt == "raw" else b"\n"
         self.budget = budget
         self.info = StreamInfo(
@@ -224,6 +226,8 @@ class FollowMachine(RuleBasedStateMachine):
                 max_files=0,
                 max_total_size_bytes=budget,
                 collapse=collapse,  # type: ignore[arg-type]
+                compress=compress,  # type: ignore[arg-type]
+                delay_compress=False,
             ),
         )
         self.fd = os.open(self.info.active_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -287,15 +291,21 @@ class FollowMachine(RuleBasedStateMachine):
     def retention(self, plan: dict[int, str]) -> None:
         self._run(lambda r: r.enforce_retention(), plan)
 
-    @rule(at=st.integers(1, 12), op=st.sampled_from(["rotate", "retention"]))
+    @rule(plan=plans)
+    def compress(self, plan: dict[int, str]) -> None:
+        self._run(lambda r: r.compress_pending(), plan)
+
+    @rule(at=st.integers(1, 12), op=st.sampled_from(["rotate", "retention", "compress"]))
     def arm_reader_race(self, at: int, op: str) -> None:
         """The next followers' Nth file-system step runs a whole rotator operation."""
 
         def run() -> None:
             if op == "rotate":
                 self._run(lambda r: r.needs_rotation() and r.rotate("size"), {})
-            else:
+            elif op == "retention":
                 self._run(lambda r: r.enforce_retention(), {})
+            else:
+                self._run(lambda r: r.compress_pending(), {})
 
         self.reader_hooks.armed, self.reader_hooks.calls = (at, run), 0
 
@@ -367,6 +377,7 @@ class FollowMachine(RuleBasedStateMachine):
         rotator.recover()
         for _ in range(50):
             rotator.enforce_retention()
+            rotator.compress_pending()
             if not (rotator.needs_rotation() and rotator.rotate("size")):
                 break
         disk = StreamReader(self.info, ReadOptions())
@@ -402,3 +413,48 @@ _Checked.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestFollowInterleavings = _Checked.TestCase
+
+
+def _replay(steps: Callable[[FollowMachine], None]) -> None:
+    """One shrunk failing case of the machine, run as a plain test (always the same)."""
+    machine = _Checked()
+    try:
+        steps(machine)
+        machine.followers_never_step_back()
+    finally:
+        machine.teardown()
+
+
+def test_cri_follower_keeps_a_stream_s_next_event_after_a_removed_range() -> None:
+    """A tailLines=0 follower starts mid-event (dropping the first event of each stream);
+    retention then removes what it had not read and it jumps to a boundary. The skip
+    must end there: it dropped the next whole event of the stream it still waited on."""
+
+    def steps(m: FollowMachine) -> None:
+        m.setup(fmt="cri", budget=5 * MAX_SIZE, collapse="never", compress="none")
+        m.write(nbytes=2048)
+        m.start(tail=None)
+        m.write(nbytes=420)
+        m.write(nbytes=1361)
+        m.start(tail=0)
+        m.write(nbytes=3208)
+        m.write(nbytes=5092)
+        m.write(nbytes=2523)
+
+    _replay(steps)
+
+
+def test_compression_after_a_crash_never_doubles_a_segment() -> None:
+    """A rotator killed after writing a punch's segment, before its commit; the next
+    one compresses first. It must settle the step before compressing: a compressed
+    uncommitted segment made recovery roll the step back and keep both copies."""
+
+    def steps(m: FollowMachine) -> None:
+        m.setup(fmt="raw", budget=0, collapse="never", compress="gzip")
+        m.write(nbytes=2048)
+        m.rotate(plan={3: "crash-after"})
+        m.compress(plan={})
+        m.retention(plan={})
+        m.start(tail=None)
+
+    _replay(steps)

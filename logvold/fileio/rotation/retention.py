@@ -13,7 +13,7 @@ import stat
 from logvold.core.layout import SegmentName
 from logvold.core.pieces import FREE_SPACE_RESERVE
 from logvold.core.retention import RetentionPlan, SegmentFile, plan_retention
-from logvold.core.steps import TrimStep
+from logvold.core.steps import CopytruncateStep, PiecesStep, PunchStep, TrimStep
 from logvold.errors import StateError
 from logvold.fileio import stream_files as sf
 from logvold.fileio.compress import CompressionInterrupted, compress_in
@@ -54,13 +54,23 @@ class RetentionSteps(PunchSteps):
         """
         if self.policy.compress == "none":
             return ()
+        if not self._recovered:
+            # A crash's step in flight first: its segment is not committed yet, and once
+            # compressed its recovery no longer finds it (plain) and rolls the step back,
+            # leaving the compressed copy as a second home of events the active file keeps.
+            self.recover()
+            if not self._recovered:
+                return ()
         done = []
         try:
             with self._episode("compress"), self._opened() as d:
                 plan = self._plan(d, extra_budget_bytes)
+                in_flight = _in_flight_stems(self._state)
                 for name in plan.compress:
                     if self.abandon_compress():
                         break
+                    if name.stem in in_flight:
+                        continue  # a failed step's segment: the next rotation settles it
                     st = d.lstat(name.filename)
                     if st is None or not stat.S_ISREG(st.st_mode):
                         continue
@@ -249,3 +259,14 @@ class RetentionSteps(PunchSteps):
         if seg is not None and stat.S_ISREG(seg.st_mode) and seg.st_size == size:
             state = self._trimmed_records(state, stem, size)
         self._save(state.with_(intent=None))
+
+
+def _in_flight_stems(state: StreamState | None) -> frozenset[str]:
+    """Segments a step in flight has written and not committed (never compressed: its
+    recovery checks them by their plain name and size)."""
+    intent = state.intent if state is not None else None
+    if isinstance(intent, PunchStep | CopytruncateStep):
+        return frozenset({intent.stem})
+    if isinstance(intent, PiecesStep):
+        return frozenset(p.stem for p in intent.pieces)
+    return frozenset()
