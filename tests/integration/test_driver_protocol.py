@@ -5,7 +5,6 @@ CONTAINER_NAMESPACE, the URI's query pairs as argv, SIGTERM when the task is del
 from __future__ import annotations
 
 import json
-
 import os
 import random
 import select
