@@ -81,10 +81,12 @@ class RotatingWriter:
     `cmd >> file` and kube-log-runner give - and a 1 MiB rotation costs no
     disk flush (`logvold run` turns it on with -flush-interval).
 
-    `write_behind` (cri / json-file to a regular file): one thread writes each
-    encoded chunk while the caller reads and encodes the next (fileio.write_behind);
-    sizes and rotation are decided at submit time, so the files are the same bytes.
-    A failed write is raised by the next write(), flush() or close().
+    `write_behind` (cri / json-file to a regular file; None: json-file only): one
+    thread writes each encoded chunk while the caller reads and encodes the next
+    (fileio.write_behind); sizes and rotation are decided at submit time, so the
+    files are the same bytes. A failed write is raised by the next write(), flush()
+    or close(). Not the default for cri: its encoding (bytes.replace) is cheap next to
+    the write, and the thread measured more CPU (benchmarks/RESULTS.md).
     """
 
     def __init__(
@@ -97,7 +99,7 @@ class RotatingWriter:
         background: bool = True,
         sync_segments: bool = True,
         max_line_bytes: int | None = None,
-        write_behind: bool = True,
+        write_behind: bool | None = None,
     ) -> None:
         if policy.format != "raw" and policy.delimiter != b"\n":
             raise ValueError(f"format {policy.format} frames lines: the delimiter must be \\n")
@@ -139,7 +141,7 @@ class RotatingWriter:
                     "json-file",
                     native=native,
                     native_into=native_escaper_into(),
-                    buffers=2 if write_behind else 1,
+                    buffers=1 if write_behind is False else 2,
                 )
             else:
                 import orjson  # here: only json-file without the C escaper imports it
@@ -178,6 +180,8 @@ class RotatingWriter:
         self._behind: WriteBehind | None = None
         self._reuse_mark = 0  # jobs that must be done before the next encode
         self._open_active(existing_ok=True)
+        if write_behind is None:
+            write_behind = policy.format == "json-file"
         if write_behind and not self._raw and self._regular:
             self._behind = WriteBehind()
         if not self._regular:

@@ -28,7 +28,7 @@ _CHILD = textwrap.dedent(
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     policy = LogPolicy(format=fmt, max_size_bytes=0, max_files=0)
-    w = RotatingWriter(path, policy, background=False)
+    w = RotatingWriter(path, policy, background=False, write_behind=True)
     assert w._behind is not None, "write-behind is on for a regular file"
     raised = []
     chunk = b"".join(b'line %06d "quoted" \\\\ tab\\t\\n' % i for i in range(2000))
