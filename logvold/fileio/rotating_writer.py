@@ -136,7 +136,7 @@ class RotatingWriter:
                 # Each body is written out before the next encode(): one output
                 # buffer for every chunk.
                 # With write-behind, two alternating buffers: one is being written
-                # while the next chunk is escaped into the other (_encode_chunk).
+                # while the next chunk is escaped into the other (_lines_whole).
                 self._chunks = ChunkEncoder(
                     "json-file",
                     native=native,
@@ -179,6 +179,7 @@ class RotatingWriter:
         self._worker: _Maintenance | None = None
         self._behind: WriteBehind | None = None
         self._reuse_mark = 0  # jobs that must be done before the next encode
+        self._call_mark = 0  # jobs that must be done before the next write()
         self._open_active(existing_ok=True)
         if write_behind is None:
             write_behind = policy.format == "json-file"
@@ -496,6 +497,11 @@ class RotatingWriter:
         held = self._held.get(stream)
         if held is None:
             raise ValueError(f"unknown stream {stream!r}: use stdout or stderr")
+        if self._behind is not None:
+            # Memory bound for every path (also per-event output, e.g. only long
+            # lines): what the write() before last queued must be written by now.
+            self._behind.wait_for(self._call_mark)
+            self._call_mark = self._behind.submitted
         if self._due is not None:
             self._maybe_cut_now()
         ts = self._ts()

@@ -9,7 +9,8 @@ Rules that keep the files byte-identical to writing in place:
 - the caller does the size accounting at submit time, so rotation decisions do not
   depend on the thread;
 - bounded: the caller waits (`wait_for`) before reusing a buffer the thread may still
-  be writing; see RotatingWriter._encode_chunk (at most two chunks in flight);
+  be writing, and before each write() for what the write() before last queued
+  (RotatingWriter._write_lines / _lines_whole): at most two chunks in flight;
 - a failed write is kept and raised by the caller's next write, flush or close
   (`take_error`); the thread drops the rest of that job and carries on with the next.
 """
