@@ -90,17 +90,22 @@ class ChunkEncoder:
         string_encoder: StringEncoder | None = None,
         native: NativeEscaper | None = None,
         native_into: NativeEscaperInto | None = None,
+        buffers: int = 1,
     ) -> None:
         """`native_into` (with `native`): json-file bodies are written into one
         bytearray kept by this encoder, so a body is valid only until the next
-        encode() - for a caller that writes each body out before encoding more."""
+        encode() - for a caller that writes each body out before encoding more.
+        `buffers=2` alternates two bytearrays: a body stays valid until the encode()
+        after next (a write-behind thread may still be writing the last one)."""
         if fmt not in ("cri", "json-file"):
             raise ValueError(f"no line encoding for format {fmt!r}")
         self.fmt = fmt
         self._dumps = string_encoder
         self._native = native
         self._native_into = native_into
-        self._out = bytearray()
+        self._outs = [bytearray() for _ in range(max(1, buffers))]
+        self._turn = 0
+        self._out = self._outs[0]
         self._key: tuple[str, int] | None = None
         self._head = b""
         self._sep = b""
@@ -117,12 +122,15 @@ class ChunkEncoder:
         if self.fmt == "cri":
             return self._head, bytes(data).replace(b"\n", self._sep)
         if self._native_into is not None:
+            if len(self._outs) > 1:
+                self._turn = (self._turn + 1) % len(self._outs)
+                self._out = self._outs[self._turn]
             try:
                 into = self._native_into(data, self._sep, self._out)
             except BufferError:
                 # A view of the last body outlived it (a traceback keeps one after a
                 # failed write): leave that buffer to it and write into a new one.
-                self._out = bytearray()
+                self._out = self._outs[self._turn] = bytearray()
                 into = self._native_into(data, self._sep, self._out)
             if into is not None:
                 return _JSON_HEAD, into

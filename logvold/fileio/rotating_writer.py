@@ -33,6 +33,7 @@ from logvold.core.raw_framing import RawFramer
 from logvold.core.values import time_zone
 from logvold.errors import StreamError
 from logvold.fileio.spare_files import SpareFiles
+from logvold.fileio.write_behind import WriteBehind
 
 if TYPE_CHECKING:
     import logging
@@ -79,6 +80,13 @@ class RotatingWriter:
     active file on close. Off, durability is the kernel's write-back - what
     `cmd >> file` and kube-log-runner give - and a 1 MiB rotation costs no
     disk flush (`logvold run` turns it on with -flush-interval).
+
+    `write_behind` (cri / json-file to a regular file; None: json-file only): one
+    thread writes each encoded chunk while the caller reads and encodes the next
+    (fileio.write_behind); sizes and rotation are decided at submit time, so the
+    files are the same bytes. A failed write is raised by the next write(), flush()
+    or close(). Not the default for cri: its encoding (bytes.replace) is cheap next to
+    the write, and the thread measured more CPU (benchmarks/RESULTS.md).
     """
 
     def __init__(
@@ -91,6 +99,7 @@ class RotatingWriter:
         background: bool = True,
         sync_segments: bool = True,
         max_line_bytes: int | None = None,
+        write_behind: bool | None = None,
     ) -> None:
         if policy.format != "raw" and policy.delimiter != b"\n":
             raise ValueError(f"format {policy.format} frames lines: the delimiter must be \\n")
@@ -114,7 +123,7 @@ class RotatingWriter:
         if policy.format == "cri":
             from logvold.core.chunk_encoding import ChunkEncoder
 
-            self._chunks = ChunkEncoder("cri")
+            self._chunks = ChunkEncoder("cri")  # fresh bytes per chunk: safe to write behind
         elif policy.format == "json-file":
             from logvold.core.chunk_encoding import (
                 ChunkEncoder,
@@ -126,8 +135,13 @@ class RotatingWriter:
             if native is not None:
                 # Each body is written out before the next encode(): one output
                 # buffer for every chunk.
+                # With write-behind, two alternating buffers: one is being written
+                # while the next chunk is escaped into the other (_lines_whole).
                 self._chunks = ChunkEncoder(
-                    "json-file", native=native, native_into=native_escaper_into()
+                    "json-file",
+                    native=native,
+                    native_into=native_escaper_into(),
+                    buffers=1 if write_behind is False else 2,
                 )
             else:
                 import orjson  # here: only json-file without the C escaper imports it
@@ -163,7 +177,14 @@ class RotatingWriter:
             or policy.compress != "none"
         )
         self._worker: _Maintenance | None = None
+        self._behind: WriteBehind | None = None
+        self._reuse_mark = 0  # jobs that must be done before the next encode
+        self._call_mark = 0  # jobs that must be done before the next write()
         self._open_active(existing_ok=True)
+        if write_behind is None:
+            write_behind = policy.format == "json-file"
+        if write_behind and not self._raw and self._regular:
+            self._behind = WriteBehind()
         if not self._regular:
             self._max_size = 0  # a FIFO or device: nothing to rotate
         elif background and (self._retains or self._rotates):
@@ -201,6 +222,7 @@ class RotatingWriter:
         """The active file's descriptor, switched to O_APPEND, e.g. to hand to a child
         when nothing will ever be cut (`cmd >> file`); the writer no longer knows the tail."""
         self._stale = self._raw
+        self._drain()
         if self._regular:
             fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) | os.O_APPEND)
         return self._fd
@@ -227,6 +249,9 @@ class RotatingWriter:
             self._write_raw(data, stop)
         else:
             self._write_lines(stream, bytes(data if stop is None else memoryview(data)[:stop]))
+            if self._behind is not None:
+                # An earlier chunk's failed write (this one is queued: not dropped).
+                self._raise_failure()
 
     def splice_from(self, fd: int, max_bytes: int) -> int:
         """Move up to `max_bytes` from pipe `fd` to the file; 0 at end of input.
@@ -300,6 +325,7 @@ class RotatingWriter:
 
     def flush(self) -> None:
         """Make what was written so far durable (fsync); held partial lines stay held."""
+        self._drain()
         if self._fd >= 0 and self._regular:
             try:
                 os.fsync(self._fd)
@@ -318,10 +344,13 @@ class RotatingWriter:
                     if held:  # output that never got its newline is still a whole event
                         self._append(self._encode(name, bytes(held), full=True, ts=self._ts()))
                         held.clear()
+            self._drain()
             if self._sync_segments:
                 self.flush()
         finally:
             self._closed = True
+            if self._behind is not None:
+                self._behind.stop()  # every queued write and segment close, in order
             if self._fd >= 0:
                 os.close(self._fd)
             self._fd = -1
@@ -329,6 +358,8 @@ class RotatingWriter:
                 self._spares.stop()
             if self._worker is not None:
                 self._worker.stop()
+        if self._behind is not None:
+            self._raise_failure()  # a write that failed while close() drained
 
     # ------------------------------------------------------------------ raw
 
@@ -466,6 +497,11 @@ class RotatingWriter:
         held = self._held.get(stream)
         if held is None:
             raise ValueError(f"unknown stream {stream!r}: use stdout or stderr")
+        if self._behind is not None:
+            # Memory bound for every path (also per-event output, e.g. only long
+            # lines): what the write() before last queued must be written by now.
+            self._behind.wait_for(self._call_mark)
+            self._call_mark = self._behind.submitted
         if self._due is not None:
             self._maybe_cut_now()
         ts = self._ts()
@@ -474,7 +510,7 @@ class RotatingWriter:
         if first < 0 or self._due is not None:
             self._lines_per_event(out, stream, data, ts)
             if out:
-                self._append(out)
+                self._append(out, owned=True)
             return
         n = len(data)
         end = data.rfind(b"\n") + 1
@@ -495,7 +531,7 @@ class RotatingWriter:
         if end < n:
             self._lines_per_event(out, stream, data[end:], ts)
         if out:
-            self._append(out)
+            self._append(out, owned=True)  # not touched again
 
     def _lines_whole(
         self, out: bytearray, stream: str, data: bytes, start: int, stop: int, ts: int
@@ -506,6 +542,11 @@ class RotatingWriter:
         assert self._chunks is not None
         # A view, not a slice: the C escaper reads it in place (no copy of the chunk).
         lines = data if (start, stop) == (0, len(data)) else memoryview(data)[start:stop]
+        if self._behind is not None:
+            # The body goes into the buffer the encode before last used: its writes
+            # must be done. At most two chunks are in flight.
+            self._behind.wait_for(self._reuse_mark)
+            self._reuse_mark = self._behind.submitted
         head, body = self._chunks.encode(stream, ts, lines)
         pos = 0
         end = body.rfind(b"\n") + 1
@@ -517,13 +558,13 @@ class RotatingWriter:
         while limit and self._size + end - pos >= limit:
             # The event after which the file reaches maxSize ends the segment.
             cut = body.find(b"\n", pos + max(limit - self._size, 1) - 1, end) + 1
-            self._append(view[pos:cut])
+            self._append(view[pos:cut], owned=True)
             pos = cut
             self._due = "size"
             self._cut("size")
             limit = self._max_size
         if pos < end:
-            self._append(view[pos:end])
+            self._append(view[pos:end], owned=True)
 
     def _lines_per_event(self, out: bytearray, stream: str, data: bytes, ts: int) -> None:
         """Event by event (see _write_lines); `out` collects what is not written yet."""
@@ -661,22 +702,36 @@ class RotatingWriter:
         # The framer carries on: the new file starts at the cut, a boundary.
         # Nothing else to do for the old segment (no fsync, no retention): the spares'
         # thread closes it, woken once per rotation for both.
-        spares_close = self._spares is not None and not self._sync_segments and not self._retains
+        behind = self._behind
+        spares_close = (
+            behind is None
+            and self._spares is not None
+            and not self._sync_segments
+            and not self._retains
+        )
         if not self._take_spare(close_fd=old_fd if spares_close else -1):
             self._open_active(existing_ok=False)
-        if spares_close:
-            pass
-        elif self._worker is not None:
+        if behind is not None:
+            # After the old segment's queued writes: its fd is closed (or handed to
+            # the maintenance thread, whose retention may compress it) only then.
+            behind.call(lambda: self._dispose(old_fd))
+        elif not spares_close:
+            self._dispose(old_fd)
+        if self._on_rotate is not None:
+            self._drain()  # the callback may read the segment: it is complete
+            self._on_rotate(
+                RotatedSegment(path=seg_path, name=name, size_bytes=size, reason=reason)
+            )
+
+    def _dispose(self, old_fd: int) -> None:
+        """A rotated segment's fd: sync and close, on the maintenance thread if any."""
+        if self._worker is not None:
             # Even a bare close can take a file system a millisecond: not on this thread.
             self._worker.submit(old_fd if self._sync_segments else _Close(old_fd))
         elif self._sync_segments:
             _sync_and_close(old_fd, self._dir)
         else:
             os.close(old_fd)
-        if self._on_rotate is not None:
-            self._on_rotate(
-                RotatedSegment(path=seg_path, name=name, size_bytes=size, reason=reason)
-            )
 
     # --------------------------------------------------------------- files
 
@@ -721,7 +776,18 @@ class RotatingWriter:
         self._size, self._stale = 0, False
         return True
 
-    def _append(self, data: bytes | bytearray | memoryview) -> None:
+    def _append(self, data: bytes | bytearray | memoryview, *, owned: bool = False) -> None:
+        """Write `data` (queue it, with write-behind: `owned` says the caller will not
+        change it until the encode after next; anything else is copied first)."""
+        behind = self._behind
+        if behind is not None:
+            if not owned:
+                data = bytes(data)  # heads and per-event pieces: small
+            n = memoryview(data).nbytes
+            behind.write(self._fd, data)
+            self._size += n
+            self.bytes_written += n
+            return
         view = memoryview(data)
         try:
             while view:
@@ -733,6 +799,25 @@ class RotatingWriter:
             raise StreamError(
                 f"cannot write {self.path}: {exc.strerror}", path=self.path, op="write"
             ) from exc
+
+    def _drain(self) -> None:
+        """Wait for every queued write; raise the first that failed."""
+        if self._behind is not None:
+            self._behind.drain()
+            self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        assert self._behind is not None
+        failure = self._behind.take_error()
+        if failure is None:
+            return
+        if failure.fd == self._fd:  # counted at submit time, never written
+            self._size -= failure.lost
+            self.bytes_written -= failure.lost
+        exc = failure.error
+        raise StreamError(
+            f"cannot write {self.path}: {exc.strerror}", path=self.path, op="write"
+        ) from exc
 
     def _list_segments(self) -> list[SegmentName]:
         try:

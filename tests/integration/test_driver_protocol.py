@@ -4,6 +4,7 @@ CONTAINER_NAMESPACE, the URI's query pairs as argv, SIGTERM when the task is del
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import select
@@ -169,6 +170,42 @@ def test_cri_rotates_drains_both_pipes_and_splits_long_lines(
         last_line = read_segment(segment).rstrip(b"\n").rsplit(b"\n", 1)[-1]
         assert last_line.split(b" ", 3)[2] == b"F", f"{segment.name} ends inside an event"
     assert elapsed < 30
+
+
+def test_json_file_rotates_through_write_behind_with_every_event_whole(
+    tmp_path: Path, shims: list[Shim]
+) -> None:
+    """json-file output goes through the write-behind thread (a FIFO of writes and
+    segment closes): with many size cuts, no event is lost, duplicated or split, and
+    every closed segment ends with a whole event."""
+    counts = {"stdout": 3000, "stderr": 3000}
+    out = driver_events(counts["stdout"], stream="stdout", seed=21, long_every=800)
+    err = driver_events(counts["stderr"], stream="stderr", seed=22)
+    shim = spawn_like_shim(
+        ["root", str(tmp_path), "format", "json-file", "max-size", "64Ki", "max-file", "1000"],
+        container_id="c1",
+        namespace="k8s.io",
+    )
+    shims.append(shim)
+    shim.wait_ready()
+    writer = threading.Thread(target=write_all, args=(shim.stderr_w, err, 3), daemon=True)
+    writer.start()
+    write_all(shim.stdout_w, out, 4)
+    writer.join(timeout=60)
+    assert not writer.is_alive()
+    code, stderr = shim.delete_task()
+    assert (code, stderr) == (0, "")
+
+    log_path = tmp_path / "k8s.io" / "c1" / "c1.log"
+    data, files = read_stream(log_path)
+    result = check_driver_output(data, "json-file", counts)
+    for name, report in result.reports.items():
+        assert report.ok, f"{name}: {report.summary()}"
+        assert report.seen == counts[name]
+    assert files > 20, f"max-size 64Ki over {len(data)} bytes should rotate, got {files} files"
+    for segment in stream_files(log_path)[:-1]:
+        last = json.loads(read_segment(segment).rstrip(b"\n").rsplit(b"\n", 1)[-1])
+        assert last["log"].endswith("\n"), f"{segment.name} ends inside an event"
 
 
 def test_sigterm_while_the_container_still_writes_drains_the_rest(
