@@ -117,9 +117,9 @@ def test_punch_with_a_real_writer(tmp_path: Path, mode: str) -> None:
         assert counts["collapses"] > 0
         # Retention's drop of the active head collapses too (under load, when the backlog
         # passed maxTotalSize before a rotation): the state file keeps the running total.
-        state = load_state(tmp_path, "app.log")
-        assert state is not None and state.collapsed_bytes >= counts["collapsed"]
-        assert st.st_size == written - state.collapsed_bytes < written
+        saved = load_state(tmp_path, "app.log")
+        assert saved is not None and saved.collapsed_bytes >= counts["collapsed"]
+        assert st.st_size == written - saved.collapsed_bytes < written
     else:
         assert counts["collapses"] == 0 and st.st_size == written
     assert leftovers(tmp_path) == []
