@@ -121,6 +121,27 @@ static inline unsigned slow_mask(__m128i v) {
     m = _mm_or_si128(m, _mm_cmpeq_epi8(v, _mm_set1_epi8((char)0xE2)));
     return (unsigned)_mm_movemask_epi8(m);
 }
+
+/* p[0, lim) into o, where bit k of `t` says p[k] takes a two-character escape
+ * and no other byte needs one: each run before an escape is one 16-byte store (the
+ * excess is overwritten next; the caller leaves room and input for it). Returns the
+ * end of the output. */
+static inline unsigned char *escape_run(unsigned char *o, const unsigned char *p, unsigned t,
+                                        unsigned lim) {
+    unsigned last = 0;
+    while (t) {
+        unsigned k = (unsigned)__builtin_ctz(t);
+        _mm_storeu_si128((__m128i *)o, _mm_loadu_si128((const __m128i *)(p + last)));
+        o += k - last;
+        o[0] = '\\';
+        o[1] = repl[p[k]];
+        o += 2;
+        last = k + 1;
+        t &= t - 1;
+    }
+    _mm_storeu_si128((__m128i *)o, _mm_loadu_si128((const __m128i *)(p + last)));
+    return o + (lim - last);
+}
 #endif
 
 /* Is [p, end) valid UTF-8 (Python's strict decoder: no overlongs, no surrogates)? */
@@ -328,22 +349,8 @@ escape_ssse3(unsigned char *o, const unsigned char **pp, const unsigned char *en
             continue;
         }
         unsigned lim = (unsigned)__builtin_ctz(m);
-        /* The two-character escapes before the first slow byte, one per set bit: each
-         * run before one is a 16-byte store (the excess is overwritten next). */
-        unsigned t = any & ~m & (unsigned)((1u << lim) - 1);
-        unsigned last = 0;
-        while (t) {
-            unsigned k = (unsigned)__builtin_ctz(t);
-            _mm_storeu_si128((__m128i *)o, _mm_loadu_si128((const __m128i *)(p + last)));
-            o += k - last;
-            o[0] = '\\';
-            o[1] = repl[p[k]];
-            o += 2;
-            last = k + 1;
-            t &= t - 1;
-        }
-        _mm_storeu_si128((__m128i *)o, _mm_loadu_si128((const __m128i *)(p + last)));
-        o += lim - last;
+        /* The bytes before the first slow one, with their two-character escapes. */
+        o = escape_run(o, p, any & ~m & (unsigned)((1u << lim) - 1), lim);
         p += lim;
         o = write_slow(o, &p, end, sep, seplen);
     }
@@ -385,22 +392,8 @@ static unsigned char *escape_blocks(unsigned char *o, const unsigned char **pp,
         }
         unsigned m = slow_mask(v);
         unsigned lim = m ? (unsigned)__builtin_ctz(m) : 16;
-        /* The two-character escapes before the first slow byte, one per set bit: each
-         * run before one is a 16-byte store (the excess is overwritten next). */
-        unsigned t = any & ~m & (unsigned)((1u << lim) - 1);
-        unsigned last = 0;
-        while (t) {
-            unsigned k = (unsigned)__builtin_ctz(t);
-            _mm_storeu_si128((__m128i *)o, _mm_loadu_si128((const __m128i *)(p + last)));
-            o += k - last;
-            o[0] = '\\';
-            o[1] = repl[p[k]];
-            o += 2;
-            last = k + 1;
-            t &= t - 1;
-        }
-        _mm_storeu_si128((__m128i *)o, _mm_loadu_si128((const __m128i *)(p + last)));
-        o += lim - last;
+        /* The bytes before the first slow one, with their two-character escapes. */
+        o = escape_run(o, p, any & ~m & (unsigned)((1u << lim) - 1), lim);
         p += lim;
         if (m)
             o = write_slow(o, &p, end, sep, seplen);
