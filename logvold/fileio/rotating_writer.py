@@ -163,7 +163,6 @@ class RotatingWriter:
         self._regular = True
         self._stale = False  # the framer has not seen the end of the file
         self._held: dict[str, bytearray] = {s: bytearray() for s in STREAMS}
-        self._dir_str = self._dir
         # The next active files, made ahead on their own thread (spare_files).
         self._spares: SpareFiles | None = None
         self.rotations = 0
@@ -291,9 +290,7 @@ class RotatingWriter:
             if exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                 self._splice_ok = False  # this file system cannot: nothing moved, read instead
                 return self.splice_from(fd, max_bytes)
-            raise StreamError(
-                f"cannot write {self.path}: {exc.strerror}", path=self.path, op="write"
-            ) from exc
+            raise self._write_error(exc) from exc
         if moved:
             self._size += moved
             self.bytes_written += moved
@@ -678,12 +675,12 @@ class RotatingWriter:
             return
         now = self._clock()
         name = next_segment_name(self._base, now, [self._newest] if self._newest else [])
-        seg_path = f"{self._dir_str}/{name.filename}"  # strings: no Path per rotation
+        seg_path = f"{self._dir}/{name.filename}"  # strings: no Path per rotation
         suffixes = ("",) if self.policy.compress == "none" else ("", ".gz", ".zst")
         if any(_taken(seg_path + sfx) for sfx in suffixes):
             # Someone else made this name: step past every segment on disk.
             name = next_segment_name(self._base, now, self._list_segments())
-            seg_path = f"{self._dir_str}/{name.filename}"  # strings: no Path per rotation
+            seg_path = f"{self._dir}/{name.filename}"  # strings: no Path per rotation
         try:
             os.replace(self.path, seg_path)  # noqa: PTH105 - a str path, on the hot path
         except OSError as exc:
@@ -796,9 +793,7 @@ class RotatingWriter:
                 self._size += written
                 self.bytes_written += written
         except OSError as exc:
-            raise StreamError(
-                f"cannot write {self.path}: {exc.strerror}", path=self.path, op="write"
-            ) from exc
+            raise self._write_error(exc) from exc
 
     def _drain(self) -> None:
         """Wait for every queued write; raise the first that failed."""
@@ -814,10 +809,11 @@ class RotatingWriter:
         if failure.fd == self._fd:  # counted at submit time, never written
             self._size -= failure.lost
             self.bytes_written -= failure.lost
-        exc = failure.error
-        raise StreamError(
-            f"cannot write {self.path}: {exc.strerror}", path=self.path, op="write"
-        ) from exc
+        raise self._write_error(failure.error) from failure.error
+
+    def _write_error(self, exc: OSError) -> StreamError:
+        """The error a failed write (in place, spliced or behind) raises to the caller."""
+        return StreamError(f"cannot write {self.path}: {exc.strerror}", path=self.path, op="write")
 
     def _list_segments(self) -> list[SegmentName]:
         try:
