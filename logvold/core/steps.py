@@ -122,6 +122,20 @@ _STEP_TYPES: tuple[type[Step], ...] = (
 _KINDS: dict[str, type[Step]] = {k.op: k for k in _STEP_TYPES}
 
 
+def copied_stems(intent: Marker | None) -> frozenset[str]:
+    """Segments a punch, pieces or copytruncate step writes (copies of the active file's
+    bytes) before its commit: until the commit those bytes are still the active file's,
+    so readers leave these segments out and compression leaves them alone (recovery
+    checks them by their plain name and size). A rename's segment is the active inode
+    itself (reader_snapshot decides by the open fd); trim, collapse and a refused
+    marker name none."""
+    if isinstance(intent, PunchStep | CopytruncateStep):
+        return frozenset({intent.stem})
+    if isinstance(intent, PiecesStep):
+        return frozenset(p.stem for p in intent.pieces)
+    return frozenset()
+
+
 class _ForgedField(ValueError):
     """A marker field failed validation (internal: turned into a RefusedStep)."""
 
@@ -220,6 +234,7 @@ __all__ = [
     "RenameStep",
     "Step",
     "TrimStep",
+    "copied_stems",
     "step_from_dict",
     "step_to_dict",
 ]

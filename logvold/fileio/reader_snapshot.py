@@ -27,12 +27,10 @@ from collections.abc import Sequence
 from logvold.core.layout import SegmentName
 from logvold.core.steps import (
     CollapseStep,
-    CopytruncateStep,
     Marker,
-    PiecesStep,
-    PunchStep,
     RefusedStep,
     RenameStep,
+    copied_stems,
 )
 from logvold.fileio.state import StreamState
 
@@ -44,15 +42,11 @@ def uncommitted_stems(intent: Marker, active_id: tuple[int, int] | None) -> set[
     """Segment stems an intent names whose bytes are not committed (still in the active
     file after the committed offset, or, for a rename, still reachable through the open
     fd `active_id` = (st_ino, st_dev) of the renamed inode)."""
-    if isinstance(intent, PunchStep | CopytruncateStep):
-        return {intent.stem}
-    if isinstance(intent, PiecesStep):
-        return {p.stem for p in intent.pieces}
     if isinstance(intent, RenameStep):
         return {intent.stem} if (intent.inode, intent.device) == active_id else set()
     # trim: the segment is committed, either version of it holds its events; a refused
     # (forged) marker names nothing a reader should believe.
-    return set()
+    return set(copied_stems(intent))
 
 
 def intent_op(state: StreamState | None) -> str | None:

@@ -13,7 +13,7 @@ import stat
 from logvold.core.layout import SegmentName
 from logvold.core.pieces import FREE_SPACE_RESERVE
 from logvold.core.retention import RetentionPlan, SegmentFile, plan_retention
-from logvold.core.steps import CopytruncateStep, PiecesStep, PunchStep, TrimStep
+from logvold.core.steps import TrimStep, copied_stems
 from logvold.errors import StateError
 from logvold.fileio import stream_files as sf
 from logvold.fileio.compress import CompressionInterrupted, compress_in
@@ -65,7 +65,7 @@ class RetentionSteps(PunchSteps):
         try:
             with self._episode("compress"), self._opened() as d:
                 plan = self._plan(d, extra_budget_bytes)
-                in_flight = _in_flight_stems(self._state)
+                in_flight = copied_stems(self._state.intent if self._state else None)
                 for name in plan.compress:
                     if self.abandon_compress():
                         break
@@ -259,14 +259,3 @@ class RetentionSteps(PunchSteps):
         if seg is not None and stat.S_ISREG(seg.st_mode) and seg.st_size == size:
             state = self._trimmed_records(state, stem, size)
         self._save(state.with_(intent=None))
-
-
-def _in_flight_stems(state: StreamState | None) -> frozenset[str]:
-    """Segments a step in flight has written and not committed (never compressed: its
-    recovery checks them by their plain name and size)."""
-    intent = state.intent if state is not None else None
-    if isinstance(intent, PunchStep | CopytruncateStep):
-        return frozenset({intent.stem})
-    if isinstance(intent, PiecesStep):
-        return frozenset(p.stem for p in intent.pieces)
-    return frozenset()
