@@ -33,9 +33,9 @@ def _serve(argv: Sequence[str]) -> int:
 
 
 def _run(argv: Sequence[str]) -> int:
-    from logvold.runner.cli import main_run
+    from logvold.runner.cli import exit_now, main_run
 
-    return main_run(argv, prog="logvold run")
+    exit_now(main_run(argv, prog="logvold run"))
 
 
 def _driver(argv: Sequence[str]) -> int:
@@ -96,6 +96,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def kube_log_runner_main() -> int:
     """`kube-log-runner`: the same as `logvold run`, under the Go binary's name."""
-    from logvold.runner.cli import main_run
+    from logvold.runner.cli import exit_now, main_run
 
-    return main_run(sys.argv[1:], prog="kube-log-runner")
+    exit_now(main_run(sys.argv[1:], prog="kube-log-runner"))

@@ -101,26 +101,30 @@ class RawFramer(_OffsetFramer):
     def buffered_bytes(self) -> int:
         return len(self._carry)
 
-    def last_boundary(self, chunk: bytes | bytearray, stop: int | None = None) -> int | None:
-        """See Framer; `stop`: feed only chunk[:stop] (no copy on the usual path)."""
+    def last_boundary(
+        self, chunk: bytes | bytearray, stop: int | None = None, start: int = 0
+    ) -> int | None:
+        """See Framer; feeds only chunk[start:stop] (no copy with a one-byte delimiter:
+        a writer frames a slice of its read buffer without slicing it)."""
         n = len(chunk) if stop is None else stop
-        if n == 0:
+        if n <= start:
             return None
         m = self.max_event_size
-        base = self._offset
         d = self.delimiter
-        if len(d) != 1 and n != len(chunk):
-            chunk = chunk[:n]
+        if len(d) != 1 and (start or n != len(chunk)):
+            chunk = chunk[start:n]
+            n, start = len(chunk), 0
+        base = self._offset - start  # absolute offset of chunk[0]
         if len(d) == 1:
             # Every delimiter byte ends an event, cuts or not; cuts only add
             # boundaries inside delimiter-free stretches of >= m bytes.
-            last = chunk.rfind(d, 0, n)
+            last = chunk.rfind(d, start, n)
             if last < 0:
                 if base + n - self._start < m:
                     self._offset = base + n
                     return None
             else:
-                first = chunk.find(d, 0, n)
+                first = chunk.find(d, start, n)
                 end = base + last + 1
                 if base + first + 1 - self._start <= m and last - first <= m and base + n - end < m:
                     self._offset = base + n
@@ -140,7 +144,7 @@ class RawFramer(_OffsetFramer):
             self._carry = data[keep:]
             return None if end_rel is None else dbase + end_rel
         ends: list[int] = []
-        self._scan(bytes(chunk if n == len(chunk) else chunk[:n]), ends)
+        self._scan(bytes(chunk if start == 0 and n == len(chunk) else chunk[start:n]), ends)
         return ends[-1] if ends else None
 
     def _scan(self, chunk: bytes, ends: list[int]) -> None:

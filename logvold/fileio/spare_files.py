@@ -8,9 +8,12 @@ of a few made ahead by the `logvold-spares` thread and gives it the active name 
 a link of an anonymous O_TMPFILE inode (nothing left on disk by a crash), or a
 rename of a hidden `.<name>.next<k>` file where O_TMPFILE is not supported.
 
-A rotation that finds none ready makes its own (measured: waiting for the thread
-was slower when creation is the bottleneck - two creations run in parallel), and
-hands the segment it just closed to the thread to close: one wake-up per rotation.
+The writer starts them only after creating the file at the cut itself proved slow
+(rotating_writer._open_fresh): where creation is cheap, one open(2) at the cut costs
+less CPU than a thread's wake-up, O_TMPFILE and linkat. A rotation that finds none
+ready makes its own (measured: waiting for the thread was slower when creation is
+the bottleneck - two creations run in parallel), and hands the segment it just
+closed to the thread to close: one wake-up per rotation.
 """
 
 from __future__ import annotations
@@ -103,9 +106,6 @@ class SpareFiles:
         return f"{self._named_prefix}{slot}"
 
     def _run(self) -> None:
-        # Left by a crash of a run that used named spares: empty files, not data.
-        for name in [self._named_prefix, *(self._named(slot) for slot in range(DEPTH))]:
-            _unlink(name)
         while True:
             slot, close_fd = self._free.get()
             if close_fd >= 0:
@@ -138,6 +138,18 @@ class SpareFiles:
         except OSError as exc:
             _log().warning("cannot make spare file %s: %s", self._named(slot), exc)
             return -1
+
+
+def remove_leftover_spares(active_path: str, names: list[str]) -> None:
+    """Remove the named spares (`.<name>.next`, `.<name>.next<k>`: empty files, not
+    data) that a crash of a run using them left; `names` is a listing of the directory
+    the writer made anyway (no unlink is tried for a name that is not there)."""
+    directory, _, base = active_path.rpartition("/")
+    prefix = f".{base}.next"
+    for name in names:
+        suffix = name[len(prefix) :]
+        if name.startswith(prefix) and (not suffix or (suffix.isascii() and suffix.isdigit())):
+            _unlink(f"{directory}/{name}")
 
 
 def _unlink(path: str) -> None:

@@ -6,7 +6,9 @@ every offset: short ones, ones longer than the first peek, longer than the large
 peek, and (with a small -max-event-size) longer than maxEventSize. The child writes
 random chunks from 1 byte to 256 KiB, so the trigger falls inside splices, inside
 peeks and on event ends. Every event is found once, whole and in order; every segment
-ends at an event end and was cut at the first event end after the trigger."""
+ends at an event end and was cut at the first event end after the trigger. Each case
+runs with `-copy=splice` (the path above) and `-copy=read` (a buffer framed in place),
+the two ways `-copy=auto` picks between by segment size."""
 
 from __future__ import annotations
 
@@ -71,16 +73,20 @@ def run_child(tmp_path: Path, data: bytes, *flags: str) -> list[tuple[str, bytes
     return stream_pieces(log)
 
 
+COPY_MODES = pytest.mark.parametrize("copy", ["splice", "read"])
+
+
+@COPY_MODES
 @pytest.mark.parametrize("seed", [1, 2])
 def test_events_of_every_size_straddle_the_trigger_and_stay_whole(
-    tmp_path: Path, seed: int
+    tmp_path: Path, seed: int, copy: str
 ) -> None:
     # Mostly short events; some longer than the first 4 KiB peek, some longer than the
     # largest 64 KiB peek (all below the default 1 MiB maxEventSize: none may be cut).
     data, _ = source(
         3000, seed, [(85, 20, 300), (10, 4_000, 20_000), (2, 66_000, 150_000), (3, 0, 0)]
     )
-    pieces = run_child(tmp_path, data)
+    pieces = run_child(tmp_path, data, f"-copy={copy}")
     assert len(pieces) > 100
     assert b"".join(d for _, d in pieces) == data  # nothing lost, doubled or reordered
     for name, body in pieces[:-1]:
@@ -94,10 +100,11 @@ def test_events_of_every_size_straddle_the_trigger_and_stay_whole(
     assert report.ok and report.seen == 3000, report.summary()
 
 
-def test_events_longer_than_max_event_size_are_the_only_ones_cut(tmp_path: Path) -> None:
+@COPY_MODES
+def test_events_longer_than_max_event_size_are_the_only_ones_cut(tmp_path: Path, copy: str) -> None:
     max_event = 16 * 1024
     data, lengths = source(2000, 3, [(80, 20, 300), (12, 5_000, 15_000), (8, 17_000, 60_000)])
-    pieces = run_child(tmp_path, data, f"-max-event-size={max_event}")
+    pieces = run_child(tmp_path, data, f"-max-event-size={max_event}", f"-copy={copy}")
     assert len(pieces) > 100
     assert b"".join(d for _, d in pieces) == data
     # Event ends in the source, and where an over-long event may be cut: every

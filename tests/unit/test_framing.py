@@ -336,6 +336,27 @@ def test_any_chunking_same_boundaries_and_events(data_strategy: st.DataObject) -
 
 @PROPS
 @given(st.data())
+def test_last_boundary_of_a_slice_is_that_of_the_sliced_bytes(data_strategy: st.DataObject) -> None:
+    """A writer frames buffer[start:stop] in place (no slice copied): same answers and
+    state as feeding the slice itself, whatever surrounds it in the buffer."""
+    data, d, m = data_strategy.draw(raw_streams())
+    chunks = chunks_of(data, cut_points(data_strategy, len(data)))
+    sliced, in_place = RawFramer(d, m), RawFramer(d, m)
+    for chunk in chunks:
+        head = data_strategy.draw(st.binary(max_size=8))
+        tail = data_strategy.draw(st.binary(max_size=8))
+        buffer = bytearray(head + chunk + tail)
+        expected = sliced.last_boundary(chunk)
+        assert in_place.last_boundary(buffer, len(head) + len(chunk), len(head)) == expected
+        assert (in_place.pending, in_place.offset, in_place.split_count) == (
+            sliced.pending,
+            sliced.offset,
+            sliced.split_count,
+        )
+
+
+@PROPS
+@given(st.data())
 def test_feed_and_last_boundary_agree(data_strategy: st.DataObject) -> None:
     fmt, data, d, m = data_strategy.draw(any_streams())
     chunks = chunks_of(data, cut_points(data_strategy, len(data)))

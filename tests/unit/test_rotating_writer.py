@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from logvold.core.layout import segments_of
 from logvold.core.policy import LogPolicy
+from logvold.fileio import rotating_writer
 from logvold.fileio.compress import compress_segment
 from logvold.fileio.rotating_writer import RotatedSegment, RotatingWriter
 from tests.support.events import (
@@ -65,10 +66,18 @@ def policy(**kw: object) -> LogPolicy:
     return LogPolicy(**(base | kw))  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("creation", ["at-cut", "spares"])
 @pytest.mark.parametrize(
     "delimiter", [b"\n", b"\n\n", b"\x1e"], ids=["newline", "blank-line", "record-separator"]
 )
-def test_size_rotation_keeps_every_event_whole(tmp_path: Path, delimiter: bytes) -> None:
+def test_size_rotation_keeps_every_event_whole(
+    tmp_path: Path, delimiter: bytes, creation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`spares`: every creation counts as slow, so from the third cut on the next active
+    files come from the spare-file thread (what a slow file system gets); `at-cut`: none
+    does, so every cut creates its own (a loaded machine could make a few slow)."""
+    slow_after_s = -1.0 if creation == "spares" else float("inf")
+    monkeypatch.setattr(rotating_writer, "_SLOW_CREATE_S", slow_after_s)
     path = tmp_path / "app.log"
     max_size = 4096
     rotated: list[RotatedSegment] = []
@@ -97,19 +106,26 @@ def test_size_rotation_keeps_every_event_whole(tmp_path: Path, delimiter: bytes)
     report = verify(split_raw(parts, delimiter))
     assert report.ok and report.seen == 2000, report.summary()
     assert w.split_count == 0
+    assert (w._spares is not None) == (creation == "spares")
     # The spare next-active file made ahead of each cut is gone with the writer.
     assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in [*segment_files(path), path])
 
 
-def test_spare_left_by_a_crash_is_replaced(tmp_path: Path) -> None:
+def test_spares_left_by_a_crash_are_removed(tmp_path: Path) -> None:
+    """Named spares (where O_TMPFILE is missing) left by a kill -9 are empty files: the
+    next writer removes them at start, and nothing else that looks like them."""
     path = tmp_path / "app.log"
-    (tmp_path / ".app.log.next").write_bytes(b"")
+    leftovers = [".app.log.next", ".app.log.next0", ".app.log.next3"]
+    kept = [".app.log.nextx", ".app.log.next\u0663", ".other.log.next0", "app.log.next0"]
+    for name in leftovers + kept:
+        (tmp_path / name).write_bytes(b"")
     w = RotatingWriter(str(path), policy(max_size_bytes=10), clock=FakeClock())
     for i in range(50):
         w.write("stdout", b"event %02d\n" % i)
     w.close()
     assert b"".join(pieces(path)) == b"".join(b"event %02d\n" % i for i in range(50))
-    assert not (tmp_path / ".app.log.next").exists()
+    assert not any((tmp_path / name).exists() for name in leftovers)
+    assert all((tmp_path / name).exists() for name in kept)
 
 
 @settings(max_examples=20, deadline=None)
