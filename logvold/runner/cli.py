@@ -26,7 +26,7 @@ from logvold.runner.goflags import FlagSpec
 
 _COMPRESS = ("none", "gzip", "zstd")
 _FORMATS = ("raw", "cri", "json-file")
-_COPY_MODES = ("auto", "splice", "read")
+_COPY_MODES = ("read", "splice")
 
 
 def _duration(value: str) -> float:
@@ -135,10 +135,10 @@ FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec(
         name="copy",
         kind="string",
-        default="auto",
+        default="read",
         check=_choice(_COPY_MODES),
-        usage="raw format: how output reaches the file - splice (zero-copy), read (through "
-        "a buffer: less work per rotation) or auto (splice unless -log-file-size is below 1Mi)",
+        usage="raw format: how output reaches the file - read (through a buffer) or splice "
+        "(zero-copy, but the pipe stays locked while the file takes the bytes)",
     ),
     FlagSpec(
         name="max-event-size",

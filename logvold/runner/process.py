@@ -35,10 +35,6 @@ DRAIN_IDLE_S = 1.0
 """After the child exits, how long a silent pipe still held open (by a grandchild) is waited on."""
 _F_SETPIPE_SZ = 1031
 _POLL_IDLE_MS = 250
-SPLICE_MIN_SEGMENT = CHUNK_BYTES
-"""`-copy=auto` splices only when segments are at least this big: below, a cut comes
-every few reads, and the reads that frame a spliced file's tail and peek for the
-event end cost more than copying through a buffer (100Ki: ~8% more throughput read)."""
 _SPLICE_BURST = 16
 """Splices in a row without a poll while each one fills what it asked for (each checks
 the time triggers itself; the flush timer and idle checks wait at most one burst)."""
@@ -55,8 +51,14 @@ class RunOptions:
     redirect_stderr: bool = True
     flush_interval_s: float = 0.0
     """fsync the log file this often; 0 = never (the kernel writes it back)."""
-    copy: Literal["auto", "splice", "read"] = "auto"
-    """How raw output reaches the file: splice(2), or read into a buffer and write."""
+    copy: Literal["read", "splice"] = "read"
+    """How raw output reaches the file: read into a buffer and write(2) it, or splice(2).
+
+    read is the default because it measured faster and cheaper (benchmarks/runner.py,
+    2 CPUs): splice holds the pipe's lock while the file system takes the bytes, so the
+    child spins or waits to write its next chunk (10Mi segments: 0.28 CPU s per
+    512 MiB read, 0.35 spliced; 2000 MB/s against 1500), and framing a spliced
+    segment's end costs a read-back of its tail and a peek per cut."""
     policy: LogPolicy
 
 
@@ -204,11 +206,8 @@ def pump(
 
 
 def uses_splice(opts: RunOptions) -> bool:
-    """Whether raw output is spliced (see SPLICE_MIN_SEGMENT), before the pipes are known."""
-    if opts.copy != "auto":
-        return opts.copy == "splice"
-    size = opts.policy.max_size_bytes
-    return not size or size >= SPLICE_MIN_SEGMENT
+    """Whether raw output is spliced (-copy=splice), before the pipes are known."""
+    return opts.copy == "splice"
 
 
 def _splice_burst(writer: RotatingWriter, fd: int) -> int:

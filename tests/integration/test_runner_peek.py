@@ -7,8 +7,8 @@ peek, and (with a small -max-event-size) longer than maxEventSize. The child wri
 random chunks from 1 byte to 256 KiB, so the trigger falls inside splices, inside
 peeks and on event ends. Every event is found once, whole and in order; every segment
 ends at an event end and was cut at the first event end after the trigger. Each case
-runs with `-copy=splice` (the path above) and `-copy=read` (a buffer framed in place),
-the two ways `-copy=auto` picks between by segment size."""
+runs with `-copy=splice` (the path above) and `-copy=read` (the default: a buffer
+framed in place)."""
 
 from __future__ import annotations
 
