@@ -1,19 +1,22 @@
 """Next active files for the rotating writer, made ahead on their own thread.
 
-Creating a file costs the inode allocator far more than writing a segment's worth
-of bytes when segments are small: 0.05 ms on a quiet ext4, 0.5-2 ms when many
-inodes were freed in the last 30 s (ext4 without a journal skips each of them,
-one inode-table lookup apiece). So a rotation never creates a file: it takes one
-of a few made ahead by the `logvold-spares` thread and gives it the active name -
-a link of an anonymous O_TMPFILE inode (nothing left on disk by a crash), or a
-rename of a hidden `.<name>.next<k>` file where O_TMPFILE is not supported.
+Creating a file can cost the inode allocator far more than writing a segment's
+worth of bytes when segments are small: 0.03-0.05 ms on a quiet ext4, 0.25-2 ms
+when many inodes were freed in the last 30 s (ext4 without a journal skips each of
+them, one inode-table lookup apiece). Where it is that slow, a rotation should not
+create its file: it takes one of a few made ahead by the `logvold-spares` thread
+and gives it the active name - a link of an anonymous O_TMPFILE inode (nothing left
+on disk by a crash), or a rename of a hidden `.<name>.next<k>` file where O_TMPFILE
+is not supported.
 
-The writer starts them only after creating the file at the cut itself proved slow
-(rotating_writer._open_fresh): where creation is cheap, one open(2) at the cut costs
-less CPU than a thread's wake-up, O_TMPFILE and linkat. A rotation that finds none
-ready makes its own (measured: waiting for the thread was slower when creation is
-the bottleneck - two creations run in parallel), and hands the segment it just
-closed to the thread to close: one wake-up per rotation.
+The writer starts the thread only after creating the file at the cut itself proved
+slow (rotating_writer._open_fresh): where creation is cheap, one open(2) at the cut
+costs less CPU than a thread's wake-up, O_TMPFILE and linkat (measured: 36 against
+44 us per rotation alone; `logvold run` at 100Ki, 1,309 rotations: 3 futex calls
+instead of ~4,500 and 0.27 CPU s instead of 0.34-0.43, the child's included). A rotation
+that finds none ready makes its own (waiting for the thread was slower when
+creation is the bottleneck - two creations run in parallel), and hands the segment
+it just closed to the thread to close: one wake-up per rotation.
 """
 
 from __future__ import annotations

@@ -54,11 +54,12 @@ class RunOptions:
     copy: Literal["read", "splice"] = "read"
     """How raw output reaches the file: read into a buffer and write(2) it, or splice(2).
 
-    read is the default because it measured faster and cheaper (benchmarks/runner.py,
-    2 CPUs): splice holds the pipe's lock while the file system takes the bytes, so the
-    child spins or waits to write its next chunk (10Mi segments: 0.28 CPU s per
-    512 MiB read, 0.35 spliced; 2000 MB/s against 1500), and framing a spliced
-    segment's end costs a read-back of its tail and a peek per cut."""
+    read is the default because it measured faster and no more costly
+    (benchmarks/runner.py, 2 CPUs, 512 MiB): splice holds the pipe's lock while the
+    file system takes the bytes, so the child spins or waits to write its next chunk
+    (1Mi segments: 1538 MB/s and 0.32 CPU s read, 1317 MB/s and 0.35 s spliced), and
+    framing a spliced segment's end costs a read-back of its tail and a peek per cut
+    (100Ki: 683 MB/s read, 402 spliced)."""
     policy: LogPolicy
 
 
