@@ -23,6 +23,13 @@ output (every segment, then the active file) must be byte-identical to the
 source, and for logvold every event is found once, whole and in order, and every
 segment ends at an event boundary. Then the start-up time of `logvold run true`
 against `true` itself. Not run in CI.
+
+Each run writes into a new directory under a TOPDIR parent (ext4 then puts it in a
+block group of its own, away from the inodes the last runs deleted) and starts right
+after the last run's files were deleted (their page cache is free and warm again);
+`--inode-settle-s 31` also waits out ext4's 30 s recently-deleted window, writing and
+deleting a source-sized file just before the run so the pause does not leave the
+memory cold (see refresh_page_cache and RESULTS.md, 2026-12-01 04:30).
 """
 
 from __future__ import annotations
