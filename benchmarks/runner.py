@@ -29,7 +29,7 @@ block group of its own, away from the inodes the last runs deleted) and starts r
 after the last run's files were deleted (their page cache is free and warm again);
 `--inode-settle-s 31` also waits out ext4's 30 s recently-deleted window, writing and
 deleting a source-sized file just before the run so the pause does not leave the
-memory cold (see refresh_page_cache and RESULTS.md, 2026-12-01 04:30).
+memory cold (see refresh_page_cache and RESULTS.md, 2026-12-01 04:05).
 """
 
 from __future__ import annotations
