@@ -169,6 +169,10 @@ class RotatingWriter:
         self._framer = RawFramer(policy.delimiter, self._max_event)
         self._regular = True
         self._stale = False  # the framer has not seen the end of the file
+        # After a dropped chunk that ended inside an event: the rest of that event is
+        # dropped too (its head is gone), up to maxEventSize bytes.
+        self._skip_rest = False
+        self._skipped = 0
         self._held: dict[str, bytearray] = {s: bytearray() for s in STREAMS}
         # The next active files, made ahead on their own thread (spare_files) once
         # creating them at the cut proved slow: until then a cut opens its own file,
@@ -258,7 +262,13 @@ class RotatingWriter:
             return
         self._check_time()
         if self._raw:
-            self._write_raw(data, stop)
+            try:
+                self._write_raw(data, stop)
+            except StreamError:
+                # The caller drops this chunk: keep the file to whole events.
+                self._cut_back()
+                self.dropped(data, stop)
+                raise
         else:
             self._write_lines(stream, bytes(data if stop is None else memoryview(data)[:stop]))
             if self._behind is not None:
@@ -281,6 +291,7 @@ class RotatingWriter:
             or not self._regular
             or self._overlapping_delimiter
             or not self._splice_ok
+            or self._skip_rest
         ):
             # A cut is pending: read just enough to find the next boundary, then the
             # rest of the pipe can be spliced into the new file.
@@ -313,6 +324,22 @@ class RotatingWriter:
                 self._maybe_cut_now()
         self.drained = moved < asked
         return moved
+
+    def dropped(self, data: bytes | bytearray, stop: int | None = None) -> None:
+        """The caller threw `data` (data[:stop]) away because the file could not take
+        it (a full disk): when it ended inside an event, the rest of that event, which
+        comes next, is dropped too - written, it would be a fragment without its head.
+        Raw format only (cri / json-file never pass on a partial line)."""
+        n = len(data) if stop is None else stop
+        if self._raw and n:
+            self._skip_rest = not data.endswith(self.policy.delimiter, 0, n)
+            self._skipped = 0
+
+    def splice_failed(self) -> None:
+        """A splice into the file failed after moving part of a chunk: cut the file
+        back to its last whole event (the caller then drops what the pipe holds and
+        reports it with dropped())."""
+        self._cut_back()
 
     def rotate(self, reason: str = "manual") -> None:
         """Cut the active file now if it ends at an event boundary, else at the next one."""
@@ -381,7 +408,7 @@ class RotatingWriter:
             self._resync()
         n = len(data) if stop is None else stop
         view = memoryview(data)  # pieces are framed and written in place, never copied
-        pos = 0
+        pos = self._skip_fragment(data, n) if self._skip_rest else 0
         piece_len = 1024  # the due event usually ends soon: frame little, then more
         while pos < n:
             if self._due is None and (not self._max_size or self._size + n - pos < self._max_size):
@@ -416,6 +443,41 @@ class RotatingWriter:
             self._write_framed(piece)
             pos += len(piece)
             piece_len = min(2 * piece_len, _PIECE_MAX)
+
+    def _cut_back(self) -> None:
+        """After a failed write, truncate the file to its last whole event: a short
+        write or a partial splice can end inside one, and the bytes that should have
+        finished it are dropped. Best effort: a file that cannot be truncated stays."""
+        if not self._regular or self._fd < 0 or not self._readable:
+            return
+        self._stale = True
+        self._resync()  # the framer from the file's tail: pending = the cut event's bytes
+        keep = self._size - self._framer.pending
+        if keep >= self._size:
+            return
+        try:
+            os.ftruncate(self._fd, keep)
+            os.lseek(self._fd, keep, os.SEEK_SET)
+        except OSError:
+            return
+        self._size = keep
+        self._stale = True  # resynced (to a boundary) at the next write
+
+    def _skip_fragment(self, data: bytes | bytearray, n: int) -> int:
+        """Where data[:n] starts to be written when the rest of a dropped event comes
+        first: after its delimiter, or n when it goes on past this chunk (at most
+        maxEventSize bytes are skipped: past that the event would be cut anyway)."""
+        d = self.policy.delimiter
+        room = self._max_event - self._skipped
+        k = data.find(d, 0, min(n, room + len(d) - 1))
+        if k >= 0:
+            self._skip_rest = False
+            return k + len(d)
+        if n >= room:
+            self._skip_rest = False
+            return room
+        self._skipped += n
+        return n
 
     def _write_framed(self, data: bytes | bytearray) -> None:
         """Write `data` event by event, cutting at the first event end once a trigger is due."""

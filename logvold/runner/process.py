@@ -35,6 +35,10 @@ DRAIN_IDLE_S = 1.0
 """After the child exits, how long a silent pipe still held open (by a grandchild) is waited on."""
 _F_SETPIPE_SZ = 1031
 _POLL_IDLE_MS = 250
+EPISODE_END_BYTES = CHUNK_BYTES
+"""A failure episode (reported once) ends when this much was written after its last
+failure: a write that fits only because the file was cut back to its last whole
+event (a few bytes freed) does not end it."""
 _SPLICE_BURST = 16
 """Splices in a row without a poll while each one fills what it asked for (each checks
 the time triggers itself; the flush timer and idle checks wait at most one burst)."""
@@ -155,6 +159,7 @@ def pump(
     child_gone_at: float | None = None
     last_data = time.monotonic()
     write_failed = False
+    written_since_failure = 0
     while open_fds:
         timeout_s = _POLL_IDLE_MS / 1000
         period_s = writer.seconds_to_next_period()
@@ -179,14 +184,17 @@ def pump(
                     if data and tee_fd is not None:
                         tee_fd = _tee(tee_fd, data)
                     writer.write(open_fds[fd], data)
-                write_failed = False
+                written_since_failure += max(moved, 0)
+                if written_since_failure >= EPISODE_END_BYTES:
+                    write_failed = False
             except StreamError as exc:
                 # Keep the workload running: report once per failure episode, drop
                 # this chunk (the disk is full or gone) and try again with the next.
                 if not write_failed:
                     os.write(2, f"logvold run: {exc}; output is being dropped\n".encode())
                 write_failed = True
-                moved = _drop(fd) if zero_copy else 1
+                written_since_failure = 0
+                moved = _drop(fd, writer) if zero_copy else 1
             if moved == 0:
                 poller.unregister(fd)
                 os.close(fd)
@@ -231,12 +239,17 @@ def _splice_burst(writer: RotatingWriter, fd: int) -> int:
     return total or -1
 
 
-def _drop(fd: int) -> int:
-    """Read and discard a chunk the file could not take: bytes read, 0 at end, -1 if none."""
+def _drop(fd: int, writer: RotatingWriter) -> int:
+    """Read and discard a chunk the file could not take: bytes read, 0 at end, -1 if none.
+    The writer first cuts its file back to the last whole event (a splice may have moved
+    part of one) and learns whether the dropped bytes end inside an event."""
+    writer.splice_failed()
     try:
-        return len(os.read(fd, CHUNK_BYTES))
+        data = os.read(fd, CHUNK_BYTES)
     except BlockingIOError:
         return -1
+    writer.dropped(data)
+    return len(data)
 
 
 def _tee(fd: int, data: bytes | memoryview) -> int | None:

@@ -215,6 +215,9 @@ def _write_config(base: Path, socket: Path) -> Path:
     return config
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
 @contextlib.contextmanager
 def private_containerd(base: Path, namespace: str = "logvold-test") -> Iterator[Containerd]:
     """Start containerd under `base` (short path: the socket name must fit 107 bytes);
@@ -284,6 +287,22 @@ def _cleanup(instance: Containerd) -> None:
     for directory in leftovers:
         with contextlib.suppress(OSError):  # only ever empty directories
             directory.rmdir()
+    _remove_cgroups(instance.namespace)
+
+
+def _remove_cgroups(namespace: str) -> None:
+    """runc made /sys/fs/cgroup/<controller>/<namespace>/<container> for each container;
+    with the tasks gone they are empty and rmdir removes them (a cgroup still in use
+    refuses with EBUSY, and stays)."""
+    for controller in CGROUP_ROOT.glob("*"):
+        top = controller / namespace
+        if not top.is_dir():
+            continue
+        for child in [p for p in top.iterdir() if p.is_dir()]:
+            with contextlib.suppress(OSError):
+                child.rmdir()
+        with contextlib.suppress(OSError):
+            top.rmdir()
 
 
 def _unmount_below(base: Path) -> None:

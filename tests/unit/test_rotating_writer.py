@@ -350,3 +350,30 @@ def test_unwritable_path_is_a_stream_error(tmp_path: Path) -> None:
 
     with pytest.raises(StreamError, match="cannot open log file"):
         RotatingWriter(str(tmp_path / "missing-dir" / "app.log"), policy())
+
+
+def test_after_a_dropped_chunk_the_rest_of_its_event_is_not_written(tmp_path: Path) -> None:
+    """A chunk the caller dropped (a full disk) that ended inside an event: the bytes
+    that finish that event come next and would be a fragment without its head."""
+    path = tmp_path / "app.log"
+    w = RotatingWriter(str(path), policy(max_size_bytes=1 << 20), clock=FakeClock())
+    w.write("stdout", b"whole 1\n")
+    w.dropped(b"whole 2\nhead of 3")  # never written
+    w.write("stdout", b"tail of 3")  # still inside event 3
+    w.write("stdout", b" and more\nwhole 4\n")
+    w.dropped(b"whole 5\n")  # ended on a boundary: nothing after it is skipped
+    w.write("stdout", b"whole 6\n")
+    w.close()
+    assert path.read_bytes() == b"whole 1\nwhole 4\nwhole 6\n"
+
+
+def test_skipping_a_dropped_events_rest_stops_at_max_event_size(tmp_path: Path) -> None:
+    path = tmp_path / "app.log"
+    w = RotatingWriter(
+        str(path), policy(max_size_bytes=1 << 20, max_event_size_bytes=64), clock=FakeClock()
+    )
+    w.dropped(b"head")
+    w.write("stdout", b"x" * 40)
+    w.write("stdout", b"y" * 40 + b"after\n")  # 64 bytes skipped, then written as they come
+    w.close()
+    assert path.read_bytes() == b"y" * 16 + b"after\n"
