@@ -103,11 +103,33 @@ MOVES_CHILDREN: dict[str, tuple[str, ...]] = {
     if new.startswith(old + ".")
 }
 STAY_AT_ROOT = {"__init__", "__main__", "cli", "errors"}
-TEXT_SUFFIXES = {".py", ".md", ".toml", ".yaml", ".yml", ".cfg", ".ini", ".txt", ".service",
-                 ".sh", ".in", ".json"}
+TEXT_SUFFIXES = {
+    ".py",
+    ".md",
+    ".toml",
+    ".yaml",
+    ".yml",
+    ".cfg",
+    ".ini",
+    ".txt",
+    ".service",
+    ".sh",
+    ".in",
+    ".json",
+}
 TEXT_NAMES = {"Dockerfile", "test", "Makefile", "MANIFEST.in"}
-SKIP_DIRS = {".git", ".venv", "node_modules", "__pycache__", ".mypy_cache", ".ruff_cache",
-             ".pytest_cache", ".hypothesis", "build", "dist"}
+SKIP_DIRS = {
+    ".git",
+    ".venv",
+    "node_modules",
+    "__pycache__",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+    ".hypothesis",
+    "build",
+    "dist",
+}
 LAYERS_TEMPLATE = Path("tests/unit/test_layers.py")  # installed: the test is its own template
 LAYERS_TEST = Path("tests/unit/test_layers.py")
 FORMAT_CHECK = ".venv/bin/ruff format --check logvold tests benchmarks"
@@ -152,11 +174,13 @@ def preflight(root: Path, moves: dict[str, str]) -> list[tuple[str, str]]:
             problems.append(f"expected module {old} is missing (neither {old_path} nor {new_path})")
     placed = {m.rpartition(".")[2] for m in moves if m.count(".") == 1}
     unplaced = [
-        p.name for p in sorted((root / PACKAGE).glob("*.py"))
+        p.name
+        for p in sorted((root / PACKAGE).glob("*.py"))
         if p.stem not in STAY_AT_ROOT and p.stem not in placed
     ]
     unplaced += [
-        str(p.relative_to(root)) for p in sorted((root / PACKAGE / "server").glob("nodelog*.py"))
+        str(p.relative_to(root))
+        for p in sorted((root / PACKAGE / "server").glob("nodelog*.py"))
         if f"logvold.server.{p.stem}" not in moves
     ]
     if unplaced:
@@ -170,8 +194,11 @@ def preflight(root: Path, moves: dict[str, str]) -> list[tuple[str, str]]:
 
 
 def do_moves(root: Path, todo: list[tuple[str, str]]) -> None:
-    shadowing = [(o, n) for o, n in todo if (root / Path(*o.split("."))).as_posix()
-                 == (root / _rel(n)).parent.as_posix()]
+    shadowing = [
+        (o, n)
+        for o, n in todo
+        if (root / Path(*o.split("."))).as_posix() == (root / _rel(n)).parent.as_posix()
+    ]
     parked: dict[str, Path] = {}
     for old, _new in shadowing:  # daemon.py must leave before daemon/ can exist
         src = root / _rel(old)
@@ -195,8 +222,9 @@ def do_moves(root: Path, todo: list[tuple[str, str]]) -> None:
         init = folder / "__init__.py"
         if init.is_file() and not [p for p in folder.glob("*.py") if p.name != "__init__.py"]:
             _git("rm", "-q", str(init))
-        if folder.is_dir() and not [p for p in folder.rglob("*") if "__pycache__" not in p.parts
-                                    and p.is_file()]:
+        if folder.is_dir() and not [
+            p for p in folder.rglob("*") if "__pycache__" not in p.parts and p.is_file()
+        ]:
             shutil.rmtree(folder)
 
 
@@ -233,7 +261,7 @@ def _rewrite_names(text: str, root: Path, moves: dict[str, str], moved_now: set[
             children = _children(root, old) | {new.rpartition(".")[2]}
             if tail and tail[1:] in children:
                 return m.group(0)
-            followed = m.string[m.end():m.end() + 8]
+            followed = m.string[m.end() : m.end() + 8]
             if not tail and (old not in moved_now or re.match(r"\s+import\b", followed)):
                 # the package itself (a second run), or `from <package> import <child>`
                 # written by _rewrite_from_imports
@@ -253,7 +281,7 @@ def _rewrite_dunder_import(text: str, moves: dict[str, str]) -> str:
         new, old_tail = moves.get(old), old.partition(".")[2]
         if new is None or not attrs.startswith(old_tail + "."):
             return m.group(0)
-        return f'__import__("{new}").{new.partition(".")[2]}{attrs[len(old_tail):]}'
+        return f'__import__("{new}").{new.partition(".")[2]}{attrs[len(old_tail) :]}'
 
     return re.sub(r'__import__\("(logvold\.[\w.]+)"\)\.([\w.]+)', repl, text)
 
@@ -288,12 +316,20 @@ def _rewrite_from_imports(text: str, moves: dict[str, str]) -> str:
                     )
                 elif node.end_lineno is not None:  # e.g. `import Daemon, main_serve`
                     indent = re.match(r"\s*", lines[node.lineno - 1]).group(0)  # type: ignore[union-attr]
-                    edits.append((node.lineno - 1, node.end_lineno, "".join(
-                        f"{indent}from {module} import " + ", ".join(
-                            a.name + (f" as {a.asname}" if a.asname else "") for a in names
-                        ) + "\n"
-                        for module, names in sorted(by_target.items())
-                    )))
+                    edits.append(
+                        (
+                            node.lineno - 1,
+                            node.end_lineno,
+                            "".join(
+                                f"{indent}from {module} import "
+                                + ", ".join(
+                                    a.name + (f" as {a.asname}" if a.asname else "") for a in names
+                                )
+                                + "\n"
+                                for module, names in sorted(by_target.items())
+                            ),
+                        )
+                    )
             continue
         moved = [a for a in node.names if f"{node.module}.{a.name}" in moves]
         if not moved or node.end_lineno is None:
@@ -308,8 +344,11 @@ def _rewrite_from_imports(text: str, moves: dict[str, str]) -> str:
             new = moves[f"{node.module}.{a.name}"]
             parent, _, leaf = new.rpartition(".")
             alias = a.asname or a.name
-            out.append(f"{indent}from {parent} import {leaf}"
-                       + (f" as {alias}" if alias != leaf else "") + "\n")
+            out.append(
+                f"{indent}from {parent} import {leaf}"
+                + (f" as {alias}" if alias != leaf else "")
+                + "\n"
+            )
         edits.append((node.lineno - 1, node.end_lineno, "".join(out)))
     for start, end, new_text in sorted(edits, reverse=True):
         lines[start:end] = [new_text]
@@ -332,16 +371,20 @@ def _path_map(moves: dict[str, str]) -> dict[str, str]:
 def _rewrite_paths(text: str, moves: dict[str, str]) -> str:
     paths = _path_map(moves)
     pattern = re.compile(
-        r"(?<![\w/.-])((?:logvold/)?)(" + "|".join(
-            re.escape(p) for p in sorted(paths, key=len, reverse=True)) + r")(?![\w])"
+        r"(?<![\w/.-])((?:logvold/)?)("
+        + "|".join(re.escape(p) for p in sorted(paths, key=len, reverse=True))
+        + r")(?![\w])"
     )
     return pattern.sub(lambda m: m.group(1) + paths[m.group(2)], text)
 
 
 def _text_files(root: Path) -> list[Path]:
     out = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], capture_output=True, text=True,
-        check=True, cwd=root,
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
     ).stdout.split("\n")
     files: list[Path] = []
     for rel in out:
@@ -424,26 +467,38 @@ def _layers_from_template(root: Path) -> dict[str, int]:
 
 def _with_layers_section(root: Path, text: str) -> str:
     """A '## Layers' table (folder -> layer) before the module map, from the layers test."""
-    names = {1: "core (pure, stdlib only)", 2: "file I/O (stdlib + codecs/RE2)",
-             3: "adapters (each the only importer of its library)", 4: "composition"}
+    names = {
+        1: "core (pure, stdlib only)",
+        2: "file I/O (stdlib + codecs/RE2)",
+        3: "adapters (each the only importer of its library)",
+        4: "composition",
+    }
     by_layer: dict[int, list[str]] = {}
     layers = _layers_from_template(root)
     base = root / PACKAGE
     if not all(k == "" or (base / k).is_dir() or (base / f"{k}.py").is_file() for k in layers):
         return text  # not moved yet (--map-only on the old layout): no layers table
     for key, layer in layers.items():
-        shown = "`logvold/__init__.py`" if key == "" else (
-            f"`{key}/`" if (root / PACKAGE / key).is_dir() else f"`{key}.py`")
+        shown = (
+            "`logvold/__init__.py`"
+            if key == ""
+            else (f"`{key}/`" if (root / PACKAGE / key).is_dir() else f"`{key}.py`")
+        )
         by_layer.setdefault(layer, []).append(shown)
-    rows = ["## Layers (the folders)", "",
-            "A module imports its own layer or lower ones only; tests/unit/test_layers.py "
-            "assigns every package a layer and fails on an upward import.", "",
-            "| layer | packages and modules |", "|---|---|"]
+    rows = [
+        "## Layers (the folders)",
+        "",
+        "A module imports its own layer or lower ones only; tests/unit/test_layers.py "
+        "assigns every package a layer and fails on an upward import.",
+        "",
+        "| layer | packages and modules |",
+        "|---|---|",
+    ]
     rows += [f"| {n} {names[n]} | {', '.join(by_layer[n])} |" for n in sorted(by_layer)]
     section = "\n".join(rows) + "\n\n"
     existing = re.search(r"## Layers \(the folders\)\n(?:(?!## ).*\n)*", text)
     if existing:
-        return text[: existing.start()] + section + text[existing.end():]
+        return text[: existing.start()] + section + text[existing.end() :]
     at = text.index("## Module map")
     return text[:at] + section + text[at:]
 
@@ -457,7 +512,7 @@ def regenerate_module_map(root: Path) -> bool:
     )
     if m is None:
         raise RelayoutError("ARCHITECTURE.md has no '## Module map' table")
-    new = text[: m.start(2)] + module_map(root) + text[m.end(2):]
+    new = text[: m.start(2)] + module_map(root) + text[m.end(2) :]
     new = _with_layers_section(root, new)
     if new != text:
         arch.write_text(new, encoding="utf-8")
@@ -474,10 +529,15 @@ def _is_run_of(stmt: ast.stmt, name: str) -> bool:
     call = stmt.value
     inner = call.args[0] if len(call.args) == 1 and not call.keywords else None
     return (
-        isinstance(call.func, ast.Attribute) and call.func.attr == "run"
-        and isinstance(call.func.value, ast.Name) and call.func.value.id == "asyncio"
-        and isinstance(inner, ast.Call) and isinstance(inner.func, ast.Name)
-        and inner.func.id == name and not inner.args and not inner.keywords
+        isinstance(call.func, ast.Attribute)
+        and call.func.attr == "run"
+        and isinstance(call.func.value, ast.Name)
+        and call.func.value.id == "asyncio"
+        and isinstance(inner, ast.Call)
+        and isinstance(inner.func, ast.Name)
+        and inner.func.id == name
+        and not inner.args
+        and not inner.keywords
     )
 
 
@@ -509,8 +569,10 @@ def _convertible(test: ast.FunctionDef) -> ast.AsyncFunctionDef | None:
     for node in [inner, *_own_nodes(inner)]:
         if isinstance(node, (ast.Return, ast.Nonlocal, ast.Global, ast.Yield, ast.YieldFrom)):
             return None
-        if isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)) and (
-            node.lineno != node.end_lineno
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, (str, bytes))
+            and (node.lineno != node.end_lineno)
         ):
             return None
     return inner
@@ -546,8 +608,10 @@ def convert_async_tests(root: Path) -> list[str]:
                 continue
             inner = _convertible(node)
             uses_runner = any(
-                isinstance(n, ast.Attribute) and n.attr in ("run", "new_event_loop")
-                and isinstance(n.value, ast.Name) and n.value.id == "asyncio"
+                isinstance(n, ast.Attribute)
+                and n.attr in ("run", "new_event_loop")
+                and isinstance(n.value, ast.Name)
+                and n.value.id == "asyncio"
                 for n in ast.walk(node)
             )
             if inner is None:
@@ -581,8 +645,11 @@ def convert_async_tests(root: Path) -> list[str]:
         if not re.search(r"^import pytest$", out, re.M):
             out = out.replace("\nimport ", "\nimport pytest\nimport ", 1)
         path.write_text(out, encoding="utf-8")
-    subprocess.run([_tool(root, "ruff"), "check", "--fix", "--select", "F401,I", "--quiet",
-                    "tests"], check=False, cwd=root)
+    subprocess.run(
+        [_tool(root, "ruff"), "check", "--fix", "--select", "F401,I", "--quiet", "tests"],
+        check=False,
+        cwd=root,
+    )
     return left
 
 
@@ -600,13 +667,29 @@ def _tool(root: Path, name: str) -> str:
 
 
 def fix_import_order(root: Path) -> None:
-    subprocess.run([_tool(root, "ruff"), "check", "--fix", "--select", "I", "--quiet",
-                    "logvold", "tests", "benchmarks"], check=False, cwd=root)
+    subprocess.run(
+        [
+            _tool(root, "ruff"),
+            "check",
+            "--fix",
+            "--select",
+            "I",
+            "--quiet",
+            "logvold",
+            "tests",
+            "benchmarks",
+        ],
+        check=False,
+        cwd=root,
+    )
 
 
 def format_tree(root: Path) -> None:
-    subprocess.run([_tool(root, "ruff"), "format", "--quiet", "logvold", "tests", "benchmarks"],
-                   check=True, cwd=root)
+    subprocess.run(
+        [_tool(root, "ruff"), "format", "--quiet", "logvold", "tests", "benchmarks"],
+        check=True,
+        cwd=root,
+    )
     script = root / "scripts" / "test"
     text = script.read_text(encoding="utf-8")
     if "ruff format --check" not in text:
@@ -615,9 +698,22 @@ def format_tree(root: Path) -> None:
             raise RelayoutError(f"scripts/test has no line {anchor.strip()!r} to add the check to")
         script.write_text(text.replace(anchor, anchor + FORMAT_CHECK + "\n"), encoding="utf-8")
     long_lines = subprocess.run(
-        [_tool(root, "ruff"), "check", "--select", "E501", "--output-format", "concise",
-         "--quiet", "logvold", "tests", "benchmarks"],
-        capture_output=True, text=True, check=False, cwd=root,
+        [
+            _tool(root, "ruff"),
+            "check",
+            "--select",
+            "E501",
+            "--output-format",
+            "concise",
+            "--quiet",
+            "logvold",
+            "tests",
+            "benchmarks",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=root,
     ).stdout.strip()
     if long_lines:
         raise RelayoutError(
@@ -645,27 +741,39 @@ def verify(root: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--format", action="store_true", help="ruff format the tree afterwards "
-                        "and add `ruff format --check` to scripts/test")
-    parser.add_argument("--asyncio", action="store_true", help="turn `asyncio.run(scenario())` "
-                        "tests into pytest-asyncio tests")
+    parser.add_argument(
+        "--format",
+        action="store_true",
+        help="ruff format the tree afterwards and add `ruff format --check` to scripts/test",
+    )
+    parser.add_argument(
+        "--asyncio",
+        action="store_true",
+        help="turn `asyncio.run(scenario())` tests into pytest-asyncio tests",
+    )
     parser.add_argument("--verify", action="store_true", help="run ruff, mypy, unit tests after")
-    parser.add_argument("--map-only", action="store_true",
-                        help="only regenerate ARCHITECTURE.md's module map")
+    parser.add_argument(
+        "--map-only", action="store_true", help="only regenerate ARCHITECTURE.md's module map"
+    )
     parser.add_argument("--allow-dirty", action="store_true", help="run on a tree with changes")
     args = parser.parse_args(argv)
     root = Path.cwd()
     if not (root / PACKAGE / "__init__.py").is_file() or not (root / "pyproject.toml").is_file():
-        print("run from the repository root (where pyproject.toml and logvold/ are)",
-              file=sys.stderr)
+        print(
+            "run from the repository root (where pyproject.toml and logvold/ are)", file=sys.stderr
+        )
         return 2
     if args.map_only:
         regenerate_module_map(root)
         return 0
     started = time.monotonic()
     try:
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         if dirty and not args.allow_dirty:
             raise RelayoutError("the tree has uncommitted changes (commit them or --allow-dirty)")
         moves = _all_moves(root)
@@ -677,15 +785,21 @@ def main(argv: list[str] | None = None) -> int:
         regenerate_module_map(root)
         if args.asyncio:
             left = convert_async_tests(root)
-            print(f"relayout: {len(left)} tests keep their own event loop runner (not the "
-                  "plain shape):", *left, sep="\n  ")
+            print(
+                f"relayout: {len(left)} tests keep their own event loop runner (not the "
+                "plain shape):",
+                *left,
+                sep="\n  ",
+            )
         if args.format:
             format_tree(root)
     except RelayoutError as exc:
         print(f"relayout: {exc}", file=sys.stderr)
         return 1
-    print(f"relayout: {len(todo)} modules moved, {changed} files rewritten "
-          f"in {time.monotonic() - started:.1f}s; review with `git status` and commit")
+    print(
+        f"relayout: {len(todo)} modules moved, {changed} files rewritten "
+        f"in {time.monotonic() - started:.1f}s; review with `git status` and commit"
+    )
     return verify(root) if args.verify else 0
 
 
