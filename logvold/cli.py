@@ -33,7 +33,8 @@ def _serve(argv: Sequence[str]) -> int:
 
 
 def _run(argv: Sequence[str]) -> int:
-    from logvold.runner.cli import exit_now, main_run
+    from logvold.runner.cli import main_run
+    from logvold.runner.process import exit_now
 
     exit_now(main_run(argv, prog="logvold run"))
 
@@ -96,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def kube_log_runner_main() -> int:
     """`kube-log-runner`: the same as `logvold run`, under the Go binary's name."""
-    from logvold.runner.cli import exit_now, main_run
+    from logvold.runner.cli import main_run
+    from logvold.runner.process import exit_now
 
     exit_now(main_run(sys.argv[1:], prog="kube-log-runner"))

@@ -26,7 +26,7 @@ from logvold.core.raw_framing import RawFramer
 from logvold.driver.args import KEYS, MAX_LINE_BYTES, DriverOptions, parse_driver_args
 from logvold.errors import LogvoldError, StreamError
 from logvold.fileio.rotating_writer import STREAMS, RotatingWriter
-from logvold.runner.process import RunOptions, pump, widen_pipe
+from logvold.runner.process import RunOptions, exit_now, pump, widen_pipe
 
 if TYPE_CHECKING:
     import subprocess
@@ -114,11 +114,7 @@ def main_driver(argv: Sequence[str], *, prog: str = "logvold driver") -> int:
     Exits without the interpreter's teardown (os._exit, after flushing stdout and
     stderr): the log is closed by then, and tearing down every imported module took
     ~10 ms - while the shim and `ctr task delete` wait for us to exit."""
-    code = _main_driver(argv, prog=prog)
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code)
+    exit_now(_main_driver(argv, prog=prog))
 
 
 def _main_driver(argv: Sequence[str], *, prog: str) -> int:

@@ -169,10 +169,10 @@ class RotatingWriter:
         self._framer = RawFramer(policy.delimiter, self._max_event)
         self._regular = True
         self._stale = False  # the framer has not seen the end of the file
-        # After a dropped chunk that ended inside an event: the rest of that event is
-        # dropped too (its head is gone), up to maxEventSize bytes.
-        self._skip_rest = False
-        self._skipped = 0
+        # After a dropped chunk that ended inside an event, the rest of that event is
+        # dropped too (its head is gone): how many more bytes may still be skipped for
+        # it (maxEventSize at most); 0 = not skipping.
+        self._skip_left = 0
         self._held: dict[str, bytearray] = {s: bytearray() for s in STREAMS}
         # The next active files, made ahead on their own thread (spare_files) once
         # creating them at the cut proved slow: until then a cut opens its own file,
@@ -265,9 +265,7 @@ class RotatingWriter:
             try:
                 self._write_raw(data, stop)
             except StreamError:
-                # The caller drops this chunk: keep the file to whole events.
-                self._cut_back()
-                self.dropped(data, stop)
+                self.dropped(data, stop)  # the caller drops this chunk
                 raise
         else:
             self._write_lines(stream, bytes(data if stop is None else memoryview(data)[:stop]))
@@ -291,7 +289,7 @@ class RotatingWriter:
             or not self._regular
             or self._overlapping_delimiter
             or not self._splice_ok
-            or self._skip_rest
+            or self._skip_left
         ):
             # A cut is pending: read just enough to find the next boundary, then the
             # rest of the pipe can be spliced into the new file.
@@ -327,19 +325,16 @@ class RotatingWriter:
 
     def dropped(self, data: bytes | bytearray, stop: int | None = None) -> None:
         """The caller threw `data` (data[:stop]) away because the file could not take
-        it (a full disk): when it ended inside an event, the rest of that event, which
-        comes next, is dropped too - written, it would be a fragment without its head.
-        Raw format only (cri / json-file never pass on a partial line)."""
+        it (a full disk). Keep the file to whole events: the head of the event the
+        chunk continued (a short write, a partial splice) is cut off the file, and
+        when the chunk ended inside an event, the rest of that event, which comes
+        next, is not written either - it would be a fragment without its head. Raw
+        format only (cri / json-file never pass on a partial line)."""
         n = len(data) if stop is None else stop
         if self._raw and n:
-            self._skip_rest = not data.endswith(self.policy.delimiter, 0, n)
-            self._skipped = 0
-
-    def splice_failed(self) -> None:
-        """A splice into the file failed after moving part of a chunk: cut the file
-        back to its last whole event (the caller then drops what the pipe holds and
-        reports it with dropped())."""
-        self._cut_back()
+            self._cut_back()
+            ends_whole = data.endswith(self.policy.delimiter, 0, n)
+            self._skip_left = 0 if ends_whole else self._max_event
 
     def rotate(self, reason: str = "manual") -> None:
         """Cut the active file now if it ends at an event boundary, else at the next one."""
@@ -408,7 +403,7 @@ class RotatingWriter:
             self._resync()
         n = len(data) if stop is None else stop
         view = memoryview(data)  # pieces are framed and written in place, never copied
-        pos = self._skip_fragment(data, n) if self._skip_rest else 0
+        pos = self._skip_fragment(data, n) if self._skip_left else 0
         piece_len = 1024  # the due event usually ends soon: frame little, then more
         while pos < n:
             if self._due is None and (not self._max_size or self._size + n - pos < self._max_size):
@@ -450,7 +445,6 @@ class RotatingWriter:
         finished it are dropped. Best effort: a file that cannot be truncated stays."""
         if not self._regular or self._fd < 0 or not self._readable:
             return
-        self._stale = True
         self._resync()  # the framer from the file's tail: pending = the cut event's bytes
         keep = self._size - self._framer.pending
         if keep >= self._size:
@@ -468,16 +462,14 @@ class RotatingWriter:
         first: after its delimiter, or n when it goes on past this chunk (at most
         maxEventSize bytes are skipped: past that the event would be cut anyway)."""
         d = self.policy.delimiter
-        room = self._max_event - self._skipped
+        room = self._skip_left
         k = data.find(d, 0, min(n, room + len(d) - 1))
         if k >= 0:
-            self._skip_rest = False
+            self._skip_left = 0
             return k + len(d)
-        if n >= room:
-            self._skip_rest = False
-            return room
-        self._skipped += n
-        return n
+        skipped = min(n, room)
+        self._skip_left -= skipped
+        return skipped
 
     def _write_framed(self, data: bytes | bytearray) -> None:
         """Write `data` event by event, cutting at the first event end once a trigger is due."""
@@ -845,9 +837,8 @@ class RotatingWriter:
         self._size, self._stale = 0, False
         if self._may_spare and time.monotonic() - started > _SLOW_CREATE_S:
             self._slow_creates += 1
-            if self._slow_creates >= _SLOW_CREATES:
-                self._may_spare = False
-                self._spares = SpareFiles(self.path)
+            if self._slow_creates == _SLOW_CREATES:
+                self._spares = SpareFiles(self.path)  # later cuts take its files
 
     def _take_spare(self, close_fd: int = -1) -> bool:
         """Make a pre-made spare the active file; False when there is none.

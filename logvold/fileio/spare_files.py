@@ -42,7 +42,7 @@ class SpareFiles:
         """`anonymous=False`: named spares even where O_TMPFILE works (what a file
         system without it gets)."""
         self._dir, _, self._base = active_path.rpartition("/")
-        self._named_prefix = f"{self._dir}/.{self._base}.next"
+        self._named_prefix = f"{self._dir}/{_spare_prefix(self._base)}"
         self._anonymous = anonymous and hasattr(os, "O_TMPFILE")
         # linkat(2) needs a directory descriptor for os.link to pass AT_SYMLINK_FOLLOW.
         self._dir_fd = -1
@@ -148,11 +148,16 @@ def remove_leftover_spares(active_path: str, names: list[str]) -> None:
     data) that a crash of a run using them left; `names` is a listing of the directory
     the writer made anyway (no unlink is tried for a name that is not there)."""
     directory, _, base = active_path.rpartition("/")
-    prefix = f".{base}.next"
+    prefix = _spare_prefix(base)
     for name in names:
         suffix = name[len(prefix) :]
         if name.startswith(prefix) and (not suffix or (suffix.isascii() and suffix.isdigit())):
             _unlink(f"{directory}/{name}")
+
+
+def _spare_prefix(base: str) -> str:
+    """A named spare of active file `base` is `.<base>.next<slot>` (hidden, in its directory)."""
+    return f".{base}.next"
 
 
 def _unlink(path: str) -> None:

@@ -7,11 +7,8 @@ the child's own status (128+N when a signal N killed it).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
 from logvold.core.log_policy import LogPolicy
 from logvold.core.units import parse_go_duration, parse_size
@@ -190,16 +187,6 @@ def main_run(argv: Sequence[str], prog: str) -> int:
     except LogvoldError as exc:
         sys.stderr.write(f"{prog}: {exc}\n")
         return 1
-
-
-def exit_now(code: int) -> NoReturn:
-    """End the process with `code` once stdout and stderr are flushed, skipping the
-    interpreter's teardown of every imported module (~10 ms, counted in every short
-    job's run time): by now the child is reaped and the log file closed."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code)
 
 
 def _non_negative(flag: str, seconds: float) -> float:
